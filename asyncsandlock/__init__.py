@@ -1,0 +1,47 @@
+"""Run untrusted commands under Landlock and seccomp from async Python."""
+
+from ._exceptions import ConfinementUnavailable as ConfinementUnavailable
+from ._exceptions import PolicyError as PolicyError
+from ._exceptions import SandboxedProcessError as SandboxedProcessError
+from ._exceptions import SandboxError as SandboxError
+from ._exceptions import SpawnError as SpawnError
+from ._handler import ExceptionPolicy as ExceptionPolicy
+from ._handler import Handler as Handler
+from ._notify import HandlerCtx as HandlerCtx
+from ._notify import NotifAction as NotifAction
+from ._policy import SYSTEM_READABLE as SYSTEM_READABLE
+from ._policy import Sandbox as Sandbox
+from ._process import SandboxedProcess as SandboxedProcess
+from ._result import Result as Result
+from ._run import DEVNULL as DEVNULL
+from ._run import PIPE as PIPE
+from ._run import STDOUT as STDOUT
+from ._types import ExitReason as ExitReason
+from ._types import Protection as Protection
+from ._types import Subsystem as Subsystem
+from ._unavailable import allow_degraded as allow_degraded
+from ._unavailable import strict as strict
+
+__all__ = [
+    "DEVNULL",
+    "PIPE",
+    "STDOUT",
+    "SYSTEM_READABLE",
+    "ConfinementUnavailable",
+    "ExceptionPolicy",
+    "ExitReason",
+    "Handler",
+    "HandlerCtx",
+    "NotifAction",
+    "PolicyError",
+    "Protection",
+    "Result",
+    "Sandbox",
+    "SandboxError",
+    "SandboxedProcess",
+    "SandboxedProcessError",
+    "SpawnError",
+    "Subsystem",
+    "allow_degraded",
+    "strict",
+]

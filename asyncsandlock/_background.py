@@ -1,0 +1,61 @@
+"""Tasks that outlive the call that starts them (the supervisor of a process
+returned by ``Sandbox.open``).
+
+anyio has no portable way to start a task outside a task group, so this is
+the one place that knows the backends: a plain asyncio task, or a Trio
+system task.  The task body is anyio code inside a cancel scope we hold.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+
+import anyio
+import anyio.lowlevel
+
+logger = logging.getLogger("asyncsandlock")
+
+
+class Background:
+    """A running background task that can be cancelled and awaited."""
+
+    __slots__ = ("_done", "_scope", "_task")
+
+    def __init__(self) -> None:
+        self._scope = anyio.CancelScope()
+        self._done = anyio.Event()
+        self._task: object = None
+
+    @classmethod
+    def start(cls, fn: Callable[[], Awaitable[None]], name: str) -> Background:
+        self = cls()
+
+        async def body() -> None:
+            try:
+                with self._scope:
+                    await fn()
+            except Exception:
+                logger.exception("%s failed", name)
+            finally:
+                self._done.set()
+
+        if anyio.lowlevel.get_async_backend().__name__ == "TrioBackend":
+            import trio
+
+            trio.lowlevel.spawn_system_task(body, name=name)
+        else:
+            import asyncio
+
+            self._task = asyncio.get_running_loop().create_task(body(), name=name)
+        return self
+
+    @property
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    async def stop(self) -> None:
+        """Cancel the task and wait until it has finished."""
+        self._scope.cancel()
+        with anyio.CancelScope(shield=True):
+            await self._done.wait()

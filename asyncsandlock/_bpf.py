@@ -1,0 +1,250 @@
+"""Policy -> seccomp BPF program, assembled here from per-arch syscall tables.
+
+The program, in order:
+
+1. kill the process if ``seccomp_data.arch`` is not the running arch, and on
+   x86_64 if the number has the x32 bit set (x32 numbers alias x86_64 ones);
+2. let the child's own pre-exec calls through when argument registers 3..5
+   carry the per-policy key (see the essay at the top of ``csrc/spawn.c``);
+3. argument checks: ``clone`` with namespace flags, ``clone3`` (ENOSYS, so
+   libc falls back to ``clone``, whose flags BPF *can* read), ``socket`` and
+   ``socketpair`` families/types, ``ioctl`` TIOCSTI/TIOCLINUX, ``personality``;
+4. the deny list (EPERM), then the syscalls sent to the supervisor;
+5. allow.
+
+Each check is written as ``jeq nr, next, skip; <body>`` so every jump is
+short: BPF jumps are forward-only with 8-bit offsets.
+"""
+
+from __future__ import annotations
+
+import errno
+import struct
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+# Opcodes (linux/bpf_common.h).
+_LD_W_ABS = 0x20
+_JEQ_K = 0x15
+_JSET_K = 0x45
+_JGE_K = 0x35
+_RET_K = 0x06
+_ALU_AND_K = 0x54
+
+RET_KILL_PROCESS = 0x80000000
+RET_ALLOW = 0x7FFF0000
+RET_USER_NOTIF = 0x7FC00000
+_RET_ERRNO = 0x00050000
+
+_OFF_NR = 0
+_OFF_ARCH = 4
+_X32_SYSCALL_BIT = 0x40000000
+AUDIT_ARCH_X86_64 = 0xC000003E
+
+
+def _arg_lo(i: int) -> int:
+    return 16 + 8 * i
+
+
+def _arg_hi(i: int) -> int:
+    return 16 + 8 * i + 4
+
+
+def ret_errno(code: int) -> int:
+    return _RET_ERRNO | (code & 0xFFFF)
+
+
+#: Denied outright (EPERM): escapes from the sandbox, kernel attack surface,
+#: and process-group escapes (setsid/setpgid) that would let a descendant
+#: outlive a kill of the sandbox.
+DEFAULT_DENY: tuple[str, ...] = (
+    # filesystems and namespaces
+    "mount", "umount2", "pivot_root", "chroot", "unshare", "setns", "fsopen", "fsconfig",
+    "fsmount", "fspick", "move_mount", "open_tree", "open_tree_attr", "mount_setattr",
+    "listmount", "statmount", "open_by_handle_at", "name_to_handle_at", "quotactl",
+    "quotactl_fd",
+    # other processes
+    "ptrace", "process_vm_readv", "process_vm_writev", "kcmp", "pidfd_getfd",
+    "process_madvise", "migrate_pages", "move_pages",
+    # kernel attack surface
+    "bpf", "perf_event_open", "userfaultfd", "keyctl", "add_key", "request_key",
+    "io_uring_setup", "io_uring_enter", "io_uring_register", "fanotify_init",
+    "lookup_dcookie", "uselib", "ustat", "sysfs", "_sysctl", "nfsservctl", "vhangup",
+    # the machine itself
+    "kexec_load", "kexec_file_load", "init_module", "finit_module", "delete_module",
+    "reboot", "swapon", "swapoff", "sethostname", "setdomainname", "syslog", "acct",
+    "settimeofday", "clock_settime", "clock_adjtime", "adjtimex", "iopl", "ioperm",
+    # containment of the process group
+    "setsid", "setpgid",
+)
+
+# clone flags that create namespaces (or share a foreign fs view).
+_CLONE_NS_FLAGS = (0x00020000 | 0x02000000 | 0x04000000 | 0x08000000 | 0x10000000
+                   | 0x20000000 | 0x40000000 | 0x00000080)
+_AF_UNIX = 1
+_AF_INET = 2
+_AF_INET6 = 10
+_SOCK_STREAM = 1
+_SOCK_DGRAM = 2
+_SOCK_TYPE_MASK = 0xF
+_IPPROTO_TCP = 6
+_IPPROTO_UDP = 17
+_TIOCSTI = 0x5412
+_TIOCLINUX = 0x541C
+
+
+@dataclass(frozen=True, slots=True)
+class FilterSpec:
+    """Everything a filter depends on; equal specs give equal programs."""
+
+    arch: int
+    table: Mapping[str, int]
+    deny: frozenset[str]
+    notify: frozenset[str]
+    key: tuple[int, int, int] | None
+    allow_udp: bool
+
+
+class _Asm:
+    def __init__(self) -> None:
+        self.insns: list[tuple[int, int, int, int]] = []
+
+    def emit(self, code: int, k: int = 0, jt: int = 0, jf: int = 0) -> None:
+        self.insns.append((code, jt, jf, k & 0xFFFFFFFF))
+
+    def load(self, offset: int) -> None:
+        self.emit(_LD_W_ABS, offset)
+
+    def ret(self, action: int) -> None:
+        self.emit(_RET_K, action)
+
+    def block(self, nr: int, body: _Asm) -> None:
+        """``if nr == A: body`` (body must end by returning or reloading nr)."""
+        if len(body.insns) > 255:
+            raise ValueError("BPF block too long for a short jump")
+        self.emit(_JEQ_K, nr, 0, len(body.insns))
+        self.insns.extend(body.insns)
+
+    def assemble(self) -> bytes:
+        if len(self.insns) > 4096:
+            raise ValueError(f"BPF program has {len(self.insns)} instructions; the limit is 4096")
+        return b"".join(struct.pack("=HBBI", c, jt, jf, k) for c, jt, jf, k in self.insns)
+
+
+def _keyed_exemption(key: tuple[int, int, int]) -> _Asm:
+    """Allow when args 3..5 equal ``key``; else fall through with nr reloaded."""
+    body = _Asm()
+    words = []
+    for i, value in enumerate(key):
+        words += [(_arg_lo(3 + i), value & 0xFFFFFFFF), (_arg_hi(3 + i), value >> 32)]
+    for n, (offset, word) in enumerate(words):
+        remaining = len(words) - n - 1
+        body.load(offset)
+        # mismatch: jump over the rest of the checks and the ALLOW to the reload
+        body.emit(_JEQ_K, word, 0, 2 * remaining + 1)
+    body.ret(RET_ALLOW)
+    body.load(_OFF_NR)
+    return body
+
+
+def _socket_rule(allow_udp: bool, pair: bool, allow: int) -> _Asm:
+    """unix: allowed; inet/inet6: TCP streams, and UDP datagrams if allowed."""
+    body = _Asm()
+    deny = ret_errno(errno.EAFNOSUPPORT)
+    body.load(_arg_lo(0))
+    body.emit(_JEQ_K, _AF_UNIX, 0, 1)
+    body.ret(allow)
+    if pair:  # socketpair only makes sense for AF_UNIX
+        body.ret(deny)
+        return body
+    # Indices below are fixed: 15 is ALLOW, 16 is DENY.
+    body.emit(_JEQ_K, _AF_INET, 1, 0)  # 3
+    body.emit(_JEQ_K, _AF_INET6, 0, 11)  # 4
+    body.load(_arg_lo(1))  # 5
+    body.emit(_ALU_AND_K, _SOCK_TYPE_MASK)  # 6: drop SOCK_NONBLOCK / SOCK_CLOEXEC
+    body.emit(_JEQ_K, _SOCK_STREAM, 0, 3)  # 7
+    body.load(_arg_lo(2))  # 8
+    body.emit(_JEQ_K, 0, 5, 0)  # 9: default protocol of a stream is TCP
+    body.emit(_JEQ_K, _IPPROTO_TCP, 4, 5)  # 10: not SCTP/MPTCP, Landlock sees TCP only
+    body.emit(_JEQ_K, _SOCK_DGRAM if allow_udp else 0xFFFF, 0, 4)  # 11
+    body.load(_arg_lo(2))  # 12
+    body.emit(_JEQ_K, 0, 1, 0)  # 13
+    body.emit(_JEQ_K, _IPPROTO_UDP, 0, 1)  # 14: not ICMP "ping" sockets
+    body.ret(allow)  # 15
+    body.ret(deny)  # 16
+    return body
+
+
+def _rules(spec: FilterSpec) -> _Asm:
+    """Argument-checked syscalls; each block ends by returning or reloading nr.
+
+    Where a block would allow a syscall that a handler traps, it notifies
+    instead, so built-in confinement decides first and handlers see the rest.
+    """
+    asm = _Asm()
+    table = spec.table
+
+    def allow(name: str) -> int:
+        return RET_USER_NOTIF if name in spec.notify else RET_ALLOW
+
+    if "clone" in table and "clone" not in spec.deny:
+        body = _Asm()
+        body.load(_arg_lo(0))
+        body.emit(_JSET_K, _CLONE_NS_FLAGS, 0, 1)
+        body.ret(ret_errno(errno.EPERM))
+        body.load(_OFF_NR)
+        asm.block(table["clone"], body)
+    if "clone3" in table:
+        body = _Asm()
+        body.ret(ret_errno(errno.ENOSYS))
+        asm.block(table["clone3"], body)
+    for name, pair in (("socket", False), ("socketpair", True)):
+        if name in table and name not in spec.deny:
+            asm.block(table[name], _socket_rule(spec.allow_udp, pair, allow(name)))
+    if "ioctl" in table and "ioctl" not in spec.deny:
+        body = _Asm()
+        body.load(_arg_lo(1))  # the kernel reads cmd as a 32-bit int
+        body.emit(_JEQ_K, _TIOCSTI, 1, 0)
+        body.emit(_JEQ_K, _TIOCLINUX, 0, 1)
+        body.ret(ret_errno(errno.EPERM))
+        body.load(_OFF_NR)
+        asm.block(table["ioctl"], body)
+    if "personality" in table and "personality" not in spec.deny:
+        # Reading the persona (0xffffffff) or keeping PER_LINUX is harmless;
+        # anything else could turn off ASLR (ADDR_NO_RANDOMIZE) and the like.
+        body = _Asm()
+        body.load(_arg_lo(0))
+        body.emit(_JEQ_K, 0xFFFFFFFF, 1, 0)
+        body.emit(_JEQ_K, 0, 0, 1)
+        body.ret(allow("personality"))
+        body.ret(ret_errno(errno.EPERM))
+        asm.block(table["personality"], body)
+    return asm
+
+
+def _each(asm: _Asm, numbers: Iterable[int], action: int) -> None:
+    for nr in sorted(set(numbers)):
+        asm.emit(_JEQ_K, nr, 0, 1)
+        asm.ret(action)
+
+
+def build_filter(spec: FilterSpec) -> bytes:
+    """Assemble the filter described by ``spec`` (``struct sock_filter[]``)."""
+    asm = _Asm()
+    asm.load(_OFF_ARCH)
+    asm.emit(_JEQ_K, spec.arch, 1, 0)
+    asm.ret(RET_KILL_PROCESS)
+    asm.load(_OFF_NR)
+    if spec.arch == AUDIT_ARCH_X86_64:
+        asm.emit(_JGE_K, _X32_SYSCALL_BIT, 0, 1)
+        asm.ret(RET_KILL_PROCESS)
+    if spec.key is not None and spec.notify:
+        exemption = _keyed_exemption(spec.key)
+        for name in ("write", "sendmsg", "exit_group", "execve"):
+            asm.block(spec.table[name], exemption)
+    asm.insns.extend(_rules(spec).insns)
+    table = spec.table
+    _each(asm, (table[n] for n in spec.deny if n in table), ret_errno(errno.EPERM))
+    _each(asm, (table[n] for n in spec.notify if n in table), RET_USER_NOTIF)
+    asm.ret(RET_ALLOW)
+    return asm.assemble()

@@ -1,0 +1,164 @@
+"""Policy -> Landlock ruleset fd, built once in the parent.
+
+Only ``landlock_restrict_self`` happens in the child: the ruleset is an fd
+that every child inherits (it is CLOEXEC, so it is gone after exec).
+
+Each ABI version adds access rights; asking for a right the kernel does not
+know is EINVAL, so handled masks are cut to the running ABI, and what was
+cut is reported as a missing :class:`Subsystem` so that the policy decides
+(see ``_plan.py``) instead of the rule silently weakening.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import struct
+from dataclasses import dataclass
+
+from ._core import ffi
+from ._netspec import NetRule
+from ._sys import syscall
+from ._types import Subsystem
+
+# Filesystem rights (uapi/linux/landlock.h), newest first with their ABI.
+FS_EXECUTE = 1 << 0
+FS_WRITE_FILE = 1 << 1
+FS_READ_FILE = 1 << 2
+FS_READ_DIR = 1 << 3
+FS_REMOVE_DIR = 1 << 4
+FS_REMOVE_FILE = 1 << 5
+FS_MAKE_CHAR = 1 << 6
+FS_MAKE_DIR = 1 << 7
+FS_MAKE_REG = 1 << 8
+FS_MAKE_SOCK = 1 << 9
+FS_MAKE_FIFO = 1 << 10
+FS_MAKE_BLOCK = 1 << 11
+FS_MAKE_SYM = 1 << 12
+FS_REFER = 1 << 13  # ABI 2
+FS_TRUNCATE = 1 << 14  # ABI 3
+FS_IOCTL_DEV = 1 << 15  # ABI 5
+NET_BIND_TCP = 1 << 0  # ABI 4
+NET_CONNECT_TCP = 1 << 1  # ABI 4
+SCOPE_ABSTRACT_UNIX_SOCKET = 1 << 0  # ABI 6
+SCOPE_SIGNAL = 1 << 1  # ABI 6
+
+_RULE_PATH_BENEATH = 1
+_RULE_NET_PORT = 2
+_CREATE_RULESET_VERSION = 1 << 0
+
+_FS_ABI1 = (1 << 13) - 1
+_FS_ALL_BY_ABI = {1: _FS_ABI1, 2: _FS_ABI1 | FS_REFER, 3: _FS_ABI1 | FS_REFER | FS_TRUNCATE,
+                  4: _FS_ABI1 | FS_REFER | FS_TRUNCATE}
+_FS_ALL = _FS_ABI1 | FS_REFER | FS_TRUNCATE | FS_IOCTL_DEV
+_FILE_ONLY = FS_EXECUTE | FS_WRITE_FILE | FS_READ_FILE | FS_TRUNCATE | FS_IOCTL_DEV
+
+READ = FS_EXECUTE | FS_READ_FILE | FS_READ_DIR
+# Writable trees are not executable (list a path in fs_readable too for that),
+# and never get device nodes or device ioctls: a root child could otherwise
+# mknod a disk and read it.
+WRITE = (FS_READ_FILE | FS_READ_DIR | FS_WRITE_FILE | FS_REMOVE_DIR | FS_REMOVE_FILE
+         | FS_MAKE_DIR | FS_MAKE_REG | FS_MAKE_SOCK | FS_MAKE_FIFO | FS_MAKE_SYM | FS_REFER
+         | FS_TRUNCATE)
+# Devices every program expects: opening them reaches no user data.
+DEVICES = {"/dev/null": READ | FS_WRITE_FILE | FS_TRUNCATE, "/dev/zero": READ,
+           "/dev/full": READ | FS_WRITE_FILE, "/dev/random": READ, "/dev/urandom": READ}
+
+# Rights a kernel without them cannot enforce, and the subsystem that names them.
+_OPTIONAL_FS = ((FS_REFER, 2, Subsystem.LANDLOCK_REFER),
+                (FS_TRUNCATE, 3, Subsystem.LANDLOCK_TRUNCATE),
+                (FS_IOCTL_DEV, 5, Subsystem.LANDLOCK_IOCTL_DEV))
+
+
+def abi_version() -> int:
+    """The kernel's Landlock ABI; raises OSError when Landlock is unavailable."""
+    return syscall("landlock_create_ruleset", ffi.NULL, 0, _CREATE_RULESET_VERSION)
+
+
+@dataclass(frozen=True, slots=True)
+class RulesetSpec:
+    """What a ruleset must enforce, before it meets a kernel."""
+
+    readable: tuple[str, ...]
+    writable: tuple[str, ...]
+    connect_ports: frozenset[int] | None  # None: any port (no CONNECT_TCP handling)
+    bind_ports: frozenset[int]
+    scoped: bool = True
+
+    @classmethod
+    def from_policy(cls, readable: tuple[str, ...], writable: tuple[str, ...],
+                    rules: tuple[NetRule, ...], bind_ports: frozenset[int]) -> RulesetSpec:
+        ports: set[int] = set()
+        for rule in rules:
+            if rule.protocol in ("tcp", "any"):
+                if rule.ports is None:
+                    return cls(readable, writable, None, bind_ports)
+                ports |= rule.ports
+        return cls(readable, writable, frozenset(ports), bind_ports)
+
+    def wanted(self) -> dict[Subsystem, int]:
+        """Subsystems this spec needs beyond ABI 1, with the ABI that brings each."""
+        need = {sub: abi for _, abi, sub in _OPTIONAL_FS}
+        need[Subsystem.LANDLOCK_NET] = 4
+        if self.scoped:
+            need[Subsystem.LANDLOCK_SCOPE] = 6
+        return need
+
+
+def missing(spec: RulesetSpec, abi: int) -> list[Subsystem]:
+    """The parts of ``spec`` that a kernel with ``abi`` cannot enforce."""
+    return [sub for sub, need in spec.wanted().items() if abi < need]
+
+
+def build_ruleset(spec: RulesetSpec, abi: int, skipped: frozenset[Subsystem]) -> int:
+    """Create the ruleset fd for ``spec`` on a kernel with ``abi``.
+
+    ``skipped`` lists optional subsystems the policy agreed to run without;
+    every other one must be supported or this raises OSError(EOPNOTSUPP).
+    """
+    for sub in missing(spec, abi):
+        if sub not in skipped:
+            raise OSError(errno.EOPNOTSUPP, f"{sub.value} needs a newer Landlock ABI than {abi}")
+    fs_mask = _FS_ALL if abi >= 5 else _FS_ALL_BY_ABI[min(abi, 4)]
+    net_mask = 0
+    if abi >= 4 and Subsystem.LANDLOCK_NET not in skipped:
+        net_mask = NET_BIND_TCP | (NET_CONNECT_TCP if spec.connect_ports is not None else 0)
+    scope = 0
+    if abi >= 6 and spec.scoped and Subsystem.LANDLOCK_SCOPE not in skipped:
+        scope = SCOPE_ABSTRACT_UNIX_SOCKET | SCOPE_SIGNAL
+    attr = ffi.new("uint64_t[3]", [fs_mask, net_mask, scope])
+    fd = syscall("landlock_create_ruleset", attr, 24 if abi >= 6 else 16, 0)
+    try:
+        for path in spec.readable:
+            _add_path(fd, path, READ & fs_mask)
+        for path in spec.writable:
+            _add_path(fd, path, WRITE & fs_mask)
+        for path, rights in DEVICES.items():
+            if os.path.exists(path) and path not in spec.writable:
+                _add_path(fd, path, rights & fs_mask)
+        if net_mask:
+            for port in sorted(spec.bind_ports):
+                _add_port(fd, NET_BIND_TCP, port)
+            for port in sorted(spec.connect_ports or ()):
+                _add_port(fd, NET_CONNECT_TCP, port)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _add_path(ruleset: int, path: str, rights: int) -> None:
+    target = os.open(path, os.O_PATH | os.O_CLOEXEC)
+    try:
+        if not os.path.isdir(path):
+            rights &= _FILE_ONLY
+        # struct landlock_path_beneath_attr is packed: 12 bytes.
+        attr = ffi.from_buffer(bytearray(struct.pack("=Qi", rights, target)))
+        syscall("landlock_add_rule", ruleset, _RULE_PATH_BENEATH, attr, 0)
+    finally:
+        os.close(target)
+
+
+def _add_port(ruleset: int, right: int, port: int) -> None:
+    attr = ffi.new("uint64_t[2]", [right, port])
+    syscall("landlock_add_rule", ruleset, _RULE_NET_PORT, attr, 0)

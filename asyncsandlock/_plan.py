@@ -1,0 +1,125 @@
+"""Policy + this kernel -> one immutable plan that every spawn of it uses.
+
+The plan is computed once per :class:`Sandbox` (the Landlock ruleset fd,
+the random key, the refusals the policy agreed to) and the BPF program once
+per set of supervised syscalls.  Where the kernel refuses a subsystem the
+policy's ``on_unavailable`` decides, once, and the decision is remembered.
+"""
+
+from __future__ import annotations
+
+import errno
+import inspect
+import os
+import resource
+import secrets
+import weakref
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+from ._bpf import DEFAULT_DENY, FilterSpec, build_filter
+from ._exceptions import PolicyError
+from ._landlock import RulesetSpec, abi_version, build_ruleset, missing
+from ._policy import Sandbox
+from ._sys import AUDIT_ARCH, SYSCALLS
+from ._types import Protection, Subsystem
+
+_LANDLOCK_PARTS = (Subsystem.LANDLOCK_NET, Subsystem.LANDLOCK_SCOPE, Subsystem.LANDLOCK_TRUNCATE,
+                   Subsystem.LANDLOCK_REFER, Subsystem.LANDLOCK_IOCTL_DEV)
+
+
+@dataclass(slots=True)
+class Plan:
+    """What a spawn of one policy needs, built once and shared by its runs."""
+
+    ruleset_fd: int | None
+    key: tuple[int, int, int]
+    rlimits: tuple[tuple[int, int, int], ...]
+    degraded: frozenset[Subsystem]
+    allow_udp: bool
+    deny: frozenset[str]
+    _filters: dict[frozenset[str], bytes] = field(default_factory=dict)
+
+    def filter_for(self, notify: frozenset[str]) -> bytes | None:
+        """The BPF program that traps ``notify`` (cached), or None without seccomp."""
+        if Subsystem.SECCOMP in self.degraded:
+            return None
+        prog = self._filters.get(notify)
+        if prog is None:
+            spec = FilterSpec(AUDIT_ARCH, SYSCALLS, self.deny, notify,
+                              self.key if notify else None, self.allow_udp)
+            prog = self._filters[notify] = build_filter(spec)
+        return prog
+
+    def protections(self, supervised: bool) -> Mapping[Subsystem, Protection]:
+        """Per subsystem, what a run with this plan gets."""
+        out: dict[Subsystem, Protection] = {}
+        for sub in Subsystem:
+            if sub in self.degraded:
+                out[sub] = Protection.DEGRADED
+            elif sub is Subsystem.NETWORK_NAMESPACE or (
+                    sub is Subsystem.SUPERVISOR and not supervised):
+                out[sub] = Protection.NOT_REQUESTED
+            else:
+                out[sub] = Protection.ACTIVE
+        return MappingProxyType(out)
+
+
+async def _decide(policy: Sandbox, subsystem: Subsystem, error: OSError) -> None:
+    """Ask the policy; returning means "run without it", raising refuses."""
+    outcome = policy.on_unavailable(subsystem, error)
+    if inspect.isawaitable(outcome):
+        await outcome
+
+
+async def _landlock(policy: Sandbox) -> tuple[int | None, set[Subsystem]]:
+    spec = RulesetSpec.from_policy(tuple(map(str, policy.fs_readable)),
+                                   tuple(map(str, policy.fs_writable)),
+                                   policy.net_rules(), policy.bind_ports())
+    try:
+        abi = abi_version()
+    except OSError as exc:
+        await _decide(policy, Subsystem.LANDLOCK, exc)
+        return None, {Subsystem.LANDLOCK, *_LANDLOCK_PARTS}
+    skipped: set[Subsystem] = set()
+    for sub in missing(spec, abi):
+        await _decide(policy, sub, OSError(errno.EOPNOTSUPP, f"Landlock ABI {abi} lacks {sub.value}"))
+        skipped.add(sub)
+    return build_ruleset(spec, abi, frozenset(skipped)), skipped
+
+
+def _rlimits(policy: Sandbox) -> tuple[tuple[int, int, int], ...]:
+    limits = []
+    if policy.max_open_files is not None:
+        limits.append((resource.RLIMIT_NOFILE, policy.max_open_files, policy.max_open_files))
+    if policy.max_memory is not None:
+        size = int(policy.max_memory)
+        limits.append((resource.RLIMIT_AS, size, size))
+    return tuple(limits)
+
+
+async def compile_plan(policy: Sandbox) -> Plan:
+    """The plan of ``policy`` on this kernel, computed on first use."""
+    plan: Plan | None = policy._compiled
+    if plan is not None:
+        return plan
+    deny = frozenset(DEFAULT_DENY) | frozenset(policy.extra_deny_syscalls)
+    for handler in policy.handlers:
+        for name in handler.syscalls:
+            if name in deny:
+                raise PolicyError("handlers", f"{handler!r} traps {name!r}, which the policy "
+                                              "denies outright")
+    ruleset_fd, degraded = await _landlock(policy)
+    # Another task may have compiled the same policy while we awaited a decision.
+    if policy._compiled is not None:
+        if ruleset_fd is not None:
+            os.close(ruleset_fd)
+        return policy._compiled  # type: ignore[no-any-return]
+    key = (secrets.randbits(64), secrets.randbits(64), secrets.randbits(64))
+    udp = any(rule.protocol in ("udp", "any") and rule.ports is None for rule in policy.net_rules())
+    plan = Plan(ruleset_fd, key, _rlimits(policy), frozenset(degraded), udp, deny)
+    if ruleset_fd is not None:
+        weakref.finalize(policy, os.close, ruleset_fd)
+    object.__setattr__(policy, "_compiled", plan)
+    return plan

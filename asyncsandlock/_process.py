@@ -1,0 +1,219 @@
+"""``SandboxedProcess``: a running sandbox, waited for through its pidfd.
+
+There is no SIGCHLD handler and no child watcher: the pidfd polls readable
+when the child exits, and ``waitid(P_PIDFD)`` reaps exactly that child.
+
+The sandbox is a process group (the child made its own, and setsid/setpgid
+are denied inside, so no descendant can leave it).  When the first process
+exits, whatever it left behind is killed *before* it is reaped: while the
+zombie is unreaped its pid, and so the group id, cannot be reused, so the
+kill can only reach the sandbox.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal as _signal
+import time
+from collections.abc import Mapping, Sequence
+from types import TracebackType
+
+import anyio
+
+from ._background import Background
+from ._core import ffi
+from ._result import Result
+from ._streams import FdReceiveStream, FdSendStream
+from ._supervisor import close_fd
+from ._sys import syscall
+from ._types import ExitReason, Protection, Subsystem
+
+_PR_GET_CHILD_SUBREAPER = 37
+
+
+class SandboxedProcess:
+    """A command running in a sandbox (see :meth:`Sandbox.open`).
+
+    Follows :class:`anyio.abc.Process`; every signal goes to the whole sandbox.
+    """
+
+    pid: int
+    stdin: FdSendStream | None
+    stdout: FdReceiveStream | None
+    stderr: FdReceiveStream | None
+
+    def __init__(self) -> None:
+        raise TypeError("SandboxedProcess objects are created by Sandbox.open()")
+
+    @classmethod
+    def _create(cls, *, args: Sequence[str], pid: int, pidfd: int, listener: int | None,
+                stdin: int | None, stdout: int | None, stderr: int | None,
+                protections: Mapping[Subsystem, Protection], started: float) -> SandboxedProcess:
+        self = object.__new__(cls)
+        self.args = tuple(args)
+        self.pid = pid
+        self._pidfd = pidfd
+        self._listener = listener
+        self._supervisor: Background | None = None
+        self.stdin = FdSendStream(stdin) if stdin is not None else None
+        self.stdout = FdReceiveStream(stdout) if stdout is not None else None
+        self.stderr = FdReceiveStream(stderr) if stderr is not None else None
+        self.protections = protections
+        self._started = started
+        self._ended: float | None = None
+        self._status: os.waitid_result | None = None
+        self._reason: ExitReason | None = None
+        self._wait_lock = anyio.Lock()
+        return self
+
+    def __repr__(self) -> str:
+        if self._status is None:
+            state = "running"
+        else:
+            state = f"{self.reason.value} returncode={self.returncode}"
+        return f"<SandboxedProcess pid={self.pid} {self.args[0]!r} {state}>"
+
+    # -- state ------------------------------------------------------------
+
+    @property
+    def returncode(self) -> int | None:
+        """None while running; the exit status, or minus the killing signal."""
+        status = self._status
+        if status is None:
+            return None
+        if status.si_code == os.CLD_EXITED:
+            return status.si_status
+        return -status.si_status
+
+    @property
+    def reason(self) -> ExitReason:
+        """Why the process ended (meaningful once :attr:`returncode` is set)."""
+        if self._reason is not None:
+            return self._reason
+        if self._status is not None and self._status.si_code != os.CLD_EXITED:
+            return ExitReason.SIGNALED
+        return ExitReason.EXITED
+
+    # -- signals ----------------------------------------------------------
+
+    def send_signal(self, sig: int) -> None:
+        """Send ``sig`` to every process of the sandbox."""
+        if self._status is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.pid, sig)
+
+    def terminate(self) -> None:
+        """SIGTERM the sandbox."""
+        self._mark(ExitReason.KILLED)
+        self.send_signal(_signal.SIGTERM)
+
+    def kill(self) -> None:
+        """SIGKILL the sandbox."""
+        self._mark(ExitReason.KILLED)
+        self.send_signal(_signal.SIGKILL)
+
+    def _mark(self, reason: ExitReason) -> None:
+        if self._status is None and self._reason is None:
+            self._reason = reason
+
+    def _kill_for(self, reason: ExitReason) -> None:
+        self._mark(reason)
+        self.send_signal(_signal.SIGKILL)
+
+    # -- waiting ----------------------------------------------------------
+
+    async def wait(self) -> int:
+        """Wait for the sandbox to end, kill what it left behind, reap it."""
+        async with self._wait_lock:
+            if self._status is None:
+                await anyio.wait_readable(self._pidfd)
+                # Leftovers die while the zombie still pins the group id.
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.pid, _signal.SIGKILL)
+                self._status = os.waitid(os.P_PIDFD, self._pidfd, os.WEXITED)
+                self._ended = time.monotonic()
+                close_fd(self._pidfd)
+                self._pidfd = -1
+                with anyio.CancelScope(shield=True):
+                    await self._reap_orphans()
+                    await self._stop_supervisor()
+        assert self.returncode is not None
+        return self.returncode
+
+    async def _reap_orphans(self) -> None:
+        """As PID 1 or a subreaper, we inherit the sandbox's orphans: reap them."""
+        if os.getpid() != 1 and not _is_subreaper():
+            return
+        deadline = time.monotonic() + 5.0
+        while time.monotonic() < deadline:
+            try:
+                while os.waitid(os.P_PGID, self.pid, os.WEXITED | os.WNOHANG) is not None:
+                    pass
+            except ChildProcessError:
+                pass
+            try:
+                os.killpg(self.pid, 0)
+            except ProcessLookupError:
+                return
+            await anyio.sleep(0.001)
+
+    async def _stop_supervisor(self) -> None:
+        if self._supervisor is not None:
+            await self._supervisor.stop()
+            self._supervisor = None
+        if self._listener is not None:
+            close_fd(self._listener)
+            self._listener = None
+
+    async def _kill_and_reap(self, reason: ExitReason) -> None:
+        with anyio.CancelScope(shield=True):
+            self._kill_for(reason)
+            await self.wait()
+
+    async def result(self) -> Result:
+        """Wait and return the :class:`Result` (``stdout``/``stderr`` are None:
+        the streams belong to the caller)."""
+        await self.wait()
+        return self._result(None, None)
+
+    def _result(self, stdout: bytes | None, stderr: bytes | None) -> Result:
+        code = self.returncode
+        assert code is not None and self._ended is not None
+        return Result(args=self.args, returncode=code, stdout=stdout, stderr=stderr,
+                      reason=self.reason, signal=-code if code < 0 else None,
+                      duration=self._ended - self._started, protections=self.protections)
+
+    # -- closing ----------------------------------------------------------
+
+    async def aclose(self) -> None:
+        """Close stdin, wait for the sandbox to end, close the other streams.
+
+        If cancelled while waiting, the sandbox is killed and reaped first.
+        """
+        try:
+            if self.stdin is not None:
+                with anyio.CancelScope(shield=True):
+                    await self.stdin.aclose()
+            await self.wait()
+        except BaseException:
+            await self._kill_and_reap(ExitReason.KILLED)
+            raise
+        finally:
+            with anyio.CancelScope(shield=True):
+                for stream in (self.stdout, self.stderr):
+                    if stream is not None:
+                        await stream.aclose()
+
+    async def __aenter__(self) -> SandboxedProcess:
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: TracebackType | None) -> None:
+        await self.aclose()
+
+
+def _is_subreaper() -> bool:
+    flag = ffi.new("int *")
+    syscall("prctl", _PR_GET_CHILD_SUBREAPER, flag)
+    return bool(flag[0])

@@ -1,0 +1,35 @@
+"""``Result``: what a finished sandboxed command left behind."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from ._exceptions import SandboxedProcessError
+from ._types import ExitReason, Protection, Subsystem
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    """The outcome of :meth:`Sandbox.run`; field-compatible with
+    :class:`subprocess.CompletedProcess`."""
+
+    args: Sequence[str]
+    returncode: int
+    stdout: bytes | None
+    stderr: bytes | None
+    reason: ExitReason
+    signal: int | None
+    duration: float
+    protections: Mapping[Subsystem, Protection]
+
+    @property
+    def success(self) -> bool:
+        """True if the command exited by itself with status 0."""
+        return self.reason is ExitReason.EXITED and self.returncode == 0
+
+    def check_returncode(self) -> None:
+        """Raise :class:`SandboxedProcessError` unless :attr:`success`."""
+        if not self.success:
+            raise SandboxedProcessError(self.returncode, list(self.args), self.stdout,
+                                        self.stderr, self.reason.value)

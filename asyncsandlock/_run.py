@@ -1,0 +1,199 @@
+"""``Sandbox.open`` and ``Sandbox.run``: stdio, spawn, supervise, collect."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import time
+from collections.abc import Mapping, Sequence
+from typing import IO, Any
+
+import anyio
+from anyio.abc import ByteReceiveStream, TaskStatus
+
+from ._background import Background
+from ._exceptions import PolicyError
+from ._handler import Handler
+from ._plan import compile_plan
+from ._policy import Sandbox, check_cwd, check_env, check_handlers
+from ._process import SandboxedProcess
+from ._result import Result
+from ._spawn import resolve_executable, spawn
+from ._supervisor import Supervisor, route
+from ._sys import SYSCALLS
+from ._types import ExitReason
+from .handlers import builtin_handlers
+
+PIPE = subprocess.PIPE
+DEVNULL = subprocess.DEVNULL
+STDOUT = subprocess.STDOUT
+
+#: What a stdio slot accepts: PIPE, DEVNULL, STDOUT (stderr only), an fd, a
+#: file object, or None to inherit the caller's.
+StdioTarget = int | IO[Any] | None
+
+
+def check_args(args: object) -> tuple[str, ...]:
+    """Validate a command line (a non-empty sequence of str/PathLike)."""
+    if isinstance(args, (str, bytes)) or not isinstance(args, Sequence) or not args:
+        raise PolicyError("args", f"expected a non-empty list of arguments, got {args!r}")
+    out = []
+    for arg in args:
+        if not isinstance(arg, (str, os.PathLike)):
+            raise PolicyError("args", f"{arg!r} is not a str or path")
+        text = os.fspath(arg)
+        if "\0" in text:
+            raise PolicyError("args", f"{text!r} contains a NUL byte")
+        out.append(text)
+    return tuple(out)
+
+
+class _Stdio:
+    """The child's fds 0-2 and our ends of its pipes, with one cleanup path."""
+
+    def __init__(self) -> None:
+        self.child: list[int] = []
+        self.ours: list[int | None] = [None, None, None]
+        self._close_after_spawn: list[int] = []
+        self._close_on_fail: list[int] = []
+
+    def slot(self, index: int, target: StdioTarget) -> None:
+        if target is None:
+            self.child.append(index)
+        elif target == PIPE:
+            read, write = os.pipe2(os.O_CLOEXEC)
+            mine, theirs = (write, read) if index == 0 else (read, write)
+            self.ours[index] = mine
+            self._close_on_fail.append(mine)
+            self._close_after_spawn.append(theirs)
+            self.child.append(theirs)
+        elif target == DEVNULL:
+            fd = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+            self._close_after_spawn.append(fd)
+            self.child.append(fd)
+        elif target == STDOUT:
+            if index != 2:
+                raise PolicyError("stdin" if index == 0 else "stdout", "STDOUT is only for stderr")
+            self.child.append(self.child[1])
+        elif isinstance(target, int) and target >= 0:
+            self.child.append(target)
+        elif hasattr(target, "fileno"):
+            self.child.append(target.fileno())
+        else:
+            name = ("stdin", "stdout", "stderr")[index]
+            raise PolicyError(name, f"{target!r} is not PIPE, DEVNULL, STDOUT, an fd or a file")
+
+    def after_spawn(self) -> None:
+        for fd in self._close_after_spawn:
+            os.close(fd)
+        self._close_after_spawn.clear()
+
+    def fail(self) -> None:
+        self.after_spawn()
+        for fd in self._close_on_fail:
+            os.close(fd)
+        self._close_on_fail.clear()
+
+
+async def open_process(sandbox: Sandbox, args: Sequence[str], *, stdin: StdioTarget = PIPE,
+                       stdout: StdioTarget = PIPE, stderr: StdioTarget = PIPE,
+                       env: Mapping[str, str] | None = None, cwd: str | os.PathLike[str] | None = None,
+                       handlers: Sequence[Handler] = (), extra_fds: Sequence[int] = ()
+                       ) -> SandboxedProcess:
+    """Start ``args`` in ``sandbox``; see :meth:`Sandbox.open`."""
+    argv = check_args(args)
+    run_env = check_env("env", env if env is not None else {})
+    run_cwd = check_cwd("cwd", cwd) or sandbox.cwd
+    all_handlers = (*sandbox.handlers, *check_handlers("handlers", handlers),
+                    *builtin_handlers(sandbox))
+    plan = await compile_plan(sandbox)
+    full_env = {} if sandbox.clean_env else dict(os.environ)
+    full_env.update(sandbox.env)
+    full_env.update(run_env)
+    path = resolve_executable(argv[0], full_env, str(run_cwd) if run_cwd else None)
+    routes, names = route(all_handlers, SYSCALLS)
+    for name in names.values():
+        if name in plan.deny:
+            raise PolicyError("handlers", f"a handler traps {name!r}, which the policy denies")
+    notify = frozenset(names.values())
+    stdio = _Stdio()
+    try:
+        for index, target in enumerate((stdin, stdout, stderr)):
+            stdio.slot(index, target)
+        started = time.monotonic()
+        child = spawn(plan, path=path, args=[os.fsencode(a) for a in argv], env=full_env,
+                      cwd=str(run_cwd) if run_cwd else None, fds=[*stdio.child, *extra_fds],
+                      notify=notify)
+    except BaseException:
+        stdio.fail()
+        raise
+    stdio.after_spawn()
+    supervised = child.listener is not None
+    proc = SandboxedProcess._create(
+        args=argv, pid=child.pid, pidfd=child.pidfd, listener=child.listener,
+        stdin=stdio.ours[0], stdout=stdio.ours[1], stderr=stdio.ours[2],
+        protections=plan.protections(supervised), started=started)
+    if child.listener is not None:
+        supervisor = Supervisor(child.listener, routes, names,
+                                lambda: proc._kill_for(ExitReason.KILLED))
+        proc._supervisor = Background.start(supervisor.serve, f"asyncsandlock supervisor {child.pid}")
+    return proc
+
+
+async def _drain(stream: ByteReceiveStream, into: list[bytes]) -> None:
+    with contextlib.suppress(anyio.EndOfStream, anyio.ClosedResourceError):
+        while True:
+            into.append(await stream.receive())
+
+
+async def _feed(proc: SandboxedProcess, data: bytes) -> None:
+    assert proc.stdin is not None
+    with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
+        await proc.stdin.send(data)
+    await proc.stdin.aclose()
+
+
+async def run(sandbox: Sandbox, args: Sequence[str], *, input: bytes | None = None,
+              stdin: StdioTarget = None, stdout: StdioTarget = PIPE, stderr: StdioTarget = PIPE,
+              timeout: float | None = None, check: bool = False,
+              env: Mapping[str, str] | None = None, cwd: str | os.PathLike[str] | None = None,
+              handlers: Sequence[Handler] = (), extra_fds: Sequence[int] = (),
+              task_status: TaskStatus[SandboxedProcess] = anyio.TASK_STATUS_IGNORED) -> Result:
+    """Run ``args`` in ``sandbox`` to the end; see :meth:`Sandbox.run`."""
+    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
+                                or timeout <= 0):
+        raise PolicyError("timeout", f"{timeout!r} must be a positive number of seconds or None")
+    if input is not None:
+        if not isinstance(input, (bytes, bytearray, memoryview)):
+            raise PolicyError("input", f"expected bytes, got {type(input).__name__}")
+        if stdin is not None:
+            raise PolicyError("stdin", "stdin and input cannot both be given")
+        stdin = PIPE
+    proc = await open_process(sandbox, args, stdin=stdin, stdout=stdout, stderr=stderr, env=env,
+                              cwd=cwd, handlers=handlers, extra_fds=extra_fds)
+    out: list[bytes] = []
+    err: list[bytes] = []
+    try:
+        async with anyio.create_task_group() as tg:
+            if proc.stdout is not None:
+                tg.start_soon(_drain, proc.stdout, out)
+            if proc.stderr is not None:
+                tg.start_soon(_drain, proc.stderr, err)
+            if proc.stdin is not None:
+                tg.start_soon(_feed, proc, bytes(input or b""))
+            task_status.started(proc)
+            with anyio.move_on_after(timeout) as scope:
+                await proc.wait()
+            if scope.cancelled_caught:
+                await proc._kill_and_reap(ExitReason.TIMEOUT)
+    finally:
+        with anyio.CancelScope(shield=True):
+            if proc.returncode is None:
+                await proc._kill_and_reap(ExitReason.KILLED)
+            await proc.aclose()
+    result = proc._result(b"".join(out) if proc.stdout is not None else None,
+                          b"".join(err) if proc.stderr is not None else None)
+    if check:
+        result.check_returncode()
+    return result

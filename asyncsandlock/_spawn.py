@@ -1,0 +1,143 @@
+"""Plan -> one call into the C core -> (pid, pidfd, listener fd).
+
+Everything the child touches is prepared here first; the call returns once
+the child has exec'd (or failed, in which case it is reaped here and the
+failing step comes back as :class:`SpawnError`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import signal
+import socket
+import struct
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ._core import ffi, lib
+from ._exceptions import SpawnError
+from ._plan import Plan
+
+# enum asl_step in csrc/spawn.h
+STEPS = {1: "signals", 2: "setpgid", 3: "pdeathsig", 4: "fds", 5: "chdir", 6: "rlimit",
+         7: "no_new_privs", 8: "landlock", 9: "seccomp", 10: "listener", 11: "execve"}
+_SECCOMP_FILTER_FLAG_NEW_LISTENER = 1 << 3
+
+
+@dataclass(frozen=True, slots=True)
+class Spawned:
+    """A child that has exec'd; the caller owns both fds."""
+
+    pid: int
+    pidfd: int
+    listener: int | None
+
+
+def resolve_executable(name: str, env: Mapping[str, str], cwd: str | None) -> str:
+    """Find ``name`` the way execvp would, but in the parent, before any clone.
+
+    Raises a :class:`SpawnError` that is a :class:`FileNotFoundError` (or a
+    :class:`PermissionError`) naming the command.
+    """
+    if not name:
+        raise SpawnError(errno.ENOENT, "empty command name", step="execve", filename=name)
+    if "/" in name:
+        candidates = [os.path.join(cwd or os.getcwd(), name)]
+    else:
+        path = env.get("PATH", os.defpath)
+        candidates = [os.path.join(cwd or os.getcwd(), d or ".", name) for d in path.split(":")]
+    denied = False
+    for candidate in candidates:
+        if os.path.isfile(candidate):
+            if os.access(candidate, os.X_OK):
+                return candidate
+            denied = True
+    if denied:
+        raise SpawnError(errno.EACCES, "command is not executable", step="execve", filename=name)
+    raise SpawnError(errno.ENOENT, "command not found", step="execve", filename=name)
+
+
+def _cstrings(items: Sequence[bytes], keep: list[Any]) -> Any:
+    cells = [ffi.new("char[]", item) for item in items]
+    keep.extend(cells)
+    array = ffi.new("char *[]", [*cells, ffi.NULL])
+    keep.append(array)
+    return array
+
+
+def spawn(plan: Plan, *, path: str, args: Sequence[bytes], env: Mapping[str, str],
+          cwd: str | None, fds: Sequence[int], notify: frozenset[str]) -> Spawned:
+    """Start one confined child; ``fds[i]`` becomes the child's fd ``i``."""
+    keep: list[Any] = []
+    req = ffi.new("struct asl_spawn_req *")
+    keep.append(path_c := ffi.new("char[]", os.fsencode(path)))
+    req.path = path_c
+    req.argv = _cstrings(args, keep)
+    req.envp = _cstrings([os.fsencode(f"{k}={v}") for k, v in env.items()], keep)
+    if cwd is not None:
+        keep.append(cwd_c := ffi.new("char[]", os.fsencode(cwd)))
+        req.cwd = cwd_c
+    fd_map = ffi.new("struct asl_fd_map[]", [(src, dst) for dst, src in enumerate(fds)] or 1)
+    keep.append(fd_map)
+    req.fds, req.nfds = fd_map, len(fds)
+    limits = ffi.new("struct asl_rlimit[]", list(plan.rlimits) or 1)
+    keep.append(limits)
+    req.rlimits, req.nrlimits = limits, len(plan.rlimits)
+    req.landlock_fd = -1 if plan.ruleset_fd is None else plan.ruleset_fd
+    prog = plan.filter_for(notify)
+    if prog is not None:
+        keep.append(prog_c := ffi.from_buffer(prog))
+        req.filter, req.filter_len = prog_c, len(prog) // 8
+    req.key = list(plan.key)
+    req.parent_pid = os.getpid()
+    supervised = prog is not None and bool(notify)
+    req.seccomp_flags = _SECCOMP_FILTER_FLAG_NEW_LISTENER if supervised else 0
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET) if supervised \
+        else (None, None)
+    err_r, err_w = os.pipe2(os.O_CLOEXEC)
+    pidfd_out = ffi.new("int *", -1)
+    try:
+        req.listener_sock = theirs.fileno() if theirs is not None else -1
+        req.errpipe = err_w
+        pid = lib.asl_spawn(req, pidfd_out)
+        os.close(err_w)
+        err_w = -1
+        if pid < 0:
+            raise SpawnError(-pid, os.strerror(-pid), step="clone")
+        pidfd = pidfd_out[0]
+        try:
+            report = os.read(err_r, 8)
+            if report:
+                step, err = struct.unpack("=ii", report)
+                name = STEPS.get(step, f"step {step}")
+                raise SpawnError(err, os.strerror(err), step=name,
+                                 filename=path if name == "execve" else None)
+            listener = None
+            if ours is not None:
+                _msg, received, _flags, _addr = socket.recv_fds(ours, 1, 1)
+                listener = received[0]
+        except BaseException:
+            _kill_and_reap(pidfd)
+            raise
+        return Spawned(pid, pidfd, listener)
+    finally:
+        os.close(err_r)
+        if err_w >= 0:
+            os.close(err_w)
+        if ours is not None:
+            ours.close()
+        if theirs is not None:
+            theirs.close()
+
+
+def _kill_and_reap(pidfd: int) -> None:
+    """Kill a child that failed or cannot be handed on; it exits at once."""
+    try:
+        with contextlib.suppress(ProcessLookupError):
+            signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+        os.waitid(os.P_PIDFD, pidfd, os.WEXITED)
+    finally:
+        os.close(pidfd)

@@ -1,0 +1,43 @@
+"""Small enums shared by the policy, the runner and the reports."""
+
+from __future__ import annotations
+
+import enum
+
+
+class Subsystem(enum.Enum):
+    """A confinement mechanism the host may refuse."""
+
+    LANDLOCK = "landlock"
+    #: Landlock TCP bind/connect rules (ABI 4, Linux 6.7).
+    LANDLOCK_NET = "landlock-net"
+    #: Landlock signal and abstract-unix-socket scoping (ABI 6, Linux 6.12).
+    LANDLOCK_SCOPE = "landlock-scope"
+    #: Landlock control of truncate(2) (ABI 3, Linux 6.2).
+    LANDLOCK_TRUNCATE = "landlock-truncate"
+    #: Landlock control of renames/links across directories (ABI 2, Linux 5.19).
+    LANDLOCK_REFER = "landlock-refer"
+    #: Landlock control of device ioctls (ABI 5, Linux 6.10).
+    LANDLOCK_IOCTL_DEV = "landlock-ioctl-dev"
+    SECCOMP = "seccomp"
+    #: seccomp user notification: the supervisor and the syscall handlers.
+    SUPERVISOR = "supervisor"
+    NETWORK_NAMESPACE = "network-namespace"
+
+
+class Protection(enum.Enum):
+    """What became of one subsystem for one run."""
+
+    ACTIVE = "active"
+    DEGRADED = "degraded"
+    NOT_REQUESTED = "not-requested"
+
+
+class ExitReason(enum.Enum):
+    """Why a sandboxed command ended."""
+
+    EXITED = "exited"
+    SIGNALED = "signaled"
+    TIMEOUT = "timeout"
+    KILLED = "killed"
+    MEMORY_LIMIT = "memory-limit"

@@ -1,0 +1,20 @@
+"""Built-in supervised policies, one module each."""
+
+from __future__ import annotations
+
+from .._handler import Handler
+from .._policy import Sandbox
+from .process_limit import ProcessLimit
+
+
+def builtin_handlers(sandbox: Sandbox) -> tuple[Handler, ...]:
+    """The built-in handlers ``sandbox``'s policy needs (run before user handlers
+    in the supervisor's order of registration they come last, but they only
+    ever deny, so a user handler cannot widen what they enforce)."""
+    handlers: list[Handler] = []
+    if sandbox.max_processes is not None:
+        handlers.append(ProcessLimit(sandbox.max_processes))
+    return tuple(handlers)
+
+
+__all__ = ["ProcessLimit", "builtin_handlers"]

@@ -1,0 +1,59 @@
+"""``max_processes``: refuse fork/clone once the sandbox has that many processes.
+
+The sandbox is one process group that nothing inside can leave, so the count
+is the number of live processes in that group.  Threads (clone with
+CLONE_THREAD) are not processes and pass.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from typing import ClassVar
+
+from .._handler import ExceptionPolicy, Handler
+from .._notify import HandlerCtx, NotifAction
+
+_CLONE_THREAD = 0x00010000
+
+
+def count_group(pgid: int) -> int:
+    """Live (non-zombie) processes whose process group is ``pgid``."""
+    count = 0
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        # comm may contain spaces and parentheses: parse after the last ')'.
+        fields = stat[stat.rfind(b")") + 2:].split()
+        if fields[0] != b"Z" and int(fields[2]) == pgid:
+            count += 1
+    return count
+
+
+class ProcessLimit(Handler):
+    """Deny process creation (EAGAIN, as the kernel does for RLIMIT_NPROC)
+    once ``limit`` processes of the sandbox are alive."""
+
+    syscalls: ClassVar[tuple[str, ...]] = ("fork", "vfork", "clone")
+    on_exception: ClassVar[ExceptionPolicy] = ExceptionPolicy.DENY_EPERM
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+
+    def __repr__(self) -> str:
+        return f"<ProcessLimit {self.limit}>"
+
+    async def handle(self, ctx: HandlerCtx) -> NotifAction:
+        if ctx.syscall == "clone" and ctx.args[0] & _CLONE_THREAD:
+            return NotifAction.continue_()
+        pgid = os.getpgid(ctx.pid)
+        if not ctx.is_valid():
+            return NotifAction.continue_()
+        if count_group(pgid) >= self.limit:
+            return NotifAction.errno(errno.EAGAIN)
+        return NotifAction.continue_()

@@ -1,0 +1,71 @@
+/*
+ * asyncsandlock's C core: start one confined child and exec it.
+ *
+ * Everything between the two CDEF markers is read by asyncsandlock/_ffi_build.py
+ * as the cffi cdef, so it must stay plain C declarations (no #include, no macros
+ * with expressions).
+ */
+#ifndef ASL_SPAWN_H
+#define ASL_SPAWN_H
+#include <stdint.h>
+#include <stddef.h>
+
+/* CDEF-BEGIN */
+/* Steps the child reports through the error pipe, in the order it runs them. */
+enum asl_step {
+    ASL_STEP_SIGNALS = 1,
+    ASL_STEP_SETPGID = 2,
+    ASL_STEP_PDEATHSIG = 3,
+    ASL_STEP_FDS = 4,
+    ASL_STEP_CHDIR = 5,
+    ASL_STEP_RLIMIT = 6,
+    ASL_STEP_NO_NEW_PRIVS = 7,
+    ASL_STEP_LANDLOCK = 8,
+    ASL_STEP_SECCOMP = 9,
+    ASL_STEP_LISTENER = 10,
+    ASL_STEP_EXECVE = 11
+};
+
+/* Child fd `dst` becomes a copy of parent fd `src`. */
+struct asl_fd_map {
+    int src;
+    int dst;
+};
+
+struct asl_rlimit {
+    int resource;
+    uint64_t cur;
+    uint64_t max;
+};
+
+/* The report written to the error pipe when a step fails. */
+struct asl_report {
+    int32_t step;
+    int32_t err;
+};
+
+struct asl_spawn_req {
+    const char *path;             /* executable, already resolved against PATH */
+    char *const *argv;
+    char *const *envp;
+    const char *cwd;              /* NULL: inherit the caller's */
+    const struct asl_fd_map *fds; /* dst values are exactly 0 .. nfds-1 */
+    int nfds;
+    const struct asl_rlimit *rlimits;
+    int nrlimits;
+    int landlock_fd;              /* -1: no Landlock */
+    uint32_t landlock_flags;
+    const void *filter;           /* struct sock_filter[], NULL: no seccomp */
+    unsigned short filter_len;
+    unsigned int seccomp_flags;
+    int listener_sock;            /* -1 unless seccomp_flags has NEW_LISTENER */
+    uint64_t key[3];              /* the filter lets our own calls through */
+    int parent_pid;
+    int errpipe;                  /* write end of a CLOEXEC pipe */
+};
+
+/* Returns the child's pid and stores its pidfd, or -errno if clone failed. */
+int asl_spawn(const struct asl_spawn_req *req, int *pidfd);
+/* CDEF-END */
+
+#endif
