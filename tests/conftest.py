@@ -1,0 +1,96 @@
+"""Shared fixtures: both anyio backends, fd/child/thread leak checks, helpers."""
+
+from __future__ import annotations
+
+import faulthandler
+import os
+import pathlib
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+
+import pytest
+
+import asyncsandlock
+
+HELPERS = pathlib.Path(__file__).parent / "helpers"
+_BUILD = pathlib.Path(os.environ.get("ASYNCSANDLOCK_TEST_BUILD", "/tmp/asyncsandlock-test-build"))
+
+
+@pytest.fixture(params=["asyncio", "trio"])
+def anyio_backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture(autouse=True)
+def _hang_guard() -> Iterator[None]:
+    """A per-test timeout: dump every stack and exit rather than hang CI."""
+    faulthandler.dump_traceback_later(120, exit=True)
+    yield
+    faulthandler.cancel_dump_traceback_later()
+
+
+def open_fds() -> set[str]:
+    out = set()
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            out.add(f"{name}->{os.readlink(f'/proc/self/fd/{name}')}")
+        except FileNotFoundError:
+            pass
+    return out
+
+
+def child_pids() -> set[int]:
+    """Direct children of this process (zombies included)."""
+    me = os.getpid()
+    out = set()
+    for task in os.listdir(f"/proc/{me}/task"):
+        try:
+            text = pathlib.Path(f"/proc/{me}/task/{task}/children").read_text()
+        except FileNotFoundError:
+            continue
+        out.update(int(p) for p in text.split())
+    return out
+
+
+@pytest.fixture
+def no_leaks() -> Iterator[None]:
+    """Fail if the test leaves an fd, a child process or a thread behind."""
+    fds, kids, threads = open_fds(), child_pids(), threading.active_count()
+    yield
+    assert open_fds() - fds == set(), "leaked fds"
+    assert child_pids() - kids == set(), "leaked child processes"
+    assert threading.active_count() == threads, "threads were created"
+
+
+def build_helper(name: str) -> str:
+    """Compile tests/helpers/NAME.c once per session; returns the binary path."""
+    _BUILD.mkdir(parents=True, exist_ok=True)
+    _BUILD.chmod(0o755)
+    src = HELPERS / f"{name}.c"
+    out = _BUILD / name
+    if not out.exists() or out.stat().st_mtime < src.stat().st_mtime:
+        subprocess.run(["gcc", "-O1", "-o", str(out), str(src)], check=True)
+    return str(out)
+
+
+@pytest.fixture(scope="session")
+def try_syscall() -> str:
+    return build_helper("try_syscall")
+
+
+@pytest.fixture
+def sandbox_tmp(tmp_path: pathlib.Path) -> pathlib.Path:
+    """A writable scratch directory that a uid-65534 child can use too."""
+    tmp_path.chmod(0o777)
+    return tmp_path
+
+
+def system_sandbox(**kwargs: object) -> asyncsandlock.Sandbox:
+    """The system directories readable, plus ``kwargs``."""
+    readable = (*asyncsandlock.SYSTEM_READABLE, *kwargs.pop("fs_readable", ()))  # type: ignore[misc]
+    return asyncsandlock.Sandbox(fs_readable=readable, **kwargs)  # type: ignore[arg-type]
+
+
+PYTHON = sys.executable
