@@ -42,16 +42,14 @@ class SpawnError(SandboxError, OSError):
 
     def __new__(cls, err: int, message: str, *, step: str, filename: str | None = None,
                 stage: int | None = None) -> SpawnError:
+        # OSError fills errno/strerror/filename in __new__, not __init__.
         concrete = _concrete_class(err)
-        self: SpawnError = OSError.__new__(concrete, err, message)
+        args = (err, message) if filename is None else (err, message, filename)
+        self: SpawnError = OSError.__new__(concrete, *args)
         return self
 
     def __init__(self, err: int, message: str, *, step: str, filename: str | None = None,
                  stage: int | None = None) -> None:
-        if filename is None:
-            super().__init__(err, message)
-        else:
-            super().__init__(err, message, filename)
         self.step = step
         self.stage = stage
 

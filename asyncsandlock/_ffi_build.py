@@ -17,7 +17,8 @@ def _cdef() -> str:
     header = (_CSRC / "spawn.h").read_text()
     body = header.split("/* CDEF-BEGIN */", 1)[1].split("/* CDEF-END */", 1)[0]
     # Calls the parent makes itself (Landlock ruleset building, ioctls).
-    return body + "\nlong syscall(long number, ...);\nint ioctl(int fd, unsigned long request, ...);\n"
+    return body + (
+        "\nlong syscall(long number, ...);\nint ioctl(int fd, unsigned long request, ...);\n")
 
 
 ffibuilder = FFI()

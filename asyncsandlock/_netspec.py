@@ -19,13 +19,13 @@ def parse_ports(field: str, text: str) -> frozenset[int]:
     """``"80"``, ``"80,443"`` or ``"8000-8010"`` (and mixes) as a set of ports."""
     ports: set[int] = set()
     for part in text.split(","):
-        part = part.strip()
-        low, sep, high = part.partition("-")
+        low, sep, high = part.strip().partition("-")
         try:
             first = int(low)
             last = int(high) if sep else first
         except ValueError:
-            raise PolicyError(field, f"{text!r} is not a port, a list or a range of ports") from None
+            raise PolicyError(field,
+                              f"{text!r} is not a port, a list or a range of ports") from None
         if not 0 < first <= last <= 65535:
             raise PolicyError(field, f"{text!r}: ports must lie in 1-65535")
         ports.update(range(first, last + 1))

@@ -17,13 +17,16 @@ import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import TYPE_CHECKING
 
 from ._bpf import DEFAULT_DENY, FilterSpec, build_filter
 from ._exceptions import PolicyError
 from ._landlock import RulesetSpec, abi_version, build_ruleset, missing
-from ._policy import Sandbox
 from ._sys import AUDIT_ARCH, SYSCALLS
 from ._types import Protection, Subsystem
+
+if TYPE_CHECKING:
+    from ._policy import Sandbox
 
 _LANDLOCK_PARTS = (Subsystem.LANDLOCK_NET, Subsystem.LANDLOCK_SCOPE, Subsystem.LANDLOCK_TRUNCATE,
                    Subsystem.LANDLOCK_REFER, Subsystem.LANDLOCK_IOCTL_DEV)
@@ -84,7 +87,8 @@ async def _landlock(policy: Sandbox) -> tuple[int | None, set[Subsystem]]:
         return None, {Subsystem.LANDLOCK, *_LANDLOCK_PARTS}
     skipped: set[Subsystem] = set()
     for sub in missing(spec, abi):
-        await _decide(policy, sub, OSError(errno.EOPNOTSUPP, f"Landlock ABI {abi} lacks {sub.value}"))
+        refusal = OSError(errno.EOPNOTSUPP, f"Landlock ABI {abi} lacks {sub.value}")
+        await _decide(policy, sub, refusal)
         skipped.add(sub)
     return build_ruleset(spec, abi, frozenset(skipped)), skipped
 

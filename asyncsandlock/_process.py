@@ -38,10 +38,20 @@ class SandboxedProcess:
     Follows :class:`anyio.abc.Process`; every signal goes to the whole sandbox.
     """
 
+    args: tuple[str, ...]
     pid: int
     stdin: FdSendStream | None
     stdout: FdReceiveStream | None
     stderr: FdReceiveStream | None
+    protections: Mapping[Subsystem, Protection]
+    _pidfd: int
+    _listener: int | None
+    _supervisor: Background | None
+    _started: float
+    _ended: float | None
+    _status: os.waitid_result | None
+    _reason: ExitReason | None
+    _wait_lock: anyio.Lock
 
     def __init__(self) -> None:
         raise TypeError("SandboxedProcess objects are created by Sandbox.open()")
@@ -55,15 +65,15 @@ class SandboxedProcess:
         self.pid = pid
         self._pidfd = pidfd
         self._listener = listener
-        self._supervisor: Background | None = None
+        self._supervisor = None
         self.stdin = FdSendStream(stdin) if stdin is not None else None
         self.stdout = FdReceiveStream(stdout) if stdout is not None else None
         self.stderr = FdReceiveStream(stderr) if stderr is not None else None
         self.protections = protections
         self._started = started
-        self._ended: float | None = None
-        self._status: os.waitid_result | None = None
-        self._reason: ExitReason | None = None
+        self._ended = None
+        self._status = None
+        self._reason = None
         self._wait_lock = anyio.Lock()
         return self
 

@@ -7,7 +7,7 @@ import os
 import subprocess
 import time
 from collections.abc import Mapping, Sequence
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import anyio
 from anyio.abc import ByteReceiveStream, TaskStatus
@@ -16,14 +16,17 @@ from ._background import Background
 from ._exceptions import PolicyError
 from ._handler import Handler
 from ._plan import compile_plan
-from ._policy import Sandbox, check_cwd, check_env, check_handlers
 from ._process import SandboxedProcess
 from ._result import Result
 from ._spawn import resolve_executable, spawn
 from ._supervisor import Supervisor, route
 from ._sys import SYSCALLS
 from ._types import ExitReason
+from ._validate import check_cwd, check_env, check_handlers
 from .handlers import builtin_handlers
+
+if TYPE_CHECKING:
+    from ._policy import Sandbox
 
 PIPE = subprocess.PIPE
 DEVNULL = subprocess.DEVNULL
@@ -98,7 +101,8 @@ class _Stdio:
 
 async def open_process(sandbox: Sandbox, args: Sequence[str], *, stdin: StdioTarget = PIPE,
                        stdout: StdioTarget = PIPE, stderr: StdioTarget = PIPE,
-                       env: Mapping[str, str] | None = None, cwd: str | os.PathLike[str] | None = None,
+                       env: Mapping[str, str] | None = None,
+                       cwd: str | os.PathLike[str] | None = None,
                        handlers: Sequence[Handler] = (), extra_fds: Sequence[int] = ()
                        ) -> SandboxedProcess:
     """Start ``args`` in ``sandbox``; see :meth:`Sandbox.open`."""
@@ -137,7 +141,8 @@ async def open_process(sandbox: Sandbox, args: Sequence[str], *, stdin: StdioTar
     if child.listener is not None:
         supervisor = Supervisor(child.listener, routes, names,
                                 lambda: proc._kill_for(ExitReason.KILLED))
-        proc._supervisor = Background.start(supervisor.serve, f"asyncsandlock supervisor {child.pid}")
+        proc._supervisor = Background.start(supervisor.serve,
+                                            f"asyncsandlock supervisor {child.pid}")
     return proc
 
 

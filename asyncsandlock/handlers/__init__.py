@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from .._handler import Handler
-from .._policy import Sandbox
 from .process_limit import ProcessLimit
+
+if TYPE_CHECKING:
+    from .._policy import Sandbox
 
 
 def builtin_handlers(sandbox: Sandbox) -> tuple[Handler, ...]:

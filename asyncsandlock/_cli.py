@@ -1,0 +1,146 @@
+"""The ``asyncsandlock`` command line: ``run`` and ``check``."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import signal
+import sys
+from collections.abc import Sequence
+
+import anyio
+from anyio.abc import TaskStatus
+
+from ._exceptions import SandboxError, SpawnError
+from ._policy import Sandbox
+from ._process import SandboxedProcess
+from ._result import Result
+from ._validate import parse_size
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="asyncsandlock",
+                                     description="Run commands under Landlock and seccomp.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run a command in a sandbox",
+                         usage="asyncsandlock run [options] -- CMD [ARG...]")
+    run.add_argument("-r", "--read", action="append", default=[], metavar="PATH",
+                     help="readable (and executable) tree; repeatable")
+    run.add_argument("-w", "--write", action="append", default=[], metavar="PATH",
+                     help="writable tree; repeatable")
+    run.add_argument("--net-allow", action="append", default=[], metavar="SPEC",
+                     help="outbound rule such as ':443' or '*'; repeatable")
+    run.add_argument("--net-bind", action="append", default=[], metavar="PORTS",
+                     help="TCP ports the command may bind ('8080', '8000-8010'); repeatable")
+    run.add_argument("-m", "--max-memory", metavar="SIZE", help="address-space limit, e.g. 512M")
+    run.add_argument("-P", "--max-processes", type=int, metavar="N")
+    run.add_argument("--max-open-files", type=int, metavar="N")
+    run.add_argument("-t", "--timeout", type=float, metavar="SECONDS")
+    run.add_argument("--clean-env", action="store_true", help="start from an empty environment")
+    run.add_argument("--env", action="append", default=[], metavar="K=V")
+    run.add_argument("--cwd", metavar="DIR")
+    run.add_argument("cmd", nargs=argparse.REMAINDER, help="the command, after --")
+    sub.add_parser("check", help="print what this host supports")
+    return parser
+
+
+def _sandbox(ns: argparse.Namespace) -> Sandbox:
+    env = {}
+    for item in ns.env:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"asyncsandlock: --env wants K=V, got {item!r}")
+        env[key] = value
+    return Sandbox(
+        fs_readable=ns.read, fs_writable=ns.write, net_allow=ns.net_allow,
+        net_allow_bind=ns.net_bind, env=env, clean_env=ns.clean_env, cwd=ns.cwd,
+        max_memory=parse_size("max_memory", ns.max_memory) if ns.max_memory else None,
+        max_processes=ns.max_processes, max_open_files=ns.max_open_files,
+    )
+
+
+async def _run(ns: argparse.Namespace) -> int:
+    cmd = list(ns.cmd)
+    if cmd and cmd[0] == "--":
+        cmd = cmd[1:]
+    if not cmd:
+        raise SystemExit("asyncsandlock run: no command given (put it after --)")
+    sandbox = _sandbox(ns)
+    results: list[Result] = []
+
+    failures: list[SandboxError] = []
+
+    async def runner(*, task_status: TaskStatus[SandboxedProcess]) -> None:
+        try:
+            results.append(await sandbox.run(cmd, stdin=None, stdout=None, stderr=None,
+                                             timeout=ns.timeout, task_status=task_status))
+        except SandboxError as exc:
+            failures.append(exc)
+            task_status.started(None)  # type: ignore[arg-type]
+
+    with _Terminal() as terminal:
+        async with anyio.create_task_group() as tg:
+            proc = await tg.start(runner)
+            if proc is not None:
+                terminal.hand_to(proc.pid)
+    if failures:
+        raise failures[0]
+    result = results[0]
+    if result.reason.value == "timeout":
+        print(f"asyncsandlock: timed out after {ns.timeout} s", file=sys.stderr)
+    if result.returncode < 0:
+        return 128 - result.returncode
+    return result.returncode
+
+
+class _Terminal:
+    """The command runs in its own process group: on a terminal it must be the
+    foreground group, or reading the terminal would stop it (SIGTTIN) and
+    Ctrl-C would reach only us.  We take the terminal back afterwards, with
+    SIGTTOU ignored because by then we are the background group."""
+
+    def __init__(self) -> None:
+        self._fd = sys.stdin.fileno() if sys.stdin is not None and sys.stdin.isatty() else -1
+        self._ours = os.tcgetpgrp(self._fd) if self._fd >= 0 else -1
+
+    def hand_to(self, pgid: int) -> None:
+        if self._fd >= 0 and self._ours == os.getpgrp():
+            with contextlib.suppress(OSError):
+                os.tcsetpgrp(self._fd, pgid)
+
+    def __enter__(self) -> _Terminal:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._fd >= 0 and self._ours == os.getpgrp():
+            old = signal.signal(signal.SIGTTOU, signal.SIG_IGN)
+            try:
+                with contextlib.suppress(OSError):
+                    os.tcsetpgrp(self._fd, self._ours)
+            finally:
+                signal.signal(signal.SIGTTOU, old)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``asyncsandlock`` command."""
+    ns = _parser().parse_args(argv)
+    if ns.command == "check":
+        from ._check import check_main
+
+        return int(check_main())
+    try:
+        code = anyio.run(_run, ns)
+    except SpawnError as exc:
+        print(f"asyncsandlock: {exc}", file=sys.stderr)
+        return 127 if exc.step == "execve" else 126
+    except SandboxError as exc:
+        print(f"asyncsandlock: {exc}", file=sys.stderr)
+        return 125
+    except KeyboardInterrupt:
+        return 128 + signal.SIGINT
+    return code
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

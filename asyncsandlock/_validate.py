@@ -1,0 +1,113 @@
+"""Validation of policy fields and run arguments: each raises PolicyError
+naming the field, before any process exists."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping
+from types import MappingProxyType
+
+from ._exceptions import PolicyError
+from ._handler import Handler
+from ._syscalls import AARCH64, X86_64
+
+_SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def check_paths(name: str, value: object) -> tuple[str, ...]:
+    if isinstance(value, (str, bytes, os.PathLike)):
+        raise PolicyError(name, f"expected a sequence of paths, got the single path {value!r}")
+    if not isinstance(value, Iterable):
+        raise PolicyError(name, f"expected a sequence of paths, got {value!r}")
+    out: list[str] = []
+    for item in value:
+        if not isinstance(item, (str, os.PathLike)):
+            raise PolicyError(name, f"{item!r} is not a path")
+        path = os.path.abspath(os.fspath(item))
+        if "\0" in path:
+            raise PolicyError(name, f"{item!r} contains a NUL byte")
+        if not os.path.exists(path):
+            raise PolicyError(name, f"{path!r} does not exist")
+        if path not in out:
+            out.append(path)
+    return tuple(out)
+
+
+def parse_size(name: str, value: object) -> int:
+    """Bytes from an int or a string such as ``"512M"`` or ``"2G"``."""
+    if isinstance(value, bool):
+        raise PolicyError(name, f"{value!r} is not a size")
+    if isinstance(value, int):
+        size = value
+    elif isinstance(value, str):
+        text = value.strip().upper().removesuffix("B").removesuffix("I")
+        unit = text[-1:] if text[-1:] in _SIZE_UNITS else ""
+        try:
+            size = int(float(text[: len(text) - len(unit)]) * _SIZE_UNITS[unit])
+        except ValueError:
+            raise PolicyError(name,
+                              f"{value!r} is not a size like 1048576, '512M' or '2G'") from None
+    else:
+        raise PolicyError(name, f"{value!r} is not a size")
+    if size <= 0:
+        raise PolicyError(name, f"{value!r} must be positive")
+    return size
+
+
+def check_positive(name: str, value: object) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise PolicyError(name, f"{value!r} must be a positive integer or None")
+    return value
+
+
+def check_env(name: str, value: object) -> Mapping[str, str]:
+    """Validate an environment mapping; returns a read-only copy."""
+    if not isinstance(value, Mapping):
+        raise PolicyError(name, f"expected a mapping of str to str, got {value!r}")
+    for key, val in value.items():
+        if not isinstance(key, str) or not isinstance(val, str):
+            raise PolicyError(name, f"{key!r}={val!r}: keys and values must be str")
+        if not key or "=" in key or "\0" in key or "\0" in val:
+            raise PolicyError(name, f"{key!r}: not a valid environment variable")
+    return MappingProxyType(dict(value))
+
+
+def check_cwd(name: str, value: object) -> str | None:
+    """Validate a working directory; returns it as an absolute path."""
+    if value is None:
+        return None
+    if not isinstance(value, (str, os.PathLike)):
+        raise PolicyError(name, f"{value!r} is not a path")
+    path = os.path.abspath(os.fspath(value))
+    if not os.path.isdir(path):
+        raise PolicyError(name, f"{path!r} is not an existing directory")
+    return path
+
+
+def check_syscall_names(name: str, value: object) -> tuple[str, ...]:
+    """Validate syscall names against every supported architecture's table."""
+    if isinstance(value, str) or not isinstance(value, Iterable):
+        raise PolicyError(name, f"expected a sequence of syscall names, got {value!r}")
+    names: list[str] = []
+    for item in value:
+        if not isinstance(item, str) or (item not in X86_64 and item not in AARCH64):
+            raise PolicyError(name, f"unknown syscall name {item!r}")
+        names.append(item)
+    return tuple(dict.fromkeys(names))
+
+
+def check_handlers(name: str, value: object) -> tuple[Handler, ...]:
+    """Validate a sequence of :class:`Handler` instances."""
+    if not isinstance(value, Iterable) or isinstance(value, (str, Handler)):
+        raise PolicyError(name, f"expected a sequence of Handler instances, got {value!r}")
+    items = tuple(value)
+    for item in items:
+        if not isinstance(item, Handler):
+            raise PolicyError(name, f"{item!r} is not a Handler instance")
+        syscalls = item.syscalls
+        if isinstance(syscalls, str) or not syscalls:
+            raise PolicyError(name, f"{item!r}: syscalls must be a non-empty tuple of names")
+        check_syscall_names(name, syscalls)
+    return items
