@@ -28,7 +28,7 @@ ffibuilder.set_source(
     '#include "spawn.h"\n#include <unistd.h>\n#include <sys/ioctl.h>\n',
     # setuptools wants paths relative to the project root, where it runs us.
     sources=["csrc/spawn.c"],
-    include_dirs=["csrc"],
+    include_dirs=[str(_CSRC)],
     extra_compile_args=["-O2", "-Wall", "-Wextra", "-fno-stack-protector"],
 )
 

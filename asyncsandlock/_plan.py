@@ -20,6 +20,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING
 
 from ._bpf import DEFAULT_DENY, FilterSpec, build_filter
+from ._caps import can_drop_bounding, cap_last, keep_mask
 from ._exceptions import PolicyError
 from ._landlock import RulesetSpec, abi_version, build_ruleset, missing
 from ._sys import AUDIT_ARCH, SYSCALLS
@@ -42,6 +43,9 @@ class Plan:
     degraded: frozenset[Subsystem]
     allow_udp: bool
     deny: frozenset[str]
+    keep_caps: int
+    drop_bounding: bool
+    cap_last: int
     _filters: dict[frozenset[str], bytes] = field(default_factory=dict)
 
     def filter_for(self, notify: frozenset[str]) -> bytes | None:
@@ -122,7 +126,8 @@ async def compile_plan(policy: Sandbox) -> Plan:
         return policy._compiled  # type: ignore[no-any-return]
     key = (secrets.randbits(64), secrets.randbits(64), secrets.randbits(64))
     udp = any(rule.protocol in ("udp", "any") and rule.ports is None for rule in policy.net_rules())
-    plan = Plan(ruleset_fd, key, _rlimits(policy), frozenset(degraded), udp, deny)
+    plan = Plan(ruleset_fd, key, _rlimits(policy), frozenset(degraded), udp, deny,
+                keep_mask(policy.bind_ports()), can_drop_bounding(), cap_last())
     if ruleset_fd is not None:
         weakref.finalize(policy, os.close, ruleset_fd)
     object.__setattr__(policy, "_compiled", plan)

@@ -23,7 +23,8 @@ from ._plan import Plan
 
 # enum asl_step in csrc/spawn.h
 STEPS = {1: "signals", 2: "setpgid", 3: "pdeathsig", 4: "fds", 5: "chdir", 6: "rlimit",
-         7: "no_new_privs", 8: "landlock", 9: "seccomp", 10: "listener", 11: "execve"}
+         7: "no_new_privs", 8: "landlock", 9: "seccomp", 10: "listener", 11: "execve",
+         12: "capabilities"}
 _SECCOMP_FILTER_FLAG_NEW_LISTENER = 1 << 3
 
 
@@ -92,6 +93,9 @@ def spawn(plan: Plan, *, path: str, args: Sequence[bytes], env: Mapping[str, str
         keep.append(prog_c := ffi.from_buffer(prog))
         req.filter, req.filter_len = prog_c, len(prog) // 8
     req.key = list(plan.key)
+    req.keep_caps = plan.keep_caps
+    req.drop_bounding = int(plan.drop_bounding)
+    req.cap_last = plan.cap_last
     req.parent_pid = os.getpid()
     supervised = prog is not None and bool(notify)
     req.seccomp_flags = _SECCOMP_FILTER_FLAG_NEW_LISTENER if supervised else 0

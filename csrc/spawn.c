@@ -159,6 +159,35 @@ static long set_rlimits(const struct asl_spawn_req *req)
     return 0;
 }
 
+/* A root child keeps only what the policy needs (CAP_NET_BIND_SERVICE for a
+ * low net_allow_bind port): no CAP_SYS_ADMIN, CAP_SYS_NICE or CAP_SYS_RESOURCE
+ * over processes outside, no CAP_DAC_OVERRIDE.  Emptying the bounding set is
+ * what makes it stick: execve as uid 0 grants the bounding set. */
+static long drop_capabilities(const struct asl_spawn_req *req)
+{
+    long rc;
+    if (req->drop_bounding) {
+        for (int cap = 0; cap <= req->cap_last; cap++) {
+            if (req->keep_caps & (1ULL << cap))
+                continue;
+            if ((rc = SYS3(SYS_prctl, PR_CAPBSET_DROP, cap, 0)) < 0)
+                return rc;
+        }
+    }
+    rc = raw_syscall(SYS_prctl, PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0, 0);
+    if (rc < 0 && rc != -EINVAL) /* EINVAL: a kernel without ambient capabilities */
+        return rc;
+    struct {
+        uint32_t version;
+        int pid;
+    } header = {0x20080522 /* _LINUX_CAPABILITY_VERSION_3 */, 0};
+    struct {
+        uint32_t effective, permitted, inheritable;
+    } data[2] = {{(uint32_t)req->keep_caps, (uint32_t)req->keep_caps, 0},
+                 {(uint32_t)(req->keep_caps >> 32), (uint32_t)(req->keep_caps >> 32), 0}};
+    return SYS3(SYS_capset, &header, data, 0);
+}
+
 static long send_listener(const struct asl_spawn_req *req, int listener)
 {
     union {
@@ -205,6 +234,8 @@ static int child_main(void *arg)
         fail(req, ASL_STEP_CHDIR, rc);
     if ((rc = set_rlimits(req)) < 0)
         fail(req, ASL_STEP_RLIMIT, rc);
+    if ((rc = drop_capabilities(req)) < 0)
+        fail(req, ASL_STEP_CAPABILITIES, rc);
     if ((rc = raw_syscall(SYS_prctl, PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0, 0)) < 0)
         fail(req, ASL_STEP_NO_NEW_PRIVS, rc);
     if (req->landlock_fd >= 0 &&

@@ -23,7 +23,8 @@ enum asl_step {
     ASL_STEP_LANDLOCK = 8,
     ASL_STEP_SECCOMP = 9,
     ASL_STEP_LISTENER = 10,
-    ASL_STEP_EXECVE = 11
+    ASL_STEP_EXECVE = 11,
+    ASL_STEP_CAPABILITIES = 12
 };
 
 /* Child fd `dst` becomes a copy of parent fd `src`. */
@@ -60,6 +61,9 @@ struct asl_spawn_req {
     unsigned int seccomp_flags;
     int listener_sock;            /* -1 unless seccomp_flags has NEW_LISTENER */
     uint64_t key[3];              /* the filter lets our own calls through */
+    uint64_t keep_caps;           /* capabilities kept; all others dropped */
+    int drop_bounding;            /* 1: also empty the bounding set (needs CAP_SETPCAP) */
+    int cap_last;                 /* /proc/sys/kernel/cap_last_cap */
     int parent_pid;
     int errpipe;                  /* write end of a CLOEXEC pipe */
 };
