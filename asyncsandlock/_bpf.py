@@ -103,6 +103,7 @@ class FilterSpec:
     notify: frozenset[str]
     key: tuple[int, int, int] | None
     allow_udp: bool
+    allow_unix: bool = False
 
 
 class _Asm:
@@ -147,14 +148,23 @@ def _keyed_exemption(key: tuple[int, int, int]) -> _Asm:
     return body
 
 
-def _socket_rule(allow_udp: bool, pair: bool, allow: int) -> _Asm:
-    """unix: allowed; inet/inet6: TCP streams, and UDP datagrams if allowed."""
+def _socket_rule(spec: FilterSpec, pair: bool, allow: int) -> _Asm:
+    """socketpair: unix only.  socket: unix if allowed; inet/inet6: TCP
+    streams, and UDP datagrams if allowed.
+
+    Landlock (up to ABI 7) does not govern connect() or sendto() to a
+    *pathname* unix socket: with socket(AF_UNIX) allowed, a child could reach
+    any listening socket on the host whose path it can name (a container
+    runtime's, a message bus's).  So socket(AF_UNIX) is refused unless the
+    policy opts in; socketpair() makes an anonymous, already connected pair
+    and stays allowed.
+    """
     body = _Asm()
     deny = ret_errno(errno.EAFNOSUPPORT)
     body.load(_arg_lo(0))
     body.emit(_JEQ_K, _AF_UNIX, 0, 1)
-    body.ret(allow)
-    if pair:  # socketpair only makes sense for AF_UNIX
+    body.ret(allow if pair or spec.allow_unix else ret_errno(errno.EACCES))
+    if pair:
         body.ret(deny)
         return body
     # Indices below are fixed: 15 is ALLOW, 16 is DENY.
@@ -166,7 +176,7 @@ def _socket_rule(allow_udp: bool, pair: bool, allow: int) -> _Asm:
     body.load(_arg_lo(2))  # 8
     body.emit(_JEQ_K, 0, 5, 0)  # 9: default protocol of a stream is TCP
     body.emit(_JEQ_K, _IPPROTO_TCP, 4, 5)  # 10: not SCTP/MPTCP, Landlock sees TCP only
-    body.emit(_JEQ_K, _SOCK_DGRAM if allow_udp else 0xFFFF, 0, 4)  # 11
+    body.emit(_JEQ_K, _SOCK_DGRAM if spec.allow_udp else 0xFFFF, 0, 4)  # 11
     body.load(_arg_lo(2))  # 12
     body.emit(_JEQ_K, 0, 1, 0)  # 13
     body.emit(_JEQ_K, _IPPROTO_UDP, 0, 1)  # 14: not ICMP "ping" sockets
@@ -200,7 +210,7 @@ def _rules(spec: FilterSpec) -> _Asm:
         asm.block(table["clone3"], body)
     for name, pair in (("socket", False), ("socketpair", True)):
         if name in table and name not in spec.deny:
-            asm.block(table[name], _socket_rule(spec.allow_udp, pair, allow(name)))
+            asm.block(table[name], _socket_rule(spec, pair, allow(name)))
     if "ioctl" in table and "ioctl" not in spec.deny:
         body = _Asm()
         body.load(_arg_lo(1))  # the kernel reads cmd as a 32-bit int

@@ -42,6 +42,7 @@ class Plan:
     rlimits: tuple[tuple[int, int, int], ...]
     degraded: frozenset[Subsystem]
     allow_udp: bool
+    allow_unix: bool
     deny: frozenset[str]
     keep_caps: int
     drop_bounding: bool
@@ -55,7 +56,7 @@ class Plan:
         prog = self._filters.get(notify)
         if prog is None:
             spec = FilterSpec(AUDIT_ARCH, SYSCALLS, self.deny, notify,
-                              self.key if notify else None, self.allow_udp)
+                              self.key if notify else None, self.allow_udp, self.allow_unix)
             prog = self._filters[notify] = build_filter(spec)
         return prog
 
@@ -126,7 +127,8 @@ async def compile_plan(policy: Sandbox) -> Plan:
         return policy._compiled  # type: ignore[no-any-return]
     key = (secrets.randbits(64), secrets.randbits(64), secrets.randbits(64))
     udp = any(rule.protocol in ("udp", "any") and rule.ports is None for rule in policy.net_rules())
-    plan = Plan(ruleset_fd, key, _rlimits(policy), frozenset(degraded), udp, deny,
+    plan = Plan(ruleset_fd, key, _rlimits(policy), frozenset(degraded), udp,
+                policy.allow_unix_sockets, deny,
                 keep_mask(policy.bind_ports()), can_drop_bounding(), cap_last())
     if ruleset_fd is not None:
         weakref.finalize(policy, os.close, ruleset_fd)

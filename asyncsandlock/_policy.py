@@ -48,6 +48,11 @@ class Sandbox:
     cwd: str | os.PathLike[str] | None = None
     net_allow: Sequence[str] = ()
     net_allow_bind: Sequence[int | str] = ()
+    #: Let the child create unix sockets with socket(2).  Off by default:
+    #: Landlock up to ABI 7 does not control connecting to a *pathname* unix
+    #: socket, so this lets the child reach any socket on the host whose path
+    #: it can name.  socketpair(2) is always allowed.
+    allow_unix_sockets: bool = False
     max_open_files: int | None = None
     max_processes: int | None = None
     max_memory: int | str | None = None
@@ -62,8 +67,9 @@ class Sandbox:
         put(self, "fs_readable", check_paths("fs_readable", self.fs_readable))
         put(self, "fs_writable", check_paths("fs_writable", self.fs_writable))
         put(self, "env", check_env("env", self.env))
-        if not isinstance(self.clean_env, bool):
-            raise PolicyError("clean_env", f"{self.clean_env!r} must be True or False")
+        for flag in ("clean_env", "allow_unix_sockets"):
+            if not isinstance(getattr(self, flag), bool):
+                raise PolicyError(flag, f"{getattr(self, flag)!r} must be True or False")
         put(self, "cwd", check_cwd("cwd", self.cwd))
         if isinstance(self.net_allow, str) or not isinstance(self.net_allow, Iterable):
             raise PolicyError("net_allow", f"expected a sequence of rules, got {self.net_allow!r}")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ._exceptions import SandboxedProcessError
 from ._types import ExitReason, Protection, Subsystem
@@ -21,7 +21,7 @@ class Result:
     reason: ExitReason
     signal: int | None
     duration: float
-    protections: Mapping[Subsystem, Protection]
+    protections: Mapping[Subsystem, Protection] = field(repr=False)
 
     @property
     def success(self) -> bool:

@@ -1,0 +1,92 @@
+"""Escape tests for hardening beyond the Landlock rules: capabilities of a root
+child, pathname unix sockets, and the process-group containment."""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+
+import pytest
+
+from asyncsandlock import Sandbox
+
+from conftest import system_sandbox
+
+pytestmark = pytest.mark.anyio
+
+PYTHON_ROOTS = (sys.base_prefix, sys.prefix)
+
+
+def _cap_masks(text: str) -> dict[str, int]:
+    return {line.split(":")[0]: int(line.split()[1], 16)
+            for line in text.splitlines() if line.startswith("Cap")}
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs a root caller")
+async def test_root_child_has_no_capabilities() -> None:
+    """Regression test for a root child keeping CAP_SYS_ADMIN & co."""
+    result = await system_sandbox(fs_readable=["/proc"]).run(["cat", "/proc/self/status"])
+    caps = _cap_masks(result.stdout.decode())
+    assert caps == {"CapInh": 0, "CapPrm": 0, "CapEff": 0, "CapBnd": 0, "CapAmb": 0}
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs a root caller")
+async def test_low_bind_port_keeps_only_net_bind_service() -> None:
+    result = await system_sandbox(fs_readable=["/proc"], net_allow_bind=[80]).run(
+        ["cat", "/proc/self/status"])
+    caps = _cap_masks(result.stdout.decode())
+    assert caps["CapEff"] == caps["CapBnd"] == 1 << 10  # CAP_NET_BIND_SERVICE
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs a root caller")
+async def test_root_child_cannot_chown_or_read_others_files(sandbox_tmp: object) -> None:
+    """Without CAP_CHOWN / CAP_DAC_OVERRIDE, uid 0 is an ordinary owner."""
+    path = os.path.join(str(sandbox_tmp), "private")
+    with open(path, "w") as f:
+        f.write("x")
+    os.chown(path, 65534, 65534)
+    os.chmod(path, 0o600)
+    sb = system_sandbox(fs_writable=[str(sandbox_tmp)])
+    chown = await sb.run(["chown", "0:0", path])
+    read = await sb.run(["cat", path])
+    assert chown.returncode != 0 and b"not permitted" in chown.stderr
+    assert read.returncode != 0 and b"Permission denied" in read.stderr
+
+
+async def test_pathname_unix_socket_outside_policy_is_unreachable(sandbox_tmp: object) -> None:
+    """Regression test: Landlock (<= ABI 7) does not govern connect() to a
+    pathname unix socket, so socket(AF_UNIX) itself is refused."""
+    path = os.path.join(str(sandbox_tmp), "host.sock")
+    with socket.socket(socket.AF_UNIX) as server:
+        server.bind(path)
+        server.listen()
+        server.setblocking(False)
+        script = ("import socket,sys\n"
+                  "try:\n"
+                  "    c = socket.socket(socket.AF_UNIX); c.connect(sys.argv[1])\n"
+                  "except OSError as e:\n"
+                  "    sys.exit(e.errno)\n")
+        sb = system_sandbox(fs_readable=PYTHON_ROOTS)
+        result = await sb.run([sys.executable, "-c", script, path])
+        assert result.returncode == 13, result.stderr  # EACCES
+        with pytest.raises(BlockingIOError):
+            server.accept()
+
+
+async def test_unix_sockets_can_be_allowed_and_socketpair_always_works() -> None:
+    script = ("import socket\n"
+              "a, b = socket.socketpair(); a.send(b'pair'); print(b.recv(4).decode())\n"
+              "socket.socket(socket.AF_UNIX).close(); print('socket')\n")
+    denied = await system_sandbox(fs_readable=PYTHON_ROOTS).run([sys.executable, "-c", script])
+    assert denied.stdout == b"pair\n" and b"PermissionError" in denied.stderr
+    allowed = await system_sandbox(fs_readable=PYTHON_ROOTS, allow_unix_sockets=True).run(
+        [sys.executable, "-c", script])
+    assert allowed.stdout == b"pair\nsocket\n", allowed.stderr
+
+
+def test_allow_unix_sockets_must_be_a_bool() -> None:
+    from asyncsandlock import PolicyError
+
+    with pytest.raises(PolicyError, match="allow_unix_sockets"):
+        Sandbox(allow_unix_sockets="yes")  # type: ignore[arg-type]
