@@ -5,10 +5,17 @@ from ._exceptions import PolicyError as PolicyError
 from ._exceptions import SandboxedProcessError as SandboxedProcessError
 from ._exceptions import SandboxError as SandboxError
 from ._exceptions import SpawnError as SpawnError
+from ._features import Capabilities as Capabilities
+from ._features import probe as probe
 from ._handler import ExceptionPolicy as ExceptionPolicy
 from ._handler import Handler as Handler
+from ._inputs import inputs as inputs
 from ._notify import HandlerCtx as HandlerCtx
 from ._notify import NotifAction as NotifAction
+from ._pipeline import Gather as Gather
+from ._pipeline import Pipeline as Pipeline
+from ._pipeline import PipelineResult as PipelineResult
+from ._pipeline import Stage as Stage
 from ._policy import SYSTEM_READABLE as SYSTEM_READABLE
 from ._policy import Sandbox as Sandbox
 from ._process import SandboxedProcess as SandboxedProcess
@@ -27,12 +34,16 @@ __all__ = [
     "PIPE",
     "STDOUT",
     "SYSTEM_READABLE",
+    "Capabilities",
     "ConfinementUnavailable",
     "ExceptionPolicy",
     "ExitReason",
+    "Gather",
     "Handler",
     "HandlerCtx",
     "NotifAction",
+    "Pipeline",
+    "PipelineResult",
     "PolicyError",
     "Protection",
     "Result",
@@ -41,7 +52,10 @@ __all__ = [
     "SandboxedProcess",
     "SandboxedProcessError",
     "SpawnError",
+    "Stage",
     "Subsystem",
     "allow_degraded",
+    "inputs",
+    "probe",
     "strict",
 ]

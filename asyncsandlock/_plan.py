@@ -19,8 +19,10 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING
 
+import anyio
+
 from ._bpf import DEFAULT_DENY, FilterSpec, build_filter
-from ._caps import can_drop_bounding, cap_last, keep_mask
+from ._caps import _status_mask, can_drop_bounding, cap_last, keep_mask
 from ._exceptions import PolicyError
 from ._landlock import RulesetSpec, abi_version, build_ruleset, missing
 from ._sys import AUDIT_ARCH, SYSCALLS
@@ -48,6 +50,17 @@ class Plan:
     drop_bounding: bool
     cap_last: int
     _filters: dict[frozenset[str], bytes] = field(default_factory=dict)
+    #: Decisions of ``on_unavailable`` in progress, and the refusals it
+    #: accepted (see ``_unavailable.degrade``).
+    deciding: dict[Subsystem, anyio.Event] = field(default_factory=dict)
+    refusals: dict[Subsystem, OSError] = field(default_factory=dict)
+
+    @property
+    def landlock_fd(self) -> int:
+        """The ruleset fd the child restricts itself with, or -1 without Landlock."""
+        if self.ruleset_fd is None or Subsystem.LANDLOCK in self.degraded:
+            return -1
+        return self.ruleset_fd
 
     def filter_for(self, notify: frozenset[str]) -> bytes | None:
         """The BPF program that traps ``notify`` (cached), or None without seccomp."""
@@ -61,14 +74,15 @@ class Plan:
         return prog
 
     def protections(self, supervised: bool) -> Mapping[Subsystem, Protection]:
-        """Per subsystem, what a run with this plan gets."""
+        """Per subsystem, what a run with this plan gets; ``supervised``: the
+        run asked for the supervisor (it has handlers)."""
         out: dict[Subsystem, Protection] = {}
         for sub in Subsystem:
-            if sub in self.degraded:
-                out[sub] = Protection.DEGRADED
-            elif sub is Subsystem.NETWORK_NAMESPACE or (
+            if sub is Subsystem.NETWORK_NAMESPACE or (
                     sub is Subsystem.SUPERVISOR and not supervised):
                 out[sub] = Protection.NOT_REQUESTED
+            elif sub in self.degraded:
+                out[sub] = Protection.DEGRADED
             else:
                 out[sub] = Protection.ACTIVE
         return MappingProxyType(out)
@@ -108,6 +122,9 @@ def _rlimits(policy: Sandbox) -> tuple[tuple[int, int, int], ...]:
     return tuple(limits)
 
 
+_compiling: weakref.WeakKeyDictionary[Sandbox, anyio.Event] = weakref.WeakKeyDictionary()
+
+
 async def compile_plan(policy: Sandbox) -> Plan:
     """The plan of ``policy`` on this kernel, computed on first use."""
     plan: Plan | None = policy._compiled
@@ -119,7 +136,17 @@ async def compile_plan(policy: Sandbox) -> Plan:
             if name in deny:
                 raise PolicyError("handlers", f"{handler!r} traps {name!r}, which the policy "
                                               "denies outright")
-    ruleset_fd, degraded = await _landlock(policy)
+    while (pending := _compiling.get(policy)) is not None:
+        # Another run is compiling it, perhaps awaiting on_unavailable: one decision.
+        await pending.wait()
+        if policy._compiled is not None:
+            return policy._compiled  # type: ignore[no-any-return]
+    _compiling[policy] = done = anyio.Event()
+    try:
+        ruleset_fd, degraded = await _landlock(policy)
+    finally:
+        del _compiling[policy]
+        done.set()
     # Another task may have compiled the same policy while we awaited a decision.
     if policy._compiled is not None:
         if ruleset_fd is not None:
@@ -134,3 +161,14 @@ async def compile_plan(policy: Sandbox) -> Plan:
         weakref.finalize(policy, os.close, ruleset_fd)
     object.__setattr__(policy, "_compiled", plan)
     return plan
+
+
+def probe_plan(seccomp: bool = True) -> Plan:
+    """A plan that confines nothing but by a seccomp filter that denies
+    nothing (none without ``seccomp``): for the throwaway children of
+    ``_features.probe``.  They keep our capabilities, so that they meet the
+    host's refusals, not ours."""
+    key = (secrets.randbits(64), secrets.randbits(64), secrets.randbits(64))
+    degraded = frozenset() if seccomp else frozenset({Subsystem.SECCOMP})
+    return Plan(None, key, (), degraded, False, True, frozenset(), _status_mask("CapPrm"),
+                False, cap_last())

@@ -52,12 +52,15 @@ class SandboxedProcess:
     _status: os.waitid_result | None
     _reason: ExitReason | None
     _wait_lock: anyio.Lock
+    _finished: bool
+    _own_group: bool
 
     def __init__(self) -> None:
         raise TypeError("SandboxedProcess objects are created by Sandbox.open()")
 
     @classmethod
     def _create(cls, *, args: Sequence[str], pid: int, pidfd: int, listener: int | None,
+                own_group: bool,
                 stdin: int | None, stdout: int | None, stderr: int | None,
                 protections: Mapping[Subsystem, Protection], started: float) -> SandboxedProcess:
         self = object.__new__(cls)
@@ -74,7 +77,11 @@ class SandboxedProcess:
         self._ended = None
         self._status = None
         self._reason = None
-        self._wait_lock = anyio.Lock()
+        # fast_acquire: an uncontended acquire does not yield; wait() still
+        # checkpoints, in wait_readable() or in its already-finished branch.
+        self._wait_lock = anyio.Lock(fast_acquire=True)
+        self._finished = False
+        self._own_group = own_group
         return self
 
     def __repr__(self) -> str:
@@ -109,9 +116,13 @@ class SandboxedProcess:
 
     def send_signal(self, sig: int) -> None:
         """Send ``sig`` to every process of the sandbox."""
-        if self._status is None:
-            with contextlib.suppress(ProcessLookupError):
+        if self._status is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            if self._own_group:
                 os.killpg(self.pid, sig)
+            else:  # nested: no group of our own, only the command is reachable
+                _signal.pidfd_send_signal(self._pidfd, sig)
 
     def terminate(self) -> None:
         """SIGTERM the sandbox."""
@@ -135,12 +146,16 @@ class SandboxedProcess:
 
     async def wait(self) -> int:
         """Wait for the sandbox to end, kill what it left behind, reap it."""
+        if self._finished:  # reaped and cleaned up: only the checkpoint is left
+            await anyio.lowlevel.checkpoint()
+            return self._status_code()
         async with self._wait_lock:
             if self._status is None:
                 await anyio.wait_readable(self._pidfd)
                 # Leftovers die while the zombie still pins the group id.
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.pid, _signal.SIGKILL)
+                if self._own_group:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(self.pid, _signal.SIGKILL)
                 self._status = os.waitid(os.P_PIDFD, self._pidfd, os.WEXITED)
                 self._ended = time.monotonic()
                 close_fd(self._pidfd)
@@ -148,12 +163,17 @@ class SandboxedProcess:
                 with anyio.CancelScope(shield=True):
                     await self._reap_orphans()
                     await self._stop_supervisor()
-        assert self.returncode is not None
-        return self.returncode
+                self._finished = True
+        return self._status_code()
+
+    def _status_code(self) -> int:
+        code = self.returncode
+        assert code is not None
+        return code
 
     async def _reap_orphans(self) -> None:
         """As PID 1 or a subreaper, we inherit the sandbox's orphans: reap them."""
-        if os.getpid() != 1 and not _is_subreaper():
+        if not self._own_group or (os.getpid() != 1 and not _is_subreaper()):
             return
         deadline = time.monotonic() + 5.0
         while time.monotonic() < deadline:
@@ -210,10 +230,11 @@ class SandboxedProcess:
             await self._kill_and_reap(ExitReason.KILLED)
             raise
         finally:
-            with anyio.CancelScope(shield=True):
-                for stream in (self.stdout, self.stderr):
-                    if stream is not None:
-                        await stream.aclose()
+            # Closing an fd cannot block: close both without a checkpoint each
+            # (wait() above was the checkpoint).
+            for stream in (self.stdout, self.stderr):
+                if stream is not None:
+                    stream._close()
 
     async def __aenter__(self) -> SandboxedProcess:
         return self

@@ -22,6 +22,7 @@ from ._spawn import resolve_executable, spawn
 from ._supervisor import Supervisor, route
 from ._sys import SYSCALLS
 from ._types import ExitReason
+from ._unavailable import confined_spawn, warn_degraded
 from ._validate import check_cwd, check_env, check_handlers
 from .handlers import builtin_handlers
 
@@ -109,35 +110,35 @@ async def open_process(sandbox: Sandbox, args: Sequence[str], *, stdin: StdioTar
     argv = check_args(args)
     run_env = check_env("env", env if env is not None else {})
     run_cwd = check_cwd("cwd", cwd) or sandbox.cwd
-    all_handlers = (*sandbox.handlers, *check_handlers("handlers", handlers),
-                    *builtin_handlers(sandbox))
+    # Built-in policies first: the first answer other than continue_() decides.
+    all_handlers = (*builtin_handlers(sandbox), *sandbox.handlers,
+                    *check_handlers("handlers", handlers))
     plan = await compile_plan(sandbox)
     full_env = {} if sandbox.clean_env else dict(os.environ)
     full_env.update(sandbox.env)
     full_env.update(run_env)
     path = resolve_executable(argv[0], full_env, str(run_cwd) if run_cwd else None)
-    routes, names = route(all_handlers, SYSCALLS)
-    for name in names.values():
-        if name in plan.deny:
-            raise PolicyError("handlers", f"a handler traps {name!r}, which the policy denies")
+    routes, names = route(all_handlers, SYSCALLS, plan.deny)
     notify = frozenset(names.values())
     stdio = _Stdio()
     try:
         for index, target in enumerate((stdin, stdout, stderr)):
             stdio.slot(index, target)
         started = time.monotonic()
-        child = spawn(plan, path=path, args=[os.fsencode(a) for a in argv], env=full_env,
-                      cwd=str(run_cwd) if run_cwd else None, fds=[*stdio.child, *extra_fds],
-                      notify=notify)
+        child = await confined_spawn(sandbox, plan, notify, lambda trapped: spawn(
+            plan, path=path, args=[os.fsencode(a) for a in argv], env=full_env,
+            cwd=str(run_cwd) if run_cwd else None, fds=[*stdio.child, *extra_fds],
+            notify=trapped))
     except BaseException:
         stdio.fail()
         raise
     stdio.after_spawn()
-    supervised = child.listener is not None
     proc = SandboxedProcess._create(
         args=argv, pid=child.pid, pidfd=child.pidfd, listener=child.listener,
+        own_group=child.own_group,
         stdin=stdio.ours[0], stdout=stdio.ours[1], stderr=stdio.ours[2],
-        protections=plan.protections(supervised), started=started)
+        protections=plan.protections(bool(notify)), started=started)
+    warn_degraded(sandbox, proc.protections)
     if child.listener is not None:
         supervisor = Supervisor(child.listener, routes, names,
                                 lambda: proc._kill_for(ExitReason.KILLED))
@@ -159,6 +160,89 @@ async def _feed(proc: SandboxedProcess, data: bytes) -> None:
     await proc.stdin.aclose()
 
 
+def check_timeout(timeout: object) -> float | None:
+    """Validate a ``timeout=`` argument (positive seconds or None)."""
+    # "not > 0" rather than "<= 0": NaN compares false both ways.
+    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
+                                or not timeout > 0):
+        raise PolicyError("timeout", f"{timeout!r} must be a positive number of seconds or None")
+    return timeout
+
+
+def check_input(input: object, stdin: StdioTarget) -> StdioTarget:
+    """Validate an ``input=`` argument; returns the stdin target that carries it."""
+    if input is None:
+        return stdin
+    if not isinstance(input, (bytes, bytearray, memoryview)):
+        raise PolicyError("input", f"expected bytes, got {type(input).__name__}")
+    if stdin is not None:
+        raise PolicyError("stdin", "stdin and input cannot both be given")
+    return PIPE
+
+
+async def _kill_and_reap_all(procs: Sequence[SandboxedProcess], reason: ExitReason) -> None:
+    # Mark and signal every sandbox before reaping any, so that a stage that
+    # dies of SIGPIPE because its neighbour was killed first is still
+    # reported with ``reason``, not as a crash of its own.
+    with anyio.CancelScope(shield=True):
+        for proc in procs:
+            if proc.returncode is None:
+                proc._kill_for(reason)
+        for proc in procs:
+            await proc.wait()
+
+
+async def close_all(procs: Sequence[SandboxedProcess]) -> None:
+    """Kill and reap those still running (reason KILLED), then close every stream."""
+    await _kill_and_reap_all(procs, ExitReason.KILLED)
+    with anyio.CancelScope(shield=True):
+        for proc in procs:
+            await proc.aclose()
+
+
+async def _wait_all(procs: Sequence[SandboxedProcess]) -> None:
+    # Each sandbox is reaped (and what it left behind killed) as soon as its
+    # first process exits, not when the slowest one does.
+    if len(procs) == 1:
+        await procs[0].wait()
+        return
+    async with anyio.create_task_group() as tg:
+        for proc in procs:
+            tg.start_soon(proc.wait)
+
+
+async def supervise(procs: Sequence[SandboxedProcess], inputs: Sequence[bytes | None],
+                    timeout: float | None) -> list[Result]:
+    """Drive started processes to their end as one group.
+
+    ``inputs[i]`` is written to the stdin pipe of ``procs[i]`` (if it has
+    one), every stdout/stderr pipe is drained, and all are waited for under
+    one ``timeout``: on expiry those still running are killed and reaped
+    with :attr:`ExitReason.TIMEOUT`; on cancellation all are killed and
+    reaped before it propagates.
+    """
+    outs: list[list[bytes]] = [[] for _ in procs]
+    errs: list[list[bytes]] = [[] for _ in procs]
+    try:
+        async with anyio.create_task_group() as tg:
+            for proc, data, out, err in zip(procs, inputs, outs, errs, strict=True):
+                if proc.stdout is not None:
+                    tg.start_soon(_drain, proc.stdout, out)
+                if proc.stderr is not None:
+                    tg.start_soon(_drain, proc.stderr, err)
+                if proc.stdin is not None:
+                    tg.start_soon(_feed, proc, bytes(data or b""))
+            with anyio.move_on_after(timeout) as scope:
+                await _wait_all(procs)
+            if scope.cancelled_caught:
+                await _kill_and_reap_all(procs, ExitReason.TIMEOUT)
+    finally:
+        await close_all(procs)
+    return [proc._result(b"".join(out) if proc.stdout is not None else None,
+                         b"".join(err) if proc.stderr is not None else None)
+            for proc, out, err in zip(procs, outs, errs, strict=True)]
+
+
 async def run(sandbox: Sandbox, args: Sequence[str], *, input: bytes | None = None,
               stdin: StdioTarget = None, stdout: StdioTarget = PIPE, stderr: StdioTarget = PIPE,
               timeout: float | None = None, check: bool = False,
@@ -166,39 +250,12 @@ async def run(sandbox: Sandbox, args: Sequence[str], *, input: bytes | None = No
               handlers: Sequence[Handler] = (), extra_fds: Sequence[int] = (),
               task_status: TaskStatus[SandboxedProcess] = anyio.TASK_STATUS_IGNORED) -> Result:
     """Run ``args`` in ``sandbox`` to the end; see :meth:`Sandbox.run`."""
-    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
-                                or timeout <= 0):
-        raise PolicyError("timeout", f"{timeout!r} must be a positive number of seconds or None")
-    if input is not None:
-        if not isinstance(input, (bytes, bytearray, memoryview)):
-            raise PolicyError("input", f"expected bytes, got {type(input).__name__}")
-        if stdin is not None:
-            raise PolicyError("stdin", "stdin and input cannot both be given")
-        stdin = PIPE
+    check_timeout(timeout)
+    stdin = check_input(input, stdin)
     proc = await open_process(sandbox, args, stdin=stdin, stdout=stdout, stderr=stderr, env=env,
                               cwd=cwd, handlers=handlers, extra_fds=extra_fds)
-    out: list[bytes] = []
-    err: list[bytes] = []
-    try:
-        async with anyio.create_task_group() as tg:
-            if proc.stdout is not None:
-                tg.start_soon(_drain, proc.stdout, out)
-            if proc.stderr is not None:
-                tg.start_soon(_drain, proc.stderr, err)
-            if proc.stdin is not None:
-                tg.start_soon(_feed, proc, bytes(input or b""))
-            task_status.started(proc)
-            with anyio.move_on_after(timeout) as scope:
-                await proc.wait()
-            if scope.cancelled_caught:
-                await proc._kill_and_reap(ExitReason.TIMEOUT)
-    finally:
-        with anyio.CancelScope(shield=True):
-            if proc.returncode is None:
-                await proc._kill_and_reap(ExitReason.KILLED)
-            await proc.aclose()
-    result = proc._result(b"".join(out) if proc.stdout is not None else None,
-                          b"".join(err) if proc.stderr is not None else None)
+    task_status.started(proc)
+    (result,) = await supervise([proc], [input], timeout)
     if check:
         result.check_returncode()
     return result

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import os
 import signal
 import socket
@@ -20,6 +21,7 @@ from typing import Any
 from ._core import ffi, lib
 from ._exceptions import SpawnError
 from ._plan import Plan
+from ._types import Subsystem
 
 # enum asl_step in csrc/spawn.h
 STEPS = {1: "signals", 2: "setpgid", 3: "pdeathsig", 4: "fds", 5: "chdir", 6: "rlimit",
@@ -35,6 +37,7 @@ class Spawned:
     pid: int
     pidfd: int
     listener: int | None
+    own_group: bool
 
 
 def resolve_executable(name: str, env: Mapping[str, str], cwd: str | None) -> str:
@@ -69,6 +72,20 @@ def _cstrings(items: Sequence[bytes], keep: list[Any]) -> Any:
     return array
 
 
+def _above(fd: int, floor: int, spares: list[int]) -> int:
+    """``fd``, or a CLOEXEC copy of it numbered at least ``floor``.
+
+    The child installs its fds ``0 .. floor-1`` with dup3 *before* it uses
+    the ruleset fd, the error pipe and the listener socket: one of those
+    numbered below ``floor`` would be overwritten (Landlock then fails with
+    EBADFD, or the error report lands in one of the child's own fds).
+    """
+    if 0 <= fd < floor:
+        fd = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, floor)
+        spares.append(fd)
+    return fd
+
+
 def spawn(plan: Plan, *, path: str, args: Sequence[bytes], env: Mapping[str, str],
           cwd: str | None, fds: Sequence[int], notify: frozenset[str]) -> Spawned:
     """Start one confined child; ``fds[i]`` becomes the child's fd ``i``."""
@@ -87,7 +104,6 @@ def spawn(plan: Plan, *, path: str, args: Sequence[bytes], env: Mapping[str, str
     limits = ffi.new("struct asl_rlimit[]", list(plan.rlimits) or 1)
     keep.append(limits)
     req.rlimits, req.nrlimits = limits, len(plan.rlimits)
-    req.landlock_fd = -1 if plan.ruleset_fd is None else plan.ruleset_fd
     prog = plan.filter_for(notify)
     if prog is not None:
         keep.append(prog_c := ffi.from_buffer(prog))
@@ -96,6 +112,7 @@ def spawn(plan: Plan, *, path: str, args: Sequence[bytes], env: Mapping[str, str
     req.keep_caps = plan.keep_caps
     req.drop_bounding = int(plan.drop_bounding)
     req.cap_last = plan.cap_last
+    req.own_group = int(Subsystem.PROCESS_GROUP not in plan.degraded)
     req.parent_pid = os.getpid()
     supervised = prog is not None and bool(notify)
     req.seccomp_flags = _SECCOMP_FILTER_FLAG_NEW_LISTENER if supervised else 0
@@ -103,10 +120,14 @@ def spawn(plan: Plan, *, path: str, args: Sequence[bytes], env: Mapping[str, str
         else (None, None)
     err_r, err_w = os.pipe2(os.O_CLOEXEC)
     pidfd_out = ffi.new("int *", -1)
+    spares: list[int] = []
     try:
-        req.listener_sock = theirs.fileno() if theirs is not None else -1
-        req.errpipe = err_w
+        req.landlock_fd = _above(plan.landlock_fd, len(fds), spares)
+        req.listener_sock = _above(theirs.fileno(), len(fds), spares) if theirs else -1
+        req.errpipe = _above(err_w, len(fds), spares)
         pid = lib.asl_spawn(req, pidfd_out)
+        while spares:
+            os.close(spares.pop())
         os.close(err_w)
         err_w = -1
         if pid < 0:
@@ -126,8 +147,10 @@ def spawn(plan: Plan, *, path: str, args: Sequence[bytes], env: Mapping[str, str
         except BaseException:
             _kill_and_reap(pidfd)
             raise
-        return Spawned(pid, pidfd, listener)
+        return Spawned(pid, pidfd, listener, bool(req.own_group))
     finally:
+        for fd in spares:
+            os.close(fd)
         os.close(err_r)
         if err_w >= 0:
             os.close(err_w)

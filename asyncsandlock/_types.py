@@ -23,6 +23,9 @@ class Subsystem(enum.Enum):
     #: seccomp user notification: the supervisor and the syscall handlers.
     SUPERVISOR = "supervisor"
     NETWORK_NAMESPACE = "network-namespace"
+    #: The sandbox's own process group, which lets a kill reach every
+    #: descendant.  Refused inside another sandbox (setpgid is denied there).
+    PROCESS_GROUP = "process-group"
 
 
 class Protection(enum.Enum):

@@ -1,30 +1,76 @@
-"""Decisions about confinement steps the host refuses (``on_unavailable``)."""
+"""Decisions about confinement steps the host refuses (``on_unavailable``).
+
+Where a refusal shows
+---------------------
+Landlock's absence, and the Landlock rights an older ABI lacks, show in the
+parent, when the plan is compiled (``_plan.py``).  Everything else shows in
+the child, as the confinement step that failed: the spawn reports the step
+and the errno, we map the step to a :class:`Subsystem`, put it to the
+policy, and, if the policy returns, spawn again without that step.  Nothing
+is skipped that the policy did not agree to, and what it agreed to is
+remembered in ``Plan.degraded``: the policy is asked once per
+:class:`Sandbox`, whatever the number of runs (a refusal is not remembered:
+nothing ran, and the next run asks again).
+
+The seccomp step is ambiguous.  With ``SECCOMP_FILTER_FLAG_NEW_LISTENER``,
+EBUSY can only mean "already under a listener" (a nested sandbox), but
+EINVAL is what gVisor answers for the flag *and* what a kernel without
+seccomp filters answers for the filter.  A throwaway child tells them apart
+(``_features.seccomp_trials``, once per process): if a plain filter is
+accepted here, the listener was refused.
+
+Without a supervisor, the seccomp filter still holds but nothing is
+trapped: syscall handlers and ``max_processes`` are not enforced.  Without
+seccomp there is no supervisor either, so a run that needs one puts
+SUPERVISOR to the policy as well.
+"""
 
 from __future__ import annotations
 
 import errno
-from collections.abc import Awaitable, Callable
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, TypeVar
 
-from ._exceptions import ConfinementUnavailable
-from ._types import Subsystem
+import anyio
+
+from ._exceptions import ConfinementUnavailable, SpawnError
+from ._features import seccomp_trials
+from ._plan import _LANDLOCK_PARTS, Plan, _decide
+from ._types import Protection, Subsystem
+
+if TYPE_CHECKING:
+    from ._policy import Sandbox
 
 #: ``on_unavailable`` callables: return to run without the subsystem, raise to refuse.
-UnavailableHandler = Callable[[Subsystem, OSError], "None | Awaitable[None]"]
+UnavailableHandler = Callable[[Subsystem, OSError], "Awaitable[None] | None"]
+
+T = TypeVar("T")
+logger = logging.getLogger("asyncsandlock")
 
 _HINTS = {
     Subsystem.LANDLOCK: "Landlock needs Linux >= 5.13 with 'landlock' in the lsm= boot list "
                         "(gVisor and some container hosts lack it)",
     Subsystem.LANDLOCK_NET: "Landlock TCP rules need Landlock ABI 4 (Linux >= 6.7)",
-    Subsystem.LANDLOCK_SCOPE: "Landlock signal/abstract-socket scoping needs ABI 6 (Linux >= 6.12)",
+    Subsystem.LANDLOCK_SCOPE: "Landlock signal/abstract-socket scoping needs ABI 6 "
+                              "(Linux >= 6.12)",
     Subsystem.LANDLOCK_TRUNCATE: "Landlock truncate control needs ABI 3 (Linux >= 6.2)",
     Subsystem.LANDLOCK_REFER: "Landlock rename/link control needs ABI 2 (Linux >= 5.19)",
     Subsystem.LANDLOCK_IOCTL_DEV: "Landlock device ioctl control needs ABI 5 (Linux >= 6.10)",
     Subsystem.SECCOMP: "seccomp filters need CONFIG_SECCOMP_FILTER and a host that allows them",
     Subsystem.SUPERVISOR: "seccomp user notification needs Linux >= 5.0 and no other listener on "
-                          "this process (EBUSY: already inside a supervised sandbox; EINVAL: gVisor)",
+                          "this process (EBUSY: already inside a supervised sandbox; EINVAL: "
+                          "gVisor); without it, syscall handlers and max_processes cannot run",
+    Subsystem.PROCESS_GROUP: "setpgid is refused, as it is inside another sandbox; without a "
+                             "process group of its own, only the command itself is killed on "
+                             "timeout, and its descendants die with the outer sandbox",
     Subsystem.NETWORK_NAMESPACE: "network namespaces need CAP_SYS_ADMIN or unprivileged user "
                                  "namespaces (Kubernetes RuntimeDefault refuses them)",
 }
+
+# The child's confinement steps (csrc/spawn.c) that a host may refuse.
+_STEP_SUBSYSTEMS = {"landlock": Subsystem.LANDLOCK, "seccomp": Subsystem.SECCOMP,
+                    "listener": Subsystem.SUPERVISOR, "setpgid": Subsystem.PROCESS_GROUP}
 
 
 def hint_for(subsystem: Subsystem) -> str:
@@ -51,3 +97,72 @@ def allow_degraded(*subsystems: Subsystem) -> UnavailableHandler:
     decide.__qualname__ = decide.__name__ = (
         f"allow_degraded({', '.join(s.name for s in sorted(allowed, key=lambda s: s.name))})")
     return decide
+
+
+def refused_subsystem(step: str, err: int, *, listener: bool) -> Subsystem | None:
+    """The subsystem a failed child step belongs to, or None if it is not a
+    refusal the policy may waive (``chdir``, ``execve``, ``no_new_privs``, ...)."""
+    subsystem = _STEP_SUBSYSTEMS.get(step)
+    if subsystem is Subsystem.SECCOMP and listener and (
+            err == errno.EBUSY or seccomp_trials()[0]):
+        return Subsystem.SUPERVISOR
+    return subsystem
+
+
+async def degrade(policy: Sandbox, plan: Plan, subsystem: Subsystem, error: OSError) -> None:
+    """Put ``subsystem``'s refusal to ``policy`` (once per plan); raises if it refuses."""
+    while subsystem not in plan.degraded:
+        pending = plan.deciding.get(subsystem)
+        if pending is not None:  # another run of this Sandbox is asking right now
+            await pending.wait()
+            continue
+        done = plan.deciding[subsystem] = anyio.Event()
+        try:
+            await _decide(policy, subsystem, error)
+        finally:
+            del plan.deciding[subsystem]
+            done.set()
+        implied = _LANDLOCK_PARTS if subsystem is Subsystem.LANDLOCK else ()
+        plan.refusals[subsystem] = error
+        plan.degraded = plan.degraded | {subsystem, *implied}
+
+
+async def _notify_for(policy: Sandbox, plan: Plan, wanted: frozenset[str]) -> frozenset[str]:
+    """The syscalls to trap: ``wanted``, or none once the supervisor is degraded."""
+    if wanted and Subsystem.SECCOMP in plan.degraded:
+        # No filter, no listener: what needs the supervisor is unavailable too.
+        cause = plan.refusals.get(Subsystem.SECCOMP)
+        await degrade(policy, plan, Subsystem.SUPERVISOR, OSError(
+            cause.errno if cause is not None else errno.ENOSYS,
+            "seccomp user notification needs a seccomp filter, which this host refused"))
+    return frozenset() if Subsystem.SUPERVISOR in plan.degraded else wanted
+
+
+async def confined_spawn(policy: Sandbox, plan: Plan, wanted: frozenset[str],
+                         start: Callable[[frozenset[str]], T]) -> T:
+    """``start(notify)``, spawned again without each step the host refuses and
+    the policy lets go; ``wanted`` are the syscalls the handlers trap."""
+    while True:
+        notify = await _notify_for(policy, plan, wanted)
+        attempted = plan.degraded
+        try:
+            return start(notify)
+        except SpawnError as exc:
+            listener = bool(notify) and Subsystem.SECCOMP not in attempted
+            subsystem = refused_subsystem(exc.step, exc.errno or 0, listener=listener)
+            if subsystem is None or subsystem in attempted:
+                raise
+            await degrade(policy, plan, subsystem, exc)
+
+
+def warn_degraded(policy: Sandbox, protections: Mapping[Subsystem, Protection]) -> None:
+    """Log one warning for a run that goes without some subsystem."""
+    missing = [sub for sub, state in protections.items() if state is Protection.DEGRADED]
+    if not missing:
+        return
+    if Subsystem.LANDLOCK in missing:
+        missing = [sub for sub in missing if sub not in _LANDLOCK_PARTS]
+    name = repr(policy.name) if policy.name else "sandbox"
+    logger.warning("%s runs without %s: the host refused %s and on_unavailable allowed it",
+                   name, ", ".join(sub.value for sub in missing),
+                   "it" if len(missing) == 1 else "them")

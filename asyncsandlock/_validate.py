@@ -3,12 +3,13 @@ naming the field, before any process exists."""
 
 from __future__ import annotations
 
+import inspect
 import os
 from collections.abc import Iterable, Mapping
 from types import MappingProxyType
 
 from ._exceptions import PolicyError
-from ._handler import Handler
+from ._handler import ExceptionPolicy, Handler
 from ._syscalls import AARCH64, X86_64
 
 _SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
@@ -44,7 +45,7 @@ def parse_size(name: str, value: object) -> int:
         unit = text[-1:] if text[-1:] in _SIZE_UNITS else ""
         try:
             size = int(float(text[: len(text) - len(unit)]) * _SIZE_UNITS[unit])
-        except ValueError:
+        except (ValueError, OverflowError):  # OverflowError: "inf", "1e400"
             raise PolicyError(name,
                               f"{value!r} is not a size like 1048576, '512M' or '2G'") from None
     else:
@@ -110,4 +111,9 @@ def check_handlers(name: str, value: object) -> tuple[Handler, ...]:
         if isinstance(syscalls, str) or not syscalls:
             raise PolicyError(name, f"{item!r}: syscalls must be a non-empty tuple of names")
         check_syscall_names(name, syscalls)
+        if not inspect.iscoroutinefunction(item.handle):
+            raise PolicyError(name, f"{item!r}: handle() must be an 'async def' method")
+        if not isinstance(item.on_exception, ExceptionPolicy):
+            raise PolicyError(name, f"{item!r}: on_exception must be an ExceptionPolicy, "
+                                    f"not {item.on_exception!r}")
     return items

@@ -219,8 +219,9 @@ static int child_main(void *arg)
     if ((rc = reset_signals()) < 0)
         fail(req, ASL_STEP_SIGNALS, rc);
     /* Its own process group, so that the whole sandbox can be signalled;
-     * setsid and setpgid are denied inside, so nothing can leave it. */
-    if ((rc = SYS3(SYS_setpgid, 0, 0, 0)) < 0)
+     * setsid and setpgid are denied inside, so nothing can leave it (which
+     * is also why a sandbox nested in ours cannot make one). */
+    if (req->own_group && (rc = SYS3(SYS_setpgid, 0, 0, 0)) < 0)
         fail(req, ASL_STEP_SETPGID, rc);
     if ((rc = SYS3(SYS_prctl, PR_SET_PDEATHSIG, SIGKILL, 0)) < 0)
         fail(req, ASL_STEP_PDEATHSIG, rc);
