@@ -12,9 +12,23 @@ import logging
 from collections.abc import Awaitable, Callable
 
 import anyio
-import anyio.lowlevel
 
 logger = logging.getLogger("asyncsandlock")
+
+
+def current_backend() -> str:
+    """``"asyncio"`` or ``"trio"``: the backend anyio is running on."""
+    import sys
+
+    trio = sys.modules.get("trio")
+    if trio is not None:
+        try:
+            trio.lowlevel.current_task()
+        except RuntimeError:
+            pass
+        else:
+            return "trio"
+    return "asyncio"
 
 
 class Background:
@@ -40,7 +54,7 @@ class Background:
             finally:
                 self._done.set()
 
-        if anyio.lowlevel.get_async_backend().__name__ == "TrioBackend":
+        if current_backend() == "trio":
             import trio
 
             trio.lowlevel.spawn_system_task(body, name=name)

@@ -1,38 +1,151 @@
 """The loop on a listener fd: receive, dispatch to handlers, answer.
 
 It runs on the caller's event loop for the life of one sandboxed process.
-Each notification is handled in its own task, so a handler that waits (for
-a lock, an approval, the network) holds only the trapped thread of the
-child; other notifications and other sandboxes go on being served.
+
+Handlers are stepped inline
+---------------------------
+Most handlers decide without waiting for anything.  Giving each
+notification its own task would cost more than the whole round trip with
+the kernel, so :meth:`Supervisor.pump` calls ``handle(ctx)`` and steps the
+coroutine by hand (``coro.send(None)``) from the task that serves the
+listener.  A coroutine that finishes in that first step is answered at
+once, with no task created and no trip through the scheduler.
+
+A coroutine that suspends (it awaits a lock, a queue, the network) has
+already told the event loop which task to wake: the current one.  So that
+task keeps it: it stops serving the listener, hands that job to a fresh
+task, and drives the handler to its end with :func:`resume`, which re-yields
+the value the coroutine suspended on and forwards everything else.  A slow
+handler therefore holds only the trapped thread of the child; other
+notifications, of this sandbox and of others, go on being served.
+
+Where "the task that serves the listener" comes from depends on the
+backend: a task looping on ``wait_readable`` here (Trio, and the portable
+path), or a reader callback lent the identity of a parked task on asyncio
+(see ``_notify_loop.py``).
+
+Order
+-----
+Built-in confinement (the BPF filter) has decided before a notification
+exists: a syscall it denies never reaches a handler.  The handlers of one
+syscall run in registration order; the first answer other than
+``continue_()`` decides and the rest are not asked.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
-import select
-from collections.abc import Callable, Mapping, Sequence
+import types
+from collections.abc import Callable, Coroutine, Generator, Mapping, Sequence
+from typing import Any, Final
 
 import anyio
 
+from . import _notify_loop
+from ._exceptions import PolicyError
 from ._handler import ExceptionPolicy, Handler
-from ._notify import HandlerCtx, Listener, NotifAction, Notification
+from ._notify import FLAG_CONTINUE, HandlerCtx, Listener, NotifAction
 
 logger = logging.getLogger("asyncsandlock")
 
-_EXCEPTION_ACTIONS = {
+#: At most this many notifications are served per wake-up before the event
+#: loop gets its turn back.  With SYNC_WAKE_UP the target usually traps
+#: again before we poll, so a busy sandbox would otherwise never yield.
+BATCH: Final = 64
+
+_EXCEPTION_ACTIONS: Final = {
     ExceptionPolicy.KILL: NotifAction.kill(),
     ExceptionPolicy.DENY_EPERM: NotifAction.errno(errno.EPERM),
     ExceptionPolicy.DENY_EIO: NotifAction.errno(errno.EIO),
     ExceptionPolicy.CONTINUE: NotifAction.continue_(),
 }
+#: Syscalls the filter answers itself whatever the policy (see ``_bpf.py``):
+#: clone3 is ENOSYS so that libc falls back to clone, whose flags BPF reads.
+_FILTER_ANSWERS: Final = frozenset({"clone3"})
+
+_Coro = Coroutine[Any, Any, Any]
+
+
+def route(handlers: Sequence[Handler], table: Mapping[str, int],
+          deny: frozenset[str] = frozenset()) -> tuple[dict[int, tuple[Handler, ...]],
+                                                       dict[int, str]]:
+    """Syscall number -> handlers in registration order, and number -> name.
+
+    Names are resolved for the running architecture (``table``); a name this
+    architecture lacks is skipped, so one policy serves x86_64 and aarch64.
+    Raises :class:`PolicyError` for a handler that could never be called: it
+    traps a syscall that ``deny`` (or the filter itself) refuses outright,
+    or none of its syscalls exists here.
+    """
+    routes: dict[int, list[Handler]] = {}
+    names: dict[int, str] = {}
+    for handler in handlers:
+        found = False
+        for name in handler.syscalls:
+            if name in deny or name in _FILTER_ANSWERS:
+                raise PolicyError("handlers", f"{handler!r} traps {name!r}, which the policy "
+                                              "denies outright; a handler can never see it")
+            if name in table:
+                found = True
+                routes.setdefault(table[name], []).append(handler)
+                names[table[name]] = name
+        if not found:
+            raise PolicyError("handlers", f"{handler!r}: none of {list(handler.syscalls)} "
+                                          "exists on this architecture")
+    return {nr: tuple(chain) for nr, chain in routes.items()}, names
+
+
+@types.coroutine
+def resume(coro: _Coro, yielded: Any,
+           throw: BaseException | None = None) -> Generator[Any, Any, Any]:
+    """Finish driving ``coro``, which suspended by yielding ``yielded``.
+
+    ``await resume(...)`` in the task that stepped ``coro`` first hands
+    ``yielded`` to the event loop as if ``coro`` had just yielded it, then
+    forwards what the loop sends or throws (``throw``: deliver this first,
+    instead of re-yielding).  Returns what ``coro`` returns.
+    """
+    try:
+        if throw is not None:
+            yielded = coro.throw(throw)
+        while True:
+            try:
+                sent = yield yielded
+            except GeneratorExit:
+                coro.close()
+                raise
+            except BaseException as exc:  # forwarded, not handled
+                yielded = coro.throw(exc)
+            else:
+                yielded = coro.send(sent)
+    except StopIteration as stop:
+        return stop.value
+
+
+class Pending:
+    """A notification whose handler suspended: what is needed to finish it."""
+
+    __slots__ = ("chain", "coro", "ctx", "index", "yielded")
+
+    def __init__(self, ctx: HandlerCtx, chain: tuple[Handler, ...], index: int, coro: _Coro,
+                 yielded: Any) -> None:
+        self.ctx = ctx
+        self.chain = chain
+        self.index = index
+        self.coro = coro
+        self.yielded = yielded
+
+    def __repr__(self) -> str:
+        return f"<Pending {self.ctx!r} in {self.chain[self.index]!r}>"
 
 
 class Supervisor:
     """Serves one listener fd; the fd is owned (and closed) by the caller."""
 
-    def __init__(self, listener: int, routes: Mapping[int, Sequence[Handler]],
+    def __init__(self, listener: int, routes: Mapping[int, tuple[Handler, ...]],
                  names: Mapping[int, str], kill: Callable[[], None]) -> None:
         self._listener = Listener(listener)
         self._routes = routes
@@ -40,76 +153,169 @@ class Supervisor:
         self._kill = kill
 
     def __repr__(self) -> str:
-        return f"<Supervisor fd={self._listener.fd} syscalls={sorted(self._names.values())}>"
+        return (f"<Supervisor fd={self._listener.fd} syscalls={sorted(self._names.values())}"
+                f"{' closed' if self.closed else ''}>")
+
+    @property
+    def fd(self) -> int:
+        return self._listener.fd
+
+    @property
+    def closed(self) -> bool:
+        """True once every task of the sandbox is gone (the fd polled POLLHUP)."""
+        return self._listener.closed
 
     async def serve(self) -> None:
-        """Serve until every task of the sandbox has exited (POLLHUP)."""
-        fd = self._listener.fd
-        poller = select.poll()
-        poller.register(fd, select.POLLIN)
-        async with anyio.create_task_group() as tg:
-            while True:
-                await anyio.wait_readable(fd)
-                revents = 0
-                for _fd, ev in poller.poll(0):
-                    revents |= ev
-                if revents & select.POLLIN:
-                    notif = self._listener.recv()
-                    if notif is not None:
-                        tg.start_soon(self._handle, notif)
-                elif revents & (select.POLLHUP | select.POLLERR | select.POLLNVAL):
-                    return
+        """Serve until every task of the sandbox has exited, or cancelled.
 
-    async def _handle(self, notif: Notification) -> None:
-        action = NotifAction.continue_()
-        ctx = HandlerCtx(self._listener, notif, self._names.get(notif.nr, str(notif.nr)))
+        An internal failure (an ioctl that should not fail) kills the sandbox:
+        unanswered, its trapped threads would wait forever.
+        """
+        self._listener.set_sync_wake_up()
         try:
-            for handler in self._routes.get(notif.nr, ()):
-                action = await self._run_one(handler, ctx)
+            if not await _notify_loop.serve(self):
+                await self._serve_portable()
+        except Exception:
+            self._kill()
+            raise
+
+    async def _serve_portable(self) -> None:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self.serve_listener, tg.start_soon)
+
+    async def serve_listener(self, spawn: Callable[..., object]) -> None:
+        """Wait for notifications and serve them, until the sandbox is gone or
+        a handler suspends: then ``spawn`` a successor and finish that one."""
+        fd = self._listener.fd
+        while not self._listener.closed:
+            await anyio.wait_readable(fd)
+            pending = self.pump()
+            if pending is not None:
+                spawn(self.serve_listener, spawn)
+                await self.finish(pending)
+                return
+
+    # -- the hot path -------------------------------------------------------
+
+    def pump(self) -> Pending | None:
+        """Serve the notifications already queued (up to :data:`BATCH`).
+
+        Returns the first whose handler suspended, for the caller to
+        :meth:`finish` from the task it is running in.
+        """
+        recv, names, start = self._listener.recv, self._names, self._start
+        for _ in range(BATCH):
+            ctx = recv(names)
+            if ctx is None:
+                return None
+            pending = start(ctx)
+            if pending is not None:
+                return pending
+        return None
+
+    def _start(self, ctx: HandlerCtx) -> Pending | None:
+        chain = self._routes.get(ctx.nr, ())
+        action = _CONTINUE
+        for index, handler in enumerate(chain):
+            try:
+                coro = handler.handle(ctx)
+                yielded = coro.send(None)
+            except StopIteration as stop:
+                action = stop.value
+                if type(action) is not NotifAction:
+                    action = self._failed(handler, ctx, _bad_return(handler, action))
+            except Exception as exc:
+                action = self._failed(handler, ctx, exc)
+            except BaseException:
+                self._abandon(ctx)
+                raise
+            else:
+                return Pending(ctx, chain, index, coro, yielded)
+            if action.kind != "continue":
+                break
+        ctx._close()
+        self._answer(ctx, action)
+        return None
+
+    async def finish(self, pending: Pending, throw: BaseException | None = None) -> None:
+        """Drive a suspended handler (and those after it) to an answer.
+
+        Call it from the task that stepped the handler: that is the task the
+        event loop will wake.
+        """
+        ctx, chain, index = pending.ctx, pending.chain, pending.index
+        try:
+            try:
+                action = await resume(pending.coro, pending.yielded, throw)
+                if not isinstance(action, NotifAction):
+                    raise _bad_return(chain[index], action)
+            except Exception as exc:
+                action = self._failed(chain[index], ctx, exc)
+            for handler in chain[index + 1:]:
                 if action.kind != "continue":
                     break
-        finally:
-            ctx._close()
-        self._answer(notif.id, action)
-
-    async def _run_one(self, handler: Handler, ctx: HandlerCtx) -> NotifAction:
+                try:
+                    action = await handler.handle(ctx)
+                    if not isinstance(action, NotifAction):
+                        raise _bad_return(handler, action)
+                except Exception as exc:
+                    action = self._failed(handler, ctx, exc)
+        except BaseException:
+            self._abandon(ctx)
+            raise
+        ctx._close()
         try:
-            action = await handler.handle(ctx)
-            if not isinstance(action, NotifAction):
-                raise TypeError(f"{handler!r}.handle() returned {action!r}, not a NotifAction")
+            self._answer(ctx, action)
         except Exception:
-            logger.exception("syscall handler %r failed on %s; answering %s", handler,
-                             ctx.syscall, handler.on_exception.name)
-            return _EXCEPTION_ACTIONS[handler.on_exception]
-        return action
+            self._kill()  # unanswered, the target would wait forever
+            raise
 
-    def _answer(self, nid: int, action: NotifAction) -> None:
+    def _failed(self, handler: Handler, ctx: HandlerCtx, exc: Exception) -> NotifAction:
+        policy = handler.on_exception
+        logger.error("syscall handler %r failed on %r; answering %s", handler, ctx, policy.name,
+                     exc_info=exc)
+        return _EXCEPTION_ACTIONS.get(policy, _KILL)
+
+    def _abandon(self, ctx: HandlerCtx) -> None:
+        """A handler was cancelled (the run is ending): refuse, in case the
+        target still waits."""
+        ctx._close()
+        with contextlib.suppress(OSError):
+            self._listener.respond(ctx.id, 0, -errno.EPERM, 0)
+
+    def _answer(self, ctx: HandlerCtx, action: NotifAction) -> None:
         listener = self._listener
-        if action.kind == "continue":
-            listener.respond(nid, cont=True)
-        elif action.kind == "errno":
-            listener.respond(nid, error=-action.value)
-        elif action.kind == "return":
-            listener.respond(nid, val=action.value)
-        elif action.kind == "inject_fd":
-            listener.add_fd(nid, action.fd, action.cloexec)
+        kind = action.kind
+        if kind == "continue":
+            listener.respond(ctx.id, 0, 0, FLAG_CONTINUE)
+        elif kind == "errno":
+            listener.respond(ctx.id, 0, -action.value, 0)
+        elif kind == "return":
+            listener.respond(ctx.id, action.value, 0, 0)
+        elif kind == "inject_fd":
+            try:
+                listener.add_fd(ctx.id, action.fd, action.cloexec)
+            except OSError as exc:
+                # A bad fd, or no room in the child: the syscall fails with that.
+                logger.warning("inject_fd(%d) into %r failed: %s", action.fd, ctx, exc)
+                listener.respond(ctx.id, 0, -(exc.errno or errno.EBADF), 0)
+            finally:
+                if action.close:
+                    with contextlib.suppress(OSError):
+                        os.close(action.fd)
         else:
-            # Kill first: the trapped syscall must never complete.
+            # Kill first: the signal aborts the pending syscall, which never
+            # runs; the answer below only matters if the kill went astray.
             self._kill()
-            listener.respond(nid, error=-errno.EPERM)
+            listener.respond(ctx.id, 0, -errno.EPERM, 0)
 
 
-def route(handlers: Sequence[Handler], table: Mapping[str, int]) -> tuple[
-        dict[int, list[Handler]], dict[int, str]]:
-    """Syscall number -> handlers in registration order, and number -> name."""
-    routes: dict[int, list[Handler]] = {}
-    names: dict[int, str] = {}
-    for handler in handlers:
-        for name in handler.syscalls:
-            if name in table:
-                routes.setdefault(table[name], []).append(handler)
-                names[table[name]] = name
-    return routes, names
+_CONTINUE: Final = NotifAction.continue_()
+_KILL: Final = NotifAction.kill()
+
+
+def _bad_return(handler: Handler, value: object) -> TypeError:
+    return TypeError(f"{handler!r}.handle() returned {value!r}, not a NotifAction")
 
 
 def close_fd(fd: int) -> None:

@@ -12,9 +12,9 @@ if TYPE_CHECKING:
 
 
 def builtin_handlers(sandbox: Sandbox) -> tuple[Handler, ...]:
-    """The built-in handlers ``sandbox``'s policy needs (run before user handlers
-    in the supervisor's order of registration they come last, but they only
-    ever deny, so a user handler cannot widen what they enforce)."""
+    """The built-in handlers ``sandbox``'s policy needs.  ``open_process``
+    registers them before the user's handlers, so they are asked first and a
+    denial of theirs decides."""
     handlers: list[Handler] = []
     if sandbox.max_processes is not None:
         handlers.append(ProcessLimit(sandbox.max_processes))
