@@ -12,6 +12,8 @@ from ._exceptions import PolicyError
 from ._handler import ExceptionPolicy, Handler
 from ._syscalls import AARCH64, X86_64
 
+# Limits end up in 64-bit rlimit fields; larger ones would overflow at spawn.
+_LIMIT_MAX = (1 << 63) - 1
 _SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
 
@@ -52,13 +54,15 @@ def parse_size(name: str, value: object) -> int:
         raise PolicyError(name, f"{value!r} is not a size")
     if size <= 0:
         raise PolicyError(name, f"{value!r} must be positive")
+    if size > _LIMIT_MAX:
+        raise PolicyError(name, f"{value!r} is too large")
     return size
 
 
 def check_positive(name: str, value: object) -> int | None:
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= _LIMIT_MAX:
         raise PolicyError(name, f"{value!r} must be a positive integer or None")
     return value
 
