@@ -53,6 +53,20 @@ def check_args(args: object) -> tuple[str, ...]:
     return tuple(out)
 
 
+_SLOTS = ("stdin", "stdout", "stderr")
+
+
+def check_fd(field: str, fd: object) -> int:
+    """``fd`` if it is an open file descriptor, else :class:`PolicyError`."""
+    if isinstance(fd, bool) or not isinstance(fd, int) or fd < 0:
+        raise PolicyError(field, f"{fd!r} is not a file descriptor")
+    try:
+        os.fstat(fd)
+    except OSError:
+        raise PolicyError(field, f"{fd} is not an open file descriptor") from None
+    return fd
+
+
 class _Stdio:
     """The child's fds 0-2 and our ends of its pipes, with one cleanup path."""
 
@@ -80,13 +94,13 @@ class _Stdio:
             if index != 2:
                 raise PolicyError("stdin" if index == 0 else "stdout", "STDOUT is only for stderr")
             self.child.append(self.child[1])
-        elif isinstance(target, int) and target >= 0:
-            self.child.append(target)
+        elif isinstance(target, int) and not isinstance(target, bool) and target >= 0:
+            self.child.append(check_fd(_SLOTS[index], target))
         elif hasattr(target, "fileno"):
-            self.child.append(target.fileno())
+            self.child.append(check_fd(_SLOTS[index], target.fileno()))
         else:
-            name = ("stdin", "stdout", "stderr")[index]
-            raise PolicyError(name, f"{target!r} is not PIPE, DEVNULL, STDOUT, an fd or a file")
+            raise PolicyError(_SLOTS[index],
+                              f"{target!r} is not PIPE, DEVNULL, STDOUT, an fd or a file")
 
     def after_spawn(self) -> None:
         for fd in self._close_after_spawn:
@@ -110,6 +124,9 @@ async def open_process(sandbox: Sandbox, args: Sequence[str], *, stdin: StdioTar
     argv = check_args(args)
     run_env = check_env("env", env if env is not None else {})
     run_cwd = check_cwd("cwd", cwd) or sandbox.cwd
+    if isinstance(extra_fds, (str, bytes)) or not isinstance(extra_fds, Sequence):
+        raise PolicyError("extra_fds", f"expected a sequence of fds, got {extra_fds!r}")
+    extra_fds = [check_fd("extra_fds", fd) for fd in extra_fds]
     # Built-in policies first: the first answer other than continue_() decides.
     all_handlers = (*builtin_handlers(sandbox), *sandbox.handlers,
                     *check_handlers("handlers", handlers))
@@ -189,7 +206,8 @@ async def _kill_and_reap_all(procs: Sequence[SandboxedProcess], reason: ExitReas
             if proc.returncode is None:
                 proc._kill_for(reason)
         for proc in procs:
-            await proc.wait()
+            if not proc._finished:  # else wait() would only be a checkpoint
+                await proc.wait()
 
 
 async def close_all(procs: Sequence[SandboxedProcess]) -> None:

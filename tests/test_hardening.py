@@ -90,3 +90,18 @@ def test_allow_unix_sockets_must_be_a_bool() -> None:
 
     with pytest.raises(PolicyError, match="allow_unix_sockets"):
         Sandbox(allow_unix_sockets="yes")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("bad", [-7, 10_000, "x", True])
+async def test_bad_fds_fail_before_any_process(bad: object) -> None:
+    """Regression test: a closed fd used to fail in the child (step 'fds')."""
+    from asyncsandlock import PolicyError
+
+    from conftest import child_pids
+
+    before = child_pids()
+    sb = system_sandbox()
+    for kwargs in ({"stdout": bad}, {"extra_fds": [bad]}):
+        with pytest.raises(PolicyError):
+            await sb.run(["true"], **kwargs)  # type: ignore[arg-type]
+    assert child_pids() == before
