@@ -54,6 +54,10 @@ class Plan:
     #: accepted (see ``_unavailable.degrade``).
     deciding: dict[Subsystem, anyio.Event] = field(default_factory=dict)
     refusals: dict[Subsystem, OSError] = field(default_factory=dict)
+    #: protections() per (supervised, degraded): the same read-only mapping
+    #: is handed to every run instead of a new one each spawn.
+    _protections: dict[tuple[bool, frozenset[Subsystem]], Mapping[Subsystem, Protection]] = \
+        field(default_factory=dict)
 
     @property
     def landlock_fd(self) -> int:
@@ -76,6 +80,9 @@ class Plan:
     def protections(self, supervised: bool) -> Mapping[Subsystem, Protection]:
         """Per subsystem, what a run with this plan gets; ``supervised``: the
         run asked for the supervisor (it has handlers)."""
+        cached = self._protections.get((supervised, self.degraded))
+        if cached is not None:
+            return cached
         out: dict[Subsystem, Protection] = {}
         for sub in Subsystem:
             if sub is Subsystem.NETWORK_NAMESPACE or (
@@ -85,7 +92,8 @@ class Plan:
                 out[sub] = Protection.DEGRADED
             else:
                 out[sub] = Protection.ACTIVE
-        return MappingProxyType(out)
+        cached = self._protections[supervised, self.degraded] = MappingProxyType(out)
+        return cached
 
 
 async def _decide(policy: Sandbox, subsystem: Subsystem, error: OSError) -> None:

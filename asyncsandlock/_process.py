@@ -221,6 +221,10 @@ class SandboxedProcess:
 
         If cancelled while waiting, the sandbox is killed and reaped first.
         """
+        if self._finished:  # nothing left to wait for: close all, one checkpoint
+            self._close_streams()
+            await anyio.lowlevel.checkpoint()
+            return
         try:
             if self.stdin is not None:
                 with anyio.CancelScope(shield=True):
@@ -230,11 +234,14 @@ class SandboxedProcess:
             await self._kill_and_reap(ExitReason.KILLED)
             raise
         finally:
-            # Closing an fd cannot block: close both without a checkpoint each
-            # (wait() above was the checkpoint).
-            for stream in (self.stdout, self.stderr):
-                if stream is not None:
-                    stream._close()
+            self._close_streams()
+
+    def _close_streams(self) -> None:
+        # Closing a pipe cannot block, and each caller has its own checkpoint:
+        # no checkpoint per stream.
+        for stream in (self.stdin, self.stdout, self.stderr):
+            if stream is not None:
+                stream._close()
 
     async def __aenter__(self) -> SandboxedProcess:
         return self

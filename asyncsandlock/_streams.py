@@ -56,7 +56,7 @@ class FdReceiveStream(ByteReceiveStream):
             return data
 
     def _close(self) -> None:
-        """Close without a checkpoint (for an owner that has just had one)."""
+        """Close without a checkpoint (for an owner that has one of its own)."""
         self._holder.close()
 
     async def aclose(self) -> None:
@@ -92,6 +92,10 @@ class FdSendStream(ByteSendStream):
             view = view[written:]
         await anyio.lowlevel.checkpoint_if_cancelled()
 
-    async def aclose(self) -> None:
+    def _close(self) -> None:
+        """Close without a checkpoint (for an owner that has one of its own)."""
         self._holder.close()
+
+    async def aclose(self) -> None:
+        self._close()
         await anyio.lowlevel.checkpoint()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import faulthandler
 import os
 import pathlib
@@ -10,9 +11,11 @@ import sys
 import threading
 from collections.abc import Iterator
 
+import anyio
 import pytest
 
 import asyncsandlock
+from asyncsandlock._plan import compile_plan
 
 HELPERS = pathlib.Path(__file__).parent / "helpers"
 _BUILD = pathlib.Path(os.environ.get("ASYNCSANDLOCK_TEST_BUILD", "/tmp/asyncsandlock-test-build"))
@@ -34,10 +37,8 @@ def _hang_guard() -> Iterator[None]:
 def open_fds() -> set[str]:
     out = set()
     for name in os.listdir("/proc/self/fd"):
-        try:
+        with contextlib.suppress(FileNotFoundError):  # the fd listdir itself used
             out.add(f"{name}->{os.readlink(f'/proc/self/fd/{name}')}")
-        except FileNotFoundError:
-            pass
     return out
 
 
@@ -101,6 +102,16 @@ def system_sandbox(**kwargs: object) -> asyncsandlock.Sandbox:
     """The system directories readable, plus ``kwargs``."""
     readable = (*asyncsandlock.SYSTEM_READABLE, *kwargs.pop("fs_readable", ()))  # type: ignore[misc]
     return asyncsandlock.Sandbox(fs_readable=readable, **kwargs)  # type: ignore[arg-type]
+
+
+def warmed(sandbox: asyncsandlock.Sandbox) -> asyncsandlock.Sandbox:
+    """``sandbox`` with its Landlock ruleset built now.
+
+    A policy shared by several tests (a module-scoped fixture) holds that fd
+    for its lifetime; built here, it is not a leak of the first test using it.
+    """
+    anyio.run(compile_plan, sandbox)
+    return sandbox
 
 
 PYTHON = sys.executable
