@@ -18,14 +18,15 @@ def _cdef() -> str:
     body = header.split("/* CDEF-BEGIN */", 1)[1].split("/* CDEF-END */", 1)[0]
     # Calls the parent makes itself (Landlock ruleset building, ioctls).
     return body + (
-        "\nlong syscall(long number, ...);\nint ioctl(int fd, unsigned long request, ...);\n")
+        "\nlong syscall(long number, ...);\nint ioctl(int fd, unsigned long request, ...);\n"
+        "char **environ;\n")
 
 
 ffibuilder = FFI()
 ffibuilder.cdef(_cdef())
 ffibuilder.set_source(
     "asyncsandlock._core",
-    '#include "spawn.h"\n#include <unistd.h>\n#include <sys/ioctl.h>\n',
+    '#include "spawn.h"\n#include <unistd.h>\n#include <sys/ioctl.h>\nextern char **environ;\n',
     # setuptools wants paths relative to the project root, where it runs us.
     sources=["csrc/spawn.c"],
     include_dirs=[str(_CSRC)],

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 import anyio
 
 from ._bpf import DEFAULT_DENY, FilterSpec, build_filter
-from ._caps import _status_mask, can_drop_bounding, cap_last, keep_mask
+from ._caps import keep_mask, permitted_mask
 from ._exceptions import PolicyError
 from ._landlock import RulesetSpec, abi_version, build_ruleset, missing
 from ._sys import AUDIT_ARCH, SYSCALLS
@@ -47,8 +47,6 @@ class Plan:
     allow_unix: bool
     deny: frozenset[str]
     keep_caps: int
-    drop_bounding: bool
-    cap_last: int
     _filters: dict[frozenset[str], bytes] = field(default_factory=dict)
     #: Decisions of ``on_unavailable`` in progress, and the refusals it
     #: accepted (see ``_unavailable.degrade``).
@@ -164,7 +162,7 @@ async def compile_plan(policy: Sandbox) -> Plan:
     udp = any(rule.protocol in ("udp", "any") and rule.ports is None for rule in policy.net_rules())
     plan = Plan(ruleset_fd, key, _rlimits(policy), frozenset(degraded), udp,
                 policy.allow_unix_sockets, deny,
-                keep_mask(policy.bind_ports()), can_drop_bounding(), cap_last())
+                keep_mask(policy.bind_ports()))
     if ruleset_fd is not None:
         weakref.finalize(policy, os.close, ruleset_fd)
     object.__setattr__(policy, "_compiled", plan)
@@ -178,5 +176,4 @@ def probe_plan(seccomp: bool = True) -> Plan:
     host's refusals, not ours."""
     key = (secrets.randbits(64), secrets.randbits(64), secrets.randbits(64))
     degraded = frozenset() if seccomp else frozenset({Subsystem.SECCOMP})
-    return Plan(None, key, (), degraded, False, True, frozenset(), _status_mask("CapPrm"),
-                False, cap_last())
+    return Plan(None, key, (), degraded, False, True, frozenset(), permitted_mask())

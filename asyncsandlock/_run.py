@@ -131,10 +131,13 @@ async def open_process(sandbox: Sandbox, args: Sequence[str], *, stdin: StdioTar
     all_handlers = (*builtin_handlers(sandbox), *sandbox.handlers,
                     *check_handlers("handlers", handlers))
     plan = await compile_plan(sandbox)
-    full_env = {} if sandbox.clean_env else dict(os.environ)
-    full_env.update(sandbox.env)
-    full_env.update(run_env)
-    path = resolve_executable(argv[0], full_env, str(run_cwd) if run_cwd else None)
+    full_env: dict[str, str] | None = None
+    if sandbox.clean_env or sandbox.env or run_env:
+        full_env = {} if sandbox.clean_env else dict(os.environ)
+        full_env.update(sandbox.env)
+        full_env.update(run_env)
+    path = resolve_executable(argv[0], os.environ if full_env is None else full_env,
+                              str(run_cwd) if run_cwd else None)
     routes, names = route(all_handlers, SYSCALLS, plan.deny)
     notify = frozenset(names.values())
     stdio = _Stdio()

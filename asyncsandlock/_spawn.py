@@ -86,7 +86,7 @@ def _above(fd: int, floor: int, spares: list[int]) -> int:
     return fd
 
 
-def spawn(plan: Plan, *, path: str, args: Sequence[bytes], env: Mapping[str, str],
+def spawn(plan: Plan, *, path: str, args: Sequence[bytes], env: Mapping[str, str] | None,
           cwd: str | None, fds: Sequence[int], notify: frozenset[str]) -> Spawned:
     """Start one confined child; ``fds[i]`` becomes the child's fd ``i``."""
     keep: list[Any] = []
@@ -94,7 +94,10 @@ def spawn(plan: Plan, *, path: str, args: Sequence[bytes], env: Mapping[str, str
     keep.append(path_c := ffi.new("char[]", os.fsencode(path)))
     req.path = path_c
     req.argv = _cstrings(args, keep)
-    req.envp = _cstrings([os.fsencode(f"{k}={v}") for k, v in env.items()], keep)
+    # env None: the caller's own environment, as the C library holds it (what
+    # os.environ writes through to); no copy to build and encode per spawn.
+    req.envp = lib.environ if env is None else _cstrings(
+        [os.fsencode(f"{k}={v}") for k, v in env.items()], keep)
     if cwd is not None:
         keep.append(cwd_c := ffi.new("char[]", os.fsencode(cwd)))
         req.cwd = cwd_c
@@ -110,8 +113,6 @@ def spawn(plan: Plan, *, path: str, args: Sequence[bytes], env: Mapping[str, str
         req.filter, req.filter_len = prog_c, len(prog) // 8
     req.key = list(plan.key)
     req.keep_caps = plan.keep_caps
-    req.drop_bounding = int(plan.drop_bounding)
-    req.cap_last = plan.cap_last
     req.own_group = int(Subsystem.PROCESS_GROUP not in plan.degraded)
     req.parent_pid = os.getpid()
     supervised = prog is not None and bool(notify)

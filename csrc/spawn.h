@@ -62,8 +62,6 @@ struct asl_spawn_req {
     int listener_sock;            /* -1 unless seccomp_flags has NEW_LISTENER */
     uint64_t key[3];              /* the filter lets our own calls through */
     uint64_t keep_caps;           /* capabilities kept; all others dropped */
-    int drop_bounding;            /* 1: also empty the bounding set (needs CAP_SETPCAP) */
-    int cap_last;                 /* /proc/sys/kernel/cap_last_cap */
     int own_group;                /* 1: make a process group (0: nested, refused) */
     int parent_pid;
     int errpipe;                  /* write end of a CLOEXEC pipe */

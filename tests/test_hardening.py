@@ -28,7 +28,23 @@ async def test_root_child_has_no_capabilities() -> None:
     """Regression test for a root child keeping CAP_SYS_ADMIN & co."""
     result = await system_sandbox(fs_readable=["/proc"]).run(["cat", "/proc/self/status"])
     caps = _cap_masks(result.stdout.decode())
-    assert caps == {"CapInh": 0, "CapPrm": 0, "CapEff": 0, "CapBnd": 0, "CapAmb": 0}
+    assert (caps["CapInh"], caps["CapPrm"], caps["CapEff"], caps["CapAmb"]) == (0, 0, 0, 0)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs a root caller")
+async def test_setuid_root_binary_gains_nothing(sandbox_tmp: object) -> None:
+    """The bounding set is kept (see drop_capabilities in csrc/spawn.c):
+    no_new_privs must still stop a setuid-root binary from regaining any
+    capability or euid."""
+    import shutil
+
+    binary = os.path.join(str(sandbox_tmp), "grep-suid")
+    shutil.copy("/bin/grep", binary)
+    os.chmod(binary, 0o4755)
+    sb = system_sandbox(fs_readable=["/proc", str(sandbox_tmp)])
+    result = await sb.run([binary, "-E", "^(Cap(Prm|Eff)|Uid):", "/proc/self/status"])
+    caps = _cap_masks(result.stdout.decode())
+    assert caps == {"CapPrm": 0, "CapEff": 0}, result.stdout
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs a root caller")
@@ -36,7 +52,7 @@ async def test_low_bind_port_keeps_only_net_bind_service() -> None:
     result = await system_sandbox(fs_readable=["/proc"], net_allow_bind=[80]).run(
         ["cat", "/proc/self/status"])
     caps = _cap_masks(result.stdout.decode())
-    assert caps["CapEff"] == caps["CapBnd"] == 1 << 10  # CAP_NET_BIND_SERVICE
+    assert caps["CapEff"] == caps["CapPrm"] == 1 << 10  # CAP_NET_BIND_SERVICE
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs a root caller")
