@@ -200,6 +200,11 @@ def check_input(input: object, stdin: StdioTarget) -> StdioTarget:
     return PIPE
 
 
+#: Seconds a run keeps reading pipes that outlive its process when the
+#: sandbox has no process group of its own (see ``supervise``).
+STRAGGLER_GRACE = 0.5
+
+
 async def _kill_and_reap_all(procs: Sequence[SandboxedProcess], reason: ExitReason) -> None:
     # Mark and signal every sandbox before reaping any, so that a stage that
     # dies of SIGPIPE because its neighbour was killed first is still
@@ -257,6 +262,11 @@ async def supervise(procs: Sequence[SandboxedProcess], inputs: Sequence[bytes | 
                 await _wait_all(procs)
             if scope.cancelled_caught:
                 await _kill_and_reap_all(procs, ExitReason.TIMEOUT)
+            if not all(proc._own_group for proc in procs):
+                # Nested (PROCESS_GROUP degraded): what a command left behind
+                # was not killed with it and may hold its pipes open forever.
+                tg.cancel_scope.deadline = min(tg.cancel_scope.deadline,
+                                               anyio.current_time() + STRAGGLER_GRACE)
     finally:
         await close_all(procs)
     return [proc._result(b"".join(out) if proc.stdout is not None else None,

@@ -380,11 +380,11 @@ def test_refused_namespaces_do_not_stop_a_default_sandbox(refuse: str, anyio_bac
 # supervised (max_processes here), and works when it is not.
 
 async def _nested(anyio_backend: str, tmp_path: pathlib.Path, policy: object,
-                  outer_supervised: bool = True) -> dict[str, Any]:
+                  outer_supervised: bool = True, cmd: str = "") -> dict[str, Any]:
     tmp_path.chmod(0o777)
     inner = {"backend": anyio_backend, "readable": list(SYSTEM_READABLE),
              "writable": [str(tmp_path)], "policy": policy, "handler": True,
-             "cmd": ["/bin/sh", "-c", f"echo ran >> {tmp_path}/marker; uname -s"]}
+             "cmd": ["/bin/sh", "-c", cmd or f"echo ran >> {tmp_path}/marker; uname -s"]}
     outer = Sandbox(fs_readable=readable(), fs_writable=[str(tmp_path)],
                     max_processes=64 if outer_supervised else None)
     result = await outer.run([PYTHON, "-c", DRIVER, json.dumps(inner)], timeout=120)
@@ -439,3 +439,16 @@ async def test_protections_on_the_process_and_the_result() -> None:
         assert proc.protections[Subsystem.SUPERVISOR] is Protection.NOT_REQUESTED
         result = await proc.result()
     assert result.protections == proc.protections
+
+
+@pytest.mark.anyio
+async def test_nested_run_does_not_wait_for_leftovers_holding_its_pipes(
+        anyio_backend: str, tmp_path: pathlib.Path) -> None:
+    """Regression test: without a process group of its own, a background
+    child of the command is not killed with it; its copy of stdout must not
+    keep run() reading until it exits (600 s here; the outer run gives up at 120 s)."""
+    report = await _nested(anyio_backend, tmp_path, ["PROCESS_GROUP"], outer_supervised=False,
+                           cmd="sleep 600 & echo started")
+    run = report["runs"][0]
+    assert run["ok"] and run["stdout"] == "started\n", run
+    assert run["protections"]["PROCESS_GROUP"] == "DEGRADED"
