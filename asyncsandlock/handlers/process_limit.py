@@ -3,6 +3,11 @@
 The sandbox is one process group that nothing inside can leave, so the count
 is the number of live processes in that group.  Threads (clone with
 CLONE_THREAD) are not processes and pass.
+
+The count is read when the notification is handled, before the fork it
+allows has happened: forks issued at the same instant from several threads
+of the sandbox may each be allowed, overshooting the limit by at most the
+number of such threads; every later fork sees the true count again.
 """
 
 from __future__ import annotations
