@@ -38,7 +38,7 @@ from ._run import (
     check_input,
     check_timeout,
     close_all,
-    open_process,
+    open_checked,
     run,
     supervise,
 )
@@ -311,13 +311,18 @@ class _Node:
             link.close_read()
 
     async def start(self) -> SandboxedProcess:
+        # The args and env were validated by cmd() into immutable copies (the
+        # env Gather adds is made of validated names); the directory may have
+        # gone and handlers are mutable objects, so those are checked again.
         kwargs = self.stage.kwargs
-        return await open_process(
+        return await open_checked(
             self.stage.sandbox, self.stage.args,
             stdin=self.stdin.read if isinstance(self.stdin, _Link) else self.stdin,
             stdout=self.stdout.write if isinstance(self.stdout, _Link) else self.stdout,
-            stderr=self.stderr, env=self.env, cwd=kwargs.get("cwd"),
-            handlers=kwargs.get("handlers", ()), extra_fds=[link.read for link in self.extra])
+            stderr=self.stderr, env=self.env if self.env is not None else {},
+            cwd=check_cwd("cwd", kwargs.get("cwd")),
+            handlers=check_handlers("handlers", kwargs.get("handlers", ())),
+            extra_fds=[link.read for link in self.extra])
 
 
 def _chain(stages: Sequence[Stage], first: int, *, head: _Link | None, tail: _Link | None,

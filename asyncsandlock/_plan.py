@@ -56,6 +56,10 @@ class Plan:
     #: is handed to every run instead of a new one each spawn.
     _protections: dict[tuple[bool, frozenset[Subsystem]], Mapping[Subsystem, Protection]] = \
         field(default_factory=dict)
+    #: The parts of a spawn request that only this plan decides, filled once
+    #: per (supervised syscalls, degraded) by ``_spawn.spawn`` and copied.
+    spawn_templates: dict[tuple[frozenset[str], frozenset[Subsystem]], object] = \
+        field(default_factory=dict)
 
     @property
     def landlock_fd(self) -> int:

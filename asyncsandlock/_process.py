@@ -22,14 +22,15 @@ from types import TracebackType
 import anyio
 
 from ._background import Background
-from ._core import ffi
+from ._core import ffi, lib
 from ._result import Result
 from ._streams import FdReceiveStream, FdSendStream
 from ._supervisor import close_fd
-from ._sys import syscall
+from ._sys import SYSCALLS
 from ._types import ExitReason, Protection, Subsystem
 
-_PR_GET_CHILD_SUBREAPER = 37
+_PRCTL = ffi.cast("long", SYSCALLS["prctl"])
+_GET_CHILD_SUBREAPER = ffi.cast("long", 37)  # PR_GET_CHILD_SUBREAPER
 
 
 class SandboxedProcess:
@@ -51,7 +52,7 @@ class SandboxedProcess:
     _ended: float | None
     _status: os.waitid_result | None
     _reason: ExitReason | None
-    _wait_lock: anyio.Lock
+    _wait_lock: anyio.Lock | None
     _finished: bool
     _own_group: bool
 
@@ -77,9 +78,9 @@ class SandboxedProcess:
         self._ended = None
         self._status = None
         self._reason = None
-        # fast_acquire: an uncontended acquire does not yield; wait() still
-        # checkpoints, in wait_readable() or in its already-finished branch.
-        self._wait_lock = anyio.Lock(fast_acquire=True)
+        # Made by the first wait(), not here: between the spawns of a
+        # pipeline's stages every microsecond delays the next stage.
+        self._wait_lock = None
         self._finished = False
         self._own_group = own_group
         return self
@@ -149,6 +150,10 @@ class SandboxedProcess:
         if self._finished:  # reaped and cleaned up: only the checkpoint is left
             await anyio.lowlevel.checkpoint()
             return self._status_code()
+        if self._wait_lock is None:
+            # fast_acquire: an uncontended acquire does not yield; wait() still
+            # checkpoints, in wait_readable() or in its already-finished branch.
+            self._wait_lock = anyio.Lock(fast_acquire=True)
         async with self._wait_lock:
             if self._status is None:
                 await anyio.wait_readable(self._pidfd)
@@ -158,11 +163,19 @@ class SandboxedProcess:
                         os.killpg(self.pid, _signal.SIGKILL)
                 self._status = os.waitid(os.P_PIDFD, self._pidfd, os.WEXITED)
                 self._ended = time.monotonic()
-                close_fd(self._pidfd)
+                # No notify_closing(): the only waiter on the pidfd is this
+                # task (under the lock), and its wait_readable has returned,
+                # which leaves no registration to drop on either backend.
+                os.close(self._pidfd)
                 self._pidfd = -1
-                with anyio.CancelScope(shield=True):
-                    await self._reap_orphans()
-                    await self._stop_supervisor()
+                orphans = self._own_group and (os.getpid() == 1 or _is_subreaper())
+                if orphans or self._supervisor is not None:
+                    with anyio.CancelScope(shield=True):
+                        if orphans:
+                            await self._reap_orphans()
+                        await self._stop_supervisor()
+                else:  # nothing to await: no cancel scope to enter and leave
+                    self._close_listener()
                 self._finished = True
         return self._status_code()
 
@@ -173,8 +186,6 @@ class SandboxedProcess:
 
     async def _reap_orphans(self) -> None:
         """As PID 1 or a subreaper, we inherit the sandbox's orphans: reap them."""
-        if not self._own_group or (os.getpid() != 1 and not _is_subreaper()):
-            return
         deadline = time.monotonic() + 5.0
         while time.monotonic() < deadline:
             try:
@@ -192,6 +203,9 @@ class SandboxedProcess:
         if self._supervisor is not None:
             await self._supervisor.stop()
             self._supervisor = None
+        self._close_listener()
+
+    def _close_listener(self) -> None:
         if self._listener is not None:
             close_fd(self._listener)
             self._listener = None
@@ -252,6 +266,11 @@ class SandboxedProcess:
 
 
 def _is_subreaper() -> bool:
+    # Asked on every reap (a caller may become a subreaper at any time), so
+    # straight through the C library with pre-cast arguments: _sys.syscall's
+    # generic casting costs more than the system call.
     flag = ffi.new("int *")
-    syscall("prctl", _PR_GET_CHILD_SUBREAPER, flag)
+    if lib.syscall(_PRCTL, _GET_CHILD_SUBREAPER, flag) == -1:
+        err = ffi.errno
+        raise OSError(err, f"prctl: {os.strerror(err)}")
     return bool(flag[0])

@@ -123,13 +123,25 @@ async def open_process(sandbox: Sandbox, args: Sequence[str], *, stdin: StdioTar
     """Start ``args`` in ``sandbox``; see :meth:`Sandbox.open`."""
     argv = check_args(args)
     run_env = check_env("env", env if env is not None else {})
-    run_cwd = check_cwd("cwd", cwd) or sandbox.cwd
+    run_cwd = check_cwd("cwd", cwd)
     if isinstance(extra_fds, (str, bytes)) or not isinstance(extra_fds, Sequence):
         raise PolicyError("extra_fds", f"expected a sequence of fds, got {extra_fds!r}")
-    extra_fds = [check_fd("extra_fds", fd) for fd in extra_fds]
+    fds = [check_fd("extra_fds", fd) for fd in extra_fds]
+    return await open_checked(sandbox, argv, stdin=stdin, stdout=stdout, stderr=stderr,
+                              env=run_env, cwd=run_cwd,
+                              handlers=check_handlers("handlers", handlers), extra_fds=fds)
+
+
+async def open_checked(sandbox: Sandbox, argv: tuple[str, ...], *, stdin: StdioTarget,
+                       stdout: StdioTarget, stderr: StdioTarget, env: Mapping[str, str],
+                       cwd: str | None, handlers: tuple[Handler, ...],
+                       extra_fds: Sequence[int]) -> SandboxedProcess:
+    """:func:`open_process` once its arguments are validated (by it, or for a
+    pipeline stage partly by :meth:`Sandbox.cmd`); stdio is checked here."""
+    run_env = env
+    run_cwd = cwd or sandbox.cwd
     # Built-in policies first: the first answer other than continue_() decides.
-    all_handlers = (*builtin_handlers(sandbox), *sandbox.handlers,
-                    *check_handlers("handlers", handlers))
+    all_handlers = (*builtin_handlers(sandbox), *sandbox.handlers, *handlers)
     plan = await compile_plan(sandbox)
     full_env: dict[str, str] | None = None
     if sandbox.clean_env or sandbox.env or run_env:
@@ -158,7 +170,8 @@ async def open_process(sandbox: Sandbox, args: Sequence[str], *, stdin: StdioTar
         own_group=child.own_group,
         stdin=stdio.ours[0], stdout=stdio.ours[1], stderr=stdio.ours[2],
         protections=plan.protections(bool(notify)), started=started)
-    warn_degraded(sandbox, proc.protections)
+    if plan.degraded:  # else nothing is DEGRADED: no need to look
+        warn_degraded(sandbox, proc.protections)
     if child.listener is not None:
         supervisor = Supervisor(child.listener, routes, names,
                                 lambda: proc._kill_for(ExitReason.KILLED))
@@ -209,6 +222,8 @@ async def _kill_and_reap_all(procs: Sequence[SandboxedProcess], reason: ExitReas
     # Mark and signal every sandbox before reaping any, so that a stage that
     # dies of SIGPIPE because its neighbour was killed first is still
     # reported with ``reason``, not as a crash of its own.
+    if all(proc._finished for proc in procs):
+        return  # nothing to signal or reap (the usual case): no cancel scope either
     with anyio.CancelScope(shield=True):
         for proc in procs:
             if proc.returncode is None:
@@ -220,6 +235,13 @@ async def _kill_and_reap_all(procs: Sequence[SandboxedProcess], reason: ExitReas
 
 async def close_all(procs: Sequence[SandboxedProcess]) -> None:
     """Kill and reap those still running (reason KILLED), then close every stream."""
+    if all(proc._finished for proc in procs):
+        # The usual end of a run: every process is reaped, closing a pipe
+        # cannot block, and the caller has had its checkpoints; a cancel
+        # scope and a checkpoint per process would only cost event-loop turns.
+        for proc in procs:
+            proc._close_streams()
+        return
     await _kill_and_reap_all(procs, ExitReason.KILLED)
     with anyio.CancelScope(shield=True):
         for proc in procs:
@@ -233,8 +255,9 @@ async def _wait_all(procs: Sequence[SandboxedProcess]) -> None:
         await procs[0].wait()
         return
     async with anyio.create_task_group() as tg:
-        for proc in procs:
+        for proc in procs[:-1]:
             tg.start_soon(proc.wait)
+        await procs[-1].wait()  # in this task: one task fewer to start
 
 
 async def supervise(procs: Sequence[SandboxedProcess], inputs: Sequence[bytes | None],
@@ -258,10 +281,13 @@ async def supervise(procs: Sequence[SandboxedProcess], inputs: Sequence[bytes | 
                     tg.start_soon(_drain, proc.stderr, err)
                 if proc.stdin is not None:
                     tg.start_soon(_feed, proc, bytes(data or b""))
-            with anyio.move_on_after(timeout) as scope:
+            if timeout is None:  # no deadline: no cancel scope to enter and leave
                 await _wait_all(procs)
-            if scope.cancelled_caught:
-                await _kill_and_reap_all(procs, ExitReason.TIMEOUT)
+            else:
+                with anyio.move_on_after(timeout) as scope:
+                    await _wait_all(procs)
+                if scope.cancelled_caught:
+                    await _kill_and_reap_all(procs, ExitReason.TIMEOUT)
             if not all(proc._own_group for proc in procs):
                 # Nested (PROCESS_GROUP degraded): what a command left behind
                 # was not killed with it and may hold its pipes open forever.

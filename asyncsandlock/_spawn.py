@@ -14,7 +14,7 @@ import os
 import signal
 import socket
 import struct
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,13 +48,8 @@ def resolve_executable(name: str, env: Mapping[str, str], cwd: str | None) -> st
     """
     if not name:
         raise SpawnError(errno.ENOENT, "empty command name", step="execve", filename=name)
-    if "/" in name:
-        candidates = [os.path.join(cwd or os.getcwd(), name)]
-    else:
-        path = env.get("PATH", os.defpath)
-        candidates = [os.path.join(cwd or os.getcwd(), d or ".", name) for d in path.split(":")]
     denied = False
-    for candidate in candidates:
+    for candidate in _candidates(name, env, cwd):
         if os.path.isfile(candidate):
             if os.access(candidate, os.X_OK):
                 return candidate
@@ -64,12 +59,88 @@ def resolve_executable(name: str, env: Mapping[str, str], cwd: str | None) -> st
     raise SpawnError(errno.ENOENT, "command not found", step="execve", filename=name)
 
 
-def _cstrings(items: Sequence[bytes], keep: list[Any]) -> Any:
-    cells = [ffi.new("char[]", item) for item in items]
-    keep.extend(cells)
-    array = ffi.new("char *[]", [*cells, ffi.NULL])
-    keep.append(array)
-    return array
+def _candidates(name: str, env: Mapping[str, str], cwd: str | None) -> Iterator[str]:
+    """The paths execvp would try for ``name``, in order, made as they are
+    tried; PATH entries that do not hold ``name`` at all are skipped."""
+    if name.startswith("/"):
+        yield name  # the usual case: no getcwd() needed
+        return
+    if "/" in name:
+        yield os.path.join(cwd or os.getcwd(), name)
+        return
+    base = cwd
+    for entry in env.get("PATH", os.defpath).split(":"):
+        directory = entry
+        if not entry.startswith("/"):
+            base = base or os.getcwd()
+            directory = os.path.join(base, entry or ".")
+        candidate = directory + name if directory.endswith("/") else f"{directory}/{name}"
+        # Most entries miss, and access() says so without the exception
+        # that isfile()'s failing stat() costs.
+        if os.access(candidate, os.F_OK):
+            yield candidate
+
+
+@dataclass(frozen=True, slots=True)
+class _Template:
+    """A request with the fields a plan decides filled in (the filter, the
+    rlimits, the key...), copied into each request of that plan."""
+
+    req: Any
+    supervised: bool
+    #: The arrays ``req`` points into.
+    arrays: tuple[Any, ...]
+
+
+def _template(plan: Plan, notify: frozenset[str]) -> _Template:
+    key = (notify, plan.degraded)
+    found = plan.spawn_templates.get(key)
+    if isinstance(found, _Template):
+        return found
+    req = ffi.new("struct asl_spawn_req *")
+    limits = ffi.new("struct asl_rlimit[]", list(plan.rlimits) or 1)
+    req.rlimits, req.nrlimits = limits, len(plan.rlimits)
+    prog = plan.filter_for(notify)
+    arrays: tuple[Any, ...] = (limits,)
+    if prog is not None:
+        prog_c = ffi.from_buffer(prog)
+        arrays += (prog_c,)
+        req.filter, req.filter_len = prog_c, len(prog) // 8
+    req.key = list(plan.key)
+    req.keep_caps = plan.keep_caps
+    req.own_group = int(Subsystem.PROCESS_GROUP not in plan.degraded)
+    supervised = prog is not None and bool(notify)
+    req.seccomp_flags = _SECCOMP_FILTER_FLAG_NEW_LISTENER if supervised else 0
+    template = plan.spawn_templates[key] = _Template(req, supervised, arrays)
+    return template
+
+
+def _strings(req: Any, path: str, args: Sequence[bytes], env: Mapping[str, str] | None,
+             cwd: str | None) -> tuple[Any, Any]:
+    """Point ``req``'s path, argv, envp and cwd into one char buffer and one
+    pointer array, whatever the number of strings; returns both (they must
+    outlive the call)."""
+    envs = [os.fsencode(f"{k}={v}") for k, v in env.items()] if env is not None else []
+    items = [os.fsencode(path), *args, *envs]
+    if cwd is not None:
+        items.append(os.fsencode(cwd))
+    buf = ffi.new("char[]", b"\0".join(items))  # cffi adds the last NUL
+    cells = []
+    offset = 0
+    for item in items:
+        cells.append(buf + offset)
+        offset += len(item) + 1
+    argv_end = 1 + len(args)
+    env_end = argv_end + len(envs)
+    ptrs = ffi.new("char *[]", [*cells[1:argv_end], ffi.NULL, *cells[argv_end:env_end], ffi.NULL])
+    req.path = cells[0]
+    req.argv = ptrs
+    # env None: the caller's own environment, as the C library holds it (what
+    # os.environ writes through to); no copy to build and encode per spawn.
+    req.envp = lib.environ if env is None else ptrs + argv_end
+    if cwd is not None:
+        req.cwd = cells[-1]
+    return buf, ptrs
 
 
 def _above(fd: int, floor: int, spares: list[int]) -> int:
@@ -89,34 +160,14 @@ def _above(fd: int, floor: int, spares: list[int]) -> int:
 def spawn(plan: Plan, *, path: str, args: Sequence[bytes], env: Mapping[str, str] | None,
           cwd: str | None, fds: Sequence[int], notify: frozenset[str]) -> Spawned:
     """Start one confined child; ``fds[i]`` becomes the child's fd ``i``."""
-    keep: list[Any] = []
-    req = ffi.new("struct asl_spawn_req *")
-    keep.append(path_c := ffi.new("char[]", os.fsencode(path)))
-    req.path = path_c
-    req.argv = _cstrings(args, keep)
-    # env None: the caller's own environment, as the C library holds it (what
-    # os.environ writes through to); no copy to build and encode per spawn.
-    req.envp = lib.environ if env is None else _cstrings(
-        [os.fsencode(f"{k}={v}") for k, v in env.items()], keep)
-    if cwd is not None:
-        keep.append(cwd_c := ffi.new("char[]", os.fsencode(cwd)))
-        req.cwd = cwd_c
+    template = _template(plan, notify)
+    req = ffi.new("struct asl_spawn_req *", template.req[0])
+    keep = [template, _strings(req, path, args, env, cwd)]
     fd_map = ffi.new("struct asl_fd_map[]", [(src, dst) for dst, src in enumerate(fds)] or 1)
     keep.append(fd_map)
     req.fds, req.nfds = fd_map, len(fds)
-    limits = ffi.new("struct asl_rlimit[]", list(plan.rlimits) or 1)
-    keep.append(limits)
-    req.rlimits, req.nrlimits = limits, len(plan.rlimits)
-    prog = plan.filter_for(notify)
-    if prog is not None:
-        keep.append(prog_c := ffi.from_buffer(prog))
-        req.filter, req.filter_len = prog_c, len(prog) // 8
-    req.key = list(plan.key)
-    req.keep_caps = plan.keep_caps
-    req.own_group = int(Subsystem.PROCESS_GROUP not in plan.degraded)
     req.parent_pid = os.getpid()
-    supervised = prog is not None and bool(notify)
-    req.seccomp_flags = _SECCOMP_FILTER_FLAG_NEW_LISTENER if supervised else 0
+    supervised = template.supervised
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET) if supervised \
         else (None, None)
     err_r, err_w = os.pipe2(os.O_CLOEXEC)

@@ -12,22 +12,37 @@ from anyio.abc import ByteReceiveStream, ByteSendStream
 class _FdHolder:
     """One owner per fd: ``fd`` becomes -1 once closed."""
 
-    __slots__ = ("fd",)
+    __slots__ = ("fd", "waiting")
 
     def __init__(self, fd: int) -> None:
         os.set_blocking(fd, False)
         self.fd = fd
+        #: Tasks of this stream parked in wait_readable/wait_writable on ``fd``.
+        self.waiting = 0
 
     def close(self) -> None:
         if self.fd >= 0:
             fd, self.fd = self.fd, -1
-            anyio.notify_closing(fd)
+            # Only a parked task needs waking.  Once every wait has returned,
+            # neither backend keeps a registration that notify_closing would
+            # drop (anyio's asyncio waits remove their reader; trio's leave a
+            # disarmed one-shot entry that close() removes), so it is skipped:
+            # it costs more than the close.
+            if self.waiting:
+                anyio.notify_closing(fd)
             os.close(fd)
 
     def checked(self) -> int:
         if self.fd < 0:
             raise anyio.ClosedResourceError
         return self.fd
+
+    async def wait(self, fd: int, writable: bool) -> None:
+        self.waiting += 1
+        try:
+            await (anyio.wait_writable(fd) if writable else anyio.wait_readable(fd))
+        finally:
+            self.waiting -= 1
 
 
 class FdReceiveStream(ByteReceiveStream):
@@ -48,7 +63,7 @@ class FdReceiveStream(ByteReceiveStream):
             try:
                 data = os.read(fd, max_bytes)
             except BlockingIOError:
-                await anyio.wait_readable(fd)
+                await self._holder.wait(fd, writable=False)
                 continue
             if not data:
                 raise anyio.EndOfStream
@@ -83,7 +98,7 @@ class FdSendStream(ByteSendStream):
             try:
                 written = os.write(fd, view)
             except BlockingIOError:
-                await anyio.wait_writable(fd)
+                await self._holder.wait(fd, writable=True)
                 continue
             except OSError as exc:
                 if exc.errno == errno.EPIPE:
