@@ -30,6 +30,9 @@ import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+#: What the child calls after installing the filter (csrc/spawn.c).
+PRE_EXEC_CALLS = ("write", "sendmsg", "exit_group", "execve")
+
 # Opcodes (linux/bpf_common.h).
 _LD_W_ABS = 0x20
 _JEQ_K = 0x15
@@ -281,10 +284,15 @@ def build_filter(spec: FilterSpec) -> bytes:
     if spec.arch == AUDIT_ARCH_X86_64:
         asm.emit(_JGE_K, _X32_SYSCALL_BIT, 0, 1)
         asm.ret(RET_KILL_PROCESS)
-    if spec.key is not None and spec.notify:
-        exemption = _keyed_exemption(spec.key)
-        for name in ("write", "sendmsg", "exit_group", "execve"):
-            asm.block(spec.table[name], exemption)
+    if spec.key is not None:
+        # Only where the filter would not simply allow the call: a syscall
+        # whose answer depends on its arguments is no longer in the kernel's
+        # allow cache, and write() is hot.  Denied ones must be exempt too, or
+        # a policy denying exit_group would leave the child spinning in its
+        # error path, and the caller blocked in vfork, for ever.
+        for name in PRE_EXEC_CALLS:
+            if name in spec.notify or name in spec.deny:
+                asm.block(spec.table[name], _keyed_exemption(spec.key))
     asm.insns.extend(_rules(spec).insns)
     table = spec.table
     actions = {table[n]: RET_USER_NOTIF for n in spec.notify if n in table}

@@ -75,7 +75,7 @@ class Plan:
         prog = self._filters.get(notify)
         if prog is None:
             spec = FilterSpec(AUDIT_ARCH, SYSCALLS, self.deny, notify,
-                              self.key if notify else None, self.allow_udp, self.allow_unix)
+                              self.key, self.allow_udp, self.allow_unix)
             prog = self._filters[notify] = build_filter(spec)
         return prog
 

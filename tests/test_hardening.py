@@ -121,3 +121,23 @@ async def test_bad_fds_fail_before_any_process(bad: object) -> None:
         with pytest.raises(PolicyError):
             await sb.run(["true"], **kwargs)  # type: ignore[arg-type]
     assert child_pids() == before
+
+
+@pytest.mark.parametrize("denied", [("exit_group",), ("write",), ("execve", "exit_group", "write")])
+async def test_denying_the_childs_own_calls_still_reports_the_failure(
+        denied: tuple[str, ...]) -> None:
+    """Regression test: with exit_group denied and nothing supervised, a
+    failing child spun in its error path while the caller sat in vfork for
+    ever; with write denied its report was lost (an ordinary exit 127)."""
+    from asyncsandlock import SpawnError
+
+    sb = Sandbox(fs_readable=["/etc"], extra_deny_syscalls=denied)  # /bin not executable
+    with pytest.raises(SpawnError) as info:
+        await sb.run(["/bin/true"])
+    assert (info.value.step, info.value.errno) == ("execve", 13)
+
+
+async def test_denying_execve_still_runs_the_command_but_not_what_it_execs() -> None:
+    sb = system_sandbox(extra_deny_syscalls=["execve", "exit_group"])
+    result = await sb.run(["sh", "-c", "echo first; /bin/true || echo refused"])
+    assert result.stdout == b"first\nrefused\n", result
