@@ -190,7 +190,11 @@ def spawn(plan: Plan, *, path: str, args: Sequence[bytes], env: Mapping[str, str
             if report:
                 step, err = struct.unpack("=ii", report)
                 name = STEPS.get(step, f"step {step}")
-                raise SpawnError(err, os.strerror(err), step=name,
+                message = os.strerror(err)
+                if name == "execve" and err == errno.EACCES:
+                    message += (" (hint: the command, and for a script its interpreter, must "
+                                "lie under fs_readable)")
+                raise SpawnError(err, message, step=name,
                                  filename=path if name == "execve" else None)
             listener = None
             if ours is not None:
