@@ -31,18 +31,16 @@ from ._exceptions import PolicyError, SandboxedProcessError, SpawnError
 from ._plan import compile_plan
 from ._process import SandboxedProcess
 from ._result import Result
-from ._run import (
-    PIPE,
+from ._run import PIPE, close_all, open_checked, run, supervise
+from ._validate import (
     StdioTarget,
     check_args,
+    check_cwd,
+    check_env,
+    check_handlers,
     check_input,
     check_timeout,
-    close_all,
-    open_checked,
-    run,
-    supervise,
 )
-from ._validate import check_cwd, check_env, check_handlers
 
 if TYPE_CHECKING:
     from ._policy import Sandbox

@@ -7,7 +7,7 @@ import os
 import subprocess
 import time
 from collections.abc import Mapping, Sequence
-from typing import IO, TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import anyio
 from anyio.abc import ByteReceiveStream, TaskStatus
@@ -23,7 +23,17 @@ from ._supervisor import Supervisor, route
 from ._sys import SYSCALLS
 from ._types import ExitReason
 from ._unavailable import confined_spawn, warn_degraded
-from ._validate import check_cwd, check_env, check_handlers
+from ._validate import (
+    SLOTS,
+    StdioTarget,
+    check_args,
+    check_cwd,
+    check_env,
+    check_fd,
+    check_handlers,
+    check_input,
+    check_timeout,
+)
 from .handlers import builtin_handlers
 
 if TYPE_CHECKING:
@@ -32,40 +42,6 @@ if TYPE_CHECKING:
 PIPE = subprocess.PIPE
 DEVNULL = subprocess.DEVNULL
 STDOUT = subprocess.STDOUT
-
-#: What a stdio slot accepts: PIPE, DEVNULL, STDOUT (stderr only), an fd, a
-#: file object, or None to inherit the caller's.
-StdioTarget = int | IO[Any] | None
-
-
-def check_args(args: object) -> tuple[str, ...]:
-    """Validate a command line (a non-empty sequence of str/PathLike)."""
-    if isinstance(args, (str, bytes)) or not isinstance(args, Sequence) or not args:
-        raise PolicyError("args", f"expected a non-empty list of arguments, got {args!r}")
-    out = []
-    for arg in args:
-        if not isinstance(arg, (str, os.PathLike)):
-            raise PolicyError("args", f"{arg!r} is not a str or path")
-        text = os.fspath(arg)
-        if "\0" in text:
-            raise PolicyError("args", f"{text!r} contains a NUL byte")
-        out.append(text)
-    return tuple(out)
-
-
-_SLOTS = ("stdin", "stdout", "stderr")
-
-
-def check_fd(field: str, fd: object) -> int:
-    """``fd`` if it is an open file descriptor, else :class:`PolicyError`."""
-    if isinstance(fd, bool) or not isinstance(fd, int) or fd < 0:
-        raise PolicyError(field, f"{fd!r} is not a file descriptor")
-    try:
-        os.fstat(fd)
-    except OSError:
-        raise PolicyError(field, f"{fd} is not an open file descriptor") from None
-    return fd
-
 
 class _Stdio:
     """The child's fds 0-2 and our ends of its pipes, with one cleanup path."""
@@ -95,11 +71,11 @@ class _Stdio:
                 raise PolicyError("stdin" if index == 0 else "stdout", "STDOUT is only for stderr")
             self.child.append(self.child[1])
         elif isinstance(target, int) and not isinstance(target, bool) and target >= 0:
-            self.child.append(check_fd(_SLOTS[index], target))
+            self.child.append(check_fd(SLOTS[index], target))
         elif hasattr(target, "fileno"):
-            self.child.append(check_fd(_SLOTS[index], target.fileno()))
+            self.child.append(check_fd(SLOTS[index], target.fileno()))
         else:
-            raise PolicyError(_SLOTS[index],
+            raise PolicyError(SLOTS[index],
                               f"{target!r} is not PIPE, DEVNULL, STDOUT, an fd or a file")
 
     def after_spawn(self) -> None:
@@ -138,16 +114,15 @@ async def open_checked(sandbox: Sandbox, argv: tuple[str, ...], *, stdin: StdioT
                        extra_fds: Sequence[int]) -> SandboxedProcess:
     """:func:`open_process` once its arguments are validated (by it, or for a
     pipeline stage partly by :meth:`Sandbox.cmd`); stdio is checked here."""
-    run_env = env
     run_cwd = cwd or sandbox.cwd
     # Built-in policies first: the first answer other than continue_() decides.
     all_handlers = (*builtin_handlers(sandbox), *sandbox.handlers, *handlers)
     plan = await compile_plan(sandbox)
     full_env: dict[str, str] | None = None
-    if sandbox.clean_env or sandbox.env or run_env:
+    if sandbox.clean_env or sandbox.env or env:
         full_env = {} if sandbox.clean_env else dict(os.environ)
         full_env.update(sandbox.env)
-        full_env.update(run_env)
+        full_env.update(env)
     path = resolve_executable(argv[0], os.environ if full_env is None else full_env,
                               str(run_cwd) if run_cwd else None)
     routes, names = route(all_handlers, SYSCALLS, plan.deny)
@@ -191,26 +166,6 @@ async def _feed(proc: SandboxedProcess, data: bytes) -> None:
     with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
         await proc.stdin.send(data)
     await proc.stdin.aclose()
-
-
-def check_timeout(timeout: object) -> float | None:
-    """Validate a ``timeout=`` argument (positive seconds or None)."""
-    # "not > 0" rather than "<= 0": NaN compares false both ways.
-    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
-                                or not timeout > 0):
-        raise PolicyError("timeout", f"{timeout!r} must be a positive number of seconds or None")
-    return timeout
-
-
-def check_input(input: object, stdin: StdioTarget) -> StdioTarget:
-    """Validate an ``input=`` argument; returns the stdin target that carries it."""
-    if input is None:
-        return stdin
-    if not isinstance(input, (bytes, bytearray, memoryview)):
-        raise PolicyError("input", f"expected bytes, got {type(input).__name__}")
-    if stdin is not None:
-        raise PolicyError("stdin", "stdin and input cannot both be given")
-    return PIPE
 
 
 #: Seconds a run keeps reading pipes that outlive its process when the

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import inspect
 import os
-from collections.abc import Iterable, Mapping
+import subprocess
+from collections.abc import Iterable, Mapping, Sequence
 from types import MappingProxyType
+from typing import IO, Any
 
 from ._exceptions import PolicyError
 from ._handler import ExceptionPolicy, Handler
@@ -121,3 +123,58 @@ def check_handlers(name: str, value: object) -> tuple[Handler, ...]:
             raise PolicyError(name, f"{item!r}: on_exception must be an ExceptionPolicy, "
                                     f"not {item.on_exception!r}")
     return items
+
+
+#: What a stdio slot accepts: PIPE, DEVNULL, STDOUT (stderr only), an fd, a
+#: file object, or None to inherit the caller's.
+StdioTarget = int | IO[Any] | None
+
+
+def check_args(args: object) -> tuple[str, ...]:
+    """Validate a command line (a non-empty sequence of str/PathLike)."""
+    if isinstance(args, (str, bytes)) or not isinstance(args, Sequence) or not args:
+        raise PolicyError("args", f"expected a non-empty list of arguments, got {args!r}")
+    out = []
+    for arg in args:
+        if not isinstance(arg, (str, os.PathLike)):
+            raise PolicyError("args", f"{arg!r} is not a str or path")
+        text = os.fspath(arg)
+        if "\0" in text:
+            raise PolicyError("args", f"{text!r} contains a NUL byte")
+        out.append(text)
+    return tuple(out)
+
+
+#: The names of the stdio slots, by fd.
+SLOTS = ("stdin", "stdout", "stderr")
+
+
+def check_fd(field: str, fd: object) -> int:
+    """``fd`` if it is an open file descriptor, else :class:`PolicyError`."""
+    if isinstance(fd, bool) or not isinstance(fd, int) or fd < 0:
+        raise PolicyError(field, f"{fd!r} is not a file descriptor")
+    try:
+        os.fstat(fd)
+    except OSError:
+        raise PolicyError(field, f"{fd} is not an open file descriptor") from None
+    return fd
+
+
+def check_timeout(timeout: object) -> float | None:
+    """Validate a ``timeout=`` argument (positive seconds or None)."""
+    # "not > 0" rather than "<= 0": NaN compares false both ways.
+    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
+                                or not timeout > 0):
+        raise PolicyError("timeout", f"{timeout!r} must be a positive number of seconds or None")
+    return timeout
+
+
+def check_input(input: object, stdin: StdioTarget) -> StdioTarget:
+    """Validate an ``input=`` argument; returns the stdin target that carries it."""
+    if input is None:
+        return stdin
+    if not isinstance(input, (bytes, bytearray, memoryview)):
+        raise PolicyError("input", f"expected bytes, got {type(input).__name__}")
+    if stdin is not None:
+        raise PolicyError("stdin", "stdin and input cannot both be given")
+    return subprocess.PIPE
