@@ -23,8 +23,8 @@ import anyio
 
 from ._bpf import DEFAULT_DENY, FilterSpec, build_filter
 from ._caps import keep_mask, permitted_mask
-from ._exceptions import PolicyError
 from ._landlock import RulesetSpec, abi_version, build_ruleset, missing
+from ._supervisor import route
 from ._sys import AUDIT_ARCH, SYSCALLS
 from ._types import Protection, Subsystem
 
@@ -132,6 +132,11 @@ def _rlimits(policy: Sandbox) -> tuple[tuple[int, int, int], ...]:
     return tuple(limits)
 
 
+def _new_key() -> tuple[int, int, int]:
+    """The 192 bits that let the child's own pre-exec calls pass its filter."""
+    return (secrets.randbits(64), secrets.randbits(64), secrets.randbits(64))
+
+
 _compiling: weakref.WeakKeyDictionary[Sandbox, anyio.Event] = weakref.WeakKeyDictionary()
 
 
@@ -141,11 +146,9 @@ async def compile_plan(policy: Sandbox) -> Plan:
     if plan is not None:
         return plan
     deny = frozenset(DEFAULT_DENY) | frozenset(policy.extra_deny_syscalls)
-    for handler in policy.handlers:
-        for name in handler.syscalls:
-            if name in deny:
-                raise PolicyError("handlers", f"{handler!r} traps {name!r}, which the policy "
-                                              "denies outright")
+    # Here as well as at each spawn: a pipeline compiles every stage's plan
+    # before it starts any, so a bad handler stops it before any process.
+    route(policy.handlers, SYSCALLS, deny)
     while (pending := _compiling.get(policy)) is not None:
         # Another run is compiling it, perhaps awaiting on_unavailable: one decision.
         await pending.wait()
@@ -157,12 +160,7 @@ async def compile_plan(policy: Sandbox) -> Plan:
     finally:
         del _compiling[policy]
         done.set()
-    # Another task may have compiled the same policy while we awaited a decision.
-    if policy._compiled is not None:
-        if ruleset_fd is not None:
-            os.close(ruleset_fd)
-        return policy._compiled  # type: ignore[no-any-return]
-    key = (secrets.randbits(64), secrets.randbits(64), secrets.randbits(64))
+    key = _new_key()
     udp = any(rule.protocol in ("udp", "any") and rule.ports is None for rule in policy.net_rules())
     plan = Plan(ruleset_fd, key, _rlimits(policy), frozenset(degraded), udp,
                 policy.allow_unix_sockets, deny,
@@ -178,6 +176,6 @@ def probe_plan(seccomp: bool = True) -> Plan:
     nothing (none without ``seccomp``): for the throwaway children of
     ``_features.probe``.  They keep our capabilities, so that they meet the
     host's refusals, not ours."""
-    key = (secrets.randbits(64), secrets.randbits(64), secrets.randbits(64))
+    key = _new_key()
     degraded = frozenset() if seccomp else frozenset({Subsystem.SECCOMP})
     return Plan(None, key, (), degraded, False, True, frozenset(), permitted_mask())
