@@ -35,11 +35,11 @@ import anyio
 from ._core import ffi
 from ._exceptions import SpawnError
 from ._landlock import RulesetSpec, abi_version, missing
-from ._notify import IOCTL_SET_FLAGS, USER_NOTIF_FD_SYNC_WAKE_UP
+from ._notify import set_sync_wake_up
 from ._plan import probe_plan
 from ._spawn import spawn
 from ._supervisor import close_fd
-from ._sys import ioctl, syscall
+from ._sys import syscall
 from ._types import Subsystem
 
 # A syscall no probe program makes: trapping it is what makes a listener.
@@ -205,14 +205,6 @@ def _seccomp_status() -> tuple[int | None, int | None]:
     return values.get("Seccomp"), values.get("Seccomp_filters")
 
 
-def _sync_wake_up(listener: int) -> Support:
-    try:
-        ioctl(listener, IOCTL_SET_FLAGS, USER_NOTIF_FD_SYNC_WAKE_UP)
-    except OSError as exc:
-        return Support(exc.errno)
-    return Support()
-
-
 async def _namespaces_and_sync(listener_ok: bool) -> tuple[Support, Support, Support]:
     """(user namespace, network namespace, SYNC_WAKE_UP), from one Python child."""
     plan = probe_plan(seccomp=listener_ok)
@@ -231,7 +223,7 @@ async def _namespaces_and_sync(listener_ok: bool) -> tuple[Support, Support, Sup
         finally:
             os.close(out_w)
         if child.listener is not None:
-            sync = _sync_wake_up(child.listener)
+            sync = Support(set_sync_wake_up(child.listener) or None)
             os.close(child.listener)
         try:
             with anyio.move_on_after(_PROBE_TIMEOUT):

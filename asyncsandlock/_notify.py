@@ -73,6 +73,13 @@ _REQ_ADDFD: Final = _ulong(IOCTL_ADDFD)
 _REQ_SET_FLAGS: Final = _ulong(IOCTL_SET_FLAGS)
 
 
+def set_sync_wake_up(fd: int) -> int:
+    """SECCOMP_IOCTL_NOTIF_SET_FLAGS(SYNC_WAKE_UP) on listener ``fd``: 0 or the errno."""
+    if int(lib.ioctl(fd, _REQ_SET_FLAGS, _ulong(USER_NOTIF_FD_SYNC_WAKE_UP))) == 0:
+        return 0
+    return int(ffi.errno)
+
+
 class Listener:
     """The ioctls of one listener fd (the fd itself is owned elsewhere).
 
@@ -96,7 +103,7 @@ class Listener:
     def __repr__(self) -> str:
         return f"<Listener fd={self.fd}{' closed' if self.closed else ''}>"
 
-    def set_sync_wake_up(self) -> bool:
+    def set_sync_wake_up(self) -> int:
         """Ask the kernel to wake us, and the target after our answer, on the
         CPU that is already running (Linux 6.6+); False where unsupported.
 
@@ -104,9 +111,10 @@ class Listener:
         ends of a synchronous call instead of waking each other across CPUs,
         and usually the target has trapped again before we look: about 1.5x
         the notification rate on a 2-CPU VM, and a steady one instead of one
-        that depends on where the scheduler put the two.
+        that depends on where the scheduler put the two.  Returns 0, or
+        the errno (EINVAL before Linux 6.6).
         """
-        return int(lib.ioctl(self.fd, _REQ_SET_FLAGS, _ulong(USER_NOTIF_FD_SYNC_WAKE_UP))) == 0
+        return set_sync_wake_up(self.fd)
 
     def recv(self, names: Mapping[int, str]) -> HandlerCtx | None:
         """The next queued notification (``names``: syscall number -> name), or
