@@ -37,7 +37,11 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("-P", "--max-processes", type=int, metavar="N")
     run.add_argument("--max-open-files", type=int, metavar="N")
     run.add_argument("-t", "--timeout", type=float, metavar="SECONDS")
-    run.add_argument("--clean-env", action="store_true", help="start from an empty environment")
+    env = run.add_mutually_exclusive_group()
+    env.add_argument("--clean-env", dest="clean_env", action="store_true", default=True,
+                     help="only PATH, HOME, LANG and TERM from this environment (the default)")
+    env.add_argument("--inherit-env", dest="clean_env", action="store_false",
+                     help="hand this whole environment, secrets included, to the command")
     run.add_argument("--env", action="append", default=[], metavar="K=V")
     run.add_argument("--cwd", metavar="DIR")
     run.add_argument("cmd", nargs=argparse.REMAINDER, help="the command, after --")
@@ -45,7 +49,7 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _sandbox(ns: argparse.Namespace) -> Sandbox:
+def _sandbox(ns: argparse.Namespace, *, interactive: bool) -> Sandbox:
     env = {}
     for item in ns.env:
         key, sep, value = item.partition("=")
@@ -57,6 +61,7 @@ def _sandbox(ns: argparse.Namespace) -> Sandbox:
         net_allow_bind=ns.net_bind, env=env, clean_env=ns.clean_env, cwd=ns.cwd,
         max_memory=parse_size("max_memory", ns.max_memory) if ns.max_memory else None,
         max_processes=ns.max_processes, max_open_files=ns.max_open_files,
+        interactive=interactive,
     )
 
 
@@ -66,7 +71,10 @@ async def _run(ns: argparse.Namespace) -> int:
         cmd = cmd[1:]
     if not cmd:
         raise SystemExit("asyncsandlock run: no command given (put it after --)")
-    sandbox = _sandbox(ns)
+    terminal = _Terminal()
+    # On a terminal the command is its foreground group and may manage it
+    # (a shell moves its jobs in and out); elsewhere nothing of ours to lend.
+    sandbox = _sandbox(ns, interactive=terminal.attached)
     results: list[Result] = []
 
     failures: list[SandboxError] = []
@@ -79,7 +87,7 @@ async def _run(ns: argparse.Namespace) -> int:
             failures.append(exc)
             task_status.started(None)  # type: ignore[arg-type]
 
-    with _Terminal() as terminal:
+    with terminal:
         async with anyio.create_task_group() as tg:
             proc = await tg.start(runner)
             if proc is not None:
@@ -103,6 +111,11 @@ class _Terminal:
     def __init__(self) -> None:
         self._fd = sys.stdin.fileno() if sys.stdin is not None and sys.stdin.isatty() else -1
         self._ours = os.tcgetpgrp(self._fd) if self._fd >= 0 else -1
+
+    @property
+    def attached(self) -> bool:
+        """Standard input is a terminal whose foreground group is ours."""
+        return self._fd >= 0 and self._ours == os.getpgrp()
 
     def hand_to(self, pgid: int) -> None:
         if self._fd >= 0 and self._ours == os.getpgrp():

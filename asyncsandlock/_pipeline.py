@@ -31,7 +31,7 @@ from ._exceptions import PolicyError, SandboxedProcessError, SpawnError
 from ._plan import compile_plan
 from ._process import SandboxedProcess
 from ._result import Result
-from ._run import PIPE, close_all, open_checked, run, supervise
+from ._run import DEVNULL, PIPE, close_all, open_checked, run, supervise
 from ._validate import (
     StdioTarget,
     check_args,
@@ -137,7 +137,7 @@ class Pipeline:
             return Pipeline([*self.stages, *_stages_of(other)])
         return NotImplemented
 
-    async def run(self, *, input: bytes | None = None, stdin: StdioTarget = None,
+    async def run(self, *, input: bytes | None = None, stdin: StdioTarget = DEVNULL,
                   stdout: StdioTarget = PIPE, stderr: StdioTarget = PIPE,
                   timeout: float | None = None, check: bool = False,
                   task_status: TaskStatus[tuple[SandboxedProcess, ...]]
@@ -345,7 +345,7 @@ def _chain(stages: Sequence[Stage], first: int, *, head: _Link | None, tail: _Li
             raise PolicyError("stdout", f"{where} writes into the stage after it")
         nodes.append(_Node(stage, where, kwargs.get("input"),
                            stdin if stdin is not None
-                           else check_input(kwargs.get("input"), kwargs.get("stdin")),
+                           else check_input(kwargs.get("input"), kwargs.get("stdin", DEVNULL)),
                            stdout if stdout is not None else kwargs.get("stdout", PIPE),
                            kwargs.get("stderr", PIPE), kwargs.get("env")))
         stdin = stdout
@@ -355,8 +355,8 @@ def _chain(stages: Sequence[Stage], first: int, *, head: _Link | None, tail: _Li
 def _feed_first(node: _Node, input: bytes | None, stdin: StdioTarget) -> None:
     """Apply run()'s ``input``/``stdin`` to the first stage."""
     target = check_input(input, stdin)
-    if input is None and stdin is None:
-        return
+    if input is None and stdin == DEVNULL:
+        return  # run()'s default: the stage keeps its own (DEVNULL unless cmd() said)
     for key in ("input", "stdin"):
         if key in node.stage.kwargs:
             raise PolicyError(key, f"{node.where} was given {key}= by cmd(), and run() was "

@@ -44,7 +44,11 @@ class Sandbox:
     fs_readable: Sequence[str | os.PathLike[str]] = ()
     fs_writable: Sequence[str | os.PathLike[str]] = ()
     env: Mapping[str, str] = field(default_factory=dict)
-    clean_env: bool = False
+    #: True (the default): the child gets only ``PATH``, ``HOME``, ``LANG``
+    #: and ``TERM`` from the caller (those that are set) plus :attr:`env`.
+    #: False hands over the caller's whole environment, with every API key
+    #: and token in it.
+    clean_env: bool = True
     cwd: str | os.PathLike[str] | None = None
     net_allow: Sequence[str] = ()
     net_allow_bind: Sequence[int | str] = ()
@@ -53,6 +57,16 @@ class Sandbox:
     #: socket, so this lets the child reach any socket on the host whose path
     #: it can name.  socketpair(2) is always allowed.
     allow_unix_sockets: bool = False
+    #: Let the child use SysV IPC (shared memory, semaphores, message queues)
+    #: and POSIX message queues.  Off by default: they have no namespace here
+    #: and no Landlock rule, so the child could read, take or destroy objects
+    #: of any process on the host with the same uid.
+    allow_sysv_ipc: bool = False
+    #: Let the child control the terminal it inherits: become its foreground
+    #: process group (TIOCSPGRP), set its window size (TIOCSWINSZ, which
+    #: signals the foreground group) and the like.  For an interactive shell
+    #: run from ``asyncsandlock run`` on a terminal; off by default.
+    interactive: bool = False
     max_open_files: int | None = None
     max_processes: int | None = None
     max_memory: int | str | None = None
@@ -67,7 +81,7 @@ class Sandbox:
         put(self, "fs_readable", check_paths("fs_readable", self.fs_readable))
         put(self, "fs_writable", check_paths("fs_writable", self.fs_writable))
         put(self, "env", check_env("env", self.env))
-        for flag in ("clean_env", "allow_unix_sockets"):
+        for flag in ("clean_env", "allow_unix_sockets", "allow_sysv_ipc", "interactive"):
             if not isinstance(getattr(self, flag), bool):
                 raise PolicyError(flag, f"{getattr(self, flag)!r} must be True or False")
         put(self, "cwd", check_cwd("cwd", self.cwd))

@@ -43,6 +43,18 @@ PIPE = subprocess.PIPE
 DEVNULL = subprocess.DEVNULL
 STDOUT = subprocess.STDOUT
 
+#: What a ``clean_env`` sandbox takes from the caller's environment (those
+#: that are set): enough to find programs and print text, no secrets.
+MINIMAL_ENV = ("PATH", "HOME", "LANG", "TERM")
+
+
+def minimal_env() -> dict[str, str]:
+    """The caller's :data:`MINIMAL_ENV` variables; PATH defaults to
+    :data:`os.defpath` as execvp's does."""
+    env = {key: os.environ[key] for key in MINIMAL_ENV if key in os.environ}
+    env.setdefault("PATH", os.defpath)
+    return env
+
 class _Stdio:
     """The child's fds 0-2 and our ends of its pipes, with one cleanup path."""
 
@@ -119,8 +131,12 @@ async def open_checked(sandbox: Sandbox, argv: tuple[str, ...], *, stdin: StdioT
     all_handlers = (*builtin_handlers(sandbox), *sandbox.handlers, *handlers)
     plan = await compile_plan(sandbox)
     full_env: dict[str, str] | None = None
-    if sandbox.clean_env or sandbox.env or env:
-        full_env = {} if sandbox.clean_env else dict(os.environ)
+    if sandbox.clean_env:
+        full_env = minimal_env()
+        full_env.update(sandbox.env)
+        full_env.update(env)
+    elif sandbox.env or env:
+        full_env = dict(os.environ)
         full_env.update(sandbox.env)
         full_env.update(env)
     path = resolve_executable(argv[0], os.environ if full_env is None else full_env,
@@ -256,7 +272,7 @@ async def supervise(procs: Sequence[SandboxedProcess], inputs: Sequence[bytes | 
 
 
 async def run(sandbox: Sandbox, args: Sequence[str], *, input: bytes | None = None,
-              stdin: StdioTarget = None, stdout: StdioTarget = PIPE, stderr: StdioTarget = PIPE,
+              stdin: StdioTarget = DEVNULL, stdout: StdioTarget = PIPE, stderr: StdioTarget = PIPE,
               timeout: float | None = None, check: bool = False,
               env: Mapping[str, str] | None = None, cwd: str | os.PathLike[str] | None = None,
               handlers: Sequence[Handler] = (), extra_fds: Sequence[int] = (),

@@ -175,6 +175,7 @@ def check_input(input: object, stdin: StdioTarget) -> StdioTarget:
         return stdin
     if not isinstance(input, (bytes, bytearray, memoryview)):
         raise PolicyError("input", f"expected bytes, got {type(input).__name__}")
-    if stdin is not None:
+    # DEVNULL is run()'s default, so it is not a second choice of stdin.
+    if stdin is not None and stdin != subprocess.DEVNULL:
         raise PolicyError("stdin", "stdin and input cannot both be given")
     return subprocess.PIPE

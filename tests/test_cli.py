@@ -15,10 +15,10 @@ from asyncsandlock import SYSTEM_READABLE
 READ = [arg for path in SYSTEM_READABLE for arg in ("-r", path)]
 
 
-def cli(*args: str, stdin: str | None = None,
-        timeout: float = 30) -> subprocess.CompletedProcess[str]:
+def cli(*args: str, stdin: str | None = None, timeout: float = 30,
+        env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "asyncsandlock", "run", *args],
-                          input=stdin, capture_output=True, text=True, timeout=timeout)
+                          input=stdin, capture_output=True, text=True, timeout=timeout, env=env)
 
 
 def test_exit_status_and_output_pass_through() -> None:
@@ -48,9 +48,12 @@ def test_confinement_holds_from_the_command_line(tmp_path: pathlib.Path) -> None
 
 
 def test_env_clean_env_and_cwd(tmp_path: pathlib.Path) -> None:
-    proc = cli(*READ, "--clean-env", "--env", "GREETING=hi", "--cwd", str(tmp_path),
-               "--", "/bin/sh", "-c", 'echo "$GREETING $HOME"; pwd')
+    env = {**os.environ, "SECRET_TOKEN": "s3cret"}
+    proc = cli(*READ, "--env", "GREETING=hi", "--cwd", str(tmp_path),
+               "--", "/bin/sh", "-c", 'echo "$GREETING $SECRET_TOKEN"; pwd', env=env)
     assert proc.stdout == f"hi \n{tmp_path}\n", proc.stderr
+    proc = cli(*READ, "--inherit-env", "--", "/bin/sh", "-c", 'echo "$SECRET_TOKEN"', env=env)
+    assert proc.stdout == "s3cret\n", proc.stderr
 
 
 def test_stdin_is_the_commands() -> None:

@@ -119,14 +119,18 @@ async def test_stderr_to_stdout() -> None:
 async def test_env_clean_env_and_cwd(tmp_path: pathlib.Path) -> None:
     os.environ["ASYNCSANDLOCK_TEST_INHERITED"] = "yes"
     try:
-        sb = system_sandbox(env={"FROM_POLICY": "p"})
+        sb = system_sandbox(env={"FROM_POLICY": "p"}, clean_env=False)
         result = await sb.run(["sh", "-c", "echo $FROM_POLICY $FROM_RUN "
                                            "$ASYNCSANDLOCK_TEST_INHERITED; pwd"],
                               env={"FROM_RUN": "r"}, cwd=tmp_path, timeout=30)
         assert result.stdout == f"p r yes\n{tmp_path}\n".encode()
-        clean = system_sandbox(env={"ONLY": "1"}, clean_env=True)
+        # The default: the caller's secrets stay out, PATH & co. come in.
+        clean = system_sandbox(env={"ONLY": "1"})
         result = await clean.run(["/usr/bin/env"], timeout=30)
-        assert result.stdout == b"ONLY=1\n"
+        expected = {k: os.environ[k] for k in ("PATH", "HOME", "LANG", "TERM") if k in os.environ}
+        expected.setdefault("PATH", os.defpath)
+        got = dict(line.split("=", 1) for line in result.stdout.decode().splitlines())
+        assert got == {**expected, "ONLY": "1"}
     finally:
         del os.environ["ASYNCSANDLOCK_TEST_INHERITED"]
 

@@ -379,7 +379,7 @@ def test_pipeline_validates_its_stages(sb: Sandbox) -> None:
     (lambda sb: sb.cmd(["cat"], timeout=1) | sb.cmd(["cat"]), {}, "timeout"),
     (lambda sb: sb.cmd(["cat"]) | sb.cmd(["cat"], check=True), {}, "check"),
     (lambda sb: sb.cmd(["cat"], input=b"x") | sb.cmd(["cat"]), {"input": b"y"}, "input"),
-    (lambda sb: sb.cmd(["cat"], input=b"x") | sb.cmd(["cat"]), {"stdin": DEVNULL}, "input"),
+    (lambda sb: sb.cmd(["cat"], input=b"x") | sb.cmd(["cat"]), {"stdin": 0}, "input"),
     (lambda sb: sb.cmd(["cat"]) | sb.cmd(["cat"], stdout=DEVNULL), {"stdout": DEVNULL},
      "stdout"),
     (lambda sb: sb.cmd(["cat"]) | sb.cmd(["cat"]), {"timeout": 0}, "timeout"),

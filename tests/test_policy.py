@@ -12,7 +12,7 @@ import pytest
 
 import asyncsandlock._run
 from asyncsandlock import (
-    DEVNULL,
+    PIPE,
     STDOUT,
     SYSTEM_READABLE,
     Handler,
@@ -199,7 +199,7 @@ BAD_RUNS: list[tuple[str, object, dict[str, Any]]] = [
     ("timeout", ["true"], {"timeout": True}),
     ("timeout", ["true"], {"timeout": float("nan")}),
     ("input", ["cat"], {"input": "text"}),
-    ("stdin", ["cat"], {"input": b"x", "stdin": DEVNULL}),
+    ("stdin", ["cat"], {"input": b"x", "stdin": PIPE}),
     ("stdin", ["cat"], {"stdin": STDOUT}),
     ("stdin", ["cat"], {"stdin": "file"}),
     ("stdout", ["true"], {"stdout": STDOUT}),
