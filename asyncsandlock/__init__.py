@@ -7,6 +7,9 @@ from ._exceptions import SandboxError as SandboxError
 from ._exceptions import SpawnError as SpawnError
 from ._features import Capabilities as Capabilities
 from ._features import probe as probe
+from ._groups import SYSCALL_GROUPS as SYSCALL_GROUPS
+from ._groups import path_argument as path_argument
+from ._groups import read_path as read_path
 from ._handler import ExceptionPolicy as ExceptionPolicy
 from ._handler import Handler as Handler
 from ._inputs import inputs as inputs
@@ -33,6 +36,7 @@ __all__ = [
     "DEVNULL",
     "PIPE",
     "STDOUT",
+    "SYSCALL_GROUPS",
     "SYSTEM_READABLE",
     "Capabilities",
     "ConfinementUnavailable",
@@ -56,6 +60,8 @@ __all__ = [
     "Subsystem",
     "allow_degraded",
     "inputs",
+    "path_argument",
     "probe",
+    "read_path",
     "strict",
 ]

@@ -34,7 +34,9 @@ class Handler:
     .. versionadded:: 0.1
     """
 
-    #: Syscall names, resolved for the running architecture.
+    #: Syscall names, resolved for the running architecture, or groups such
+    #: as ``"@open"`` (:data:`SYSCALL_GROUPS`): a handler deciding on a file
+    #: by name must trap every call that reaches it by a name.
     syscalls: ClassVar[tuple[str, ...]] = ()
     #: What to answer when :meth:`handle` fails.
     on_exception: ClassVar[ExceptionPolicy] = ExceptionPolicy.KILL

@@ -46,6 +46,7 @@ import anyio
 
 from . import _notify_loop
 from ._exceptions import PolicyError
+from ._groups import expand
 from ._handler import ExceptionPolicy, Handler
 from ._notify import FLAG_CONTINUE, HandlerCtx, Listener, NotifAction
 
@@ -76,6 +77,8 @@ def route(handlers: Sequence[Handler], table: Mapping[str, int],
 
     Names are resolved for the running architecture (``table``); a name this
     architecture lacks is skipped, so one policy serves x86_64 and aarch64.
+    A ``@group`` name stands for its members (``_groups.py``); a member the
+    policy denies is skipped, since the filter already refuses it.
     Raises :class:`PolicyError` for a handler that could never be called: it
     traps a syscall that ``deny`` (or the filter itself) refuses outright,
     or none of its syscalls exists here.
@@ -84,8 +87,10 @@ def route(handlers: Sequence[Handler], table: Mapping[str, int],
     names: dict[int, str] = {}
     for handler in handlers:
         found = False
-        for name in handler.syscalls:
+        for name, grouped in expand(handler.syscalls):
             if name in deny or name in _FILTER_ANSWERS:
+                if grouped:  # the filter already refuses that member of the group
+                    continue
                 raise PolicyError("handlers", f"{handler!r} traps {name!r}, which the policy "
                                               "denies outright; a handler can never see it")
             if name in table:

@@ -11,6 +11,7 @@ from types import MappingProxyType
 from typing import IO, Any
 
 from ._exceptions import PolicyError
+from ._groups import SYSCALL_GROUPS
 from ._handler import ExceptionPolicy, Handler
 from ._syscalls import AARCH64, X86_64
 
@@ -93,13 +94,15 @@ def check_cwd(name: str, value: object) -> str | None:
     return path
 
 
-def check_syscall_names(name: str, value: object) -> tuple[str, ...]:
-    """Validate syscall names against every supported architecture's table."""
+def check_syscall_names(name: str, value: object, *, groups: bool = False) -> tuple[str, ...]:
+    """Validate syscall names against every supported architecture's table
+    (and, with ``groups``, the ``@group`` names of ``_groups.py``)."""
     if isinstance(value, str) or not isinstance(value, Iterable):
         raise PolicyError(name, f"expected a sequence of syscall names, got {value!r}")
     names: list[str] = []
     for item in value:
-        if not isinstance(item, str) or (item not in X86_64 and item not in AARCH64):
+        if not isinstance(item, str) or (item not in X86_64 and item not in AARCH64
+                                         and (not groups or item not in SYSCALL_GROUPS)):
             raise PolicyError(name, f"unknown syscall name {item!r}")
         names.append(item)
     return tuple(dict.fromkeys(names))
@@ -116,7 +119,7 @@ def check_handlers(name: str, value: object) -> tuple[Handler, ...]:
         syscalls = item.syscalls
         if isinstance(syscalls, str) or not syscalls:
             raise PolicyError(name, f"{item!r}: syscalls must be a non-empty tuple of names")
-        check_syscall_names(name, syscalls)
+        check_syscall_names(name, syscalls, groups=True)
         if not inspect.iscoroutinefunction(item.handle):
             raise PolicyError(name, f"{item!r}: handle() must be an 'async def' method")
         if not isinstance(item.on_exception, ExceptionPolicy):

@@ -3,7 +3,8 @@
 Run:  python examples/audit_openat.py [COMMAND...]
       (default: head -n 2 /etc/os-release)
 
-A handler on ``open``/``openat`` prints each path and lets the call run:
+A handler on the whole ``@open`` group (open, openat, openat2, creat: every
+call that opens a file by name) prints each path and lets the call run:
 auditing decides nothing, so it fails open (``ExceptionPolicy.CONTINUE``)
 and its view is advisory (a hostile child can change the path after we
 read it; see docs/handlers.md).  Runs on asyncio, then on Trio.
@@ -22,21 +23,21 @@ from asyncsandlock import (
     HandlerCtx,
     NotifAction,
     Sandbox,
+    read_path,
 )
 
 
 class AuditOpen(Handler):
-    # "open" exists on x86_64 only; on aarch64 it is skipped.
-    syscalls = ("open", "openat")
+    # The group's members this architecture lacks ("open" on aarch64) are skipped.
+    syscalls = ("@open",)
     on_exception = ExceptionPolicy.CONTINUE
 
     def __init__(self) -> None:
         self.paths: list[str] = []
 
     async def handle(self, ctx: HandlerCtx) -> NotifAction:
-        # open(path, flags, mode); openat(dirfd, path, flags, mode)
-        addr = ctx.args[0] if ctx.syscall == "open" else ctx.args[1]
-        path = (await ctx.read_cstr(addr)).decode(errors="replace")
+        # read_path knows which argument holds the path for each member.
+        path = (await read_path(ctx)).decode(errors="replace")
         self.paths.append(path)
         print(f"[audit] pid {ctx.pid} {ctx.syscall} {path}")
         return NotifAction.continue_()

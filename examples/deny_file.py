@@ -3,7 +3,8 @@
 Run:  python examples/deny_file.py
 
 The child reads ``public.txt`` and tries ``secret.txt`` in the same
-directory; a handler on ``open``/``openat`` answers EACCES for any path
+directory; a handler on the ``@open`` group (open, openat, openat2, creat:
+trapping ``openat`` alone would let the others through) answers EACCES for any path
 whose last component is ``secret.txt``.  Runs on asyncio, then on Trio.
 
 A name check like this one is advisory: the kernel reads the path again
@@ -23,18 +24,17 @@ import tempfile
 
 import anyio
 
-from asyncsandlock import SYSTEM_READABLE, Handler, HandlerCtx, NotifAction, Sandbox
+from asyncsandlock import SYSTEM_READABLE, Handler, HandlerCtx, NotifAction, Sandbox, read_path
 
 
 class DenyByName(Handler):
-    syscalls = ("open", "openat")
+    syscalls = ("@open",)
 
     def __init__(self, name: str) -> None:
         self.name = os.fsencode(name)
 
     async def handle(self, ctx: HandlerCtx) -> NotifAction:
-        addr = ctx.args[0] if ctx.syscall == "open" else ctx.args[1]
-        path = await ctx.read_cstr(addr)
+        path = await read_path(ctx)
         if os.path.basename(path) == self.name:
             print(f"[deny] pid {ctx.pid} {ctx.syscall} {path.decode(errors='replace')}")
             return NotifAction.errno(errno.EACCES)
