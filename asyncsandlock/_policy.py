@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import os
+import subprocess
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from . import _run
+import anyio
+from anyio.abc import TaskStatus
+
 from ._exceptions import PolicyError
 from ._handler import Handler
 from ._netspec import NetRule, parse_net_allow, parse_ports
 from ._unavailable import UnavailableHandler, strict
 from ._validate import (
+    StdioTarget,
     check_cwd,
     check_env,
     check_handlers,
@@ -24,6 +28,8 @@ from ._validate import (
 
 if TYPE_CHECKING:
     from ._pipeline import Stage
+    from ._process import SandboxedProcess
+    from ._result import Result
 
 #: Read-only system directories that exist on this host; a starting point for
 #: ``fs_readable``.
@@ -132,10 +138,59 @@ class Sandbox:
         return (f"<Sandbox{label} readable={list(self.fs_readable)} "
                 f"writable={list(self.fs_writable)} net={list(self.net_allow)}>")
 
-    #: Run a command to the end: see :func:`asyncsandlock._run.run`.
-    run = _run.run
-    #: Start a command and return the :class:`SandboxedProcess`.
-    open = _run.open_process
+    async def run(self, args: Sequence[str], *, input: bytes | None = None,
+                  stdin: StdioTarget = subprocess.DEVNULL, stdout: StdioTarget = subprocess.PIPE,
+                  stderr: StdioTarget = subprocess.PIPE, timeout: float | None = None,
+                  check: bool = False, env: Mapping[str, str] | None = None,
+                  cwd: str | os.PathLike[str] | None = None, handlers: Sequence[Handler] = (),
+                  extra_fds: Sequence[int] = (),
+                  task_status: TaskStatus[SandboxedProcess] = anyio.TASK_STATUS_IGNORED
+                  ) -> Result:
+        """Run ``args`` in this sandbox to the end and return its :class:`Result`.
+
+        :param input: bytes written to the command's stdin (which is then a pipe).
+        :param stdin: ``DEVNULL`` by default: the caller's own stdin is never
+            handed over unless asked for (``None`` inherits it).
+        :param stdout: ``PIPE`` (captured), ``DEVNULL``, an fd, a file or ``None``.
+        :param stderr: as ``stdout``, or ``STDOUT``.
+        :param timeout: seconds; on expiry the whole sandbox is killed and
+            reaped and the Result says ``reason=ExitReason.TIMEOUT``.
+        :param check: raise :class:`SandboxedProcessError` unless it succeeded.
+        :param env: added to the policy's environment for this run.
+        :param cwd: the working directory for this run.
+        :param handlers: syscall handlers for this run, after the policy's.
+        :param extra_fds: fds the command gets as 3, 4, ...
+        :raises PolicyError: a bad argument, before any process exists.
+        :raises SpawnError: a confinement step or ``execve`` failed, with the
+            step and the real errno.
+        :raises ConfinementUnavailable: the host refused a subsystem and
+            ``on_unavailable`` did not allow it.
+
+        Cancellation kills and reaps the sandbox, then propagates.  With
+        ``await tg.start(sandbox.run, args)`` the task is started once the
+        command is confined and exec'd, with its :class:`SandboxedProcess`.
+        """
+        from ._run import run
+
+        return await run(self, args, input=input, stdin=stdin, stdout=stdout, stderr=stderr,
+                         timeout=timeout, check=check, env=env, cwd=cwd, handlers=handlers,
+                         extra_fds=extra_fds, task_status=task_status)
+
+    async def open(self, args: Sequence[str], *, stdin: StdioTarget = subprocess.PIPE,
+                   stdout: StdioTarget = subprocess.PIPE, stderr: StdioTarget = subprocess.PIPE,
+                   env: Mapping[str, str] | None = None,
+                   cwd: str | os.PathLike[str] | None = None, handlers: Sequence[Handler] = (),
+                   extra_fds: Sequence[int] = ()) -> SandboxedProcess:
+        """Start ``args`` in this sandbox and return the running
+        :class:`SandboxedProcess` (an async context manager: leaving it
+        closes stdin, waits for the sandbox and closes the other streams).
+
+        The arguments are those of :meth:`run`; stdio defaults to pipes.
+        """
+        from ._run import open_process
+
+        return await open_process(self, args, stdin=stdin, stdout=stdout, stderr=stderr,
+                                  env=env, cwd=cwd, handlers=handlers, extra_fds=extra_fds)
 
     def cmd(self, args: Sequence[str], **kwargs: Any) -> Stage:
         """A pipeline stage that runs ``args`` in this sandbox."""
