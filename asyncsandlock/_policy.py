@@ -14,6 +14,7 @@ from anyio.abc import TaskStatus
 from ._exceptions import PolicyError
 from ._handler import Handler
 from ._netspec import NetRule, parse_net_allow, parse_ports
+from ._system_paths import system_readable
 from ._unavailable import UnavailableHandler, strict
 from ._validate import (
     StdioTarget,
@@ -31,11 +32,12 @@ if TYPE_CHECKING:
     from ._process import SandboxedProcess
     from ._result import Result
 
-#: Read-only system directories that exist on this host; a starting point for
-#: ``fs_readable``.
-SYSTEM_READABLE: tuple[str, ...] = tuple(
-    p for p in ("/usr", "/lib", "/lib64", "/lib32", "/bin", "/sbin", "/etc") if os.path.exists(p)
-)
+#: What programs need from the system to start and work, and no secrets:
+#: library and program trees, and the parts of ``/etc`` that the loader, the C
+#: library, TLS and common runtimes read (never shadow, sudoers, ssh keys or
+#: ``ssl/private``; see ``_system_paths.py``).  A starting point for
+#: ``fs_readable``; only entries that exist on this host.
+SYSTEM_READABLE: tuple[str, ...] = system_readable()
 
 @dataclass(frozen=True, slots=True, kw_only=True, weakref_slot=True, eq=False)
 class Sandbox:
