@@ -30,6 +30,7 @@ from ._validate import (
     check_cwd,
     check_env,
     check_fd,
+    check_file,
     check_handlers,
     check_input,
     check_timeout,
@@ -85,7 +86,7 @@ class _Stdio:
         elif isinstance(target, int) and not isinstance(target, bool) and target >= 0:
             self.child.append(check_fd(SLOTS[index], target))
         elif hasattr(target, "fileno"):
-            self.child.append(check_fd(SLOTS[index], target.fileno()))
+            self.child.append(check_file(SLOTS[index], target))
         else:
             raise PolicyError(SLOTS[index],
                               f"{target!r} is not PIPE, DEVNULL, STDOUT, an fd or a file")
@@ -278,7 +279,7 @@ async def run(sandbox: Sandbox, args: Sequence[str], *, input: bytes | None = No
               handlers: Sequence[Handler] = (), extra_fds: Sequence[int] = (),
               task_status: TaskStatus[SandboxedProcess] = anyio.TASK_STATUS_IGNORED) -> Result:
     """Run ``args`` in ``sandbox`` to the end; see :meth:`Sandbox.run`."""
-    check_timeout(timeout)
+    timeout = check_timeout(timeout)
     stdin = check_input(input, stdin)
     proc = await open_process(sandbox, args, stdin=stdin, stdout=stdout, stderr=stderr, env=env,
                               cwd=cwd, handlers=handlers, extra_fds=extra_fds)
