@@ -30,10 +30,12 @@ from ._validate import (
     check_cwd,
     check_env,
     check_fd,
+    check_fds,
     check_file,
     check_handlers,
     check_input,
     check_timeout,
+    show,
 )
 from .handlers import builtin_handlers
 
@@ -89,7 +91,7 @@ class _Stdio:
             self.child.append(check_file(SLOTS[index], target))
         else:
             raise PolicyError(SLOTS[index],
-                              f"{target!r} is not PIPE, DEVNULL, STDOUT, an fd or a file")
+                              f"{show(target)} is not PIPE, DEVNULL, STDOUT, an fd or a file")
 
     def after_spawn(self) -> None:
         for fd in self._close_after_spawn:
@@ -113,9 +115,7 @@ async def open_process(sandbox: Sandbox, args: Sequence[str], *, stdin: StdioTar
     argv = check_args(args)
     run_env = check_env("env", env if env is not None else {})
     run_cwd = check_cwd("cwd", cwd)
-    if isinstance(extra_fds, (str, bytes)) or not isinstance(extra_fds, Sequence):
-        raise PolicyError("extra_fds", f"expected a sequence of fds, got {extra_fds!r}")
-    fds = [check_fd("extra_fds", fd) for fd in extra_fds]
+    fds = check_fds("extra_fds", extra_fds)
     return await open_checked(sandbox, argv, stdin=stdin, stdout=stdout, stderr=stderr,
                               env=run_env, cwd=run_cwd,
                               handlers=check_handlers("handlers", handlers), extra_fds=fds)

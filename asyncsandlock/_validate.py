@@ -203,6 +203,8 @@ def check_args(args: object) -> tuple[str, ...]:
     """Validate a command line (a non-empty sequence of str/PathLike)."""
     if isinstance(args, (str, bytes)) or not isinstance(args, Sequence) or not args:
         raise PolicyError("args", f"expected a non-empty list of arguments, got {show(args)}")
+    if isinstance(args[0], str) and not args[0]:
+        raise PolicyError("args", "the command (args[0]) is an empty string")
     out = []
     for arg in args:
         if not isinstance(arg, (str, os.PathLike)):
@@ -227,6 +229,13 @@ def check_fd(field: str, fd: object) -> int:
     except OSError:
         raise PolicyError(field, f"{fd} is not an open file descriptor") from None
     return fd
+
+
+def check_fds(field: str, value: object) -> list[int]:
+    """A sequence of open fds, else :class:`PolicyError`."""
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+        raise PolicyError(field, f"expected a sequence of fds, got {show(value)}")
+    return [check_fd(field, fd) for fd in value]
 
 
 def check_file(field: str, file: Any) -> int:
