@@ -13,6 +13,7 @@ import anyio
 from anyio.abc import ByteReceiveStream, TaskStatus
 
 from ._background import Background
+from ._enforcement import unenforced_by_run
 from ._exceptions import PolicyError
 from ._handler import Handler
 from ._plan import compile_plan
@@ -152,18 +153,20 @@ async def open_checked(sandbox: Sandbox, argv: tuple[str, ...], *, stdin: StdioT
         child = await confined_spawn(sandbox, plan, notify, lambda trapped: spawn(
             plan, path=path, args=[os.fsencode(a) for a in argv], env=full_env,
             cwd=str(run_cwd) if run_cwd else None, fds=[*stdio.child, *extra_fds],
-            notify=trapped))
+            notify=trapped), run_handlers=bool(handlers))
     except BaseException:
         stdio.fail()
         raise
     stdio.after_spawn()
+    protections = plan.protections(bool(notify))
+    unenforced = unenforced_by_run(sandbox, protections, run_handlers=bool(handlers))
     proc = SandboxedProcess._create(
         args=argv, pid=child.pid, pidfd=child.pidfd, listener=child.listener,
         own_group=child.own_group,
         stdin=stdio.ours[0], stdout=stdio.ours[1], stderr=stdio.ours[2],
-        protections=plan.protections(bool(notify)), started=started)
-    if plan.degraded:  # else nothing is DEGRADED: no need to look
-        warn_degraded(sandbox, proc.protections)
+        protections=protections, unenforced=unenforced, started=started)
+    if unenforced:
+        warn_degraded(sandbox, unenforced, run_handlers=bool(handlers))
     if child.listener is not None:
         supervisor = Supervisor(child.listener, routes, names,
                                 lambda: proc._kill_for(ExitReason.KILLED))
