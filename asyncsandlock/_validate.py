@@ -47,7 +47,7 @@ def check_text(name: str, text: str, what: str = "") -> str:
     encodable as the file system encoding does (so a lone surrogate, other
     than the ``surrogateescape`` ones standing for undecodable bytes, is
     refused here rather than as a UnicodeEncodeError at spawn)."""
-    label = what or repr(text)
+    label = what or show(text)
     if "\0" in text:
         raise PolicyError(name, f"{label} contains a NUL byte")
     try:
@@ -124,7 +124,7 @@ def check_env(name: str, value: object) -> Mapping[str, str]:
     for key, val in value.items():
         if not isinstance(key, str) or not isinstance(val, str):
             raise PolicyError(name, f"{show(key)}={show(val)}: keys and values must be str")
-        if not key or "=" in key or "\0" in key or "\0" in val:
+        if not key or "=" in key:
             raise PolicyError(name, f"{show(key)}: not a valid environment variable")
         check_text(name, key)
         check_text(name, val, f"the value of {show(key)}")
@@ -203,8 +203,6 @@ def check_args(args: object) -> tuple[str, ...]:
     """Validate a command line (a non-empty sequence of str/PathLike)."""
     if isinstance(args, (str, bytes)) or not isinstance(args, Sequence) or not args:
         raise PolicyError("args", f"expected a non-empty list of arguments, got {show(args)}")
-    if isinstance(args[0], str) and not args[0]:
-        raise PolicyError("args", "the command (args[0]) is an empty string")
     out = []
     for arg in args:
         if not isinstance(arg, (str, os.PathLike)):
@@ -213,6 +211,8 @@ def check_args(args: object) -> tuple[str, ...]:
         if not isinstance(text, str):
             raise PolicyError("args", f"{show(arg)} is a bytes path; use str")
         out.append(check_text("args", text))
+    if not out[0]:
+        raise PolicyError("args", "the command (args[0]) is an empty string")
     return tuple(out)
 
 

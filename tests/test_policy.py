@@ -277,6 +277,7 @@ BAD_RUNS: list[tuple[str, object, dict[str, Any]]] = [
     ("args", [BytesPath(b"/bin/true")], {}),  # was a bare TypeError
     ("args", ["true", "\ud800"], {}),  # was UnicodeEncodeError
     ("args", ["\udfff"], {}),
+    ("args", ["", "x"], {}),  # found by tests/test_fuzz.py: was a SpawnError
     ("env", ["true"], {"env": {"A": "\ud800"}}),
     ("cwd", ["true"], {"cwd": b"/"}),
     ("cwd", ["true"], {"cwd": BytesPath(b"/")}),  # was ENOENT for "b'/'"
