@@ -298,7 +298,9 @@ def test_fuzz_pipeline_stage(kwargs: dict[str, Any], anyio_backend: str,
     async def main() -> None:
         try:
             stage = fuzzed_sandbox.cmd(args, **kwargs)
-            await (fuzzed_sandbox.cmd(["/bin/true"]) | stage).run(timeout=timeout)
+            # First: what is checked only at a stage's spawn is checked
+            # before the stub stops the pipeline.
+            await (stage | fuzzed_sandbox.cmd(["/bin/cat"])).run(timeout=timeout)
         except Reached:
             pass
         except (PolicyError, TypeError) as exc:
