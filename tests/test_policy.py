@@ -328,3 +328,12 @@ async def test_huge_finite_timeout_runs(anyio_backend: str, no_leaks: None) -> N
     for timeout in (10**300, 1e300):
         result = await sb.run(["true"], timeout=timeout)
         assert result.success
+
+
+def test_a_stage_handler_on_a_denied_syscall_fails_at_cmd(no_spawn: None) -> None:
+    """Not when the pipeline reaches that stage, with earlier stages running."""
+    sb = Sandbox(fs_readable=SYSTEM_READABLE, extra_deny_syscalls=["openat"])
+    for handler in (MountHandler(), OpenatHandler()):
+        with pytest.raises(PolicyError) as info:
+            sb.cmd(["cat"], handlers=[handler])
+        assert info.value.field == "handlers"
