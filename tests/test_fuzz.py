@@ -13,10 +13,9 @@ from __future__ import annotations
 
 import dataclasses
 import errno
-import os
 import subprocess
 import sys
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import anyio
@@ -27,9 +26,6 @@ from hypothesis import strategies as st
 import asyncsandlock._run
 from asyncsandlock import (
     SYSTEM_READABLE,
-    Handler,
-    HandlerCtx,
-    NotifAction,
     PolicyError,
     Sandbox,
     SpawnError,
@@ -40,6 +36,7 @@ from asyncsandlock._plan import compile_plan
 from asyncsandlock._spawn import _strings
 
 from conftest import child_pids, open_fds
+from test_policy import CLOSED_FILE, BytesPath, MountHandler, OpenatHandler
 
 # Derandomized: the same examples on every run, so CI cannot flake on a new one.
 FUZZ = settings(max_examples=200, deadline=None, derandomize=True, database=None,
@@ -51,27 +48,8 @@ RUN_FIELDS = frozenset({"args", "input", "stdin", "stdout", "stderr", "timeout",
                         "handlers", "extra_fds"})
 
 
-class OpenatHandler(Handler):
-    syscalls = ("openat",)
-
-    async def handle(self, ctx: HandlerCtx) -> NotifAction:
-        return NotifAction.continue_()
-
-
-class MountHandler(OpenatHandler):
-    syscalls = ("mount",)
-
-
 class UnameHandler(OpenatHandler):
     syscalls = ("uname",)
-
-
-class BytesPath:
-    def __init__(self, path: bytes) -> None:
-        self.path = path
-
-    def __fspath__(self) -> bytes:
-        return self.path
 
 
 class StrPath:
@@ -80,12 +58,6 @@ class StrPath:
 
     def __fspath__(self) -> str:
         return self.path
-
-
-def _closed_file() -> Any:
-    file = open(os.devnull, "rb")  # noqa: SIM115
-    file.close()
-    return file
 
 
 # -- strategies -------------------------------------------------------------
@@ -163,7 +135,7 @@ SANDBOX_KWARGS: Fields = {
 assert set(SANDBOX_KWARGS) == SANDBOX_FIELDS, "fuzz every Sandbox field"
 
 FD = st.one_of(st.integers(min_value=-5, max_value=5), st.just(2**31), st.just(2**64),
-               st.just(_closed_file()), JUNK_SCALAR)
+               st.just(CLOSED_FILE), JUNK_SCALAR)
 GOOD_STDIO = st.sampled_from([subprocess.PIPE, subprocess.DEVNULL, None, 1, 2])
 STDIO = st.one_of(st.sampled_from([subprocess.STDOUT, sys.stderr]), FD)
 RUN_KWARGS: Fields = {
@@ -243,17 +215,13 @@ def fuzzed_sandbox() -> Iterator[Sandbox]:
     yield sb
 
 
-@FUZZ
-@given(kwargs=_kwargs(RUN_KWARGS))
-def test_fuzz_run(kwargs: dict[str, Any], anyio_backend: str,
-                  fuzzed_sandbox: Sandbox, stub_spawn: list[object]) -> None:
+def _outcome_is_valid(start: Callable[[], Awaitable[object]], backend: str) -> None:
+    """Run ``start()`` (which passes fuzzed arguments on) and check the property."""
     fds = open_fds()
-
-    args = kwargs.pop("args", ["/bin/true"])
 
     async def main() -> None:
         try:
-            await fuzzed_sandbox.run(args, **kwargs)
+            await start()
         except Reached:
             pass
         except (PolicyError, TypeError) as exc:
@@ -263,10 +231,18 @@ def test_fuzz_run(kwargs: dict[str, Any], anyio_backend: str,
             # before any clone, with FileNotFoundError semantics.
             assert exc.step == "execve" and exc.errno in (errno.ENOENT, errno.EACCES), repr(exc)
         else:
-            raise AssertionError("run() returned without spawning")
+            raise AssertionError("returned without spawning")
 
-    anyio.run(main, backend=anyio_backend)
+    anyio.run(main, backend=backend)
     assert open_fds() - fds == set(), "leaked fds"
+
+
+@FUZZ
+@given(kwargs=_kwargs(RUN_KWARGS))
+def test_fuzz_run(kwargs: dict[str, Any], anyio_backend: str,
+                  fuzzed_sandbox: Sandbox, stub_spawn: list[object]) -> None:
+    args = kwargs.pop("args", ["/bin/true"])
+    _outcome_is_valid(lambda: fuzzed_sandbox.run(args, **kwargs), anyio_backend)
 
 
 def test_fuzz_run_reaches_spawn(anyio_backend: str, fuzzed_sandbox: Sandbox,
@@ -291,24 +267,13 @@ STAGE_KWARGS = {k: v for k, v in RUN_KWARGS.items() if k != "extra_fds"}
 def test_fuzz_pipeline_stage(kwargs: dict[str, Any], anyio_backend: str,
                              fuzzed_sandbox: Sandbox, stub_spawn: list[object]) -> None:
     """The same arguments through Sandbox.cmd() and a two-stage pipeline."""
-    fds = open_fds()
     args = kwargs.pop("args", ["/bin/true"])
     timeout = kwargs.pop("timeout", None)
 
-    async def main() -> None:
-        try:
-            stage = fuzzed_sandbox.cmd(args, **kwargs)
-            # First: what is checked only at a stage's spawn is checked
-            # before the stub stops the pipeline.
-            await (stage | fuzzed_sandbox.cmd(["/bin/cat"])).run(timeout=timeout)
-        except Reached:
-            pass
-        except (PolicyError, TypeError) as exc:
-            assert _names_a_field(exc, RUN_FIELDS), repr(exc)
-        except SpawnError as exc:
-            assert exc.step == "execve" and exc.errno in (errno.ENOENT, errno.EACCES), repr(exc)
-        else:
-            raise AssertionError("run() returned without spawning")
+    async def start() -> object:
+        stage = fuzzed_sandbox.cmd(args, **kwargs)
+        # First: what is checked only at a stage's spawn is checked before
+        # the stub stops the pipeline.
+        return await (stage | fuzzed_sandbox.cmd(["/bin/cat"])).run(timeout=timeout)
 
-    anyio.run(main, backend=anyio_backend)
-    assert open_fds() - fds == set(), "leaked fds"
+    _outcome_is_valid(start, anyio_backend)
