@@ -86,15 +86,32 @@ def _concrete_class(err: int) -> type[SpawnError]:
 
 class ConfinementUnavailable(SandboxError):
     """The host refused a confinement step and the policy did not allow
-    running without it."""
+    running without it.
+
+    ``unenforced`` names the fields of the policy that running without
+    ``subsystem`` would have left unenforced (as ``Result.unenforced`` does
+    for a run that went ahead); the message says it, with ``hint``.
+    """
 
     def __init__(self, subsystem: Subsystem, err: int, hint: str) -> None:
-        name = _errno.errorcode.get(err, str(err))
-        super().__init__(f"{subsystem.value} is unavailable on this host ({name}: "
-                         f"{os.strerror(err)}); hint: {hint}")
+        super().__init__(subsystem, err, hint)
         self.subsystem = subsystem
         self.errno = err
         self.hint = hint
+        self.unenforced: tuple[str, ...] = ()
+        self._consequence = ""
+
+    def _name_unenforced(self, fields: tuple[str, ...], consequence: str) -> None:
+        """Set by the policy's runner, who knows the policy (``strict`` does not)."""
+        self.unenforced = fields
+        self._consequence = consequence
+
+    def __str__(self) -> str:
+        name = _errno.errorcode.get(self.errno, str(self.errno))
+        without = (f"; running without it would leave unenforced: {self._consequence}"
+                   if self._consequence else "")
+        return (f"{self.subsystem.value} is unavailable on this host ({name}: "
+                f"{os.strerror(self.errno)}){without}; hint: {self.hint}")
 
 
 class SandboxedProcessError(SandboxError, subprocess.CalledProcessError):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ._exceptions import PolicyError
+from ._validate import show
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,7 +43,7 @@ def parse_net_allow(spec: str) -> NetRule:
     """
     field = "net_allow"
     if not isinstance(spec, str) or not spec:
-        raise PolicyError(field, f"{spec!r} is not a rule string")
+        raise PolicyError(field, f"{show(spec)} is not a rule string")
     protocol = "any"
     rest = spec
     scheme, sep, tail = spec.partition("://")

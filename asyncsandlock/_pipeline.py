@@ -51,8 +51,7 @@ INPUTS_ENV = "ASYNCSANDLOCK_INPUTS"
 _RUN_KWARGS = frozenset({"input", "stdin", "stdout", "stderr", "timeout", "check", "env", "cwd",
                          "handlers"})
 _VALIDATORS: dict[str, Callable[[str, Any], object]] = {
-    "env": check_env, "cwd": check_cwd, "handlers": check_handlers,
-    "timeout": lambda _name, value: check_timeout(value),
+    "env": check_env, "cwd": check_cwd, "timeout": lambda _name, value: check_timeout(value),
 }
 
 
@@ -79,7 +78,9 @@ class Stage:
             if key not in _RUN_KWARGS:
                 raise PolicyError(key, f"not an argument of run(); expected one of "
                                        f"{sorted(_RUN_KWARGS)}")
-            if key in _VALIDATORS:
+            if key == "handlers":  # here, not at its spawn: other stages may be running then
+                checked[key] = check_handlers(key, value, deny=sandbox.extra_deny_syscalls)
+            elif key in _VALIDATORS:
                 checked[key] = _VALIDATORS[key](key, value)
         check_input(kwargs.get("input"), kwargs.get("stdin"))
         self = object.__new__(cls)

@@ -23,6 +23,8 @@ import anyio
 
 from ._bpf import DEFAULT_DENY, FilterSpec, build_filter
 from ._caps import keep_mask, permitted_mask
+from ._enforcement import consequence, unenforced
+from ._exceptions import ConfinementUnavailable
 from ._landlock import RulesetSpec, abi_version, build_ruleset, missing
 from ._supervisor import route
 from ._sys import AUDIT_ARCH, SYSCALLS
@@ -98,11 +100,19 @@ class Plan:
         return cached
 
 
-async def _decide(policy: Sandbox, subsystem: Subsystem, error: OSError) -> None:
-    """Ask the policy; returning means "run without it", raising refuses."""
-    outcome = policy.on_unavailable(subsystem, error)
-    if inspect.isawaitable(outcome):
-        await outcome
+async def _decide(policy: Sandbox, subsystem: Subsystem, error: OSError, *,
+                  run_handlers: bool = False) -> None:
+    """Ask the policy; returning means "run without it", raising refuses
+    (a :class:`ConfinementUnavailable` is told what would have gone)."""
+    try:
+        outcome = policy.on_unavailable(subsystem, error)
+        if inspect.isawaitable(outcome):
+            await outcome
+    except ConfinementUnavailable as exc:
+        if exc.subsystem is subsystem and not exc.unenforced:
+            exc._name_unenforced(unenforced(policy, subsystem, run_handlers=run_handlers),
+                                 consequence(policy, subsystem, run_handlers=run_handlers))
+        raise
 
 
 async def _landlock(policy: Sandbox) -> tuple[int | None, set[Subsystem]]:

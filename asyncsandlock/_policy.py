@@ -21,10 +21,12 @@ from ._validate import (
     check_cwd,
     check_env,
     check_handlers,
+    check_name,
     check_paths,
     check_positive,
     check_syscall_names,
     parse_size,
+    show,
 )
 
 if TYPE_CHECKING:
@@ -81,6 +83,9 @@ class Sandbox:
     extra_deny_syscalls: Sequence[str] = ()
     handlers: Sequence[Handler] = ()
     on_unavailable: UnavailableHandler = strict
+    #: A label for logs and reprs, and the hostname the child is to see:
+    #: 1 to 64 ASCII letters, digits, ``-``, ``.`` or ``_``, starting with a
+    #: letter or digit.
     name: str | None = None
     _compiled: Any = field(default=None, init=False, repr=False)
 
@@ -91,10 +96,11 @@ class Sandbox:
         put(self, "env", check_env("env", self.env))
         for flag in ("clean_env", "allow_unix_sockets", "allow_sysv_ipc", "interactive"):
             if not isinstance(getattr(self, flag), bool):
-                raise PolicyError(flag, f"{getattr(self, flag)!r} must be True or False")
+                raise PolicyError(flag, f"{show(getattr(self, flag))} must be True or False")
         put(self, "cwd", check_cwd("cwd", self.cwd))
         if isinstance(self.net_allow, str) or not isinstance(self.net_allow, Iterable):
-            raise PolicyError("net_allow", f"expected a sequence of rules, got {self.net_allow!r}")
+            raise PolicyError("net_allow",
+                              f"expected a sequence of rules, got {show(self.net_allow)}")
         put(self, "net_allow", tuple(self.net_allow))
         for spec in self.net_allow:
             parse_net_allow(spec)
@@ -102,7 +108,7 @@ class Sandbox:
             self.net_allow_bind, Iterable
         ):
             raise PolicyError("net_allow_bind",
-                              f"expected a sequence of ports, got {self.net_allow_bind!r}")
+                              f"expected a sequence of ports, got {show(self.net_allow_bind)}")
         put(self, "net_allow_bind", tuple(self.net_allow_bind))
         self.bind_ports()
         put(self, "max_open_files", check_positive("max_open_files", self.max_open_files))
@@ -111,11 +117,11 @@ class Sandbox:
             put(self, "max_memory", parse_size("max_memory", self.max_memory))
         put(self, "extra_deny_syscalls",
             check_syscall_names("extra_deny_syscalls", self.extra_deny_syscalls))
-        put(self, "handlers", check_handlers("handlers", self.handlers))
+        put(self, "handlers",
+            check_handlers("handlers", self.handlers, deny=self.extra_deny_syscalls))
         if not callable(self.on_unavailable):
-            raise PolicyError("on_unavailable", f"{self.on_unavailable!r} is not callable")
-        if self.name is not None and not isinstance(self.name, str):
-            raise PolicyError("name", f"{self.name!r} must be a str or None")
+            raise PolicyError("on_unavailable", f"{show(self.on_unavailable)} is not callable")
+        put(self, "name", check_name("name", self.name))
 
     def net_rules(self) -> tuple[NetRule, ...]:
         """The parsed ``net_allow`` rules."""
@@ -126,13 +132,16 @@ class Sandbox:
         ports: set[int] = set()
         for item in self.net_allow_bind:
             if isinstance(item, bool):
-                raise PolicyError("net_allow_bind", f"{item!r} is not a port")
+                raise PolicyError("net_allow_bind", f"{show(item)} is not a port")
             if isinstance(item, int):
-                ports |= parse_ports("net_allow_bind", str(item))
+                if not 0 < item <= 65535:  # and str() of a huge int is a ValueError
+                    raise PolicyError("net_allow_bind",
+                                      f"{show(item)}: ports must lie in 1-65535")
+                ports.add(item)
             elif isinstance(item, str):
                 ports |= parse_ports("net_allow_bind", item)
             else:
-                raise PolicyError("net_allow_bind", f"{item!r} is not a port")
+                raise PolicyError("net_allow_bind", f"{show(item)} is not a port")
         return frozenset(ports)
 
     def __repr__(self) -> str:

@@ -45,6 +45,11 @@ class SandboxedProcess:
     stdout: FdReceiveStream | None
     stderr: FdReceiveStream | None
     protections: Mapping[Subsystem, Protection]
+    #: Per subsystem this run goes without (:attr:`Protection.DEGRADED` in
+    #: :attr:`protections`), the fields of the policy left unenforced: e.g.
+    #: ``{Subsystem.SUPERVISOR: ("handlers", "max_processes")}``.  Empty when
+    #: everything held.  See ``docs/degradation.md``.
+    unenforced: Mapping[Subsystem, tuple[str, ...]]
     _pidfd: int
     _listener: int | None
     _supervisor: Background | None
@@ -63,7 +68,9 @@ class SandboxedProcess:
     def _create(cls, *, args: Sequence[str], pid: int, pidfd: int, listener: int | None,
                 own_group: bool,
                 stdin: int | None, stdout: int | None, stderr: int | None,
-                protections: Mapping[Subsystem, Protection], started: float) -> SandboxedProcess:
+                protections: Mapping[Subsystem, Protection],
+                unenforced: Mapping[Subsystem, tuple[str, ...]],
+                started: float) -> SandboxedProcess:
         self = object.__new__(cls)
         self.args = tuple(args)
         self.pid = pid
@@ -74,6 +81,7 @@ class SandboxedProcess:
         self.stdout = FdReceiveStream(stdout) if stdout is not None else None
         self.stderr = FdReceiveStream(stderr) if stderr is not None else None
         self.protections = protections
+        self.unenforced = unenforced
         self._started = started
         self._ended = None
         self._status = None
@@ -226,7 +234,8 @@ class SandboxedProcess:
         assert code is not None and self._ended is not None
         return Result(args=self.args, returncode=code, stdout=stdout, stderr=stderr,
                       reason=self.reason, signal=-code if code < 0 else None,
-                      duration=self._ended - self._started, protections=self.protections)
+                      duration=self._ended - self._started, protections=self.protections,
+                      unenforced=self.unenforced)
 
     # -- closing ----------------------------------------------------------
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from types import MappingProxyType
 
 from ._exceptions import SandboxedProcessError
 from ._types import ExitReason, Protection, Subsystem
@@ -22,6 +23,12 @@ class Result:
     signal: int | None
     duration: float
     protections: Mapping[Subsystem, Protection] = field(repr=False)
+    #: Per subsystem the run went without (:attr:`Protection.DEGRADED` in
+    #: :attr:`protections`), the fields of the policy it left unenforced:
+    #: e.g. ``{Subsystem.SUPERVISOR: ("handlers", "max_processes")}``.
+    #: Empty when everything held.  See ``docs/degradation.md``.
+    unenforced: Mapping[Subsystem, tuple[str, ...]] = field(
+        default_factory=lambda: MappingProxyType({}), repr=False)
 
     @property
     def success(self) -> bool:

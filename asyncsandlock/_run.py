@@ -13,6 +13,7 @@ import anyio
 from anyio.abc import ByteReceiveStream, TaskStatus
 
 from ._background import Background
+from ._enforcement import unenforced_by_run
 from ._exceptions import PolicyError
 from ._handler import Handler
 from ._plan import compile_plan
@@ -30,9 +31,12 @@ from ._validate import (
     check_cwd,
     check_env,
     check_fd,
+    check_fds,
+    check_file,
     check_handlers,
     check_input,
     check_timeout,
+    show,
 )
 from .handlers import builtin_handlers
 
@@ -85,10 +89,10 @@ class _Stdio:
         elif isinstance(target, int) and not isinstance(target, bool) and target >= 0:
             self.child.append(check_fd(SLOTS[index], target))
         elif hasattr(target, "fileno"):
-            self.child.append(check_fd(SLOTS[index], target.fileno()))
+            self.child.append(check_file(SLOTS[index], target))
         else:
             raise PolicyError(SLOTS[index],
-                              f"{target!r} is not PIPE, DEVNULL, STDOUT, an fd or a file")
+                              f"{show(target)} is not PIPE, DEVNULL, STDOUT, an fd or a file")
 
     def after_spawn(self) -> None:
         for fd in self._close_after_spawn:
@@ -112,9 +116,7 @@ async def open_process(sandbox: Sandbox, args: Sequence[str], *, stdin: StdioTar
     argv = check_args(args)
     run_env = check_env("env", env if env is not None else {})
     run_cwd = check_cwd("cwd", cwd)
-    if isinstance(extra_fds, (str, bytes)) or not isinstance(extra_fds, Sequence):
-        raise PolicyError("extra_fds", f"expected a sequence of fds, got {extra_fds!r}")
-    fds = [check_fd("extra_fds", fd) for fd in extra_fds]
+    fds = check_fds("extra_fds", extra_fds)
     return await open_checked(sandbox, argv, stdin=stdin, stdout=stdout, stderr=stderr,
                               env=run_env, cwd=run_cwd,
                               handlers=check_handlers("handlers", handlers), extra_fds=fds)
@@ -151,18 +153,20 @@ async def open_checked(sandbox: Sandbox, argv: tuple[str, ...], *, stdin: StdioT
         child = await confined_spawn(sandbox, plan, notify, lambda trapped: spawn(
             plan, path=path, args=[os.fsencode(a) for a in argv], env=full_env,
             cwd=str(run_cwd) if run_cwd else None, fds=[*stdio.child, *extra_fds],
-            notify=trapped))
+            notify=trapped), run_handlers=bool(handlers))
     except BaseException:
         stdio.fail()
         raise
     stdio.after_spawn()
+    protections = plan.protections(bool(notify))
+    unenforced = unenforced_by_run(sandbox, protections, run_handlers=bool(handlers))
     proc = SandboxedProcess._create(
         args=argv, pid=child.pid, pidfd=child.pidfd, listener=child.listener,
         own_group=child.own_group,
         stdin=stdio.ours[0], stdout=stdio.ours[1], stderr=stdio.ours[2],
-        protections=plan.protections(bool(notify)), started=started)
-    if plan.degraded:  # else nothing is DEGRADED: no need to look
-        warn_degraded(sandbox, proc.protections)
+        protections=protections, unenforced=unenforced, started=started)
+    if unenforced:
+        warn_degraded(sandbox, unenforced, run_handlers=bool(handlers))
     if child.listener is not None:
         supervisor = Supervisor(child.listener, routes, names,
                                 lambda: proc._kill_for(ExitReason.KILLED))
@@ -278,7 +282,7 @@ async def run(sandbox: Sandbox, args: Sequence[str], *, input: bytes | None = No
               handlers: Sequence[Handler] = (), extra_fds: Sequence[int] = (),
               task_status: TaskStatus[SandboxedProcess] = anyio.TASK_STATUS_IGNORED) -> Result:
     """Run ``args`` in ``sandbox`` to the end; see :meth:`Sandbox.run`."""
-    check_timeout(timeout)
+    timeout = check_timeout(timeout)
     stdin = check_input(input, stdin)
     proc = await open_process(sandbox, args, stdin=stdin, stdout=stdout, stderr=stderr, env=env,
                               cwd=cwd, handlers=handlers, extra_fds=extra_fds)

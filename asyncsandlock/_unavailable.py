@@ -34,10 +34,11 @@ from typing import TYPE_CHECKING, TypeVar
 
 import anyio
 
+from ._enforcement import consequence
 from ._exceptions import ConfinementUnavailable, SpawnError
 from ._features import seccomp_trials
 from ._plan import _LANDLOCK_PARTS, Plan, _decide
-from ._types import Protection, Subsystem
+from ._types import Subsystem
 
 if TYPE_CHECKING:
     from ._policy import Sandbox
@@ -109,8 +110,10 @@ def refused_subsystem(step: str, err: int, *, listener: bool) -> Subsystem | Non
     return subsystem
 
 
-async def degrade(policy: Sandbox, plan: Plan, subsystem: Subsystem, error: OSError) -> None:
-    """Put ``subsystem``'s refusal to ``policy`` (once per plan); raises if it refuses."""
+async def degrade(policy: Sandbox, plan: Plan, subsystem: Subsystem, error: OSError, *,
+                  run_handlers: bool = False) -> None:
+    """Put ``subsystem``'s refusal to ``policy`` (once per plan); raises if it refuses.
+    ``run_handlers``: the run asking has handlers of its own."""
     while subsystem not in plan.degraded:
         pending = plan.deciding.get(subsystem)
         if pending is not None:  # another run of this Sandbox is asking right now
@@ -118,7 +121,7 @@ async def degrade(policy: Sandbox, plan: Plan, subsystem: Subsystem, error: OSEr
             continue
         done = plan.deciding[subsystem] = anyio.Event()
         try:
-            await _decide(policy, subsystem, error)
+            await _decide(policy, subsystem, error, run_handlers=run_handlers)
         finally:
             del plan.deciding[subsystem]
             done.set()
@@ -127,23 +130,27 @@ async def degrade(policy: Sandbox, plan: Plan, subsystem: Subsystem, error: OSEr
         plan.degraded = plan.degraded | {subsystem, *implied}
 
 
-async def _notify_for(policy: Sandbox, plan: Plan, wanted: frozenset[str]) -> frozenset[str]:
+async def _notify_for(policy: Sandbox, plan: Plan, wanted: frozenset[str],
+                      run_handlers: bool) -> frozenset[str]:
     """The syscalls to trap: ``wanted``, or none once the supervisor is degraded."""
     if wanted and Subsystem.SECCOMP in plan.degraded:
         # No filter, no listener: what needs the supervisor is unavailable too.
         cause = plan.refusals.get(Subsystem.SECCOMP)
         await degrade(policy, plan, Subsystem.SUPERVISOR, OSError(
             cause.errno if cause is not None else errno.ENOSYS,
-            "seccomp user notification needs a seccomp filter, which this host refused"))
+            "seccomp user notification needs a seccomp filter, which this host refused"),
+            run_handlers=run_handlers)
     return frozenset() if Subsystem.SUPERVISOR in plan.degraded else wanted
 
 
 async def confined_spawn(policy: Sandbox, plan: Plan, wanted: frozenset[str],
-                         start: Callable[[frozenset[str]], T]) -> T:
+                         start: Callable[[frozenset[str]], T], *,
+                         run_handlers: bool = False) -> T:
     """``start(notify)``, spawned again without each step the host refuses and
-    the policy lets go; ``wanted`` are the syscalls the handlers trap."""
+    the policy lets go; ``wanted`` are the syscalls the handlers trap, and
+    ``run_handlers`` says whether the run has handlers of its own."""
     while True:
-        notify = await _notify_for(policy, plan, wanted)
+        notify = await _notify_for(policy, plan, wanted, run_handlers)
         attempted = plan.degraded
         try:
             return start(notify)
@@ -152,17 +159,21 @@ async def confined_spawn(policy: Sandbox, plan: Plan, wanted: frozenset[str],
             subsystem = refused_subsystem(exc.step, exc.errno or 0, listener=listener)
             if subsystem is None or subsystem in attempted:
                 raise
-            await degrade(policy, plan, subsystem, exc)
+            await degrade(policy, plan, subsystem, exc, run_handlers=run_handlers)
 
 
-def warn_degraded(policy: Sandbox, protections: Mapping[Subsystem, Protection]) -> None:
-    """Log one warning for a run that goes without some subsystem."""
-    missing = [sub for sub, state in protections.items() if state is Protection.DEGRADED]
+def warn_degraded(policy: Sandbox, unenforced: Mapping[Subsystem, tuple[str, ...]], *,
+                  run_handlers: bool = False) -> None:
+    """Log one warning for a run that goes without some subsystem, naming
+    what goes unenforced (``unenforced``: the run's, per degraded subsystem)."""
+    missing = list(unenforced)
     if not missing:
         return
-    if Subsystem.LANDLOCK in missing:
+    if Subsystem.LANDLOCK in missing:  # its parts go with it, and its words say so
         missing = [sub for sub in missing if sub not in _LANDLOCK_PARTS]
     name = repr(policy.name) if policy.name else "sandbox"
-    logger.warning("%s runs without %s: the host refused %s and on_unavailable allowed it",
-                   name, ", ".join(sub.value for sub in missing),
-                   "it" if len(missing) == 1 else "them")
+    lost = "; ".join(f"{sub.value}: {text}" for sub in missing
+                     if (text := consequence(policy, sub, run_handlers=run_handlers)))
+    logger.warning("%s runs without %s: the host refused %s and on_unavailable allowed it; "
+                   "unenforced: %s", name, ", ".join(sub.value for sub in missing),
+                   "it" if len(missing) == 1 else "them", lost or "nothing")

@@ -3,37 +3,85 @@ naming the field, before any process exists."""
 
 from __future__ import annotations
 
+import contextlib
 import inspect
+import math
 import os
+import re
 import subprocess
 from collections.abc import Iterable, Mapping, Sequence
 from types import MappingProxyType
 from typing import IO, Any
 
+from ._bpf import DEFAULT_DENY
 from ._exceptions import PolicyError
 from ._groups import SYSCALL_GROUPS
 from ._handler import ExceptionPolicy, Handler
+from ._supervisor import route
+from ._sys import SYSCALLS
 from ._syscalls import AARCH64, X86_64
 
 # Limits end up in 64-bit rlimit fields; larger ones would overflow at spawn.
 _LIMIT_MAX = (1 << 63) - 1
 _SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+#: fds are C ints: a larger number is no fd (and overflows os.fstat).
+_FD_MAX = (1 << 31) - 1
+#: What ``name`` may be: it is to become the hostname the child sees, so a
+#: hostname's characters (plus '_'), at most HOST_NAME_MAX (64) of them, and
+#: a letter or digit first (no '-' to pass for an option, no '.' for a path).
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+def show(value: object) -> str:
+    """``repr(value)`` for an error message, cut short if long; it never
+    fails (``repr`` of an int beyond 4300 digits is a ValueError)."""
+    try:
+        text = repr(value)
+    except ValueError:
+        text = f"<{type(value).__name__} of {value.bit_length()} bits>" \
+            if isinstance(value, int) else f"<{type(value).__name__}>"
+    return text if len(text) <= 200 else f"{text[:200]}..."
+
+
+def check_text(name: str, text: str, what: str = "") -> str:
+    """``text`` if the kernel can take it as a C string: no NUL byte, and
+    encodable as the file system encoding does (so a lone surrogate, other
+    than the ``surrogateescape`` ones standing for undecodable bytes, is
+    refused here rather than as a UnicodeEncodeError at spawn)."""
+    label = what or show(text)
+    if "\0" in text:
+        raise PolicyError(name, f"{label} contains a NUL byte")
+    try:
+        os.fsencode(text)
+    except UnicodeEncodeError as exc:
+        raise PolicyError(name, f"{label} cannot be encoded for the kernel "
+                                f"({exc.reason}: {text[exc.start:exc.end]!r})") from None
+    return text
+
+
+def check_path(name: str, item: object) -> str:
+    """One path (str or a PathLike giving str) as an absolute str; an empty
+    path is refused, not read as the current directory."""
+    if not isinstance(item, (str, os.PathLike)):
+        raise PolicyError(name, f"{show(item)} is not a path")
+    text = os.fspath(item)
+    if not isinstance(text, str):
+        raise PolicyError(name, f"{show(item)} is a bytes path; use str")
+    if not text:
+        raise PolicyError(name, "empty path (write '.' for the current directory)")
+    return os.path.abspath(check_text(name, text))
 
 
 def check_paths(name: str, value: object) -> tuple[str, ...]:
     if isinstance(value, (str, bytes, os.PathLike)):
-        raise PolicyError(name, f"expected a sequence of paths, got the single path {value!r}")
+        raise PolicyError(name, f"expected a sequence of paths, got the single path {show(value)}")
     if not isinstance(value, Iterable):
-        raise PolicyError(name, f"expected a sequence of paths, got {value!r}")
+        raise PolicyError(name, f"expected a sequence of paths, got {show(value)}")
     out: list[str] = []
     for item in value:
-        if not isinstance(item, (str, os.PathLike)):
-            raise PolicyError(name, f"{item!r} is not a path")
-        path = os.path.abspath(os.fspath(item))
-        if "\0" in path:
-            raise PolicyError(name, f"{item!r} contains a NUL byte")
+        path = check_path(name, item)
         if not os.path.exists(path):
-            raise PolicyError(name, f"{path!r} does not exist")
+            raise PolicyError(name, f"{show(path)} does not exist")
         if path not in out:
             out.append(path)
     return tuple(out)
@@ -42,7 +90,7 @@ def check_paths(name: str, value: object) -> tuple[str, ...]:
 def parse_size(name: str, value: object) -> int:
     """Bytes from an int or a string such as ``"512M"`` or ``"2G"``."""
     if isinstance(value, bool):
-        raise PolicyError(name, f"{value!r} is not a size")
+        raise PolicyError(name, f"{show(value)} is not a size")
     if isinstance(value, int):
         size = value
     elif isinstance(value, str):
@@ -52,13 +100,13 @@ def parse_size(name: str, value: object) -> int:
             size = int(float(text[: len(text) - len(unit)]) * _SIZE_UNITS[unit])
         except (ValueError, OverflowError):  # OverflowError: "inf", "1e400"
             raise PolicyError(name,
-                              f"{value!r} is not a size like 1048576, '512M' or '2G'") from None
+                              f"{show(value)} is not a size like 1048576, '512M' or '2G'") from None
     else:
-        raise PolicyError(name, f"{value!r} is not a size")
+        raise PolicyError(name, f"{show(value)} is not a size")
     if size <= 0:
-        raise PolicyError(name, f"{value!r} must be positive")
+        raise PolicyError(name, f"{show(value)} must be positive")
     if size > _LIMIT_MAX:
-        raise PolicyError(name, f"{value!r} is too large")
+        raise PolicyError(name, f"{show(value)} is too large")
     return size
 
 
@@ -66,19 +114,21 @@ def check_positive(name: str, value: object) -> int | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= _LIMIT_MAX:
-        raise PolicyError(name, f"{value!r} must be a positive integer or None")
+        raise PolicyError(name, f"{show(value)} must be a positive integer or None")
     return value
 
 
 def check_env(name: str, value: object) -> Mapping[str, str]:
     """Validate an environment mapping; returns a read-only copy."""
     if not isinstance(value, Mapping):
-        raise PolicyError(name, f"expected a mapping of str to str, got {value!r}")
+        raise PolicyError(name, f"expected a mapping of str to str, got {show(value)}")
     for key, val in value.items():
         if not isinstance(key, str) or not isinstance(val, str):
-            raise PolicyError(name, f"{key!r}={val!r}: keys and values must be str")
-        if not key or "=" in key or "\0" in key or "\0" in val:
-            raise PolicyError(name, f"{key!r}: not a valid environment variable")
+            raise PolicyError(name, f"{show(key)}={show(val)}: keys and values must be str")
+        if not key or "=" in key:
+            raise PolicyError(name, f"{show(key)}: not a valid environment variable")
+        check_text(name, key)
+        check_text(name, val, f"the value of {show(key)}")
     return MappingProxyType(dict(value))
 
 
@@ -86,11 +136,9 @@ def check_cwd(name: str, value: object) -> str | None:
     """Validate a working directory; returns it as an absolute path."""
     if value is None:
         return None
-    if not isinstance(value, (str, os.PathLike)):
-        raise PolicyError(name, f"{value!r} is not a path")
-    path = os.path.abspath(os.fspath(value))
+    path = check_path(name, value)
     if not os.path.isdir(path):
-        raise PolicyError(name, f"{path!r} is not an existing directory")
+        raise PolicyError(name, f"{show(path)} is not an existing directory")
     return path
 
 
@@ -98,33 +146,54 @@ def check_syscall_names(name: str, value: object, *, groups: bool = False) -> tu
     """Validate syscall names against every supported architecture's table
     (and, with ``groups``, the ``@group`` names of ``_groups.py``)."""
     if isinstance(value, str) or not isinstance(value, Iterable):
-        raise PolicyError(name, f"expected a sequence of syscall names, got {value!r}")
+        raise PolicyError(name, f"expected a sequence of syscall names, got {show(value)}")
     names: list[str] = []
     for item in value:
         if not isinstance(item, str) or (item not in X86_64 and item not in AARCH64
                                          and (not groups or item not in SYSCALL_GROUPS)):
-            raise PolicyError(name, f"unknown syscall name {item!r}")
+            raise PolicyError(name, f"unknown syscall name {show(item)}")
         names.append(item)
     return tuple(dict.fromkeys(names))
 
 
-def check_handlers(name: str, value: object) -> tuple[Handler, ...]:
-    """Validate a sequence of :class:`Handler` instances."""
+def check_name(name: str, value: object) -> str | None:
+    """Validate a sandbox name (see ``_NAME``)."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise PolicyError(name, f"{show(value)} must be a str or None")
+    if not _NAME.fullmatch(value):
+        raise PolicyError(name, f"{show(value)} is not a valid name: 1 to 64 ASCII letters, "
+                                "digits, '-', '.' or '_', starting with a letter or digit")
+    return value
+
+
+def check_handlers(name: str, value: object,
+                   deny: Iterable[str] | None = None) -> tuple[Handler, ...]:
+    """Validate a sequence of :class:`Handler` instances.
+
+    With ``deny`` (the policy's ``extra_deny_syscalls``), also refuse a
+    handler that could never run: one that traps a syscall the filter denies
+    (:data:`DEFAULT_DENY` and ``deny``), or none of whose syscalls exists on
+    this architecture.  Without it, that check is left to the spawn.
+    """
     if not isinstance(value, Iterable) or isinstance(value, (str, Handler)):
-        raise PolicyError(name, f"expected a sequence of Handler instances, got {value!r}")
+        raise PolicyError(name, f"expected a sequence of Handler instances, got {show(value)}")
     items = tuple(value)
     for item in items:
         if not isinstance(item, Handler):
-            raise PolicyError(name, f"{item!r} is not a Handler instance")
+            raise PolicyError(name, f"{show(item)} is not a Handler instance")
         syscalls = item.syscalls
         if isinstance(syscalls, str) or not syscalls:
-            raise PolicyError(name, f"{item!r}: syscalls must be a non-empty tuple of names")
+            raise PolicyError(name, f"{show(item)}: syscalls must be a non-empty tuple of names")
         check_syscall_names(name, syscalls, groups=True)
         if not inspect.iscoroutinefunction(item.handle):
-            raise PolicyError(name, f"{item!r}: handle() must be an 'async def' method")
+            raise PolicyError(name, f"{show(item)}: handle() must be an 'async def' method")
         if not isinstance(item.on_exception, ExceptionPolicy):
-            raise PolicyError(name, f"{item!r}: on_exception must be an ExceptionPolicy, "
-                                    f"not {item.on_exception!r}")
+            raise PolicyError(name, f"{show(item)}: on_exception must be an ExceptionPolicy, "
+                                    f"not {show(item.on_exception)}")
+    if deny is not None:
+        route(items, SYSCALLS, frozenset(DEFAULT_DENY).union(deny))
     return items
 
 
@@ -136,15 +205,17 @@ StdioTarget = int | IO[Any] | None
 def check_args(args: object) -> tuple[str, ...]:
     """Validate a command line (a non-empty sequence of str/PathLike)."""
     if isinstance(args, (str, bytes)) or not isinstance(args, Sequence) or not args:
-        raise PolicyError("args", f"expected a non-empty list of arguments, got {args!r}")
+        raise PolicyError("args", f"expected a non-empty list of arguments, got {show(args)}")
     out = []
     for arg in args:
         if not isinstance(arg, (str, os.PathLike)):
-            raise PolicyError("args", f"{arg!r} is not a str or path")
+            raise PolicyError("args", f"{show(arg)} is not a str or path")
         text = os.fspath(arg)
-        if "\0" in text:
-            raise PolicyError("args", f"{text!r} contains a NUL byte")
-        out.append(text)
+        if not isinstance(text, str):
+            raise PolicyError("args", f"{show(arg)} is a bytes path; use str")
+        out.append(check_text("args", text))
+    if not out[0]:
+        raise PolicyError("args", "the command (args[0]) is an empty string")
     return tuple(out)
 
 
@@ -154,8 +225,8 @@ SLOTS = ("stdin", "stdout", "stderr")
 
 def check_fd(field: str, fd: object) -> int:
     """``fd`` if it is an open file descriptor, else :class:`PolicyError`."""
-    if isinstance(fd, bool) or not isinstance(fd, int) or fd < 0:
-        raise PolicyError(field, f"{fd!r} is not a file descriptor")
+    if isinstance(fd, bool) or not isinstance(fd, int) or not 0 <= fd <= _FD_MAX:
+        raise PolicyError(field, f"{show(fd)} is not a file descriptor")
     try:
         os.fstat(fd)
     except OSError:
@@ -163,13 +234,35 @@ def check_fd(field: str, fd: object) -> int:
     return fd
 
 
+def check_fds(field: str, value: object) -> list[int]:
+    """A sequence of open fds, else :class:`PolicyError`."""
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+        raise PolicyError(field, f"expected a sequence of fds, got {show(value)}")
+    return [check_fd(field, fd) for fd in value]
+
+
+def check_file(field: str, file: Any) -> int:
+    """The fd of a file object for a stdio slot, else :class:`PolicyError`."""
+    try:
+        fd = file.fileno()
+    except (OSError, ValueError) as exc:  # closed, or io.UnsupportedOperation
+        raise PolicyError(field, f"{show(file)} has no file descriptor ({exc})") from None
+    return check_fd(field, fd)
+
+
 def check_timeout(timeout: object) -> float | None:
-    """Validate a ``timeout=`` argument (positive seconds or None)."""
+    """Validate a ``timeout=`` argument: positive, finite seconds, or None."""
+    if timeout is None:
+        return None
+    seconds = math.nan
+    if isinstance(timeout, (int, float)) and not isinstance(timeout, bool):
+        with contextlib.suppress(OverflowError):  # an int beyond any float stays NaN
+            seconds = float(timeout)
     # "not > 0" rather than "<= 0": NaN compares false both ways.
-    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
-                                or not timeout > 0):
-        raise PolicyError("timeout", f"{timeout!r} must be a positive number of seconds or None")
-    return timeout
+    if not (seconds > 0 and math.isfinite(seconds)):
+        raise PolicyError("timeout", f"{show(timeout)} must be a positive, finite number of "
+                                     "seconds, or None for no timeout")
+    return seconds
 
 
 def check_input(input: object, stdin: StdioTarget) -> StdioTarget:

@@ -21,6 +21,7 @@ from asyncsandlock import (
     PolicyError,
     Sandbox,
 )
+from asyncsandlock._validate import show
 
 from conftest import child_pids
 
@@ -42,6 +43,28 @@ class NoSyscalls(OpenatHandler):
 
 class UnknownSyscall(OpenatHandler):
     syscalls = ("no_such_call",)
+
+
+class BytesPath:
+    """A PathLike whose __fspath__ gives bytes (os.PathLike[bytes])."""
+
+    def __init__(self, path: bytes) -> None:
+        self.path = path
+
+    def __fspath__(self) -> bytes:
+        return self.path
+
+    def __repr__(self) -> str:
+        return f"BytesPath({self.path!r})"
+
+
+def _closed_file() -> Any:
+    file = open(os.devnull, "rb")  # noqa: SIM115
+    file.close()
+    return file
+
+
+CLOSED_FILE = _closed_file()
 
 
 @pytest.fixture
@@ -70,17 +93,28 @@ BAD_POLICIES: list[tuple[str, dict[str, Any]]] = [
     ("fs_readable", {"fs_readable": None}),
     ("fs_writable", {"fs_writable": "/tmp"}),
     ("fs_writable", {"fs_writable": ["/nonexistent/asyncsandlock-path"]}),
+    # Regression tests for bug 12: "" was the caller's cwd, a bytes PathLike
+    # and a lone surrogate failed with bare TypeError / UnicodeEncodeError.
+    ("fs_writable", {"fs_writable": [""]}),
+    ("fs_readable", {"fs_readable": [""]}),
+    ("fs_readable", {"fs_readable": [BytesPath(b"/usr")]}),
+    ("fs_readable", {"fs_readable": ["/usr/\ud800"]}),
     ("env", {"env": {"A": 1}}),
     ("env", {"env": {"A": b"x"}}),
     ("env", {"env": {"A=B": "c"}}),
     ("env", {"env": {"": "x"}}),
     ("env", {"env": {"A": "x\0y"}}),
     ("env", {"env": [("A", "b")]}),
+    ("env", {"env": {"A": "\ud800"}}),
+    ("env", {"env": {"\udfff": "x"}}),
     ("clean_env", {"clean_env": "yes"}),
     ("clean_env", {"clean_env": 1}),
     ("cwd", {"cwd": "/nonexistent/asyncsandlock-path"}),
     ("cwd", {"cwd": "/etc/passwd"}),
     ("cwd", {"cwd": 3}),
+    ("cwd", {"cwd": b"/"}),
+    ("cwd", {"cwd": BytesPath(b"/")}),
+    ("cwd", {"cwd": ""}),
     ("net_allow", {"net_allow": "*"}),
     ("net_allow", {"net_allow": ["example.com:80"]}),
     ("net_allow", {"net_allow": ["1.2.3.4:80"]}),
@@ -102,6 +136,7 @@ BAD_POLICIES: list[tuple[str, dict[str, Any]]] = [
     ("net_allow_bind", {"net_allow_bind": ["abc"]}),
     ("net_allow_bind", {"net_allow_bind": [True]}),
     ("net_allow_bind", {"net_allow_bind": [8080.0]}),
+    ("net_allow_bind", {"net_allow_bind": [10**5000]}),  # str() of it is a ValueError
     ("max_open_files", {"max_open_files": 0}),
     ("max_open_files", {"max_open_files": -1}),
     ("max_open_files", {"max_open_files": True}),
@@ -110,6 +145,8 @@ BAD_POLICIES: list[tuple[str, dict[str, Any]]] = [
     ("max_open_files", {"max_open_files": 1 << 70}),  # would overflow the rlimit
     ("max_processes", {"max_processes": 0}),
     ("max_processes", {"max_processes": "10"}),
+    ("max_processes", {"max_processes": 1 << 64}),
+    ("max_processes", {"max_processes": -(1 << 64)}),
     ("max_memory", {"max_memory": 0}),
     ("max_memory", {"max_memory": -5}),
     ("max_memory", {"max_memory": "lots"}),
@@ -128,13 +165,26 @@ BAD_POLICIES: list[tuple[str, dict[str, Any]]] = [
     ("handlers", {"handlers": [OpenatHandler]}),
     ("handlers", {"handlers": [NoSyscalls()]}),
     ("handlers", {"handlers": [UnknownSyscall()]}),
+    # A handler on a denied syscall fails at construction, not at first run.
+    ("handlers", {"handlers": [MountHandler()]}),
+    ("handlers", {"extra_deny_syscalls": ["openat"], "handlers": [OpenatHandler()]}),
     ("on_unavailable", {"on_unavailable": 42}),
+    # Regression tests for bug 7: name is to become the child's hostname.
     ("name", {"name": 5}),
+    ("name", {"name": ""}),
+    ("name", {"name": "a\0b"}),
+    ("name", {"name": "x" * 65}),
+    ("name", {"name": "-x"}),
+    ("name", {"name": ".x"}),
+    ("name", {"name": "a b"}),
+    ("name", {"name": "a/b"}),
+    ("name", {"name": "caf\u00e9"}),
+    ("name", {"name": "\ud800"}),
 ]
 
 
 @pytest.mark.parametrize(("field", "kwargs"), BAD_POLICIES,
-                         ids=[f"{f}={v[f]!r}" for f, v in BAD_POLICIES])
+                         ids=[f"{f}={show(v[f])}" for f, v in BAD_POLICIES])
 def test_bad_policy(field: str, kwargs: dict[str, Any], no_spawn: None) -> None:
     with pytest.raises(PolicyError) as info:
         Sandbox(**kwargs)
@@ -166,6 +216,10 @@ def test_policy_error_shows_the_value(kwargs: dict[str, Any], shown: str) -> Non
     {"extra_deny_syscalls": ["uname", "getcwd"]},
     {"handlers": [OpenatHandler()]},
     {"env": {"A": "1"}, "clean_env": True, "cwd": "/", "name": "ok"},
+    {"name": "x" * 64}, {"name": "0"}, {"name": "build-1.worker_2"},
+    {"fs_readable": ["."], "cwd": "."},
+    # surrogateescape stands for bytes that are not UTF-8: those are fine.
+    {"env": {"A": "\udcff"}},
 ])
 def test_good_policy(kwargs: dict[str, Any]) -> None:
     Sandbox(**kwargs)
@@ -210,6 +264,24 @@ BAD_RUNS: list[tuple[str, object, dict[str, Any]]] = [
     ("cwd", ["true"], {"cwd": "/nonexistent/asyncsandlock-path"}),
     ("handlers", ["true"], {"handlers": [object()]}),
     ("handlers", ["true"], {"handlers": [MountHandler()]}),
+    # Regression tests for bug 12.
+    ("stdin", ["cat"], {"stdin": 2**31}),  # was OverflowError
+    ("stdout", ["true"], {"stdout": 2**64}),
+    ("stderr", ["true"], {"stderr": -7}),
+    ("stdout", ["true"], {"stdout": CLOSED_FILE}),  # was a bare ValueError
+    ("extra_fds", ["true"], {"extra_fds": [2**31]}),
+    ("extra_fds", ["true"], {"extra_fds": [-1]}),
+    ("timeout", ["true"], {"timeout": 10**400}),  # was ExceptionGroup[OverflowError]
+    ("timeout", ["true"], {"timeout": float("inf")}),
+    ("timeout", ["true"], {"timeout": float("-inf")}),
+    ("args", [BytesPath(b"/bin/true")], {}),  # was a bare TypeError
+    ("args", ["true", "\ud800"], {}),  # was UnicodeEncodeError
+    ("args", ["\udfff"], {}),
+    ("args", ["", "x"], {}),  # found by tests/test_fuzz.py: was a SpawnError
+    ("env", ["true"], {"env": {"A": "\ud800"}}),
+    ("cwd", ["true"], {"cwd": b"/"}),
+    ("cwd", ["true"], {"cwd": BytesPath(b"/")}),  # was ENOENT for "b'/'"
+    ("cwd", ["true"], {"cwd": ""}),
 ]
 
 
@@ -229,16 +301,39 @@ async def test_bad_run_arguments(method: str, field: str, args: Any, kwargs: dic
     assert info.value.field == field
 
 
+def test_handler_on_a_denied_syscall_fails_at_construction(no_spawn: None) -> None:
+    """Registering a handler on a syscall the policy denies is refused when
+    the Sandbox is made (it used to wait for the first run)."""
+    for kwargs in ({"handlers": [MountHandler()]},
+                   {"extra_deny_syscalls": ["openat"], "handlers": [OpenatHandler()]}):
+        with pytest.raises(PolicyError) as info:
+            Sandbox(fs_readable=SYSTEM_READABLE, **kwargs)
+        assert info.value.field == "handlers"
+        assert "denies outright" in str(info.value)
+
+
 @pytest.mark.anyio
-async def test_handler_on_a_denied_syscall(no_spawn: None) -> None:
-    """Registering a handler on a syscall the policy denies is refused (at
-    construction or, at the latest, before the first process)."""
+async def test_a_run_handler_on_a_denied_syscall_fails_before_spawn(no_spawn: None) -> None:
+    sb = Sandbox(fs_readable=SYSTEM_READABLE, extra_deny_syscalls=["openat"])
     with pytest.raises(PolicyError) as info:
-        sb = Sandbox(fs_readable=SYSTEM_READABLE, handlers=[MountHandler()])
-        await sb.run(["true"])
+        await sb.run(["true"], handlers=[OpenatHandler()])
     assert info.value.field == "handlers"
-    with pytest.raises(PolicyError) as info:
-        sb = Sandbox(fs_readable=SYSTEM_READABLE, extra_deny_syscalls=["openat"],
-                     handlers=[OpenatHandler()])
-        await sb.run(["true"])
-    assert info.value.field == "handlers"
+
+
+@pytest.mark.anyio
+async def test_huge_finite_timeout_runs(anyio_backend: str, no_leaks: None) -> None:
+    """Control for the 10**400 case above: a huge timeout that is still a
+    float is no timeout in practice, not an error."""
+    sb = Sandbox(fs_readable=SYSTEM_READABLE)
+    for timeout in (10**300, 1e300):
+        result = await sb.run(["true"], timeout=timeout)
+        assert result.success
+
+
+def test_a_stage_handler_on_a_denied_syscall_fails_at_cmd(no_spawn: None) -> None:
+    """Not when the pipeline reaches that stage, with earlier stages running."""
+    sb = Sandbox(fs_readable=SYSTEM_READABLE, extra_deny_syscalls=["openat"])
+    for handler in (MountHandler(), OpenatHandler()):
+        with pytest.raises(PolicyError) as info:
+            sb.cmd(["cat"], handlers=[handler])
+        assert info.value.field == "handlers"

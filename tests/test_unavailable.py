@@ -26,6 +26,7 @@ from asyncsandlock import (
     allow_degraded,
     strict,
 )
+from asyncsandlock._enforcement import consequence, unenforced
 
 from conftest import PYTHON, build_helper
 
@@ -80,22 +81,25 @@ else:
 async def main():
     sb = asl.Sandbox(fs_readable=cfg["readable"], fs_writable=cfg["writable"],
                      handlers=[Count()] if cfg.get("handler") else [],
+                     extra_deny_syscalls=cfg.get("extra_deny", ()),
                      max_processes=cfg.get("max_processes"), on_unavailable=decide)
     runs = []
 
     async def one():
         try:
-            r = await sb.run(cfg["cmd"], timeout=60)
+            r = await sb.run(cfg["cmd"], timeout=60,
+                             handlers=[Count()] if cfg.get("run_handler") else [])
         except asl.ConfinementUnavailable as exc:
             runs.append({"ok": False, "type": "ConfinementUnavailable",
                          "subsystem": exc.subsystem.name, "errno": exc.errno,
-                         "message": str(exc)})
+                         "message": str(exc), "unenforced": list(exc.unenforced)})
         except Exception as exc:
             runs.append({"ok": False, "type": type(exc).__name__, "message": str(exc),
                          "step": getattr(exc, "step", None), "errno": getattr(exc, "errno", None)})
         else:
             runs.append({"ok": r.success, "stdout": r.stdout.decode(), "stderr": r.stderr.decode(),
-                         "protections": {k.name: v.name for k, v in r.protections.items()}})
+                         "protections": {k.name: v.name for k, v in r.protections.items()},
+                         "unenforced": {k.name: list(v) for k, v in r.unenforced.items()}})
 
     for _ in range(cfg.get("runs", 1)):
         await one()
@@ -176,6 +180,32 @@ def test_allow_degraded_allows_exactly_its_subsystems() -> None:
 def test_allow_degraded_rejects_non_subsystems() -> None:
     with pytest.raises(TypeError):
         allow_degraded("landlock")  # type: ignore[arg-type]
+
+
+def test_unenforced_names_fields_of_this_policy() -> None:
+    """One function decides what each subsystem's absence costs a policy."""
+    plain = Sandbox()
+    assert unenforced(plain, Subsystem.SUPERVISOR) == ()
+    assert unenforced(plain, Subsystem.SUPERVISOR, run_handlers=True) == ("handlers",)
+    assert unenforced(Sandbox(max_processes=5), Subsystem.SUPERVISOR) == ("max_processes",)
+    assert unenforced(plain, Subsystem.LANDLOCK) == (
+        "fs_readable", "fs_writable", "net_allow", "net_allow_bind")
+    # Every TCP port open: Landlock restricts no connect, only binds.
+    assert unenforced(Sandbox(net_allow=["*"]), Subsystem.LANDLOCK_NET) == ("net_allow_bind",)
+    # What the policy allows anyway is not a loss.
+    assert unenforced(Sandbox(allow_unix_sockets=True, allow_sysv_ipc=True, interactive=True),
+                      Subsystem.SECCOMP) == ("net_allow",)
+    assert unenforced(plain, Subsystem.PROCESS_GROUP) == ("timeout",)
+    assert unenforced(plain, Subsystem.NETWORK_NAMESPACE) == ()
+    for sub in set(Subsystem) - {Subsystem.NETWORK_NAMESPACE, Subsystem.SUPERVISOR}:
+        assert consequence(plain, sub), sub  # every loss is told
+
+
+def test_confinement_unavailable_without_a_policy_still_reads_well() -> None:
+    exc = ConfinementUnavailable(Subsystem.SUPERVISOR, errno.EBUSY, "a hint")
+    assert exc.unenforced == ()
+    assert str(exc) == ("supervisor is unavailable on this host (EBUSY: Device or resource "
+                        "busy); hint: a hint")
 
 
 def test_sandbox_rejects_a_non_callable_policy() -> None:
@@ -273,6 +303,7 @@ def test_child_side_landlock_refusal_allowed_is_really_unconfined(
         assert run["ok"] and run["stdout"] == "s3cret", run
         assert run["protections"]["LANDLOCK"] == "DEGRADED"
         assert run["protections"]["SECCOMP"] == "ACTIVE"
+        assert "fs_readable" in run["unenforced"]["LANDLOCK"]  # and so it says
 
 
 # -- seccomp user notification refused (nested sandbox: EBUSY; gVisor: EINVAL)
@@ -416,6 +447,7 @@ async def test_nested_sandbox_runs_with_the_inner_supervisor_degraded(
     assert run["ok"], run
     assert run["protections"]["SUPERVISOR"] == run["protections"]["PROCESS_GROUP"] == "DEGRADED"
     assert run["protections"]["SECCOMP"] == run["protections"]["LANDLOCK"] == "ACTIVE"
+    assert run["unenforced"] == {"SUPERVISOR": ["handlers"], "PROCESS_GROUP": ["timeout"]}
     assert report["handled"] == 0
     assert ran(tmp_path) == 1
 
@@ -437,8 +469,10 @@ async def test_protections_on_the_process_and_the_result() -> None:
     async with await sb.open(["true"]) as proc:
         assert proc.protections[Subsystem.SECCOMP] is Protection.ACTIVE
         assert proc.protections[Subsystem.SUPERVISOR] is Protection.NOT_REQUESTED
+        assert proc.unenforced == {}
         result = await proc.result()
     assert result.protections == proc.protections
+    assert result.unenforced == {}
 
 
 @pytest.mark.anyio
@@ -452,3 +486,94 @@ async def test_nested_run_does_not_wait_for_leftovers_holding_its_pipes(
     run = report["runs"][0]
     assert run["ok"] and run["stdout"] == "started\n", run
     assert run["protections"]["PROCESS_GROUP"] == "DEGRADED"
+
+
+# -- what goes unenforced (bug 3) ------------------------------------------
+#
+# Degrading a subsystem names the policy fields it was enforcing, in the
+# warning, in ConfinementUnavailable and in Result.unenforced; each claim is
+# paired with the attempt that shows the field really unenforced, and a
+# control where the same policy holds.
+
+FORK = ["/bin/sh", "-c", "/bin/true && echo forked"]
+
+
+@pytest.mark.parametrize("refused_here", [True, False])
+def test_no_supervisor_names_handlers_and_max_processes(
+        refuse: str, anyio_backend: str, tmp_path: pathlib.Path, refused_here: bool) -> None:
+    """Regression test for bug 3: the warning said only "runs without supervisor"."""
+    rules = ["seccomp-listener=EBUSY"] if refused_here else ["unshare=EPERM"]
+    report = drive(refuse, rules, anyio_backend, tmp_path, policy=["SUPERVISOR"], handler=True,
+                   max_processes=1, cmd=FORK)
+    run = report["runs"][0]
+    if refused_here:
+        # The claim, and the escape it announces: one process may fork.
+        assert run["unenforced"] == {"SUPERVISOR": ["handlers", "max_processes"]}, run
+        assert run["ok"] and run["stdout"] == "forked\n", run
+        (warning,) = report["warnings"]
+        assert "supervisor" in warning and "handlers, max_processes" in warning, warning
+        assert report["handled"] == 0
+    else:  # control: with a supervisor, max_processes=1 refuses the fork
+        assert run["unenforced"] == {}, run
+        assert run["stdout"] == "", run
+        assert report["warnings"] == []
+
+
+def test_no_supervisor_strict_says_what_would_go(refuse: str, anyio_backend: str,
+                                                 tmp_path: pathlib.Path) -> None:
+    report = drive(refuse, ["seccomp-listener=EBUSY"], anyio_backend, tmp_path, policy="strict",
+                   handler=True, max_processes=10)
+    run = report["runs"][0]
+    refused(run, Subsystem.SUPERVISOR, errno.EBUSY)
+    assert run["unenforced"] == ["handlers", "max_processes"]
+    assert "unenforced: handlers, max_processes" in run["message"], run["message"]
+    assert ran(tmp_path) == 0
+
+
+def test_no_supervisor_for_a_run_handler_names_handlers(refuse: str, anyio_backend: str,
+                                                        tmp_path: pathlib.Path) -> None:
+    """The supervisor was wanted only by run(handlers=...): that is what goes."""
+    report = drive(refuse, ["seccomp-listener=EBUSY"], anyio_backend, tmp_path,
+                   policy=["SUPERVISOR"], run_handler=True)
+    run = report["runs"][0]
+    assert run["ok"] and run["unenforced"] == {"SUPERVISOR": ["handlers"]}, run
+    assert report["handled"] == 0
+
+
+@pytest.mark.parametrize("refused_here", [True, False])
+def test_no_seccomp_names_the_deny_list_fields(refuse: str, anyio_backend: str,
+                                               tmp_path: pathlib.Path, refused_here: bool) -> None:
+    rules = NO_SECCOMP if refused_here else ["unshare=EPERM"]
+    report = drive(refuse, rules, anyio_backend, tmp_path, policy=["SECCOMP", "SUPERVISOR"],
+                   max_processes=10, extra_deny=["uname"], cmd=["/bin/uname", "-s"])
+    run = report["runs"][0]
+    if refused_here:
+        assert run["unenforced"] == {
+            "SECCOMP": ["extra_deny_syscalls", "max_processes", "allow_unix_sockets",
+                        "allow_sysv_ipc", "interactive", "net_allow"],
+            "SUPERVISOR": ["max_processes"]}, run
+        # The claim's escape: the syscall extra_deny_syscalls names runs.
+        assert run["ok"] and run["stdout"] == "Linux\n", run
+        (warning,) = report["warnings"]
+        assert "extra_deny_syscalls" in warning and "default syscall deny list" in warning
+    else:  # control: the filter holds, uname(2) is denied
+        assert run["unenforced"] == {} and not run["ok"], run
+        assert run["stdout"] == ""
+
+
+def test_no_landlock_names_the_file_and_port_fields(refuse: str, anyio_backend: str,
+                                                    tmp_path: pathlib.Path) -> None:
+    fields = ["fs_readable", "fs_writable", "net_allow", "net_allow_bind"]
+    report = drive(refuse, NO_LANDLOCK, anyio_backend, tmp_path, policy=["LANDLOCK"])
+    run = report["runs"][0]
+    assert run["unenforced"]["LANDLOCK"] == fields, run
+    assert run["unenforced"]["LANDLOCK_NET"] == ["net_allow", "net_allow_bind"]
+    assert set(run["unenforced"]) == {
+        sub for sub, state in run["protections"].items() if state == "DEGRADED"}
+    (warning,) = report["warnings"]
+    assert ", ".join(fields) in warning, warning
+    # Strict: the message names them too.  (That they really go unenforced is
+    # test_child_side_landlock_refusal_allowed_is_really_unconfined.)
+    report = drive(refuse, NO_LANDLOCK, anyio_backend, tmp_path, policy="strict")
+    assert ", ".join(fields) in report["runs"][0]["message"]
+    assert report["runs"][0]["unenforced"] == fields
