@@ -348,6 +348,7 @@ X86_64: Final[Mapping[str, int]] = MappingProxyType({
     "io_pgetevents": 333,
     "rseq": 334,
     "uretprobe": 335,
+    "uprobe": 336,
     "pidfd_send_signal": 424,
     "io_uring_setup": 425,
     "io_uring_enter": 426,
