@@ -15,7 +15,11 @@ list of ``jeq``: when a filter is attached, the kernel runs it once for every
 syscall number to fill its allow cache (``seccomp_cache_prepare``), so the
 cost of attaching it, paid by every spawn, grows with the path an allowed
 syscall takes.  A ~70-entry list walked to the end ~450 times cost 50-75 us
-per spawn here; the tree's path is ~9 instructions.  Argument checks hang
+per spawn here; the tree's path is ~9 instructions.  Its last levels are
+short descending chains of ``jge`` that share one return per action:
+attaching also costs ~0.3 us per instruction (the kernel translates and
+JIT-compiles the program each time), so size counts as much as the path.
+Argument checks hang
 off the leaves for the same reason: a chain of checks before the search
 would be walked by every syscall the cache does not hold.  The hot calls
 (read, write, close, fstat, mmap, futex...) never look at their arguments,
@@ -444,12 +448,32 @@ def _runs(actions: Mapping[int, int], default: int) -> list[tuple[int, int]]:
 _LEAF_TO_BLOCK = -1
 
 
+def _leaf(action: int) -> tuple[int, int, int, int]:
+    return (_LEAF_TO_BLOCK, 0, 0, ~action) if action < 0 else (_RET_K, 0, 0, action)
+
+
+def _chain(runs: list[tuple[int, int]]) -> list[tuple[int, int, int, int]]:
+    """A few runs as a descending chain of ``jge`` into one shared return per
+    distinct action: fewer instructions than a tree of them."""
+    actions = list(dict.fromkeys(a for _, a in reversed(runs)))
+    # The lowest run is what the chain falls through to: its action comes first.
+    actions.remove(runs[0][1])
+    actions.insert(0, runs[0][1])
+    tests = len(runs) - 1
+    code = [(_JGE_K, tests + actions.index(action) - i - 1, 0, first)
+            for i, (first, action) in enumerate(reversed(runs[1:]))]
+    return code + [_leaf(a) for a in actions]
+
+
+#: Runs below this many are searched by a chain, not a tree (see _chain).
+_CHAIN_RUNS = 10
+
+
 def _search(runs: list[tuple[int, int]]) -> list[tuple[int, int, int, int]]:
     """Code returning the action of the run that holds the number in A; an
     action below 0 is ``~block index``."""
-    if len(runs) == 1:
-        action = runs[0][1]
-        return [(_LEAF_TO_BLOCK, 0, 0, ~action) if action < 0 else (_RET_K, 0, 0, action)]
+    if len(runs) <= _CHAIN_RUNS:
+        return _chain(runs)
     mid = len(runs) // 2
     low, high = _search(runs[:mid]), _search(runs[mid:])
     if len(low) <= 255:
