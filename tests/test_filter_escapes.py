@@ -14,11 +14,14 @@ import contextlib
 import ctypes
 import errno
 import fcntl
+import json
 import os
 import pathlib
 import socket
 import struct
 import subprocess
+import sys
+import tempfile
 import termios
 from collections.abc import Iterator
 
@@ -332,3 +335,101 @@ async def test_openat2_says_enosys(work: pathlib.Path, anyio_backend: str,
     """Its mode is in a struct BPF cannot read: ENOSYS, so callers fall back."""
     assert unconfined("openat2") == 0
     assert await confined(readme_policy(work), "openat2") == errno.ENOSYS
+
+
+# -- the same attempts by an unprivileged caller (uid 65534) -----------------
+
+AS_NOBODY = r'''
+import json, os, subprocess, sys
+import anyio, anyio._backends._asyncio, anyio._backends._trio, trio
+from asyncsandlock import SYSTEM_READABLE, Sandbox
+
+attempts, work, port = sys.argv[1], sys.argv[2], sys.argv[3]
+# /root (where this interpreter lives) is 0700: everything is imported above.
+os.setgroups([])
+os.setresgid(65534, 65534, 65534)
+os.setresuid(65534, 65534, 65534)
+python = "/usr/bin/python3"
+bystander = subprocess.Popen(["sleep", "60"])
+master, slave = os.openpty()
+for name in ("chmod-control", "chmod-target"):
+    open(os.path.join(work, name), "w").close()
+plain = [("fastopen-sendto", "AF_INET", "127.0.0.1", port),
+         ("fastopen-sendmsg", "AF_INET", "127.0.0.1", port), ("fastopen-connect",),
+         ("listen-unbound",), ("shmget",), ("openat2",),
+         ("prlimit-other", str(bystander.pid)), ("setpriority-other", str(bystander.pid)),
+         ("setaffinity-other", str(bystander.pid)), ("move_pages-other", str(bystander.pid))]
+files = [(call, os.path.join(work, f"{call}-control"), os.path.join(work, f"{call}-target"))
+         for call in ("create-setuid", "mknod-setuid")]
+files.append(("chmod-setuid", os.path.join(work, "chmod-control"),
+              os.path.join(work, "chmod-target")))
+
+
+def unconfined(argv, **kw):
+    out = subprocess.run([python, "-I", "-c", attempts, *argv], capture_output=True,
+                         check=True, **kw)
+    return int(out.stdout)
+
+
+async def confined(sb, argv, **kw):
+    r = await sb.run([python, "-I", "-c", attempts, *argv], timeout=30, **kw)
+    assert r.returncode == 0, r
+    return int(r.stdout)
+
+
+async def main(results):
+    sb = Sandbox(fs_readable=SYSTEM_READABLE, fs_writable=[work])
+    for argv in plain:
+        results[argv[0]] = [unconfined(argv), await confined(sb, argv)]
+    for call, control, target in files:
+        results[call] = [unconfined([call, control]), await confined(sb, [call, target]),
+                         os.stat(control).st_mode & 0o6000,
+                         os.path.exists(target) and os.stat(target).st_mode & 0o6000]
+    results["tiocswinsz"] = [unconfined(["tiocswinsz"], stdin=slave),
+                             await confined(sb, ["tiocswinsz"], stdin=slave)]
+    sh = subprocess.run(["sh", "-c", f'{python} -I -c "$0" clone-parent', attempts],
+                        capture_output=True, check=True)
+    results["clone-parent"] = [int(sh.stdout), await confined(sb, ["clone-parent"])]
+
+
+try:
+    for backend in ("asyncio", "trio"):
+        results = {}
+        anyio.run(main, results, backend=backend)
+        for name in os.listdir(work):
+            os.unlink(os.path.join(work, name))
+        for name in ("chmod-control", "chmod-target"):
+            open(os.path.join(work, name), "w").close()
+        print(json.dumps(results))
+finally:
+    bystander.kill()
+    bystander.wait()
+'''
+
+
+def test_the_same_escapes_as_uid_65534(listener: tuple[socket.socket, int]) -> None:
+    """An unprivileged caller: every attempt works unconfined as uid 65534 and
+    fails in the sandbox with the filter's errno, on asyncio and trio."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to drop to uid 65534")
+
+    work = tempfile.mkdtemp(prefix="asyncsandlock-filter-")
+    try:
+        os.chmod(work, 0o777)
+        proc = subprocess.run([sys.executable, "-c", AS_NOBODY, ATTEMPTS, work,
+                               str(listener[1])], capture_output=True, text=True, timeout=300)
+    finally:
+        for name in os.listdir(work):
+            os.unlink(os.path.join(work, name))
+        os.rmdir(work)
+    assert proc.returncode == 0, proc.stderr
+    runs = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert len(runs) == 2
+    want = {"openat2": errno.ENOSYS}
+    for results in runs:
+        assert len(results) == 15
+        for name, (control, got, *modes) in results.items():
+            assert control == 0, (name, "the control failed")
+            assert got == want.get(name, errno.EPERM), name
+            if modes:
+                assert modes[0] and not modes[1], (name, "setuid bit")
