@@ -17,6 +17,7 @@ import fcntl
 import json
 import os
 import pathlib
+import signal
 import socket
 import struct
 import subprocess
@@ -28,6 +29,8 @@ from collections.abc import Iterator
 import pytest
 
 from asyncsandlock import SYSTEM_READABLE, ExitReason, Sandbox
+
+from conftest import build_helper
 
 pytestmark = pytest.mark.anyio
 
@@ -433,3 +436,23 @@ def test_the_same_escapes_as_uid_65534(listener: tuple[socket.socket, int]) -> N
             assert got == want.get(name, errno.EPERM), name
             if modes:
                 assert modes[0] and not modes[1], (name, "setuid bit")
+
+
+@pytest.fixture(scope="session")
+def int80() -> str:
+    if os.uname().machine != "x86_64":
+        pytest.skip("the i386 ABI is an x86_64 matter")
+    return build_helper("int80")
+
+
+async def test_the_i386_abi_kills_the_process(int80: str, anyio_backend: str,
+                                              no_leaks: None) -> None:
+    """i386 syscall numbers through int 0x80 would bypass a filter that reads
+    them as x86_64 ones: the foreign arch is killed."""
+    control = subprocess.run([int80], capture_output=True, timeout=30)
+    if control.returncode < 0:
+        pytest.skip("this kernel has no i386 emulation")
+    assert control.returncode == 0
+    sb = Sandbox(fs_readable=[*SYSTEM_READABLE, os.path.dirname(int80)])
+    result = await sb.run([int80], timeout=30)
+    assert result.reason is ExitReason.SIGNALED and result.signal == signal.SIGSYS, result
