@@ -113,10 +113,11 @@ _S_ISUID_ISGID = 0o6000
 # O_CREAT | __O_TMPFILE: the flags under which open reads its mode (the same
 # on x86_64 and aarch64).
 _O_CREATING = 0o100 | 0o20000000
-#: ioctls refused always: faking terminal input, the console's ioctl
-#: multiplexer, inode flags (FS_IOC_SETFLAGS, FS_IOC_FSSETXATTR) and fs-verity,
+#: ioctls refused always: faking terminal input (TIOCSTI), the console's
+#: ioctl multiplexer (TIOCLINUX), changing the terminal's line discipline
+#: (TIOCSETD), inode flags (FS_IOC_SETFLAGS, FS_IOC_FSSETXATTR) and fs-verity,
 #: which would freeze any file the child's uid owns.
-_IOCTL_DENIED = (0x5412, 0x541C, 0x40086602, 0x401C5820, 0x40806685)
+_IOCTL_DENIED = (0x5412, 0x541C, 0x5423, 0x40086602, 0x401C5820, 0x40806685)
 #: ioctls that take over the terminal (TIOCSPGRP TIOCSCTTY TIOCSWINSZ
 #: TIOCCONS TIOCNOTTY): refused unless ``interactive``.
 _IOCTL_TERMINAL = (0x5410, 0x540E, 0x5414, 0x541D, 0x5422)

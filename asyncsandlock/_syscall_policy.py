@@ -60,8 +60,8 @@ _GROUPS: Final[dict[str, dict[str, tuple[Rule, str]]]] = {
             "sendfile", "splice", "tee", "vmsplice", "copy_file_range")},
         "readahead": (_A, "page-cache hint on an open fd"),
         "fadvise64": (_A, "page-cache hint on an open fd"),
-        "ioctl": (_C, "EPERM for TIOCSTI/TIOCLINUX, for taking over the terminal unless "
-                      "interactive, and for inode flags and fs-verity"),
+        "ioctl": (_C, "EPERM for TIOCSTI/TIOCLINUX/TIOCSETD, for taking over the terminal "
+                      "unless interactive, and for inode flags and fs-verity"),
     },
     "@file-system": {
         "open": (_C, "Landlock checks the path; EPERM for a setuid/setgid mode with O_CREAT"),

@@ -602,7 +602,7 @@ def test_ipc_needs_the_policy_to_allow_it(arch: str) -> None:
 
 TIOCSPGRP, TIOCSCTTY, TIOCSWINSZ, TIOCCONS, TIOCNOTTY = 0x5410, 0x540E, 0x5414, 0x541D, 0x5422
 FS_IOC_SETFLAGS, FS_IOC_FSSETXATTR, FS_IOC_ENABLE_VERITY = 0x40086602, 0x401C5820, 0x40806685
-FS_IOC_GETFLAGS, TIOCGPGRP = 0x80086601, 0x540F
+FS_IOC_GETFLAGS, TIOCGPGRP, TIOCSETD = 0x80086601, 0x540F, 0x5423
 
 
 @pytest.mark.parametrize("arch", ARCHES)
@@ -614,7 +614,8 @@ def test_terminal_control_needs_interactive(arch: str, interactive: bool) -> Non
     for cmd in (TIOCSPGRP, TIOCSCTTY, TIOCSWINSZ, TIOCCONS, TIOCNOTTY):
         for high in (0, 1 << 32, 0xFFFFFFFF_00000000):
             assert f.run("ioctl", 0, cmd | high, 0x1000) == (ALLOW if interactive else EPERM)
-    for cmd in (TIOCSTI, TIOCLINUX, FS_IOC_SETFLAGS, FS_IOC_FSSETXATTR, FS_IOC_ENABLE_VERITY):
+    for cmd in (TIOCSTI, TIOCLINUX, TIOCSETD, FS_IOC_SETFLAGS, FS_IOC_FSSETXATTR,
+                FS_IOC_ENABLE_VERITY):
         assert f.run("ioctl", 0, cmd | 1 << 32, 0x1000) == EPERM, hex(cmd)
     for cmd in (TCGETS, TIOCGWINSZ, TIOCGPGRP, FIONREAD, FS_IOC_GETFLAGS):
         assert f.run("ioctl", 0, cmd, 0x1000) == ALLOW, hex(cmd)
