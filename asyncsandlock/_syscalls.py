@@ -706,6 +706,7 @@ AARCH64: Final[Mapping[str, int]] = MappingProxyType({
     "set_mempolicy_home_node": 450,
     "cachestat": 451,
     "fchmodat2": 452,
+    "map_shadow_stack": 453,
     "futex_wake": 454,
     "futex_wait": 455,
     "futex_requeue": 456,
