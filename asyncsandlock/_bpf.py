@@ -1,37 +1,52 @@
 """Policy -> seccomp BPF program, assembled here from per-arch syscall tables.
 
-The program, in order:
+Every syscall of the table has a decision (``_syscall_policy.py``): allow,
+an argument check, a guard, or an errno.  The program, in order:
 
 1. kill the process if ``seccomp_data.arch`` is not the running arch, and on
    x86_64 if the number has the x32 bit set (x32 numbers alias x86_64 ones);
-2. let the child's own pre-exec calls through when argument registers 3..5
-   carry the per-policy key (see the essay at the top of ``csrc/spawn.c``);
-3. argument checks: ``clone`` with namespace flags, ``clone3`` (ENOSYS, so
-   libc falls back to ``clone``, whose flags BPF *can* read), ``socket`` and
-   ``socketpair`` families/types, ``ioctl`` TIOCSTI/TIOCLINUX, ``personality``;
-4. one search over the syscall number: denied (EPERM), sent to the
-   supervisor (USER_NOTIF), or allowed.
+2. one search over the syscall number, whose leaves either return the
+   action (allow, USER_NOTIF, an errno; ENOSYS for numbers no table names)
+   or jump to the block of an argument-checked syscall, placed after the
+   search.  A block returns on every path.
 
-Each check is written as ``jeq nr, next, skip; <body>`` so every jump is
-short: BPF jumps are forward-only with 8-bit offsets.
-
-Step 4 is a binary search tree of ``jge`` over runs of numbers, not a list
-of ``jeq``: when a filter is attached, the kernel runs it once for every
+The search is a binary search tree of ``jge`` over runs of numbers, not a
+list of ``jeq``: when a filter is attached, the kernel runs it once for every
 syscall number to fill its allow cache (``seccomp_cache_prepare``), so the
 cost of attaching it, paid by every spawn, grows with the path an allowed
 syscall takes.  A ~70-entry list walked to the end ~450 times cost 50-75 us
-per spawn here; the tree's path is ~8 instructions.
+per spawn here; the tree's path is ~9 instructions.  Its last levels are
+short descending chains of ``jge`` that share one return per action:
+attaching also costs ~0.3 us per instruction (the kernel translates and
+JIT-compiles the program each time), so size counts as much as the path.
+Argument checks hang
+off the leaves for the same reason: a chain of checks before the search
+would be walked by every syscall the cache does not hold.  The hot calls
+(read, write, close, fstat, mmap, futex...) never look at their arguments,
+so they stay in the cache; ``openat`` is checked in three instructions.
+
+BPF compares 32-bit words.  The checks read the low word of an argument
+where the kernel itself reads an ``int`` (modes, flags, pids, ioctl
+commands): high bits cannot hide a value from the filter that the kernel
+would then ignore.
+
+The child's own calls after the filter is installed (``PRE_EXEC_CALLS``,
+see the essay at the top of ``csrc/spawn.c``) carry a 192-bit key in
+argument registers 3..5; the block of such a call, when its action is
+anything but a plain allow, starts by allowing it when the key matches.
 """
 
 from __future__ import annotations
 
 import errno
 import struct
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+from ._syscall_policy import DECISIONS, Rule, names
+
 #: What the child calls after installing the filter (csrc/spawn.c).
-PRE_EXEC_CALLS = ("write", "sendmsg", "exit_group", "execve")
+PRE_EXEC_CALLS = ("write", "sendmsg", "exit_group", "execve", "prlimit64")
 
 # Opcodes (linux/bpf_common.h).
 _LD_W_ABS = 0x20
@@ -65,33 +80,25 @@ def ret_errno(code: int) -> int:
     return _RET_ERRNO | (code & 0xFFFF)
 
 
-#: Denied outright (EPERM): escapes from the sandbox, kernel attack surface,
-#: and process-group escapes (setsid/setpgid) that would let a descendant
-#: outlive a kill of the sandbox.
-DEFAULT_DENY: tuple[str, ...] = (
-    # filesystems and namespaces
-    "mount", "umount2", "pivot_root", "chroot", "unshare", "setns", "fsopen", "fsconfig",
-    "fsmount", "fspick", "move_mount", "open_tree", "open_tree_attr", "mount_setattr",
-    "listmount", "statmount", "open_by_handle_at", "name_to_handle_at", "quotactl",
-    "quotactl_fd",
-    # other processes
-    "ptrace", "process_vm_readv", "process_vm_writev", "kcmp", "pidfd_getfd",
-    "process_madvise", "migrate_pages", "move_pages",
-    # kernel attack surface
-    "bpf", "perf_event_open", "userfaultfd", "keyctl", "add_key", "request_key",
-    "io_uring_setup", "io_uring_enter", "io_uring_register", "fanotify_init",
-    "lookup_dcookie", "uselib", "ustat", "sysfs", "_sysctl", "nfsservctl", "vhangup",
-    # the machine itself
-    "kexec_load", "kexec_file_load", "init_module", "finit_module", "delete_module",
-    "reboot", "swapon", "swapoff", "sethostname", "setdomainname", "syslog", "acct",
-    "settimeofday", "clock_settime", "clock_adjtime", "adjtimex", "iopl", "ioperm",
-    # containment of the process group
-    "setsid", "setpgid",
-)
+_EPERM = ret_errno(errno.EPERM)
 
-# clone flags that create namespaces (or share a foreign fs view).
-_CLONE_NS_FLAGS = (0x00020000 | 0x02000000 | 0x04000000 | 0x08000000 | 0x10000000
-                   | 0x20000000 | 0x40000000 | 0x00000080)
+#: Sent to a built-in guard when the policy has one, else EPERM (see
+#: ``FilterSpec.guarded``); a user handler alone never opens them.
+GUARDED: frozenset[str] = names(Rule.GUARDED)
+#: Refused whatever the policy (EPERM, or ENOSYS where the table says so).
+DEFAULT_DENY: tuple[str, ...] = tuple(sorted(names(Rule.EPERM) | names(Rule.ENOSYS)))
+#: SysV IPC and POSIX message queues: refused unless ``allow_sysv_ipc``.
+IPC_CALLS: frozenset[str] = names(Rule.IPC)
+
+# clone flags a thread or a process of the sandbox may use: the exit signal
+# (CSIGNAL, below 0x80), VM FS FILES SIGHAND PIDFD VFORK THREAD SYSVSEM SETTLS
+# PARENT_SETTID CHILD_CLEARTID DETACHED CHILD_SETTID IO.  Refused: PTRACE,
+# PARENT (the child would be the caller's, out of the sandbox's reach),
+# UNTRACED, and every NEW* namespace flag (NEWTIME is 0x80 for clone3 only;
+# clone reads 0x80 as part of an invalid exit signal, refused too).
+_CLONE_ALLOWED = (0x0000007F | 0x00000100 | 0x00000200 | 0x00000400 | 0x00000800
+                  | 0x00001000 | 0x00004000 | 0x00010000 | 0x00040000 | 0x00080000
+                  | 0x00100000 | 0x00200000 | 0x00400000 | 0x01000000 | 0x80000000)
 _AF_UNIX = 1
 _AF_INET = 2
 _AF_INET6 = 10
@@ -100,8 +107,23 @@ _SOCK_DGRAM = 2
 _SOCK_TYPE_MASK = 0xF
 _IPPROTO_TCP = 6
 _IPPROTO_UDP = 17
-_TIOCSTI = 0x5412
-_TIOCLINUX = 0x541C
+_TCP_FASTOPEN_CONNECT = 30
+_MSG_FASTOPEN = 0x20000000
+_S_ISUID_ISGID = 0o6000
+# O_CREAT | __O_TMPFILE: the flags under which open reads its mode (the same
+# on x86_64 and aarch64).
+_O_CREATING = 0o100 | 0o20000000
+#: ioctls refused always: faking terminal input (TIOCSTI), the console's
+#: ioctl multiplexer (TIOCLINUX), changing the terminal's line discipline
+#: (TIOCSETD), inode flags (FS_IOC_SETFLAGS, FS_IOC_FSSETXATTR) and fs-verity,
+#: which would freeze any file the child's uid owns.
+_IOCTL_DENIED = (0x5412, 0x541C, 0x5423, 0x40086602, 0x401C5820, 0x40806685)
+#: ioctls that take over the terminal (TIOCSPGRP TIOCSCTTY TIOCSWINSZ
+#: TIOCCONS TIOCNOTTY): refused unless ``interactive``.
+_IOCTL_TERMINAL = (0x5410, 0x540E, 0x5414, 0x541D, 0x5422)
+_PRIO_USER = 2
+_IOPRIO_WHO_PROCESS = 1
+_IOPRIO_WHO_PGRP = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,11 +132,22 @@ class FilterSpec:
 
     arch: int
     table: Mapping[str, int]
+    #: Refused outright: ``DEFAULT_DENY`` plus the policy's extra denials.
     deny: frozenset[str]
+    #: Trapped for the handlers where the filter would allow them.
     notify: frozenset[str]
     key: tuple[int, int, int] | None
     allow_udp: bool
     allow_unix: bool = False
+    #: The GUARDED syscalls a built-in guard of the policy serves.
+    guarded: frozenset[str] = frozenset()
+    allow_sysv_ipc: bool = False
+    #: The child may take over its terminal (TIOCSPGRP and the like).
+    interactive: bool = False
+    #: TCP fast open may connect anywhere: ``net_allow`` opens every TCP port.
+    fastopen_ok: bool = False
+    #: False: no decision table, only ``deny`` and ``notify`` (probe children).
+    baseline: bool = True
 
 
 class _Asm:
@@ -130,21 +163,34 @@ class _Asm:
     def ret(self, action: int) -> None:
         self.emit(_RET_K, action)
 
-    def block(self, nr: int, body: _Asm) -> None:
-        """``if nr == A: body`` (body must end by returning or reloading nr)."""
-        if len(body.insns) > 255:
-            raise ValueError("BPF block too long for a short jump")
-        self.emit(_JEQ_K, nr, 0, len(body.insns))
-        self.insns.extend(body.insns)
-
     def assemble(self) -> bytes:
         if len(self.insns) > 4096:
             raise ValueError(f"BPF program has {len(self.insns)} instructions; the limit is 4096")
         return b"".join(struct.pack("=HBBI", c, jt, jf, k) for c, jt, jf, k in self.insns)
 
 
+#: What a syscall gets: a return value, or a block of code that returns.
+_Action = int | tuple[tuple[int, int, int, int], ...]
+
+
+def _block(asm: _Asm) -> _Action:
+    return tuple(asm.insns)
+
+
+def _test(arg: int, op: int, k: int, hit: int, miss: int) -> _Action:
+    """``return hit if (args[arg] op k) else miss``, on the argument's low word."""
+    if hit == miss:
+        return hit
+    asm = _Asm()
+    asm.load(_arg_lo(arg))
+    asm.emit(op, k, 0, 1)
+    asm.ret(hit)
+    asm.ret(miss)
+    return _block(asm)
+
+
 def _keyed_exemption(key: tuple[int, int, int]) -> _Asm:
-    """Allow when args 3..5 equal ``key``; else fall through with nr reloaded."""
+    """Allow when args 3..5 equal ``key``; else fall through to what follows."""
     body = _Asm()
     words = []
     for i, value in enumerate(key):
@@ -152,14 +198,27 @@ def _keyed_exemption(key: tuple[int, int, int]) -> _Asm:
     for n, (offset, word) in enumerate(words):
         remaining = len(words) - n - 1
         body.load(offset)
-        # mismatch: jump over the rest of the checks and the ALLOW to the reload
+        # mismatch: jump over the rest of the checks and the ALLOW
         body.emit(_JEQ_K, word, 0, 2 * remaining + 1)
     body.ret(RET_ALLOW)
-    body.load(_OFF_NR)
     return body
 
 
-def _socket_rule(spec: FilterSpec, pair: bool, allow: int) -> _Asm:
+class _Ctx:
+    """The answers a check may give for one syscall of one spec."""
+
+    def __init__(self, spec: FilterSpec, name: str) -> None:
+        self.spec = spec
+        self.name = name
+        #: Where the filter lets the call through: the handlers see it if they trap it.
+        self.allow = RET_USER_NOTIF if name in spec.notify else RET_ALLOW
+        #: A guarded call that passed the filter's own checks.
+        self.guard = RET_USER_NOTIF if name in spec.guarded and name in spec.notify else _EPERM
+        #: The call on the process itself (pid 0): nothing for a guard to check.
+        self.own = RET_ALLOW if name in spec.guarded else self.allow
+
+
+def _socket_rule(c: _Ctx) -> _Action:
     """socketpair: unix only.  socket: unix if allowed; inet/inet6: TCP
     streams, and UDP datagrams if allowed.
 
@@ -170,6 +229,7 @@ def _socket_rule(spec: FilterSpec, pair: bool, allow: int) -> _Asm:
     policy opts in; socketpair() makes an anonymous, already connected pair
     and stays allowed.
     """
+    spec, allow, pair = c.spec, c.allow, c.name == "socketpair"
     body = _Asm()
     deny = ret_errno(errno.EAFNOSUPPORT)
     body.load(_arg_lo(0))
@@ -177,7 +237,7 @@ def _socket_rule(spec: FilterSpec, pair: bool, allow: int) -> _Asm:
     body.ret(allow if pair or spec.allow_unix else ret_errno(errno.EACCES))
     if pair:
         body.ret(deny)
-        return body
+        return _block(body)
     # Indices below are fixed: 15 is ALLOW, 16 is DENY.
     body.emit(_JEQ_K, _AF_INET, 1, 0)  # 3
     body.emit(_JEQ_K, _AF_INET6, 0, 11)  # 4
@@ -193,66 +253,189 @@ def _socket_rule(spec: FilterSpec, pair: bool, allow: int) -> _Asm:
     body.emit(_JEQ_K, _IPPROTO_UDP, 0, 1)  # 14: not ICMP "ping" sockets
     body.ret(allow)  # 15
     body.ret(deny)  # 16
-    return body
+    return _block(body)
 
 
-def _rules(spec: FilterSpec) -> _Asm:
-    """Argument-checked syscalls; each block ends by returning or reloading nr.
+def _creating(flags: int, mode: int) -> Callable[[_Ctx], _Action]:
+    """open/openat: EPERM when creating with a setuid/setgid mode.  The mode
+    is tested first: it is 0 in nearly every call, so the usual path is
+    three instructions."""
+    def check(c: _Ctx) -> _Action:
+        asm = _Asm()
+        asm.load(_arg_lo(mode))
+        asm.emit(_JSET_K, _S_ISUID_ISGID, 0, 3)
+        asm.load(_arg_lo(flags))
+        asm.emit(_JSET_K, _O_CREATING, 0, 1)
+        asm.ret(_EPERM)
+        asm.ret(c.allow)
+        return _block(asm)
+    return check
 
-    Where a block would allow a syscall that a handler traps, it notifies
-    instead, so built-in confinement decides first and handlers see the rest.
-    """
+
+def _mode(arg: int, guarded: bool) -> Callable[[_Ctx], _Action]:
+    """EPERM for a setuid/setgid bit in the mode ``arg``; else allowed, or
+    guarded (chmod: the file may not be the sandbox's)."""
+    return lambda c: _test(arg, _JSET_K, _S_ISUID_ISGID, _EPERM, c.guard if guarded else c.allow)
+
+
+def _fastopen(arg: int) -> Callable[[_Ctx], _Action]:
+    """MSG_FASTOPEN connects with the data, and Landlock's connect check
+    (up to ABI 7) is not on that path: only where every port is open."""
+    return lambda c: c.allow if c.spec.fastopen_ok else _test(
+        arg, _JSET_K, _MSG_FASTOPEN, _EPERM, c.allow)
+
+
+def _setsockopt(c: _Ctx) -> _Action:
+    """TCP_FASTOPEN_CONNECT makes the next connect() a fast open, whose
+    write then connects as MSG_FASTOPEN does."""
+    if c.spec.fastopen_ok:
+        return c.allow
     asm = _Asm()
-    table = spec.table
+    asm.load(_arg_lo(1))
+    asm.emit(_JEQ_K, _IPPROTO_TCP, 0, 3)
+    asm.load(_arg_lo(2))
+    asm.emit(_JEQ_K, _TCP_FASTOPEN_CONNECT, 0, 1)
+    asm.ret(_EPERM)
+    asm.ret(c.allow)
+    return _block(asm)
 
-    def allow(name: str) -> int:
-        return RET_USER_NOTIF if name in spec.notify else RET_ALLOW
 
-    if "clone" in table and "clone" not in spec.deny:
-        body = _Asm()
-        body.load(_arg_lo(0))
-        body.emit(_JSET_K, _CLONE_NS_FLAGS, 0, 1)
-        body.ret(ret_errno(errno.EPERM))
-        body.load(_OFF_NR)
-        asm.block(table["clone"], body)
-    if "clone3" in table:
-        body = _Asm()
-        body.ret(ret_errno(errno.ENOSYS))
-        asm.block(table["clone3"], body)
-    for name, pair in (("socket", False), ("socketpair", True)):
-        if name in table and name not in spec.deny:
-            asm.block(table[name], _socket_rule(spec, pair, allow(name)))
-    if "ioctl" in table and "ioctl" not in spec.deny:
-        body = _Asm()
-        body.load(_arg_lo(1))  # the kernel reads cmd as a 32-bit int
-        body.emit(_JEQ_K, _TIOCSTI, 1, 0)
-        body.emit(_JEQ_K, _TIOCLINUX, 0, 1)
-        body.ret(ret_errno(errno.EPERM))
-        body.load(_OFF_NR)
-        asm.block(table["ioctl"], body)
-    if "personality" in table and "personality" not in spec.deny:
-        # Reading the persona (0xffffffff) or keeping PER_LINUX is harmless;
-        # anything else could turn off ASLR (ADDR_NO_RANDOMIZE) and the like.
-        body = _Asm()
-        body.load(_arg_lo(0))
-        body.emit(_JEQ_K, 0xFFFFFFFF, 1, 0)
-        body.emit(_JEQ_K, 0, 0, 1)
-        body.ret(allow("personality"))
-        body.ret(ret_errno(errno.EPERM))
-        asm.block(table["personality"], body)
-    return asm
+def _self_only(c: _Ctx) -> _Action:
+    """pid 0 (the caller) only; not worth a guard."""
+    return _test(0, _JEQ_K, 0, c.allow, _EPERM)
+
+
+def _self_or_guard(c: _Ctx) -> _Action:
+    """pid 0 (the caller) allowed; another pid goes to the guard."""
+    return _test(0, _JEQ_K, 0, c.own, c.guard)
+
+
+def _setpriority(c: _Ctx) -> _Action:
+    """PRIO_PROCESS (0) or PRIO_PGRP (1) of who 0 (self, the sandbox's own
+    group): allowed; other pids and groups: the guard; PRIO_USER: never."""
+    asm = _Asm()
+    asm.load(_arg_lo(0))
+    asm.emit(_JGE_K, _PRIO_USER, 4, 0)
+    asm.load(_arg_lo(1))
+    asm.emit(_JEQ_K, 0, 0, 1)
+    asm.ret(c.own)
+    asm.ret(c.guard)
+    asm.ret(_EPERM)
+    return _block(asm)
+
+
+def _ioprio_set(c: _Ctx) -> _Action:
+    """As setpriority, with IOPRIO_WHO_PROCESS (1) and IOPRIO_WHO_PGRP (2)."""
+    asm = _Asm()
+    asm.load(_arg_lo(0))
+    asm.emit(_JEQ_K, _IOPRIO_WHO_PROCESS, 1, 0)
+    asm.emit(_JEQ_K, _IOPRIO_WHO_PGRP, 0, 4)
+    asm.load(_arg_lo(1))
+    asm.emit(_JEQ_K, 0, 0, 1)
+    asm.ret(c.own)
+    asm.ret(c.guard)
+    asm.ret(_EPERM)
+    return _block(asm)
+
+
+def _ioctl(c: _Ctx) -> _Action:
+    """The kernel reads cmd as an unsigned int: compare its low word only."""
+    denied = _IOCTL_DENIED + (() if c.spec.interactive else _IOCTL_TERMINAL)
+    asm = _Asm()
+    asm.load(_arg_lo(1))
+    for i, cmd in enumerate(denied):
+        asm.emit(_JEQ_K, cmd, len(denied) - i, 0)
+    asm.ret(c.allow)
+    asm.ret(_EPERM)
+    return _block(asm)
+
+
+def _personality(c: _Ctx) -> _Action:
+    """Reading the persona (0xffffffff) or keeping PER_LINUX is harmless;
+    anything else could turn off ASLR (ADDR_NO_RANDOMIZE) and the like."""
+    asm = _Asm()
+    asm.load(_arg_lo(0))
+    asm.emit(_JEQ_K, 0xFFFFFFFF, 1, 0)
+    asm.emit(_JEQ_K, 0, 0, 1)
+    asm.ret(c.allow)
+    asm.ret(_EPERM)
+    return _block(asm)
+
+
+#: The CHECKED and GUARDED syscalls: name -> its check.
+CHECKS: Mapping[str, Callable[[_Ctx], _Action]] = {
+    "open": _creating(1, 2),
+    "openat": _creating(2, 3),
+    "creat": _mode(1, False),
+    "mknod": _mode(1, False),
+    "mknodat": _mode(2, False),
+    "chmod": _mode(1, True),
+    "fchmod": _mode(1, True),
+    "fchmodat": _mode(2, True),
+    "fchmodat2": _mode(2, True),
+    "sendto": _fastopen(3),
+    "sendmsg": _fastopen(2),
+    "sendmmsg": _fastopen(3),
+    "setsockopt": _setsockopt,
+    "socket": _socket_rule,
+    "socketpair": _socket_rule,
+    "clone": lambda c: _test(0, _JSET_K, ~_CLONE_ALLOWED, _EPERM, c.allow),
+    "ioctl": _ioctl,
+    "personality": _personality,
+    "migrate_pages": _self_only,
+    "move_pages": _self_only,
+    "get_robust_list": _self_only,
+    "prlimit64": _self_or_guard,
+    "sched_setaffinity": _self_or_guard,
+    "sched_setscheduler": _self_or_guard,
+    "sched_setparam": _self_or_guard,
+    "sched_setattr": _self_or_guard,
+    "setpriority": _setpriority,
+    "ioprio_set": _ioprio_set,
+}
+
+
+def _action(spec: FilterSpec, name: str) -> _Action:
+    """What the filter does with ``name``, keyed exemption included."""
+    c = _Ctx(spec, name)
+    rule = DECISIONS[name].rule if spec.baseline else Rule.ALLOW
+    action: _Action
+    if name in spec.deny:
+        action = ret_errno(errno.ENOSYS if rule is Rule.ENOSYS else errno.EPERM)
+    elif rule is Rule.ALLOW:
+        action = c.allow
+    elif rule is Rule.ENOSYS:
+        action = ret_errno(errno.ENOSYS)
+    elif rule is Rule.EPERM:
+        action = _EPERM
+    elif rule is Rule.IPC:
+        action = c.allow if spec.allow_sysv_ipc else _EPERM
+    elif name in CHECKS:
+        action = CHECKS[name](c)
+    else:  # GUARDED with no check of its own
+        action = c.guard
+    if spec.key is not None and name in PRE_EXEC_CALLS and action != RET_ALLOW:
+        # The child's own call, made while the parent sleeps in vfork and can
+        # answer no notification; a denied exit_group would leave it spinning.
+        asm = _keyed_exemption(spec.key)
+        if isinstance(action, int):
+            asm.ret(action)
+        else:
+            asm.insns.extend(action)
+        action = _block(asm)
+    return action
 
 
 def _runs(actions: Mapping[int, int], default: int) -> list[tuple[int, int]]:
     """``[(first number, action), ...]``: each number up to the next entry's
     first gets the action; runs of consecutive numbers with one action merge."""
-    spans: list[list[int]] = []  # [first, last + 1, action]
+    spans: list[tuple[int, int, int]] = []  # (first, last + 1, action)
     for nr in sorted(actions):
         if spans and spans[-1][1] == nr and spans[-1][2] == actions[nr]:
-            spans[-1][1] = nr + 1
+            spans[-1] = (spans[-1][0], nr + 1, actions[nr])
         else:
-            spans.append([nr, nr + 1, actions[nr]])
-    runs = [(0, default)]
+            spans.append((nr, nr + 1, actions[nr]))
+    runs: list[tuple[int, int]] = [(0, default)]
     for first, end, action in spans:
         if runs[-1][0] == first:
             runs[-1] = (first, action)
@@ -262,10 +445,36 @@ def _runs(actions: Mapping[int, int], default: int) -> list[tuple[int, int]]:
     return runs
 
 
+# A leaf that jumps to block k (resolved once the blocks are placed).
+_LEAF_TO_BLOCK = -1
+
+
+def _leaf(action: int) -> tuple[int, int, int, int]:
+    return (_LEAF_TO_BLOCK, 0, 0, ~action) if action < 0 else (_RET_K, 0, 0, action)
+
+
+def _chain(runs: list[tuple[int, int]]) -> list[tuple[int, int, int, int]]:
+    """A few runs as a descending chain of ``jge`` into one shared return per
+    distinct action: fewer instructions than a tree of them."""
+    actions = list(dict.fromkeys(a for _, a in reversed(runs)))
+    # The lowest run is what the chain falls through to: its action comes first.
+    actions.remove(runs[0][1])
+    actions.insert(0, runs[0][1])
+    tests = len(runs) - 1
+    code = [(_JGE_K, tests + actions.index(action) - i - 1, 0, first)
+            for i, (first, action) in enumerate(reversed(runs[1:]))]
+    return code + [_leaf(a) for a in actions]
+
+
+#: Runs below this many are searched by a chain, not a tree (see _chain).
+_CHAIN_RUNS = 10
+
+
 def _search(runs: list[tuple[int, int]]) -> list[tuple[int, int, int, int]]:
-    """Code returning the action of the run that holds the number in A."""
-    if len(runs) == 1:
-        return [(_RET_K, 0, 0, runs[0][1])]
+    """Code returning the action of the run that holds the number in A; an
+    action below 0 is ``~block index``."""
+    if len(runs) <= _CHAIN_RUNS:
+        return _chain(runs)
     mid = len(runs) // 2
     low, high = _search(runs[:mid]), _search(runs[mid:])
     if len(low) <= 255:
@@ -284,18 +493,27 @@ def build_filter(spec: FilterSpec) -> bytes:
     if spec.arch == AUDIT_ARCH_X86_64:
         asm.emit(_JGE_K, _X32_SYSCALL_BIT, 0, 1)
         asm.ret(RET_KILL_PROCESS)
-    if spec.key is not None:
-        # Only where the filter would not simply allow the call: a syscall
-        # whose answer depends on its arguments is no longer in the kernel's
-        # allow cache, and write() is hot.  Denied ones must be exempt too, or
-        # a policy denying exit_group would leave the child spinning in its
-        # error path, and the caller blocked in vfork, for ever.
-        for name in PRE_EXEC_CALLS:
-            if name in spec.notify or name in spec.deny:
-                asm.block(spec.table[name], _keyed_exemption(spec.key))
-    asm.insns.extend(_rules(spec).insns)
-    table = spec.table
-    actions = {table[n]: RET_USER_NOTIF for n in spec.notify if n in table}
-    actions.update({table[n]: ret_errno(errno.EPERM) for n in spec.deny if n in table})
-    asm.insns.extend(_search(_runs(actions, RET_ALLOW)))
+    blocks: dict[tuple[tuple[int, int, int, int], ...], int] = {}
+    actions: dict[int, int] = {}
+    for name, nr in spec.table.items():
+        action = _action(spec, name)
+        if isinstance(action, tuple):
+            # Identical blocks (chmod and fchmod, say) are shared.
+            actions[nr] = ~blocks.setdefault(action, len(blocks))
+        else:
+            actions[nr] = action
+    default = ret_errno(errno.ENOSYS) if spec.baseline else RET_ALLOW
+    search = _search(_runs(actions, default))
+    starts = []
+    at = len(asm.insns) + len(search)
+    for block in blocks:
+        starts.append(at)
+        at += len(block)
+    for pc, (code, jt, jf, k) in enumerate(search, start=len(asm.insns)):
+        if code == _LEAF_TO_BLOCK:
+            asm.emit(_JA, starts[k] - pc - 1)
+        else:
+            asm.insns.append((code, jt, jf, k))
+    for block in blocks:
+        asm.insns.extend(block)
     return asm.assemble()

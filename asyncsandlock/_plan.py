@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 import anyio
 
-from ._bpf import DEFAULT_DENY, FilterSpec, build_filter
+from ._bpf import DEFAULT_DENY, GUARDED, FilterSpec, build_filter
 from ._caps import keep_mask, permitted_mask
 from ._enforcement import consequence, unenforced
 from ._exceptions import ConfinementUnavailable
@@ -29,6 +29,7 @@ from ._landlock import RulesetSpec, abi_version, build_ruleset, missing
 from ._supervisor import route
 from ._sys import AUDIT_ARCH, SYSCALLS
 from ._types import Protection, Subsystem
+from .handlers import builtin_handlers
 
 if TYPE_CHECKING:
     from ._policy import Sandbox
@@ -49,6 +50,14 @@ class Plan:
     allow_unix: bool
     deny: frozenset[str]
     keep_caps: int
+    #: The GUARDED syscalls a built-in guard of the policy traps (see _bpf.py).
+    guarded: frozenset[str] = frozenset()
+    allow_sysv_ipc: bool = False
+    interactive: bool = False
+    #: ``net_allow`` opens every TCP port, so TCP fast open opens nothing more.
+    fastopen_ok: bool = False
+    #: False: the filter has no decision table (probe children only).
+    baseline: bool = True
     _filters: dict[frozenset[str], bytes] = field(default_factory=dict)
     #: Decisions of ``on_unavailable`` in progress, and the refusals it
     #: accepted (see ``_unavailable.degrade``).
@@ -76,10 +85,16 @@ class Plan:
             return None
         prog = self._filters.get(notify)
         if prog is None:
-            spec = FilterSpec(AUDIT_ARCH, SYSCALLS, self.deny, notify,
-                              self.key, self.allow_udp, self.allow_unix)
-            prog = self._filters[notify] = build_filter(spec)
+            prog = self._filters[notify] = build_filter(self.filter_spec(notify))
         return prog
+
+    def filter_spec(self, notify: frozenset[str], arch: int = AUDIT_ARCH,
+                    table: Mapping[str, int] = SYSCALLS) -> FilterSpec:
+        """What the filter of a run trapping ``notify`` depends on (for
+        another architecture's ``arch`` and ``table``: to audit it)."""
+        return FilterSpec(arch, table, self.deny, notify, self.key, self.allow_udp,
+                          self.allow_unix, self.guarded, self.allow_sysv_ipc, self.interactive,
+                          self.fastopen_ok, self.baseline)
 
     def protections(self, supervised: bool) -> Mapping[Subsystem, Protection]:
         """Per subsystem, what a run with this plan gets; ``supervised``: the
@@ -171,10 +186,16 @@ async def compile_plan(policy: Sandbox) -> Plan:
         del _compiling[policy]
         done.set()
     key = _new_key()
-    udp = any(rule.protocol in ("udp", "any") and rule.ports is None for rule in policy.net_rules())
+    rules = policy.net_rules()
+    udp = any(rule.protocol in ("udp", "any") and rule.ports is None for rule in rules)
+    every_tcp_port = any(rule.protocol in ("tcp", "any") and rule.ports is None for rule in rules)
+    guarded = frozenset(name for handler in builtin_handlers(policy)
+                        for name in handler.syscalls) & GUARDED
     plan = Plan(ruleset_fd, key, _rlimits(policy), frozenset(degraded), udp,
                 policy.allow_unix_sockets, deny,
-                keep_mask(policy.bind_ports()))
+                keep_mask(policy.bind_ports()), guarded=guarded,
+                allow_sysv_ipc=policy.allow_sysv_ipc, interactive=policy.interactive,
+                fastopen_ok=every_tcp_port)
     if ruleset_fd is not None:
         weakref.finalize(policy, os.close, ruleset_fd)
     object.__setattr__(policy, "_compiled", plan)
@@ -188,4 +209,5 @@ def probe_plan(seccomp: bool = True) -> Plan:
     host's refusals, not ours."""
     key = _new_key()
     degraded = frozenset() if seccomp else frozenset({Subsystem.SECCOMP})
-    return Plan(None, key, (), degraded, False, True, frozenset(), permitted_mask())
+    return Plan(None, key, (), degraded, False, True, frozenset(), permitted_mask(),
+                baseline=False)
