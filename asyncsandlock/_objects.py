@@ -105,13 +105,10 @@ class Creds:
 
     @classmethod
     def parse(cls, status: bytes) -> Creds:
-        fields = {}
-        for line in status.splitlines():
-            key, _, value = line.partition(b":")
-            if key in (b"Uid", b"Gid", b"Groups"):
-                fields[key] = [int(v) for v in value.split()]
         # Uid/Gid: real, effective, saved, filesystem.
-        return cls(fields[b"Uid"][3], fields[b"Gid"][3], frozenset(fields[b"Groups"]))
+        return cls(int(_status_field(status, b"Uid").split()[3]),
+                   int(_status_field(status, b"Gid").split()[3]),
+                   frozenset(map(int, _status_field(status, b"Groups").split())))
 
     def owns(self, st: os.stat_result) -> bool:
         return st.st_uid == self.fsuid
@@ -242,9 +239,12 @@ class Target:
         return self._own(syscall("openat2", base, ffi.new("char[]", rest), how, _OPEN_HOW_SIZE))
 
 
+def _status_field(status: bytes, key: bytes) -> bytes:
+    """The value of line ``key:`` of a ``/proc/PID/status`` text."""
+    start = status.index(b"\n" + key + b":") + len(key) + 2
+    return status[start:status.index(b"\n", start)]
+
+
 def _tgid(tid: int) -> int:
     with open(f"/proc/{tid}/status", "rb") as f:
-        for line in f:
-            if line.startswith(b"Tgid:"):
-                return int(line.split()[1])
-    raise ProcessLookupError(errno.ESRCH, f"no thread {tid}")
+        return int(_status_field(f.read(), b"Tgid"))
