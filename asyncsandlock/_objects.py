@@ -220,7 +220,7 @@ class Target:
             return base
         magic = _PROC_SELF_FD.fullmatch(path)
         if magic is not None and (follow or magic[2]):
-            base, rest = self.fd(int(magic[1])), (magic[2] or b"")[1:]
+            base, rest = self.fd(int(magic[1])), (magic[2] or b"").lstrip(b"/")
             if not rest:
                 if directory and not stat.S_ISDIR(os.fstat(base).st_mode):
                     raise OSError(errno.ENOTDIR, "not a directory")

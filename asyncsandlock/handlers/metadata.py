@@ -63,6 +63,7 @@ _XATTR_NAME_MAX: Final = 255
 _XATTR_SIZE_MAX: Final = 65536
 _XATTR_ARGS: Final = struct.Struct("=QII")  # struct xattr_args: value, size, flags
 _USER_XATTR: Final = b"user."
+_XATTR_FLAGS: Final = 0x3  # XATTR_CREATE | XATTR_REPLACE
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,6 +236,8 @@ class _Times(_Operation):
 
 class _SetXattr(_Operation):
     def __init__(self, name: bytes, value: bytes, flags: int) -> None:
+        if flags & ~_XATTR_FLAGS:
+            raise _refused(errno.EINVAL)
         self.name, self.value, self.flags = name, value, flags
 
     def __call__(self, obj: int, st: os.stat_result, creds: Creds) -> NotifAction:
