@@ -96,10 +96,12 @@ def watch(path, opened=None):
 
 
 def on_process(action, target):
-    """``action`` on pid ``target``: "child" is a process of our own, "thread"
-    a thread of ours."""
+    """``action`` on pid ``target``: "self" is our own pid (not 0), "child" a
+    process of our own, "thread" a thread of ours."""
     child = stop = None
-    if target == "child":
+    if target == "self":
+        target = os.getpid()
+    elif target == "child":
         child = target = os.fork()
         if child == 0:
             os.pause()
@@ -599,9 +601,10 @@ async def test_other_process_is_out_of_reach(outsider: int, action: str) -> None
     """Regression test for prlimit64 & co. on a same-uid process outside the
     sandbox (issue 8, item 4); the sandbox's own processes and threads stay in reach."""
     ops: list[Op] = [["process", action, outsider], ["process", action, "child"],
-                     ["process", action, "thread"], ["process", action, 0]]
-    assert await confined(system_sandbox(), ops) == [errno.EPERM, 0, 0, 0]
-    assert await unconfined(ops) == [0, 0, 0, 0]
+                     ["process", action, "thread"], ["process", action, "self"],
+                     ["process", action, 0]]
+    assert await confined(system_sandbox(), ops) == [errno.EPERM, 0, 0, 0, 0]
+    assert await unconfined(ops) == [0, 0, 0, 0, 0]
 
 
 async def test_prlimit_on_the_caller_fails() -> None:
