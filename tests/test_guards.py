@@ -81,6 +81,17 @@ def listen(family, address):
         return call(s.listen)
 
 
+def listen_after_disconnect(port):
+    """connect() binds the socket implicitly; disconnecting it gives the port
+    back, but getsockname() still reports it."""
+    with socket.socket() as s:
+        s.connect(("127.0.0.1", port))
+        unspec = ctypes.create_string_buffer(16)  # a sockaddr with family AF_UNSPEC
+        if libc.connect(s.fileno(), unspec, 16) < 0:
+            return 254
+        return call(s.listen)
+
+
 def watch(path, opened=None):
     fd = libc.inotify_init1(os.O_NONBLOCK)
     try:
@@ -198,6 +209,7 @@ OPS = {
     "relative": relative,
     "thread": in_thread,
     "listen": lambda family, address: listen(getattr(socket, family), address),
+    "listen-after-disconnect": listen_after_disconnect,
     "watch": watch,
     "process": on_process,
 }
@@ -547,6 +559,21 @@ async def test_listen_on_unbound_socket_fails() -> None:
     sb = system_sandbox(net_allow_bind=[port])
     assert await confined(sb, ops) == [errno.EPERM, errno.EPERM, 0]
     assert await unconfined(ops) == [0, 0, 0]
+
+
+async def test_listen_after_connect_and_disconnect_fails() -> None:
+    """The stale port getsockname() reports after a disconnect must not pass
+    for a bound one: listen() would autobind a new port on every address."""
+    import socket
+
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        ops: list[Op] = [["listen-after-disconnect", port]]
+        sb = system_sandbox(net_allow=[f":{port}"], net_allow_bind=[free_port()])
+        assert await confined(sb, ops) == [errno.EPERM]
+        assert await unconfined(ops) == [0]
 
 
 async def test_listen_on_unix_socket_works(tmp_path: pathlib.Path) -> None:

@@ -36,7 +36,7 @@ def builtin_handlers(sandbox: Sandbox) -> tuple[Handler, ...]:
         if sandbox.fs_readable or sandbox.fs_writable:
             found.append(WatchGuard(map(str, (*sandbox.fs_readable, *sandbox.fs_writable))))
         if sandbox.net_allow_bind or sandbox.allow_unix_sockets:
-            found.append(ListenGuard())
+            found.append(ListenGuard(sandbox.bind_ports()))
         if sandbox.max_processes is not None:
             found.append(ProcessLimit(sandbox.max_processes))
         if found:
