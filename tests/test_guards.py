@@ -92,10 +92,10 @@ def listen_after_disconnect(port):
         return call(s.listen)
 
 
-def watch(path, opened=None):
+def watch(path, opened=None, flags=0):
     fd = libc.inotify_init1(os.O_NONBLOCK)
     try:
-        wd = libc.inotify_add_watch(fd, path.encode(), 0x20 | 0x100)  # IN_OPEN | IN_CREATE
+        wd = libc.inotify_add_watch(fd, path.encode(), 0x20 | 0x100 | flags)  # IN_OPEN | IN_CREATE
         if wd < 0 or opened is None:
             return libc_rc(wd)
         os.close(os.open(os.path.join(path, opened), os.O_RDONLY))
@@ -599,6 +599,18 @@ async def test_watch_outside_policy_fails(tree: pathlib.Path) -> None:
                      ["watch", str(tree / "rw")], ["watch", str(tree / "nothing")]]
     assert await confined(policy(tree), ops) == [errno.EPERM, errno.EPERM, 0, 0, errno.ENOENT]
     assert await unconfined(ops) == [0, 0, 0, 0, errno.ENOENT]
+
+
+async def test_watch_resolves_symlinks_as_asked(tree: pathlib.Path) -> None:
+    """A symlink inside the policy that leads out: followed, the watch would
+    be outside; with IN_DONT_FOLLOW it is on the link; IN_ONLYDIR holds."""
+    link = tree / "rw" / "out"
+    link.symlink_to(tree)
+    dont_follow, only_dir = 0x02000000, 0x01000000
+    ops: list[Op] = [["watch", str(link)], ["watch", str(link), None, dont_follow],
+                     ["watch", str(tree / "ro" / "f"), None, only_dir]]
+    assert await confined(policy(tree), ops) == [errno.EPERM, 0, errno.ENOTDIR]
+    assert await unconfined(ops) == [0, 0, errno.ENOTDIR]
 
 
 async def test_watch_on_readable_dir_reports_events(tree: pathlib.Path) -> None:
