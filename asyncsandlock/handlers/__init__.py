@@ -2,23 +2,54 @@
 
 from __future__ import annotations
 
+import weakref
 from typing import TYPE_CHECKING
 
 from .._handler import Handler
+from .listen import ListenGuard
+from .metadata import MetadataGuard
+from .own_process import OwnProcessGuard
 from .process_limit import ProcessLimit
+from .watch import WatchGuard
 
 if TYPE_CHECKING:
     from .._policy import Sandbox
+
+_built: weakref.WeakKeyDictionary[Sandbox, tuple[Handler, ...]] = weakref.WeakKeyDictionary()
 
 
 def builtin_handlers(sandbox: Sandbox) -> tuple[Handler, ...]:
     """The built-in handlers ``sandbox``'s policy needs.  ``open_process``
     registers them before the user's handlers, so they are asked first and a
-    denial of theirs decides."""
-    handlers: list[Handler] = []
-    if sandbox.max_processes is not None:
-        handlers.append(ProcessLimit(sandbox.max_processes))
-    return tuple(handlers)
+    denial of theirs decides.
+
+    The guards answer for syscalls the filter would otherwise deny outright
+    (see ``GUARDED`` in ``_bpf.py``): each is here only when the policy
+    grants something it can check.  Built once per policy (the guards
+    canonicalize its paths) and shared by its runs.
+    """
+    handlers = _built.get(sandbox)
+    if handlers is None:
+        found: list[Handler] = []
+        if sandbox.fs_writable:
+            found.append(MetadataGuard(map(str, sandbox.fs_writable)))
+        if sandbox.fs_readable or sandbox.fs_writable:
+            found.append(WatchGuard(map(str, (*sandbox.fs_readable, *sandbox.fs_writable))))
+        if sandbox.net_allow_bind or sandbox.allow_unix_sockets:
+            found.append(ListenGuard(sandbox.bind_ports()))
+        if sandbox.max_processes is not None:
+            found.append(ProcessLimit(sandbox.max_processes))
+        if found:
+            found.append(OwnProcessGuard())
+        handlers = _built[sandbox] = tuple(found)
+    return handlers
 
 
-__all__ = ["ProcessLimit", "builtin_handlers"]
+__all__ = [
+    "ListenGuard",
+    "MetadataGuard",
+    "OwnProcessGuard",
+    "ProcessLimit",
+    "WatchGuard",
+    "builtin_handlers",
+]
