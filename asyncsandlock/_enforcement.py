@@ -19,6 +19,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Final
 
 from ._types import Protection, Subsystem
+from .handlers import guarded_syscalls
 
 if TYPE_CHECKING:
     from ._policy import Sandbox
@@ -35,12 +36,17 @@ _ALWAYS: Final = {
     Subsystem.LANDLOCK_IOCTL_DEV: "any ioctl on the device files it may open",
     Subsystem.SECCOMP: "the default syscall deny list of mount, ptrace, bpf, setsid and the "
                        "like, namespace flags of clone, raw and non-TCP/UDP sockets, TIOCSTI",
-    # SUPERVISOR: only its fields.  A built-in guard that fails closed
-    # without it (denied in the filter instead of decided by a handler)
-    # belongs here, in words: what is then denied everywhere.
+    # SUPERVISOR: its fields, and in words (consequence()) the calls of the
+    # built-in guards, which the filter then denies everywhere.
     Subsystem.PROCESS_GROUP: "a timeout or cancellation kills the command but not the "
                              "processes it leaves behind",
 }
+
+
+def needs_supervisor(policy: Sandbox, run_handlers: bool = False) -> bool:
+    """Whether a run has fields only the supervisor enforces (beyond the
+    built-in guards, which fail closed without it)."""
+    return bool(_supervised(policy, run_handlers))
 
 
 def _supervised(policy: Sandbox, run_handlers: bool) -> list[str]:
@@ -97,6 +103,9 @@ def consequence(policy: Sandbox, subsystem: Subsystem, *, run_handlers: bool = F
     """:func:`unenforced` in words, with what goes whatever the fields; "" if nothing."""
     fields = ", ".join(unenforced(policy, subsystem, run_handlers=run_handlers))
     always = _ALWAYS.get(subsystem, "")
+    if subsystem is Subsystem.SUPERVISOR and (guarded := guarded_syscalls(policy)):
+        denied = f"fail closed: {', '.join(sorted(guarded))} are denied everywhere"
+        always = f"{always}; {denied}" if always else denied
     if fields and always:
         return f"{fields} ({always})"
     return fields or always

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 import anyio
 
-from ._bpf import DEFAULT_DENY, GUARDED, FilterSpec, build_filter
+from ._bpf import DEFAULT_DENY, FilterSpec, build_filter
 from ._caps import keep_mask, permitted_mask
 from ._enforcement import consequence, unenforced
 from ._exceptions import ConfinementUnavailable
@@ -29,7 +29,7 @@ from ._landlock import RulesetSpec, abi_version, build_ruleset, missing
 from ._supervisor import route
 from ._sys import AUDIT_ARCH, SYSCALLS
 from ._types import Protection, Subsystem
-from .handlers import builtin_handlers
+from .handlers import guarded_syscalls
 
 if TYPE_CHECKING:
     from ._policy import Sandbox
@@ -96,10 +96,13 @@ class Plan:
                           self.allow_unix, self.guarded, self.allow_sysv_ipc, self.interactive,
                           self.fastopen_ok, self.baseline)
 
-    def protections(self, supervised: bool) -> Mapping[Subsystem, Protection]:
+    def protections(self, supervised: bool,
+                    fail_closed: bool = False) -> Mapping[Subsystem, Protection]:
         """Per subsystem, what a run with this plan gets; ``supervised``: the
-        run asked for the supervisor (it has handlers)."""
-        cached = self._protections.get((supervised, self.degraded))
+        run asked for the supervisor (it has handlers); ``fail_closed``: it
+        runs without, its built-in guards' calls denied (see _unavailable)."""
+        degraded = self.degraded | {Subsystem.SUPERVISOR} if fail_closed else self.degraded
+        cached = self._protections.get((supervised, degraded))
         if cached is not None:
             return cached
         out: dict[Subsystem, Protection] = {}
@@ -107,11 +110,11 @@ class Plan:
             if sub is Subsystem.NETWORK_NAMESPACE or (
                     sub is Subsystem.SUPERVISOR and not supervised):
                 out[sub] = Protection.NOT_REQUESTED
-            elif sub in self.degraded:
+            elif sub in degraded:
                 out[sub] = Protection.DEGRADED
             else:
                 out[sub] = Protection.ACTIVE
-        cached = self._protections[supervised, self.degraded] = MappingProxyType(out)
+        cached = self._protections[supervised, degraded] = MappingProxyType(out)
         return cached
 
 
@@ -189,8 +192,7 @@ async def compile_plan(policy: Sandbox) -> Plan:
     rules = policy.net_rules()
     udp = any(rule.protocol in ("udp", "any") and rule.ports is None for rule in rules)
     every_tcp_port = any(rule.protocol in ("tcp", "any") and rule.ports is None for rule in rules)
-    guarded = frozenset(name for handler in builtin_handlers(policy)
-                        for name in handler.syscalls) & GUARDED
+    guarded = guarded_syscalls(policy)
     plan = Plan(ruleset_fd, key, _rlimits(policy), frozenset(degraded), udp,
                 policy.allow_unix_sockets, deny,
                 keep_mask(policy.bind_ports()), guarded=guarded,

@@ -22,7 +22,7 @@ from ._result import Result
 from ._spawn import resolve_executable, spawn
 from ._supervisor import Supervisor, route
 from ._sys import SYSCALLS
-from ._types import ExitReason
+from ._types import ExitReason, Subsystem
 from ._unavailable import confined_spawn, warn_degraded
 from ._validate import (
     SLOTS,
@@ -158,7 +158,9 @@ async def open_checked(sandbox: Sandbox, argv: tuple[str, ...], *, stdin: StdioT
         stdio.fail()
         raise
     stdio.after_spawn()
-    protections = plan.protections(bool(notify))
+    protections = plan.protections(bool(notify), fail_closed=bool(notify)
+                                   and child.listener is None
+                                   and Subsystem.SECCOMP not in plan.degraded)
     unenforced = unenforced_by_run(sandbox, protections, run_handlers=bool(handlers))
     proc = SandboxedProcess._create(
         args=argv, pid=child.pid, pidfd=child.pidfd, listener=child.listener,

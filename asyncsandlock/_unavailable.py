@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 import anyio
 
-from ._enforcement import consequence
+from ._enforcement import consequence, needs_supervisor
 from ._exceptions import ConfinementUnavailable, SpawnError
 from ._features import seccomp_trials
 from ._plan import _LANDLOCK_PARTS, Plan, _decide
@@ -114,6 +114,11 @@ async def degrade(policy: Sandbox, plan: Plan, subsystem: Subsystem, error: OSEr
                   run_handlers: bool = False) -> None:
     """Put ``subsystem``'s refusal to ``policy`` (once per plan); raises if it refuses.
     ``run_handlers``: the run asking has handlers of its own."""
+    if subsystem is Subsystem.SUPERVISOR and not needs_supervisor(policy, run_handlers):
+        # Only the built-in guards wanted it, and without them the filter
+        # denies what they would decide: that fails closed, nothing to ask.
+        plan.refusals[subsystem] = error
+        return
     while subsystem not in plan.degraded:
         pending = plan.deciding.get(subsystem)
         if pending is not None:  # another run of this Sandbox is asking right now
@@ -132,14 +137,24 @@ async def degrade(policy: Sandbox, plan: Plan, subsystem: Subsystem, error: OSEr
 
 async def _notify_for(policy: Sandbox, plan: Plan, wanted: frozenset[str],
                       run_handlers: bool) -> frozenset[str]:
-    """The syscalls to trap: ``wanted``, or none once the supervisor is degraded."""
-    if wanted and Subsystem.SECCOMP in plan.degraded:
+    """The syscalls to trap: ``wanted``, or none once the supervisor is degraded
+    (or refused, where only the built-in guards want it: they fail closed)."""
+    if not wanted:
+        return wanted
+    if Subsystem.SECCOMP in plan.degraded:
         # No filter, no listener: what needs the supervisor is unavailable too.
         cause = plan.refusals.get(Subsystem.SECCOMP)
         await degrade(policy, plan, Subsystem.SUPERVISOR, OSError(
             cause.errno if cause is not None else errno.ENOSYS,
             "seccomp user notification needs a seccomp filter, which this host refused"),
             run_handlers=run_handlers)
+        return frozenset()
+    refusal = plan.refusals.get(Subsystem.SUPERVISOR)
+    if refusal is not None and Subsystem.SUPERVISOR not in plan.degraded:
+        if not needs_supervisor(policy, run_handlers):
+            return frozenset()
+        # This run has handlers of its own: now the policy must decide.
+        await degrade(policy, plan, Subsystem.SUPERVISOR, refusal, run_handlers=run_handlers)
     return frozenset() if Subsystem.SUPERVISOR in plan.degraded else wanted
 
 

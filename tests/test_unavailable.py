@@ -234,7 +234,7 @@ def test_no_landlock_allowed_runs_degraded_and_warns(refuse: str, anyio_backend:
         prot = run["protections"]
         assert prot["LANDLOCK"] == prot["LANDLOCK_NET"] == prot["LANDLOCK_SCOPE"] == "DEGRADED"
         assert prot["SECCOMP"] == "ACTIVE"
-        assert prot["SUPERVISOR"] == "NOT_REQUESTED"
+        assert prot["SUPERVISOR"] == "ACTIVE"  # the guards of fs_writable's metadata
     assert ran(tmp_path) == 2
     assert len(report["warnings"]) == 2  # one per degraded run
     assert "landlock" in report["warnings"][0]
@@ -341,13 +341,18 @@ def test_no_listener_custom_async_policy_sees_ebusy_once(refuse: str, anyio_back
     assert all(run["ok"] for run in report["runs"])
 
 
-def test_no_listener_is_fine_when_nothing_needs_the_supervisor(
+def test_no_listener_guards_fail_closed_without_asking(
         refuse: str, anyio_backend: str, tmp_path: pathlib.Path) -> None:
+    """Only the built-in guards want the supervisor: refused, the filter
+    denies their calls instead, so even strict runs, and the report says so."""
     report = drive(refuse, ["seccomp-listener=EBUSY"], anyio_backend, tmp_path, policy="strict")
     run = report["runs"][0]
     assert run["ok"], run
-    assert run["protections"]["SUPERVISOR"] == "NOT_REQUESTED"
-    assert report["warnings"] == []
+    assert run["protections"]["SUPERVISOR"] == "DEGRADED"
+    assert run["unenforced"] == {"SUPERVISOR": []}
+    assert len(report["warnings"]) == 1
+    assert "fail closed" in report["warnings"][0] and "chmod" in report["warnings"][0]
+    assert ran(tmp_path) == 1
 
 
 def test_max_processes_needs_the_supervisor(refuse: str, anyio_backend: str,
@@ -416,7 +421,10 @@ async def _nested(anyio_backend: str, tmp_path: pathlib.Path, policy: object,
     inner = {"backend": anyio_backend, "readable": list(SYSTEM_READABLE),
              "writable": [str(tmp_path)], "policy": policy, "handler": True,
              "cmd": ["/bin/sh", "-c", cmd or f"echo ran >> {tmp_path}/marker; uname -s"]}
-    outer = Sandbox(fs_readable=readable(), fs_writable=[str(tmp_path)],
+    # Unsupervised, the outer sandbox writes nothing: fs_writable's metadata
+    # guards would give it a supervisor (and the inner one EBUSY).
+    outer = Sandbox(fs_readable=[*readable(), str(tmp_path)],
+                    fs_writable=[str(tmp_path)] if outer_supervised else [],
                     max_processes=64 if outer_supervised else None)
     result = await outer.run([PYTHON, "-c", DRIVER, json.dumps(inner)], timeout=120)
     assert result.success, result.stderr

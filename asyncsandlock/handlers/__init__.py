@@ -5,6 +5,7 @@ from __future__ import annotations
 import weakref
 from typing import TYPE_CHECKING
 
+from .._bpf import GUARDED
 from .._handler import Handler
 from .listen import ListenGuard
 from .metadata import MetadataGuard
@@ -33,16 +34,28 @@ def builtin_handlers(sandbox: Sandbox) -> tuple[Handler, ...]:
         found: list[Handler] = []
         if sandbox.fs_writable:
             found.append(MetadataGuard(map(str, sandbox.fs_writable)))
-        if sandbox.fs_readable or sandbox.fs_writable:
-            found.append(WatchGuard(map(str, (*sandbox.fs_readable, *sandbox.fs_writable))))
         if sandbox.net_allow_bind or sandbox.allow_unix_sockets:
             found.append(ListenGuard(sandbox.bind_ports()))
         if sandbox.max_processes is not None:
             found.append(ProcessLimit(sandbox.max_processes))
-        if found:
+        if found or sandbox.handlers:
+            # Where there is a supervisor anyway, these cost nothing more;
+            # alone they would make one for calls few programs make
+            # (inotify_add_watch, scheduling calls on another of the
+            # sandbox's own processes): the filter denies those instead.
+            if sandbox.fs_readable or sandbox.fs_writable:
+                found.append(WatchGuard(map(str, (*sandbox.fs_readable,
+                                                  *sandbox.fs_writable))))
             found.append(OwnProcessGuard())
         handlers = _built[sandbox] = tuple(found)
     return handlers
+
+
+def guarded_syscalls(sandbox: Sandbox) -> frozenset[str]:
+    """The guarded syscalls (``GUARDED``) that ``sandbox``'s built-in guards decide:
+    trapped with a supervisor, denied by the filter without one."""
+    return frozenset(name for handler in builtin_handlers(sandbox)
+                     for name in handler.syscalls) & GUARDED
 
 
 __all__ = [
@@ -52,4 +65,5 @@ __all__ = [
     "ProcessLimit",
     "WatchGuard",
     "builtin_handlers",
+    "guarded_syscalls",
 ]
