@@ -31,7 +31,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 #: What the child calls after installing the filter (csrc/spawn.c).
-PRE_EXEC_CALLS = ("write", "sendmsg", "exit_group", "execve")
+PRE_EXEC_CALLS = ("write", "sendmsg", "exit_group", "execve", "prlimit64")
 
 # Opcodes (linux/bpf_common.h).
 _LD_W_ABS = 0x20

@@ -18,7 +18,7 @@ from ._handler import Handler
 from ._plan import compile_plan
 from ._process import SandboxedProcess
 from ._result import Result
-from ._spawn import resolve_executable, spawn
+from ._spawn import check_fd_count, resolve_executable, spawn
 from ._supervisor import Supervisor, route
 from ._sys import SYSCALLS
 from ._types import ExitReason
@@ -115,6 +115,7 @@ async def open_process(sandbox: Sandbox, args: Sequence[str], *, stdin: StdioTar
     if isinstance(extra_fds, (str, bytes)) or not isinstance(extra_fds, Sequence):
         raise PolicyError("extra_fds", f"expected a sequence of fds, got {extra_fds!r}")
     fds = [check_fd("extra_fds", fd) for fd in extra_fds]
+    check_fd_count(3 + len(fds))
     return await open_checked(sandbox, argv, stdin=stdin, stdout=stdout, stderr=stderr,
                               env=run_env, cwd=run_cwd,
                               handlers=check_handlers("handlers", handlers), extra_fds=fds)
