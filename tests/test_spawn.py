@@ -4,6 +4,7 @@ can report, and the order of the steps (limits after the listener)."""
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import gc
 import os
@@ -406,3 +407,48 @@ def test_a_child_killed_before_exec_is_a_spawn_error_not_a_hang(
                    handler=handler)
     assert report["runs"][0]["ok"] is True, report
     assert ran(tmp_path) == 1
+
+
+def test_limits_are_set_only_with_a_key_that_is_no_user_address(no_leaks: None) -> None:
+    """The keyed prlimit64 passes key[0] as its old-limit pointer: a key that
+    could point into our memory is refused, not written through."""
+    limits = ((resource.RLIMIT_NOFILE, 64, 64),)
+    plan = probe_plan(seccomp=False)
+    assert plan.key[0] >> 63 & 1 and plan.key[0] >> 55 & 1
+    # (A plan of its own: replace() would share the cached spawn templates.)
+    unsafe = dataclasses.replace(probe_plan(seccomp=False), key=(0x1000, 2, 3),
+                                 rlimits=limits, spawn_templates={})
+    with pytest.raises(SpawnError) as info:
+        spawn(unsafe, path="/bin/true", args=[b"true"], env={}, cwd=None, fds=[],
+              notify=frozenset())
+    assert (info.value.step, info.value.errno) == ("rlimit", errno.EINVAL)
+    # Control: the plan's own key sets the limit.
+    out_r, out_w = os.pipe2(os.O_CLOEXEC)
+    try:
+        child = spawn(dataclasses.replace(plan, rlimits=limits, spawn_templates={}),
+                      path="/bin/sh",
+                      args=[b"sh", b"-c", b"ulimit -n; ulimit -Hn"], env={}, cwd=None,
+                      fds=[out_w, out_w, out_w], notify=frozenset())
+        os.close(out_w)
+        out_w = -1
+        assert reap(child) == 0
+        assert read_all(out_r) == b"64\n64\n"
+    finally:
+        os.close(out_r)
+        if out_w >= 0:
+            os.close(out_w)
+
+
+class CountPrlimit(CountUname):
+    syscalls = ("prlimit64",)
+
+
+@pytest.mark.anyio
+async def test_a_handler_on_prlimit64_neither_blocks_the_childs_own_limits_nor_misses_the_programs(
+        anyio_backend: str, freed: None) -> None:
+    counter = CountPrlimit()
+    sb = system_sandbox(max_open_files=64, handlers=[counter])
+    result = await sb.run(["sh", "-c", "ulimit -n"], timeout=30)
+    assert result.stdout == b"64\n", result
+    # The program's own call (ulimit's getrlimit) reached the handler.
+    assert counter.seen >= 1
