@@ -32,8 +32,6 @@ STEPS = dict(sorted((getattr(lib, name), name[len("ASL_STEP_"):].lower())
 MAX_FDS: int = lib.ASL_MAX_FDS
 _SECCOMP_FILTER_FLAG_NEW_LISTENER = 1 << 3
 _REPORT_SIZE = ffi.sizeof("struct asl_report")
-#: execve errors after which execvp tries the next candidate (EACCES is remembered).
-_SKIPPED = frozenset({errno.ENOENT, errno.ENOTDIR, errno.EACCES})
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,12 +70,12 @@ def resolve_executable(name: str, env: Mapping[str, str], cwd: str | None) -> tu
 
 def _candidates(name: str, env: Mapping[str, str], cwd: str | None) -> Iterator[str]:
     """The paths execvp would try for ``name``, in order, made as they are
-    tried; PATH entries that do not hold ``name`` at all are left out."""
-    if name.startswith("/"):
-        yield name  # the usual case: no getcwd(), no access()
-        return
+    tried; those that do not exist at all are left out."""
     if "/" in name:
-        yield os.path.join(cwd or os.getcwd(), name)
+        # The usual case (absolute): no getcwd() needed.
+        path = name if name.startswith("/") else os.path.join(cwd or os.getcwd(), name)
+        if os.access(path, os.F_OK):
+            yield path
         return
     base = cwd
     for entry in env.get("PATH", os.defpath).split(":"):

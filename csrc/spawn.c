@@ -22,9 +22,10 @@
  *    (sendmsg of the listener, prlimit64, write of an error report,
  *    exit_group, execve) must never be sent to the supervisor.  The filter
  *    lets those five through when their argument registers 3..5 carry `key`,
- *    192 random bits chosen by the parent per policy.  The sandboxed program cannot learn the
- *    key: it lives only in the parent's memory and in the kernel's copy of the
- *    filter, which cannot be read back without ptrace, which is denied.
+ *    192 random bits chosen by the parent per policy.  The sandboxed program
+ *    cannot learn the key: it lives only in the parent's memory and in the
+ *    kernel's copy of the filter, which cannot be read back without ptrace,
+ *    which is denied.
  *
  * Every failing step writes {step, errno} to the CLOEXEC error pipe and exits
  * with 127; a successful execve closes the pipe, so the parent reads EOF.
@@ -39,9 +40,8 @@
 #include <linux/seccomp.h>
 #include <sched.h>
 #include <signal.h>
-#include <stdlib.h>
-#include <sys/mman.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
@@ -67,6 +67,9 @@
  * (see above), so nothing else can deepen it. */
 #define CHILD_STACK_SIZE (sizeof(int) * ASL_MAX_FDS + 28 * 1024)
 #define KERNEL_SIGSET_SIZE 8
+
+_Static_assert(sizeof(((struct asl_report *)0)->errs) == sizeof(int32_t) * ASL_REPORT_ERRS,
+               "the cdef cannot spell ASL_REPORT_ERRS: keep the two in step");
 
 static inline long raw_syscall(long n, long a, long b, long c, long d, long e, long f)
 {

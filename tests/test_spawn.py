@@ -83,12 +83,13 @@ def test_steps_are_numbered_in_the_order_the_docs_and_the_child_run_them() -> No
 # -- resolve_executable: the candidates, in execvp's order ------------------
 
 
-def test_an_absolute_name_is_its_only_candidate_unchecked() -> None:
-    assert resolve_executable("/no/such/file", {}, None) == ("/no/such/file",)
+def test_an_absolute_name_is_its_only_candidate() -> None:
+    assert resolve_executable("/bin/sh", {"PATH": "/nonexistent"}, None) == ("/bin/sh",)
 
 
 def test_a_relative_name_with_a_slash_is_taken_from_cwd(tmp_path: pathlib.Path) -> None:
-    assert resolve_executable("sub/prog", {}, str(tmp_path)) == (f"{tmp_path}/sub/prog",)
+    prog = script(tmp_path / "sub" / "prog", "")
+    assert resolve_executable("sub/prog", {}, str(tmp_path)) == (str(prog),)
 
 
 def test_path_candidates_keep_path_order_and_drop_missing_names(tmp_path: pathlib.Path) -> None:
@@ -114,8 +115,9 @@ def test_no_candidate_at_all_is_file_not_found_before_any_process() -> None:
     with pytest.raises(FileNotFoundError) as info:
         resolve_executable("no-such-command-here", {"PATH": "/nonexistent:/usr/bin"}, None)
     assert isinstance(info.value, SpawnError) and info.value.step == "execve"
-    with pytest.raises(FileNotFoundError):
-        resolve_executable("", {}, None)
+    for name in ("", "/no/such/file", "no/such/file"):
+        with pytest.raises(FileNotFoundError):
+            resolve_executable(name, {}, None)
     assert child_pids() == before
 
 
