@@ -2,10 +2,12 @@
 
 Everything the child touches is prepared here first; the call returns once
 the child has exec'd (or failed, in which case it is reaped here and the
-failing step comes back as :class:`SpawnError`).  Nothing here waits for the
-child: when the C call returns, the child has exec'd or is exiting, and with
-our copies of its ends of the error pipe and the listener socket closed,
-each holds its message or reads as EOF at once.
+failing step comes back as :class:`SpawnError`).  Nothing here can wait on
+the child's goodwill: when the C call returns, the child has exec'd or is
+exiting, and our copies of its ends of the error pipe and the listener socket
+are closed at once.  The error pipe then holds its report, or reads as EOF as
+soon as the kernel has closed the child's copy (close-on-exec, or exit: kernel
+code only, microseconds); a listener, sent before exec, is already queued.
 """
 
 from __future__ import annotations
@@ -185,15 +187,15 @@ def spawn(plan: Plan, *, path: str | tuple[str, ...], args: Sequence[bytes],
     keep.append(fd_map)
     req.fds, req.nfds = fd_map, len(fds)
     req.parent_pid = os.getpid()
-    with contextlib.ExitStack() as always:
-        ours = theirs = None
-        if template.supervised:
-            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-            always.callback(ours.close)
-            always.callback(theirs.close)
-        # Non-blocking: once asl_spawn returns, a report is there or never will be.
-        err_r, err_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
-        always.callback(os.close, err_r)
+    ours = theirs = None
+    if template.supervised:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    err_r = -1
+    try:
+        # Blocking on purpose: the read below returns once the exec or exit
+        # under way has closed the child's copy (see above); non-blocking,
+        # it costs more than it saves (a spawn took ~300 us longer, measured).
+        err_r, err_w = os.pipe2(os.O_CLOEXEC)
         child_ends = [err_w]  # closed right after the spawn, whatever happens
         try:
             req.landlock_fd = _above(plan.landlock_fd, len(fds), child_ends)
@@ -220,14 +222,18 @@ def spawn(plan: Plan, *, path: str | tuple[str, ...], args: Sequence[bytes],
             _kill_and_reap(pidfd)
             raise
         return Spawned(pid, pidfd, listener, bool(req.own_group))
+    finally:
+        if err_r >= 0:
+            os.close(err_r)
+        if ours is not None:
+            ours.close()
+        if theirs is not None:
+            theirs.close()
 
 
 def _check_started(req: Any, err_r: int, paths: tuple[str, ...]) -> None:
     """Raise the child's failure report, if it wrote one."""
-    try:
-        data = os.read(err_r, _REPORT_SIZE)
-    except BlockingIOError:
-        return
+    data = os.read(err_r, _REPORT_SIZE)
     if not data:
         return
     report = ffi.cast("struct asl_report *", ffi.from_buffer(data))

@@ -40,6 +40,7 @@
 #include <linux/seccomp.h>
 #include <sched.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
@@ -361,24 +362,44 @@ static int child_main(void *arg)
     exec_candidates(req);
 }
 
+/* The stack of the last spawn, kept for the next: a fresh mapping each time
+ * would cost an munmap, and with it a TLB shootdown on every CPU the child
+ * ran our memory on (tens of microseconds in a VM).  One slot, taken and
+ * given back atomically, so that concurrent spawns from several threads
+ * each get a stack of their own. */
+static char *_Atomic spare_stack;
+
+/* A stack with a PROT_NONE guard page below it, as posix_spawn makes: an
+ * overflow faults instead of writing over the memory of the process the
+ * child shares it with.  Returns its lowest address; NULL and errno set on
+ * failure. */
+static char *take_stack(size_t page, size_t size)
+{
+    char *stack = atomic_exchange(&spare_stack, NULL);
+    if (stack)
+        return stack;
+    stack = mmap(NULL, size, PROT_READ | PROT_WRITE,
+                 MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK | MAP_NORESERVE, -1, 0);
+    if (stack == MAP_FAILED)
+        return NULL;
+    if (mprotect(stack, page, PROT_NONE) < 0) {
+        int err = errno;
+        munmap(stack, size);
+        errno = err;
+        return NULL;
+    }
+    return stack;
+}
+
 int asl_spawn(const struct asl_spawn_req *req, int *pidfd)
 {
     if (req->nfds < 0 || req->nfds > ASL_MAX_FDS)
         return -EINVAL;
-    /* As posix_spawn does: a stack of its own, with a PROT_NONE guard page
-     * below it, so that an overflow faults instead of writing over the heap
-     * of the process whose memory the child shares. */
     size_t page = (size_t)sysconf(_SC_PAGESIZE);
     size_t size = page + ((CHILD_STACK_SIZE + page - 1) & ~(page - 1));
-    char *stack = mmap(NULL, size, PROT_READ | PROT_WRITE,
-                       MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK | MAP_NORESERVE, -1, 0);
-    if (stack == MAP_FAILED)
+    char *stack = take_stack(page, size);
+    if (!stack)
         return -errno;
-    if (mprotect(stack, page, PROT_NONE) < 0) {
-        int err = errno;
-        munmap(stack, size);
-        return -err;
-    }
     sigset_t all, old;
     sigfillset(&all);
     pthread_sigmask(SIG_SETMASK, &all, &old);
@@ -389,6 +410,8 @@ int asl_spawn(const struct asl_spawn_req *req, int *pidfd)
                     (void *)req, pidfd);
     int err = errno;
     pthread_sigmask(SIG_SETMASK, &old, NULL);
-    munmap(stack, size);
+    char *none = NULL;
+    if (!atomic_compare_exchange_strong(&spare_stack, &none, stack))
+        munmap(stack, size);
     return pid < 0 ? -err : pid;
 }
