@@ -204,8 +204,8 @@ def spawn(plan: Plan, *, path: str | tuple[str, ...], args: Sequence[bytes],
             pidfd_out = ffi.new("int *", -1)
             pid = lib.asl_spawn(req, pidfd_out)
         finally:
-            # The child has exec'd or is gone: with our copies of its ends
-            # closed too, each channel now holds its message or reads as EOF.
+            # The child has exec'd or is on its way out: with our copies of
+            # its ends closed, neither channel can wait on anything else.
             for fd in child_ends:
                 os.close(fd)
             if theirs is not None:
