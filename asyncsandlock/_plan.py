@@ -161,8 +161,12 @@ def _rlimits(policy: Sandbox) -> tuple[tuple[int, int, int], ...]:
 
 
 def _new_key() -> tuple[int, int, int]:
-    """The 192 bits that let the child's own pre-exec calls pass its filter."""
-    return (secrets.randbits(64), secrets.randbits(64), secrets.randbits(64))
+    """The 192 bits that let the child's own pre-exec calls pass its filter.
+
+    Bits 63 and 55 of the first word are set: it is prlimit64's old-limit
+    pointer, which they make a kernel address on every arch we run on (see
+    ``set_rlimits`` in csrc/spawn.c)."""
+    return (secrets.randbits(64) | 1 << 63 | 1 << 55, secrets.randbits(64), secrets.randbits(64))
 
 
 _compiling: weakref.WeakKeyDictionary[Sandbox, anyio.Event] = weakref.WeakKeyDictionary()

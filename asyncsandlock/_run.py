@@ -19,7 +19,7 @@ from ._handler import Handler
 from ._plan import compile_plan
 from ._process import SandboxedProcess
 from ._result import Result
-from ._spawn import resolve_executable, spawn
+from ._spawn import check_fd_count, resolve_executable, spawn
 from ._supervisor import Supervisor, route
 from ._sys import SYSCALLS
 from ._types import ExitReason, Subsystem
@@ -117,6 +117,7 @@ async def open_process(sandbox: Sandbox, args: Sequence[str], *, stdin: StdioTar
     run_env = check_env("env", env if env is not None else {})
     run_cwd = check_cwd("cwd", cwd)
     fds = check_fds("extra_fds", extra_fds)
+    check_fd_count(3 + len(fds))
     return await open_checked(sandbox, argv, stdin=stdin, stdout=stdout, stderr=stderr,
                               env=run_env, cwd=run_cwd,
                               handlers=check_handlers("handlers", handlers), extra_fds=fds)

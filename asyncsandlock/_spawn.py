@@ -2,7 +2,12 @@
 
 Everything the child touches is prepared here first; the call returns once
 the child has exec'd (or failed, in which case it is reaped here and the
-failing step comes back as :class:`SpawnError`).
+failing step comes back as :class:`SpawnError`).  Nothing here can wait on
+the child's goodwill: when the C call returns, the child has exec'd or is
+exiting, and our copies of its ends of the error pipe and the listener socket
+are closed at once.  The error pipe then holds its report, or reads as EOF as
+soon as the kernel has closed the child's copy (close-on-exec, or exit: kernel
+code only, microseconds); a listener, sent before exec, is already queued.
 """
 
 from __future__ import annotations
@@ -13,21 +18,22 @@ import fcntl
 import os
 import signal
 import socket
-import struct
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from ._core import ffi, lib
-from ._exceptions import SpawnError
+from ._exceptions import PolicyError, SpawnError
 from ._plan import Plan
 from ._types import Subsystem
 
-# enum asl_step in csrc/spawn.h
-STEPS = {1: "signals", 2: "setpgid", 3: "pdeathsig", 4: "fds", 5: "chdir", 6: "rlimit",
-         7: "no_new_privs", 8: "landlock", 9: "seccomp", 10: "listener", 11: "execve",
-         12: "capabilities"}
+#: enum asl_step in csrc/spawn.h: the child's steps by number, in run order.
+STEPS = dict(sorted((getattr(lib, name), name[len("ASL_STEP_"):].lower())
+                   for name in dir(lib) if name.startswith("ASL_STEP_")))
+#: The most fds a child can be given (its fds 0 .. MAX_FDS-1).
+MAX_FDS: int = lib.ASL_MAX_FDS
 _SECCOMP_FILTER_FLAG_NEW_LISTENER = 1 << 3
+_REPORT_SIZE = ffi.sizeof("struct asl_report")
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,33 +46,38 @@ class Spawned:
     own_group: bool
 
 
-def resolve_executable(name: str, env: Mapping[str, str], cwd: str | None) -> str:
-    """Find ``name`` the way execvp would, but in the parent, before any clone.
+def check_fd_count(nfds: int) -> None:
+    """A :class:`PolicyError` naming ``extra_fds`` if a child would get more
+    than :data:`MAX_FDS` fds (its three stdio fds included)."""
+    if nfds > MAX_FDS:
+        raise PolicyError("extra_fds", f"{nfds - 3} fds given; a sandbox takes at most "
+                                       f"{MAX_FDS - 3} beside stdin, stdout and stderr")
 
-    Raises a :class:`SpawnError` that is a :class:`FileNotFoundError` (or a
-    :class:`PermissionError`) naming the command.
+
+def resolve_executable(name: str, env: Mapping[str, str], cwd: str | None) -> tuple[str, ...]:
+    """The paths execvp would try for ``name``, in order, for the child to
+    try in turn *inside* the sandbox: what the caller could execute says
+    nothing of what the sandbox can.
+
+    Raises a :class:`SpawnError` that is a :class:`FileNotFoundError`
+    naming the command when no candidate exists at all.
     """
     if not name:
         raise SpawnError(errno.ENOENT, "empty command name", step="execve", filename=name)
-    denied = False
-    for candidate in _candidates(name, env, cwd):
-        if os.path.isfile(candidate):
-            if os.access(candidate, os.X_OK):
-                return candidate
-            denied = True
-    if denied:
-        raise SpawnError(errno.EACCES, "command is not executable", step="execve", filename=name)
-    raise SpawnError(errno.ENOENT, "command not found", step="execve", filename=name)
+    found = tuple(_candidates(name, env, cwd))
+    if not found:
+        raise SpawnError(errno.ENOENT, "command not found", step="execve", filename=name)
+    return found
 
 
 def _candidates(name: str, env: Mapping[str, str], cwd: str | None) -> Iterator[str]:
     """The paths execvp would try for ``name``, in order, made as they are
-    tried; PATH entries that do not hold ``name`` at all are skipped."""
-    if name.startswith("/"):
-        yield name  # the usual case: no getcwd() needed
-        return
+    tried; those that do not exist at all are left out."""
     if "/" in name:
-        yield os.path.join(cwd or os.getcwd(), name)
+        # The usual case (absolute): no getcwd() needed.
+        path = name if name.startswith("/") else os.path.join(cwd or os.getcwd(), name)
+        if os.access(path, os.F_OK):
+            yield path
         return
     base = cwd
     for entry in env.get("PATH", os.defpath).split(":"):
@@ -75,8 +86,10 @@ def _candidates(name: str, env: Mapping[str, str], cwd: str | None) -> Iterator[
             base = base or os.getcwd()
             directory = os.path.join(base, entry or ".")
         candidate = directory + name if directory.endswith("/") else f"{directory}/{name}"
-        # Most entries miss, and access() says so without the exception
-        # that isfile()'s failing stat() costs.
+        # The child sees the same names (Landlock governs access, not lookup),
+        # so a name missing here would be ENOENT there: leave it out.  Most
+        # entries miss, and access() says so without the exception that a
+        # failing stat() costs.
         if os.access(candidate, os.F_OK):
             yield candidate
 
@@ -115,13 +128,13 @@ def _template(plan: Plan, notify: frozenset[str]) -> _Template:
     return template
 
 
-def _strings(req: Any, path: str, args: Sequence[bytes], env: Mapping[str, str] | None,
-             cwd: str | None) -> tuple[Any, Any]:
-    """Point ``req``'s path, argv, envp and cwd into one char buffer and one
+def _strings(req: Any, paths: tuple[str, ...], args: Sequence[bytes],
+             env: Mapping[str, str] | None, cwd: str | None) -> tuple[Any, Any]:
+    """Point ``req``'s paths, argv, envp and cwd into one char buffer and one
     pointer array, whatever the number of strings; returns both (they must
     outlive the call)."""
     envs = [os.fsencode(f"{k}={v}") for k, v in env.items()] if env is not None else []
-    items = [os.fsencode(path), *args, *envs]
+    items = [*map(os.fsencode, paths), *args, *envs]
     if cwd is not None:
         items.append(os.fsencode(cwd))
     buf = ffi.new("char[]", b"\0".join(items))  # cffi adds the last NUL
@@ -130,14 +143,14 @@ def _strings(req: Any, path: str, args: Sequence[bytes], env: Mapping[str, str] 
     for item in items:
         cells.append(buf + offset)
         offset += len(item) + 1
-    argv_end = 1 + len(args)
+    argv_end = len(paths) + len(args)
     env_end = argv_end + len(envs)
-    ptrs = ffi.new("char *[]", [*cells[1:argv_end], ffi.NULL, *cells[argv_end:env_end], ffi.NULL])
-    req.path = cells[0]
-    req.argv = ptrs
+    ptrs = ffi.new("char *[]", [*cells[:argv_end], ffi.NULL, *cells[argv_end:env_end], ffi.NULL])
+    req.paths, req.npaths = ptrs, len(paths)
+    req.argv = ptrs + len(paths)
     # env None: the caller's own environment, as the C library holds it (what
     # os.environ writes through to); no copy to build and encode per spawn.
-    req.envp = lib.environ if env is None else ptrs + argv_end
+    req.envp = lib.environ if env is None else ptrs + argv_end + 1
     if cwd is not None:
         req.cwd = cells[-1]
     return buf, ptrs
@@ -157,63 +170,119 @@ def _above(fd: int, floor: int, spares: list[int]) -> int:
     return fd
 
 
-def spawn(plan: Plan, *, path: str, args: Sequence[bytes], env: Mapping[str, str] | None,
-          cwd: str | None, fds: Sequence[int], notify: frozenset[str]) -> Spawned:
-    """Start one confined child; ``fds[i]`` becomes the child's fd ``i``."""
+def spawn(plan: Plan, *, path: str | tuple[str, ...], args: Sequence[bytes],
+          env: Mapping[str, str] | None, cwd: str | None, fds: Sequence[int],
+          notify: frozenset[str]) -> Spawned:
+    """Start one confined child; ``fds[i]`` becomes the child's fd ``i``.
+
+    ``path`` is the executable, or the candidates of
+    :func:`resolve_executable`, tried in turn by the child.
+    """
+    check_fd_count(len(fds))
+    paths = (path,) if isinstance(path, str) else path
     template = _template(plan, notify)
     req = ffi.new("struct asl_spawn_req *", template.req[0])
-    keep = [template, _strings(req, path, args, env, cwd)]
+    keep = [template, _strings(req, paths, args, env, cwd)]
     fd_map = ffi.new("struct asl_fd_map[]", [(src, dst) for dst, src in enumerate(fds)] or 1)
     keep.append(fd_map)
     req.fds, req.nfds = fd_map, len(fds)
     req.parent_pid = os.getpid()
-    supervised = template.supervised
-    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET) if supervised \
-        else (None, None)
-    err_r, err_w = os.pipe2(os.O_CLOEXEC)
-    pidfd_out = ffi.new("int *", -1)
-    spares: list[int] = []
+    ours = theirs = None
+    if template.supervised:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    err_r = -1
     try:
-        req.landlock_fd = _above(plan.landlock_fd, len(fds), spares)
-        req.listener_sock = _above(theirs.fileno(), len(fds), spares) if theirs else -1
-        req.errpipe = _above(err_w, len(fds), spares)
-        pid = lib.asl_spawn(req, pidfd_out)
-        while spares:
-            os.close(spares.pop())
-        os.close(err_w)
-        err_w = -1
+        # Blocking on purpose: the read below returns once the exec or exit
+        # under way has closed the child's copy (see above); non-blocking,
+        # it costs more than it saves (a spawn took ~300 us longer, measured).
+        err_r, err_w = os.pipe2(os.O_CLOEXEC)
+        child_ends = [err_w]  # closed right after the spawn, whatever happens
+        try:
+            req.landlock_fd = _above(plan.landlock_fd, len(fds), child_ends)
+            req.listener_sock = _above(theirs.fileno(), len(fds), child_ends) if theirs else -1
+            req.errpipe = _above(err_w, len(fds), child_ends)
+            pidfd_out = ffi.new("int *", -1)
+            pid = lib.asl_spawn(req, pidfd_out)
+        finally:
+            # The child has exec'd or is on its way out: with our copies of
+            # its ends closed, neither channel can wait on anything else.
+            for fd in child_ends:
+                os.close(fd)
+            if theirs is not None:
+                theirs.close()
         if pid < 0:
             raise SpawnError(-pid, os.strerror(-pid), step="clone")
         pidfd = pidfd_out[0]
         try:
-            report = os.read(err_r, 8)
-            if report:
-                step, err = struct.unpack("=ii", report)
-                name = STEPS.get(step, f"step {step}")
-                message = os.strerror(err)
-                if name == "execve" and err == errno.EACCES:
-                    message += (" (hint: the command, and for a script its interpreter, must "
-                                "lie under fs_readable)")
-                raise SpawnError(err, message, step=name,
-                                 filename=path if name == "execve" else None)
-            listener = None
-            if ours is not None:
-                _msg, received, _flags, _addr = socket.recv_fds(ours, 1, 1)
-                listener = received[0]
+            _check_started(req, err_r, paths)
+            if req.reached != lib.ASL_STEP_EXECVE:
+                raise _died(req, pidfd)
+            listener = None if ours is None else _receive_listener(ours, req, pidfd)
         except BaseException:
             _kill_and_reap(pidfd)
             raise
         return Spawned(pid, pidfd, listener, bool(req.own_group))
     finally:
-        for fd in spares:
-            os.close(fd)
-        os.close(err_r)
-        if err_w >= 0:
-            os.close(err_w)
+        if err_r >= 0:
+            os.close(err_r)
         if ours is not None:
             ours.close()
         if theirs is not None:
             theirs.close()
+
+
+def _check_started(req: Any, err_r: int, paths: tuple[str, ...]) -> None:
+    """Raise the child's failure report, if it wrote one."""
+    data = os.read(err_r, _REPORT_SIZE)
+    if not data:
+        return
+    report = ffi.cast("struct asl_report *", ffi.from_buffer(data))
+    name = STEPS.get(report.step, f"step {report.step}")
+    err = report.err
+    if name != "execve":
+        raise SpawnError(err, os.strerror(err), step=name)
+    tried = [(paths[i], report.errs[i]) for i in range(min(report.tried, len(report.errs)))]
+    message = os.strerror(err)
+    if len(paths) > 1:
+        message += " (" + ", ".join(f"{p}: {errno.errorcode.get(e, e)}" for p, e in tried)
+        if report.tried > len(tried):
+            message += f", and {report.tried - len(tried)} more"
+        message += ")"
+    if err == errno.EACCES:
+        message += (" (hint: the command, and for a script its interpreter, must lie "
+                    "under fs_readable)")
+    # The candidate the errno came from: the first refused, else the last tried.
+    culprit = next((p for p, e in tried if e == err), tried[-1][0] if tried else paths[0])
+    raise SpawnError(err, message, step="execve", filename=culprit)
+
+
+def _receive_listener(ours: socket.socket, req: Any, pidfd: int) -> int:
+    """The listener the child sent before it exec'd, or :class:`SpawnError`
+    if it died first."""
+    try:
+        _msg, received, _flags, _addr = socket.recv_fds(ours, 1, 1, socket.MSG_DONTWAIT)
+    except BlockingIOError:
+        received = []
+    if received:
+        return received[0]
+    # Nothing there, and nothing will come (we hold no other end): the
+    # child died, killed from outside (it reports its own failures).
+    raise _died(req, pidfd)
+
+
+def _died(req: Any, pidfd: int) -> SpawnError:
+    """The error for a child that died at step ``req.reached`` without a
+    report.  It is exiting already (vfork only returns once the child has
+    exec'd or is in exit), so the wait for its status is a short one."""
+    info = os.waitid(os.P_PIDFD, pidfd, os.WEXITED | os.WNOWAIT)
+    name = STEPS.get(req.reached, f"step {req.reached}")
+    if info is not None and info.si_code == os.CLD_EXITED:
+        how = f"exited with status {info.si_status}"
+    else:
+        number = info.si_status if info is not None else 0
+        how = f"was killed by signal {number} ({signal.strsignal(number)})"
+    return SpawnError(errno.ECHILD, f"the child {how} during its {name} step, "
+                                    "before it could report", step=name)
 
 
 def _kill_and_reap(pidfd: int) -> None:

@@ -103,6 +103,8 @@ def allow_degraded(*subsystems: Subsystem) -> UnavailableHandler:
 def refused_subsystem(step: str, err: int, *, listener: bool) -> Subsystem | None:
     """The subsystem a failed child step belongs to, or None if it is not a
     refusal the policy may waive (``chdir``, ``execve``, ``no_new_privs``, ...)."""
+    if err == errno.ECHILD:
+        return None  # the child died there (killed from outside): no refusal to waive
     subsystem = _STEP_SUBSYSTEMS.get(step)
     if subsystem is Subsystem.SECCOMP and listener and (
             err == errno.EBUSY or seccomp_trials()[0]):

@@ -19,15 +19,19 @@
  *  - there is no "go" handshake: the parent cannot answer anything until the
  *    child has exec'd.  In particular it cannot serve seccomp notifications,
  *    so the system calls the child makes *after* installing its filter
- *    (sendmsg of the listener, write of an error report, exit_group, execve)
- *    must never be sent to the supervisor.  The filter lets those four through
- *    when their unused argument registers 3..5 carry `key`, 192 random bits
- *    chosen by the parent per policy.  The sandboxed program cannot learn the
- *    key: it lives only in the parent's memory and in the kernel's copy of the
- *    filter, which cannot be read back without ptrace, which is denied.
+ *    (sendmsg of the listener, prlimit64, write of an error report,
+ *    exit_group, execve) must never be sent to the supervisor.  The filter
+ *    lets those five through when their argument registers 3..5 carry `key`,
+ *    192 random bits chosen by the parent per policy.  The sandboxed program
+ *    cannot learn the key: it lives only in the parent's memory and in the
+ *    kernel's copy of the filter, which cannot be read back without ptrace,
+ *    which is denied.
  *
  * Every failing step writes {step, errno} to the CLOEXEC error pipe and exits
  * with 127; a successful execve closes the pipe, so the parent reads EOF.
+ * Before each step the child also stores the step's number in req->reached,
+ * in the parent's memory: when something outside kills it (an outer seccomp
+ * filter, the OOM killer), that is all the parent learns of where it died.
  */
 #define _GNU_SOURCE
 #include "spawn.h"
@@ -36,13 +40,15 @@
 #include <linux/seccomp.h>
 #include <sched.h>
 #include <signal.h>
-#include <stdlib.h>
+#include <stdatomic.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <fcntl.h>
 #include <errno.h>
+#include <unistd.h>
 
 #ifndef SYS_landlock_restrict_self
 #define SYS_landlock_restrict_self 446
@@ -57,8 +63,14 @@
 #define CLOSE_RANGE_CLOEXEC (1U << 2)
 #endif
 
-#define CHILD_STACK_SIZE (64 * 1024)
+/* The deepest frame is map_fds() with its ASL_MAX_FDS ints; the rest of the
+ * child needs well under 4 KiB.  No signal handler ever runs on this stack
+ * (see above), so nothing else can deepen it. */
+#define CHILD_STACK_SIZE (sizeof(int) * ASL_MAX_FDS + 28 * 1024)
 #define KERNEL_SIGSET_SIZE 8
+
+_Static_assert(sizeof(((struct asl_report *)0)->errs) == sizeof(int32_t) * ASL_REPORT_ERRS,
+               "the cdef cannot spell ASL_REPORT_ERRS: keep the two in step");
 
 static inline long raw_syscall(long n, long a, long b, long c, long d, long e, long f)
 {
@@ -96,12 +108,29 @@ static inline long raw_syscall(long n, long a, long b, long c, long d, long e, l
     raw_syscall((n), (long)(a), (long)(b), (long)(c), (long)(req)->key[0], \
                 (long)(req)->key[1], (long)(req)->key[2])
 
-__attribute__((noreturn)) static void fail(const struct asl_spawn_req *req, int step, long err)
+/* The parent reads this after the child is gone; volatile because nothing
+ * in the child reads it back. */
+static inline void enter(struct asl_spawn_req *req, int step)
 {
-    struct asl_report report = {step, (int32_t)-err};
-    KEYED(req, SYS_write, req->errpipe, &report, sizeof report);
+    *(volatile int32_t *)&req->reached = step;
+}
+
+__attribute__((noreturn)) static void report_and_exit(const struct asl_spawn_req *req,
+                                                      const struct asl_report *report)
+{
+    KEYED(req, SYS_write, req->errpipe, report, sizeof *report);
     for (;;)
         KEYED(req, SYS_exit_group, 127, 0, 0);
+}
+
+/* The step the child is in failed with -err. */
+__attribute__((noreturn)) static void fail(const struct asl_spawn_req *req, long err)
+{
+    struct asl_report report;
+    memset(&report, 0, sizeof report);
+    report.step = req->reached;
+    report.err = (int32_t)-err;
+    report_and_exit(req, &report);
 }
 
 static long reset_signals(void)
@@ -123,7 +152,7 @@ static long map_fds(const struct asl_spawn_req *req)
     /* Sources may collide with destinations (stdout=0, say): move every
      * source that is not already in place above all destinations first. */
     int above = req->nfds;
-    int moved[req->nfds > 0 ? req->nfds : 1];
+    int moved[ASL_MAX_FDS]; /* asl_spawn() refuses a larger nfds */
     for (int i = 0; i < req->nfds; i++) {
         int src = req->fds[i].src;
         if (src != req->fds[i].dst && src < above) {
@@ -148,15 +177,75 @@ static long map_fds(const struct asl_spawn_req *req)
     return SYS3(SYS_close_range, req->nfds, ~0U, CLOSE_RANGE_CLOEXEC);
 }
 
-static long set_rlimits(const struct asl_spawn_req *req)
+/* Raising a hard limit needs CAP_SYS_RESOURCE, which the next step drops:
+ * raise any hard limit that is too low now, leaving the soft limit alone so
+ * that nothing is lowered before the listener fd exists. */
+static long raise_rlimits(const struct asl_spawn_req *req)
 {
     for (int i = 0; i < req->nrlimits; i++) {
-        uint64_t lim[2] = {req->rlimits[i].cur, req->rlimits[i].max};
-        long rc = raw_syscall(SYS_prlimit64, 0, req->rlimits[i].resource, (long)lim, 0, 0, 0);
+        uint64_t old[2];
+        long rc = raw_syscall(SYS_prlimit64, 0, req->rlimits[i].resource, 0, (long)old, 0, 0);
+        if (rc < 0)
+            return rc;
+        if (old[1] >= req->rlimits[i].max)
+            continue;
+        uint64_t lim[2] = {old[0], req->rlimits[i].max};
+        rc = raw_syscall(SYS_prlimit64, 0, req->rlimits[i].resource, (long)lim, 0, 0, 0);
         if (rc < 0)
             return rc;
     }
     return 0;
+}
+
+/* Last before execve, so that RLIMIT_NOFILE cannot stop the seccomp step
+ * from creating the listener fd: it would if the limit were at or below the
+ * lowest free fd, which the caller's own fds (CLOEXEC, still open here)
+ * decide.
+ *
+ * The key lands in prlimit64's fourth argument, the pointer the kernel
+ * writes the old limit to once the new one is set.  The parent sets bits 63
+ * and 55 of key[0], which makes it a kernel address on x86_64 (with or
+ * without LAM tags) and on arm64 (with or without top-byte-ignore), so that
+ * copy_to_user refuses it: the call returns EFAULT after the limit is set,
+ * and writes nothing into our memory. */
+#define NOT_A_USER_ADDRESS ((1ULL << 63) | (1ULL << 55))
+static long set_rlimits(const struct asl_spawn_req *req)
+{
+    if (req->nrlimits && (req->key[0] & NOT_A_USER_ADDRESS) != NOT_A_USER_ADDRESS)
+        return -EINVAL;
+    for (int i = 0; i < req->nrlimits; i++) {
+        uint64_t lim[2] = {req->rlimits[i].cur, req->rlimits[i].max};
+        long rc = KEYED(req, SYS_prlimit64, 0, req->rlimits[i].resource, lim);
+        if (rc < 0 && rc != -EFAULT)
+            return rc;
+    }
+    return 0;
+}
+
+/* execvp's search, run where it counts: inside the sandbox.  A candidate the
+ * sandbox cannot see or execute is skipped as execvp skips it; any other
+ * error stops the search.  EACCES wins over a later ENOENT, as in execvp. */
+__attribute__((noreturn)) static void exec_candidates(const struct asl_spawn_req *req)
+{
+    struct asl_report report;
+    memset(&report, 0, sizeof report);
+    report.step = ASL_STEP_EXECVE;
+    long rc = -ENOENT;
+    int denied = 0;
+    for (int i = 0; i < req->npaths; i++) {
+        rc = KEYED(req, SYS_execve, req->paths[i], req->argv, req->envp);
+        if (i < ASL_REPORT_ERRS)
+            report.errs[i] = (int32_t)-rc;
+        report.tried = i + 1;
+        if (rc == -EACCES)
+            denied = 1;
+        else if (rc != -ENOENT && rc != -ENOTDIR)
+            break;
+    }
+    if (denied && (rc == -ENOENT || rc == -ENOTDIR))
+        rc = -EACCES;
+    report.err = (int32_t)-rc;
+    report_and_exit(req, &report);
 }
 
 /* A root child keeps only what the policy needs (CAP_NET_BIND_SERVICE for a
@@ -209,69 +298,120 @@ static long send_listener(const struct asl_spawn_req *req, int listener)
 
 static int child_main(void *arg)
 {
-    const struct asl_spawn_req *req = arg;
+    struct asl_spawn_req *req = arg;
     long rc;
 
+    enter(req, ASL_STEP_SIGNALS);
     if ((rc = reset_signals()) < 0)
-        fail(req, ASL_STEP_SIGNALS, rc);
+        fail(req, rc);
     /* Its own process group, so that the whole sandbox can be signalled;
      * setsid and setpgid are denied inside, so nothing can leave it (which
      * is also why a sandbox nested in ours cannot make one). */
+    enter(req, ASL_STEP_SETPGID);
     if (req->own_group && (rc = SYS3(SYS_setpgid, 0, 0, 0)) < 0)
-        fail(req, ASL_STEP_SETPGID, rc);
+        fail(req, rc);
+    enter(req, ASL_STEP_PDEATHSIG);
     if ((rc = SYS3(SYS_prctl, PR_SET_PDEATHSIG, SIGKILL, 0)) < 0)
-        fail(req, ASL_STEP_PDEATHSIG, rc);
+        fail(req, rc);
     /* The parent may have died before PDEATHSIG was armed.  Compare with the
      * pid it recorded, never with 1: the caller may itself be PID 1. */
     if (SYS3(SYS_getppid, 0, 0, 0) != req->parent_pid)
-        fail(req, ASL_STEP_PDEATHSIG, -ESRCH);
+        fail(req, -ESRCH);
+    enter(req, ASL_STEP_FDS);
     if ((rc = map_fds(req)) < 0)
-        fail(req, ASL_STEP_FDS, rc);
+        fail(req, rc);
+    enter(req, ASL_STEP_CHDIR);
     if (req->cwd && (rc = SYS3(SYS_chdir, req->cwd, 0, 0)) < 0)
-        fail(req, ASL_STEP_CHDIR, rc);
-    if ((rc = set_rlimits(req)) < 0)
-        fail(req, ASL_STEP_RLIMIT, rc);
+        fail(req, rc);
+    enter(req, ASL_STEP_RAISE_RLIMIT);
+    if ((rc = raise_rlimits(req)) < 0)
+        fail(req, rc);
+    enter(req, ASL_STEP_CAPABILITIES);
     if ((rc = drop_capabilities(req)) < 0)
-        fail(req, ASL_STEP_CAPABILITIES, rc);
+        fail(req, rc);
+    enter(req, ASL_STEP_NO_NEW_PRIVS);
     if ((rc = raw_syscall(SYS_prctl, PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0, 0)) < 0)
-        fail(req, ASL_STEP_NO_NEW_PRIVS, rc);
+        fail(req, rc);
+    enter(req, ASL_STEP_LANDLOCK);
     if (req->landlock_fd >= 0 &&
         (rc = SYS3(SYS_landlock_restrict_self, req->landlock_fd, req->landlock_flags, 0)) < 0)
-        fail(req, ASL_STEP_LANDLOCK, rc);
+        fail(req, rc);
     /* Unblock before the filter exists: a user handler may trap sigprocmask. */
+    enter(req, ASL_STEP_SIGMASK);
     uint64_t empty = 0;
     if ((rc = raw_syscall(SYS_rt_sigprocmask, SIG_SETMASK, (long)&empty, 0,
                           KERNEL_SIGSET_SIZE, 0, 0)) < 0)
-        fail(req, ASL_STEP_SIGNALS, rc);
+        fail(req, rc);
     if (req->filter) {
+        enter(req, ASL_STEP_SECCOMP);
         struct sock_fprog prog = {req->filter_len, (struct sock_filter *)req->filter};
         long listener = SYS3(SYS_seccomp, SECCOMP_SET_MODE_FILTER, req->seccomp_flags, &prog);
         if (listener < 0)
-            fail(req, ASL_STEP_SECCOMP, listener);
+            fail(req, listener);
         /* The listener is CLOEXEC: once sent, exec closes our copy, and the
          * program never holds the fd that answers its own notifications. */
+        enter(req, ASL_STEP_LISTENER);
         if ((req->seccomp_flags & SECCOMP_FILTER_FLAG_NEW_LISTENER) &&
             (rc = send_listener(req, (int)listener)) < 0)
-            fail(req, ASL_STEP_LISTENER, rc);
+            fail(req, rc);
     }
-    rc = KEYED(req, SYS_execve, req->path, req->argv, req->envp);
-    fail(req, ASL_STEP_EXECVE, rc);
+    enter(req, ASL_STEP_RLIMIT);
+    if ((rc = set_rlimits(req)) < 0)
+        fail(req, rc);
+    enter(req, ASL_STEP_EXECVE);
+    exec_candidates(req);
+}
+
+/* The stack of the last spawn, kept for the next: a fresh mapping each time
+ * would cost an munmap, and with it a TLB shootdown on every CPU the child
+ * ran our memory on (tens of microseconds in a VM).  One slot, taken and
+ * given back atomically, so that concurrent spawns from several threads
+ * each get a stack of their own. */
+static char *_Atomic spare_stack;
+
+/* A stack with a PROT_NONE guard page below it, as posix_spawn makes: an
+ * overflow faults instead of writing over the memory of the process the
+ * child shares it with.  Returns its lowest address; NULL and errno set on
+ * failure. */
+static char *take_stack(size_t page, size_t size)
+{
+    char *stack = atomic_exchange(&spare_stack, NULL);
+    if (stack)
+        return stack;
+    stack = mmap(NULL, size, PROT_READ | PROT_WRITE,
+                 MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK | MAP_NORESERVE, -1, 0);
+    if (stack == MAP_FAILED)
+        return NULL;
+    if (mprotect(stack, page, PROT_NONE) < 0) {
+        int err = errno;
+        munmap(stack, size);
+        errno = err;
+        return NULL;
+    }
+    return stack;
 }
 
 int asl_spawn(const struct asl_spawn_req *req, int *pidfd)
 {
-    sigset_t all, old;
-    void *stack = malloc(CHILD_STACK_SIZE);
+    if (req->nfds < 0 || req->nfds > ASL_MAX_FDS)
+        return -EINVAL;
+    size_t page = (size_t)sysconf(_SC_PAGESIZE);
+    size_t size = page + ((CHILD_STACK_SIZE + page - 1) & ~(page - 1));
+    char *stack = take_stack(page, size);
     if (!stack)
-        return -ENOMEM;
+        return -errno;
+    sigset_t all, old;
     sigfillset(&all);
     pthread_sigmask(SIG_SETMASK, &all, &old);
     /* glibc's clone() wrapper issues the clone syscall, never clone3, so this
-     * works where a container profile answers clone3 with ENOSYS. */
-    int pid = clone(child_main, (char *)stack + CHILD_STACK_SIZE,
-                    CLONE_VM | CLONE_VFORK | CLONE_PIDFD | SIGCHLD, (void *)req, pidfd);
+     * works where a container profile answers clone3 with ENOSYS.  The child
+     * writes req->reached: the request is the parent's, and only const here. */
+    int pid = clone(child_main, stack + size, CLONE_VM | CLONE_VFORK | CLONE_PIDFD | SIGCHLD,
+                    (void *)req, pidfd);
     int err = errno;
     pthread_sigmask(SIG_SETMASK, &old, NULL);
-    free(stack);
+    char *none = NULL;
+    if (!atomic_compare_exchange_strong(&spare_stack, &none, stack))
+        munmap(stack, size);
     return pid < 0 ? -err : pid;
 }

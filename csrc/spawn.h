@@ -11,20 +11,30 @@
 #include <stddef.h>
 
 /* CDEF-BEGIN */
-/* Steps the child reports through the error pipe, in the order it runs them. */
+/* Steps the child reports through the error pipe, numbered in the order it
+ * runs them (asyncsandlock/_spawn.py reads the names from here). */
 enum asl_step {
     ASL_STEP_SIGNALS = 1,
     ASL_STEP_SETPGID = 2,
     ASL_STEP_PDEATHSIG = 3,
     ASL_STEP_FDS = 4,
     ASL_STEP_CHDIR = 5,
-    ASL_STEP_RLIMIT = 6,
-    ASL_STEP_NO_NEW_PRIVS = 7,
-    ASL_STEP_LANDLOCK = 8,
-    ASL_STEP_SECCOMP = 9,
-    ASL_STEP_LISTENER = 10,
-    ASL_STEP_EXECVE = 11,
-    ASL_STEP_CAPABILITIES = 12
+    ASL_STEP_RAISE_RLIMIT = 6,
+    ASL_STEP_CAPABILITIES = 7,
+    ASL_STEP_NO_NEW_PRIVS = 8,
+    ASL_STEP_LANDLOCK = 9,
+    ASL_STEP_SIGMASK = 10,
+    ASL_STEP_SECCOMP = 11,
+    ASL_STEP_LISTENER = 12,
+    ASL_STEP_RLIMIT = 13,
+    ASL_STEP_EXECVE = 14
+};
+
+enum {
+    /* The child's fds 0 .. nfds-1: nfds is at most this. */
+    ASL_MAX_FDS = 1024,
+    /* Execve candidates whose errno the report carries. */
+    ASL_REPORT_ERRS = 16
 };
 
 /* Child fd `dst` becomes a copy of parent fd `src`. */
@@ -39,19 +49,23 @@ struct asl_rlimit {
     uint64_t max;
 };
 
-/* The report written to the error pipe when a step fails. */
+/* The report written to the error pipe when a step fails (less than
+ * PIPE_BUF, so written whole). */
 struct asl_report {
     int32_t step;
     int32_t err;
+    int32_t tried;    /* execve: how many candidates were tried */
+    int32_t errs[16]; /* execve: the errno of each, up to ASL_REPORT_ERRS */
 };
 
 struct asl_spawn_req {
-    const char *path;             /* executable, already resolved against PATH */
+    const char *const *paths;     /* execve candidates, in PATH order */
+    int npaths;
     char *const *argv;
     char *const *envp;
     const char *cwd;              /* NULL: inherit the caller's */
     const struct asl_fd_map *fds; /* dst values are exactly 0 .. nfds-1 */
-    int nfds;
+    int nfds;                     /* at most ASL_MAX_FDS */
     const struct asl_rlimit *rlimits;
     int nrlimits;
     int landlock_fd;              /* -1: no Landlock */
@@ -65,6 +79,7 @@ struct asl_spawn_req {
     int own_group;                /* 1: make a process group (0: nested, refused) */
     int parent_pid;
     int errpipe;                  /* write end of a CLOEXEC pipe */
+    int32_t reached;              /* written by the child: the step it is in */
 };
 
 /* Returns the child's pid and stores its pidfd, or -errno if clone failed. */

@@ -8,7 +8,9 @@
  * SPEC is NAME=ERRNO.  NAME is a system call from the table below, or
  * "seccomp-listener": seccomp(SECCOMP_SET_MODE_FILTER, flags) with
  * SECCOMP_FILTER_FLAG_NEW_LISTENER in flags, so that installing a plain
- * filter still works.  ERRNO is a name from the table below or a number.
+ * filter still works.  ERRNO is a name from the table below or a number,
+ * or KILL: the calling process is killed (SIGSYS), as by a hardened host's
+ * filter that answers what it does not know with death.
  *
  * The filter is inherited by CMD and everything it starts, so a library run
  * under it meets the refusals for real: nothing is mocked.
@@ -53,6 +55,7 @@
 #endif
 
 #define LISTENER (-1) /* pseudo syscall number for "seccomp-listener" */
+#define KILL (-1)     /* pseudo errno for SECCOMP_RET_KILL_PROCESS */
 #define MAX_RULES 32
 #define ARG_LO(i) (offsetof(struct seccomp_data, args) + 8 * (i)) /* little-endian */
 
@@ -104,7 +107,7 @@ static int parse(const char *spec, struct rule *out)
             out->nr = SYSCALLS[i].nr;
     if (out->nr == -2)
         return -1;
-    out->err = 0;
+    out->err = strcmp(eq + 1, "KILL") ? 0 : KILL;
     for (size_t i = 0; i < sizeof ERRNOS / sizeof ERRNOS[0]; i++)
         if (!strcmp(ERRNOS[i].name, eq + 1))
             out->err = ERRNOS[i].value;
@@ -141,7 +144,8 @@ int main(int argc, char **argv)
     prog[n++] = (struct sock_filter)BPF_STMT(BPF_LD | BPF_W | BPF_ABS,
                                              offsetof(struct seccomp_data, nr));
     for (int r = 0; r < nrules; r++) {
-        unsigned int ret = SECCOMP_RET_ERRNO | (unsigned int)rules[r].err;
+        unsigned int ret = rules[r].err == KILL ? SECCOMP_RET_KILL_PROCESS
+                                                : SECCOMP_RET_ERRNO | (unsigned int)rules[r].err;
         if (rules[r].nr == LISTENER) {
             /* seccomp(SECCOMP_SET_MODE_FILTER, flags & NEW_LISTENER, ...) */
             prog[n++] = (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_seccomp, 0, 6);
