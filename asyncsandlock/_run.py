@@ -17,6 +17,7 @@ from ._exceptions import PolicyError
 from ._handler import Handler
 from ._plan import compile_plan
 from ._process import SandboxedProcess
+from ._reaper import watch
 from ._result import Result
 from ._spawn import resolve_executable, spawn
 from ._supervisor import Supervisor, route
@@ -152,6 +153,7 @@ async def open_checked(sandbox: Sandbox, argv: tuple[str, ...], *, stdin: StdioT
             plan, path=path, args=[os.fsencode(a) for a in argv], env=full_env,
             cwd=str(run_cwd) if run_cwd else None, fds=[*stdio.child, *extra_fds],
             notify=trapped))
+        watch(child)  # before anything can fail and leave it unwatched
     except BaseException:
         stdio.fail()
         raise
