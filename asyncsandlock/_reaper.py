@@ -3,48 +3,48 @@
 ``PR_SET_PDEATHSIG`` kills a sandbox's first process when the caller dies,
 but not what that process started: a double-forked grandchild would run on
 with no time limit.  The kernel offers no "kill my process group when I die"
-that covers SIGKILL, and the caller may have no thread to spare, so a second
-process does it: one small reaper per caller process (``csrc/reaper.c``),
-started at the first spawn.
+that covers SIGKILL, and the caller may start no thread, so a second process
+does it: one small reaper per caller process (``csrc/reaper.c``), started at
+the first spawn.
 
 It holds the read end of a pipe, the caller the only write end.  The caller
 writes a ``watch`` record for each sandbox right after the spawn (its
-process group, or its pid when it has no group of its own: nested sandboxes)
-and a ``forget`` record right before it reaps the sandbox's first process.
-Whatever ends the caller -- exit, exec (the end is CLOEXEC), any signal,
-SIGKILL and the OOM killer included -- the kernel closes the write end, the
-reaper reads EOF, sends SIGKILL to every group and pid still watched, and
-exits.  A process that has just exited still holds the write end until the
-kernel closes its files, which happens before it notifies its parent:
-the kill arrives within milliseconds.
+process group, or its pid when it has no group of its own: nested sandboxes,
+where only the first process can be named) and a ``forget`` record right
+before it reaps the sandbox's first process.  Whatever ends the caller --
+exit, exec (the end is CLOEXEC), any signal, SIGKILL and the OOM killer
+included -- the kernel closes the write end, the reaper reads EOF, sends
+SIGKILL to every group and pid still watched, and exits.  The reaper keeps
+its set in bitmaps that hold every possible pid, so there is no limit on the
+number of sandboxes; it reads in batches (see reaper.c), which keeps a
+spawn's cost to two pipe writes and delays the kill by 10 ms at most.
 
 Why the kill cannot hit a stranger that reused a pid:
 
 - a sandbox's group id is the pid of its first process, which the caller
   leaves unreaped until after it has written ``forget``: while the zombie (or
   any member of the group) exists, the number cannot be handed out again;
-- the reaper reads records in the order they were written and acts only on
+- the reaper applies records in the order they were written and acts only on
   EOF, which comes after every record: at that moment its set is exactly the
-  caller's, all ids still pinned by the caller's unreaped children;
+  caller's, every id still pinned by a child the caller had not reaped;
 - once the caller is dead, init reaps those children, and the number of a
-  group whose every member has died becomes free.  The reaper's kill follows
-  EOF by microseconds, while the kernel hands out pids in increasing order
-  and comes back to a freed one only after a full lap of ``pid_max``.
+  group whose every member has died becomes free.  By then the reaper's kill
+  is on its way, while the kernel hands out pids in increasing order and
+  comes back to a freed one only after a full lap of ``pid_max``.
 
-The reaper is outside every sandbox: it is forked from the caller before, and
-apart from, any confinement, so a sandbox's Landlock signal scope (ABI 6)
-stops it from signalling the reaper as it stops it from signalling the caller.
-It leaves the caller's session and ignores every signal but SIGKILL and
-SIGSTOP, so a terminal's Ctrl-C or hangup ends the caller first, and the
-reaper does its job.
+The reaper is outside every sandbox: it is forked from the caller apart from
+any confinement, so a sandbox's Landlock signal scope (ABI 6) stops it from
+signalling the reaper as it stops it from signalling the caller.  It leaves
+the caller's session and ignores every signal but SIGKILL and SIGSTOP, so a
+terminal's Ctrl-C or hangup ends the caller, not the reaper.
 
-When the write cannot be made -- the reaper was killed (EPIPE) or stopped
-while 64 KiB of records piled up (EAGAIN; the write end is non-blocking, as
+When a record cannot be written -- the reaper was killed (EPIPE), or stopped
+while 64 KiB of records piled up (EAGAIN: the write end is non-blocking, as
 nothing may block the event loop) -- the reaper is replaced: SIGKILL through
-its pidfd (a stale one could still act on records it missed), a new one, and
-the whole current set sent to it.  A forked copy of the caller closes its
-copy of the write end (else the caller's death would go unnoticed while the
-copy lives) and starts a reaper of its own if it spawns.
+its pidfd (a stale one could otherwise act on a set it no longer knows in
+full), a new one, and the whole current set sent to it.  A forked copy of the
+caller closes its copy of the write end (or the caller's death would go
+unnoticed while the copy lives) and starts a reaper of its own if it spawns.
 
 A caller that is PID 1 of its pid namespace needs none: when it dies the
 kernel kills every process of the namespace, sandboxes included.
@@ -121,6 +121,8 @@ class _Reaper:
 class _State:
     """This process's reaper and what it must know."""
 
+    #: False for a PID 1 (see above), and in tests that show what the reaper prevents
+    needed: bool
     reaper: _Reaper | None
     #: id -> watch op
     watched: dict[int, int]
@@ -135,6 +137,7 @@ class _State:
         its own (and another thread may have held the lock at the fork)."""
         if self.reaper is not None:
             self.reaper.close()
+        self.needed = not _DISABLED and os.getpid() != 1
         self.reaper = None
         self.watched = {}
         self.lock = threading.Lock()
@@ -163,10 +166,10 @@ def watch(child: Spawned) -> None:
     On failure (no reaper can be started), ``child`` is killed and reaped,
     its listener closed, and the error raised.
     """
-    if _DISABLED or os.getpid() == 1:
+    state = _state
+    if not state.needed:
         return
     op = lib.ASL_REAPER_WATCH_GROUP if child.own_group else lib.ASL_REAPER_WATCH_PID
-    state = _state
     try:
         with state.lock:
             state.watched[child.pid] = op
