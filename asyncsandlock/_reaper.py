@@ -60,6 +60,7 @@ import threading
 from dataclasses import dataclass
 
 from ._core import lib
+from ._exceptions import SpawnError
 from ._spawn import Spawned, _kill_and_reap
 from ._supervisor import close_fd
 
@@ -87,7 +88,8 @@ class _Reaper:
             os.close(read)
             read = -1
             if pid < 0:
-                raise OSError(-pid, f"cannot start the reaper process: {os.strerror(-pid)}")
+                raise SpawnError(-pid, f"cannot start the reaper process: {os.strerror(-pid)}",
+                                 step="reaper")
             # Not our child, but it exits only on EOF, which we hold back.
             pidfd = os.pidfd_open(pid)
             # Blocking for this first write: the new reaper is reading, and
@@ -163,8 +165,9 @@ _state = _State()
 def watch(child: Spawned) -> None:
     """Have the reaper kill ``child``'s sandbox if this process dies.
 
-    On failure (no reaper can be started), ``child`` is killed and reaped,
-    its listener closed, and the error raised.
+    Raises :class:`SpawnError` (``step="reaper"``) if no reaper can be
+    started (fork refused: RLIMIT_NPROC, memory); ``child`` is then killed
+    and reaped, its listener closed.
     """
     state = _state
     if not state.needed:

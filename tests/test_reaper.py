@@ -10,6 +10,7 @@ tests only): the sleeper survives.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import pathlib
 import shutil
@@ -21,7 +22,7 @@ from collections.abc import Iterator
 import anyio
 import pytest
 
-from asyncsandlock import _reaper
+from asyncsandlock import SpawnError, _reaper
 
 from conftest import PYTHON, system_sandbox
 
@@ -302,3 +303,26 @@ async def test_the_sandbox_cannot_signal_the_reaper(anyio_backend: str) -> None:
     assert replaced is not None and replaced != reaper and alive(replaced)
     with anyio.fail_after(5):
         assert (await sb.run(["echo", "ok"])).stdout == b"ok\n"
+
+
+@pytest.mark.anyio
+@pytest.mark.usefixtures("no_leaks")
+@pytest.mark.parametrize("supervised", [False, True])
+async def test_no_reaper_means_no_sandbox(anyio_backend: str, supervised: bool,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """A sandbox that could outlive its caller is not left running: when no
+    reaper can be started (fork refused), the spawned child is killed and
+    reaped (its listener closed) and the run fails with step "reaper"."""
+
+    def refused(cls: type, records: bytes) -> None:
+        raise SpawnError(errno.EAGAIN, "cannot start the reaper process", step="reaper")
+
+    monkeypatch.setattr(_reaper, "_state", _reaper._State())
+    monkeypatch.setattr(_reaper._Reaper, "start", classmethod(refused))
+    sb = system_sandbox(max_processes=8 if supervised else None)
+    try:
+        await sb.run(["sleep", "60"])
+    except SpawnError as exc:  # not pytest.raises: its traceback would keep sb's fds open
+        failed = (exc.step, exc.errno)
+    assert failed == ("reaper", errno.EAGAIN)
+    assert _reaper._state.watched == {}
