@@ -46,6 +46,10 @@ full), a new one, and the whole current set sent to it.  A forked copy of the
 caller closes its copy of the write end (or the caller's death would go
 unnoticed while the copy lives) and starts a reaper of its own if it spawns.
 
+One window stays open: the watch is written when the spawn has returned,
+tens of microseconds after the command started.  A caller killed inside it
+leaves that sandbox to PDEATHSIG, which kills its first process only.
+
 A caller that is PID 1 of its pid namespace needs none: when it dies the
 kernel kills every process of the namespace, sandboxes included.
 """

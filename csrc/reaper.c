@@ -167,7 +167,9 @@ __attribute__((noreturn)) static void reaper_main(const struct reaper_args *args
 done:
     for (unsigned long w = 0; w < WORDS; w++) {
         unsigned long g = groups[w], p = pids[w];
-        for (unsigned long b = 0; (g | p) && b < WORD_BITS; b++) {
+        if (!(g | p))
+            continue;
+        for (unsigned long b = 0; b < WORD_BITS; b++) {
             long id = (long)(w * WORD_BITS + b);
             if (g & (1UL << b))
                 SYS3(SYS_kill, -id, SIGKILL, 0);
