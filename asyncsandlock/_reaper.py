@@ -159,19 +159,38 @@ class _State:
                 self.reaper.kill()
                 self.reaper = None
         if self.watched:
-            self.reaper = _Reaper.start(
-                b"".join(_RECORD.pack(op, id_) for id_, op in self.watched.items()))
+            self.start()
+
+    def start(self) -> None:
+        """A new reaper, told the whole set."""
+        self.reaper = _Reaper.start(
+            b"".join(_RECORD.pack(op, id_) for id_, op in self.watched.items()))
 
 
 _state = _State()
 
 
+def prepare() -> None:
+    """Start the reaper, if there is none, before a spawn.
+
+    Starting one takes milliseconds (a fork): done here, they do not stand
+    between the command's start and :func:`watch`, nor delay what the caller
+    does next with it (hand it the terminal, say).  Raises
+    :class:`SpawnError` (``step="reaper"``) when the fork is refused.
+    """
+    state = _state
+    if state.needed and state.reaper is None:
+        with state.lock:
+            if state.reaper is None:
+                state.start()
+
+
 def watch(child: Spawned) -> None:
     """Have the reaper kill ``child``'s sandbox if this process dies.
 
-    Raises :class:`SpawnError` (``step="reaper"``) if no reaper can be
-    started (fork refused: RLIMIT_NPROC, memory); ``child`` is then killed
-    and reaped, its listener closed.
+    Raises :class:`SpawnError` (``step="reaper"``) if the reaper is gone and
+    no new one can be started (see :func:`prepare`); ``child`` is then
+    killed and reaped, its listener closed.
     """
     state = _state
     if not state.needed:

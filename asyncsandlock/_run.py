@@ -17,7 +17,7 @@ from ._exceptions import PolicyError
 from ._handler import Handler
 from ._plan import compile_plan
 from ._process import SandboxedProcess
-from ._reaper import watch
+from ._reaper import prepare, watch
 from ._result import Result
 from ._spawn import resolve_executable, spawn
 from ._supervisor import Supervisor, route
@@ -144,6 +144,7 @@ async def open_checked(sandbox: Sandbox, argv: tuple[str, ...], *, stdin: StdioT
                               str(run_cwd) if run_cwd else None)
     routes, names = route(all_handlers, SYSCALLS, plan.deny)
     notify = frozenset(names.values())
+    prepare()
     stdio = _Stdio()
     try:
         for index, target in enumerate((stdin, stdout, stderr)):

@@ -307,22 +307,30 @@ async def test_the_sandbox_cannot_signal_the_reaper(anyio_backend: str) -> None:
 
 @pytest.mark.anyio
 @pytest.mark.usefixtures("no_leaks")
-@pytest.mark.parametrize("supervised", [False, True])
-async def test_no_reaper_means_no_sandbox(anyio_backend: str, supervised: bool,
+@pytest.mark.parametrize("when", ["first", "replacing", "replacing-supervised"])
+async def test_no_reaper_means_no_sandbox(anyio_backend: str, when: str,
                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    """A sandbox that could outlive its caller is not left running: when no
-    reaper can be started (fork refused), the spawned child is killed and
-    reaped (its listener closed) and the run fails with step "reaper"."""
+    """A sandbox that could outlive its caller is not left running.  When no
+    reaper can be started (fork refused): before the first spawn, nothing is
+    started; when the reaper died and cannot be replaced, the command just
+    spawned is killed and reaped (its listener closed).  Either way the run
+    fails with step "reaper"."""
 
     def refused(cls: type, records: bytes) -> None:
         raise SpawnError(errno.EAGAIN, "cannot start the reaper process", step="reaper")
 
     monkeypatch.setattr(_reaper, "_state", _reaper._State())
+    if when.startswith("replacing"):
+        _reaper.prepare()
+        dead, _fds = _reaper.held()
+        assert dead is not None
+        os.kill(dead, signal.SIGKILL)
+        assert survivors([dead], 5.0) == []
     monkeypatch.setattr(_reaper._Reaper, "start", classmethod(refused))
-    sb = system_sandbox(max_processes=8 if supervised else None)
+    sb = system_sandbox(max_processes=8 if when.endswith("supervised") else None)
     try:
         await sb.run(["sleep", "60"])
     except SpawnError as exc:  # not pytest.raises: its traceback would keep sb's fds open
         failed = (exc.step, exc.errno)
     assert failed == ("reaper", errno.EAGAIN)
-    assert _reaper._state.watched == {}
+    assert _reaper.held() == (None, frozenset()) and _reaper._state.watched == {}
