@@ -23,6 +23,7 @@ import anyio
 
 from ._background import Background
 from ._core import ffi, lib
+from ._reaper import forget
 from ._result import Result
 from ._streams import FdReceiveStream, FdSendStream
 from ._supervisor import close_fd
@@ -169,6 +170,7 @@ class SandboxedProcess:
                 if self._own_group:
                     with contextlib.suppress(ProcessLookupError):
                         os.killpg(self.pid, _signal.SIGKILL)
+                forget(self.pid)  # while the zombie still pins the id
                 self._status = os.waitid(os.P_PIDFD, self._pidfd, os.WEXITED)
                 self._ended = time.monotonic()
                 # No notify_closing(): the only waiter on the pidfd is this

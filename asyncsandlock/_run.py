@@ -18,6 +18,7 @@ from ._exceptions import PolicyError
 from ._handler import Handler
 from ._plan import compile_plan
 from ._process import SandboxedProcess
+from ._reaper import prepare, watch
 from ._result import Result
 from ._spawn import check_fd_count, resolve_executable, spawn
 from ._supervisor import Supervisor, route
@@ -146,6 +147,7 @@ async def open_checked(sandbox: Sandbox, argv: tuple[str, ...], *, stdin: StdioT
                               str(run_cwd) if run_cwd else None)
     routes, names = route(all_handlers, SYSCALLS, plan.deny)
     notify = frozenset(names.values())
+    prepare()
     stdio = _Stdio()
     try:
         for index, target in enumerate((stdin, stdout, stderr)):
@@ -155,6 +157,7 @@ async def open_checked(sandbox: Sandbox, argv: tuple[str, ...], *, stdin: StdioT
             plan, path=path, args=[os.fsencode(a) for a in argv], env=full_env,
             cwd=str(run_cwd) if run_cwd else None, fds=[*stdio.child, *extra_fds],
             notify=trapped), run_handlers=bool(handlers))
+        watch(child)  # before anything can fail and leave it unwatched
     except BaseException:
         stdio.fail()
         raise

@@ -84,6 +84,17 @@ struct asl_spawn_req {
 
 /* Returns the child's pid and stores its pidfd, or -errno if clone failed. */
 int asl_spawn(const struct asl_spawn_req *req, int *pidfd);
+
+/* The reaper (csrc/reaper.c): records of two int32, {op, id}, on its pipe. */
+enum asl_reaper_op {
+    ASL_REAPER_WATCH_GROUP = 1,   /* id: a sandbox's process group */
+    ASL_REAPER_WATCH_PID = 2,     /* id: a sandbox without a group of its own */
+    ASL_REAPER_FORGET = 3         /* id: about to be reaped */
+};
+
+/* Starts a reaper reading records from pipe read end `fd` (see _reaper.py);
+ * returns its pid, or -errno. */
+int asl_reaper_start(int fd);
 /* CDEF-END */
 
 #endif
