@@ -15,6 +15,7 @@ from anyio.abc import ByteReceiveStream, TaskStatus
 from ._background import Background
 from ._exceptions import PolicyError
 from ._handler import Handler
+from ._pacing import SpawnTurn
 from ._plan import compile_plan
 from ._process import SandboxedProcess
 from ._result import Result
@@ -125,7 +126,21 @@ async def open_checked(sandbox: Sandbox, argv: tuple[str, ...], *, stdin: StdioT
                        cwd: str | None, handlers: tuple[Handler, ...],
                        extra_fds: Sequence[int]) -> SandboxedProcess:
     """:func:`open_process` once its arguments are validated (by it, or for a
-    pipeline stage partly by :meth:`Sandbox.cmd`); stdio is checked here."""
+    pipeline stage partly by :meth:`Sandbox.cmd`); stdio is checked here.
+
+    One at a time per event loop, the loop getting its turn in between (see
+    ``_pacing.py``): the preparation is paced with the spawn, as 500 runs
+    started at once would otherwise prepare in one loop iteration.
+    """
+    async with SpawnTurn():
+        return await _open_in_turn(sandbox, argv, stdin=stdin, stdout=stdout, stderr=stderr,
+                                   env=env, cwd=cwd, handlers=handlers, extra_fds=extra_fds)
+
+
+async def _open_in_turn(sandbox: Sandbox, argv: tuple[str, ...], *, stdin: StdioTarget,
+                        stdout: StdioTarget, stderr: StdioTarget, env: Mapping[str, str],
+                        cwd: str | None, handlers: tuple[Handler, ...],
+                        extra_fds: Sequence[int]) -> SandboxedProcess:
     run_cwd = cwd or sandbox.cwd
     # Built-in policies first: the first answer other than continue_() decides.
     all_handlers = (*builtin_handlers(sandbox), *sandbox.handlers, *handlers)

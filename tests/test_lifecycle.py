@@ -234,6 +234,39 @@ async def test_cancellation_by_deadline(no_leaks: None) -> None:
     del sb
 
 
+async def test_an_already_cancelled_scope_starts_nothing(tmp_path: pathlib.Path,
+                                                        no_leaks: None) -> None:
+    """Regression test for run()/open()/pipelines starting their command (far
+    enough for side effects) inside a scope that was already cancelled."""
+    sb = system_sandbox(fs_writable=[tmp_path])
+    await sb.run(["true"])  # the plan is compiled: no await left before the spawn
+
+    def touch(name: str) -> list[str]:
+        return ["sh", "-c", f"touch {tmp_path / name}"]
+
+    for i in range(10):
+        with anyio.CancelScope() as scope:
+            scope.cancel()
+            await sb.run(touch(f"run{i}"))
+        assert scope.cancelled_caught
+        with anyio.CancelScope() as scope:
+            scope.cancel()
+            async with await sb.open(touch(f"open{i}")):
+                pass
+        assert scope.cancelled_caught
+        with anyio.CancelScope() as scope:
+            scope.cancel()
+            await (sb.cmd(touch(f"stage{i}")) | sb.cmd(["cat"])).run()
+        assert scope.cancelled_caught
+    await anyio.sleep(0.2)  # a command that had started would have touched by now
+    assert list(tmp_path.iterdir()) == []
+    # Control: the same commands outside a cancelled scope do their side effect.
+    assert (await sb.run(touch("control"), timeout=10)).success
+    assert (tmp_path / "control").exists()
+    del sb
+    gc.collect()
+
+
 async def test_background_grandchild_dies_with_the_run() -> None:
     sb = system_sandbox()
     # Holding the stdout pipe: run() returns only because the sleep is killed
