@@ -139,6 +139,14 @@ class SandboxedProcess:
         if self._status is None and self._reason is None:
             self._reason = reason
 
+    def _exited(self) -> bool:
+        """True once the first process has ended, reaped or not (a zombie)."""
+        if self._status is not None:
+            return True
+        # WNOWAIT: look without reaping; wait() reaps, after killing leftovers.
+        return os.waitid(os.P_PIDFD, self._pidfd,
+                         os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+
     def _kill_for(self, reason: ExitReason) -> None:
         self._mark(reason)
         self.send_signal(_signal.SIGKILL)

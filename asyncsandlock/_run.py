@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import subprocess
 import time
 from collections.abc import Mapping, Sequence
@@ -205,15 +206,20 @@ STRAGGLER_GRACE = 0.5
 
 
 async def _kill_and_reap_all(procs: Sequence[SandboxedProcess], reason: ExitReason) -> None:
-    # Mark and signal every sandbox before reaping any, so that a stage that
-    # dies of SIGPIPE because its neighbour was killed first is still
-    # reported with ``reason``, not as a crash of its own.
+    # Every reason is decided before any signal is sent: once one stage is
+    # killed, its neighbours may end by themselves at any moment (a reader
+    # sees EOF, a writer gets SIGPIPE), and they are still ended by
+    # ``reason``.  Only a sandbox whose process had already exited (a zombie
+    # not reaped yet) keeps its own reason.  Then downstream is killed first,
+    # so that no reader sees EOF and exits 0 before its own SIGKILL lands.
     if all(proc._finished for proc in procs):
         return  # nothing to signal or reap (the usual case): no cancel scope either
     with anyio.CancelScope(shield=True):
-        for proc in procs:
-            if proc.returncode is None:
-                proc._kill_for(reason)
+        doomed = [proc for proc in procs if not proc._exited()]
+        for proc in doomed:
+            proc._mark(reason)
+        for proc in reversed(doomed):
+            proc.send_signal(signal.SIGKILL)
         for proc in procs:
             if not proc._finished:  # else wait() would only be a checkpoint
                 await proc.wait()
