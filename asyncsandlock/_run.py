@@ -287,6 +287,11 @@ async def supervise(procs: Sequence[SandboxedProcess], inputs: Sequence[bytes | 
                                                anyio.current_time() + STRAGGLER_GRACE)
     finally:
         await close_all(procs)
+    # A cancellation that lands while the processes are reaped (a shielded
+    # wait) is not seen there, but it has stopped the drain tasks, maybe
+    # before they read everything: it propagates here rather than leave a
+    # Result with output missing and the scope unaware it was cancelled.
+    await anyio.lowlevel.checkpoint_if_cancelled()
     return [proc._result(b"".join(out) if proc.stdout is not None else None,
                          b"".join(err) if proc.stderr is not None else None)
             for proc, out, err in zip(procs, outs, errs, strict=True)]
