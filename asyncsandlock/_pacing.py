@@ -66,7 +66,7 @@ class _TrioOpener:
     on only by it (or, while it sleeps, by a waiter that never spawned).
     """
 
-    __slots__ = ("_gate", "_pending", "_task")
+    __slots__ = ("_gate", "_pending", "_reschedule", "_task")
 
     def __init__(self, gate: _Gate) -> None:
         import trio
@@ -74,15 +74,14 @@ class _TrioOpener:
         self._gate = gate
         self._task: trio.lowlevel.Task | None = None
         self._pending = False
+        self._reschedule = trio.lowlevel.reschedule
         trio.lowlevel.spawn_system_task(self._serve, name="asyncsandlock spawn gate")
 
     def wake(self) -> None:
-        import trio
-
         if self._task is None:  # not started yet: it hands on when it starts
             self._pending = True
         else:
-            trio.lowlevel.reschedule(self._task)
+            self._reschedule(self._task)
 
     async def _serve(self) -> None:
         import trio

@@ -11,6 +11,7 @@ import pytest
 
 import asyncsandlock._run
 from asyncsandlock import Sandbox
+from asyncsandlock._pacing import SpawnTurn, _gate
 
 from conftest import system_sandbox, warmed
 
@@ -93,3 +94,33 @@ async def test_cancelled_waiters_leave_the_gate_usable(sb: Sandbox, no_leaks: No
     assert scope.cancelled_caught
     with anyio.fail_after(10):
         assert (await sb.run(["echo", "after"])).stdout == b"after\n"
+
+
+async def test_a_waiter_cancelled_as_it_is_handed_the_gate_hands_it_on() -> None:
+    gate = _gate()
+    reached = False
+
+    async def waiter(scope: anyio.CancelScope) -> None:
+        nonlocal reached
+        with scope:
+            async with SpawnTurn():
+                reached = True
+
+    scope = anyio.CancelScope()
+    async with anyio.create_task_group() as tg, SpawnTurn():
+        tg.start_soon(waiter, scope)
+        await anyio.wait_all_tasks_blocked()
+        assert len(gate.waiters) == 1
+        scope.cancel()
+        gate.pass_on()  # the gate reaches the waiter after its cancellation
+        await anyio.wait_all_tasks_blocked()
+        assert not reached
+        assert not gate.taken and not gate.waiters  # it was handed on, not kept
+        gate.taken = True  # this task still holds its own turn
+    # The gate opens in a later loop iteration; two checkpoints, as on Trio
+    # the task that opens it may run after this one in the next batch.
+    await anyio.lowlevel.checkpoint()
+    await anyio.lowlevel.checkpoint()
+    assert not gate.taken
+    async with SpawnTurn():  # usable again
+        assert gate.taken
