@@ -16,7 +16,7 @@ too), and handed on in FIFO order, one turn per loop iteration: whoever
 leaves the gate does not hand it on itself but asks the loop to do it "soon",
 in a later iteration, after what is ready now has run.  So an uncontended
 spawn pays no yield at all, only a callback scheduled on its way out.  On
-asyncio that is ``call_soon`` (run in the next iteration); on Trio a parked
+asyncio that is ``call_soon`` (twice, see ``_Gate``); on Trio a parked
 system task that is rescheduled (``run_sync_soon`` would wake the loop
 through a socket, a system call per spawn).
 """
@@ -48,8 +48,13 @@ class _Gate:
         else:
             import asyncio
 
-            self.call_soon = functools.partial(asyncio.get_running_loop().call_soon,
-                                               self.pass_on)
+            # Two iterations later, not one: what became ready while the loop
+            # was held (a timer, a readable fd) is seen at the start of the
+            # next iteration, but the task waiting for it runs only in the one
+            # after (its future's callback schedules it).  Handed on then, the
+            # next spawn comes after that task, not before it.
+            call_soon = asyncio.get_running_loop().call_soon
+            self.call_soon = functools.partial(call_soon, call_soon, self.pass_on)
 
     def pass_on(self) -> None:
         """Hand the gate to the first waiter (it stays taken), or open it."""
