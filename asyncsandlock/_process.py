@@ -148,6 +148,14 @@ class SandboxedProcess:
         if self._status is None and self._reason is None:
             self._reason = reason
 
+    def _exited(self) -> bool:
+        """True once the first process has ended, reaped or not (a zombie)."""
+        if self._status is not None:
+            return True
+        # WNOWAIT: look without reaping; wait() reaps, after killing leftovers.
+        return os.waitid(os.P_PIDFD, self._pidfd,
+                         os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+
     def _kill_for(self, reason: ExitReason) -> None:
         self._mark(reason)
         self.send_signal(_signal.SIGKILL)
@@ -242,24 +250,22 @@ class SandboxedProcess:
     # -- closing ----------------------------------------------------------
 
     async def aclose(self) -> None:
-        """Close stdin, wait for the sandbox to end, close the other streams.
+        """Close every stream, then wait for the sandbox to end.
 
+        The read ends are closed before the wait, as :class:`anyio.abc.Process`
+        does: a command still writing gets SIGPIPE instead of blocking on a
+        full pipe that nobody will read (which would make the wait endless).
         If cancelled while waiting, the sandbox is killed and reaped first.
         """
-        if self._finished:  # nothing left to wait for: close all, one checkpoint
-            self._close_streams()
+        self._close_streams()
+        if self._finished:  # nothing left to wait for: one checkpoint
             await anyio.lowlevel.checkpoint()
             return
         try:
-            if self.stdin is not None:
-                with anyio.CancelScope(shield=True):
-                    await self.stdin.aclose()
             await self.wait()
         except BaseException:
             await self._kill_and_reap(ExitReason.KILLED)
             raise
-        finally:
-            self._close_streams()
 
     def _close_streams(self) -> None:
         # Closing a pipe cannot block, and each caller has its own checkpoint:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import subprocess
 import time
 from collections.abc import Mapping, Sequence
@@ -16,6 +17,7 @@ from ._background import Background
 from ._enforcement import unenforced_by_run
 from ._exceptions import PolicyError
 from ._handler import Handler
+from ._pacing import SpawnTurn
 from ._plan import compile_plan
 from ._process import SandboxedProcess
 from ._reaper import prepare, watch
@@ -129,7 +131,21 @@ async def open_checked(sandbox: Sandbox, argv: tuple[str, ...], *, stdin: StdioT
                        cwd: str | None, handlers: tuple[Handler, ...],
                        extra_fds: Sequence[int]) -> SandboxedProcess:
     """:func:`open_process` once its arguments are validated (by it, or for a
-    pipeline stage partly by :meth:`Sandbox.cmd`); stdio is checked here."""
+    pipeline stage partly by :meth:`Sandbox.cmd`); stdio is checked here.
+
+    One at a time per event loop, the loop getting its turn in between (see
+    ``_pacing.py``): the preparation is paced with the spawn, as 500 runs
+    started at once would otherwise prepare in one loop iteration.
+    """
+    async with SpawnTurn():
+        return await _open_in_turn(sandbox, argv, stdin=stdin, stdout=stdout, stderr=stderr,
+                                   env=env, cwd=cwd, handlers=handlers, extra_fds=extra_fds)
+
+
+async def _open_in_turn(sandbox: Sandbox, argv: tuple[str, ...], *, stdin: StdioTarget,
+                        stdout: StdioTarget, stderr: StdioTarget, env: Mapping[str, str],
+                        cwd: str | None, handlers: tuple[Handler, ...],
+                        extra_fds: Sequence[int]) -> SandboxedProcess:
     run_cwd = cwd or sandbox.cwd
     # Built-in policies first: the first answer other than continue_() decides.
     all_handlers = (*builtin_handlers(sandbox), *sandbox.handlers, *handlers)
@@ -200,15 +216,20 @@ STRAGGLER_GRACE = 0.5
 
 
 async def _kill_and_reap_all(procs: Sequence[SandboxedProcess], reason: ExitReason) -> None:
-    # Mark and signal every sandbox before reaping any, so that a stage that
-    # dies of SIGPIPE because its neighbour was killed first is still
-    # reported with ``reason``, not as a crash of its own.
+    # Every reason is decided before any signal is sent: once one stage is
+    # killed, its neighbours may end by themselves at any moment (a reader
+    # sees EOF, a writer gets SIGPIPE), and they are still ended by
+    # ``reason``.  Only a sandbox whose process had already exited (a zombie
+    # not reaped yet) keeps its own reason.  Then downstream is killed first,
+    # so that no reader sees EOF and exits 0 before its own SIGKILL lands.
     if all(proc._finished for proc in procs):
         return  # nothing to signal or reap (the usual case): no cancel scope either
     with anyio.CancelScope(shield=True):
-        for proc in procs:
-            if proc.returncode is None:
-                proc._kill_for(reason)
+        doomed = [proc for proc in procs if not proc._exited()]
+        for proc in doomed:
+            proc._mark(reason)
+        for proc in reversed(doomed):
+            proc.send_signal(signal.SIGKILL)
         for proc in procs:
             if not proc._finished:  # else wait() would only be a checkpoint
                 await proc.wait()
@@ -276,6 +297,11 @@ async def supervise(procs: Sequence[SandboxedProcess], inputs: Sequence[bytes | 
                                                anyio.current_time() + STRAGGLER_GRACE)
     finally:
         await close_all(procs)
+    # A cancellation that lands while the processes are reaped (a shielded
+    # wait) is not seen there, but it has stopped the drain tasks, maybe
+    # before they read everything: it propagates here rather than leave a
+    # Result with output missing and the scope unaware it was cancelled.
+    await anyio.lowlevel.checkpoint_if_cancelled()
     return [proc._result(b"".join(out) if proc.stdout is not None else None,
                          b"".join(err) if proc.stderr is not None else None)
             for proc, out, err in zip(procs, outs, errs, strict=True)]

@@ -58,6 +58,10 @@ class FdReceiveStream(ByteReceiveStream):
         return self._holder.fd
 
     async def receive(self, max_bytes: int = 65536) -> bytes:
+        # Cancellation is checked before anything is read, never after: bytes
+        # taken from the pipe and then dropped by a Cancelled would be lost
+        # for good (the output of a run that a deadline hits as it ends).
+        await anyio.lowlevel.checkpoint_if_cancelled()
         while True:
             fd = self._holder.checked()
             try:
@@ -67,7 +71,6 @@ class FdReceiveStream(ByteReceiveStream):
                 continue
             if not data:
                 raise anyio.EndOfStream
-            await anyio.lowlevel.checkpoint_if_cancelled()
             return data
 
     def _close(self) -> None:
@@ -92,6 +95,8 @@ class FdSendStream(ByteSendStream):
         return self._holder.fd
 
     async def send(self, item: bytes) -> None:
+        # Checked first, as in receive(): once written, the bytes are the peer's.
+        await anyio.lowlevel.checkpoint_if_cancelled()
         view = memoryview(item)
         while view:
             fd = self._holder.checked()
@@ -105,7 +110,6 @@ class FdSendStream(ByteSendStream):
                     raise anyio.BrokenResourceError from exc
                 raise
             view = view[written:]
-        await anyio.lowlevel.checkpoint_if_cancelled()
 
     def _close(self) -> None:
         """Close without a checkpoint (for an owner that has one of its own)."""

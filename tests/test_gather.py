@@ -158,6 +158,26 @@ async def test_timeout_kills_and_reaps_everything(sb: Sandbox, no_leaks: None) -
     assert not res.success
 
 
+async def test_timeout_reports_every_running_stage_every_time(sb: Sandbox,
+                                                               no_leaks: None) -> None:
+    """Regression test: on a deadline the sources were killed first, and the
+    consumer sometimes saw EOF and exited 0 before its own kill (about one
+    run in five).  50 gathers, 10 at a time."""
+    seen: list[list[tuple[ExitReason, int]]] = []
+
+    async def one() -> None:
+        res = await Gather({"a": sb.cmd(["sleep", "30"]),
+                            "b": sb.cmd(["sleep", "30"]) | sb.cmd(["cat"])},
+                           into=sb.cmd(["sh", "-c", "cat <&3; exec cat"])).run(timeout=0.05)
+        seen.append([(stage.reason, stage.returncode) for stage in res.stages])
+
+    for _ in range(5):
+        async with anyio.create_task_group() as tg:
+            for _ in range(10):
+                tg.start_soon(one)
+    assert seen == [[(ExitReason.TIMEOUT, -signal.SIGKILL)] * 4] * 50
+
+
 async def test_outer_cancellation_kills_and_reaps(sb: Sandbox, no_leaks: None) -> None:
     gather = Gather({"a": sb.cmd(["sleep", "30"]), "b": sb.cmd(["sleep", "30"])},
                     into=sb.cmd(["cat"]))

@@ -12,17 +12,23 @@ import errno
 import gc
 import os
 import pathlib
+import random
 import signal
 import subprocess
 import time
 
 import anyio
+import anyio.abc
+import anyio.lowlevel
 import pytest
 
 from asyncsandlock import (
     DEVNULL,
     STDOUT,
     ExitReason,
+    Handler,
+    HandlerCtx,
+    NotifAction,
     Sandbox,
     SandboxedProcess,
     SandboxedProcessError,
@@ -31,7 +37,7 @@ from asyncsandlock import (
     _reaper,
 )
 
-from conftest import PYTHON, child_pids, system_sandbox, thread_ids
+from conftest import PYTHON, child_pids, system_sandbox, thread_ids, warmed
 
 pytestmark = pytest.mark.anyio
 
@@ -233,6 +239,114 @@ async def test_cancellation_by_deadline(no_leaks: None) -> None:
         await sb.run(["sh", "-c", "sleep 60 & sleep 60"])
     assert scope.cancelled_caught
     del sb
+
+
+async def test_an_already_cancelled_scope_starts_nothing(tmp_path: pathlib.Path,
+                                                        no_leaks: None) -> None:
+    """Regression test for run()/open()/pipelines starting their command (far
+    enough for side effects) inside a scope that was already cancelled."""
+    sb = system_sandbox(fs_writable=[tmp_path])
+    await sb.run(["true"])  # the plan is compiled: no await left before the spawn
+
+    def touch(name: str) -> list[str]:
+        return ["sh", "-c", f"touch {tmp_path / name}"]
+
+    for i in range(10):
+        with anyio.CancelScope() as scope:
+            scope.cancel()
+            await sb.run(touch(f"run{i}"))
+        assert scope.cancelled_caught
+        with anyio.CancelScope() as scope:
+            scope.cancel()
+            async with await sb.open(touch(f"open{i}")):
+                pass
+        assert scope.cancelled_caught
+        with anyio.CancelScope() as scope:
+            scope.cancel()
+            await (sb.cmd(touch(f"stage{i}")) | sb.cmd(["cat"])).run()
+        assert scope.cancelled_caught
+    await anyio.sleep(0.2)  # a command that had started would have touched by now
+    assert list(tmp_path.iterdir()) == []
+    # Control: the same commands outside a cancelled scope do their side effect.
+    assert (await sb.run(touch("control"), timeout=10)).success
+    assert (tmp_path / "control").exists()
+    del sb
+    gc.collect()
+
+
+class _Untouched(Handler):
+    """Traps a syscall the commands do not make: the run has a supervisor."""
+
+    syscalls = ("getppid",)
+
+    async def handle(self, ctx: HandlerCtx) -> NotifAction:
+        return NotifAction.continue_()
+
+
+@pytest.fixture(scope="module")
+def supervised() -> Sandbox:
+    return warmed(system_sandbox(handlers=[_Untouched()]))
+
+
+async def test_cancellation_as_the_command_ends_keeps_or_propagates(supervised: Sandbox,
+                                                                    no_leaks: None) -> None:
+    """Regression test for output lost when cancellation raced the end of a
+    run: the drain tasks were cancelled (after reading, or before) while the
+    shielded reaping hid the cancellation from run(), which returned an
+    EXITED Result with stdout=b''.  Here the scope is cancelled right as the
+    command is seen to exit, 0 to 3 loop turns later."""
+    outcomes = {"returned": 0, "cancelled": 0}
+    for turns in [0, 1, 2, 3] * 50:
+        result = None
+
+        async def run(*, task_status: anyio.abc.TaskStatus[SandboxedProcess]) -> None:
+            nonlocal result
+            result = await supervised.run(["echo", "hello"], task_status=task_status)
+
+        with anyio.CancelScope() as scope:
+            async with anyio.create_task_group() as tg:
+                proc = await tg.start(run)
+                while not proc._exited():
+                    await anyio.lowlevel.checkpoint()
+                for _ in range(turns):
+                    await anyio.lowlevel.checkpoint()
+                scope.cancel()
+        if result is None:
+            assert scope.cancelled_caught
+            outcomes["cancelled"] += 1
+        else:
+            assert (result.reason, result.stdout) == (ExitReason.EXITED, b"hello\n")
+            outcomes["returned"] += 1
+    assert outcomes["cancelled"] > 0, outcomes
+
+
+async def test_cancellation_racing_the_end_keeps_or_propagates(supervised: Sandbox,
+                                                               no_leaks: None) -> None:
+    """The same as a soak: 25 tasks x 60 runs, each under a deadline drawn
+    around the time the previous run of the task took."""
+    outcomes = {"returned": 0, "cancelled": 0}
+    rng = random.Random(9)
+
+    async def runs() -> None:
+        typical = 0.05
+        for _ in range(60):
+            result = None
+            began = anyio.current_time()
+            with anyio.move_on_after(rng.uniform(0.8, 1.2) * typical) as scope:
+                result = await supervised.run(["echo", "hello"])
+            if result is None:
+                assert scope.cancelled_caught
+                outcomes["cancelled"] += 1
+                typical *= 1.05
+            else:
+                assert (result.reason, result.stdout) == (ExitReason.EXITED, b"hello\n")
+                outcomes["returned"] += 1
+                typical = anyio.current_time() - began
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(25):
+            tg.start_soon(runs)
+    assert min(outcomes.values()) >= 100, outcomes  # both ends of the race were run
 
 
 async def test_background_grandchild_dies_with_the_run() -> None:
