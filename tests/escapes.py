@@ -1,0 +1,404 @@
+"""The escape battery's plumbing, shared by ``tests/test_escapes_*.py``.
+
+Every attempt is one run of ``tests/helpers/escape.c`` (exit 0 = the attack
+worked, else the errno of the refusing call) against a :class:`World`: a
+scratch tree, a throwaway victim process, listening sockets and IPC objects
+that belong to the caller and lie outside the sandbox.  An attempt is
+*held* when the confined run fails the way the table says and the world is
+left exactly as it was; its *control* runs the same command unconfined on a
+fresh world and must work, so a held attempt means the sandbox held.
+
+The world is rebuilt before every run, so a control that changed it (a
+chmod, a message taken from a queue) never spoils the next run.  This module
+is imported by the uid-65534 battery's subprocess as well (see
+``test_escapes_nobody.py``), so it must not need pytest.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import pathlib
+import resource
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import anyio
+
+from asyncsandlock import DEVNULL, SYSTEM_READABLE, ExitReason, Sandbox
+from asyncsandlock._plan import compile_plan
+
+#: The helper's "the calls worked but changed nothing" and usage statuses.
+NOEFFECT = 124
+USAGE = 125
+#: The outcome of a process killed by SIGSYS (the filter's kill action).
+SIGSYS = -int(signal.SIGSYS)
+DENIED = frozenset({errno.EPERM, errno.EACCES})
+#: The policies attempts run under (see :meth:`World._build`).
+POLICIES = ("readme", "proc", "netother", "unix", "limits")
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One way out.  ``args`` are ``str.format`` templates over
+    :attr:`World.ctx`; ``held`` the confined outcomes that count as refused
+    (None: any failure); ``control`` the unconfined outcomes that show the
+    attack is real; ``item`` the issue-8 item it belongs to, if any."""
+
+    id: str
+    args: tuple[str, ...]
+    held: frozenset[int] | None = DENIED
+    control: frozenset[int] = frozenset({0})
+    policy: str = "readme"
+    item: str = ""
+
+
+def attempt(id: str, *args: str, held: Iterable[int] | None = DENIED,
+            control: Iterable[int] = (0,), policy: str = "readme", item: str = "") -> Attempt:
+    return Attempt(id, args, None if held is None else frozenset(held), frozenset(control),
+                   policy, item)
+
+
+def ids(attempts: Iterable[Attempt]) -> list[str]:
+    return [a.id for a in attempts]
+
+
+def outcome_of(returncode: int | None) -> int:
+    """An exit status, or minus the signal that killed the process."""
+    assert returncode is not None
+    return returncode
+
+
+def _rw_address(pid: int) -> int:
+    with open(f"/proc/{pid}/maps") as maps:
+        for line in maps:
+            if " rw-p " in line:
+                return int(line.split("-")[0], 16)
+    raise AssertionError("no writable mapping in the victim")
+
+
+@dataclass
+class World:
+    """What the attacks aim at, all owned by the calling uid."""
+
+    base: pathlib.Path
+    helper: str
+    ctx: dict[str, str] = field(default_factory=dict)
+    sockets: list[socket.socket] = field(default_factory=list)
+    sandboxes: dict[str, Sandbox] = field(default_factory=dict)
+    victim_fd: int = -1
+    baseline: dict[str, object] = field(default_factory=dict)
+    #: Whether a run may have changed the world since the last reset.
+    dirty: bool = True
+
+    # -- set up and tear down ------------------------------------------------
+
+    @classmethod
+    def create(cls, helper: str) -> World:
+        # Under /tmp, not pytest's tmp_path (a 0700 tree): the uid-65534
+        # battery builds its world the same way.
+        base = pathlib.Path(tempfile.mkdtemp(prefix="asl-escape-", dir="/tmp"))
+        base.chmod(0o755)
+        world = cls(base, helper)
+        try:
+            world._start()
+        except BaseException:
+            world.close()
+            raise
+        return world
+
+    def _start(self) -> None:
+        work = self.base / "work"
+        work.mkdir()
+        work.chmod(0o777)
+        (self.base / "empty").mkdir()
+        listeners = {}
+        for name, family, host in (("port4", socket.AF_INET, "127.0.0.1"),
+                                   ("port6", socket.AF_INET6, "::1"),
+                                   ("portm", socket.AF_INET6, "::")):
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            if name == "portm":  # dual stack: v4-mapped peers reach it
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            sock.bind((host, 0))
+            sock.listen(64)
+            sock.setblocking(False)
+            self.sockets.append(sock)
+            listeners[name] = str(sock.getsockname()[1])
+        unix = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        (self.base / "sockets").mkdir(mode=0o755)
+        unix.bind(str(self.base / "sockets" / "outside.sock"))
+        unix.listen(8)
+        unix.setblocking(False)
+        self.sockets.append(unix)
+        abstract = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        abstract_name = f"asl-escape-{secrets.token_hex(6)}"
+        abstract.bind(b"\0" + abstract_name.encode())
+        abstract.listen(8)
+        abstract.setblocking(False)
+        self.sockets.append(abstract)
+        self.victim_fd, victim = self._start_victim()
+        me = os.getpid()
+        ldso = next((p for p in ("/lib64/ld-linux-x86-64.so.2", "/lib/ld-linux-aarch64.so.1")
+                     if os.path.exists(p)), "/nonexistent")
+        self.ctx.update(
+            base=str(self.base), work=str(work), ro=str(self.base / "ro"),
+            out=str(self.base / "out"), helperdir=os.path.dirname(self.helper),
+            caller=str(me), callerpgid=str(os.getpgid(0)), callertid=str(me),
+            victim=str(victim), victimpgid=str(os.getpgid(victim)),
+            victimaddr=hex(_rw_address(victim)), uid=str(os.getuid()),
+            other=str(int(listeners["port4"]) ^ 1 or 1), sock=str(self.base / "sockets"),
+            abstract="@" + abstract_name, ldso=ldso,
+            ipckey=str(0x5A000000 | (secrets.randbits(20) << 2)),
+            mq=f"/asl-escape-{secrets.token_hex(6)}", newmq=f"/asl-escape-{secrets.token_hex(6)}",
+            **listeners)
+        self.reset()
+        for policy in POLICIES:
+            self.sandboxes[policy] = self._build(policy)
+
+    @staticmethod
+    def _start_victim() -> tuple[int, int]:
+        """A sleeping process of the caller's uid that is not our child
+        (so it is no leak of any test), held by a pidfd."""
+        out = subprocess.run(["sh", "-c", "sleep 3600 </dev/null >/dev/null 2>&1 & echo $!"],
+                             capture_output=True, text=True, check=True)
+        pid = int(out.stdout)
+        return os.pidfd_open(pid), pid
+
+    def close(self) -> None:
+        for sock in self.sockets:
+            sock.close()
+        if self.victim_fd >= 0:
+            with contextlib.suppress(ProcessLookupError):
+                signal.pidfd_send_signal(self.victim_fd, signal.SIGKILL)
+            os.close(self.victim_fd)
+            self.victim_fd = -1
+        if "ipckey" in self.ctx:
+            self.tool("world-cleanup", *self._ipc_names())
+        for sandbox in self.sandboxes.values():
+            compiled = sandbox._compiled
+            if compiled is not None and hasattr(compiled, "close"):
+                compiled.close()
+        shutil.rmtree(self.base, ignore_errors=True)
+
+    def tool(self, *args: str) -> str:
+        """Run the helper unconfined for set-up work; its stdout."""
+        done = subprocess.run([self.helper, *args], capture_output=True, text=True,
+                              stdin=subprocess.DEVNULL)
+        assert done.returncode == 0, (args, done.returncode, done.stderr)
+        return done.stdout
+
+    # -- the state an attack could change -------------------------------------
+
+    def reset(self) -> None:
+        """Put back every target the previous run may have changed."""
+        # The tree roots stay: the policies' rulesets hold their inodes.
+        for tree in ("ro", "out", "work"):
+            root = self.base / tree
+            root.mkdir(exist_ok=True)
+            for entry in root.iterdir():
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry)
+                else:
+                    entry.unlink()
+        for tree, text in (("ro", "ro-secret\n"), ("out", "out-secret\n")):
+            root = self.base / tree
+            root.chmod(0o755)
+            (root / "file").write_text(text)
+            (root / "file").chmod(0o644)
+            shutil.copy("/bin/true", root / "bin")
+            (root / "bin").chmod(0o755)
+            os.setxattr(root / "file", "user.keep", b"1")
+            (root / "dir").mkdir()
+            (root / "link").symlink_to(root / "file")
+        work = self.base / "work"
+        work.chmod(0o777)
+        (work / "own").write_text("own\n")
+        (work / "own").chmod(0o644)
+        shutil.copy("/bin/true", work / "true")
+        (work / "true").chmod(0o755)
+        self._reset_victim()
+        self._drain()
+        ids = self.tool("world-reset", *self._ipc_names(), str(self.base / "out" / "file"))
+        self.ctx["shmid"], self.ctx["semid"], self.ctx["msgid"], self.ctx["handle"] = ids.split()
+        self.baseline = self.state()
+        self.dirty = False
+
+    def _ipc_names(self) -> tuple[str, str, str]:
+        return self.ctx["ipckey"], self.ctx["mq"], self.ctx["newmq"]
+
+    def _reset_victim(self) -> None:
+        pid = int(self.ctx["victim"])
+        if not self._victim_alive():
+            os.close(self.victim_fd)
+            self.victim_fd, pid = self._start_victim()
+            self.ctx.update(victim=str(pid), victimpgid=str(os.getpgid(pid)),
+                            victimaddr=hex(_rw_address(pid)))
+        # Set, not restored: whatever a control changed is put back here.
+        with contextlib.suppress(OSError):
+            resource.prlimit(pid, resource.RLIMIT_NOFILE, resource.getrlimit(resource.RLIMIT_NOFILE))
+        with contextlib.suppress(OSError):
+            os.sched_setaffinity(pid, os.sched_getaffinity(0))
+        with contextlib.suppress(OSError):
+            os.sched_setscheduler(pid, os.SCHED_OTHER, os.sched_param(0))
+        with contextlib.suppress(OSError):
+            os.setpriority(os.PRIO_PROCESS, pid, os.getpriority(os.PRIO_PROCESS, 0))
+
+    def _victim_alive(self) -> bool:
+        try:
+            signal.pidfd_send_signal(self.victim_fd, 0)
+        except ProcessLookupError:
+            return False
+        return True
+
+    def _drain(self) -> list[str]:
+        """Accept whatever reached our listeners; name the ones reached."""
+        reached = []
+        for sock in self.sockets:
+            while True:
+                try:
+                    conn, _ = sock.accept()
+                except BlockingIOError:
+                    break
+                conn.close()
+                reached.append(str(sock.getsockname()))
+        return reached
+
+    def state(self) -> dict[str, object]:
+        out: dict[str, object] = {}
+        for path in sorted(self.base.rglob("*")):
+            if path == self.base / "work" or (
+                    path.parent == self.base / "work" and path.name not in ("own", "true")):
+                continue  # the sandbox's own files
+            st = path.lstat()
+            xattrs: dict[str, bytes] = {}
+            if not path.is_symlink():
+                xattrs = {name: os.getxattr(path, name) for name in os.listxattr(path)}
+            content = path.read_bytes() if path.is_file() and not path.is_symlink() else b""
+            out[str(path)] = (st.st_mode, st.st_uid, st.st_gid, st.st_mtime_ns, xattrs, content)
+        pid = int(self.ctx["victim"])
+        if self._victim_alive():
+            out["victim"] = (resource.prlimit(pid, resource.RLIMIT_NOFILE),
+                             os.sched_getaffinity(pid), os.sched_getscheduler(pid),
+                             os.getpriority(os.PRIO_PROCESS, pid), self._ioprio(pid))
+        else:
+            out["victim"] = "dead"
+        # shm intact, semaphore value, messages queued; messages in mq, newmq
+        out["ipc"] = self.tool("world-state", *self._ipc_names()).split()
+        return out
+
+    @staticmethod
+    def _ioprio(pid: int) -> str:
+        with open(f"/proc/{pid}/io", "rb"):
+            pass  # the process exists; ioprio_get has no Python binding
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        return str(libc.syscall(252 if os.uname().machine == "x86_64" else 31, 1, pid))
+
+    def damage(self) -> list[str]:
+        """What differs from the world as the last reset left it."""
+        changed = [f"connection to {name}" for name in self._drain()]
+        now = self.state()
+        for key in sorted(set(now) | set(self.baseline)):
+            if now.get(key) != self.baseline.get(key):
+                changed.append(f"{key}: {self.baseline.get(key)!r} -> {now.get(key)!r}")
+        return changed
+
+    # -- policies and runs ----------------------------------------------------
+
+    def sandbox(self, policy: str) -> Sandbox:
+        return self.sandboxes[policy]
+
+    def _build(self, policy: str) -> Sandbox:
+        readable = [*SYSTEM_READABLE, self.ctx["helperdir"], self.ctx["ro"]]
+        extra: dict[str, object] = {}
+        if policy == "proc":
+            readable.append("/proc")
+        elif policy == "netother":
+            extra["net_allow"] = [f":{self.ctx['other']}"]
+        elif policy == "unix":
+            extra["allow_unix_sockets"] = True
+        elif policy == "limits":
+            extra.update(max_open_files=64, max_memory="1G", max_processes=8)
+        elif policy != "readme":
+            raise ValueError(policy)
+        sb = Sandbox(fs_readable=readable, fs_writable=[self.ctx["work"]], **extra)  # type: ignore[arg-type]
+        anyio.run(compile_plan, sb)  # built now: its fds are no leak of a test
+        return sb
+
+    def argv(self, a: Attempt) -> list[str]:
+        return [self.helper, *(arg.format(**self.ctx) for arg in a.args)]
+
+    def _reap(self, stdout: bytes) -> None:
+        """Reap what clone(CLONE_PARENT) made our child."""
+        for line in stdout.decode(errors="replace").split():
+            if line.isdigit():
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(int(line), 0)
+
+    async def confined(self, a: Attempt, **kwargs: object) -> tuple[int, bytes, list[str]]:
+        """Run ``a`` in its sandbox; (outcome, stdout, damage)."""
+        if self.dirty:
+            self.reset()
+        sb = self.sandbox(a.policy)
+        result = await sb.run(self.argv(a), stdin=kwargs.pop("stdin", DEVNULL), timeout=30,
+                              **kwargs)  # type: ignore[arg-type]
+        if a.id == "clone-parent":
+            self._reap(result.stdout)
+        assert result.reason in (ExitReason.EXITED, ExitReason.SIGNALED), result
+        damage = self.damage()
+        self.dirty = bool(damage)
+        for entry in (self.base / "work").iterdir():  # the sandbox's own files
+            if entry.name not in ("own", "true"):
+                shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+        return outcome_of(result.returncode), result.stdout, damage
+
+    def unconfined(self, a: Attempt) -> tuple[int, bytes]:
+        if self.dirty:
+            self.reset()
+        self.dirty = True
+        done = subprocess.run(self.argv(a), capture_output=True, stdin=subprocess.DEVNULL,
+                              timeout=30)
+        if a.id == "clone-parent":
+            self._reap(done.stdout)
+        return done.returncode, done.stdout
+
+
+def describe(code: int) -> str:
+    if code < 0:
+        return f"killed by {signal.Signals(-code).name}"
+    return {0: "0 (it worked)", NOEFFECT: "124 (no effect)", USAGE: "125 (usage)"}.get(
+        code, f"{code} ({errno.errorcode.get(code, '?')})")
+
+
+def check_held(a: Attempt, code: int, damage: list[str], stdout: bytes = b"") -> None:
+    assert code != USAGE, f"{a.id}: the helper was misused"
+    assert code != 0, f"{a.id} got out: {stdout[:200]!r} {damage}"
+    if a.held is not None:
+        assert code in a.held, f"{a.id}: refused by {describe(code)}, not {sorted(a.held)}"
+    assert damage == [], f"{a.id} failed but changed the world: {damage}"
+
+
+def check_control(a: Attempt, code: int) -> None:
+    assert code in a.control, f"{a.id} does not work unconfined: {describe(code)}"
+
+
+async def assert_held(world: World, a: Attempt) -> None:
+    code, stdout, damage = await world.confined(a)
+    check_held(a, code, damage, stdout)
+
+
+def assert_control(world: World, a: Attempt) -> None:
+    code, _ = world.unconfined(a)
+    check_control(a, code)
+
+
+PYTHON = sys.executable
