@@ -28,6 +28,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -95,6 +96,7 @@ class World:
     sockets: list[socket.socket] = field(default_factory=list)
     sandboxes: dict[str, Sandbox] = field(default_factory=dict)
     victim_fd: int = -1
+    held_fd: int = -1
     baseline: dict[str, object] = field(default_factory=dict)
     #: Whether a run may have changed the world since the last reset.
     dirty: bool = True
@@ -145,6 +147,9 @@ class World:
         abstract.setblocking(False)
         self.sockets.append(abstract)
         self.victim_fd, victim = self._start_victim()
+        held = self.base / "held"
+        held.write_text("held-secret\n")
+        self.held_fd = os.open(held, os.O_RDONLY)  # an fd of ours on a file outside
         me = os.getpid()
         ldso = next((p for p in ("/lib64/ld-linux-x86-64.so.2", "/lib/ld-linux-aarch64.so.1")
                      if os.path.exists(p)), "/nonexistent")
@@ -155,7 +160,7 @@ class World:
             victim=str(victim), victimpgid=str(os.getpgid(victim)),
             victimaddr=hex(_rw_address(victim)), uid=str(os.getuid()),
             other=str(int(listeners["port4"]) ^ 1 or 1), sock=str(self.base / "sockets"),
-            abstract="@" + abstract_name, ldso=ldso,
+            abstract="@" + abstract_name, ldso=ldso, heldfd=str(self.held_fd),
             ipckey=str(0x5A000000 | (secrets.randbits(20) << 2)),
             mq=f"/asl-escape-{secrets.token_hex(6)}", newmq=f"/asl-escape-{secrets.token_hex(6)}",
             **listeners)
@@ -175,6 +180,8 @@ class World:
     def close(self) -> None:
         for sock in self.sockets:
             sock.close()
+        if self.held_fd >= 0:
+            os.close(self.held_fd)
         if self.victim_fd >= 0:
             with contextlib.suppress(ProcessLookupError):
                 signal.pidfd_send_signal(self.victim_fd, signal.SIGKILL)
@@ -282,7 +289,8 @@ class World:
             if not path.is_symlink():
                 xattrs = {name: os.getxattr(path, name) for name in os.listxattr(path)}
             content = path.read_bytes() if path.is_file() and not path.is_symlink() else b""
-            out[str(path)] = (st.st_mode, st.st_uid, st.st_gid, st.st_mtime_ns, xattrs, content)
+            out[str(path)] = (oct(st.st_mode), st.st_uid, st.st_gid, st.st_mtime_ns, xattrs,
+                              zlib.crc32(content))
         pid = int(self.ctx["victim"])
         if self._victim_alive():
             out["victim"] = (resource.prlimit(pid, resource.RLIMIT_NOFILE),
