@@ -22,6 +22,7 @@ import os
 import pathlib
 import resource
 import secrets
+import select
 import shutil
 import signal
 import socket
@@ -159,6 +160,7 @@ class World:
             caller=str(me), callerpgid=str(os.getpgid(0)), callertid=str(me),
             victim=str(victim), victimpgid=str(os.getpgid(victim)),
             victimaddr=hex(_rw_address(victim)), uid=str(os.getuid()),
+            calleraddr=hex(_rw_address(me)),
             other=str(int(listeners["port4"]) ^ 1 or 1), sock=str(self.base / "sockets"),
             abstract="@" + abstract_name, ldso=ldso, heldfd=str(self.held_fd),
             ipckey=str(0x5A000000 | (secrets.randbits(20) << 2)),
@@ -172,7 +174,8 @@ class World:
     def _start_victim() -> tuple[int, int]:
         """A sleeping process of the caller's uid that is not our child
         (so it is no leak of any test), held by a pidfd."""
-        out = subprocess.run(["sh", "-c", "sleep 3600 </dev/null >/dev/null 2>&1 & echo $!"],
+        # setsid: its own process group, which attempts on "a group" aim at.
+        out = subprocess.run(["sh", "-c", "setsid sleep 3600 </dev/null >/dev/null 2>&1 & echo $!"],
                              capture_output=True, text=True, check=True)
         pid = int(out.stdout)
         return os.pidfd_open(pid), pid
@@ -248,7 +251,9 @@ class World:
             self.victim_fd, pid = self._start_victim()
             self.ctx.update(victim=str(pid), victimpgid=str(os.getpgid(pid)),
                             victimaddr=hex(_rw_address(pid)))
-        # Set, not restored: whatever a control changed is put back here.
+        # A ptrace attach leaves it stopped; whatever else a control changed is
+        # put back here.
+        signal.pidfd_send_signal(self.victim_fd, signal.SIGCONT)
         with contextlib.suppress(OSError):
             resource.prlimit(pid, resource.RLIMIT_NOFILE, resource.getrlimit(resource.RLIMIT_NOFILE))
         with contextlib.suppress(OSError):
@@ -259,11 +264,16 @@ class World:
             os.setpriority(os.PRIO_PROCESS, pid, os.getpriority(os.PRIO_PROCESS, 0))
 
     def _victim_alive(self) -> bool:
+        """A pidfd polls readable once its process has exited (a zombie
+        still takes signals, so signal 0 cannot tell).  A signal the run just
+        sent may still be on its way: then wait for it to act."""
         try:
-            signal.pidfd_send_signal(self.victim_fd, 0)
-        except ProcessLookupError:
-            return False
-        return True
+            with open(f"/proc/{self.ctx['victim']}/status") as f:
+                pending = any(int(line.split()[1], 16) for line in f
+                              if line.startswith(("SigPnd:", "ShdPnd:")))
+        except (FileNotFoundError, ProcessLookupError):
+            pending = True
+        return not select.select([self.victim_fd], [], [], 1 if pending else 0)[0]
 
     def _drain(self) -> list[str]:
         """Accept whatever reached our listeners; name the ones reached."""
@@ -293,7 +303,9 @@ class World:
                               zlib.crc32(content))
         pid = int(self.ctx["victim"])
         if self._victim_alive():
-            out["victim"] = (resource.prlimit(pid, resource.RLIMIT_NOFILE),
+            with open(f"/proc/{pid}/stat") as f:
+                run_state = f.read().rsplit(")", 1)[1].split()[0]
+            out["victim"] = (run_state, resource.prlimit(pid, resource.RLIMIT_NOFILE),
                              os.sched_getaffinity(pid), os.sched_getscheduler(pid),
                              os.getpriority(os.PRIO_PROCESS, pid), self._ioprio(pid))
         else:

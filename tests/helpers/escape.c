@@ -610,7 +610,7 @@ static int do_ioprio(void) {
 
 static int do_migrate_pages(void) {
     unsigned long mask = 1;
-    return res(syscall(SYS_migrate_pages, N(0), 8 * sizeof mask, &mask, &mask));
+    return res(syscall(SYS_migrate_pages, N(0), 2, &mask, &mask));
 }
 
 static int do_move_pages(void) {
