@@ -719,6 +719,23 @@ static int do_i386(void) {
     return rc < 0 && rc > -4096 ? (int)-rc : 0;
 }
 
+/* A one-entry hash map: what loading BPF programs starts with. */
+static int do_bpf_map(void) {
+    uint32_t attr[30] = {0};
+    attr[0] = 1; /* BPF_MAP_TYPE_HASH */
+    attr[1] = attr[2] = 4; /* key and value size */
+    attr[3] = 1; /* max_entries */
+    return res(syscall(SYS_bpf, 0 /* BPF_MAP_CREATE */, attr, sizeof attr));
+}
+
+/* A software clock counter on this process. */
+static int do_perf(void) {
+    uint32_t attr[32] = {0};
+    attr[0] = 1; /* PERF_TYPE_SOFTWARE; config (u64 at 8) 0 = CPU_CLOCK */
+    attr[1] = sizeof attr;
+    return res(syscall(SYS_perf_event_open, attr, 0, -1, -1, 0));
+}
+
 static int do_personality(void) { return res(personality((unsigned long)N(0))); }
 
 /* -- IPC ------------------------------------------------------------------- */
@@ -1082,6 +1099,7 @@ static const struct {
     {"clone-parent", do_clone_parent},
     {"unshare", do_unshare}, {"clone", do_clone}, {"clone3", do_clone3}, {"setns", do_setns},
     {"raw", do_raw}, {"x32", do_x32}, {"i386", do_i386}, {"personality", do_personality},
+    {"bpf-map", do_bpf_map}, {"perf", do_perf},
     {"world-reset", do_world_reset}, {"world-state", do_world_state},
     {"world-cleanup", do_world_cleanup},
     {"shm-read", do_shm_read}, {"shmat-id", do_shmat_id}, {"shmctl", do_shmctl},
