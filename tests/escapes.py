@@ -238,6 +238,8 @@ class World:
         self._drain()
         ids = self.tool("world-reset", *self._ipc_names(), str(self.base / "out" / "file"))
         self.ctx["shmid"], self.ctx["semid"], self.ctx["msgid"], self.ctx["handle"] = ids.split()
+        key = int(self.ctx["ipckey"])
+        self.ctx.update(semkey=str(key + 1), msgkey=str(key + 2))
         self.baseline = self.state()
         self.dirty = False
 
