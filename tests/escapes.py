@@ -18,6 +18,9 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
+import importlib
+import json
 import os
 import pathlib
 import resource
@@ -29,6 +32,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import termios
 import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -424,3 +428,135 @@ def assert_control(world: World, a: Attempt) -> None:
 
 
 PYTHON = sys.executable
+
+
+# -- callers in a subprocess: another uid, a terminal of their own -----------
+#
+# ``python tests/escapes.py MODE [--uid UID] HELPER ARGS...`` runs attempts
+# as a fresh caller and prints one JSON line of outcomes:
+#   battery MODULE:TABLE... : the listed tables' attempts, each confined on
+#       both backends and unconfined, against a World of this caller's own;
+#   terminal : the terminal attempts of test_escapes_terminal.TTY, with the
+#       caller a session leader whose controlling terminal is a new pty.
+
+BACKENDS = ("asyncio", "trio")
+
+
+def run_caller(mode: str, helper: str, *args: str, uid: int | None = None,
+               timeout: float = 120) -> dict[str, dict[str, object]]:
+    cmd = [PYTHON, __file__, mode, *(["--uid", str(uid)] if uid is not None else []), helper, *args]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
+                          stdin=subprocess.DEVNULL)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+    result: dict[str, dict[str, object]] = json.loads(done.stdout.splitlines()[-1])
+    return result
+
+
+def _drop_to(uid: int) -> None:
+    os.setgroups([])
+    os.setresgid(uid, uid, uid)
+    os.setresuid(uid, uid, uid)
+
+
+def _tables(specs: Iterable[str]) -> list[Attempt]:
+    out: list[Attempt] = []
+    for spec in specs:
+        module, name = spec.split(":")
+        out += getattr(importlib.import_module(module), name)
+    return out
+
+
+def _battery(helper: str, attempts: list[Attempt]) -> dict[str, dict[str, object]]:
+    world = World.create(helper)
+    results: dict[str, dict[str, object]] = {}
+    try:
+        for a in attempts:
+            entry: dict[str, object] = {}
+            for backend in BACKENDS:
+                code, stdout, damage = anyio.run(world.confined, a, backend=backend)
+                entry[backend] = [code, damage, stdout.decode(errors="replace")[:200]]
+            entry["control"] = world.unconfined(a)[0]
+            results[a.id] = entry
+    finally:
+        world.close()
+    return results
+
+
+def _terminal(helper: str, attempts: list[Attempt]) -> dict[str, dict[str, object]]:
+    """Each attempt gets the terminal as fd 0 (``stdin=0``), except ``read``,
+    which checks what run() hands over by default."""
+    master, slave = os.openpty()
+    fcntl.ioctl(slave, termios.TIOCSCTTY, 0)
+    os.dup2(slave, 0)
+    signal.signal(signal.SIGTTOU, signal.SIG_IGN)  # to take the foreground back
+    winches: list[int] = []
+    signal.signal(signal.SIGWINCH, lambda *_: winches.append(1))
+    typed = b"typed-secret\n"
+    base = pathlib.Path(tempfile.mkdtemp(prefix="asl-escape-tty-", dir="/tmp"))
+    sb = Sandbox(fs_readable=[*SYSTEM_READABLE, os.path.dirname(helper)], fs_writable=[base])
+    size = fcntl.ioctl(slave, termios.TIOCGWINSZ, bytes(8))
+
+    def prepare() -> None:
+        fcntl.ioctl(slave, termios.TIOCSCTTY, 1 if os.getuid() == 0 else 0)
+        os.tcsetpgrp(slave, os.getpgrp())
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, size)
+        termios.tcflush(slave, termios.TCIFLUSH)
+        os.write(master, typed)
+        winches.clear()
+
+    def damage(stdout: bytes) -> list[str]:
+        out = []
+        if winches:
+            out.append("SIGWINCH sent to the caller")
+        try:
+            if os.tcgetpgrp(slave) != os.getpgrp():
+                out.append("the caller's terminal has another foreground group")
+        except OSError:
+            out.append("the caller lost its controlling terminal")
+        if typed.strip() in stdout:
+            out.append("read what the user typed")
+        return out
+
+    results: dict[str, dict[str, object]] = {}
+    for a in attempts:
+        argv = [helper, *a.args]
+        kwargs = {} if a.args == ("tty", "read") else {"stdin": 0}
+        entry: dict[str, object] = {}
+        for backend in BACKENDS:
+            prepare()
+            r = anyio.run(lambda: sb.run(argv, timeout=30, **kwargs),  # type: ignore[arg-type]
+                          backend=backend)
+            entry[backend] = [outcome_of(r.returncode), damage(r.stdout),
+                              r.stdout.decode(errors="replace")[:200]]
+        prepare()
+        # Like the sandbox, the control runs in a process group of its own.
+        done = subprocess.run(argv, capture_output=True, process_group=0, timeout=30)
+        entry["control"] = done.returncode
+        entry["control_damage"] = damage(done.stdout)
+        results[a.id] = entry
+    prepare()
+    shutil.rmtree(base, ignore_errors=True)
+    return results
+
+
+def main(argv: list[str]) -> None:
+    mode, *rest = argv
+    uid = None
+    if rest[0] == "--uid":
+        uid, rest = int(rest[1]), rest[2:]
+    helper, *specs = rest
+    if mode == "terminal":
+        os.setsid()
+        specs = ["test_escapes_terminal:TTY"]
+    attempts = _tables(specs)  # every import before the drop: /root is 0700
+    import anyio._backends._asyncio  # noqa: F401
+    import anyio._backends._trio  # noqa: F401
+
+    if uid is not None:
+        _drop_to(uid)
+    run = _terminal if mode == "terminal" else _battery
+    print(json.dumps(run(helper, attempts)))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

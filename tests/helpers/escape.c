@@ -922,16 +922,23 @@ static int do_world_cleanup(void) {
 
 /* -- the terminal ---------------------------------------------------------- */
 
+/* Attacks on the terminal on fd 0.  Job control would stop a background
+ * process group that touches it: an attacker ignores SIGTTOU and SIGTTIN. */
+static int take_foreground(void) {
+    pid_t me = getpgrp();
+    return res(ioctl(0, TIOCSPGRP, &me));
+}
+
 static int do_tty(void) {
     const char *how = A(0);
+    signal(SIGTTOU, SIG_IGN);
+    signal(SIGTTIN, SIG_IGN);
     if (!strcmp(how, "sti")) {
-        char c = 'x';
+        char c = '\n';
         return res(ioctl(0, TIOCSTI, &c));
     }
-    if (!strcmp(how, "spgrp")) {
-        pid_t me = getpgrp();
-        return res(ioctl(0, TIOCSPGRP, &me));
-    }
+    if (!strcmp(how, "spgrp"))
+        return take_foreground();
     if (!strcmp(how, "swinsz")) {
         struct winsize ws;
         if (ioctl(0, TIOCGWINSZ, &ws) < 0)
@@ -941,8 +948,14 @@ static int do_tty(void) {
     }
     if (!strcmp(how, "notty"))
         return res(ioctl(0, TIOCNOTTY));
-    if (!strcmp(how, "cons"))
-        return res(ioctl(0, TIOCCONS));
+    if (!strcmp(how, "cons")) { /* console output to this terminal, then back */
+        if (ioctl(0, TIOCCONS) < 0)
+            return errno;
+        int console = open("/dev/console", O_WRONLY | O_NOCTTY);
+        if (console < 0 || ioctl(console, TIOCCONS) < 0)
+            fprintf(stderr, "escape: could not undo TIOCCONS: %s\n", strerror(errno));
+        return 0;
+    }
     if (!strcmp(how, "sctty")) { /* a new session stealing the terminal */
         pid_t pid = fork();
         if (pid == 0) {
@@ -957,9 +970,10 @@ static int do_tty(void) {
     if (!strcmp(how, "devtty"))
         return opened(open("/dev/tty", O_RDWR));
     if (!strcmp(how, "read")) { /* what the user typed, if stdin is theirs */
+        take_foreground();
         struct pollfd p = {0, POLLIN, 0};
         char buf[64];
-        if (poll(&p, 1, 1000) <= 0)
+        if (poll(&p, 1, 500) <= 0)
             return NOEFFECT;
         ssize_t n = read(0, buf, sizeof buf);
         if (n < 0)
