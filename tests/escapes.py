@@ -32,6 +32,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 import termios
 import zlib
 from collections.abc import Iterable
@@ -182,7 +183,13 @@ class World:
         out = subprocess.run(["sh", "-c", "setsid sleep 3600 </dev/null >/dev/null 2>&1 & echo $!"],
                              capture_output=True, text=True, check=True)
         pid = int(out.stdout)
-        return os.pidfd_open(pid), pid
+        fd = os.pidfd_open(pid)
+        for _ in range(1000):  # until it is sleep, not the shell's fork on its way there
+            with open(f"/proc/{pid}/comm") as comm:
+                if comm.read().strip() == "sleep":
+                    break
+            time.sleep(0.001)
+        return fd, pid
 
     def close(self) -> None:
         for sock in self.sockets:
@@ -252,7 +259,12 @@ class World:
 
     def _reset_victim(self) -> None:
         pid = int(self.ctx["victim"])
-        if not self._victim_alive():
+        # Without CAP_SYS_NICE a raised niceness cannot be lowered again: then
+        # a new victim is simpler.
+        if not self._victim_alive() or os.getpriority(os.PRIO_PROCESS, pid) != os.getpriority(
+                os.PRIO_PROCESS, 0):
+            with contextlib.suppress(ProcessLookupError):
+                signal.pidfd_send_signal(self.victim_fd, signal.SIGKILL)
             os.close(self.victim_fd)
             self.victim_fd, pid = self._start_victim()
             self.ctx.update(victim=str(pid), victimpgid=str(os.getpgid(pid)),
