@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import functools
 import importlib
 import json
 import os
@@ -32,8 +33,8 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 import termios
+import time
 import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -49,6 +50,9 @@ USAGE = 125
 #: The outcome of a process killed by SIGSYS (the filter's kill action).
 SIGSYS = -int(signal.SIGSYS)
 DENIED = frozenset({errno.EPERM, errno.EACCES})
+#: The helper's attacks that can touch the world's IPC objects.
+IPC_ATTACKS = frozenset({"shm-read", "shmat-id", "shmctl", "semop", "semctl", "msgrcv", "msgsnd",
+                         "msgctl", "ipc-create", "mq"})
 #: The policies attempts run under (see :meth:`World._build`).
 POLICIES = ("readme", "proc", "netother", "unix", "limits")
 
@@ -85,11 +89,13 @@ def outcome_of(returncode: int | None) -> int:
 
 
 def _rw_address(pid: int) -> int:
+    """The top page of ``pid``'s stack: mapped, written, and never made
+    read-only (a data segment may be, by RELRO, while the process starts)."""
     with open(f"/proc/{pid}/maps") as maps:
         for line in maps:
-            if " rw-p " in line:
-                return int(line.split("-")[0], 16)
-    raise AssertionError("no writable mapping in the victim")
+            if line.rstrip().endswith("[stack]"):
+                return int(line.split()[0].split("-")[1], 16) - 4096
+    raise AssertionError(f"no stack in process {pid}")
 
 
 @dataclass
@@ -104,8 +110,10 @@ class World:
     victim_fd: int = -1
     held_fd: int = -1
     baseline: dict[str, object] = field(default_factory=dict)
-    #: Whether a run may have changed the world since the last reset.
+    #: Whether a run may have changed the world (its IPC objects) since the
+    #: last reset.
     dirty: bool = True
+    ipc_dirty: bool = True
 
     # -- set up and tear down ------------------------------------------------
 
@@ -247,12 +255,13 @@ class World:
         (work / "true").chmod(0o755)
         self._reset_victim()
         self._drain()
-        ids = self.tool("world-reset", *self._ipc_names(), str(self.base / "out" / "file"))
-        self.ctx["shmid"], self.ctx["semid"], self.ctx["msgid"], self.ctx["handle"] = ids.split()
-        key = int(self.ctx["ipckey"])
-        self.ctx.update(semkey=str(key + 1), msgkey=str(key + 2))
-        self.baseline = self.state()
-        self.dirty = False
+        if self.ipc_dirty:
+            ids = self.tool("world-reset", *self._ipc_names())
+            self.ctx["shmid"], self.ctx["semid"], self.ctx["msgid"] = ids.split()
+            key = int(self.ctx["ipckey"])
+            self.ctx.update(semkey=str(key + 1), msgkey=str(key + 2))
+        self.baseline = self.state(ipc=self.ipc_dirty)
+        self.dirty = self.ipc_dirty = False
 
     def _ipc_names(self) -> tuple[str, str, str]:
         return self.ctx["ipckey"], self.ctx["mq"], self.ctx["newmq"]
@@ -273,7 +282,8 @@ class World:
         # put back here.
         signal.pidfd_send_signal(self.victim_fd, signal.SIGCONT)
         with contextlib.suppress(OSError):
-            resource.prlimit(pid, resource.RLIMIT_NOFILE, resource.getrlimit(resource.RLIMIT_NOFILE))
+            resource.prlimit(pid, resource.RLIMIT_NOFILE,
+                             resource.getrlimit(resource.RLIMIT_NOFILE))
         with contextlib.suppress(OSError):
             os.sched_setaffinity(pid, os.sched_getaffinity(0))
         with contextlib.suppress(OSError):
@@ -284,14 +294,20 @@ class World:
     def _victim_alive(self) -> bool:
         """A pidfd polls readable once its process has exited (a zombie
         still takes signals, so signal 0 cannot tell).  A signal the run just
-        sent may still be on its way: then wait for it to act."""
+        sent may still be on its way, or the victim on its way out: then wait
+        for it to act."""
+        pid = self.ctx["victim"]
         try:
-            with open(f"/proc/{self.ctx['victim']}/status") as f:
+            with open(f"/proc/{pid}/status") as f:
                 pending = any(int(line.split()[1], 16) for line in f
                               if line.startswith(("SigPnd:", "ShdPnd:")))
+            with open(f"/proc/{pid}/stat") as f:
+                flags = int(f.read().rsplit(")", 1)[1].split()[6])
         except (FileNotFoundError, ProcessLookupError):
-            pending = True
-        return not select.select([self.victim_fd], [], [], 1 if pending else 0)[0]
+            pending, flags = True, 0
+        exiting = flags & 0x4  # PF_EXITING
+        wait = 1 if pending or exiting else 0
+        return not select.select([self.victim_fd], [], [], wait)[0]
 
     def _drain(self) -> list[str]:
         """Accept whatever reached our listeners; name the ones reached."""
@@ -306,7 +322,9 @@ class World:
                 reached.append(str(sock.getsockname()))
         return reached
 
-    def state(self) -> dict[str, object]:
+    def state(self, ipc: bool) -> dict[str, object]:
+        """What attacks could change; the IPC objects only if ``ipc`` (it takes
+        a helper run), else as the baseline has them."""
         out: dict[str, object] = {}
         for path in sorted(self.base.rglob("*")):
             if path == self.base / "work" or (
@@ -322,14 +340,15 @@ class World:
         pid = int(self.ctx["victim"])
         if self._victim_alive():
             with open(f"/proc/{pid}/stat") as f:
-                run_state = f.read().rsplit(")", 1)[1].split()[0]
-            out["victim"] = (run_state, resource.prlimit(pid, resource.RLIMIT_NOFILE),
+                stopped = f.read().rsplit(")", 1)[1].split()[0] in "Tt"  # ptrace, SIGSTOP
+            out["victim"] = ("stopped" if stopped else "running", resource.prlimit(pid, resource.RLIMIT_NOFILE),
                              os.sched_getaffinity(pid), os.sched_getscheduler(pid),
                              os.getpriority(os.PRIO_PROCESS, pid), self._ioprio(pid))
         else:
             out["victim"] = "dead"
         # shm intact, semaphore value, messages queued; messages in mq, newmq
-        out["ipc"] = self.tool("world-state", *self._ipc_names()).split()
+        out["ipc"] = (self.tool("world-state", *self._ipc_names()).split() if ipc
+                      else self.baseline.get("ipc"))
         return out
 
     @staticmethod
@@ -341,10 +360,10 @@ class World:
         libc = ctypes.CDLL(None, use_errno=True)
         return str(libc.syscall(252 if os.uname().machine == "x86_64" else 31, 1, pid))
 
-    def damage(self) -> list[str]:
+    def damage(self, ipc: bool = True) -> list[str]:
         """What differs from the world as the last reset left it."""
         changed = [f"connection to {name}" for name in self._drain()]
-        now = self.state()
+        now = self.state(ipc)
         for key in sorted(set(now) | set(self.baseline)):
             if now.get(key) != self.baseline.get(key):
                 changed.append(f"{key}: {self.baseline.get(key)!r} -> {now.get(key)!r}")
@@ -373,6 +392,8 @@ class World:
         return sb
 
     def argv(self, a: Attempt) -> list[str]:
+        if any("{handle}" in arg for arg in a.args):
+            self.ctx["handle"] = self.tool("handle", str(self.base / "out" / "file")).strip()
         return [self.helper, *(arg.format(**self.ctx) for arg in a.args)]
 
     def _reap(self, stdout: bytes) -> None:
@@ -392,17 +413,24 @@ class World:
         if a.id == "clone-parent":
             self._reap(result.stdout)
         assert result.reason in (ExitReason.EXITED, ExitReason.SIGNALED), result
-        damage = self.damage()
+        ipc = a.args[0] in IPC_ATTACKS
+        damage = self.damage(ipc)
         self.dirty = bool(damage)
+        self.ipc_dirty = ipc and self.dirty
         for entry in (self.base / "work").iterdir():  # the sandbox's own files
-            if entry.name not in ("own", "true"):
-                shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+            if entry.name in ("own", "true"):
+                continue
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
         return outcome_of(result.returncode), result.stdout, damage
 
     def unconfined(self, a: Attempt) -> tuple[int, bytes]:
         if self.dirty:
             self.reset()
         self.dirty = True
+        self.ipc_dirty = a.args[0] in IPC_ATTACKS
         done = subprocess.run(self.argv(a), capture_output=True, stdin=subprocess.DEVNULL,
                               timeout=30)
         if a.id == "clone-parent":
@@ -444,8 +472,10 @@ PYTHON = sys.executable
 
 # -- callers in a subprocess: another uid, a terminal of their own -----------
 #
-# ``python tests/escapes.py MODE [--uid UID] HELPER ARGS...`` runs attempts
-# as a fresh caller and prints one JSON line of outcomes:
+# ``python tests/escapes.py MODE [--uid UID] HELPER ARGS...`` is a fresh
+# caller.  ``dying HOW BACKEND`` starts a process that double-forks (see
+# _dying) for the test to kill the caller under; the others run attempts and
+# print one JSON line of outcomes:
 #   battery MODULE:TABLE... : the listed tables' attempts, each confined on
 #       both backends and unconfined, against a World of this caller's own;
 #   terminal : the terminal attempts of test_escapes_terminal.TTY, with the
@@ -536,8 +566,8 @@ def _terminal(helper: str, attempts: list[Attempt]) -> dict[str, dict[str, objec
         entry: dict[str, object] = {}
         for backend in BACKENDS:
             prepare()
-            r = anyio.run(lambda: sb.run(argv, timeout=30, **kwargs),  # type: ignore[arg-type]
-                          backend=backend)
+            run = functools.partial(sb.run, argv, timeout=30, **kwargs)  # type: ignore[arg-type]
+            r = anyio.run(run, backend=backend)
             entry[backend] = [outcome_of(r.returncode), damage(r.stdout),
                               r.stdout.decode(errors="replace")[:200]]
         prepare()
@@ -551,17 +581,45 @@ def _terminal(helper: str, attempts: list[Attempt]) -> dict[str, dict[str, objec
     return results
 
 
+def _dying(helper: str, how: str, backend: str) -> None:
+    """Start ``escape daemon wait`` (a child whose double-forked grandchild
+    sleeps), confined or not; print "CHILD GRANDCHILD" and wait to be killed."""
+    argv = [helper, "daemon", "wait"]
+
+    async def confined() -> None:
+        sb = Sandbox(fs_readable=[*SYSTEM_READABLE, os.path.dirname(helper)])
+        proc = await sb.open(argv, stdin=None, stdout=subprocess.PIPE, stderr=None)
+        assert proc.stdout is not None
+        line = await proc.stdout.receive()
+        print(proc.pid, line.decode().strip(), flush=True)
+        await anyio.sleep(3600)
+
+    if how == "confined":
+        anyio.run(confined, backend=backend)
+    else:
+        child = subprocess.Popen(argv, stdout=subprocess.PIPE)
+        assert child.stdout is not None
+        print(child.pid, child.stdout.readline().decode().strip(), flush=True)
+        signal.pause()
+
+
 def main(argv: list[str]) -> None:
     mode, *rest = argv
     uid = None
     if rest[0] == "--uid":
         uid, rest = int(rest[1]), rest[2:]
     helper, *specs = rest
+    if mode == "dying":
+        importlib.import_module(f"anyio._backends._{specs[1]}")
+        if uid is not None:
+            _drop_to(uid)
+        _dying(helper, *specs)
+        return
     if mode == "terminal":
         os.setsid()
         specs = ["test_escapes_terminal:TTY"]
     attempts = _tables(specs)  # every import before the drop: /root is 0700
-    import anyio._backends._asyncio  # noqa: F401
+    import anyio._backends._asyncio
     import anyio._backends._trio  # noqa: F401
 
     if uid is not None:

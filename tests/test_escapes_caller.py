@@ -16,10 +16,8 @@ import time
 from collections.abc import Iterator
 
 import anyio
+import escapes
 import pytest
-
-from asyncsandlock import PIPE, SYSTEM_READABLE, Sandbox
-from conftest import PYTHON, build_helper
 from escapes import (
     DENIED,
     NOEFFECT,
@@ -31,6 +29,10 @@ from escapes import (
     check_held,
     ids,
 )
+
+from asyncsandlock import PIPE, SYSTEM_READABLE, Sandbox
+
+from conftest import PYTHON, build_helper
 
 pytestmark = pytest.mark.anyio
 
@@ -152,34 +154,6 @@ async def test_secret_env_control(world: World, secret_env: str, how: str) -> No
 
 # -- the caller's death (item 8) ----------------------------------------------
 
-# A caller that starts ``escape daemon wait`` (a child whose double-forked
-# grandchild sleeps) confined or not, prints "CHILD GRANDCHILD" and waits.
-DYING_CALLER = r"""
-import importlib, os, subprocess, sys
-helper, how, backend, uid = sys.argv[1:5]
-if how == "confined":  # imported before the drop: /root is 0700
-    import anyio
-    from asyncsandlock import PIPE, SYSTEM_READABLE, Sandbox
-    importlib.import_module(f"anyio._backends._{backend}")
-if uid != "0":
-    os.setgroups([]); os.setresgid(int(uid), int(uid), int(uid)); os.setresuid(int(uid), int(uid), int(uid))
-argv = [helper, "daemon", "wait"]
-
-async def confined():
-    sb = Sandbox(fs_readable=[*SYSTEM_READABLE, os.path.dirname(helper)])
-    proc = await sb.open(argv, stdin=None, stdout=PIPE, stderr=None)
-    line = await proc.stdout.receive()
-    print(proc.pid, line.decode().strip(), flush=True)
-    await anyio.sleep(3600)
-
-if how == "confined":
-    anyio.run(confined, backend=backend)
-else:
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE)
-    print(proc.pid, proc.stdout.readline().decode().strip(), flush=True)
-    os.pause()
-"""
-
 SIGNALS = (signal.SIGKILL, signal.SIGTERM)
 UIDS = (0, 65534)
 Case = tuple[str, str, int, int]  # how, backend, signal, uid
@@ -190,14 +164,14 @@ CASES += [("unconfined", "asyncio", sig, uid) for sig in SIGNALS for uid in UIDS
 
 @pytest.fixture(scope="module")
 def survivors() -> dict[Case, list[int]]:
-    """Every case's dying caller at once, each killed by its signal; the
+    """Every case's dying caller (``escapes.py dying``) at once, each killed by its signal; the
     pids of what it started that are still alive 1 s later."""
     if os.geteuid() != 0:
         pytest.skip("needs root to drop to uid 65534")
     helper = build_helper("escape")
     with contextlib.ExitStack() as stack:
         callers = {case: stack.enter_context(subprocess.Popen(
-            [PYTHON, "-c", DYING_CALLER, helper, case[0], case[1], str(case[3])],
+            [PYTHON, escapes.__file__, "dying", "--uid", str(case[3]), helper, case[0], case[1]],
             stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)) for case in CASES}
         pidfds: dict[int, tuple[Case, int]] = {}
         try:

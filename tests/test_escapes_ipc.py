@@ -14,34 +14,34 @@ import errno
 from collections.abc import Iterator
 
 import pytest
+from escapes import DENIED, Attempt, World, assert_control, assert_held, attempt, ids
 
 from conftest import build_helper
-from escapes import DENIED, Attempt, World, assert_control, assert_held, attempt, ids
 
 pytestmark = pytest.mark.anyio
 
-I = "5"  # issue 8, item 5
+ITEM = "5"  # issue 8, item 5
 HELD = {*DENIED, errno.ENOSYS}
 
 IPC = [
-    attempt("shm-read-by-key", "shm-read", "{ipckey}", held=HELD, item=I),
-    attempt("shmat-by-id", "shmat-id", "{shmid}", held=HELD, item=I),
-    attempt("shmctl-stat", "shmctl", "{shmid}", "2", held=HELD, item=I),
-    attempt("shmctl-rmid", "shmctl", "{shmid}", "0", held=HELD, item=I),
-    attempt("shmget-create", "ipc-create", "shm", held=HELD, item=I),
-    attempt("semop-take", "semop", "{semkey}", held=HELD, item=I),
-    attempt("semctl-getval", "semctl", "{semid}", "12", held=HELD, item=I),
-    attempt("semctl-rmid", "semctl", "{semid}", "0", held=HELD, item=I),
-    attempt("semget-create", "ipc-create", "sem", held=HELD, item=I),
-    attempt("msgrcv-take", "msgrcv", "{msgkey}", held=HELD, item=I),
-    attempt("msgsnd", "msgsnd", "{msgkey}", held=HELD, item=I),
-    attempt("msgctl-stat", "msgctl", "{msgid}", "2", held=HELD, item=I),
-    attempt("msgctl-rmid", "msgctl", "{msgid}", "0", held=HELD, item=I),
-    attempt("msgget-create", "ipc-create", "msg", held=HELD, item=I),
-    attempt("mq-open-create", "mq", "create", "{newmq}", held=HELD, item=I),
-    attempt("mq-receive-take", "mq", "take", "{mq}", held=HELD, item=I),
-    attempt("mq-send", "mq", "send", "{mq}", held=HELD, item=I),
-    attempt("mq-unlink", "mq", "unlink", "{mq}", held=HELD, item=I),
+    attempt("shm-read-by-key", "shm-read", "{ipckey}", held=HELD, item=ITEM),
+    attempt("shmat-by-id", "shmat-id", "{shmid}", held=HELD, item=ITEM),
+    attempt("shmctl-stat", "shmctl", "{shmid}", "2", held=HELD, item=ITEM),
+    attempt("shmctl-rmid", "shmctl", "{shmid}", "0", held=HELD, item=ITEM),
+    attempt("shmget-create", "ipc-create", "shm", held=HELD, item=ITEM),
+    attempt("semop-take", "semop", "{semkey}", held=HELD, item=ITEM),
+    attempt("semctl-getval", "semctl", "{semid}", "12", held=HELD, item=ITEM),
+    attempt("semctl-rmid", "semctl", "{semid}", "0", held=HELD, item=ITEM),
+    attempt("semget-create", "ipc-create", "sem", held=HELD, item=ITEM),
+    attempt("msgrcv-take", "msgrcv", "{msgkey}", held=HELD, item=ITEM),
+    attempt("msgsnd", "msgsnd", "{msgkey}", held=HELD, item=ITEM),
+    attempt("msgctl-stat", "msgctl", "{msgid}", "2", held=HELD, item=ITEM),
+    attempt("msgctl-rmid", "msgctl", "{msgid}", "0", held=HELD, item=ITEM),
+    attempt("msgget-create", "ipc-create", "msg", held=HELD, item=ITEM),
+    attempt("mq-open-create", "mq", "create", "{newmq}", held=HELD, item=ITEM),
+    attempt("mq-receive-take", "mq", "take", "{mq}", held=HELD, item=ITEM),
+    attempt("mq-send", "mq", "send", "{mq}", held=HELD, item=ITEM),
+    attempt("mq-unlink", "mq", "unlink", "{mq}", held=HELD, item=ITEM),
 ]
 
 

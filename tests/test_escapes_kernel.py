@@ -20,10 +20,11 @@ import socket
 from collections.abc import Iterator
 
 import pytest
+from escapes import SIGSYS, Attempt, World, assert_control, assert_held, attempt, ids
 
 from asyncsandlock._sys import SYSCALLS
+
 from conftest import build_helper
-from escapes import SIGSYS, Attempt, World, assert_control, assert_held, attempt, ids
 
 pytestmark = pytest.mark.anyio
 

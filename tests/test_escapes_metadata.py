@@ -14,9 +14,9 @@ import errno
 from collections.abc import Iterator
 
 import pytest
+from escapes import DENIED, NOEFFECT, Attempt, World, assert_control, assert_held, attempt, ids
 
 from conftest import build_helper
-from escapes import DENIED, NOEFFECT, Attempt, World, assert_control, assert_held, attempt, ids
 
 pytestmark = pytest.mark.anyio
 

@@ -15,15 +15,15 @@ import platform
 from typing import Any
 
 import pytest
-
 import test_escapes_files
 import test_escapes_ipc
 import test_escapes_kernel
 import test_escapes_metadata
 import test_escapes_network
 import test_escapes_process
-from conftest import build_helper
 from escapes import BACKENDS, Attempt, check_control, check_held, run_caller
+
+from conftest import build_helper
 
 CHOSEN = [
     (test_escapes_files.FILES, [

@@ -17,8 +17,6 @@ import os
 from typing import Any
 
 import pytest
-
-from conftest import build_helper
 from escapes import (
     BACKENDS,
     DENIED,
@@ -29,6 +27,8 @@ from escapes import (
     check_held,
     run_caller,
 )
+
+from conftest import build_helper
 
 T = "6"  # issue 8, item 6
 TTY = [

@@ -887,8 +887,8 @@ static int do_mq(void) {
     return USAGE;
 }
 
-/* world-reset KEY MQ NEWMQ FILE: the IPC objects afresh (the queue MQ with one
- * message, NEWMQ absent); prints their ids and FILE's handle. */
+/* world-reset KEY MQ NEWMQ: the IPC objects afresh (the queue MQ with one
+ * message, NEWMQ absent); prints their ids. */
 static int do_world_reset(void) {
     key_t key = (key_t)N(0);
     ipc_cleanup(key);
@@ -901,9 +901,7 @@ static int do_world_reset(void) {
     if (q < 0 || mq_send(q, secret, sizeof secret, 0) < 0)
         return errno;
     mq_close(q);
-    arg += 3;
-    nargs -= 3;
-    return do_handle();
+    return 0;
 }
 
 /* world-state KEY MQ NEWMQ: one line of what an attack on them could change. */
