@@ -28,6 +28,7 @@ from escapes import (
     attempt,
     check_held,
     ids,
+    world_fixture,
 )
 
 from asyncsandlock import PIPE, SYSTEM_READABLE, Sandbox
@@ -45,11 +46,7 @@ CALLER = [
 ]
 
 
-@pytest.fixture(scope="module")
-def world() -> Iterator[World]:
-    w = World.create(build_helper("escape"))
-    yield w
-    w.close()
+world = world_fixture()
 
 
 @pytest.mark.parametrize("a", CALLER, ids=ids(CALLER))

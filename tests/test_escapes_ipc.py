@@ -11,12 +11,9 @@ would outlive the run must all fail under the default policy
 from __future__ import annotations
 
 import errno
-from collections.abc import Iterator
 
 import pytest
-from escapes import DENIED, Attempt, World, assert_control, assert_held, attempt, ids
-
-from conftest import build_helper
+from escapes import DENIED, Attempt, World, assert_control, assert_held, attempt, ids, world_fixture
 
 pytestmark = pytest.mark.anyio
 
@@ -45,11 +42,7 @@ IPC = [
 ]
 
 
-@pytest.fixture(scope="module")
-def world() -> Iterator[World]:
-    w = World.create(build_helper("escape"))
-    yield w
-    w.close()
+world = world_fixture()
 
 
 @pytest.mark.parametrize("a", IPC, ids=ids(IPC))

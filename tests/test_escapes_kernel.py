@@ -17,14 +17,11 @@ import errno
 import os
 import platform
 import socket
-from collections.abc import Iterator
 
 import pytest
-from escapes import SIGSYS, Attempt, World, assert_control, assert_held, attempt, ids
+from escapes import SIGSYS, Attempt, World, assert_control, assert_held, attempt, ids, world_fixture
 
 from asyncsandlock._sys import SYSCALLS
-
-from conftest import build_helper
 
 pytestmark = pytest.mark.anyio
 
@@ -109,11 +106,7 @@ if platform.machine() == "x86_64":
                for name, args in X32.items()]
 
 
-@pytest.fixture(scope="module")
-def world() -> Iterator[World]:
-    w = World.create(build_helper("escape"))
-    yield w
-    w.close()
+world = world_fixture()
 
 
 @pytest.mark.parametrize("a", KERNEL, ids=ids(KERNEL))

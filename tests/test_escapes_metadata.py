@@ -11,12 +11,19 @@ files.  The policy and world are those of ``test_escapes_files.py``.
 from __future__ import annotations
 
 import errno
-from collections.abc import Iterator
 
 import pytest
-from escapes import DENIED, NOEFFECT, Attempt, World, assert_control, assert_held, attempt, ids
-
-from conftest import build_helper
+from escapes import (
+    DENIED,
+    NOEFFECT,
+    Attempt,
+    World,
+    assert_control,
+    assert_held,
+    attempt,
+    ids,
+    world_fixture,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -81,11 +88,7 @@ WORKS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def world() -> Iterator[World]:
-    w = World.create(build_helper("escape"))
-    yield w
-    w.close()
+world = world_fixture()
 
 
 @pytest.mark.parametrize("a", METADATA, ids=ids(METADATA))

@@ -29,6 +29,7 @@ CHOSEN = [
     (test_escapes_files.FILES, [
         "read-unlisted", "write-unlisted", "create-in-world-root", "write-readable",
         "unlink-readable", "symlink-in-work-to-unlisted", "hardlink-unlisted-into-work",
+        "inotify-unlisted-dir", "inotify-world-root",
     ]),
     (test_escapes_metadata.METADATA, [
         "chmod-readable", "chmod-unlisted", "fchmod-readable", "chown-readable",

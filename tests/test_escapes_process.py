@@ -11,12 +11,9 @@ from __future__ import annotations
 
 import errno
 import select
-from collections.abc import Iterator
 
 import pytest
-from escapes import DENIED, Attempt, World, assert_control, assert_held, attempt, ids
-
-from conftest import build_helper
+from escapes import DENIED, Attempt, World, assert_control, assert_held, attempt, ids, world_fixture
 
 pytestmark = pytest.mark.anyio
 
@@ -77,11 +74,7 @@ WORKS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def world() -> Iterator[World]:
-    w = World.create(build_helper("escape"))
-    yield w
-    w.close()
+world = world_fixture()
 
 
 @pytest.mark.parametrize("a", PROCESS, ids=ids(PROCESS))
