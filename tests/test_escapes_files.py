@@ -78,7 +78,6 @@ FILES = [
     attempt("inotify-unlisted-file", "inotify", "{out}/file", item="9"),
     attempt("inotify-world-root", "inotify", "{base}", item="9"),
     attempt("inotify-root-home", "inotify", "/root", item="9"),
-    attempt("fanotify-init", "fanotify", held={errno.EPERM}),
 ]
 
 # What Landlock (up to ABI 7) does not govern, accepted and documented in

@@ -1075,7 +1075,6 @@ static int do_inotify(void) {
     return fd < 0 ? errno : res(inotify_add_watch(fd, A(0), IN_ALL_EVENTS));
 }
 
-static int do_fanotify(void) { return res(syscall(SYS_fanotify_init, 0, O_RDONLY)); }
 
 static const struct {
     const char *name;
@@ -1120,7 +1119,7 @@ static const struct {
     {"tty", do_tty},
     {"fd-scan", do_fd_scan}, {"env", do_env}, {"setrlimit", do_setrlimit},
     {"setsid", do_setsid}, {"setpgid", do_setpgid}, {"daemon", do_daemon},
-    {"inotify", do_inotify}, {"fanotify", do_fanotify},
+    {"inotify", do_inotify},
 };
 
 int main(int argc, char **argv) {
