@@ -8,10 +8,12 @@ that belong to the caller and lie outside the sandbox.  An attempt is
 left exactly as it was; its *control* runs the same command unconfined on a
 fresh world and must work, so a held attempt means the sandbox held.
 
-The world is rebuilt before every run, so a control that changed it (a
-chmod, a message taken from a queue) never spoils the next run.  This module
-is imported by the uid-65534 battery's subprocess as well (see
-``test_escapes_nobody.py``), so it must not need pytest.
+The world is rebuilt whenever a run may have changed it (every control, and
+a confined run that did damage), so a control that chmodded a file or took
+a message from a queue never spoils the next run.  This module is also the
+script that runs callers in a subprocess (as uid 65534, with a terminal,
+dying: see ``main``), so it imports pytest only inside the functions that
+need it.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ from typing import Any
 
 import anyio
 
-from asyncsandlock import DEVNULL, SYSTEM_READABLE, ExitReason, Sandbox
+from asyncsandlock import SYSTEM_READABLE, ExitReason, Sandbox
 from asyncsandlock._plan import compile_plan
 
 #: The helper's "the calls worked but changed nothing" and usage statuses.
@@ -81,12 +83,6 @@ def attempt(id: str, *args: str, held: Iterable[int] | None = DENIED,
 
 def ids(attempts: Iterable[Attempt]) -> list[str]:
     return [a.id for a in attempts]
-
-
-def outcome_of(returncode: int | None) -> int:
-    """An exit status, or minus the signal that killed the process."""
-    assert returncode is not None
-    return returncode
 
 
 def _rw_address(pid: int) -> int:
@@ -405,15 +401,15 @@ class World:
                 with contextlib.suppress(ChildProcessError):
                     os.waitpid(int(line), 0)
 
-    async def confined(self, a: Attempt, **kwargs: object) -> tuple[int, bytes, list[str]]:
+    async def confined(self, a: Attempt) -> tuple[int, bytes, list[str]]:
         """Run ``a`` in its sandbox; (outcome, stdout, damage)."""
         if self.dirty:
             self.reset()
         sb = self.sandbox(a.policy)
-        result = await sb.run(self.argv(a), stdin=kwargs.pop("stdin", DEVNULL), timeout=30,
-                              **kwargs)  # type: ignore[arg-type]
+        result = await sb.run(self.argv(a), timeout=30)
+        stdout = result.stdout or b""
         if a.id == "clone-parent":
-            self._reap(result.stdout)
+            self._reap(stdout)
         assert result.reason in (ExitReason.EXITED, ExitReason.SIGNALED), result
         ipc = a.args[0] in IPC_ATTACKS
         damage = self.damage(ipc)
@@ -426,7 +422,7 @@ class World:
                 shutil.rmtree(entry)
             else:
                 entry.unlink()
-        return outcome_of(result.returncode), result.stdout, damage
+        return result.returncode, stdout, damage
 
     def unconfined(self, a: Attempt) -> tuple[int, bytes]:
         if self.dirty:
@@ -594,8 +590,8 @@ def _terminal(helper: str, attempts: list[Attempt]) -> dict[str, dict[str, objec
             prepare()
             run = functools.partial(sb.run, argv, timeout=30, **kwargs)  # type: ignore[arg-type]
             r = anyio.run(run, backend=backend)
-            entry[backend] = [outcome_of(r.returncode), damage(r.stdout),
-                              r.stdout.decode(errors="replace")[:200]]
+            stdout = r.stdout or b""
+            entry[backend] = [r.returncode, damage(stdout), stdout.decode(errors="replace")[:200]]
         prepare()
         # Like the sandbox, the control runs in a process group of its own.
         done = subprocess.run(argv, capture_output=True, process_group=0, timeout=30)

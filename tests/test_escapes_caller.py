@@ -120,9 +120,9 @@ def env_sandbox(world: World, **kwargs: object) -> Sandbox:
 async def read_env(world: World, how: str, sb: Sandbox) -> bytes:
     argv = [world.helper, "env", "SECRET_TOKEN"]
     if how == "run":
-        return (await sb.run(argv, timeout=30)).stdout
+        return (await sb.run(argv, timeout=30)).stdout or b""
     if how == "run-with-env":
-        return (await sb.run(argv, env={"LANG": "C"}, timeout=30)).stdout
+        return (await sb.run(argv, env={"LANG": "C"}, timeout=30)).stdout or b""
     if how == "open":
         async with await sb.open(argv, stdin=None, stdout=PIPE, stderr=None) as proc:
             assert proc.stdout is not None
@@ -130,7 +130,7 @@ async def read_env(world: World, how: str, sb: Sandbox) -> bytes:
             await proc.wait()
             return out
     if how == "pipeline":
-        return (await (sb.cmd(["true"]) | sb.cmd(argv)).run(timeout=30)).stdout
+        return (await (sb.cmd(["true"]) | sb.cmd(argv)).run(timeout=30)).stdout or b""
     raise AssertionError(how)
 
 
