@@ -57,7 +57,7 @@ DENIED = frozenset({errno.EPERM, errno.EACCES})
 IPC_ATTACKS = frozenset({"shm-read", "shmat-id", "shmctl", "semop", "semctl", "msgrcv", "msgsnd",
                          "msgctl", "ipc-create", "mq"})
 #: The policies attempts run under (see :meth:`World._build`).
-POLICIES = ("readme", "proc", "netother", "unix", "limits")
+POLICIES = ("readme", "proc", "netother", "unix", "limits", "ipc", "bind")
 
 
 @dataclass(frozen=True)
@@ -383,6 +383,10 @@ class World:
             extra["allow_unix_sockets"] = True
         elif policy == "limits":
             extra.update(max_open_files=64, max_memory="1G", max_processes=8)
+        elif policy == "ipc":
+            extra["allow_sysv_ipc"] = True
+        elif policy == "bind":
+            extra["net_allow_bind"] = [int(self.ctx["other"])]
         elif policy != "readme":
             raise ValueError(policy)
         sb = Sandbox(fs_readable=readable, fs_writable=[self.ctx["work"]], **extra)  # type: ignore[arg-type]
@@ -557,7 +561,9 @@ def _terminal(helper: str, attempts: list[Attempt]) -> dict[str, dict[str, objec
     signal.signal(signal.SIGWINCH, lambda *_: winches.append(1))
     typed = b"typed-secret\n"
     base = pathlib.Path(tempfile.mkdtemp(prefix="asl-escape-tty-", dir="/tmp"))
-    sb = Sandbox(fs_readable=[*SYSTEM_READABLE, os.path.dirname(helper)], fs_writable=[base])
+    readable = [*SYSTEM_READABLE, os.path.dirname(helper)]
+    sb = Sandbox(fs_readable=readable, fs_writable=[base])
+    interactive = Sandbox(fs_readable=readable, fs_writable=[base], interactive=True)
     size = fcntl.ioctl(slave, termios.TIOCGWINSZ, bytes(8))
 
     def prepare() -> None:
@@ -592,6 +598,9 @@ def _terminal(helper: str, attempts: list[Attempt]) -> dict[str, dict[str, objec
             r = anyio.run(run, backend=backend)
             stdout = r.stdout or b""
             entry[backend] = [r.returncode, damage(stdout), stdout.decode(errors="replace")[:200]]
+        prepare()
+        granted = functools.partial(interactive.run, argv, timeout=30, stdin=0)
+        entry["interactive"] = anyio.run(granted).returncode
         prepare()
         # Like the sandbox, the control runs in a process group of its own.
         done = subprocess.run(argv, capture_output=True, process_group=0, timeout=30)

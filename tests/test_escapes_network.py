@@ -110,3 +110,11 @@ async def test_accepted(world: World, a: Attempt, reason: str, request: pytest.F
 @pytest.mark.parametrize(("a", "reason"), ACCEPTED, ids=[a.id for a, _ in ACCEPTED])
 def test_accepted_control(world: World, a: Attempt, reason: str) -> None:
     assert_control(world, a)
+
+
+# With binding granted (net_allow_bind=[OTHER]) a bound socket listens.
+@pytest.mark.parametrize("fam", ["4", "6"])
+async def test_listen_on_an_allowed_port(world: World, fam: str, no_leaks: None) -> None:
+    a = attempt(f"bind:bind-listen-v{fam}", "bind-listen", fam, "{other}", policy="bind")
+    code, stdout, _ = await world.confined(a)
+    assert code == 0, (a.id, code, stdout)

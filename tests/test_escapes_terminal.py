@@ -73,3 +73,14 @@ def test_control(outcomes: dict[str, Any], caller: str, a: Attempt) -> None:
 
 
 assert DENIED
+
+
+# The command line's interactive mode (interactive=True) is the permission:
+# a shell on the user's terminal needs these.
+INTERACTIVE = ("tiocspgrp", "tiocswinsz", "tiocnotty")
+
+
+@pytest.mark.parametrize("caller", CALLERS)
+@pytest.mark.parametrize("attack", INTERACTIVE)
+def test_granted_when_interactive(outcomes: dict[str, Any], caller: str, attack: str) -> None:
+    assert outcomes[caller][attack]["interactive"] == 0

@@ -448,6 +448,15 @@ static int do_bind(void) {
     return fd < 0 ? errno : res(bind(fd, (struct sockaddr *)&ss, len));
 }
 
+static int do_bind_listen(void) {
+    struct sockaddr_storage ss;
+    socklen_t len;
+    int fd = tcp_socket(sock_addr(A(0), N(1), &ss, &len));
+    if (fd < 0 || bind(fd, (struct sockaddr *)&ss, len) < 0)
+        return errno;
+    return res(listen(fd, 1));
+}
+
 /* listen() on a socket never bound: the kernel picks a port on every address. */
 static int do_listen(void) {
     int fd = tcp_socket(!strcmp(A(0), "4") ? AF_INET : AF_INET6);
@@ -1099,6 +1108,7 @@ static const struct {
     {"setxattrat", do_setxattrat}, {"removexattrat", do_removexattrat},
     {"setcap", do_setcap}, {"acl", do_acl},
     {"connect", do_connect}, {"bind", do_bind}, {"listen", do_listen},
+    {"bind-listen", do_bind_listen},
     {"fastopen", do_fastopen}, {"socket", do_socket}, {"unix-connect", do_unix_connect},
     {"kill", do_kill}, {"tgkill", do_tgkill}, {"tkill", do_tkill}, {"sigqueue", do_sigqueue},
     {"pidfd-signal", do_pidfd_signal}, {"sigio", do_sigio}, {"ptrace", do_ptrace},
