@@ -486,6 +486,10 @@ def world_fixture() -> Any:
 
     @pytest.fixture(scope="module")
     def world() -> Iterator[World]:
+        if os.geteuid() != 0:
+            # Some controls need root's capabilities (mknod, setcap, chroot);
+            # test_escapes_nobody runs what uid 65534 can try.
+            pytest.skip("the battery's controls assume a root caller")
         w = World.create(build_helper("escape"))
         yield w
         w.close()
