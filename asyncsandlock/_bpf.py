@@ -148,6 +148,10 @@ class FilterSpec:
     fastopen_ok: bool = False
     #: False: no decision table, only ``deny`` and ``notify`` (probe children).
     baseline: bool = True
+    #: Guarded syscalls whose calls on the process itself (pid 0) a user
+    #: handler traps: those are trapped too, while the guards alone let
+    #: them through unseen (glibc reads RLIMIT_STACK at every exec).
+    self_trapped: frozenset[str] = frozenset()
 
 
 class _Asm:
@@ -215,7 +219,8 @@ class _Ctx:
         #: A guarded call that passed the filter's own checks.
         self.guard = RET_USER_NOTIF if name in spec.guarded and name in spec.notify else _EPERM
         #: The call on the process itself (pid 0): nothing for a guard to check.
-        self.own = RET_ALLOW if name in spec.guarded else self.allow
+        self.own = (RET_ALLOW if name in spec.guarded and name not in spec.self_trapped
+                    else self.allow)
 
 
 def _socket_rule(c: _Ctx) -> _Action:

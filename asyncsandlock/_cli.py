@@ -121,6 +121,10 @@ class _Terminal:
         if self._fd >= 0 and self._ours == os.getpgrp():
             with contextlib.suppress(OSError):
                 os.tcsetpgrp(self._fd, pgid)
+                # The command may have read the terminal before it was its
+                # foreground (it is exec'd before we get here) and been
+                # stopped by SIGTTIN: now it may go on.
+                os.killpg(pgid, signal.SIGCONT)
 
     def __enter__(self) -> _Terminal:
         return self

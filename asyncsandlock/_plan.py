@@ -58,7 +58,7 @@ class Plan:
     fastopen_ok: bool = False
     #: False: the filter has no decision table (probe children only).
     baseline: bool = True
-    _filters: dict[frozenset[str], bytes] = field(default_factory=dict)
+    _filters: dict[tuple[frozenset[str], frozenset[str]], bytes] = field(default_factory=dict)
     #: Decisions of ``on_unavailable`` in progress, and the refusals it
     #: accepted (see ``_unavailable.degrade``).
     deciding: dict[Subsystem, anyio.Event] = field(default_factory=dict)
@@ -69,7 +69,7 @@ class Plan:
         field(default_factory=dict)
     #: The parts of a spawn request that only this plan decides, filled once
     #: per (supervised syscalls, degraded) by ``_spawn.spawn`` and copied.
-    spawn_templates: dict[tuple[frozenset[str], frozenset[Subsystem]], object] = \
+    spawn_templates: dict[tuple[frozenset[str], frozenset[str], frozenset[Subsystem]], object] = \
         field(default_factory=dict)
 
     @property
@@ -79,22 +79,26 @@ class Plan:
             return -1
         return self.ruleset_fd
 
-    def filter_for(self, notify: frozenset[str]) -> bytes | None:
-        """The BPF program that traps ``notify`` (cached), or None without seccomp."""
+    def filter_for(self, notify: frozenset[str],
+                   self_trapped: frozenset[str] = frozenset()) -> bytes | None:
+        """The BPF program that traps ``notify`` (cached), or None without seccomp;
+        ``self_trapped``: see :attr:`FilterSpec.self_trapped`."""
         if Subsystem.SECCOMP in self.degraded:
             return None
-        prog = self._filters.get(notify)
+        prog = self._filters.get((notify, self_trapped))
         if prog is None:
-            prog = self._filters[notify] = build_filter(self.filter_spec(notify))
+            prog = self._filters[notify, self_trapped] = build_filter(
+                self.filter_spec(notify, self_trapped=self_trapped))
         return prog
 
     def filter_spec(self, notify: frozenset[str], arch: int = AUDIT_ARCH,
-                    table: Mapping[str, int] = SYSCALLS) -> FilterSpec:
+                    table: Mapping[str, int] = SYSCALLS,
+                    self_trapped: frozenset[str] = frozenset()) -> FilterSpec:
         """What the filter of a run trapping ``notify`` depends on (for
         another architecture's ``arch`` and ``table``: to audit it)."""
         return FilterSpec(arch, table, self.deny, notify, self.key, self.allow_udp,
                           self.allow_unix, self.guarded, self.allow_sysv_ipc, self.interactive,
-                          self.fastopen_ok, self.baseline)
+                          self.fastopen_ok, self.baseline, self_trapped)
 
     def protections(self, supervised: bool,
                     fail_closed: bool = False) -> Mapping[Subsystem, Protection]:

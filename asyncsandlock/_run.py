@@ -148,7 +148,8 @@ async def _open_in_turn(sandbox: Sandbox, argv: tuple[str, ...], *, stdin: Stdio
                         extra_fds: Sequence[int]) -> SandboxedProcess:
     run_cwd = cwd or sandbox.cwd
     # Built-in policies first: the first answer other than continue_() decides.
-    all_handlers = (*builtin_handlers(sandbox), *sandbox.handlers, *handlers)
+    builtins = builtin_handlers(sandbox)
+    all_handlers = (*builtins, *sandbox.handlers, *handlers)
     plan = await compile_plan(sandbox)
     full_env: dict[str, str] | None = None
     if sandbox.clean_env:
@@ -163,6 +164,10 @@ async def _open_in_turn(sandbox: Sandbox, argv: tuple[str, ...], *, stdin: Stdio
                               str(run_cwd) if run_cwd else None)
     routes, names = route(all_handlers, SYSCALLS, plan.deny)
     notify = frozenset(names.values())
+    # The guards ignore calls on the process itself, but a user handler may not.
+    self_trapped = frozenset(names[nr] for nr, chain in routes.items()
+                             if names[nr] in plan.guarded
+                             and any(handler not in builtins for handler in chain))
     prepare()
     stdio = _Stdio()
     try:
@@ -172,7 +177,7 @@ async def _open_in_turn(sandbox: Sandbox, argv: tuple[str, ...], *, stdin: Stdio
         child = await confined_spawn(sandbox, plan, notify, lambda trapped: spawn(
             plan, path=path, args=[os.fsencode(a) for a in argv], env=full_env,
             cwd=str(run_cwd) if run_cwd else None, fds=[*stdio.child, *extra_fds],
-            notify=trapped), run_handlers=bool(handlers))
+            notify=trapped, self_trapped=self_trapped & trapped), run_handlers=bool(handlers))
         watch(child)  # before anything can fail and leave it unwatched
     except BaseException:
         stdio.fail()

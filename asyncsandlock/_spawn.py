@@ -105,15 +105,15 @@ class _Template:
     arrays: tuple[Any, ...]
 
 
-def _template(plan: Plan, notify: frozenset[str]) -> _Template:
-    key = (notify, plan.degraded)
+def _template(plan: Plan, notify: frozenset[str], self_trapped: frozenset[str]) -> _Template:
+    key = (notify, self_trapped, plan.degraded)
     found = plan.spawn_templates.get(key)
     if isinstance(found, _Template):
         return found
     req = ffi.new("struct asl_spawn_req *")
     limits = ffi.new("struct asl_rlimit[]", list(plan.rlimits) or 1)
     req.rlimits, req.nrlimits = limits, len(plan.rlimits)
-    prog = plan.filter_for(notify)
+    prog = plan.filter_for(notify, self_trapped)
     arrays: tuple[Any, ...] = (limits,)
     if prog is not None:
         prog_c = ffi.from_buffer(prog)
@@ -172,15 +172,16 @@ def _above(fd: int, floor: int, spares: list[int]) -> int:
 
 def spawn(plan: Plan, *, path: str | tuple[str, ...], args: Sequence[bytes],
           env: Mapping[str, str] | None, cwd: str | None, fds: Sequence[int],
-          notify: frozenset[str]) -> Spawned:
-    """Start one confined child; ``fds[i]`` becomes the child's fd ``i``.
+          notify: frozenset[str], self_trapped: frozenset[str] = frozenset()) -> Spawned:
+    """Start one confined child; ``fds[i]`` becomes the child's fd ``i``;
+    ``notify`` and ``self_trapped`` are the filter's (:class:`FilterSpec`).
 
     ``path`` is the executable, or the candidates of
     :func:`resolve_executable`, tried in turn by the child.
     """
     check_fd_count(len(fds))
     paths = (path,) if isinstance(path, str) else path
-    template = _template(plan, notify)
+    template = _template(plan, notify, self_trapped)
     req = ffi.new("struct asl_spawn_req *", template.req[0])
     keep = [template, _strings(req, paths, args, env, cwd)]
     fd_map = ffi.new("struct asl_fd_map[]", [(src, dst) for dst, src in enumerate(fds)] or 1)

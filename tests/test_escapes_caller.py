@@ -16,8 +16,12 @@ import time
 from collections.abc import Iterator
 
 import anyio
-import escapes
 import pytest
+
+from asyncsandlock import PIPE, SYSTEM_READABLE, Sandbox
+
+import escapes
+from conftest import PYTHON, build_helper
 from escapes import (
     DENIED,
     NOEFFECT,
@@ -30,10 +34,6 @@ from escapes import (
     ids,
     world_fixture,
 )
-
-from asyncsandlock import PIPE, SYSTEM_READABLE, Sandbox
-
-from conftest import PYTHON, build_helper
 
 pytestmark = pytest.mark.anyio
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import errno
 
 import pytest
+
 from escapes import DENIED, Attempt, World, assert_control, assert_held, attempt, ids, world_fixture
 
 pytestmark = pytest.mark.anyio

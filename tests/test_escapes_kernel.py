@@ -19,9 +19,10 @@ import platform
 import socket
 
 import pytest
-from escapes import SIGSYS, Attempt, World, assert_control, assert_held, attempt, ids, world_fixture
 
 from asyncsandlock._sys import SYSCALLS
+
+from escapes import SIGSYS, Attempt, World, assert_control, assert_held, attempt, ids, world_fixture
 
 pytestmark = pytest.mark.anyio
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import errno
 
 import pytest
+
 from escapes import (
     DENIED,
     NOEFFECT,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 
 import pytest
+
 from escapes import (
     DENIED,
     Attempt,

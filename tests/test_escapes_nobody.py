@@ -21,9 +21,9 @@ import test_escapes_kernel
 import test_escapes_metadata
 import test_escapes_network
 import test_escapes_process
-from escapes import BACKENDS, Attempt, check_control, check_held, run_caller
 
 from conftest import build_helper
+from escapes import BACKENDS, Attempt, check_control, check_held, run_caller
 
 CHOSEN = [
     (test_escapes_files.FILES, [

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 
 import pytest
+
 from escapes import (
     Attempt,
     World,

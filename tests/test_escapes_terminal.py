@@ -17,6 +17,8 @@ import os
 from typing import Any
 
 import pytest
+
+from conftest import build_helper
 from escapes import (
     BACKENDS,
     DENIED,
@@ -27,8 +29,6 @@ from escapes import (
     check_held,
     run_caller,
 )
-
-from conftest import build_helper
 
 T = "6"  # issue 8, item 6
 TTY = [

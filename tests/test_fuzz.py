@@ -186,7 +186,8 @@ def stub_spawn(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[object]]:
     reached: list[object] = []
 
     def stub(plan: object, *, path: str, args: Sequence[bytes], env: Mapping[str, str] | None,
-             cwd: str | None, fds: Sequence[int], notify: frozenset[str]) -> None:
+             cwd: str | None, fds: Sequence[int], notify: frozenset[str],
+             self_trapped: frozenset[str] = frozenset()) -> None:
         req = ffi.new("struct asl_spawn_req *")
         _strings(req, path, args, env, cwd)
         ffi.new("struct asl_fd_map[]", [(src, dst) for dst, src in enumerate(fds)] or 1)
@@ -255,7 +256,7 @@ def test_fuzz_run_reaches_spawn(anyio_backend: str, fuzzed_sandbox: Sandbox,
                                      stdin=subprocess.DEVNULL, timeout=10**300)
 
     anyio.run(main, backend=anyio_backend)
-    assert stub_spawn == ["/bin/true"]
+    assert stub_spawn == [("/bin/true",)]
 
 
 #: What Sandbox.cmd() takes: run()'s arguments but extra_fds.

@@ -76,6 +76,7 @@ def test_steps_are_numbered_in_the_order_the_docs_and_the_child_run_them() -> No
     assert [name.lower() for name in entered] == list(STEPS.values())
     # docs/confinement.md's table lists them in that order too.
     docs = (ROOT / "docs" / "confinement.md").read_text()
+    docs = docs[docs.index("## 3. The spawn"):docs.index("## 4.")]
     table = re.findall(r"^\| `(\w+)` \|", docs, re.MULTILINE)
     assert table == list(STEPS.values())
 
