@@ -19,8 +19,8 @@ from ._features import Capabilities, probe
 from ._handler import Handler
 from ._notify import HandlerCtx, NotifAction
 from ._policy import SYSTEM_READABLE, Sandbox
+from ._refusal import hint_for, strict
 from ._types import Subsystem
-from ._unavailable import hint_for, strict
 
 
 class _Pass(Handler):

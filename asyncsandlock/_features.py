@@ -34,11 +34,11 @@ import anyio
 
 from ._core import ffi
 from ._exceptions import SpawnError
+from ._fd import close_fd
 from ._landlock import RulesetSpec, abi_version, missing
 from ._notify import set_sync_wake_up
 from ._plan import probe_plan
 from ._spawn import spawn
-from ._supervisor import close_fd
 from ._sys import syscall
 from ._types import Subsystem
 

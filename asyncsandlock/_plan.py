@@ -25,8 +25,8 @@ from ._bpf import DEFAULT_DENY, FilterSpec, build_filter
 from ._caps import keep_mask, permitted_mask
 from ._enforcement import consequence, unenforced
 from ._exceptions import ConfinementUnavailable
+from ._handler import route
 from ._landlock import RulesetSpec, abi_version, build_ruleset, missing
-from ._supervisor import route
 from ._sys import AUDIT_ARCH, SYSCALLS
 from ._types import Protection, Subsystem
 from .handlers import guarded_syscalls
@@ -137,10 +137,22 @@ async def _decide(policy: Sandbox, subsystem: Subsystem, error: OSError, *,
         raise
 
 
+def _ruleset_spec(policy: Sandbox) -> RulesetSpec:
+    """What ``policy`` asks of Landlock; a rule opening every TCP port leaves
+    connect unhandled (``connect_ports=None``)."""
+    readable = tuple(map(str, policy.fs_readable))
+    writable = tuple(map(str, policy.fs_writable))
+    ports: set[int] = set()
+    for rule in policy.net_rules():
+        if rule.protocol in ("tcp", "any"):
+            if rule.ports is None:
+                return RulesetSpec(readable, writable, None, policy.bind_ports())
+            ports |= rule.ports
+    return RulesetSpec(readable, writable, frozenset(ports), policy.bind_ports())
+
+
 async def _landlock(policy: Sandbox) -> tuple[int | None, set[Subsystem]]:
-    spec = RulesetSpec.from_policy(tuple(map(str, policy.fs_readable)),
-                                   tuple(map(str, policy.fs_writable)),
-                                   policy.net_rules(), policy.bind_ports())
+    spec = _ruleset_spec(policy)
     try:
         abi = abi_version()
     except OSError as exc:

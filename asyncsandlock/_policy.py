@@ -14,8 +14,8 @@ from anyio.abc import TaskStatus
 from ._exceptions import PolicyError
 from ._handler import Handler
 from ._netspec import NetRule, parse_net_allow, parse_ports
+from ._refusal import UnavailableHandler, strict
 from ._system_paths import system_readable
-from ._unavailable import UnavailableHandler, strict
 from ._validate import (
     StdioTarget,
     check_cwd,

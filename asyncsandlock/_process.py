@@ -23,10 +23,10 @@ import anyio
 
 from ._background import Background
 from ._core import ffi, lib
+from ._fd import close_fd
 from ._reaper import forget
 from ._result import Result
 from ._streams import FdReceiveStream, FdSendStream
-from ._supervisor import close_fd
 from ._sys import SYSCALLS
 from ._types import ExitReason, Protection, Subsystem
 

@@ -65,8 +65,8 @@ from dataclasses import dataclass
 
 from ._core import lib
 from ._exceptions import SpawnError
+from ._fd import close_fd
 from ._spawn import Spawned, _kill_and_reap
-from ._supervisor import close_fd
 
 #: For tests only: "1" starts no reaper, to show what it prevents.
 _DISABLED = os.environ.get("ASYNCSANDLOCK_TEST_NO_REAPER") == "1"

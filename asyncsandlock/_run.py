@@ -16,14 +16,14 @@ from anyio.abc import ByteReceiveStream, TaskStatus
 from ._background import Background
 from ._enforcement import unenforced_by_run
 from ._exceptions import PolicyError
-from ._handler import Handler
+from ._handler import Handler, route
 from ._pacing import SpawnTurn
 from ._plan import compile_plan
 from ._process import SandboxedProcess
 from ._reaper import prepare, watch
 from ._result import Result
 from ._spawn import check_fd_count, resolve_executable, spawn
-from ._supervisor import Supervisor, route
+from ._supervisor import Supervisor
 from ._sys import SYSCALLS
 from ._types import ExitReason, Subsystem
 from ._unavailable import confined_spawn, warn_degraded

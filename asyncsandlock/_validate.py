@@ -16,8 +16,7 @@ from typing import IO, Any
 from ._bpf import DEFAULT_DENY
 from ._exceptions import PolicyError
 from ._groups import SYSCALL_GROUPS
-from ._handler import ExceptionPolicy, Handler
-from ._supervisor import route
+from ._handler import ExceptionPolicy, Handler, route
 from ._sys import SYSCALLS
 from ._syscalls import AARCH64, X86_64
 

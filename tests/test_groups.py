@@ -23,7 +23,7 @@ from asyncsandlock import (
     path_argument,
     read_path,
 )
-from asyncsandlock._supervisor import route
+from asyncsandlock._handler import route
 from asyncsandlock._sys import SYSCALLS
 
 from conftest import system_sandbox
