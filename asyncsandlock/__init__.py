@@ -13,8 +13,8 @@ from ._groups import read_path as read_path
 from ._handler import ExceptionPolicy as ExceptionPolicy
 from ._handler import Handler as Handler
 from ._inputs import inputs as inputs
-from ._notify import HandlerCtx as HandlerCtx
-from ._notify import NotifAction as NotifAction
+from ._kernel._notify import HandlerCtx as HandlerCtx
+from ._kernel._notify import NotifAction as NotifAction
 from ._pipeline import Gather as Gather
 from ._pipeline import Pipeline as Pipeline
 from ._pipeline import PipelineResult as PipelineResult

@@ -35,11 +35,11 @@ import anyio
 from ._core import ffi
 from ._exceptions import SpawnError
 from ._fd import close_fd
-from ._landlock import RulesetSpec, abi_version, missing
-from ._notify import set_sync_wake_up
+from ._kernel._landlock import RulesetSpec, abi_version, missing
+from ._kernel._notify import set_sync_wake_up
+from ._kernel._sys import syscall
 from ._plan import probe_plan
 from ._spawn import spawn
-from ._sys import syscall
 from ._types import Subsystem
 
 # A syscall no probe program makes: trapping it is what makes a listener.

@@ -10,7 +10,7 @@ from ._exceptions import PolicyError
 from ._groups import expand
 
 if TYPE_CHECKING:
-    from ._notify import HandlerCtx, NotifAction
+    from ._kernel._notify import HandlerCtx, NotifAction
 
 
 class ExceptionPolicy(enum.Enum):
@@ -56,7 +56,7 @@ class Handler:
         return f"<{type(self).__name__} syscalls={self.syscalls!r}>"
 
 
-#: Syscalls the filter answers itself whatever the policy (see ``_bpf.py``):
+#: Syscalls the filter answers itself whatever the policy (see ``_kernel/_bpf.py``):
 #: clone3 is ENOSYS so that libc falls back to clone, whose flags BPF reads.
 _FILTER_ANSWERS: Final = frozenset({"clone3"})
 

@@ -21,13 +21,13 @@ from typing import TYPE_CHECKING
 
 import anyio
 
-from ._bpf import DEFAULT_DENY, FilterSpec, build_filter
-from ._caps import keep_mask, permitted_mask
 from ._enforcement import consequence, unenforced
 from ._exceptions import ConfinementUnavailable
 from ._handler import route
-from ._landlock import RulesetSpec, abi_version, build_ruleset, missing
-from ._sys import AUDIT_ARCH, SYSCALLS
+from ._kernel._bpf import DEFAULT_DENY, FilterSpec, build_filter
+from ._kernel._caps import keep_mask, permitted_mask
+from ._kernel._landlock import RulesetSpec, abi_version, build_ruleset, missing
+from ._kernel._sys import AUDIT_ARCH, SYSCALLS
 from ._types import Protection, Subsystem
 from .handlers import guarded_syscalls
 
@@ -50,7 +50,7 @@ class Plan:
     allow_unix: bool
     deny: frozenset[str]
     keep_caps: int
-    #: The GUARDED syscalls a built-in guard of the policy traps (see _bpf.py).
+    #: The GUARDED syscalls a built-in guard of the policy traps (see _kernel/_bpf.py).
     guarded: frozenset[str] = frozenset()
     allow_sysv_ipc: bool = False
     interactive: bool = False

@@ -17,6 +17,7 @@ from ._background import Background
 from ._enforcement import unenforced_by_run
 from ._exceptions import PolicyError
 from ._handler import Handler, route
+from ._kernel._sys import SYSCALLS
 from ._pacing import SpawnTurn
 from ._plan import compile_plan
 from ._process import SandboxedProcess
@@ -24,7 +25,6 @@ from ._reaper import prepare, watch
 from ._result import Result
 from ._spawn import check_fd_count, resolve_executable, spawn
 from ._supervisor import Supervisor
-from ._sys import SYSCALLS
 from ._types import ExitReason, Subsystem
 from ._unavailable import confined_spawn, warn_degraded
 from ._validate import (

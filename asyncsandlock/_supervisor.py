@@ -46,7 +46,7 @@ import anyio
 
 from . import _notify_loop
 from ._handler import ExceptionPolicy, Handler
-from ._notify import FLAG_CONTINUE, HandlerCtx, Listener, NotifAction
+from ._kernel._notify import FLAG_CONTINUE, HandlerCtx, Listener, NotifAction
 
 logger = logging.getLogger("asyncsandlock")
 

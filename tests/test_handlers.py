@@ -29,7 +29,7 @@ from asyncsandlock import (
     Result,
 )
 from asyncsandlock._handler import route
-from asyncsandlock._sys import AUDIT_ARCH, SYSCALLS
+from asyncsandlock._kernel._sys import AUDIT_ARCH, SYSCALLS
 
 from conftest import _BUILD, system_sandbox
 

@@ -16,9 +16,9 @@ import os
 import struct
 from dataclasses import dataclass
 
-from ._core import ffi
+from .._core import ffi
+from .._types import Subsystem
 from ._sys import syscall
-from ._types import Subsystem
 
 # Filesystem rights (uapi/linux/landlock.h), newest first with their ABI.
 FS_EXECUTE = 1 << 0
