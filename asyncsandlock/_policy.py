@@ -48,7 +48,7 @@ class Sandbox:
     Every field is validated on construction and an invalid value raises
     :class:`PolicyError` before any process exists.  The Landlock ruleset
     and the BPF program derived from the policy are built once, on first
-    use, and reused.
+    use, and reused (held by the Sandbox's owner in ``_plan.py``, not here).
     """
 
     fs_readable: Sequence[str | os.PathLike[str]] = ()
@@ -87,7 +87,6 @@ class Sandbox:
     #: 1 to 64 ASCII letters, digits, ``-``, ``.`` or ``_``, starting with a
     #: letter or digit.
     name: str | None = None
-    _compiled: Any = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         put = object.__setattr__

@@ -19,7 +19,7 @@ from ._exceptions import PolicyError
 from ._handler import Handler, route
 from ._kernel._sys import SYSCALLS
 from ._pacing import SpawnTurn
-from ._plan import compile_plan
+from ._plan import owner_of
 from ._process import SandboxedProcess
 from ._reaper import prepare, watch
 from ._result import Result
@@ -150,7 +150,7 @@ async def _open_in_turn(sandbox: Sandbox, argv: tuple[str, ...], *, stdin: Stdio
     # Built-in policies first: the first answer other than continue_() decides.
     builtins = builtin_handlers(sandbox)
     all_handlers = (*builtins, *sandbox.handlers, *handlers)
-    plan = await compile_plan(sandbox)
+    compiled = await owner_of(sandbox)
     full_env: dict[str, str] | None = None
     if sandbox.clean_env:
         full_env = minimal_env()
@@ -162,11 +162,12 @@ async def _open_in_turn(sandbox: Sandbox, argv: tuple[str, ...], *, stdin: Stdio
         full_env.update(env)
     path = resolve_executable(argv[0], os.environ if full_env is None else full_env,
                               str(run_cwd) if run_cwd else None)
-    routes, names = route(all_handlers, SYSCALLS, plan.deny)
+    routes, names = route(all_handlers, SYSCALLS, compiled.plan.deny)
+    guarded = compiled.plan.guarded
     notify = frozenset(names.values())
     # The guards ignore calls on the process itself, but a user handler may not.
     self_trapped = frozenset(names[nr] for nr, chain in routes.items()
-                             if names[nr] in plan.guarded
+                             if names[nr] in guarded
                              and any(handler not in builtins for handler in chain))
     prepare()
     stdio = _Stdio()
@@ -174,18 +175,20 @@ async def _open_in_turn(sandbox: Sandbox, argv: tuple[str, ...], *, stdin: Stdio
         for index, target in enumerate((stdin, stdout, stderr)):
             stdio.slot(index, target)
         started = time.monotonic()
-        child = await confined_spawn(sandbox, plan, notify, lambda trapped: spawn(
+        child = await confined_spawn(sandbox, compiled, notify, lambda plan, trapped: spawn(
             plan, path=path, args=[os.fsencode(a) for a in argv], env=full_env,
             cwd=str(run_cwd) if run_cwd else None, fds=[*stdio.child, *extra_fds],
-            notify=trapped, self_trapped=self_trapped & trapped), run_handlers=bool(handlers))
+            notify=trapped, self_trapped=self_trapped & trapped,
+            templates=compiled.templates), run_handlers=bool(handlers))
         watch(child)  # before anything can fail and leave it unwatched
     except BaseException:
         stdio.fail()
         raise
     stdio.after_spawn()
-    protections = plan.protections(bool(notify), fail_closed=bool(notify)
-                                   and child.listener is None
-                                   and Subsystem.SECCOMP not in plan.degraded)
+    # The plan the child was spawned with: nothing awaited since.
+    protections = compiled.protections(bool(notify), fail_closed=bool(notify)
+                                       and child.listener is None
+                                       and Subsystem.SECCOMP not in compiled.plan.degraded)
     unenforced = unenforced_by_run(sandbox, protections, run_handlers=bool(handlers))
     proc = SandboxedProcess._create(
         args=argv, pid=child.pid, pidfd=child.pidfd, listener=child.listener,

@@ -24,7 +24,7 @@ from typing import Any
 
 from ._core import ffi, lib
 from ._exceptions import PolicyError, SpawnError
-from ._plan import Plan
+from ._plan import Plan, TemplateKey
 from ._types import Subsystem
 
 #: enum asl_step in csrc/spawn.h: the child's steps by number, in run order.
@@ -105,9 +105,10 @@ class _Template:
     arrays: tuple[Any, ...]
 
 
-def _template(plan: Plan, notify: frozenset[str], self_trapped: frozenset[str]) -> _Template:
+def _template(plan: Plan, notify: frozenset[str], self_trapped: frozenset[str],
+              templates: dict[TemplateKey, object] | None) -> _Template:
     key = (notify, self_trapped, plan.degraded)
-    found = plan.spawn_templates.get(key)
+    found = templates.get(key) if templates is not None else None
     if isinstance(found, _Template):
         return found
     req = ffi.new("struct asl_spawn_req *")
@@ -124,7 +125,9 @@ def _template(plan: Plan, notify: frozenset[str], self_trapped: frozenset[str]) 
     req.own_group = int(Subsystem.PROCESS_GROUP not in plan.degraded)
     supervised = prog is not None and bool(notify)
     req.seccomp_flags = _SECCOMP_FILTER_FLAG_NEW_LISTENER if supervised else 0
-    template = plan.spawn_templates[key] = _Template(req, supervised, arrays)
+    template = _Template(req, supervised, arrays)
+    if templates is not None:
+        templates[key] = template
     return template
 
 
@@ -172,16 +175,19 @@ def _above(fd: int, floor: int, spares: list[int]) -> int:
 
 def spawn(plan: Plan, *, path: str | tuple[str, ...], args: Sequence[bytes],
           env: Mapping[str, str] | None, cwd: str | None, fds: Sequence[int],
-          notify: frozenset[str], self_trapped: frozenset[str] = frozenset()) -> Spawned:
+          notify: frozenset[str], self_trapped: frozenset[str] = frozenset(),
+          templates: dict[TemplateKey, object] | None = None) -> Spawned:
     """Start one confined child; ``fds[i]`` becomes the child's fd ``i``;
-    ``notify`` and ``self_trapped`` are the filter's (:class:`FilterSpec`).
+    ``notify`` and ``self_trapped`` are the filter's (:class:`FilterSpec`);
+    ``templates``: the cache of request templates of ``plan``'s owner
+    (:attr:`Compiled.templates`), None to build one for this spawn alone.
 
     ``path`` is the executable, or the candidates of
     :func:`resolve_executable`, tried in turn by the child.
     """
     check_fd_count(len(fds))
     paths = (path,) if isinstance(path, str) else path
-    template = _template(plan, notify, self_trapped)
+    template = _template(plan, notify, self_trapped, templates)
     req = ffi.new("struct asl_spawn_req *", template.req[0])
     keep = [template, _strings(req, paths, args, env, cwd)]
     fd_map = ffi.new("struct asl_fd_map[]", [(src, dst) for dst, src in enumerate(fds)] or 1)

@@ -8,7 +8,7 @@ the child, as the confinement step that failed: the spawn reports the step
 and the errno, we map the step to a :class:`Subsystem`, put it to the
 policy, and, if the policy returns, spawn again without that step.  Nothing
 is skipped that the policy did not agree to, and what it agreed to is
-remembered in ``Plan.degraded``: the policy is asked once per
+remembered by the Sandbox's ``Compiled`` (``_plan.py``): the policy is asked once per
 :class:`Sandbox`, whatever the number of runs (a refusal is not remembered:
 nothing ran, and the next run asks again).
 
@@ -32,12 +32,10 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, TypeVar
 
-import anyio
-
 from ._enforcement import consequence, needs_supervisor
 from ._exceptions import SpawnError
 from ._features import seccomp_trials
-from ._plan import _LANDLOCK_PARTS, Plan, _decide
+from ._plan import _LANDLOCK_PARTS, Compiled, Plan, _decide
 from ._types import Subsystem
 
 if TYPE_CHECKING:
@@ -63,71 +61,61 @@ def refused_subsystem(step: str, err: int, *, listener: bool) -> Subsystem | Non
     return subsystem
 
 
-async def degrade(policy: Sandbox, plan: Plan, subsystem: Subsystem, error: OSError, *,
+async def degrade(policy: Sandbox, compiled: Compiled, subsystem: Subsystem, error: OSError, *,
                   run_handlers: bool = False) -> None:
-    """Put ``subsystem``'s refusal to ``policy`` (once per plan); raises if it refuses.
+    """Put ``subsystem``'s refusal to ``policy`` (once per Sandbox); raises if it refuses.
     ``run_handlers``: the run asking has handlers of its own."""
     if subsystem is Subsystem.SUPERVISOR and not needs_supervisor(policy, run_handlers):
         # Only the built-in guards wanted it, and without them the filter
         # denies what they would decide: that fails closed, nothing to ask.
-        plan.refusals[subsystem] = error
+        compiled.refused(subsystem, error)
         return
-    while subsystem not in plan.degraded:
-        pending = plan.deciding.get(subsystem)
-        if pending is not None:  # another run of this Sandbox is asking right now
-            await pending.wait()
-            continue
-        done = plan.deciding[subsystem] = anyio.Event()
-        try:
-            await _decide(policy, subsystem, error, run_handlers=run_handlers)
-        finally:
-            del plan.deciding[subsystem]
-            done.set()
-        implied = _LANDLOCK_PARTS if subsystem is Subsystem.LANDLOCK else ()
-        plan.refusals[subsystem] = error
-        plan.degraded = plan.degraded | {subsystem, *implied}
+    await compiled.degrade(subsystem, error, lambda: _decide(policy, subsystem, error,
+                                                             run_handlers=run_handlers))
 
 
-async def _notify_for(policy: Sandbox, plan: Plan, wanted: frozenset[str],
+async def _notify_for(policy: Sandbox, compiled: Compiled, wanted: frozenset[str],
                       run_handlers: bool) -> frozenset[str]:
     """The syscalls to trap: ``wanted``, or none once the supervisor is degraded
     (or refused, where only the built-in guards want it: they fail closed)."""
     if not wanted:
         return wanted
-    if Subsystem.SECCOMP in plan.degraded:
+    if Subsystem.SECCOMP in compiled.plan.degraded:
         # No filter, no listener: what needs the supervisor is unavailable too.
-        cause = plan.refusals.get(Subsystem.SECCOMP)
-        await degrade(policy, plan, Subsystem.SUPERVISOR, OSError(
+        cause = compiled.refusal(Subsystem.SECCOMP)
+        await degrade(policy, compiled, Subsystem.SUPERVISOR, OSError(
             cause.errno if cause is not None else errno.ENOSYS,
             "seccomp user notification needs a seccomp filter, which this host refused"),
             run_handlers=run_handlers)
         return frozenset()
-    refusal = plan.refusals.get(Subsystem.SUPERVISOR)
-    if refusal is not None and Subsystem.SUPERVISOR not in plan.degraded:
+    refusal = compiled.refusal(Subsystem.SUPERVISOR)
+    if refusal is not None and Subsystem.SUPERVISOR not in compiled.plan.degraded:
         if not needs_supervisor(policy, run_handlers):
             return frozenset()
         # This run has handlers of its own: now the policy must decide.
-        await degrade(policy, plan, Subsystem.SUPERVISOR, refusal, run_handlers=run_handlers)
-    return frozenset() if Subsystem.SUPERVISOR in plan.degraded else wanted
+        await degrade(policy, compiled, Subsystem.SUPERVISOR, refusal,
+                      run_handlers=run_handlers)
+    return frozenset() if Subsystem.SUPERVISOR in compiled.plan.degraded else wanted
 
 
-async def confined_spawn(policy: Sandbox, plan: Plan, wanted: frozenset[str],
-                         start: Callable[[frozenset[str]], T], *,
+async def confined_spawn(policy: Sandbox, compiled: Compiled, wanted: frozenset[str],
+                         start: Callable[[Plan, frozenset[str]], T], *,
                          run_handlers: bool = False) -> T:
-    """``start(notify)``, spawned again without each step the host refuses and
-    the policy lets go; ``wanted`` are the syscalls the handlers trap, and
-    ``run_handlers`` says whether the run has handlers of its own."""
+    """``start(plan, notify)``, spawned again without each step the host
+    refuses and the policy lets go (each time with the plan that results);
+    ``wanted`` are the syscalls the handlers trap, and ``run_handlers`` says
+    whether the run has handlers of its own."""
     while True:
-        notify = await _notify_for(policy, plan, wanted, run_handlers)
-        attempted = plan.degraded
+        notify = await _notify_for(policy, compiled, wanted, run_handlers)
+        plan = compiled.plan
         try:
-            return start(notify)
+            return start(plan, notify)
         except SpawnError as exc:
-            listener = bool(notify) and Subsystem.SECCOMP not in attempted
+            listener = bool(notify) and Subsystem.SECCOMP not in plan.degraded
             subsystem = refused_subsystem(exc.step, exc.errno or 0, listener=listener)
-            if subsystem is None or subsystem in attempted:
+            if subsystem is None or subsystem in plan.degraded:
                 raise
-            await degrade(policy, plan, subsystem, exc, run_handlers=run_handlers)
+            await degrade(policy, compiled, subsystem, exc, run_handlers=run_handlers)
 
 
 def warn_degraded(policy: Sandbox, unenforced: Mapping[Subsystem, tuple[str, ...]], *,
