@@ -31,6 +31,14 @@ def close_fd(fd: int, *, watched: bool = True) -> None:
     os.close(fd)
 
 
+def close_fds(fds: list[int]) -> None:
+    """Close every fd of ``fds``, never watched by the loop (an ExitStack
+    callback for fds made one by one: one callback, not one per fd)."""
+    for fd in fds:
+        os.close(fd)
+    fds.clear()
+
+
 class FdHolder:
     """An owned fd that tasks wait on: :attr:`fd` becomes -1 once closed."""
 

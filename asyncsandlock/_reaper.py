@@ -205,10 +205,16 @@ def watch(child: Spawned) -> None:
                 del state.watched[child.pid]
                 raise
     except BaseException:
-        _kill_and_reap(child.pidfd)
-        if child.listener is not None:
-            close_fd(child.listener)
+        abandon(child)
         raise
+
+
+def abandon(child: Spawned) -> None:
+    """Kill and reap ``child``, which nothing will own, and close its listener."""
+    forget(child.pid)
+    _kill_and_reap(child.pidfd)
+    if child.listener is not None:
+        close_fd(child.listener)
 
 
 def forget(pid: int) -> None:

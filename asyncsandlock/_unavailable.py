@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, TypeVar
 from ._enforcement import consequence, needs_supervisor
 from ._exceptions import SpawnError
 from ._features import seccomp_trials
-from ._plan import _LANDLOCK_PARTS, Compiled, Plan, _decide
+from ._plan import _LANDLOCK_PARTS, Compiled, _decide
 from ._types import Subsystem
 
 if TYPE_CHECKING:
@@ -99,17 +99,17 @@ async def _notify_for(policy: Sandbox, compiled: Compiled, wanted: frozenset[str
 
 
 async def confined_spawn(policy: Sandbox, compiled: Compiled, wanted: frozenset[str],
-                         start: Callable[[Plan, frozenset[str]], T], *,
+                         start: Callable[[frozenset[str]], T], *,
                          run_handlers: bool = False) -> T:
-    """``start(plan, notify)``, spawned again without each step the host
-    refuses and the policy lets go (each time with the plan that results);
-    ``wanted`` are the syscalls the handlers trap, and ``run_handlers`` says
-    whether the run has handlers of its own."""
+    """``start(notify)``, spawned again without each step the host refuses and
+    the policy lets go (``compiled``'s plan then says so); ``wanted`` are the
+    syscalls the handlers trap, and ``run_handlers`` says whether the run has
+    handlers of its own."""
     while True:
         notify = await _notify_for(policy, compiled, wanted, run_handlers)
-        plan = compiled.plan
+        plan = compiled.plan  # what start() spawns with: nothing is awaited in between
         try:
-            return start(plan, notify)
+            return start(notify)
         except SpawnError as exc:
             listener = bool(notify) and Subsystem.SECCOMP not in plan.degraded
             subsystem = refused_subsystem(exc.step, exc.errno or 0, listener=listener)
