@@ -13,8 +13,8 @@ from ._groups import read_path as read_path
 from ._handler import ExceptionPolicy as ExceptionPolicy
 from ._handler import Handler as Handler
 from ._inputs import inputs as inputs
-from ._notify import HandlerCtx as HandlerCtx
-from ._notify import NotifAction as NotifAction
+from ._kernel._notify import HandlerCtx as HandlerCtx
+from ._kernel._notify import NotifAction as NotifAction
 from ._pipeline import Gather as Gather
 from ._pipeline import Pipeline as Pipeline
 from ._pipeline import PipelineResult as PipelineResult
@@ -22,6 +22,8 @@ from ._pipeline import Stage as Stage
 from ._policy import SYSTEM_READABLE as SYSTEM_READABLE
 from ._policy import Sandbox as Sandbox
 from ._process import SandboxedProcess as SandboxedProcess
+from ._refusal import allow_degraded as allow_degraded
+from ._refusal import strict as strict
 from ._result import Result as Result
 from ._run import DEVNULL as DEVNULL
 from ._run import PIPE as PIPE
@@ -29,8 +31,6 @@ from ._run import STDOUT as STDOUT
 from ._types import ExitReason as ExitReason
 from ._types import Protection as Protection
 from ._types import Subsystem as Subsystem
-from ._unavailable import allow_degraded as allow_degraded
-from ._unavailable import strict as strict
 
 __all__ = [
     "DEVNULL",

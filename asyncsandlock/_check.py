@@ -17,10 +17,10 @@ import anyio
 from ._exceptions import ConfinementUnavailable, SandboxError
 from ._features import Capabilities, probe
 from ._handler import Handler
-from ._notify import HandlerCtx, NotifAction
+from ._kernel._notify import HandlerCtx, NotifAction
 from ._policy import SYSTEM_READABLE, Sandbox
+from ._refusal import hint_for, strict
 from ._types import Subsystem
-from ._unavailable import hint_for, strict
 
 
 class _Pass(Handler):

@@ -26,7 +26,6 @@ import contextlib
 import errno as _errno
 import functools
 import os
-import signal
 import sys
 from dataclasses import dataclass
 
@@ -34,12 +33,11 @@ import anyio
 
 from ._core import ffi
 from ._exceptions import SpawnError
-from ._landlock import RulesetSpec, abi_version, missing
-from ._notify import set_sync_wake_up
+from ._kernel._landlock import RulesetSpec, abi_version, missing
+from ._kernel._notify import set_sync_wake_up
+from ._kernel._sys import syscall
 from ._plan import probe_plan
-from ._spawn import spawn
-from ._supervisor import close_fd
-from ._sys import syscall
+from ._spawn import _kill_and_reap, spawn
 from ._types import Subsystem
 
 # A syscall no probe program makes: trapping it is what makes a listener.
@@ -209,35 +207,38 @@ async def _namespaces_and_sync(listener_ok: bool) -> tuple[Support, Support, Sup
     """(user namespace, network namespace, SYNC_WAKE_UP), from one Python child."""
     plan = probe_plan(seccomp=listener_ok)
     sync = _UNKNOWN if listener_ok else Support(_errno.EOPNOTSUPP, "needs user notification")
-    devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
-    out_r, out_w = os.pipe2(os.O_CLOEXEC)
-    try:
-        try:
-            child = spawn(plan, path=sys.executable, args=[b"python", b"-I", b"-S", b"-c",
-                                                          _NAMESPACE_SCRIPT.encode()],
-                          env={}, cwd=None, fds=[devnull, out_w, devnull],
-                          notify=_TRAPPED if listener_ok else frozenset())
-        except SpawnError as exc:
-            failed = _stopped(exc)
-            return failed, failed, sync
-        finally:
-            os.close(out_w)
-        if child.listener is not None:
-            sync = Support(set_sync_wake_up(child.listener) or None)
-            os.close(child.listener)
-        try:
+    # Three scopes: our fds for the probe, the child's end of its pipe
+    # (closed once it is spawned), and the child itself (killed if it hung,
+    # reaped, whatever happens).
+    with contextlib.ExitStack() as always:
+        devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+        always.callback(os.close, devnull)
+        out_r, out_w = os.pipe2(os.O_CLOEXEC)
+        always.callback(os.close, out_r)
+        with contextlib.ExitStack() as child_ends:
+            child_ends.callback(os.close, out_w)
+            try:
+                child = spawn(plan, path=sys.executable,
+                              args=[b"python", b"-I", b"-S", b"-c", _NAMESPACE_SCRIPT.encode()],
+                              env={}, cwd=None, fds=[devnull, out_w, devnull],
+                              notify=_TRAPPED if listener_ok else frozenset())
+            except SpawnError as exc:
+                failed = _stopped(exc)
+                return failed, failed, sync
+        with contextlib.ExitStack() as ending:
+            # Killed if it hung (a zombie normally), reaped, its pidfd closed:
+            # unwatched, as the one wait on it has returned by then.
+            ending.callback(_kill_and_reap, child.pidfd)
+            if child.listener is not None:
+                try:
+                    sync = Support(set_sync_wake_up(child.listener) or None)
+                finally:
+                    # Now: nobody answers its trapped calls, which then fail at once.
+                    os.close(child.listener)
             with anyio.move_on_after(_PROBE_TIMEOUT):
                 await anyio.wait_readable(child.pidfd)
-        finally:
-            # Normally a no-op on a zombie; kills a child that hung.
-            with contextlib.suppress(ProcessLookupError):
-                signal.pidfd_send_signal(child.pidfd, signal.SIGKILL)
-            os.waitid(os.P_PIDFD, child.pidfd, os.WEXITED)
-            close_fd(child.pidfd)
+        # The child is reaped: its end of the pipe is closed, the read cannot block.
         report = os.read(out_r, 64).split()
-    finally:
-        os.close(out_r)
-        os.close(devnull)
     if len(report) != 2:
         failed = Support(_errno.ENOTRECOVERABLE, "probe child failed")
         return failed, failed, sync

@@ -16,7 +16,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Final
 
 if TYPE_CHECKING:
-    from ._notify import HandlerCtx
+    from ._kernel._notify import HandlerCtx
 
 #: Per group: (syscall, index of its path argument).  Where a call names two
 #: paths (rename, link) the first is listed; symlink's is the link it makes.

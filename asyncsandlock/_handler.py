@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import enum
-from typing import TYPE_CHECKING, ClassVar
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, ClassVar, Final
+
+from ._exceptions import PolicyError
+from ._groups import expand
 
 if TYPE_CHECKING:
-    from ._notify import HandlerCtx, NotifAction
+    from ._kernel._notify import HandlerCtx, NotifAction
 
 
 class ExceptionPolicy(enum.Enum):
@@ -50,3 +54,41 @@ class Handler:
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} syscalls={self.syscalls!r}>"
+
+
+#: Syscalls the filter answers itself whatever the policy (see ``_kernel/_bpf.py``):
+#: clone3 is ENOSYS so that libc falls back to clone, whose flags BPF reads.
+_FILTER_ANSWERS: Final = frozenset({"clone3"})
+
+
+def route(handlers: Sequence[Handler], table: Mapping[str, int],
+          deny: frozenset[str] = frozenset()) -> tuple[dict[int, tuple[Handler, ...]],
+                                                       dict[int, str]]:
+    """Syscall number -> handlers in registration order, and number -> name.
+
+    Names are resolved for the running architecture (``table``); a name this
+    architecture lacks is skipped, so one policy serves x86_64 and aarch64.
+    A ``@group`` name stands for its members (``_groups.py``); a member the
+    policy denies is skipped, since the filter already refuses it.
+    Raises :class:`PolicyError` for a handler that could never be called: it
+    traps a syscall that ``deny`` (or the filter itself) refuses outright,
+    or none of its syscalls exists here.
+    """
+    routes: dict[int, list[Handler]] = {}
+    names: dict[int, str] = {}
+    for handler in handlers:
+        found = False
+        for name, grouped in expand(handler.syscalls):
+            if name in deny or name in _FILTER_ANSWERS:
+                if grouped:  # the filter already refuses that member of the group
+                    continue
+                raise PolicyError("handlers", f"{handler!r} traps {name!r}, which the policy "
+                                              "denies outright; a handler can never see it")
+            if name in table:
+                found = True
+                routes.setdefault(table[name], []).append(handler)
+                names[table[name]] = name
+        if not found:
+            raise PolicyError("handlers", f"{handler!r}: none of {list(handler.syscalls)} "
+                                          "exists on this architecture")
+    return {nr: tuple(chain) for nr, chain in routes.items()}, names

@@ -37,7 +37,7 @@ Pid reuse
 The target is named by its thread id, and ids are recycled.  Everything
 opened or read through that id (the pidfd, ``/proc/TID/cwd``,
 ``/proc/TID/status``) is followed by :meth:`Target.confirm`, an ID_VALID
-check (see ``_notify.py``): while the notification is pending the thread
+check (see ``_kernel/_notify.py``): while the notification is pending the thread
 is alive and blocked in the call, so the id was still its own, and the fds
 we hold from then on stay bound to its objects whatever happens to the id.
 """
@@ -53,8 +53,8 @@ from dataclasses import dataclass
 from typing import Final
 
 from ._core import ffi
-from ._notify import HandlerCtx
-from ._sys import syscall
+from ._kernel._notify import HandlerCtx
+from ._kernel._sys import syscall
 
 AT_FDCWD: Final = -100
 AT_SYMLINK_NOFOLLOW: Final = 0x100

@@ -28,7 +28,7 @@ import anyio
 from anyio.abc import TaskStatus
 
 from ._exceptions import PolicyError, SandboxedProcessError, SpawnError
-from ._plan import compile_plan
+from ._plan import owner_of
 from ._process import SandboxedProcess
 from ._result import Result
 from ._run import DEVNULL, PIPE, close_all, open_checked, run, supervise
@@ -380,7 +380,7 @@ async def _start(nodes: Sequence[_Node]) -> list[SandboxedProcess]:
     for node in nodes:
         # Policy refusals (ConfinementUnavailable, PolicyError) come out
         # here, before any process exists.
-        await compile_plan(node.stage.sandbox)
+        await owner_of(node.stage.sandbox)
     links = list(dict.fromkeys(link for node in nodes for link in node.links()))
     procs: list[SandboxedProcess] = []
     try:

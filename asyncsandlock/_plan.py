@@ -1,9 +1,39 @@
-"""Policy + this kernel -> one immutable plan that every spawn of it uses.
+"""Policy + this kernel -> one immutable plan that every spawn of it uses,
+and the one object that owns what a :class:`Sandbox`'s runs decide.
 
-The plan is computed once per :class:`Sandbox` (the Landlock ruleset fd,
-the random key, the refusals the policy agreed to) and the BPF program once
-per set of supervised syscalls.  Where the kernel refuses a subsystem the
-policy's ``on_unavailable`` decides, once, and the decision is remembered.
+The plan and its owner
+----------------------
+A :class:`Plan` is frozen data: what a spawn of the policy needs (the ruleset
+fd's number, the filter key, the rlimits, what the filter allows...).  What
+changes over a Sandbox's life has exactly one owner, its :class:`Compiled`:
+
+- the current plan, *replaced* (never mutated) when the policy agrees to
+  run without a subsystem (:meth:`Compiled.degrade`), so a spawn that holds a
+  plan holds a consistent one;
+- the refusals met so far, and the decisions of ``on_unavailable`` still in
+  progress;
+- the caches of the runs (spawn request templates, protection reports);
+- the Landlock ruleset fd, closed when the owner goes (with its Sandbox, or
+  by :meth:`Compiled.close`).
+
+Owners are kept in :data:`_owners`, a ``WeakKeyDictionary`` keyed by the
+Sandbox, so the frozen Sandbox carries no compiled state and its owner dies
+with it.
+
+Concurrent first runs, without a lock
+-------------------------------------
+Everything here runs on one event loop thread, so a check and the write that
+follows it are atomic as long as no ``await`` separates them.  The first run
+of a Sandbox finds nothing in :data:`_owners` and puts an ``anyio.Event``
+there before its first ``await``; compiling may then await the policy's
+``on_unavailable`` (Landlock refused, or missing parts of it).  Every other
+run arriving meanwhile finds the Event and waits on it.  When the first run
+is done it stores the owner in place of the Event and sets it; if the policy
+refused instead, the Event is removed and set, and a waiter compiles anew
+and asks again (a refusal is not remembered: nothing ran).  Either way the
+policy is asked at most once at a time, and once it agreed, never again.
+:meth:`Compiled.degrade` does the same per subsystem for the refusals that
+show at spawn time, with its own Events.
 """
 
 from __future__ import annotations
@@ -14,20 +44,20 @@ import os
 import resource
 import secrets
 import weakref
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, replace
 from types import MappingProxyType
 from typing import TYPE_CHECKING
 
 import anyio
 
-from ._bpf import DEFAULT_DENY, FilterSpec, build_filter
-from ._caps import keep_mask, permitted_mask
 from ._enforcement import consequence, unenforced
 from ._exceptions import ConfinementUnavailable
-from ._landlock import RulesetSpec, abi_version, build_ruleset, missing
-from ._supervisor import route
-from ._sys import AUDIT_ARCH, SYSCALLS
+from ._handler import route
+from ._kernel._bpf import DEFAULT_DENY, FilterSpec, build_filter
+from ._kernel._caps import keep_mask, permitted_mask
+from ._kernel._landlock import RulesetSpec, abi_version, build_ruleset, missing
+from ._kernel._sys import AUDIT_ARCH, SYSCALLS
 from ._types import Protection, Subsystem
 from .handlers import guarded_syscalls
 
@@ -38,9 +68,9 @@ _LANDLOCK_PARTS = (Subsystem.LANDLOCK_NET, Subsystem.LANDLOCK_SCOPE, Subsystem.L
                    Subsystem.LANDLOCK_REFER, Subsystem.LANDLOCK_IOCTL_DEV)
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True, weakref_slot=True, eq=False)
 class Plan:
-    """What a spawn of one policy needs, built once and shared by its runs."""
+    """What a spawn of one policy needs; frozen, shared by its runs."""
 
     ruleset_fd: int | None
     key: tuple[int, int, int]
@@ -50,7 +80,7 @@ class Plan:
     allow_unix: bool
     deny: frozenset[str]
     keep_caps: int
-    #: The GUARDED syscalls a built-in guard of the policy traps (see _bpf.py).
+    #: The GUARDED syscalls a built-in guard of the policy traps (see _kernel/_bpf.py).
     guarded: frozenset[str] = frozenset()
     allow_sysv_ipc: bool = False
     interactive: bool = False
@@ -58,19 +88,6 @@ class Plan:
     fastopen_ok: bool = False
     #: False: the filter has no decision table (probe children only).
     baseline: bool = True
-    _filters: dict[tuple[frozenset[str], frozenset[str]], bytes] = field(default_factory=dict)
-    #: Decisions of ``on_unavailable`` in progress, and the refusals it
-    #: accepted (see ``_unavailable.degrade``).
-    deciding: dict[Subsystem, anyio.Event] = field(default_factory=dict)
-    refusals: dict[Subsystem, OSError] = field(default_factory=dict)
-    #: protections() per (supervised, degraded): the same read-only mapping
-    #: is handed to every run instead of a new one each spawn.
-    _protections: dict[tuple[bool, frozenset[Subsystem]], Mapping[Subsystem, Protection]] = \
-        field(default_factory=dict)
-    #: The parts of a spawn request that only this plan decides, filled once
-    #: per (supervised syscalls, degraded) by ``_spawn.spawn`` and copied.
-    spawn_templates: dict[tuple[frozenset[str], frozenset[str], frozenset[Subsystem]], object] = \
-        field(default_factory=dict)
 
     @property
     def landlock_fd(self) -> int:
@@ -81,15 +98,12 @@ class Plan:
 
     def filter_for(self, notify: frozenset[str],
                    self_trapped: frozenset[str] = frozenset()) -> bytes | None:
-        """The BPF program that traps ``notify`` (cached), or None without seccomp;
-        ``self_trapped``: see :attr:`FilterSpec.self_trapped`."""
+        """The BPF program that traps ``notify``, or None without seccomp;
+        ``self_trapped``: see :attr:`FilterSpec.self_trapped`.  Built anew
+        each call: the spawn templates of :class:`Compiled` keep it."""
         if Subsystem.SECCOMP in self.degraded:
             return None
-        prog = self._filters.get((notify, self_trapped))
-        if prog is None:
-            prog = self._filters[notify, self_trapped] = build_filter(
-                self.filter_spec(notify, self_trapped=self_trapped))
-        return prog
+        return build_filter(self.filter_spec(notify, self_trapped=self_trapped))
 
     def filter_spec(self, notify: frozenset[str], arch: int = AUDIT_ARCH,
                     table: Mapping[str, int] = SYSCALLS,
@@ -100,12 +114,77 @@ class Plan:
                           self.allow_unix, self.guarded, self.allow_sysv_ipc, self.interactive,
                           self.fastopen_ok, self.baseline, self_trapped)
 
+
+#: Keys of :attr:`Compiled.templates`: (notify, self_trapped, degraded).
+TemplateKey = tuple[frozenset[str], frozenset[str], frozenset[Subsystem]]
+
+
+class Compiled:
+    """The one owner of a Sandbox's compiled state (see the module's essay).
+
+    Read :attr:`plan` for the current plan; everything that changes goes
+    through :meth:`degrade` and :meth:`refused`.
+    """
+
+    __slots__ = ("__weakref__", "_closer", "_deciding", "_plan", "_protections", "_refusals",
+                 "templates")
+
+    def __init__(self, plan: Plan) -> None:
+        self._plan = plan
+        #: on_unavailable decisions under way, per subsystem (see degrade()).
+        self._deciding: dict[Subsystem, anyio.Event] = {}
+        self._refusals: dict[Subsystem, OSError] = {}
+        self._protections: dict[tuple[bool, frozenset[Subsystem]],
+                                Mapping[Subsystem, Protection]] = {}
+        #: The parts of a spawn request that only the plan decides, filled
+        #: once per key by ``_spawn.spawn`` (its cache alone) and copied.
+        self.templates: dict[TemplateKey, object] = {}
+        fd = plan.ruleset_fd
+        self._closer = None if fd is None else weakref.finalize(self, os.close, fd)
+
+    @property
+    def plan(self) -> Plan:
+        """The current plan: the compiled one less what the policy let go."""
+        return self._plan
+
+    def refusal(self, subsystem: Subsystem) -> OSError | None:
+        """The host's refusal of ``subsystem`` met so far, if any."""
+        return self._refusals.get(subsystem)
+
+    def refused(self, subsystem: Subsystem, error: OSError) -> None:
+        """Remember a refusal that needs no decision (it fails closed)."""
+        self._refusals[subsystem] = error
+
+    async def degrade(self, subsystem: Subsystem, error: OSError,
+                      ask: Callable[[], Awaitable[None]]) -> None:
+        """Run without ``subsystem`` (Landlock: and its parts) once ``ask()``
+        returns; it raises to refuse.  One ``ask()`` at a time per subsystem:
+        a run arriving while one is under way waits for its answer."""
+        while subsystem not in self._plan.degraded:
+            pending = self._deciding.get(subsystem)
+            if pending is not None:  # another run of this Sandbox is asking right now
+                await pending.wait()
+                continue
+            done = self._deciding[subsystem] = anyio.Event()
+            try:
+                await ask()
+            finally:
+                del self._deciding[subsystem]
+                done.set()
+            implied = _LANDLOCK_PARTS if subsystem is Subsystem.LANDLOCK else ()
+            self._refusals[subsystem] = error
+            self._plan = replace(self._plan,
+                                 degraded=self._plan.degraded | {subsystem, *implied})
+
     def protections(self, supervised: bool,
                     fail_closed: bool = False) -> Mapping[Subsystem, Protection]:
-        """Per subsystem, what a run with this plan gets; ``supervised``: the
-        run asked for the supervisor (it has handlers); ``fail_closed``: it
-        runs without, its built-in guards' calls denied (see _unavailable)."""
-        degraded = self.degraded | {Subsystem.SUPERVISOR} if fail_closed else self.degraded
+        """Per subsystem, what a run with the current plan gets; ``supervised``:
+        the run asked for the supervisor (it has handlers); ``fail_closed``: it
+        runs without, its built-in guards' calls denied (see _unavailable).
+        The same read-only mapping is handed to every run that gets it."""
+        degraded = self._plan.degraded
+        if fail_closed:
+            degraded = degraded | {Subsystem.SUPERVISOR}
         cached = self._protections.get((supervised, degraded))
         if cached is not None:
             return cached
@@ -120,6 +199,15 @@ class Plan:
                 out[sub] = Protection.ACTIVE
         cached = self._protections[supervised, degraded] = MappingProxyType(out)
         return cached
+
+    def close(self) -> None:
+        """Close the ruleset fd now (else it goes with this owner) and forget
+        this owner: the Sandbox's next run compiles anew."""
+        for policy, owner in list(_owners.items()):
+            if owner is self:
+                del _owners[policy]
+        if self._closer is not None:
+            self._closer()
 
 
 async def _decide(policy: Sandbox, subsystem: Subsystem, error: OSError, *,
@@ -137,10 +225,22 @@ async def _decide(policy: Sandbox, subsystem: Subsystem, error: OSError, *,
         raise
 
 
+def _ruleset_spec(policy: Sandbox) -> RulesetSpec:
+    """What ``policy`` asks of Landlock; a rule opening every TCP port leaves
+    connect unhandled (``connect_ports=None``)."""
+    readable = tuple(map(str, policy.fs_readable))
+    writable = tuple(map(str, policy.fs_writable))
+    ports: set[int] = set()
+    for rule in policy.net_rules():
+        if rule.protocol in ("tcp", "any"):
+            if rule.ports is None:
+                return RulesetSpec(readable, writable, None, policy.bind_ports())
+            ports |= rule.ports
+    return RulesetSpec(readable, writable, frozenset(ports), policy.bind_ports())
+
+
 async def _landlock(policy: Sandbox) -> tuple[int | None, set[Subsystem]]:
-    spec = RulesetSpec.from_policy(tuple(map(str, policy.fs_readable)),
-                                   tuple(map(str, policy.fs_writable)),
-                                   policy.net_rules(), policy.bind_ports())
+    spec = _ruleset_spec(policy)
     try:
         abi = abi_version()
     except OSError as exc:
@@ -173,43 +273,53 @@ def _new_key() -> tuple[int, int, int]:
     return (secrets.randbits(64) | 1 << 63 | 1 << 55, secrets.randbits(64), secrets.randbits(64))
 
 
-_compiling: weakref.WeakKeyDictionary[Sandbox, anyio.Event] = weakref.WeakKeyDictionary()
+#: Per Sandbox: its owner, or the Event of the first run compiling it.
+_owners: weakref.WeakKeyDictionary[Sandbox, Compiled | anyio.Event] = \
+    weakref.WeakKeyDictionary()
 
 
-async def compile_plan(policy: Sandbox) -> Plan:
-    """The plan of ``policy`` on this kernel, computed on first use."""
-    plan: Plan | None = policy._compiled
-    if plan is not None:
-        return plan
+def peek(policy: Sandbox) -> Compiled | None:
+    """``policy``'s owner if it has been compiled, without compiling it."""
+    owner = _owners.get(policy)
+    return owner if isinstance(owner, Compiled) else None
+
+
+async def owner_of(policy: Sandbox) -> Compiled:
+    """The owner of ``policy``'s compiled state, compiled on first use."""
+    owner = _owners.get(policy)
+    if isinstance(owner, Compiled):
+        return owner
     deny = frozenset(DEFAULT_DENY) | frozenset(policy.extra_deny_syscalls)
     # Here as well as at each spawn: a pipeline compiles every stage's plan
     # before it starts any, so a bad handler stops it before any process.
     route(policy.handlers, SYSCALLS, deny)
-    while (pending := _compiling.get(policy)) is not None:
+    while isinstance(owner := _owners.get(policy), anyio.Event):
         # Another run is compiling it, perhaps awaiting on_unavailable: one decision.
-        await pending.wait()
-        if policy._compiled is not None:
-            return policy._compiled  # type: ignore[no-any-return]
-    _compiling[policy] = done = anyio.Event()
+        await owner.wait()
+    if owner is not None:
+        return owner
+    _owners[policy] = done = anyio.Event()
     try:
         ruleset_fd, degraded = await _landlock(policy)
+        rules = policy.net_rules()
+        udp = any(rule.protocol in ("udp", "any") and rule.ports is None for rule in rules)
+        every_tcp_port = any(rule.protocol in ("tcp", "any") and rule.ports is None
+                             for rule in rules)
+        plan = Plan(ruleset_fd, _new_key(), _rlimits(policy), frozenset(degraded), udp,
+                    policy.allow_unix_sockets, deny, keep_mask(policy.bind_ports()),
+                    guarded=guarded_syscalls(policy), allow_sysv_ipc=policy.allow_sysv_ipc,
+                    interactive=policy.interactive, fastopen_ok=every_tcp_port)
+        owner = _owners[policy] = Compiled(plan)
     finally:
-        del _compiling[policy]
+        if _owners.get(policy) is done:  # refused: the next run asks again
+            del _owners[policy]
         done.set()
-    key = _new_key()
-    rules = policy.net_rules()
-    udp = any(rule.protocol in ("udp", "any") and rule.ports is None for rule in rules)
-    every_tcp_port = any(rule.protocol in ("tcp", "any") and rule.ports is None for rule in rules)
-    guarded = guarded_syscalls(policy)
-    plan = Plan(ruleset_fd, key, _rlimits(policy), frozenset(degraded), udp,
-                policy.allow_unix_sockets, deny,
-                keep_mask(policy.bind_ports()), guarded=guarded,
-                allow_sysv_ipc=policy.allow_sysv_ipc, interactive=policy.interactive,
-                fastopen_ok=every_tcp_port)
-    if ruleset_fd is not None:
-        weakref.finalize(policy, os.close, ruleset_fd)
-    object.__setattr__(policy, "_compiled", plan)
-    return plan
+    return owner
+
+
+async def compile_plan(policy: Sandbox) -> Plan:
+    """The current plan of ``policy`` on this kernel, compiled on first use."""
+    return (await owner_of(policy)).plan
 
 
 def probe_plan(seccomp: bool = True) -> Plan:

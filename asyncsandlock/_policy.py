@@ -14,8 +14,8 @@ from anyio.abc import TaskStatus
 from ._exceptions import PolicyError
 from ._handler import Handler
 from ._netspec import NetRule, parse_net_allow, parse_ports
+from ._refusal import UnavailableHandler, strict
 from ._system_paths import system_readable
-from ._unavailable import UnavailableHandler, strict
 from ._validate import (
     StdioTarget,
     check_cwd,
@@ -48,7 +48,7 @@ class Sandbox:
     Every field is validated on construction and an invalid value raises
     :class:`PolicyError` before any process exists.  The Landlock ruleset
     and the BPF program derived from the policy are built once, on first
-    use, and reused.
+    use, and reused (held by the Sandbox's owner in ``_plan.py``, not here).
     """
 
     fs_readable: Sequence[str | os.PathLike[str]] = ()
@@ -87,7 +87,6 @@ class Sandbox:
     #: 1 to 64 ASCII letters, digits, ``-``, ``.`` or ``_``, starting with a
     #: letter or digit.
     name: str | None = None
-    _compiled: Any = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         put = object.__setattr__

@@ -23,11 +23,11 @@ import anyio
 
 from ._background import Background
 from ._core import ffi, lib
+from ._fd import close_fd
+from ._kernel._sys import SYSCALLS
 from ._reaper import forget
 from ._result import Result
 from ._streams import FdReceiveStream, FdSendStream
-from ._supervisor import close_fd
-from ._sys import SYSCALLS
 from ._types import ExitReason, Protection, Subsystem
 
 _PRCTL = ffi.cast("long", SYSCALLS["prctl"])
@@ -52,7 +52,8 @@ class SandboxedProcess:
     #: everything held.  See ``docs/degradation.md``.
     unenforced: Mapping[Subsystem, tuple[str, ...]]
     _pidfd: int
-    _listener: int | None
+    #: The seccomp listener fd; -1 when there is none (or no more).
+    _listener: int
     _supervisor: Background | None
     _started: float
     _ended: float | None
@@ -76,7 +77,7 @@ class SandboxedProcess:
         self.args = tuple(args)
         self.pid = pid
         self._pidfd = pidfd
-        self._listener = listener
+        self._listener = -1 if listener is None else listener
         self._supervisor = None
         self.stdin = FdSendStream(stdin) if stdin is not None else None
         self.stdout = FdReceiveStream(stdout) if stdout is not None else None
@@ -181,11 +182,10 @@ class SandboxedProcess:
                 forget(self.pid)  # while the zombie still pins the id
                 self._status = os.waitid(os.P_PIDFD, self._pidfd, os.WEXITED)
                 self._ended = time.monotonic()
-                # No notify_closing(): the only waiter on the pidfd is this
-                # task (under the lock), and its wait_readable has returned,
-                # which leaves no registration to drop on either backend.
-                os.close(self._pidfd)
-                self._pidfd = -1
+                # Not watched: the only waiter on the pidfd is this task
+                # (under the lock), and its wait_readable has returned.
+                pidfd, self._pidfd = self._pidfd, -1
+                close_fd(pidfd, watched=False)
                 orphans = self._own_group and (os.getpid() == 1 or _is_subreaper())
                 if orphans or self._supervisor is not None:
                     with anyio.CancelScope(shield=True):
@@ -224,9 +224,8 @@ class SandboxedProcess:
         self._close_listener()
 
     def _close_listener(self) -> None:
-        if self._listener is not None:
-            close_fd(self._listener)
-            self._listener = None
+        listener, self._listener = self._listener, -1
+        close_fd(listener)  # the supervisor registered it with the loop
 
     async def _kill_and_reap(self, reason: ExitReason) -> None:
         with anyio.CancelScope(shield=True):

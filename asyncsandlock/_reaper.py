@@ -65,8 +65,8 @@ from dataclasses import dataclass
 
 from ._core import lib
 from ._exceptions import SpawnError
+from ._fd import close_fd
 from ._spawn import Spawned, _kill_and_reap
-from ._supervisor import close_fd
 
 #: For tests only: "1" starts no reaper, to show what it prevents.
 _DISABLED = os.environ.get("ASYNCSANDLOCK_TEST_NO_REAPER") == "1"
@@ -205,10 +205,16 @@ def watch(child: Spawned) -> None:
                 del state.watched[child.pid]
                 raise
     except BaseException:
-        _kill_and_reap(child.pidfd)
-        if child.listener is not None:
-            close_fd(child.listener)
+        abandon(child)
         raise
+
+
+def abandon(child: Spawned) -> None:
+    """Kill and reap ``child``, which nothing will own, and close its listener."""
+    forget(child.pid)
+    _kill_and_reap(child.pidfd)
+    if child.listener is not None:
+        close_fd(child.listener)
 
 
 def forget(pid: int) -> None:

@@ -16,15 +16,16 @@ from anyio.abc import ByteReceiveStream, TaskStatus
 from ._background import Background
 from ._enforcement import unenforced_by_run
 from ._exceptions import PolicyError
-from ._handler import Handler
+from ._fd import close_fds
+from ._handler import Handler, route
+from ._kernel._sys import SYSCALLS
 from ._pacing import SpawnTurn
-from ._plan import compile_plan
+from ._plan import owner_of
 from ._process import SandboxedProcess
-from ._reaper import prepare, watch
+from ._reaper import abandon, prepare, watch
 from ._result import Result
 from ._spawn import check_fd_count, resolve_executable, spawn
-from ._supervisor import Supervisor, route
-from ._sys import SYSCALLS
+from ._supervisor import Supervisor
 from ._types import ExitReason, Subsystem
 from ._unavailable import confined_spawn, warn_degraded
 from ._validate import (
@@ -62,51 +63,39 @@ def minimal_env() -> dict[str, str]:
     env.setdefault("PATH", os.defpath)
     return env
 
-class _Stdio:
-    """The child's fds 0-2 and our ends of its pipes, with one cleanup path."""
-
-    def __init__(self) -> None:
-        self.child: list[int] = []
-        self.ours: list[int | None] = [None, None, None]
-        self._close_after_spawn: list[int] = []
-        self._close_on_fail: list[int] = []
-
-    def slot(self, index: int, target: StdioTarget) -> None:
+def _stdio(targets: tuple[StdioTarget, StdioTarget, StdioTarget], child_ends: list[int],
+           ours_on_fail: list[int]) -> tuple[list[int], list[int | None]]:
+    """The child's fds 0-2, and our ends of its pipes.  What only the child
+    keeps is put in ``child_ends`` (closed once it is spawned), our ends in
+    ``ours_on_fail`` (closed unless a process takes them over)."""
+    child: list[int] = []
+    ours: list[int | None] = [None, None, None]
+    for index, target in enumerate(targets):
         if target is None:
-            self.child.append(index)
+            child.append(index)
         elif target == PIPE:
             read, write = os.pipe2(os.O_CLOEXEC)
             mine, theirs = (write, read) if index == 0 else (read, write)
-            self.ours[index] = mine
-            self._close_on_fail.append(mine)
-            self._close_after_spawn.append(theirs)
-            self.child.append(theirs)
+            ours_on_fail.append(mine)
+            child_ends.append(theirs)
+            ours[index] = mine
+            child.append(theirs)
         elif target == DEVNULL:
             fd = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
-            self._close_after_spawn.append(fd)
-            self.child.append(fd)
+            child_ends.append(fd)
+            child.append(fd)
         elif target == STDOUT:
             if index != 2:
                 raise PolicyError("stdin" if index == 0 else "stdout", "STDOUT is only for stderr")
-            self.child.append(self.child[1])
+            child.append(child[1])
         elif isinstance(target, int) and not isinstance(target, bool) and target >= 0:
-            self.child.append(check_fd(SLOTS[index], target))
+            child.append(check_fd(SLOTS[index], target))
         elif hasattr(target, "fileno"):
-            self.child.append(check_file(SLOTS[index], target))
+            child.append(check_file(SLOTS[index], target))
         else:
             raise PolicyError(SLOTS[index],
                               f"{show(target)} is not PIPE, DEVNULL, STDOUT, an fd or a file")
-
-    def after_spawn(self) -> None:
-        for fd in self._close_after_spawn:
-            os.close(fd)
-        self._close_after_spawn.clear()
-
-    def fail(self) -> None:
-        self.after_spawn()
-        for fd in self._close_on_fail:
-            os.close(fd)
-        self._close_on_fail.clear()
+    return child, ours
 
 
 async def open_process(sandbox: Sandbox, args: Sequence[str], *, stdin: StdioTarget = PIPE,
@@ -150,7 +139,7 @@ async def _open_in_turn(sandbox: Sandbox, argv: tuple[str, ...], *, stdin: Stdio
     # Built-in policies first: the first answer other than continue_() decides.
     builtins = builtin_handlers(sandbox)
     all_handlers = (*builtins, *sandbox.handlers, *handlers)
-    plan = await compile_plan(sandbox)
+    compiled = await owner_of(sandbox)
     full_env: dict[str, str] | None = None
     if sandbox.clean_env:
         full_env = minimal_env()
@@ -162,36 +151,43 @@ async def _open_in_turn(sandbox: Sandbox, argv: tuple[str, ...], *, stdin: Stdio
         full_env.update(env)
     path = resolve_executable(argv[0], os.environ if full_env is None else full_env,
                               str(run_cwd) if run_cwd else None)
-    routes, names = route(all_handlers, SYSCALLS, plan.deny)
+    routes, names = route(all_handlers, SYSCALLS, compiled.plan.deny)
+    guarded = compiled.plan.guarded
     notify = frozenset(names.values())
     # The guards ignore calls on the process itself, but a user handler may not.
     self_trapped = frozenset(names[nr] for nr, chain in routes.items()
-                             if names[nr] in plan.guarded
+                             if names[nr] in guarded
                              and any(handler not in builtins for handler in chain))
     prepare()
-    stdio = _Stdio()
-    try:
-        for index, target in enumerate((stdin, stdout, stderr)):
-            stdio.slot(index, target)
-        started = time.monotonic()
-        child = await confined_spawn(sandbox, plan, notify, lambda trapped: spawn(
-            plan, path=path, args=[os.fsencode(a) for a in argv], env=full_env,
-            cwd=str(run_cwd) if run_cwd else None, fds=[*stdio.child, *extra_fds],
-            notify=trapped, self_trapped=self_trapped & trapped), run_handlers=bool(handlers))
-        watch(child)  # before anything can fail and leave it unwatched
-    except BaseException:
-        stdio.fail()
-        raise
-    stdio.after_spawn()
-    protections = plan.protections(bool(notify), fail_closed=bool(notify)
-                                   and child.listener is None
-                                   and Subsystem.SECCOMP not in plan.degraded)
-    unenforced = unenforced_by_run(sandbox, protections, run_handlers=bool(handlers))
-    proc = SandboxedProcess._create(
-        args=argv, pid=child.pid, pidfd=child.pidfd, listener=child.listener,
-        own_group=child.own_group,
-        stdin=stdio.ours[0], stdout=stdio.ours[1], stderr=stdio.ours[2],
-        protections=protections, unenforced=unenforced, started=started)
+    # Two scopes, as trio's _open_process has them: the child's ends of its
+    # pipes are closed once it is spawned (or not), ours only if no process
+    # takes them over.
+    with contextlib.ExitStack() as cleanup_on_fail:
+        with contextlib.ExitStack() as child_ends:
+            # One callback per scope for fds made one by one: callbacks cost
+            # ~1 us each, and this is every spawn's path.
+            theirs: list[int] = []
+            child_ends.callback(close_fds, theirs)
+            mine: list[int] = []
+            cleanup_on_fail.callback(close_fds, mine)
+            child_fds, ours = _stdio((stdin, stdout, stderr), theirs, mine)
+            started = time.monotonic()
+            child = await confined_spawn(sandbox, compiled, notify, lambda trapped: spawn(
+                compiled, path=path, args=[os.fsencode(a) for a in argv], env=full_env,
+                cwd=str(run_cwd) if run_cwd else None, fds=[*child_fds, *extra_fds],
+                notify=trapped, self_trapped=self_trapped & trapped), run_handlers=bool(handlers))
+            watch(child)  # before anything can fail and leave it unwatched
+        cleanup_on_fail.callback(abandon, child)
+        protections = compiled.protections(bool(notify), fail_closed=bool(notify)
+                                           and child.listener is None
+                                           and Subsystem.SECCOMP not in compiled.plan.degraded)
+        unenforced = unenforced_by_run(sandbox, protections, run_handlers=bool(handlers))
+        proc = SandboxedProcess._create(
+            args=argv, pid=child.pid, pidfd=child.pidfd, listener=child.listener,
+            own_group=child.own_group,
+            stdin=ours[0], stdout=ours[1], stderr=ours[2],
+            protections=protections, unenforced=unenforced, started=started)
+        cleanup_on_fail.pop_all()  # the child and our ends are the process's now
     if unenforced:
         warn_degraded(sandbox, unenforced, run_handlers=bool(handlers))
     if child.listener is not None:

@@ -24,7 +24,7 @@ from typing import Any
 
 from ._core import ffi, lib
 from ._exceptions import PolicyError, SpawnError
-from ._plan import Plan
+from ._plan import Compiled, Plan, TemplateKey
 from ._types import Subsystem
 
 #: enum asl_step in csrc/spawn.h: the child's steps by number, in run order.
@@ -105,9 +105,10 @@ class _Template:
     arrays: tuple[Any, ...]
 
 
-def _template(plan: Plan, notify: frozenset[str], self_trapped: frozenset[str]) -> _Template:
+def _template(plan: Plan, notify: frozenset[str], self_trapped: frozenset[str],
+              templates: dict[TemplateKey, object] | None) -> _Template:
     key = (notify, self_trapped, plan.degraded)
-    found = plan.spawn_templates.get(key)
+    found = templates.get(key) if templates is not None else None
     if isinstance(found, _Template):
         return found
     req = ffi.new("struct asl_spawn_req *")
@@ -124,7 +125,9 @@ def _template(plan: Plan, notify: frozenset[str], self_trapped: frozenset[str]) 
     req.own_group = int(Subsystem.PROCESS_GROUP not in plan.degraded)
     supervised = prog is not None and bool(notify)
     req.seccomp_flags = _SECCOMP_FILTER_FLAG_NEW_LISTENER if supervised else 0
-    template = plan.spawn_templates[key] = _Template(req, supervised, arrays)
+    template = _Template(req, supervised, arrays)
+    if templates is not None:
+        templates[key] = template
     return template
 
 
@@ -156,8 +159,9 @@ def _strings(req: Any, paths: tuple[str, ...], args: Sequence[bytes],
     return buf, ptrs
 
 
-def _above(fd: int, floor: int, spares: list[int]) -> int:
-    """``fd``, or a CLOEXEC copy of it numbered at least ``floor``.
+def _above(fd: int, floor: int, spares: contextlib.ExitStack) -> int:
+    """``fd``, or a CLOEXEC copy of it numbered at least ``floor`` (closed
+    with ``spares``).
 
     The child installs its fds ``0 .. floor-1`` with dup3 *before* it uses
     the ruleset fd, the error pipe and the listener socket: one of those
@@ -166,70 +170,77 @@ def _above(fd: int, floor: int, spares: list[int]) -> int:
     """
     if 0 <= fd < floor:
         fd = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, floor)
-        spares.append(fd)
+        spares.callback(os.close, fd)
     return fd
 
 
-def spawn(plan: Plan, *, path: str | tuple[str, ...], args: Sequence[bytes],
+def spawn(plan: Plan | Compiled, *, path: str | tuple[str, ...], args: Sequence[bytes],
           env: Mapping[str, str] | None, cwd: str | None, fds: Sequence[int],
           notify: frozenset[str], self_trapped: frozenset[str] = frozenset()) -> Spawned:
     """Start one confined child; ``fds[i]`` becomes the child's fd ``i``;
     ``notify`` and ``self_trapped`` are the filter's (:class:`FilterSpec`).
 
+    ``plan``: a plan (its request is built for this spawn alone), or the
+    :class:`Compiled` owner of one: its current plan, with the request
+    templates it keeps (:attr:`Compiled.templates`).
+
     ``path`` is the executable, or the candidates of
     :func:`resolve_executable`, tried in turn by the child.
+
+    Acquisition follows three scopes: ``always`` holds what is ours only
+    for the spawn (our ends of the error pipe and the listener socket),
+    ``child_ends`` the child's ends, closed the moment the C call returns,
+    and ``cleanup_on_fail`` the child itself (killed and reaped) until it
+    is handed to the caller as :class:`Spawned`.
     """
     check_fd_count(len(fds))
     paths = (path,) if isinstance(path, str) else path
-    template = _template(plan, notify, self_trapped)
+    if isinstance(plan, Compiled):
+        template = _template(plan.plan, notify, self_trapped, plan.templates)
+        landlock_fd = plan.plan.landlock_fd
+    else:
+        template = _template(plan, notify, self_trapped, None)
+        landlock_fd = plan.landlock_fd
     req = ffi.new("struct asl_spawn_req *", template.req[0])
     keep = [template, _strings(req, paths, args, env, cwd)]
     fd_map = ffi.new("struct asl_fd_map[]", [(src, dst) for dst, src in enumerate(fds)] or 1)
     keep.append(fd_map)
     req.fds, req.nfds = fd_map, len(fds)
     req.parent_pid = os.getpid()
-    ours = theirs = None
-    if template.supervised:
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    err_r = -1
-    try:
+    with contextlib.ExitStack() as always:
+        ours = theirs = None
+        if template.supervised:
+            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            always.callback(ours.close)
+            always.callback(theirs.close)  # a no-op once child_ends closed it
         # Blocking on purpose: the read below returns once the exec or exit
         # under way has closed the child's copy (see above); non-blocking,
         # it costs more than it saves (a spawn took ~300 us longer, measured).
         err_r, err_w = os.pipe2(os.O_CLOEXEC)
-        child_ends = [err_w]  # closed right after the spawn, whatever happens
-        try:
-            req.landlock_fd = _above(plan.landlock_fd, len(fds), child_ends)
+        always.callback(os.close, err_r)
+        with contextlib.ExitStack() as child_ends:
+            # The child has exec'd or is on its way out when the call
+            # returns: with our copies of its ends closed, neither channel
+            # can wait on anything else.
+            child_ends.callback(os.close, err_w)
+            if theirs is not None:
+                child_ends.callback(theirs.close)
+            req.landlock_fd = _above(landlock_fd, len(fds), child_ends)
             req.listener_sock = _above(theirs.fileno(), len(fds), child_ends) if theirs else -1
             req.errpipe = _above(err_w, len(fds), child_ends)
             pidfd_out = ffi.new("int *", -1)
             pid = lib.asl_spawn(req, pidfd_out)
-        finally:
-            # The child has exec'd or is on its way out: with our copies of
-            # its ends closed, neither channel can wait on anything else.
-            for fd in child_ends:
-                os.close(fd)
-            if theirs is not None:
-                theirs.close()
         if pid < 0:
             raise SpawnError(-pid, os.strerror(-pid), step="clone")
         pidfd = pidfd_out[0]
-        try:
+        with contextlib.ExitStack() as cleanup_on_fail:
+            cleanup_on_fail.callback(_kill_and_reap, pidfd)
             _check_started(req, err_r, paths)
             if req.reached != lib.ASL_STEP_EXECVE:
                 raise _died(req, pidfd)
             listener = None if ours is None else _receive_listener(ours, req, pidfd)
-        except BaseException:
-            _kill_and_reap(pidfd)
-            raise
+            cleanup_on_fail.pop_all()  # the caller owns the child and its fds now
         return Spawned(pid, pidfd, listener, bool(req.own_group))
-    finally:
-        if err_r >= 0:
-            os.close(err_r)
-        if ours is not None:
-            ours.close()
-        if theirs is not None:
-            theirs.close()
 
 
 def _check_started(req: Any, err_r: int, paths: tuple[str, ...]) -> None:

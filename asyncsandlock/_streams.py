@@ -8,48 +8,15 @@ import os
 import anyio
 from anyio.abc import ByteReceiveStream, ByteSendStream
 
-
-class _FdHolder:
-    """One owner per fd: ``fd`` becomes -1 once closed."""
-
-    __slots__ = ("fd", "waiting")
-
-    def __init__(self, fd: int) -> None:
-        os.set_blocking(fd, False)
-        self.fd = fd
-        #: Tasks of this stream parked in wait_readable/wait_writable on ``fd``.
-        self.waiting = 0
-
-    def close(self) -> None:
-        if self.fd >= 0:
-            fd, self.fd = self.fd, -1
-            # Only a parked task needs waking.  Once every wait has returned,
-            # neither backend keeps a registration that notify_closing would
-            # drop (anyio's asyncio waits remove their reader; trio's leave a
-            # disarmed one-shot entry that close() removes), so it is skipped:
-            # it costs more than the close.
-            if self.waiting:
-                anyio.notify_closing(fd)
-            os.close(fd)
-
-    def checked(self) -> int:
-        if self.fd < 0:
-            raise anyio.ClosedResourceError
-        return self.fd
-
-    async def wait(self, fd: int, writable: bool) -> None:
-        self.waiting += 1
-        try:
-            await (anyio.wait_writable(fd) if writable else anyio.wait_readable(fd))
-        finally:
-            self.waiting -= 1
+from ._fd import FdHolder
 
 
 class FdReceiveStream(ByteReceiveStream):
     """The read end of a pipe from a sandboxed process."""
 
     def __init__(self, fd: int) -> None:
-        self._holder = _FdHolder(fd)
+        os.set_blocking(fd, False)
+        self._holder = FdHolder(fd)
 
     def __repr__(self) -> str:
         return f"<FdReceiveStream fd={self._holder.fd}>"
@@ -86,7 +53,8 @@ class FdSendStream(ByteSendStream):
     """The write end of a pipe to a sandboxed process."""
 
     def __init__(self, fd: int) -> None:
-        self._holder = _FdHolder(fd)
+        os.set_blocking(fd, False)
+        self._holder = FdHolder(fd)
 
     def __repr__(self) -> str:
         return f"<FdSendStream fd={self._holder.fd}>"

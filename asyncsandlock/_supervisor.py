@@ -39,16 +39,14 @@ import errno
 import logging
 import os
 import types
-from collections.abc import Callable, Coroutine, Generator, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Generator, Mapping
 from typing import Any, Final
 
 import anyio
 
 from . import _notify_loop
-from ._exceptions import PolicyError
-from ._groups import expand
 from ._handler import ExceptionPolicy, Handler
-from ._notify import FLAG_CONTINUE, HandlerCtx, Listener, NotifAction
+from ._kernel._notify import FLAG_CONTINUE, HandlerCtx, Listener, NotifAction
 
 logger = logging.getLogger("asyncsandlock")
 
@@ -63,44 +61,8 @@ _EXCEPTION_ACTIONS: Final = {
     ExceptionPolicy.DENY_EIO: NotifAction.errno(errno.EIO),
     ExceptionPolicy.CONTINUE: NotifAction.continue_(),
 }
-#: Syscalls the filter answers itself whatever the policy (see ``_bpf.py``):
-#: clone3 is ENOSYS so that libc falls back to clone, whose flags BPF reads.
-_FILTER_ANSWERS: Final = frozenset({"clone3"})
 
 _Coro = Coroutine[Any, Any, Any]
-
-
-def route(handlers: Sequence[Handler], table: Mapping[str, int],
-          deny: frozenset[str] = frozenset()) -> tuple[dict[int, tuple[Handler, ...]],
-                                                       dict[int, str]]:
-    """Syscall number -> handlers in registration order, and number -> name.
-
-    Names are resolved for the running architecture (``table``); a name this
-    architecture lacks is skipped, so one policy serves x86_64 and aarch64.
-    A ``@group`` name stands for its members (``_groups.py``); a member the
-    policy denies is skipped, since the filter already refuses it.
-    Raises :class:`PolicyError` for a handler that could never be called: it
-    traps a syscall that ``deny`` (or the filter itself) refuses outright,
-    or none of its syscalls exists here.
-    """
-    routes: dict[int, list[Handler]] = {}
-    names: dict[int, str] = {}
-    for handler in handlers:
-        found = False
-        for name, grouped in expand(handler.syscalls):
-            if name in deny or name in _FILTER_ANSWERS:
-                if grouped:  # the filter already refuses that member of the group
-                    continue
-                raise PolicyError("handlers", f"{handler!r} traps {name!r}, which the policy "
-                                              "denies outright; a handler can never see it")
-            if name in table:
-                found = True
-                routes.setdefault(table[name], []).append(handler)
-                names[table[name]] = name
-        if not found:
-            raise PolicyError("handlers", f"{handler!r}: none of {list(handler.syscalls)} "
-                                          "exists on this architecture")
-    return {nr: tuple(chain) for nr, chain in routes.items()}, names
 
 
 @types.coroutine
@@ -321,9 +283,3 @@ _KILL: Final = NotifAction.kill()
 
 def _bad_return(handler: Handler, value: object) -> TypeError:
     return TypeError(f"{handler!r}.handle() returned {value!r}, not a NotifAction")
-
-
-def close_fd(fd: int) -> None:
-    """Close ``fd`` after telling the event loop it is going away."""
-    anyio.notify_closing(fd)
-    os.close(fd)

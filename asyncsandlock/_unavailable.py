@@ -8,7 +8,7 @@ the child, as the confinement step that failed: the spawn reports the step
 and the errno, we map the step to a :class:`Subsystem`, put it to the
 policy, and, if the policy returns, spawn again without that step.  Nothing
 is skipped that the policy did not agree to, and what it agreed to is
-remembered in ``Plan.degraded``: the policy is asked once per
+remembered by the Sandbox's ``Compiled`` (``_plan.py``): the policy is asked once per
 :class:`Sandbox`, whatever the number of runs (a refusal is not remembered:
 nothing ran, and the next run asks again).
 
@@ -29,75 +29,24 @@ from __future__ import annotations
 
 import errno
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, TypeVar
 
-import anyio
-
 from ._enforcement import consequence, needs_supervisor
-from ._exceptions import ConfinementUnavailable, SpawnError
+from ._exceptions import SpawnError
 from ._features import seccomp_trials
-from ._plan import _LANDLOCK_PARTS, Plan, _decide
+from ._plan import _LANDLOCK_PARTS, Compiled, _decide
 from ._types import Subsystem
 
 if TYPE_CHECKING:
     from ._policy import Sandbox
 
-#: ``on_unavailable`` callables: return to run without the subsystem, raise to refuse.
-UnavailableHandler = Callable[[Subsystem, OSError], "Awaitable[None] | None"]
-
 T = TypeVar("T")
 logger = logging.getLogger("asyncsandlock")
-
-_HINTS = {
-    Subsystem.LANDLOCK: "Landlock needs Linux >= 5.13 with 'landlock' in the lsm= boot list "
-                        "(gVisor and some container hosts lack it)",
-    Subsystem.LANDLOCK_NET: "Landlock TCP rules need Landlock ABI 4 (Linux >= 6.7)",
-    Subsystem.LANDLOCK_SCOPE: "Landlock signal/abstract-socket scoping needs ABI 6 "
-                              "(Linux >= 6.12)",
-    Subsystem.LANDLOCK_TRUNCATE: "Landlock truncate control needs ABI 3 (Linux >= 6.2)",
-    Subsystem.LANDLOCK_REFER: "Landlock rename/link control needs ABI 2 (Linux >= 5.19)",
-    Subsystem.LANDLOCK_IOCTL_DEV: "Landlock device ioctl control needs ABI 5 (Linux >= 6.10)",
-    Subsystem.SECCOMP: "seccomp filters need CONFIG_SECCOMP_FILTER and a host that allows them",
-    Subsystem.SUPERVISOR: "seccomp user notification needs Linux >= 5.0 and no other listener on "
-                          "this process (EBUSY: already inside a supervised sandbox; EINVAL: "
-                          "gVisor); without it, syscall handlers and max_processes cannot run",
-    Subsystem.PROCESS_GROUP: "setpgid is refused, as it is inside another sandbox; without a "
-                             "process group of its own, only the command itself is killed on "
-                             "timeout, and its descendants die with the outer sandbox",
-    Subsystem.NETWORK_NAMESPACE: "network namespaces need CAP_SYS_ADMIN or unprivileged user "
-                                 "namespaces (Kubernetes RuntimeDefault refuses them)",
-}
 
 # The child's confinement steps (csrc/spawn.c) that a host may refuse.
 _STEP_SUBSYSTEMS = {"landlock": Subsystem.LANDLOCK, "seccomp": Subsystem.SECCOMP,
                     "listener": Subsystem.SUPERVISOR, "setpgid": Subsystem.PROCESS_GROUP}
-
-
-def hint_for(subsystem: Subsystem) -> str:
-    """What kernel version or host setting provides ``subsystem``."""
-    return _HINTS[subsystem]
-
-
-def strict(subsystem: Subsystem, error: OSError) -> None:
-    """The default policy: refuse to run without any requested subsystem."""
-    raise ConfinementUnavailable(subsystem, error.errno or errno.ENOSYS, hint_for(subsystem))
-
-
-def allow_degraded(*subsystems: Subsystem) -> UnavailableHandler:
-    """A policy that runs without exactly ``subsystems`` and refuses the rest."""
-    allowed = frozenset(subsystems)
-    for item in allowed:
-        if not isinstance(item, Subsystem):
-            raise TypeError(f"allow_degraded() takes Subsystem members, not {item!r}")
-
-    def decide(subsystem: Subsystem, error: OSError) -> None:
-        if subsystem not in allowed:
-            strict(subsystem, error)
-
-    decide.__qualname__ = decide.__name__ = (
-        f"allow_degraded({', '.join(s.name for s in sorted(allowed, key=lambda s: s.name))})")
-    return decide
 
 
 def refused_subsystem(step: str, err: int, *, listener: bool) -> Subsystem | None:
@@ -112,71 +61,61 @@ def refused_subsystem(step: str, err: int, *, listener: bool) -> Subsystem | Non
     return subsystem
 
 
-async def degrade(policy: Sandbox, plan: Plan, subsystem: Subsystem, error: OSError, *,
+async def degrade(policy: Sandbox, compiled: Compiled, subsystem: Subsystem, error: OSError, *,
                   run_handlers: bool = False) -> None:
-    """Put ``subsystem``'s refusal to ``policy`` (once per plan); raises if it refuses.
+    """Put ``subsystem``'s refusal to ``policy`` (once per Sandbox); raises if it refuses.
     ``run_handlers``: the run asking has handlers of its own."""
     if subsystem is Subsystem.SUPERVISOR and not needs_supervisor(policy, run_handlers):
         # Only the built-in guards wanted it, and without them the filter
         # denies what they would decide: that fails closed, nothing to ask.
-        plan.refusals[subsystem] = error
+        compiled.refused(subsystem, error)
         return
-    while subsystem not in plan.degraded:
-        pending = plan.deciding.get(subsystem)
-        if pending is not None:  # another run of this Sandbox is asking right now
-            await pending.wait()
-            continue
-        done = plan.deciding[subsystem] = anyio.Event()
-        try:
-            await _decide(policy, subsystem, error, run_handlers=run_handlers)
-        finally:
-            del plan.deciding[subsystem]
-            done.set()
-        implied = _LANDLOCK_PARTS if subsystem is Subsystem.LANDLOCK else ()
-        plan.refusals[subsystem] = error
-        plan.degraded = plan.degraded | {subsystem, *implied}
+    await compiled.degrade(subsystem, error, lambda: _decide(policy, subsystem, error,
+                                                             run_handlers=run_handlers))
 
 
-async def _notify_for(policy: Sandbox, plan: Plan, wanted: frozenset[str],
+async def _notify_for(policy: Sandbox, compiled: Compiled, wanted: frozenset[str],
                       run_handlers: bool) -> frozenset[str]:
     """The syscalls to trap: ``wanted``, or none once the supervisor is degraded
     (or refused, where only the built-in guards want it: they fail closed)."""
     if not wanted:
         return wanted
-    if Subsystem.SECCOMP in plan.degraded:
+    if Subsystem.SECCOMP in compiled.plan.degraded:
         # No filter, no listener: what needs the supervisor is unavailable too.
-        cause = plan.refusals.get(Subsystem.SECCOMP)
-        await degrade(policy, plan, Subsystem.SUPERVISOR, OSError(
+        cause = compiled.refusal(Subsystem.SECCOMP)
+        await degrade(policy, compiled, Subsystem.SUPERVISOR, OSError(
             cause.errno if cause is not None else errno.ENOSYS,
             "seccomp user notification needs a seccomp filter, which this host refused"),
             run_handlers=run_handlers)
         return frozenset()
-    refusal = plan.refusals.get(Subsystem.SUPERVISOR)
-    if refusal is not None and Subsystem.SUPERVISOR not in plan.degraded:
+    refusal = compiled.refusal(Subsystem.SUPERVISOR)
+    if refusal is not None and Subsystem.SUPERVISOR not in compiled.plan.degraded:
         if not needs_supervisor(policy, run_handlers):
             return frozenset()
         # This run has handlers of its own: now the policy must decide.
-        await degrade(policy, plan, Subsystem.SUPERVISOR, refusal, run_handlers=run_handlers)
-    return frozenset() if Subsystem.SUPERVISOR in plan.degraded else wanted
+        await degrade(policy, compiled, Subsystem.SUPERVISOR, refusal,
+                      run_handlers=run_handlers)
+    return frozenset() if Subsystem.SUPERVISOR in compiled.plan.degraded else wanted
 
 
-async def confined_spawn(policy: Sandbox, plan: Plan, wanted: frozenset[str],
+async def confined_spawn(policy: Sandbox, compiled: Compiled, wanted: frozenset[str],
                          start: Callable[[frozenset[str]], T], *,
                          run_handlers: bool = False) -> T:
     """``start(notify)``, spawned again without each step the host refuses and
-    the policy lets go; ``wanted`` are the syscalls the handlers trap, and
-    ``run_handlers`` says whether the run has handlers of its own."""
+    the policy lets go (``compiled``'s plan then says so); ``wanted`` are the
+    syscalls the handlers trap, and ``run_handlers`` says whether the run has
+    handlers of its own."""
     while True:
-        notify = await _notify_for(policy, plan, wanted, run_handlers)
-        attempted = plan.degraded
+        notify = await _notify_for(policy, compiled, wanted, run_handlers)
+        plan = compiled.plan  # what start() spawns with: nothing is awaited in between
         try:
             return start(notify)
         except SpawnError as exc:
-            listener = bool(notify) and Subsystem.SECCOMP not in attempted
+            listener = bool(notify) and Subsystem.SECCOMP not in plan.degraded
             subsystem = refused_subsystem(exc.step, exc.errno or 0, listener=listener)
-            if subsystem is None or subsystem in attempted:
+            if subsystem is None or subsystem in plan.degraded:
                 raise
-            await degrade(policy, plan, subsystem, exc, run_handlers=run_handlers)
+            await degrade(policy, compiled, subsystem, exc, run_handlers=run_handlers)
 
 
 def warn_degraded(policy: Sandbox, unenforced: Mapping[Subsystem, tuple[str, ...]], *,

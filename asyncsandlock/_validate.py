@@ -13,13 +13,12 @@ from collections.abc import Iterable, Mapping, Sequence
 from types import MappingProxyType
 from typing import IO, Any
 
-from ._bpf import DEFAULT_DENY
 from ._exceptions import PolicyError
 from ._groups import SYSCALL_GROUPS
-from ._handler import ExceptionPolicy, Handler
-from ._supervisor import route
-from ._sys import SYSCALLS
-from ._syscalls import AARCH64, X86_64
+from ._handler import ExceptionPolicy, Handler, route
+from ._kernel._bpf import DEFAULT_DENY
+from ._kernel._sys import SYSCALLS
+from ._kernel._syscalls import AARCH64, X86_64
 
 # Limits end up in 64-bit rlimit fields; larger ones would overflow at spawn.
 _LIMIT_MAX = (1 << 63) - 1

@@ -35,8 +35,8 @@ from typing import Any
 import anyio
 
 from asyncsandlock import SYSTEM_READABLE, Handler, HandlerCtx, NotifAction, Sandbox
-from asyncsandlock._notify import Listener
-from asyncsandlock._sys import SYSCALLS
+from asyncsandlock._kernel._notify import Listener
+from asyncsandlock._kernel._sys import SYSCALLS
 
 from _common import Report, Samples, Target, machine_notes, median, parse_args, thread_count
 

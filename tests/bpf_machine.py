@@ -16,8 +16,8 @@ import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from asyncsandlock._bpf import FilterSpec, build_filter
-from asyncsandlock._syscalls import AARCH64, X86_64
+from asyncsandlock._kernel._bpf import FilterSpec, build_filter
+from asyncsandlock._kernel._syscalls import AARCH64, X86_64
 
 KILL_PROCESS = 0x80000000
 ALLOW = 0x7FFF0000

@@ -45,7 +45,7 @@ from typing import Any
 import anyio
 
 from asyncsandlock import SYSTEM_READABLE, ExitReason, Sandbox
-from asyncsandlock._plan import compile_plan
+from asyncsandlock._plan import compile_plan, peek
 
 #: The helper's "the calls worked but changed nothing" and usage statuses.
 NOEFFECT = 124
@@ -209,7 +209,7 @@ class World:
         if "ipckey" in self.ctx:
             self.tool("world-cleanup", *self._ipc_names())
         for sandbox in self.sandboxes.values():
-            compiled = sandbox._compiled
+            compiled = peek(sandbox)
             if compiled is not None and hasattr(compiled, "close"):
                 compiled.close()
         shutil.rmtree(self.base, ignore_errors=True)

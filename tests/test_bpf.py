@@ -39,7 +39,7 @@ from bpf_machine import (
     seccomp_data,
 )
 
-from asyncsandlock._bpf import (
+from asyncsandlock._kernel._bpf import (
     DEFAULT_DENY,
     GUARDED,
     PRE_EXEC_CALLS,
@@ -48,9 +48,9 @@ from asyncsandlock._bpf import (
     _search,
     build_filter,
 )
+from asyncsandlock._kernel._sys import AUDIT_ARCH, SYSCALLS
+from asyncsandlock._kernel._syscall_policy import DECISIONS, Rule
 from asyncsandlock._plan import probe_plan
-from asyncsandlock._sys import AUDIT_ARCH, SYSCALLS
-from asyncsandlock._syscall_policy import DECISIONS, Rule
 
 CLONE_NS_FLAGS = {
     "CLONE_NEWTIME": 0x00000080, "CLONE_NEWNS": 0x00020000, "CLONE_NEWCGROUP": 0x02000000,
@@ -625,7 +625,7 @@ def test_terminal_control_needs_interactive(arch: str, interactive: bool) -> Non
 
 
 def test_every_syscall_has_a_decision_and_a_check_where_needed() -> None:
-    from asyncsandlock._bpf import CHECKS
+    from asyncsandlock._kernel._bpf import CHECKS
 
     for arch in ARCHES:
         assert set(ARCHES[arch][0]) <= set(DECISIONS), arch

@@ -20,7 +20,7 @@ import socket
 
 import pytest
 
-from asyncsandlock._sys import SYSCALLS
+from asyncsandlock._kernel._sys import SYSCALLS
 
 from escapes import SIGSYS, Attempt, World, assert_control, assert_held, attempt, ids, world_fixture
 

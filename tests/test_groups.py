@@ -23,8 +23,8 @@ from asyncsandlock import (
     path_argument,
     read_path,
 )
-from asyncsandlock._supervisor import route
-from asyncsandlock._sys import SYSCALLS
+from asyncsandlock._handler import route
+from asyncsandlock._kernel._sys import SYSCALLS
 
 from conftest import system_sandbox
 
@@ -77,7 +77,7 @@ async def test_control_openat_alone_leaves_the_family_open(tmp_path: pathlib.Pat
 
 
 def test_groups_are_known_syscalls_with_a_path_argument() -> None:
-    from asyncsandlock._syscalls import AARCH64, X86_64
+    from asyncsandlock._kernel._syscalls import AARCH64, X86_64
 
     for group, members in SYSCALL_GROUPS.items():
         assert group.startswith("@") and members

@@ -21,9 +21,10 @@ from collections.abc import Iterator, Sequence
 
 import pytest
 
-from asyncsandlock import Sandbox, _bpf
+from asyncsandlock import Sandbox
+from asyncsandlock._kernel import _bpf
+from asyncsandlock._kernel._sys import SYSCALLS
 from asyncsandlock._objects import Creds, within
-from asyncsandlock._sys import SYSCALLS
 from asyncsandlock.handlers import (
     ListenGuard,
     MetadataGuard,

@@ -28,8 +28,8 @@ from asyncsandlock import (
     PolicyError,
     Result,
 )
-from asyncsandlock._supervisor import route
-from asyncsandlock._sys import AUDIT_ARCH, SYSCALLS
+from asyncsandlock._handler import route
+from asyncsandlock._kernel._sys import AUDIT_ARCH, SYSCALLS
 
 from conftest import _BUILD, system_sandbox
 

@@ -418,9 +418,8 @@ def test_limits_are_set_only_with_a_key_that_is_no_user_address(no_leaks: None) 
     limits = ((resource.RLIMIT_NOFILE, 64, 64),)
     plan = probe_plan(seccomp=False)
     assert plan.key[0] >> 63 & 1 and plan.key[0] >> 55 & 1
-    # (A plan of its own: replace() would share the cached spawn templates.)
     unsafe = dataclasses.replace(probe_plan(seccomp=False), key=(0x1000, 2, 3),
-                                 rlimits=limits, spawn_templates={})
+                                 rlimits=limits)
     with pytest.raises(SpawnError) as info:
         spawn(unsafe, path="/bin/true", args=[b"true"], env={}, cwd=None, fds=[],
               notify=frozenset())
@@ -428,7 +427,7 @@ def test_limits_are_set_only_with_a_key_that_is_no_user_address(no_leaks: None) 
     # Control: the plan's own key sets the limit.
     out_r, out_w = os.pipe2(os.O_CLOEXEC)
     try:
-        child = spawn(dataclasses.replace(plan, rlimits=limits, spawn_templates={}),
+        child = spawn(dataclasses.replace(plan, rlimits=limits),
                       path="/bin/sh",
                       args=[b"sh", b"-c", b"ulimit -n; ulimit -Hn"], env={}, cwd=None,
                       fds=[out_w, out_w, out_w], notify=frozenset())

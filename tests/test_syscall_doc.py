@@ -23,9 +23,9 @@ import pytest
 from bpf_machine import ALLOW, ARCHES, KILL_PROCESS, USER_NOTIF, Filter
 
 from asyncsandlock import SYSTEM_READABLE, Sandbox
-from asyncsandlock._bpf import GUARDED, FilterSpec
+from asyncsandlock._kernel._bpf import GUARDED, FilterSpec
+from asyncsandlock._kernel._syscall_policy import DECISIONS, GROUPS, Rule
 from asyncsandlock._plan import Plan, compile_plan
-from asyncsandlock._syscall_policy import DECISIONS, GROUPS, Rule
 
 DOC = pathlib.Path(__file__).resolve().parent.parent / "docs" / "syscalls.md"
 _ROW = re.compile(r"^\| `(\w+)` \| (\d+|—) \| (\d+|—) \| ([^|]+) \| ([^|]+) \|$")
@@ -33,9 +33,9 @@ _ROW = re.compile(r"^\| `(\w+)` \| (\d+|—) \| (\d+|—) \| ([^|]+) \| ([^|]+) 
 _HEADER = """\
 # Every syscall, decided
 
-The seccomp filter (`asyncsandlock/_bpf.py`) decides every syscall of the x86_64
+The seccomp filter (`asyncsandlock/_kernel/_bpf.py`) decides every syscall of the x86_64
 and aarch64 tables by name; the decisions and their reasons live in
-`asyncsandlock/_syscall_policy.py`, grouped here the way systemd's
+`asyncsandlock/_kernel/_syscall_policy.py`, grouped here the way systemd's
 `SystemCallFilter=` sets are. This file is generated from them
 (`python tests/test_syscall_doc.py --write`) and `tests/test_syscall_doc.py`
 fails when it no longer says what the compiled filter does.

@@ -5,8 +5,8 @@ from __future__ import annotations
 import weakref
 from typing import TYPE_CHECKING
 
-from .._bpf import GUARDED
 from .._handler import Handler
+from .._kernel._bpf import GUARDED
 from .listen import ListenGuard
 from .metadata import MetadataGuard
 from .own_process import OwnProcessGuard
@@ -25,7 +25,7 @@ def builtin_handlers(sandbox: Sandbox) -> tuple[Handler, ...]:
     denial of theirs decides.
 
     The guards answer for syscalls the filter would otherwise deny outright
-    (see ``GUARDED`` in ``_bpf.py``): each is here only when the policy
+    (see ``GUARDED`` in ``_kernel/_bpf.py``): each is here only when the policy
     grants something it can check.  Built once per policy (the guards
     canonicalize its paths) and shared by its runs.
     """

@@ -39,9 +39,9 @@ from collections.abc import Iterable
 from typing import ClassVar, Final
 
 from .._handler import ExceptionPolicy, Handler
-from .._notify import HandlerCtx, NotifAction
+from .._kernel._notify import HandlerCtx, NotifAction
+from .._kernel._sys import syscall
 from .._objects import Target, int_arg
-from .._sys import syscall
 
 _INET: Final = (socket.AF_INET, socket.AF_INET6)
 _TCP_LISTEN: Final = 10  # tcpi_state of a listening socket

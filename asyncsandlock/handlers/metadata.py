@@ -38,7 +38,8 @@ from typing import ClassVar, Final
 
 from .._core import ffi
 from .._handler import ExceptionPolicy, Handler
-from .._notify import HandlerCtx, NotifAction
+from .._kernel._notify import HandlerCtx, NotifAction
+from .._kernel._sys import syscall
 from .._objects import (
     AT_EMPTY_PATH,
     AT_FDCWD,
@@ -51,7 +52,6 @@ from .._objects import (
     real_roots,
     within,
 )
-from .._sys import syscall
 
 _SET_ID_BITS: Final = stat.S_ISUID | stat.S_ISGID
 _UNCHANGED: Final = 0xFFFFFFFF  # (uid_t)-1 / (gid_t)-1

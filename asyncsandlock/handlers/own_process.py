@@ -32,7 +32,7 @@ import os
 from typing import ClassVar, Final
 
 from .._handler import ExceptionPolicy, Handler
-from .._notify import HandlerCtx, NotifAction
+from .._kernel._notify import HandlerCtx, NotifAction
 from .._objects import int_arg
 
 #: Calls whose ``which`` (arg 0) says what ``who`` (arg 1) is:

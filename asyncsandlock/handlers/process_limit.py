@@ -17,7 +17,7 @@ import os
 from typing import ClassVar
 
 from .._handler import ExceptionPolicy, Handler
-from .._notify import HandlerCtx, NotifAction
+from .._kernel._notify import HandlerCtx, NotifAction
 
 _CLONE_THREAD = 0x00010000
 

@@ -19,9 +19,9 @@ from typing import ClassVar, Final
 
 from .._core import ffi
 from .._handler import ExceptionPolicy, Handler
-from .._notify import HandlerCtx, NotifAction
+from .._kernel._notify import HandlerCtx, NotifAction
+from .._kernel._sys import syscall
 from .._objects import AT_FDCWD, Target, int_arg, object_path, proc_fd, real_roots, within
-from .._sys import syscall
 
 IN_ONLYDIR: Final = 0x01000000
 IN_DONT_FOLLOW: Final = 0x02000000

@@ -16,10 +16,9 @@ import os
 import struct
 from dataclasses import dataclass
 
-from ._core import ffi
-from ._netspec import NetRule
+from .._core import ffi
+from .._types import Subsystem
 from ._sys import syscall
-from ._types import Subsystem
 
 # Filesystem rights (uapi/linux/landlock.h), newest first with their ABI.
 FS_EXECUTE = 1 << 0
@@ -84,17 +83,6 @@ class RulesetSpec:
     connect_ports: frozenset[int] | None  # None: any port (no CONNECT_TCP handling)
     bind_ports: frozenset[int]
     scoped: bool = True
-
-    @classmethod
-    def from_policy(cls, readable: tuple[str, ...], writable: tuple[str, ...],
-                    rules: tuple[NetRule, ...], bind_ports: frozenset[int]) -> RulesetSpec:
-        ports: set[int] = set()
-        for rule in rules:
-            if rule.protocol in ("tcp", "any"):
-                if rule.ports is None:
-                    return cls(readable, writable, None, bind_ports)
-                ports |= rule.ports
-        return cls(readable, writable, frozenset(ports), bind_ports)
 
     def wanted(self) -> dict[Subsystem, int]:
         """Subsystems this spec needs beyond ABI 1, with the ABI that brings each."""

@@ -7,7 +7,7 @@ import platform
 from collections.abc import Mapping
 from typing import Any, Final
 
-from ._core import ffi, lib
+from .._core import ffi, lib
 from ._syscalls import AARCH64, X86_64
 
 _TABLES: Final[dict[str, tuple[Mapping[str, int], int]]] = {

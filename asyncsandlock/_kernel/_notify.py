@@ -40,7 +40,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
-from ._core import ffi, lib
+from .._core import ffi, lib
 from ._sys import syscall
 
 IOCTL_RECV: Final = 0xC0502100
