@@ -7,6 +7,7 @@ import os
 import pathlib
 import signal
 import subprocess
+import sys
 from collections.abc import Iterator
 
 import pytest
@@ -51,6 +52,22 @@ def test_the_live_members_of_a_group_are_counted(group: list[subprocess.Popen[by
     finally:
         others.kill()
         others.wait()
+
+
+def test_threads_are_counted_apart(group: list[subprocess.Popen[bytes]]) -> None:
+    """A process running four threads is one process, four threads."""
+    script = ("import sys, threading, time\n"
+              "for _ in range(3):\n"
+              "    threading.Thread(target=time.sleep, args=(60,), daemon=True).start()\n"
+              "print('ready', flush=True)\n"
+              "time.sleep(60)\n")
+    group.append(subprocess.Popen([sys.executable, "-c", script], process_group=0,
+                                  stdout=subprocess.PIPE))
+    assert group[0].stdout is not None
+    assert group[0].stdout.readline() == b"ready\n"
+    group[0].stdout.close()
+    group.append(_sleeper(group[0].pid))
+    assert process_limit.count_group(group[0].pid) == (2, 5)
 
 
 def test_a_zombie_is_not_counted(group: list[subprocess.Popen[bytes]]) -> None:
