@@ -95,6 +95,9 @@ enum asl_reaper_op {
 /* Starts a reaper reading records from pipe read end `fd` (see _reaper.py);
  * returns its pid, or -errno. */
 int asl_reaper_start(int fd);
+/* csrc/group.c: the live processes of process group `pgid` (a sandbox), or
+ * -errno; with `threads`, stores how many threads they run. */
+long asl_count_group(int pgid, long *threads);
 /* CDEF-END */
 
 #endif

@@ -1,0 +1,151 @@
+/*
+ * Counting the processes of one sandbox (for max_processes).
+ *
+ * The kernel has no list of a process group's members that user space can
+ * read, so this walks /proc with getdents64 and asks getpgid() of each pid: a
+ * cheap system call (Linux, unlike some systems, answers it for a process of
+ * any session), where reading a stat file is not (the kernel gathers the CPU
+ * times of every thread and the memory counters to format it).  Only the
+ * group's own members, a handful, have their stat read, into a buffer on the
+ * stack, to tell the live from the zombies.  The scan in Python read every
+ * stat: tens of milliseconds on a busy host, on the event loop, for every
+ * fork a sandbox traps.
+ *
+ * This runs in the caller (the supervisor), never in a spawn's child, so plain
+ * libc is fine.
+ */
+#define _GNU_SOURCE
+#include "spawn.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdint.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+struct linux_dirent64 {
+    uint64_t d_ino;
+    int64_t d_off;
+    unsigned short d_reclen;
+    unsigned char d_type;
+    char d_name[];
+};
+
+/* Up to num_threads (field 20) a stat line is short: the pid, a command name
+ * of at most 64 bytes (kernel threads' longer names included) and 17 numbers
+ * of at most 20 digits each. */
+#define STAT_BUF 1024
+
+/* Parses field `*p` as a non-negative decimal and moves past it and the space
+ * after it; -1 if there is no number there. */
+static long next_number(const char **p, const char *end)
+{
+    const char *s = *p;
+    long value = 0;
+    if (s >= end || *s < '0' || *s > '9')
+        return -1;
+    while (s < end && *s >= '0' && *s <= '9')
+        value = value * 10 + (*s++ - '0');
+    if (s < end && *s == ' ')
+        s++;
+    *p = s;
+    return value;
+}
+
+/* Moves past field `*p` (anything up to the next space) and that space. */
+static void skip_field(const char **p, const char *end)
+{
+    const char *s = *p;
+    while (s < end && *s != ' ')
+        s++;
+    if (s < end)
+        s++;
+    *p = s;
+}
+
+/* Reads /proc/<name>/stat; returns 1 and fills the outputs when it is in
+ * `pgid` and alive, 0 when not (or it vanished meanwhile). */
+static int stat_in_group(int proc, const char *name, int pgid, long *threads)
+{
+    char path[32];
+    char buf[STAT_BUF];
+    size_t n = 0;
+    while (name[n] && n < sizeof(path) - sizeof("/stat"))
+        path[n] = name[n], n++;
+    for (const char *t = "/stat"; *t; t++)
+        path[n++] = *t;
+    path[n] = '\0';
+
+    int fd = openat(proc, path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return 0; /* exited and reaped since getdents: not a member any more */
+    ssize_t got = read(fd, buf, sizeof(buf));
+    close(fd);
+    if (got <= 0)
+        return 0;
+
+    /* The command name may hold spaces and ')': the fields start after the
+     * last ')'. */
+    const char *end = buf + got;
+    const char *p = end;
+    while (p > buf && p[-1] != ')')
+        p--;
+    if (p == buf || end - p < 2)
+        return 0;
+    p++; /* the space after ')' */
+    char state = *p;
+    p += 2;
+    skip_field(&p, end);              /* ppid */
+    if (next_number(&p, end) != pgid) /* pgrp */
+        return 0;
+    for (int field = 6; field < 20; field++)
+        skip_field(&p, end);
+    long nthreads = next_number(&p, end);
+    /* A zombie whose leader thread is gone but whose other threads live on
+     * still runs: its stat says Z (the leader's state) yet num_threads counts
+     * the live ones next to the dead leader.  A process that really ended
+     * has only the leader left. */
+    if (state == 'Z' && nthreads <= 1)
+        return 0;
+    if (state == 'Z')
+        nthreads -= 1;
+    *threads += nthreads > 0 ? nthreads : 1;
+    return 1;
+}
+
+long asl_count_group(int pgid, long *threads)
+{
+    char dents[16384] __attribute__((aligned(8)));
+    long count = 0, nthreads = 0;
+    int proc = open("/proc", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (proc < 0)
+        return -errno;
+    for (;;) {
+        long got = syscall(SYS_getdents64, proc, dents, sizeof(dents));
+        if (got < 0) {
+            int err = errno;
+            close(proc);
+            return -err;
+        }
+        if (got == 0)
+            break;
+        for (long off = 0; off < got;) {
+            struct linux_dirent64 *d = (struct linux_dirent64 *)(dents + off);
+            off += d->d_reclen;
+            if (d->d_name[0] < '1' || d->d_name[0] > '9')
+                continue; /* not a pid: self, sys, meminfo, ... */
+            long pid = 0;
+            for (const char *c = d->d_name; *c >= '0' && *c <= '9'; c++)
+                pid = pid * 10 + (*c - '0');
+            /* A zombie still has its group (until it is reaped), so the stat
+             * below decides; ESRCH: gone since getdents. */
+            if (getpgid((pid_t)pid) != pgid)
+                continue;
+            count += stat_in_group(proc, d->d_name, pgid, &nthreads);
+        }
+    }
+    close(proc);
+    if (threads)
+        *threads = nthreads;
+    return count;
+}
