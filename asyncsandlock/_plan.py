@@ -47,7 +47,7 @@ import weakref
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
 from types import MappingProxyType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import anyio
 
@@ -63,6 +63,8 @@ from .handlers import guarded_syscalls
 
 if TYPE_CHECKING:
     from ._policy import Sandbox
+
+T = TypeVar("T")
 
 _LANDLOCK_PARTS = (Subsystem.LANDLOCK_NET, Subsystem.LANDLOCK_SCOPE, Subsystem.LANDLOCK_TRUNCATE,
                    Subsystem.LANDLOCK_REFER, Subsystem.LANDLOCK_IOCTL_DEV)
@@ -115,6 +117,35 @@ class Plan:
                           self.fastopen_ok, self.baseline, self_trapped)
 
 
+class Decision:
+    """A decision under way: set when it is made; ``refusal`` is the
+    exception it raised, shared by every run that waited for it (a run
+    arriving later asks again: nothing ran)."""
+
+    __slots__ = ("done", "refusal")
+
+    def __init__(self) -> None:
+        self.done = anyio.Event()
+        self.refusal: Exception | None = None
+
+    async def outcome(self) -> None:
+        """Wait for the decision; raise its refusal, if it refused."""
+        await self.done.wait()
+        if self.refusal is not None:
+            raise self.refusal
+
+    async def make(self, decide: Awaitable[T]) -> T:
+        """Await ``decide``, recording a refusal (not a cancellation: the
+        runs waiting then decide anew), and set the decision in any case."""
+        try:
+            return await decide
+        except Exception as exc:
+            self.refusal = exc
+            raise
+        finally:
+            self.done.set()
+
+
 #: Keys of :attr:`Compiled.templates`: (notify, self_trapped, degraded).
 TemplateKey = tuple[frozenset[str], frozenset[str], frozenset[Subsystem]]
 
@@ -132,7 +163,7 @@ class Compiled:
     def __init__(self, plan: Plan) -> None:
         self._plan = plan
         #: on_unavailable decisions under way, per subsystem (see degrade()).
-        self._deciding: dict[Subsystem, anyio.Event] = {}
+        self._deciding: dict[Subsystem, Decision] = {}
         self._refusals: dict[Subsystem, OSError] = {}
         self._protections: dict[tuple[bool, frozenset[Subsystem]],
                                 Mapping[Subsystem, Protection]] = {}
@@ -163,14 +194,13 @@ class Compiled:
         while subsystem not in self._plan.degraded:
             pending = self._deciding.get(subsystem)
             if pending is not None:  # another run of this Sandbox is asking right now
-                await pending.wait()
+                await pending.outcome()
                 continue
-            done = self._deciding[subsystem] = anyio.Event()
+            decision = self._deciding[subsystem] = Decision()
             try:
-                await ask()
+                await decision.make(ask())
             finally:
                 del self._deciding[subsystem]
-                done.set()
             implied = _LANDLOCK_PARTS if subsystem is Subsystem.LANDLOCK else ()
             self._refusals[subsystem] = error
             self._plan = replace(self._plan,
@@ -273,9 +303,8 @@ def _new_key() -> tuple[int, int, int]:
     return (secrets.randbits(64) | 1 << 63 | 1 << 55, secrets.randbits(64), secrets.randbits(64))
 
 
-#: Per Sandbox: its owner, or the Event of the first run compiling it.
-_owners: weakref.WeakKeyDictionary[Sandbox, Compiled | anyio.Event] = \
-    weakref.WeakKeyDictionary()
+#: Per Sandbox: its owner, or the decision of the first run compiling it.
+_owners: weakref.WeakKeyDictionary[Sandbox, Compiled | Decision] = weakref.WeakKeyDictionary()
 
 
 def peek(policy: Sandbox) -> Compiled | None:
@@ -293,14 +322,14 @@ async def owner_of(policy: Sandbox) -> Compiled:
     # Here as well as at each spawn: a pipeline compiles every stage's plan
     # before it starts any, so a bad handler stops it before any process.
     route(policy.handlers, SYSCALLS, deny)
-    while isinstance(owner := _owners.get(policy), anyio.Event):
+    while isinstance(owner := _owners.get(policy), Decision):
         # Another run is compiling it, perhaps awaiting on_unavailable: one decision.
-        await owner.wait()
+        await owner.outcome()
     if owner is not None:
         return owner
-    _owners[policy] = done = anyio.Event()
+    _owners[policy] = decision = Decision()
     try:
-        ruleset_fd, degraded = await _landlock(policy)
+        ruleset_fd, degraded = await decision.make(_landlock(policy))
         rules = policy.net_rules()
         udp = any(rule.protocol in ("udp", "any") and rule.ports is None for rule in rules)
         every_tcp_port = any(rule.protocol in ("tcp", "any") and rule.ports is None
@@ -311,10 +340,11 @@ async def owner_of(policy: Sandbox) -> Compiled:
                     interactive=policy.interactive, fastopen_ok=every_tcp_port)
         owner = _owners[policy] = Compiled(plan)
     finally:
-        if _owners.get(policy) is done:  # refused: the next run asks again
+        if _owners.get(policy) is decision:  # refused: the next run asks again
             del _owners[policy]
-        done.set()
+        decision.done.set()
     return owner
+
 
 
 async def compile_plan(policy: Sandbox) -> Plan:

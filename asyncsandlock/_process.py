@@ -146,7 +146,9 @@ class SandboxedProcess:
         self.send_signal(_signal.SIGKILL)
 
     def _mark(self, reason: ExitReason) -> None:
-        if self._status is None and self._reason is None:
+        # A command that already ended on its own (a zombie not yet reaped)
+        # keeps its own reason: the signal can only reach what it left behind.
+        if self._status is None and self._reason is None and not self._exited():
             self._reason = reason
 
     def _exited(self) -> bool:

@@ -89,16 +89,18 @@ async def test_the_ruleset_is_closed_when_the_sandbox_is_collected() -> None:
     del kept
 
 
-async def test_filters_are_cached_per_notify_set() -> None:
+async def test_filters_differ_per_notify_set() -> None:
+    """The plan builds a filter per trapped set (the spawn templates of its
+    owner keep them): the same set gives the same program, another set another."""
     plan = await _plan.compile_plan(system_sandbox())
     uname = plan.filter_for(frozenset({"uname"}))
     assert uname is not None
-    assert plan.filter_for(frozenset({"uname"})) is uname
+    assert plan.filter_for(frozenset({"uname"})) == uname
     both = plan.filter_for(frozenset({"uname", "getpid"}))
     assert both is not None and both != uname
-    assert plan.filter_for(frozenset({"getpid", "uname"})) is both
+    assert plan.filter_for(frozenset({"getpid", "uname"})) == both
     assert plan.filter_for(frozenset()) not in (uname, both)
-    # The control for "cached": without seccomp there is no filter at all.
+    # The control: without seccomp there is no filter at all.
     assert _plan.probe_plan(seccomp=False).filter_for(frozenset({"uname"})) is None
 
 
@@ -201,21 +203,36 @@ def test_a_refused_subsystem_runs_nothing(anyio_backend: str, rules: list[str],
     assert set(report["calls"]) == {subsystem}
 
 
-@pytest.mark.xfail(strict=False, reason="today each run waiting on a refusing decision asks "
-                   "again (20 calls for 20 concurrent first runs); to be fixed with the one "
-                   "owner of the plan's decisions (issue 9, structure)")
-@pytest.mark.parametrize(("rules", "handler", "subsystem"), REFUSALS,
-                         ids=["parent-side", "child-side"])
-def test_a_refusal_is_decided_once(anyio_backend: str, rules: list[str], handler: bool,
-                                   subsystem: str) -> None:
-    """Concurrent first runs share one decision, a refusal as much as an
-    allowance: on_unavailable is asked once, and every one of them fails."""
-    report = drive(rules, anyio_backend, refuse=True, handler=handler)
-    assert report["first"] == [subsystem]
-    assert report["outcomes"][:20] == ["RuntimeError"] * 20
-
-
 def test_the_control_nothing_refused_asks_nothing(anyio_backend: str) -> None:
     report = drive([], anyio_backend, refuse=True, handler=True)
     assert report["calls"] == []
     assert report["outcomes"] == ["Linux"] * 23
+
+
+async def test_a_decision_shares_its_refusal_with_the_runs_waiting_for_it() -> None:
+    """Runs that waited for a decision get its refusal instead of asking again;
+    a cancelled decision is no refusal (they decide anew)."""
+    decision = _plan.Decision()
+    seen: list[str] = []
+
+    async def wait() -> None:
+        try:
+            await decision.outcome()
+        except RuntimeError as exc:
+            seen.append(str(exc))
+
+    async def refuse() -> None:
+        await anyio.sleep(0.01)
+        raise RuntimeError("no")
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(3):
+            tg.start_soon(wait)
+        with pytest.raises(RuntimeError):
+            await decision.make(refuse())
+    assert seen == ["no"] * 3
+
+    cancelled = _plan.Decision()
+    with anyio.move_on_after(0.01):
+        await cancelled.make(anyio.sleep(1))
+    await cancelled.outcome()  # set, and nothing to raise

@@ -103,9 +103,6 @@ async def test_signals_after_the_end_change_nothing(sb: Sandbox) -> None:
     assert await proc.wait() == 4
 
 
-@pytest.mark.xfail(strict=False, reason="kill() marks the process KILLED when it has exited "
-                   "but is not reaped yet; _run checks _exited() first, the public kill() "
-                   "does not (returncode 0, reason KILLED)")
 async def test_a_kill_after_the_end_but_before_the_wait_keeps_the_reason(sb: Sandbox) -> None:
     proc = await sb.open(["true"], **QUIET)
     await _until_zombie(proc.pid)
