@@ -28,3 +28,15 @@ def test_ruff_is_clean() -> None:
 def test_mypy_strict_is_clean() -> None:
     proc = subprocess.run([_tool("mypy")], cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_every_subpackage_is_packaged() -> None:
+    """Regression test: asyncsandlock._kernel was missing from the wheel, so a
+    non-editable install (the README's demo command) failed to import."""
+    import tomllib
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())
+                 ["tool"]["setuptools"]["packages"])
+    found = {".".join(init.parent.relative_to(ROOT).parts)
+             for init in (ROOT / "asyncsandlock").rglob("__init__.py")}
+    assert listed == found
