@@ -140,13 +140,9 @@ async def _open_in_turn(sandbox: Sandbox, argv: tuple[str, ...], *, stdin: Stdio
     builtins = builtin_handlers(sandbox)
     all_handlers = (*builtins, *sandbox.handlers, *handlers)
     compiled = await owner_of(sandbox)
-    full_env: dict[str, str] | None = None
-    if sandbox.clean_env:
-        full_env = minimal_env()
-        full_env.update(sandbox.env)
-        full_env.update(env)
-    elif sandbox.env or env:
-        full_env = dict(os.environ)
+    full_env: dict[str, str] | None = None  # None: the caller's, as it is
+    if sandbox.clean_env or sandbox.env or env:
+        full_env = minimal_env() if sandbox.clean_env else dict(os.environ)
         full_env.update(sandbox.env)
         full_env.update(env)
     path = resolve_executable(argv[0], os.environ if full_env is None else full_env,
@@ -226,10 +222,9 @@ async def _kill_and_reap_all(procs: Sequence[SandboxedProcess], reason: ExitReas
     if all(proc._finished for proc in procs):
         return  # nothing to signal or reap (the usual case): no cancel scope either
     with anyio.CancelScope(shield=True):
-        doomed = [proc for proc in procs if not proc._exited()]
-        for proc in doomed:
-            proc._mark(reason)
-        for proc in reversed(doomed):
+        for proc in procs:
+            proc._mark(reason)  # not one that had already exited: see _mark
+        for proc in reversed(procs):
             proc.send_signal(signal.SIGKILL)
         for proc in procs:
             if not proc._finished:  # else wait() would only be a checkpoint
