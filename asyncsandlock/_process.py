@@ -21,12 +21,12 @@ from types import TracebackType
 
 import anyio
 
-from ._background import Background
 from ._core import ffi, lib
 from ._fd import close_fd
 from ._kernel._sys import SYSCALLS
 from ._reaper import forget
 from ._result import Result
+from ._standby import Standby
 from ._streams import FdReceiveStream, FdSendStream
 from ._types import ExitReason, Protection, Subsystem
 
@@ -54,7 +54,7 @@ class SandboxedProcess:
     _pidfd: int
     #: The seccomp listener fd; -1 when there is none (or no more).
     _listener: int
-    _supervisor: Background | None
+    _supervisor: Standby | None
     _started: float
     _ended: float | None
     _status: os.waitid_result | None
@@ -189,7 +189,10 @@ class SandboxedProcess:
                 pidfd, self._pidfd = self._pidfd, -1
                 close_fd(pidfd, watched=False)
                 orphans = self._own_group and (os.getpid() == 1 or _is_subreaper())
-                if orphans or self._supervisor is not None:
+                # A supervisor that never had a notification stands down
+                # without a task to cancel and join (see _standby.py).
+                supervised = self._supervisor is not None and not self._supervisor.stop_idle()
+                if orphans or supervised:
                     with anyio.CancelScope(shield=True):
                         if orphans:
                             await self._reap_orphans()

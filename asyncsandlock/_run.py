@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING
 import anyio
 from anyio.abc import ByteReceiveStream, TaskStatus
 
-from ._background import Background
 from ._enforcement import unenforced_by_run
 from ._exceptions import PolicyError
 from ._fd import close_fds
@@ -25,6 +24,7 @@ from ._process import SandboxedProcess
 from ._reaper import abandon, prepare, watch
 from ._result import Result
 from ._spawn import check_fd_count, resolve_executable, spawn
+from ._standby import Standby
 from ._supervisor import Supervisor
 from ._types import ExitReason, Subsystem
 from ._unavailable import confined_spawn, warn_degraded
@@ -189,8 +189,8 @@ async def _open_in_turn(sandbox: Sandbox, argv: tuple[str, ...], *, stdin: Stdio
     if child.listener is not None:
         supervisor = Supervisor(child.listener, routes, names,
                                 lambda: proc._kill_for(ExitReason.KILLED))
-        proc._supervisor = Background.start(supervisor.serve,
-                                            f"asyncsandlock supervisor {child.pid}")
+        proc._supervisor = Standby.arm(child.listener, supervisor.serve,
+                                       f"asyncsandlock supervisor {child.pid}")
     return proc
 
 

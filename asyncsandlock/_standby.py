@@ -1,0 +1,147 @@
+"""A supervisor on standby: nothing runs until the first notification.
+
+Most sandboxes that have a listener never use it: the guards of a README
+policy (``fs_writable`` brings the metadata guard) wait for a ``chmod`` that
+``/bin/true`` never makes.  Starting a task per run to wait on the fd, and
+cancelling and joining it after the reap, cost more than the rest of the
+spawn.  So a listener is first only *watched*, by the event loop itself,
+and the supervisor's task is started the first time the fd has a
+notification to read.  A run that traps nothing ends with a synchronous
+disarm and no task at all.
+
+Readable is not always a notification: the listener also polls POLLHUP once
+every task of the sandbox is gone, and epoll reports that whatever was asked
+for.  The callback looks (``poll`` with no timeout) and starts nothing then.
+
+Watching
+--------
+asyncio: a reader callback on the listener fd, removed on the first wake-up.
+
+Trio has no reader callbacks, only tasks that wait.  One system task per
+Trio run waits on an epoll set of our own, in which every listener on
+standby is registered (one ``epoll_ctl`` each way, under a microsecond);
+the task is started with the first listener and lives as long as the run.
+"""
+
+from __future__ import annotations
+
+import select
+from collections.abc import Awaitable, Callable
+from typing import Protocol
+
+import anyio
+
+from ._background import Background, current_backend
+
+_READY = select.POLLIN | select.POLLPRI
+
+
+def _has_notification(fd: int) -> bool:
+    """True if ``fd`` has something to read now (not only POLLHUP)."""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    return any(events & _READY for _fd, events in poller.poll(0))
+
+
+class Standby:
+    """Watches one listener fd and starts ``serve`` in a :class:`Background`
+    task on its first notification.  The fd stays the caller's."""
+
+    __slots__ = ("_fd", "_name", "_serve", "_watcher", "task")
+
+    def __init__(self, fd: int, serve: Callable[[], Awaitable[None]], name: str) -> None:
+        self._fd = fd
+        self._serve = serve
+        self._name = name
+        #: The supervisor's task, once a notification came.
+        self.task: Background | None = None
+        self._watcher: _Watcher | None = None
+
+    @classmethod
+    def arm(cls, fd: int, serve: Callable[[], Awaitable[None]], name: str) -> Standby:
+        self = cls(fd, serve, name)
+        if current_backend() == "trio":
+            watcher: _Watcher = _trio_watcher()
+        else:
+            import asyncio
+
+            watcher = asyncio.get_running_loop()
+        watcher.add_reader(fd, self._wake)
+        self._watcher = watcher
+        return self
+
+    def _wake(self) -> None:
+        self._disarm()
+        if _has_notification(self._fd):
+            self.task = Background.start(self._serve, self._name)
+
+    def _disarm(self) -> None:
+        watcher, self._watcher = self._watcher, None
+        if watcher is not None:
+            watcher.remove_reader(self._fd)
+
+    def stop_idle(self) -> bool:
+        """Stand down if no task was started (True); False if one runs and
+        must be stopped with :meth:`stop`."""
+        if self.task is not None:
+            return False
+        self._disarm()
+        return True
+
+    async def stop(self) -> None:
+        """Stand down, or cancel and join the supervisor's task."""
+        self._disarm()
+        if self.task is not None:
+            await self.task.stop()
+
+
+class _Watcher(Protocol):
+    """What an asyncio loop offers, and :class:`_TrioWatcher` too."""
+
+    def add_reader(self, fd: int, callback: Callable[[], None]) -> None: ...
+
+    def remove_reader(self, fd: int) -> object: ...
+
+
+class _TrioWatcher:
+    """One Trio system task waiting on an epoll set of listeners."""
+
+    __slots__ = ("_callbacks", "_epoll")
+
+    def __init__(self) -> None:
+        self._epoll = select.epoll()  # CLOEXEC by default
+        self._callbacks: dict[int, Callable[[], None]] = {}
+        Background.start(self._watch, "asyncsandlock listener watcher")
+
+    def add_reader(self, fd: int, callback: Callable[[], None]) -> None:
+        self._epoll.register(fd, select.EPOLLIN)
+        self._callbacks[fd] = callback
+
+    def remove_reader(self, fd: int) -> None:
+        if self._callbacks.pop(fd, None) is not None:
+            self._epoll.unregister(fd)
+
+    async def _watch(self) -> None:
+        try:
+            while True:
+                await anyio.wait_readable(self._epoll.fileno())
+                for fd, _events in self._epoll.poll(0):
+                    callback = self._callbacks.get(fd)
+                    if callback is not None:
+                        callback()  # it removes fd first
+        finally:
+            _WATCHER.set(None)
+            anyio.notify_closing(self._epoll.fileno())
+            self._epoll.close()
+
+
+_WATCHER: anyio.lowlevel.RunVar[_TrioWatcher | None] = anyio.lowlevel.RunVar(
+    "asyncsandlock listener watcher", None)
+
+
+def _trio_watcher() -> _TrioWatcher:
+    watcher = _WATCHER.get()
+    if watcher is None:
+        watcher = _TrioWatcher()
+        _WATCHER.set(watcher)
+    return watcher
