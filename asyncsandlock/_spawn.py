@@ -18,6 +18,7 @@ import fcntl
 import os
 import signal
 import socket
+import sys
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -268,15 +269,23 @@ def _check_started(req: Any, err_r: int, paths: tuple[str, ...]) -> None:
     raise SpawnError(err, message, step="execve", filename=culprit)
 
 
+#: Room for the one fd the child sends.
+_FD_SPACE = socket.CMSG_SPACE(4)
+
+
 def _receive_listener(ours: socket.socket, req: Any, pidfd: int) -> int:
     """The listener the child sent before it exec'd, or :class:`SpawnError`
     if it died first."""
+    # Not socket.recv_fds: it drops its flags argument (CPython 3.11-3.13)
+    # and would block.  Nothing could block here anyway, since we hold no
+    # other end and an empty queue reads as EOF, but the call says so.
     try:
-        _msg, received, _flags, _addr = socket.recv_fds(ours, 1, 1, socket.MSG_DONTWAIT)
+        _msg, ancillary, _flags, _addr = ours.recvmsg(1, _FD_SPACE, socket.MSG_DONTWAIT)
     except BlockingIOError:
-        received = []
-    if received:
-        return received[0]
+        ancillary = []
+    for level, kind, data in ancillary:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS and len(data) >= 4:
+            return int.from_bytes(data[:4], sys.byteorder, signed=True)
     # Nothing there, and nothing will come (we hold no other end): the
     # child died, killed from outside (it reports its own failures).
     raise _died(req, pidfd)
