@@ -158,7 +158,7 @@ class Compiled:
     """
 
     __slots__ = ("__weakref__", "_closer", "_deciding", "_plan", "_protections", "_refusals",
-                 "templates")
+                 "routing", "templates")
 
     def __init__(self, plan: Plan) -> None:
         self._plan = plan
@@ -170,6 +170,9 @@ class Compiled:
         #: The parts of a spawn request that only the plan decides, filled
         #: once per key by ``_spawn.spawn`` (its cache alone) and copied.
         self.templates: dict[TemplateKey, object] = {}
+        #: The routing of runs without handlers of their own, per (deny,
+        #: guarded) of the plan: filled and read by ``_run`` alone.
+        self.routing: dict[tuple[frozenset[str], frozenset[str]], object] = {}
         fd = plan.ruleset_fd
         self._closer = None if fd is None else weakref.finalize(self, os.close, fd)
 

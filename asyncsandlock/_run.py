@@ -8,7 +8,7 @@ import signal
 import subprocess
 import time
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple, cast
 
 import anyio
 from anyio.abc import ByteReceiveStream, TaskStatus
@@ -19,7 +19,7 @@ from ._fd import close_fds
 from ._handler import Handler, route
 from ._kernel._sys import SYSCALLS
 from ._pacing import SpawnTurn
-from ._plan import owner_of
+from ._plan import Compiled, owner_of
 from ._process import SandboxedProcess
 from ._reaper import abandon, prepare, watch
 from ._result import Result
@@ -137,8 +137,6 @@ async def _open_in_turn(sandbox: Sandbox, argv: tuple[str, ...], *, stdin: Stdio
                         extra_fds: Sequence[int]) -> SandboxedProcess:
     run_cwd = cwd or sandbox.cwd
     # Built-in policies first: the first answer other than continue_() decides.
-    builtins = builtin_handlers(sandbox)
-    all_handlers = (*builtins, *sandbox.handlers, *handlers)
     compiled = await owner_of(sandbox)
     full_env: dict[str, str] | None = None  # None: the caller's, as it is
     if sandbox.clean_env or sandbox.env or env:
@@ -147,13 +145,7 @@ async def _open_in_turn(sandbox: Sandbox, argv: tuple[str, ...], *, stdin: Stdio
         full_env.update(env)
     path = resolve_executable(argv[0], os.environ if full_env is None else full_env,
                               str(run_cwd) if run_cwd else None)
-    routes, names = route(all_handlers, SYSCALLS, compiled.plan.deny)
-    guarded = compiled.plan.guarded
-    notify = frozenset(names.values())
-    # The guards ignore calls on the process itself, but a user handler may not.
-    self_trapped = frozenset(names[nr] for nr, chain in routes.items()
-                             if names[nr] in guarded
-                             and any(handler not in builtins for handler in chain))
+    routes, names, notify, self_trapped = _routing(sandbox, compiled, handlers)
     prepare()
     # Two scopes, as trio's _open_process has them: the child's ends of its
     # pipes are closed once it is spawned (or not), ours only if no process
@@ -192,6 +184,37 @@ async def _open_in_turn(sandbox: Sandbox, argv: tuple[str, ...], *, stdin: Stdio
         proc._supervisor = Standby.arm(child.listener, supervisor.serve,
                                        f"asyncsandlock supervisor {child.pid}")
     return proc
+
+
+class Routing(NamedTuple):
+    """Who answers which trapped syscall, and what the filter traps for it."""
+
+    routes: Mapping[int, tuple[Handler, ...]]
+    names: Mapping[int, str]
+    notify: frozenset[str]
+    #: Guarded syscalls trapped even on the process itself: a user handler
+    #: may care about those, where the guards ignore them.
+    self_trapped: frozenset[str]
+
+
+def _routing(sandbox: Sandbox, compiled: Compiled, handlers: tuple[Handler, ...]) -> Routing:
+    """The routing of a run: built-in guards first (the first answer other
+    than continue_() decides), then the policy's handlers, then the run's.
+    Without handlers of the run's own it is the policy's alone, kept on its
+    owner (building it costs tens of microseconds, on every spawn)."""
+    plan = compiled.plan
+    key = (plan.deny, plan.guarded)
+    if not handlers and (cached := compiled.routing.get(key)) is not None:
+        return cast(Routing, cached)
+    builtins = builtin_handlers(sandbox)
+    routes, names = route((*builtins, *sandbox.handlers, *handlers), SYSCALLS, plan.deny)
+    self_trapped = frozenset(names[nr] for nr, chain in routes.items()
+                             if names[nr] in plan.guarded
+                             and any(handler not in builtins for handler in chain))
+    found = Routing(routes, names, frozenset(names.values()), self_trapped)
+    if not handlers:
+        compiled.routing[key] = found
+    return found
 
 
 async def _drain(stream: ByteReceiveStream, into: list[bytes]) -> None:
