@@ -260,13 +260,14 @@ def _ruleset_spec(policy: Sandbox) -> RulesetSpec:
     connect unhandled (``connect_ports=None``)."""
     readable = tuple(map(str, policy.fs_readable))
     writable = tuple(map(str, policy.fs_writable))
+    denied = tuple(map(str, policy.fs_denied))
     ports: set[int] = set()
     for rule in policy.net_rules():
         if rule.protocol in ("tcp", "any"):
             if rule.ports is None:
-                return RulesetSpec(readable, writable, None, policy.bind_ports())
+                return RulesetSpec(readable, writable, None, policy.bind_ports(), denied=denied)
             ports |= rule.ports
-    return RulesetSpec(readable, writable, frozenset(ports), policy.bind_ports())
+    return RulesetSpec(readable, writable, frozenset(ports), policy.bind_ports(), denied=denied)
 
 
 async def _landlock(policy: Sandbox) -> tuple[int | None, set[Subsystem]]:
