@@ -93,7 +93,7 @@ class Sandbox:
     #: them in a user namespace.  ``gid`` defaults to ``uid``.
     uid: int | None = None
     gid: int | None = None
-    #: No core dumps: a hard RLIMIT_CORE of 0, and not dumpable until exec.
+    #: No core dumps: a hard RLIMIT_CORE of 0, which the child cannot raise.
     no_coredump: bool = False
     #: A label for logs and reprs, and the hostname the child is to see:
     #: 1 to 64 ASCII letters, digits, ``-``, ``.`` or ``_``, starting with a

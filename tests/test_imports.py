@@ -25,7 +25,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     # Enums and exceptions that every layer speaks; they import nothing of ours.
     ("vocabulary", ("_types", "_exceptions")),
     # Syscalls, BPF, Landlock, notification ioctls, capabilities: no anyio, no Sandbox.
-    ("kernel", ("_core", "_ffi_build", "_kernel", "_holes")),
+    ("kernel", ("_core", "_ffi_build", "_kernel", "_holes", "_identity")),
     # anyio-aware primitives over fds and tasks, used by the runtime layers.
     ("support", ("_fd", "_background", "_notify_loop", "_pacing", "_streams")),
     # The policy as validated data, and what users hand it.
