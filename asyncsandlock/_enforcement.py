@@ -81,7 +81,7 @@ def unenforced(policy: Sandbox, subsystem: Subsystem, *,
     elif subsystem is Subsystem.LANDLOCK_NET:
         fields = net
     elif subsystem is Subsystem.LANDLOCK_TRUNCATE:
-        fields = ["fs_writable"]
+        fields = ["fs_writable", *(["fs_denied"] if policy.fs_denied else [])]
     elif subsystem is Subsystem.LANDLOCK_IOCTL_DEV:
         fields = ["fs_readable", "fs_writable"]
     elif subsystem is Subsystem.SECCOMP:

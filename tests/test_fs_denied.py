@@ -18,7 +18,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from asyncsandlock import SYSTEM_READABLE, PolicyError, Sandbox
+from asyncsandlock import SYSTEM_READABLE, PolicyError, Sandbox, Subsystem
+from asyncsandlock._enforcement import unenforced
 
 from conftest import build_helper
 
@@ -237,3 +238,10 @@ def test_fs_denied_is_validated() -> None:
         Sandbox(fs_denied=[3])  # type: ignore[list-item]
     sb = Sandbox(fs_denied=["/nonexistent/later", "relative", "/nonexistent/later"])
     assert sb.fs_denied == ("/nonexistent/later", os.path.abspath("relative"))
+
+
+def test_without_landlock_fs_denied_is_named_unenforced() -> None:
+    sb = Sandbox(fs_denied=["/nonexistent"])
+    assert "fs_denied" in unenforced(sb, Subsystem.LANDLOCK)
+    assert "fs_denied" in unenforced(sb, Subsystem.LANDLOCK_TRUNCATE)
+    assert "fs_denied" not in unenforced(Sandbox(), Subsystem.LANDLOCK)

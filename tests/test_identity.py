@@ -226,8 +226,12 @@ async def main():
         mine = await sb.run([helper, "open", tree + "/own", "w"])
         roots = await sb.run([helper, "open", tree + "/root-private", "r"])
         chown = await sb.run([helper, "chown", tree + "/own", "0", "0"])
+        holed = Sandbox(fs_readable=[*SYSTEM_READABLE, os.path.dirname(helper)],
+                        fs_writable=[tree], fs_denied=[tree + "/own"], **kw)
+        denied = await holed.run([helper, "open", tree + "/own", "w"])
         out[label] = [ids.stdout.decode().split(), mine.returncode, roots.returncode,
-                      chown.returncode, ids.protections[Subsystem.IDENTITY].value]
+                      chown.returncode, ids.protections[Subsystem.IDENTITY].value,
+                      denied.returncode]
     print(json.dumps(out))
 anyio.run(main, backend=backend)
 """
@@ -242,14 +246,15 @@ def test_unprivileged_caller_maps_the_ids_in_a_user_namespace(tree: pathlib.Path
                           cwd="/", stdin=subprocess.DEVNULL)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.splitlines()[-1])
-    # The control: the caller's own identity, which owns "own".
-    assert out["none"] == [["65534"] * 6, 0, errno.EACCES, errno.EPERM, "not-requested"]
+    # The control: the caller's own identity, which owns "own" (unless denied).
+    assert out["none"] == [["65534"] * 6, 0, errno.EACCES, errno.EPERM, "not-requested",
+                           errno.EACCES]
     # uid 0 inside is the caller outside: it owns "own", not root's files,
-    # and cannot give its file away.
+    # and cannot give its file away; fs_denied holds in the namespace too.
     assert out["root"][0] == ["0"] * 6
-    assert out["root"][1:] == [0, errno.EACCES, errno.EPERM, "active"]
+    assert out["root"][1:] == [0, errno.EACCES, errno.EPERM, "active", errno.EACCES]
     assert out["other"][0] == ["1234"] * 3 + ["5"] * 3
-    assert out["other"][1:] == [0, errno.EACCES, errno.EPERM, "active"]
+    assert out["other"][1:] == [0, errno.EACCES, errno.EPERM, "active", errno.EACCES]
 
 
 # -- the command line ------------------------------------------------------------
