@@ -10,6 +10,8 @@ beside a hole.  Contenders, interleaved per round (see ``_common.py``):
 - ``bare``: the program run with ``anyio.run_process``, unconfined;
 - ``asyncsandlock``: ``fs_readable=SYSTEM_READABLE + [tree]``,
   ``fs_denied=[three holes]`` — Landlock rules only, nothing trapped;
+- ``asyncsandlock, no holes``: the same without ``fs_denied`` (what the holes
+  themselves cost, apart from confinement as such);
 - ``sandlock``: sandlock 0.9 with the same ``fs_readable`` and ``fs_denied``
   (it enforces ``fs_denied`` by trapping opens in its supervisor).
 
@@ -89,7 +91,11 @@ async def main_async(backend: str, rounds: int, report: Report) -> None:
                     raise RuntimeError(f"asyncsandlock: {result}")
                 return result
 
-            contenders = {"bare": bare, "asyncsandlock": confined}
+            async def no_holes(cmd: list[str] = cmd) -> object:
+                return await plain.run(cmd, stdout=subprocess.DEVNULL)
+
+            contenders = {"bare": bare, "asyncsandlock": confined,
+                          "asyncsandlock, no holes": no_holes}
             if box is not None:
                 def with_sandlock(cmd: list[str] = cmd) -> object:
                     result = box.run(cmd)
@@ -102,6 +108,9 @@ async def main_async(backend: str, rounds: int, report: Report) -> None:
             table(f"{label} ({backend})", samples, "bare")
             report.check(Target(f"{label} {backend}", "asyncsandlock", "bare", at_most=1.1),
                          samples)
+            table_note = "the holes themselves"
+            report.check(Target(f"{label} {backend}, {table_note}", "asyncsandlock",
+                                "asyncsandlock, no holes", at_most=1.1), samples)
         # The holes hold: a control that they are enforced, not skipped.
         held = await sb.run(["cat", holes[0]])
         assert held.returncode != 0, "a hole was readable"
