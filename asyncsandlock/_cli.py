@@ -29,6 +29,12 @@ def _parser() -> argparse.ArgumentParser:
                      help="readable (and executable) tree; repeatable")
     run.add_argument("-w", "--write", action="append", default=[], metavar="PATH",
                      help="writable tree; repeatable")
+    run.add_argument("--deny", action="append", default=[], metavar="PATH",
+                     help="neither readable nor writable, even inside -r/-w trees; repeatable")
+    run.add_argument("--uid", type=int, metavar="UID",
+                     help="run the command as this user id, with no supplementary groups")
+    run.add_argument("--gid", type=int, metavar="GID", help="its group id (default: the uid)")
+    run.add_argument("--no-coredump", action="store_true", help="never write a core dump")
     run.add_argument("--net-allow", action="append", default=[], metavar="SPEC",
                      help="outbound rule such as ':443' or '*'; repeatable")
     run.add_argument("--net-bind", action="append", default=[], metavar="PORTS",
@@ -62,6 +68,7 @@ def _sandbox(ns: argparse.Namespace, *, interactive: bool) -> Sandbox:
         max_memory=parse_size("max_memory", ns.max_memory) if ns.max_memory else None,
         max_processes=ns.max_processes, max_open_files=ns.max_open_files,
         interactive=interactive,
+        fs_denied=ns.deny, uid=ns.uid, gid=ns.gid, no_coredump=ns.no_coredump,
     )
 
 

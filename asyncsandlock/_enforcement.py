@@ -76,11 +76,12 @@ def unenforced(policy: Sandbox, subsystem: Subsystem, *,
     net = (["net_allow"] if _tcp_connect_restricted(policy) else []) + ["net_allow_bind"]
     fields: list[str]
     if subsystem is Subsystem.LANDLOCK:
-        fields = ["fs_readable", "fs_writable", *net]
+        fields = ["fs_readable", "fs_writable", *(["fs_denied"] if policy.fs_denied else []),
+                  *net]
     elif subsystem is Subsystem.LANDLOCK_NET:
         fields = net
     elif subsystem is Subsystem.LANDLOCK_TRUNCATE:
-        fields = ["fs_writable"]
+        fields = ["fs_writable", *(["fs_denied"] if policy.fs_denied else [])]
     elif subsystem is Subsystem.LANDLOCK_IOCTL_DEV:
         fields = ["fs_readable", "fs_writable"]
     elif subsystem is Subsystem.SECCOMP:
@@ -94,6 +95,8 @@ def unenforced(policy: Sandbox, subsystem: Subsystem, *,
         fields = _supervised(policy, run_handlers)
     elif subsystem is Subsystem.PROCESS_GROUP:
         fields = ["timeout"]
+    elif subsystem is Subsystem.IDENTITY:
+        fields = ["uid", "gid"]
     else:  # LANDLOCK_SCOPE, LANDLOCK_REFER: no field; NETWORK_NAMESPACE: none asks for one
         fields = []
     return tuple(fields)

@@ -54,6 +54,7 @@ import anyio
 from ._enforcement import consequence, unenforced
 from ._exceptions import ConfinementUnavailable
 from ._handler import route
+from ._identity import core_rlimit, keeps_caps, plan_identity
 from ._kernel._bpf import DEFAULT_DENY, FilterSpec, build_filter
 from ._kernel._caps import keep_mask, permitted_mask
 from ._kernel._landlock import RulesetSpec, abi_version, build_ruleset, missing
@@ -90,6 +91,8 @@ class Plan:
     fastopen_ok: bool = False
     #: False: the filter has no decision table (probe children only).
     baseline: bool = True
+    #: files: the child's identity (uid, gid, how: enum asl_identity), or None.
+    identity: tuple[int, int, int] | None = None
 
     @property
     def landlock_fd(self) -> int:
@@ -224,7 +227,8 @@ class Compiled:
         out: dict[Subsystem, Protection] = {}
         for sub in Subsystem:
             if sub is Subsystem.NETWORK_NAMESPACE or (
-                    sub is Subsystem.SUPERVISOR and not supervised):
+                    sub is Subsystem.SUPERVISOR and not supervised) or (
+                    sub is Subsystem.IDENTITY and self._plan.identity is None):
                 out[sub] = Protection.NOT_REQUESTED
             elif sub in degraded:
                 out[sub] = Protection.DEGRADED
@@ -263,13 +267,14 @@ def _ruleset_spec(policy: Sandbox) -> RulesetSpec:
     connect unhandled (``connect_ports=None``)."""
     readable = tuple(map(str, policy.fs_readable))
     writable = tuple(map(str, policy.fs_writable))
+    denied = tuple(map(str, policy.fs_denied))
     ports: set[int] = set()
     for rule in policy.net_rules():
         if rule.protocol in ("tcp", "any"):
             if rule.ports is None:
-                return RulesetSpec(readable, writable, None, policy.bind_ports())
+                return RulesetSpec(readable, writable, None, policy.bind_ports(), denied=denied)
             ports |= rule.ports
-    return RulesetSpec(readable, writable, frozenset(ports), policy.bind_ports())
+    return RulesetSpec(readable, writable, frozenset(ports), policy.bind_ports(), denied=denied)
 
 
 async def _landlock(policy: Sandbox) -> tuple[int | None, set[Subsystem]]:
@@ -337,10 +342,13 @@ async def owner_of(policy: Sandbox) -> Compiled:
         udp = any(rule.protocol in ("udp", "any") and rule.ports is None for rule in rules)
         every_tcp_port = any(rule.protocol in ("tcp", "any") and rule.ports is None
                              for rule in rules)
-        plan = Plan(ruleset_fd, _new_key(), _rlimits(policy), frozenset(degraded), udp,
-                    policy.allow_unix_sockets, deny, keep_mask(policy.bind_ports()),
+        identity = plan_identity(policy.uid, policy.gid)
+        plan = Plan(ruleset_fd, _new_key(), _rlimits(policy) + core_rlimit(policy.no_coredump),
+                    frozenset(degraded), udp, policy.allow_unix_sockets, deny,
+                    keep_mask(policy.bind_ports()) if keeps_caps(identity) else 0,
                     guarded=guarded_syscalls(policy), allow_sysv_ipc=policy.allow_sysv_ipc,
-                    interactive=policy.interactive, fastopen_ok=every_tcp_port)
+                    interactive=policy.interactive, fastopen_ok=every_tcp_port,
+                    identity=identity)
         owner = _owners[policy] = Compiled(plan)
     finally:
         if _owners.get(policy) is decision:  # refused: the next run asks again

@@ -12,6 +12,7 @@ import anyio
 from anyio.abc import TaskStatus
 
 from ._exceptions import PolicyError
+from ._filespec import check_files
 from ._handler import Handler
 from ._netspec import NetRule, parse_net_allow, parse_ports
 from ._refusal import UnavailableHandler, strict
@@ -83,6 +84,17 @@ class Sandbox:
     extra_deny_syscalls: Sequence[str] = ()
     handlers: Sequence[Handler] = ()
     on_unavailable: UnavailableHandler = strict
+    # -- files and identity (docs/files.md) --
+    #: Paths neither readable nor writable, even inside granted trees;
+    #: enforced by Landlock (see _holes.py).  They need not exist.
+    fs_denied: Sequence[str | os.PathLike[str]] = ()
+    #: The child's user and group ids, with no supplementary groups.  A
+    #: root caller sets them in the child (setresuid); any other caller maps
+    #: them in a user namespace.  ``gid`` defaults to ``uid``.
+    uid: int | None = None
+    gid: int | None = None
+    #: No core dumps: a hard RLIMIT_CORE of 0, which the child cannot raise.
+    no_coredump: bool = False
     #: A label for logs and reprs, and the hostname the child is to see:
     #: 1 to 64 ASCII letters, digits, ``-``, ``.`` or ``_``, starting with a
     #: letter or digit.
@@ -121,6 +133,9 @@ class Sandbox:
         if not callable(self.on_unavailable):
             raise PolicyError("on_unavailable", f"{show(self.on_unavailable)} is not callable")
         put(self, "name", check_name("name", self.name))
+        files = check_files(self.fs_denied, self.uid, self.gid, self.no_coredump)
+        for key in files.__slots__:
+            put(self, key, getattr(files, key))
 
     def net_rules(self) -> tuple[NetRule, ...]:
         """The parsed ``net_allow`` rules."""

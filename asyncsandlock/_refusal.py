@@ -33,6 +33,10 @@ _HINTS = {
     Subsystem.PROCESS_GROUP: "setpgid is refused, as it is inside another sandbox; without a "
                              "process group of its own, only the command itself is killed on "
                              "timeout, and its descendants die with the outer sandbox",
+    Subsystem.IDENTITY: "an unprivileged caller takes uid/gid through a user namespace: "
+                        "the host must allow unprivileged user namespaces "
+                        "(user.max_user_namespaces, kernel.unprivileged_userns_clone, "
+                        "AppArmor's userns restriction); or run the caller as root",
     Subsystem.NETWORK_NAMESPACE: "network namespaces need CAP_SYS_ADMIN or unprivileged user "
                                  "namespaces (Kubernetes RuntimeDefault refuses them)",
 }

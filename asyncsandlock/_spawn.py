@@ -25,6 +25,7 @@ from typing import Any
 
 from ._core import ffi, lib
 from ._exceptions import PolicyError, SpawnError
+from ._identity import fill_request
 from ._plan import Compiled, Plan, TemplateKey
 from ._types import Subsystem
 
@@ -124,6 +125,7 @@ def _template(plan: Plan, notify: frozenset[str], self_trapped: frozenset[str],
     req.key = list(plan.key)
     req.keep_caps = plan.keep_caps
     req.own_group = int(Subsystem.PROCESS_GROUP not in plan.degraded)
+    arrays += fill_request(req, None if Subsystem.IDENTITY in plan.degraded else plan.identity)
     supervised = prog is not None and bool(notify)
     req.seccomp_flags = _SECCOMP_FILTER_FLAG_NEW_LISTENER if supervised else 0
     template = _Template(req, supervised, arrays)

@@ -26,6 +26,9 @@ class Subsystem(enum.Enum):
     #: The sandbox's own process group, which lets a kill reach every
     #: descendant.  Refused inside another sandbox (setpgid is denied there).
     PROCESS_GROUP = "process-group"
+    #: The child's ``uid``/``gid``: set by a privileged caller, mapped in a
+    #: user namespace by any other.  Refused where user namespaces are.
+    IDENTITY = "identity"
 
 
 class Protection(enum.Enum):

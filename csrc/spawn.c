@@ -243,6 +243,68 @@ static long drop_capabilities(const struct asl_spawn_req *req)
     return SYS3(SYS_capset, &header, data, 0);
 }
 
+/* files: write `text` whole to `path` (a file of /proc/self). */
+static long write_whole(const char *path, const char *text)
+{
+    size_t len = 0;
+    while (text[len])
+        len++;
+    long fd = SYS3(SYS_openat, AT_FDCWD, path, O_WRONLY | O_CLOEXEC);
+    if (fd < 0)
+        return fd;
+    long rc = SYS3(SYS_write, fd, text, len);
+    SYS3(SYS_close, fd, 0, 0);
+    if (rc < 0)
+        return rc;
+    return rc == (long)len ? 0 : -EIO;
+}
+
+/* files: the policy's uid and gid, without supplementary groups.
+ *
+ * After raise_rlimits, which needs CAP_SYS_RESOURCE in the caller's namespace:
+ * setresuid to a non-zero uid empties the permitted set, and a new user
+ * namespace gives capabilities only over itself.  Before drop_capabilities,
+ * which then lowers what is left (nothing, or all of a namespace's) to
+ * keep_caps, and before no_new_privs, Landlock and the filter (which denies
+ * set*id).
+ *
+ * A user namespace: the child maps its own ids, which an unprivileged
+ * process may do for itself alone; setgroups must be denied before gid_map
+ * is written.  CLONE_NEWUSER implies unsharing the thread group and fs
+ * struct, never the memory: this vfork child may make it.
+ *
+ * /proc/self/ files belong to root, not to us, while the process is not
+ * dumpable, as a caller that dropped root's uid is not.  Dumpability is a
+ * flag of the memory, which this child shares with the caller: it is made
+ * dumpable for the writes and put back at once (execve resets it anyway,
+ * which is also why no_coredump is an rlimit and not PR_SET_DUMPABLE). */
+static long set_identity(const struct asl_spawn_req *req)
+{
+    long rc;
+    if (req->identity == ASL_IDENTITY_USERNS) {
+        if ((rc = SYS3(SYS_unshare, CLONE_NEWUSER, 0, 0)) < 0)
+            return rc;
+        long dumpable = SYS3(SYS_prctl, PR_GET_DUMPABLE, 0, 0);
+        if (dumpable == 0 && (rc = SYS3(SYS_prctl, PR_SET_DUMPABLE, 1, 0)) < 0)
+            return rc;
+        if ((rc = write_whole("/proc/self/uid_map", req->uid_map)) >= 0 &&
+            (rc = write_whole("/proc/self/setgroups", "deny")) >= 0)
+            rc = write_whole("/proc/self/gid_map", req->gid_map);
+        if (dumpable == 0)
+            SYS3(SYS_prctl, PR_SET_DUMPABLE, 0, 0);
+        if (rc < 0)
+            return rc;
+    } else if (req->identity == ASL_IDENTITY_SET) {
+        if ((rc = SYS3(SYS_setgroups, 0, 0, 0)) < 0)
+            return rc;
+        if ((rc = SYS3(SYS_setresgid, req->gid, req->gid, req->gid)) < 0)
+            return rc;
+        if ((rc = SYS3(SYS_setresuid, req->uid, req->uid, req->uid)) < 0)
+            return rc;
+    }
+    return 0;
+}
+
 static long send_listener(const struct asl_spawn_req *req, int listener)
 {
     union {
@@ -295,6 +357,9 @@ static int child_main(void *arg)
         fail(req, rc);
     enter(req, ASL_STEP_RAISE_RLIMIT);
     if ((rc = raise_rlimits(req)) < 0)
+        fail(req, rc);
+    enter(req, ASL_STEP_IDENTITY);
+    if ((rc = set_identity(req)) < 0)
         fail(req, rc);
     enter(req, ASL_STEP_CAPABILITIES);
     if ((rc = drop_capabilities(req)) < 0)

@@ -20,14 +20,22 @@ enum asl_step {
     ASL_STEP_FDS = 4,
     ASL_STEP_CHDIR = 5,
     ASL_STEP_RAISE_RLIMIT = 6,
-    ASL_STEP_CAPABILITIES = 7,
-    ASL_STEP_NO_NEW_PRIVS = 8,
-    ASL_STEP_LANDLOCK = 9,
-    ASL_STEP_SIGMASK = 10,
-    ASL_STEP_SECCOMP = 11,
-    ASL_STEP_LISTENER = 12,
-    ASL_STEP_RLIMIT = 13,
-    ASL_STEP_EXECVE = 14
+    ASL_STEP_IDENTITY = 7,
+    ASL_STEP_CAPABILITIES = 8,
+    ASL_STEP_NO_NEW_PRIVS = 9,
+    ASL_STEP_LANDLOCK = 10,
+    ASL_STEP_SIGMASK = 11,
+    ASL_STEP_SECCOMP = 12,
+    ASL_STEP_LISTENER = 13,
+    ASL_STEP_RLIMIT = 14,
+    ASL_STEP_EXECVE = 15
+};
+
+/* How the child takes the identity of a policy's uid/gid (docs/files.md). */
+enum asl_identity {
+    ASL_IDENTITY_NONE = 0,
+    ASL_IDENTITY_SET = 1,    /* setgroups(0) + setresgid + setresuid: a privileged caller */
+    ASL_IDENTITY_USERNS = 2  /* a user namespace mapping uid/gid to the caller's own */
 };
 
 enum {
@@ -79,6 +87,12 @@ struct asl_spawn_req {
     int own_group;                /* 1: make a process group (0: nested, refused) */
     int parent_pid;
     int errpipe;                  /* write end of a CLOEXEC pipe */
+    /* files: the child's identity (set_identity in spawn.c). */
+    int identity;                 /* enum asl_identity */
+    uint32_t uid;
+    uint32_t gid;
+    const char *uid_map;          /* ASL_IDENTITY_USERNS: "UID OUTER 1\n" */
+    const char *gid_map;
     int32_t reached;              /* written by the child: the step it is in */
 };
 

@@ -11,12 +11,15 @@ cut is reported as a missing :class:`Subsystem` so that the policy decides
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
+import stat
 import struct
 from dataclasses import dataclass
 
 from .._core import ffi
+from .._holes import carve, is_denied
 from .._types import Subsystem
 from ._sys import syscall
 
@@ -83,6 +86,8 @@ class RulesetSpec:
     connect_ports: frozenset[int] | None  # None: any port (no CONNECT_TCP handling)
     bind_ports: frozenset[int]
     scoped: bool = True
+    #: fs_denied: holes carved out of the grants (see _holes.py).
+    denied: tuple[str, ...] = ()
 
     def wanted(self) -> dict[Subsystem, int]:
         """Subsystems this spec needs beyond ABI 1, with the ABI that brings each."""
@@ -117,12 +122,11 @@ def build_ruleset(spec: RulesetSpec, abi: int, skipped: frozenset[Subsystem]) ->
     attr = ffi.new("uint64_t[3]", [fs_mask, net_mask, scope])
     fd = syscall("landlock_create_ruleset", attr, 24 if abi >= 6 else 16, 0)
     try:
-        for path in spec.readable:
-            _add_path(fd, path, READ & fs_mask)
-        for path in spec.writable:
-            _add_path(fd, path, WRITE & fs_mask)
+        _add_grants(fd, spec.readable, READ & fs_mask, spec.denied)
+        _add_grants(fd, spec.writable, WRITE & fs_mask, spec.denied)
         for path, rights in DEVICES.items():
-            if os.path.exists(path) and path not in spec.writable:
+            if (os.path.exists(path) and path not in spec.writable
+                    and not (spec.denied and is_denied(path, spec.denied))):
                 _add_path(fd, path, rights & fs_mask)
         if net_mask:
             for port in sorted(spec.bind_ports):
@@ -135,10 +139,28 @@ def build_ruleset(spec: RulesetSpec, abi: int, skipped: frozenset[Subsystem]) ->
     return fd
 
 
-def _add_path(ruleset: int, path: str, rights: int) -> None:
-    target = os.open(path, os.O_PATH | os.O_CLOEXEC)
+def _add_grants(ruleset: int, grants: tuple[str, ...], rights: int,
+                denied: tuple[str, ...]) -> None:
+    """Rules for ``grants`` less the holes of ``denied``: the grant's rights
+    on each rule of :func:`carve` that it covers whole, listing on the
+    directories on the way to a hole."""
+    for grant in grants:
+        for rule in carve(grant, denied):
+            if rule.whole and rule.path == grant:  # no hole in it
+                _add_path(ruleset, grant, rights)
+                continue
+            # FileNotFoundError: removed since it was listed, nothing left to grant.
+            with contextlib.suppress(FileNotFoundError):
+                # O_NOFOLLOW: an entry swapped for a symbolic link since it was
+                # listed must not carry the rule to the link's target.
+                _add_path(ruleset, rule.path, rights if rule.whole else rights & FS_READ_DIR,
+                          os.O_NOFOLLOW)
+
+
+def _add_path(ruleset: int, path: str, rights: int, flags: int = 0) -> None:
+    target = os.open(path, os.O_PATH | os.O_CLOEXEC | flags)
     try:
-        if not os.path.isdir(path):
+        if not stat.S_ISDIR(os.fstat(target).st_mode):
             rights &= _FILE_ONLY
         # struct landlock_path_beneath_attr is packed: 12 bytes.
         attr = ffi.from_buffer(bytearray(struct.pack("=Qi", rights, target)))
