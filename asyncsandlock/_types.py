@@ -44,3 +44,8 @@ class ExitReason(enum.Enum):
     TIMEOUT = "timeout"
     KILLED = "killed"
     MEMORY_LIMIT = "memory-limit"
+    #: Stopped for using more than ``cpu_time`` seconds of CPU in all.
+    CPU_LIMIT = "cpu-limit"
+    #: Stopped for writing more than ``max_output`` bytes to a captured
+    #: stream, with ``on_output_limit="kill"``.
+    OUTPUT_LIMIT = "output-limit"
