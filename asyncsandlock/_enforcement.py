@@ -56,6 +56,8 @@ def _supervised(policy: Sandbox, run_handlers: bool) -> list[str]:
         fields.append("handlers")
     if policy.max_processes is not None:
         fields.append("max_processes")
+    if policy.max_threads is not None:
+        fields.append("max_threads")
     return fields
 
 
