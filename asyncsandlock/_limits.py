@@ -14,15 +14,18 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, TypeVar
 
 from ._exceptions import PolicyError
+from ._types import Protection
 from ._validate import check_positive, parse_size, show
+from ._watch import Watched
 
 if TYPE_CHECKING:
     from ._policy import Sandbox
+
+T = TypeVar("T")
 
 #: ``on_output_limit`` values.
 OUTPUT_LIMIT_ACTIONS = ("truncate", "kill")
@@ -94,22 +97,41 @@ def check_limits(policy: Sandbox, put: Callable[[object, str, object], None]) ->
                                              f"{', '.join(map(repr, OUTPUT_LIMIT_ACTIONS))}")
 
 
-@dataclass(frozen=True, slots=True)
-class Watched:
-    """The limits of one run that the watcher (``_watch.py``) enforces."""
-
-    #: Bytes of resident memory of all the sandbox's processes together.
-    memory: int | None
-    #: Seconds of CPU of all its processes, the ended ones included.
-    cpu_time: float | None
-    #: Share of one core, as a fraction (0.25 for ``max_cpu=25``).
-    cpu_share: float | None
-
-
 def watched(policy: Sandbox) -> Watched | None:
-    """What the watcher must enforce for ``policy``, or None (nothing)."""
+    """What the watcher (``_watch.py``) must enforce for ``policy``, or None."""
     if policy.max_memory is None and policy.cpu_time is None and policy.max_cpu is None:
         return None
+    cores = len(policy.cpu_cores) if policy.cpu_cores else len(os.sched_getaffinity(0))
     return Watched(None if policy.max_memory is None else int(policy.max_memory),
                    None if policy.cpu_time is None else float(policy.cpu_time),
-                   None if policy.max_cpu is None else float(policy.max_cpu) / 100)
+                   None if policy.max_cpu is None else float(policy.max_cpu) / 100, cores)
+
+
+def limits_protection(policy: Sandbox) -> Protection:
+    """How ``policy``'s watched limits are enforced: :attr:`Protection.SAMPLED`
+    (the watcher; a cgroup v2 backend is not built yet, see docs/limits.md),
+    or NOT_REQUESTED when it has none."""
+    if policy.max_memory is None and policy.cpu_time is None and policy.max_cpu is None:
+        return Protection.NOT_REQUESTED
+    return Protection.SAMPLED
+
+
+def spawn_on(cores: Sequence[int] | None, spawn: Callable[[], T]) -> T:
+    """``spawn()`` with the calling thread bound to ``cores`` (None: as it is).
+
+    The C core's vfork child inherits the affinity of the thread that
+    spawns it, and its own children inherit it in turn: set here, it holds
+    from the child's first instruction, which a ``sched_setaffinity`` of
+    the child after the spawn could not promise (the command may have
+    started threads by then).  The caller's thread gets its own back at
+    once; only a synchronous spawn is wrapped, so no other task of the loop
+    runs meanwhile.
+    """
+    if cores is None:
+        return spawn()
+    own = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, cores)
+    try:
+        return spawn()
+    finally:
+        os.sched_setaffinity(0, own)

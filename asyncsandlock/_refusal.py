@@ -33,6 +33,8 @@ _HINTS = {
     Subsystem.PROCESS_GROUP: "setpgid is refused, as it is inside another sandbox; without a "
                              "process group of its own, only the command itself is killed on "
                              "timeout, and its descendants die with the outer sandbox",
+    Subsystem.RESOURCE_LIMITS: "max_memory, cpu_time and max_cpu need the sandbox's own "
+                               "process group (refused inside another sandbox)",
     Subsystem.NETWORK_NAMESPACE: "network namespaces need CAP_SYS_ADMIN or unprivileged user "
                                  "namespaces (Kubernetes RuntimeDefault refuses them)",
 }

@@ -19,6 +19,7 @@ from ._exceptions import PolicyError
 from ._fd import close_fds
 from ._handler import Handler, route
 from ._kernel._sys import SYSCALLS
+from ._limits import spawn_on, watched
 from ._pacing import SpawnTurn
 from ._plan import owner_of
 from ._process import SandboxedProcess
@@ -43,6 +44,7 @@ from ._validate import (
     check_timeout,
     show,
 )
+from ._watch import watch_limits
 from .handlers import builtin_handlers
 
 if TYPE_CHECKING:
@@ -169,10 +171,12 @@ async def _open_in_turn(sandbox: Sandbox, argv: tuple[str, ...], *, stdin: Stdio
             cleanup_on_fail.callback(close_fds, mine)
             child_fds, ours = _stdio((stdin, stdout, stderr), theirs, mine)
             started = time.monotonic()
-            child = await confined_spawn(sandbox, compiled, notify, lambda trapped: spawn(
-                compiled, path=path, args=[os.fsencode(a) for a in argv], env=full_env,
-                cwd=str(run_cwd) if run_cwd else None, fds=[*child_fds, *extra_fds],
-                notify=trapped, self_trapped=self_trapped & trapped), run_handlers=bool(handlers))
+            child = await confined_spawn(sandbox, compiled, notify, lambda trapped: spawn_on(
+                sandbox.cpu_cores, lambda: spawn(
+                    compiled, path=path, args=[os.fsencode(a) for a in argv], env=full_env,
+                    cwd=str(run_cwd) if run_cwd else None, fds=[*child_fds, *extra_fds],
+                    notify=trapped, self_trapped=self_trapped & trapped)),
+                run_handlers=bool(handlers))
             watch(child)  # before anything can fail and leave it unwatched
         cleanup_on_fail.callback(abandon, child)
         protections = compiled.protections(bool(notify), fail_closed=bool(notify)
@@ -185,6 +189,8 @@ async def _open_in_turn(sandbox: Sandbox, argv: tuple[str, ...], *, stdin: Stdio
             stdin=ours[0], stdout=ours[1], stderr=ours[2],
             protections=protections, unenforced=unenforced, started=started)
         cleanup_on_fail.pop_all()  # the child and our ends are the process's now
+    if (limits := watched(sandbox)) is not None and child.own_group:
+        watch_limits(child.pid, limits, alive=lambda: proc._status is None, stop=proc._kill_for)
     if unenforced:
         warn_degraded(sandbox, unenforced, run_handlers=bool(handlers))
     if child.listener is not None:

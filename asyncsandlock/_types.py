@@ -26,6 +26,10 @@ class Subsystem(enum.Enum):
     #: The sandbox's own process group, which lets a kill reach every
     #: descendant.  Refused inside another sandbox (setpgid is denied there).
     PROCESS_GROUP = "process-group"
+    #: ``max_memory``, ``cpu_time`` and ``max_cpu``: a cgroup v2 group of the
+    #: sandbox's own where one can be had, else (:attr:`Protection.SAMPLED`)
+    #: the watcher on the caller's event loop (see docs/limits.md).
+    RESOURCE_LIMITS = "resource-limits"
 
 
 class Protection(enum.Enum):
@@ -34,6 +38,10 @@ class Protection(enum.Enum):
     ACTIVE = "active"
     DEGRADED = "degraded"
     NOT_REQUESTED = "not-requested"
+    #: Enforced by looking from the caller's event loop at short intervals
+    #: rather than by the kernel: a limit may be overshot by what the
+    #: sandbox takes in one interval (:attr:`Subsystem.RESOURCE_LIMITS`).
+    SAMPLED = "sampled"
 
 
 class ExitReason(enum.Enum):

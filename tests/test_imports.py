@@ -27,7 +27,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     # Syscalls, BPF, Landlock, notification ioctls, capabilities: no anyio, no Sandbox.
     ("kernel", ("_core", "_ffi_build", "_kernel")),
     # anyio-aware primitives over fds and tasks, used by the runtime layers.
-    ("support", ("_fd", "_background", "_notify_loop", "_pacing", "_streams")),
+    ("support", ("_fd", "_background", "_notify_loop", "_pacing", "_streams", "_watch")),
     # The policy as validated data, and what users hand it.
     ("policy", ("_validate", "_groups", "_handler", "_netspec", "_system_paths", "_refusal",
                 "_inputs", "_limits", "_policy")),
