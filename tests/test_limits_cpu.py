@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import os
 import resource
+import subprocess
 import sys
 
 import pytest
 
-from asyncsandlock import ExitReason, PolicyError, Protection, Sandbox, Subsystem
+from asyncsandlock import SYSTEM_READABLE, ExitReason, PolicyError, Protection, Sandbox, Subsystem
 
 from conftest import system_sandbox
 
@@ -32,6 +33,10 @@ print(t.user + t.system, time.monotonic() - start)
 
 #: Four processes spinning together.
 SPIN_FOUR = "import os\nfor _ in range(3):\n    if os.fork() == 0:\n        break\n" + BUSY
+
+
+#: Takes memory without end.
+ALLOCATOR = "chunks = []\nwhile True:\n    chunks.append(b'x' * (1 << 16))\n"
 
 
 def _children_cpu() -> float:
@@ -114,3 +119,27 @@ async def test_the_mechanism_is_reported() -> None:
 async def test_bad_cpu_limits_are_policy_errors(field: str, value: object) -> None:
     with pytest.raises(PolicyError, match=field):
         Sandbox(**{field: value})  # type: ignore[arg-type]
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    read = [arg for path in (*SYSTEM_READABLE, *PYTHON_ROOTS) for arg in ("-r", path)]
+    return subprocess.run([sys.executable, "-m", "asyncsandlock", "run", *read, *args],
+                          capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.parametrize(("flags", "script", "says"), [
+    (("--cpu-time", "0.5"), BUSY, "used up its CPU time (cpu_time)"),
+    (("-m", "50M"), ALLOCATOR, "over its memory budget (max_memory)"),
+])
+def test_the_cli_says_why_it_stopped(flags: tuple[str, ...], script: str, says: str) -> None:
+    proc = _cli(*flags, "--", sys.executable, "-c", script)
+    assert proc.returncode == 128 + 9 and f"asyncsandlock: stopped: {says}" in proc.stderr
+
+
+def test_the_cli_passes_cores_and_threads() -> None:
+    core = max(os.sched_getaffinity(0))
+    proc = _cli("--cpu-cores", str(core), "--max-threads", "4", "--max-cpu", "50", "--",
+                sys.executable, "-c", "import os; print(sorted(os.sched_getaffinity(0)))")
+    assert proc.returncode == 0 and proc.stdout == f"[{core}]\n", proc.stderr
+    bad = _cli("--cpu-cores", "4096", "--", "true")
+    assert bad.returncode == 125 and "cpu_cores" in bad.stderr
