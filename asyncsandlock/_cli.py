@@ -16,6 +16,7 @@ from ._exceptions import SandboxError, SpawnError
 from ._policy import Sandbox
 from ._process import SandboxedProcess
 from ._result import Result
+from ._types import ExitReason
 from ._validate import parse_size
 
 
@@ -39,9 +40,16 @@ def _parser() -> argparse.ArgumentParser:
                      help="outbound rule such as ':443' or '*'; repeatable")
     run.add_argument("--net-bind", action="append", default=[], metavar="PORTS",
                      help="TCP ports the command may bind ('8080', '8000-8010'); repeatable")
-    run.add_argument("-m", "--max-memory", metavar="SIZE", help="address-space limit, e.g. 512M")
+    run.add_argument("-m", "--max-memory", metavar="SIZE",
+                     help="resident memory of the whole sandbox, e.g. 512M")
     run.add_argument("-P", "--max-processes", type=int, metavar="N")
     run.add_argument("--max-open-files", type=int, metavar="N")
+    # Resource limits (issue 11): see docs/limits.md.
+    run.add_argument("--max-cpu", type=float, metavar="PERCENT",
+                     help="share of one core for the whole sandbox (50: half a core)")
+    run.add_argument("--cpu-time", type=float, metavar="SECONDS", help="CPU seconds in all")
+    run.add_argument("--cpu-cores", metavar="LIST", help="CPUs it may run on, e.g. 0,1")
+    run.add_argument("--max-threads", type=int, metavar="N")
     run.add_argument("-t", "--timeout", type=float, metavar="SECONDS")
     env = run.add_mutually_exclusive_group()
     env.add_argument("--clean-env", dest="clean_env", action="store_true", default=True,
@@ -67,9 +75,30 @@ def _sandbox(ns: argparse.Namespace, *, interactive: bool) -> Sandbox:
         net_allow_bind=ns.net_bind, env=env, clean_env=ns.clean_env, cwd=ns.cwd,
         max_memory=parse_size("max_memory", ns.max_memory) if ns.max_memory else None,
         max_processes=ns.max_processes, max_open_files=ns.max_open_files,
+        max_cpu=ns.max_cpu, cpu_time=ns.cpu_time, max_threads=ns.max_threads,
+        cpu_cores=_cores(ns.cpu_cores),
         interactive=interactive,
         fs_denied=ns.deny, uid=ns.uid, gid=ns.gid, no_coredump=ns.no_coredump,
     )
+
+
+#: What the CLI says when the sandbox was stopped (a timeout has its own line).
+_STOPPED = {
+    ExitReason.KILLED: "killed",
+    ExitReason.MEMORY_LIMIT: "stopped: over its memory budget (max_memory)",
+    ExitReason.CPU_LIMIT: "stopped: used up its CPU time (cpu_time)",
+    ExitReason.OUTPUT_LIMIT: "stopped: wrote more than max_output",
+}
+
+
+def _cores(text: str | None) -> tuple[int, ...] | None:
+    if text is None:
+        return None
+    try:
+        return tuple(int(item) for item in text.split(","))
+    except ValueError:
+        raise SystemExit(f"asyncsandlock: --cpu-cores wants numbers like 0,1, got {text!r}") \
+            from None
 
 
 async def _run(ns: argparse.Namespace) -> int:
@@ -102,8 +131,10 @@ async def _run(ns: argparse.Namespace) -> int:
     if failures:
         raise failures[0]
     result = results[0]
-    if result.reason.value == "timeout":
+    if result.reason is ExitReason.TIMEOUT:
         print(f"asyncsandlock: timed out after {ns.timeout} s", file=sys.stderr)
+    elif result.reason in _STOPPED:
+        print(f"asyncsandlock: {_STOPPED[result.reason]}", file=sys.stderr)
     if result.returncode < 0:
         return 128 - result.returncode
     return result.returncode

@@ -40,6 +40,7 @@ _ALWAYS: Final = {
     # built-in guards, which the filter then denies everywhere.
     Subsystem.PROCESS_GROUP: "a timeout or cancellation kills the command but not the "
                              "processes it leaves behind",
+    Subsystem.RESOURCE_LIMITS: "nothing watches the sandbox's memory and CPU use",
 }
 
 
@@ -56,7 +57,15 @@ def _supervised(policy: Sandbox, run_handlers: bool) -> list[str]:
         fields.append("handlers")
     if policy.max_processes is not None:
         fields.append("max_processes")
+    if policy.max_threads is not None:
+        fields.append("max_threads")
     return fields
+
+
+def _watched(policy: Sandbox) -> list[str]:
+    """The limits the watcher enforces, found by the sandbox's process group."""
+    return [name for name in ("max_memory", "cpu_time", "max_cpu")
+            if getattr(policy, name) is not None]
 
 
 def _tcp_connect_restricted(policy: Sandbox) -> bool:
@@ -94,9 +103,11 @@ def unenforced(policy: Sandbox, subsystem: Subsystem, *,
     elif subsystem is Subsystem.SUPERVISOR:
         fields = _supervised(policy, run_handlers)
     elif subsystem is Subsystem.PROCESS_GROUP:
-        fields = ["timeout"]
+        fields = ["timeout", *_watched(policy)]
     elif subsystem is Subsystem.IDENTITY:
         fields = ["uid", "gid"]
+    elif subsystem is Subsystem.RESOURCE_LIMITS:
+        fields = _watched(policy)
     else:  # LANDLOCK_SCOPE, LANDLOCK_REFER: no field; NETWORK_NAMESPACE: none asks for one
         fields = []
     return tuple(fields)

@@ -408,7 +408,8 @@ async def _execute(nodes: Sequence[_Node], timeout: float | None, check: bool,
                    task_status: TaskStatus[tuple[SandboxedProcess, ...]]) -> PipelineResult:
     procs = await _start(nodes)
     task_status.started(tuple(procs))
-    result = PipelineResult(tuple(await supervise(procs, [n.input for n in nodes], timeout)))
+    result = PipelineResult(tuple(await supervise(procs, [n.input for n in nodes], timeout,
+                                                  [n.stage.sandbox for n in nodes])))
     if check:
         result.check_returncode()
     return result

@@ -59,6 +59,7 @@ from ._kernel._bpf import DEFAULT_DENY, FilterSpec, build_filter
 from ._kernel._caps import keep_mask, permitted_mask
 from ._kernel._landlock import RulesetSpec, abi_version, build_ruleset, missing
 from ._kernel._sys import AUDIT_ARCH, SYSCALLS
+from ._limits import limits_protection
 from ._types import Protection, Subsystem
 from .handlers import guarded_syscalls
 
@@ -93,6 +94,8 @@ class Plan:
     baseline: bool = True
     #: files: the child's identity (uid, gid, how: enum asl_identity), or None.
     identity: tuple[int, int, int] | None = None
+    #: How max_memory, cpu_time and max_cpu are enforced (see _limits.py).
+    limits: Protection = Protection.NOT_REQUESTED
 
     @property
     def landlock_fd(self) -> int:
@@ -226,7 +229,12 @@ class Compiled:
             return cached
         out: dict[Subsystem, Protection] = {}
         for sub in Subsystem:
-            if sub is Subsystem.NETWORK_NAMESPACE or (
+            if sub is Subsystem.RESOURCE_LIMITS:
+                # The watcher finds the sandbox by its process group.
+                out[sub] = (Protection.DEGRADED if Subsystem.PROCESS_GROUP in degraded
+                            and self._plan.limits is not Protection.NOT_REQUESTED
+                            else self._plan.limits)
+            elif sub is Subsystem.NETWORK_NAMESPACE or (
                     sub is Subsystem.SUPERVISOR and not supervised) or (
                     sub is Subsystem.IDENTITY and self._plan.identity is None):
                 out[sub] = Protection.NOT_REQUESTED
@@ -296,9 +304,6 @@ def _rlimits(policy: Sandbox) -> tuple[tuple[int, int, int], ...]:
     limits = []
     if policy.max_open_files is not None:
         limits.append((resource.RLIMIT_NOFILE, policy.max_open_files, policy.max_open_files))
-    if policy.max_memory is not None:
-        size = int(policy.max_memory)
-        limits.append((resource.RLIMIT_AS, size, size))
     return tuple(limits)
 
 
@@ -348,7 +353,7 @@ async def owner_of(policy: Sandbox) -> Compiled:
                     keep_mask(policy.bind_ports()) if keeps_caps(identity) else 0,
                     guarded=guarded_syscalls(policy), allow_sysv_ipc=policy.allow_sysv_ipc,
                     interactive=policy.interactive, fastopen_ok=every_tcp_port,
-                    identity=identity)
+                    identity=identity, limits=limits_protection(policy))
         owner = _owners[policy] = Compiled(plan)
     finally:
         if _owners.get(policy) is decision:  # refused: the next run asks again

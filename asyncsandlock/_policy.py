@@ -14,6 +14,7 @@ from anyio.abc import TaskStatus
 from ._exceptions import PolicyError
 from ._filespec import check_files
 from ._handler import Handler
+from ._limits import check_limits
 from ._netspec import NetRule, parse_net_allow, parse_ports
 from ._refusal import UnavailableHandler, strict
 from ._system_paths import system_readable
@@ -95,6 +96,22 @@ class Sandbox:
     gid: int | None = None
     #: No core dumps: a hard RLIMIT_CORE of 0, which the child cannot raise.
     no_coredump: bool = False
+    # -- Resource limits (issue 11, branch limits), all for the whole sandbox;
+    # validated by _limits.check_limits; see docs/limits.md.  ``max_memory``
+    # above is one of them: resident memory of all its processes together.
+    #: Percent of one core (25: a quarter; 200: two cores' worth).
+    max_cpu: int | float | None = None
+    #: Seconds of CPU in all; beyond it: ``ExitReason.CPU_LIMIT``.
+    cpu_time: int | float | None = None
+    #: The CPUs the sandbox may run on, e.g. ``(0, 1)``.
+    cpu_cores: Sequence[int] | None = None
+    #: Threads of all its processes together (a process is one thread).
+    max_threads: int | None = None
+    #: Bytes captured per stream by ``run()`` and pipelines (``"1M"``).
+    max_output: int | str | None = None
+    #: ``"truncate"``: drop what is beyond ``max_output`` (the child runs on);
+    #: ``"kill"``: stop the sandbox with ``ExitReason.OUTPUT_LIMIT``.
+    on_output_limit: str = "truncate"
     #: A label for logs and reprs, and the hostname the child is to see:
     #: 1 to 64 ASCII letters, digits, ``-``, ``.`` or ``_``, starting with a
     #: letter or digit.
@@ -132,6 +149,7 @@ class Sandbox:
             check_handlers("handlers", self.handlers, deny=self.extra_deny_syscalls))
         if not callable(self.on_unavailable):
             raise PolicyError("on_unavailable", f"{show(self.on_unavailable)} is not callable")
+        check_limits(self, put)
         put(self, "name", check_name("name", self.name))
         files = check_files(self.fs_denied, self.uid, self.gid, self.no_coredump)
         for key in files.__slots__:

@@ -243,13 +243,15 @@ class SandboxedProcess:
         await self.wait()
         return self._result(None, None)
 
-    def _result(self, stdout: bytes | None, stderr: bytes | None) -> Result:
+    def _result(self, stdout: bytes | None, stderr: bytes | None,
+                truncated: tuple[int, int] = (0, 0)) -> Result:
         code = self.returncode
         assert code is not None and self._ended is not None
         return Result(args=self.args, returncode=code, stdout=stdout, stderr=stderr,
                       reason=self.reason, signal=-code if code < 0 else None,
                       duration=self._ended - self._started, protections=self.protections,
-                      unenforced=self.unenforced)
+                      unenforced=self.unenforced, stdout_truncated=truncated[0],
+                      stderr_truncated=truncated[1])
 
     # -- closing ----------------------------------------------------------
 

@@ -37,6 +37,8 @@ _HINTS = {
                         "the host must allow unprivileged user namespaces "
                         "(user.max_user_namespaces, kernel.unprivileged_userns_clone, "
                         "AppArmor's userns restriction); or run the caller as root",
+    Subsystem.RESOURCE_LIMITS: "max_memory, cpu_time and max_cpu need the sandbox's own "
+                               "process group (refused inside another sandbox)",
     Subsystem.NETWORK_NAMESPACE: "network namespaces need CAP_SYS_ADMIN or unprivileged user "
                                  "namespaces (Kubernetes RuntimeDefault refuses them)",
 }

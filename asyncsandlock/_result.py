@@ -29,6 +29,10 @@ class Result:
     #: Empty when everything held.  See ``docs/degradation.md``.
     unenforced: Mapping[Subsystem, tuple[str, ...]] = field(
         default_factory=lambda: MappingProxyType({}), repr=False)
+    #: Bytes of stdout dropped beyond the policy's ``max_output`` (0: none).
+    stdout_truncated: int = 0
+    #: Bytes of stderr dropped beyond the policy's ``max_output`` (0: none).
+    stderr_truncated: int = 0
 
     @property
     def success(self) -> bool:

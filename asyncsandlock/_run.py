@@ -7,7 +7,7 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, NamedTuple, cast
 
 import anyio
@@ -18,6 +18,7 @@ from ._exceptions import PolicyError
 from ._fd import close_fds
 from ._handler import Handler, route
 from ._kernel._sys import SYSCALLS
+from ._limits import spawn_on, watched
 from ._pacing import SpawnTurn
 from ._plan import Compiled, owner_of
 from ._process import SandboxedProcess
@@ -25,6 +26,7 @@ from ._reaper import abandon, prepare, watch
 from ._result import Result
 from ._spawn import check_fd_count, resolve_executable, spawn
 from ._standby import Standby
+from ._streams import Capture
 from ._supervisor import Supervisor
 from ._types import ExitReason, Subsystem
 from ._unavailable import confined_spawn, warn_degraded
@@ -42,6 +44,7 @@ from ._validate import (
     check_timeout,
     show,
 )
+from ._watch import watch_limits
 from .handlers import builtin_handlers
 
 if TYPE_CHECKING:
@@ -160,10 +163,12 @@ async def _open_in_turn(sandbox: Sandbox, argv: tuple[str, ...], *, stdin: Stdio
             cleanup_on_fail.callback(close_fds, mine)
             child_fds, ours = _stdio((stdin, stdout, stderr), theirs, mine)
             started = time.monotonic()
-            child = await confined_spawn(sandbox, compiled, notify, lambda trapped: spawn(
-                compiled, path=path, args=[os.fsencode(a) for a in argv], env=full_env,
-                cwd=str(run_cwd) if run_cwd else None, fds=[*child_fds, *extra_fds],
-                notify=trapped, self_trapped=self_trapped & trapped), run_handlers=bool(handlers))
+            child = await confined_spawn(sandbox, compiled, notify, lambda trapped: spawn_on(
+                sandbox.cpu_cores, lambda: spawn(
+                    compiled, path=path, args=[os.fsencode(a) for a in argv], env=full_env,
+                    cwd=str(run_cwd) if run_cwd else None, fds=[*child_fds, *extra_fds],
+                    notify=trapped, self_trapped=self_trapped & trapped)),
+                run_handlers=bool(handlers))
             watch(child)  # before anything can fail and leave it unwatched
         cleanup_on_fail.callback(abandon, child)
         protections = compiled.protections(bool(notify), fail_closed=bool(notify)
@@ -176,6 +181,8 @@ async def _open_in_turn(sandbox: Sandbox, argv: tuple[str, ...], *, stdin: Stdio
             stdin=ours[0], stdout=ours[1], stderr=ours[2],
             protections=protections, unenforced=unenforced, started=started)
         cleanup_on_fail.pop_all()  # the child and our ends are the process's now
+    if (limits := watched(sandbox)) is not None and child.own_group:
+        watch_limits(child.pid, limits, alive=lambda: proc._status is None, stop=proc._kill_for)
     if unenforced:
         warn_degraded(sandbox, unenforced, run_handlers=bool(handlers))
     if child.listener is not None:
@@ -217,10 +224,39 @@ def _routing(sandbox: Sandbox, compiled: Compiled, handlers: tuple[Handler, ...]
     return found
 
 
-async def _drain(stream: ByteReceiveStream, into: list[bytes]) -> None:
+#: Bytes a reader takes from a pipe that is never empty before it lets the
+#: event loop run: a flood (``yes``) would otherwise hold the loop forever,
+#: a deadline included, as nothing in between has to wait.
+_YIELD_EVERY = 1 << 20
+
+
+async def _drain(stream: ByteReceiveStream, into: Capture,
+                 full: Callable[[], None] | None = None) -> None:
+    """Read ``stream`` to its end into ``into``; past its limit the bytes are
+    read on (the child must not block on a full pipe) and dropped, and
+    ``full`` (if any) is called once."""
+    unyielded = 0
     with contextlib.suppress(anyio.EndOfStream, anyio.ClosedResourceError):
         while True:
-            into.append(await stream.receive())
+            data = await stream.receive()
+            if not into.add(data) and full is not None:
+                full()
+                full = None
+            unyielded += len(data)
+            if unyielded >= _YIELD_EVERY:
+                unyielded = 0
+                await anyio.lowlevel.checkpoint()
+
+
+def _capture(policy: Sandbox | None) -> Capture:
+    return Capture(None if policy is None or policy.max_output is None
+                   else int(policy.max_output))
+
+
+def _on_full(policy: Sandbox | None, proc: SandboxedProcess) -> Callable[[], None] | None:
+    if policy is None or policy.max_output is None or policy.on_output_limit != "kill":
+        return None
+    return lambda: proc._kill_for(ExitReason.OUTPUT_LIMIT)
 
 
 async def _feed(proc: SandboxedProcess, data: bytes) -> None:
@@ -282,24 +318,28 @@ async def _wait_all(procs: Sequence[SandboxedProcess]) -> None:
 
 
 async def supervise(procs: Sequence[SandboxedProcess], inputs: Sequence[bytes | None],
-                    timeout: float | None) -> list[Result]:
+                    timeout: float | None,
+                    policies: Sequence[Sandbox | None] | None = None) -> list[Result]:
     """Drive started processes to their end as one group.
 
     ``inputs[i]`` is written to the stdin pipe of ``procs[i]`` (if it has
     one), every stdout/stderr pipe is drained, and all are waited for under
     one ``timeout``: on expiry those still running are killed and reaped
     with :attr:`ExitReason.TIMEOUT`; on cancellation all are killed and
-    reaped before it propagates.
+    reaped before it propagates.  ``policies[i]`` is the sandbox of
+    ``procs[i]``: its ``max_output`` bounds what is kept of each stream.
     """
-    outs: list[list[bytes]] = [[] for _ in procs]
-    errs: list[list[bytes]] = [[] for _ in procs]
+    sandboxes = policies if policies is not None else [None] * len(procs)
+    outs = [_capture(policy) for policy in sandboxes]
+    errs = [_capture(policy) for policy in sandboxes]
     try:
         async with anyio.create_task_group() as tg:
-            for proc, data, out, err in zip(procs, inputs, outs, errs, strict=True):
+            for proc, data, out, err, policy in zip(procs, inputs, outs, errs, sandboxes,
+                                                    strict=True):
                 if proc.stdout is not None:
-                    tg.start_soon(_drain, proc.stdout, out)
+                    tg.start_soon(_drain, proc.stdout, out, _on_full(policy, proc))
                 if proc.stderr is not None:
-                    tg.start_soon(_drain, proc.stderr, err)
+                    tg.start_soon(_drain, proc.stderr, err, _on_full(policy, proc))
                 if proc.stdin is not None:
                     tg.start_soon(_feed, proc, bytes(data or b""))
             if timeout is None:  # no deadline: no cancel scope to enter and leave
@@ -321,8 +361,9 @@ async def supervise(procs: Sequence[SandboxedProcess], inputs: Sequence[bytes | 
     # before they read everything: it propagates here rather than leave a
     # Result with output missing and the scope unaware it was cancelled.
     await anyio.lowlevel.checkpoint_if_cancelled()
-    return [proc._result(b"".join(out) if proc.stdout is not None else None,
-                         b"".join(err) if proc.stderr is not None else None)
+    return [proc._result(out.value() if proc.stdout is not None else None,
+                         err.value() if proc.stderr is not None else None,
+                         (out.dropped, err.dropped))
             for proc, out, err in zip(procs, outs, errs, strict=True)]
 
 
@@ -338,7 +379,7 @@ async def run(sandbox: Sandbox, args: Sequence[str], *, input: bytes | None = No
     proc = await open_process(sandbox, args, stdin=stdin, stdout=stdout, stderr=stderr, env=env,
                               cwd=cwd, handlers=handlers, extra_fds=extra_fds)
     task_status.started(proc)
-    (result,) = await supervise([proc], [input], timeout)
+    (result,) = await supervise([proc], [input], timeout, [sandbox])
     if check:
         result.check_returncode()
     return result

@@ -86,3 +86,36 @@ class FdSendStream(ByteSendStream):
     async def aclose(self) -> None:
         self._close()
         await anyio.lowlevel.checkpoint()
+
+
+class Capture:
+    """What a run keeps of one output stream: at most ``limit`` bytes (None:
+    no limit); what comes beyond is counted in :attr:`dropped` and let go."""
+
+    __slots__ = ("chunks", "dropped", "limit", "room")
+
+    def __init__(self, limit: int | None) -> None:
+        self.chunks: list[bytes] = []
+        self.limit = limit
+        #: Bytes that may still be kept.
+        self.room = -1 if limit is None else limit
+        self.dropped = 0
+
+    def add(self, data: bytes) -> bool:
+        """Keep ``data`` or what fits of it; False once anything was dropped."""
+        room = self.room
+        if room < 0:  # no limit
+            self.chunks.append(data)
+            return True
+        if len(data) <= room:
+            self.chunks.append(data)
+            self.room = room - len(data)
+            return True
+        if room:
+            self.chunks.append(data[:room])
+            self.room = 0
+        self.dropped += len(data) - room
+        return False
+
+    def value(self) -> bytes:
+        return b"".join(self.chunks)

@@ -29,6 +29,10 @@ class Subsystem(enum.Enum):
     #: The child's ``uid``/``gid``: set by a privileged caller, mapped in a
     #: user namespace by any other.  Refused where user namespaces are.
     IDENTITY = "identity"
+    #: ``max_memory``, ``cpu_time`` and ``max_cpu``: a cgroup v2 group of the
+    #: sandbox's own where one can be had, else (:attr:`Protection.SAMPLED`)
+    #: the watcher on the caller's event loop (see docs/limits.md).
+    RESOURCE_LIMITS = "resource-limits"
 
 
 class Protection(enum.Enum):
@@ -37,6 +41,10 @@ class Protection(enum.Enum):
     ACTIVE = "active"
     DEGRADED = "degraded"
     NOT_REQUESTED = "not-requested"
+    #: Enforced by looking from the caller's event loop at short intervals
+    #: rather than by the kernel: a limit may be overshot by what the
+    #: sandbox takes in one interval (:attr:`Subsystem.RESOURCE_LIMITS`).
+    SAMPLED = "sampled"
 
 
 class ExitReason(enum.Enum):
@@ -47,3 +55,8 @@ class ExitReason(enum.Enum):
     TIMEOUT = "timeout"
     KILLED = "killed"
     MEMORY_LIMIT = "memory-limit"
+    #: Stopped for using more than ``cpu_time`` seconds of CPU in all.
+    CPU_LIMIT = "cpu-limit"
+    #: Stopped for writing more than ``max_output`` bytes to a captured
+    #: stream, with ``on_output_limit="kill"``.
+    OUTPUT_LIMIT = "output-limit"

@@ -20,6 +20,8 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <stdint.h>
+#include <stdio.h>
+#include <string.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -147,5 +149,167 @@ long asl_count_group(int pgid, long *threads)
     close(proc);
     if (threads)
         *threads = nthreads;
+    return count;
+}
+
+/*
+ * What the sandboxes' processes use (for max_memory, cpu_time and max_cpu;
+ * asyncsandlock/_watch.py).  One walk of /proc serves every watched group
+ * at once, as above: getpgid() of each pid, and the stat of the members
+ * only.  A member whose first thread has ended while others run on shows
+ * no memory in its own stat (the kernel reads the memory counters through
+ * that first thread, which has none any more): its rss is read through one
+ * of its live threads instead, or such a process would hide its memory.
+ */
+
+/* Fields 14-17 (utime, stime, cutime, cstime), 20 (num_threads) and 24
+ * (rss) of the stat text `buf`; 0 if it cannot be parsed.  `p` points just
+ * past the state field's space. */
+static int usage_fields(const char *p, const char *end, struct asl_member *m,
+                        long *nthreads)
+{
+    uint64_t ticks = 0;
+    for (int field = 4; field <= 24; field++) {
+        if (field >= 14 && field <= 17) {
+            long v = next_number(&p, end);
+            if (v < 0)
+                return 0;
+            ticks += (uint64_t)v;
+        } else if (field == 20) {
+            *nthreads = next_number(&p, end);
+        } else if (field == 24) {
+            long v = next_number(&p, end);
+            m->rss_pages = v > 0 ? (uint64_t)v : 0;
+        } else {
+            skip_field(&p, end);
+        }
+    }
+    m->ticks = ticks;
+    return 1;
+}
+
+/* Reads `path` (relative to `dir`) into `buf`; returns the bytes read, or 0. */
+static ssize_t read_small(int dir, const char *path, char *buf, size_t size)
+{
+    int fd = openat(dir, path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return 0;
+    ssize_t got = read(fd, buf, size);
+    close(fd);
+    return got > 0 ? got : 0;
+}
+
+/* The start of the fields after the state of stat text `buf`, and the state. */
+static const char *after_state(const char *buf, const char *end, char *state)
+{
+    const char *p = end;
+    while (p > buf && p[-1] != ')')
+        p--;
+    if (p == buf || end - p < 4)
+        return NULL;
+    *state = p[1];
+    return p + 3;
+}
+
+/* The rss of process `pid` read through a live thread other than its first. */
+static uint64_t rss_of_live_thread(int proc, const char *pid)
+{
+    char path[64];
+    char dents[4096] __attribute__((aligned(8)));
+    char buf[STAT_BUF];
+    snprintf(path, sizeof(path), "%s/task", pid);
+    int dir = openat(proc, path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dir < 0)
+        return 0;
+    uint64_t rss = 0;
+    long got;
+    while (rss == 0 && (got = syscall(SYS_getdents64, dir, dents, sizeof(dents))) > 0) {
+        for (long off = 0; off < got && rss == 0;) {
+            struct linux_dirent64 *d = (struct linux_dirent64 *)(dents + off);
+            off += d->d_reclen;
+            if (d->d_name[0] < '1' || d->d_name[0] > '9' || strcmp(d->d_name, pid) == 0)
+                continue;
+            snprintf(path, sizeof(path), "%s/stat", d->d_name);
+            ssize_t n = read_small(dir, path, buf, sizeof(buf));
+            char state;
+            const char *p = n ? after_state(buf, buf + n, &state) : NULL;
+            struct asl_member m = {0};
+            long threads = 0;
+            if (p && state != 'Z' && usage_fields(p, buf + n, &m, &threads))
+                rss = m.rss_pages;
+        }
+    }
+    close(dir);
+    return rss;
+}
+
+static long find_group(const int32_t *pgids, long n, long pgid)
+{
+    long lo = 0, hi = n;
+    while (lo < hi) {
+        long mid = (lo + hi) / 2;
+        if (pgids[mid] < pgid)
+            lo = mid + 1;
+        else if (pgids[mid] > pgid)
+            hi = mid;
+        else
+            return mid;
+    }
+    return -1;
+}
+
+long asl_scan_groups(const int32_t *pgids, long ngroups, struct asl_member *out, long max)
+{
+    char dents[16384] __attribute__((aligned(8)));
+    char buf[STAT_BUF];
+    char path[32];
+    long count = 0;
+    int proc = open("/proc", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (proc < 0)
+        return -errno;
+    for (;;) {
+        long got = syscall(SYS_getdents64, proc, dents, sizeof(dents));
+        if (got < 0) {
+            int err = errno;
+            close(proc);
+            return -err;
+        }
+        if (got == 0)
+            break;
+        for (long off = 0; off < got;) {
+            struct linux_dirent64 *d = (struct linux_dirent64 *)(dents + off);
+            off += d->d_reclen;
+            if (d->d_name[0] < '1' || d->d_name[0] > '9')
+                continue;
+            long pid = 0;
+            for (const char *c = d->d_name; *c >= '0' && *c <= '9'; c++)
+                pid = pid * 10 + (*c - '0');
+            long group = find_group(pgids, ngroups, getpgid((pid_t)pid));
+            if (group < 0)
+                continue;
+            snprintf(path, sizeof(path), "%s/stat", d->d_name);
+            ssize_t n = read_small(proc, path, buf, sizeof(buf));
+            char state;
+            const char *p = n ? after_state(buf, buf + n, &state) : NULL;
+            struct asl_member m = {0};
+            long threads = 0;
+            if (!p)
+                continue; /* reaped since getdents */
+            const char *q = p;
+            long ppid = next_number(&q, buf + n);
+            if (!usage_fields(p, buf + n, &m, &threads))
+                continue;
+            m.pid = (int32_t)pid;
+            m.group = (int32_t)group;
+            m.ppid = (int32_t)ppid;
+            m.ended = state == 'Z' && threads <= 1;
+            if (state == 'Z' && threads > 1)
+                m.rss_pages = rss_of_live_thread(proc, d->d_name);
+            if (count < max)
+                out[count] = m;
+            count++;
+        }
+    }
+    close(proc);
     return count;
 }

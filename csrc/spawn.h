@@ -112,6 +112,19 @@ int asl_reaper_start(int fd);
 /* csrc/group.c: the live processes of process group `pgid` (a sandbox), or
  * -errno; with `threads`, stores how many threads they run. */
 long asl_count_group(int pgid, long *threads);
+/* csrc/group.c: one process of a watched group (asyncsandlock/_watch.py). */
+struct asl_member {
+    int32_t pid;
+    int32_t group;      /* index in the pgids given */
+    int32_t ppid;
+    int32_t ended;      /* a zombie: it has exited, not yet reaped */
+    uint64_t ticks;     /* utime + stime + cutime + cstime, in clock ticks */
+    uint64_t rss_pages; /* resident pages */
+};
+/* Every process of the groups `pgids` (sorted ascending) into `out` (at most
+ * `max`); returns how many there are (more than `max`: call again with
+ * room), or -errno. */
+long asl_scan_groups(const int32_t *pgids, long ngroups, struct asl_member *out, long max);
 /* CDEF-END */
 
 #endif

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import os
 import subprocess
 import sys
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
@@ -129,6 +130,18 @@ SANDBOX_KWARGS: Fields = {
     "handlers": (st.lists(st.sampled_from([OpenatHandler(), UnameHandler()]), max_size=2),
                  HANDLERS),
     "on_unavailable": (st.just(strict), JUNK_SCALAR),
+    # Resource limits (branch limits).
+    "max_cpu": (st.one_of(st.none(), st.integers(1, 100), st.floats(0.5, 100)),
+                st.one_of(LIMIT, st.floats(), st.sampled_from([0, -1, 10**6]))),
+    "cpu_time": (st.one_of(st.none(), st.integers(1, 1 << 20), st.floats(1e-3, 1e6)),
+                 st.one_of(LIMIT, st.floats())),
+    "cpu_cores": (st.one_of(st.none(), st.lists(st.sampled_from(sorted(os.sched_getaffinity(0))),
+                                                min_size=1, max_size=2)),
+                  _list_of(st.one_of(st.integers(), HUGE, JUNK_SCALAR))),
+    "max_threads": (st.one_of(st.none(), st.integers(1, 1 << 20)), LIMIT),
+    "max_output": (st.one_of(st.none(), st.integers(1, 1 << 40), st.sampled_from(["1M", "12K"])),
+                   st.one_of(LIMIT, st.sampled_from(["12Q", "-1K", "nan", ""]))),
+    "on_output_limit": (st.sampled_from(["truncate", "kill"]), st.one_of(TEXT, JUNK_SCALAR)),
     "name": (st.one_of(st.none(), st.from_regex(r"[a-z0-9][a-z0-9._-]{0,63}", fullmatch=True)),
              st.one_of(TEXT, st.sampled_from(["x" * 65, "-x", ".x", "a b"]), JUNK_SCALAR)),
 }

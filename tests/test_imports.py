@@ -27,10 +27,11 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     # Syscalls, BPF, Landlock, notification ioctls, capabilities: no anyio, no Sandbox.
     ("kernel", ("_core", "_ffi_build", "_kernel", "_holes", "_identity")),
     # anyio-aware primitives over fds and tasks, used by the runtime layers.
-    ("support", ("_fd", "_background", "_standby", "_notify_loop", "_pacing", "_streams")),
+    ("support", ("_fd", "_background", "_standby", "_notify_loop", "_pacing", "_streams",
+                 "_watch")),
     # The policy as validated data, and what users hand it.
     ("policy", ("_validate", "_groups", "_handler", "_netspec", "_system_paths", "_refusal",
-                "_inputs", "_filespec", "_policy")),
+                "_inputs", "_filespec", "_limits", "_policy")),
     # The built-in guards a policy gets, and what they read of a trapped call.
     ("handlers", ("handlers", "_objects")),
     # Policy + this kernel -> the plan, and what each subsystem enforces of it.

@@ -36,8 +36,8 @@ def builtin_handlers(sandbox: Sandbox) -> tuple[Handler, ...]:
             found.append(MetadataGuard(map(str, sandbox.fs_writable)))
         if sandbox.net_allow_bind or sandbox.allow_unix_sockets:
             found.append(ListenGuard(sandbox.bind_ports()))
-        if sandbox.max_processes is not None:
-            found.append(ProcessLimit(sandbox.max_processes))
+        if sandbox.max_processes is not None or sandbox.max_threads is not None:
+            found.append(ProcessLimit(sandbox.max_processes, sandbox.max_threads))
         if found or sandbox.handlers:
             # Where there is a supervisor anyway, these cost nothing more;
             # alone they would make one for calls few programs make

@@ -1,8 +1,14 @@
-"""``max_processes``: refuse fork/clone once the sandbox has that many processes.
+"""``max_processes`` and ``max_threads``: refuse fork/clone once the sandbox
+has that many processes, or its processes that many threads together.
 
 The sandbox is one process group that nothing inside can leave, so the count
-is the number of live processes in that group.  Threads (clone with
-CLONE_THREAD) are not processes and pass.
+is the number of live processes in that group, and of their threads.  A
+thread (clone with CLONE_THREAD) is not a process: only ``max_threads``
+counts it; a new process is a new thread too, so both count it.  clone3,
+whose flags BPF cannot read, is ENOSYS inside the sandbox, so every thread
+and process is made by a clone, fork or vfork trapped here.  RLIMIT_NPROC
+would not do: it counts every process of the uid (for a root caller,
+nothing at all), and a thread bomb exhausts the host's pids all the same.
 
 The count is read when the notification is handled, before the fork it
 allows has happened: forks issued at the same instant from several threads
@@ -42,23 +48,28 @@ def count_group(pgid: int) -> tuple[int, int]:
 
 class ProcessLimit(Handler):
     """Deny process creation (EAGAIN, as the kernel does for RLIMIT_NPROC)
-    once ``limit`` processes of the sandbox are alive."""
+    once ``limit`` processes of the sandbox are alive, and thread or process
+    creation once its processes run ``threads`` threads (None: no limit)."""
 
     syscalls: ClassVar[tuple[str, ...]] = ("fork", "vfork", "clone")
     on_exception: ClassVar[ExceptionPolicy] = ExceptionPolicy.DENY_EPERM
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int | None, threads: int | None = None) -> None:
         self.limit = limit
+        self.threads = threads
 
     def __repr__(self) -> str:
-        return f"<ProcessLimit {self.limit}>"
+        return f"<ProcessLimit {self.limit} threads={self.threads}>"
 
     async def handle(self, ctx: HandlerCtx) -> NotifAction:
-        if ctx.syscall == "clone" and ctx.args[0] & _CLONE_THREAD:
+        thread = ctx.syscall == "clone" and bool(ctx.args[0] & _CLONE_THREAD)
+        if thread and self.threads is None:
             return NotifAction.continue_()
         pgid = os.getpgid(ctx.pid)
         if not ctx.is_valid():
             return NotifAction.continue_()
-        if count_group(pgid)[0] >= self.limit:
+        processes, threads = count_group(pgid)
+        if (not thread and self.limit is not None and processes >= self.limit) or (
+                self.threads is not None and threads >= self.threads):
             return NotifAction.errno(errno.EAGAIN)
         return NotifAction.continue_()

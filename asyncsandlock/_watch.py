@@ -1,0 +1,238 @@
+"""The watcher: ``max_memory``, ``cpu_time`` and ``max_cpu`` of running
+sandboxes, enforced from the caller's event loop.
+
+Without a cgroup of its own (none can be had on a host whose cgroup v2
+hierarchy is not delegated to us; see ``cgroup_v2_delegated``), a sandbox's
+use of memory and CPU is only known by looking: one task per event loop,
+started with the first sandbox that needs it and ended with the last, wakes
+when the most pressing of them is due, reads what every watched sandbox uses
+in one walk of ``/proc`` (``asl_scan_groups`` in ``csrc/group.c``: a
+fraction of a millisecond), and acts:
+
+- ``max_memory``: the resident pages of all the sandbox's processes together
+  (``rss`` of each stat: anonymous, file and shared memory pages it has
+  really touched; address space reserved and never touched counts nothing).
+  Over the budget, the sandbox is killed with ``ExitReason.MEMORY_LIMIT``.
+  The next look is due when a sandbox growing at :data:`GROWTH` could have
+  used its headroom: rarely while it is far below, every
+  :data:`MIN_INTERVAL` near the limit, so the overshoot is at most what it
+  allocates in that time (measured: docs/limits.md).
+- ``cpu_time``: the CPU seconds of its processes, those that ended included
+  (a process's time moves into its parent's ``cutime`` when the parent reaps
+  it, and the parent is a member too; one reaped by someone else -- an
+  orphan, after its parent died -- is kept at what it had used when last
+  seen).  Over the budget: killed with ``ExitReason.CPU_LIMIT``.
+- ``max_cpu``: a token bucket of CPU time filled at the allowed share;
+  when it runs dry the whole group is stopped (SIGSTOP, which no process
+  can catch) until the bucket has refilled, then continued (SIGCONT).
+
+Signals go to the process group only while the sandbox's first process is
+not reaped (``alive()``): until then its pid, and so the group id, cannot
+name any other process.  Everything here runs on the loop's thread between
+two awaits, so that check and the signal that follows cannot be separated
+by the reap.  A sandbox without a process group of its own (nested) cannot
+be watched: its limits are reported unenforced (``_enforcement.py``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import time
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Final
+
+import anyio
+import anyio.lowlevel
+
+from ._background import Background
+from ._core import ffi, lib
+from ._types import ExitReason
+
+PAGE: Final = os.sysconf("SC_PAGE_SIZE")
+HZ: Final = os.sysconf("SC_CLK_TCK")
+#: The fastest a sandbox is assumed to take new memory, in bytes per second
+#: (a C loop touching fresh pages here does 2-3 GiB/s on one core).
+GROWTH: Final = 4 << 30
+#: Bounds of the time between two looks at a sandbox, in seconds.
+MIN_INTERVAL: Final = 0.005
+MAX_INTERVAL: Final = 0.25
+#: How often a sandbox under ``max_cpu`` is looked at while it runs: the
+#: longest it can run above its share before it is stopped.
+CPU_PERIOD: Final = 0.05
+
+
+@dataclass(frozen=True, slots=True)
+class Watched:
+    """The limits of one run that the watcher enforces."""
+
+    #: Bytes of resident memory of all the sandbox's processes together.
+    memory: int | None
+    #: Seconds of CPU of all its processes, the ended ones included.
+    cpu_time: float | None
+    #: Share of one core, as a fraction (0.25 for ``max_cpu=25``).
+    cpu_share: float | None
+    #: How many CPUs it may run on.
+    cores: int
+
+
+class _Entry:
+    """One watched sandbox."""
+
+    __slots__ = ("alive", "cores", "due", "last", "limits", "pgid", "retired", "seen",
+                 "stop", "stopped", "ticks", "tokens")
+
+    def __init__(self, pgid: int, limits: Watched, alive: Callable[[], bool],
+                 stop: Callable[[ExitReason], None]) -> None:
+        self.pgid = pgid
+        self.limits = limits
+        self.alive = alive
+        self.stop = stop
+        self.cores = limits.cores
+        self.due = time.monotonic()
+        #: pid -> (ticks, whether its parent was a member) when last seen.
+        self.seen: dict[int, tuple[int, bool]] = {}
+        #: Ticks of members that ended reaped by a process outside the sandbox.
+        self.retired = 0
+        self.ticks = 0
+        self.last = self.due
+        self.tokens = 0.0
+        self.stopped = False
+
+    def signal(self, sig: int) -> None:
+        if self.alive():
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.pgid, sig)
+
+    def update(self, members: list[Any], now: float) -> None:
+        """Act on what its processes use now (``members``: asl_member records)."""
+        limits = self.limits
+        rss = 0
+        live: dict[int, tuple[int, bool]] = {}
+        pids = {m.pid for m in members}
+        total = self.retired
+        for m in members:
+            rss += m.rss_pages
+            total += m.ticks
+            live[m.pid] = (m.ticks, m.ppid in pids)
+        for pid, (ticks, parent_inside) in self.seen.items():
+            # Gone: its parent, a member, reaped it and has its time in
+            # cutime -- or an outsider did, and it is kept as last seen.
+            if pid not in live and not parent_inside:
+                self.retired += ticks
+                total += ticks
+        self.seen = live
+        total = max(total, self.ticks)
+        used = (total - self.ticks) / HZ
+        elapsed = now - self.last
+        self.ticks, self.last = total, now
+        rss *= PAGE
+        if limits.memory is not None and rss > limits.memory:
+            self.finish(ExitReason.MEMORY_LIMIT)
+            return
+        if limits.cpu_time is not None and total / HZ > limits.cpu_time:
+            self.finish(ExitReason.CPU_LIMIT)
+            return
+        interval = MAX_INTERVAL
+        if limits.memory is not None:
+            interval = min(interval, (limits.memory - rss) / GROWTH)
+        if limits.cpu_time is not None:
+            interval = min(interval, (limits.cpu_time - total / HZ) / self.cores)
+        if limits.cpu_share is not None:
+            interval = min(interval, self.duty(used, elapsed))
+        self.due = now + max(interval, MIN_INTERVAL)
+
+    def duty(self, used: float, elapsed: float) -> float:
+        """Stop or continue the group for ``max_cpu``; the time to the next look."""
+        share = self.limits.cpu_share
+        assert share is not None
+        # At most one period's worth saved up: a sandbox idle for an hour
+        # does not then get to run flat out for minutes.
+        self.tokens = min(self.tokens + elapsed * share - used, CPU_PERIOD * share)
+        if self.tokens < 0:
+            if not self.stopped:
+                self.signal(signal.SIGSTOP)
+                self.stopped = True
+            return -self.tokens / share
+        if self.stopped:
+            self.signal(signal.SIGCONT)
+            self.stopped = False
+        return CPU_PERIOD
+
+    def finish(self, reason: ExitReason) -> None:
+        self.stop(reason)  # SIGKILL ends stopped processes too
+
+
+class _Watcher:
+    """The watched sandboxes of one event loop, and its task."""
+
+    def __init__(self) -> None:
+        self.entries: list[_Entry] = []
+        self.wake = anyio.Event()
+        self.task: Background | None = None
+        self.room = 64
+        self.out = ffi.new("struct asl_member[]", self.room)
+
+    def add(self, entry: _Entry) -> None:
+        self.entries.append(entry)
+        if self.task is None or self.task.done:
+            self.task = Background.start(self.serve, "asyncsandlock limits watcher")
+        else:
+            self.wake.set()
+
+    async def serve(self) -> None:
+        while True:
+            self.entries = [entry for entry in self.entries if entry.alive()]
+            if not self.entries:
+                return
+            delay = min(entry.due for entry in self.entries) - time.monotonic()
+            if delay > 0:
+                with anyio.move_on_after(delay):
+                    await self.wake.wait()
+                if self.wake.is_set():
+                    self.wake = anyio.Event()
+                    continue  # a new sandbox: its first look is due now
+            else:
+                await anyio.lowlevel.checkpoint()
+            self.look()
+
+    def look(self) -> None:
+        """Read every watched group's use (one /proc walk) and act on it."""
+        entries = [entry for entry in self.entries if entry.alive()]
+        if not entries:
+            return
+        groups = sorted({entry.pgid for entry in entries})
+        pgids = ffi.new("int32_t[]", groups)
+        while True:
+            count = lib.asl_scan_groups(pgids, len(groups), self.out, self.room)
+            if count < 0:
+                raise OSError(-count, f"reading /proc: {os.strerror(-count)}")
+            if count <= self.room:
+                break
+            self.room = count * 2
+            self.out = ffi.new("struct asl_member[]", self.room)
+        members: dict[int, list[Any]] = {pgid: [] for pgid in groups}
+        for index in range(count):
+            member = self.out[index]
+            members[groups[member.group]].append(member)
+        now = time.monotonic()
+        for entry in entries:
+            if entry.due <= now + MIN_INTERVAL and entry.alive():
+                entry.update(members[entry.pgid], now)
+
+
+_watchers: weakref.WeakKeyDictionary[object, _Watcher] = weakref.WeakKeyDictionary()
+
+
+def watch_limits(pgid: int, limits: Watched, *, alive: Callable[[], bool],
+          stop: Callable[[ExitReason], None]) -> None:
+    """Enforce ``limits`` on process group ``pgid`` until ``alive()`` is
+    false; ``stop(reason)`` kills the sandbox."""
+    loop = anyio.lowlevel.current_token().native_token
+    watcher = _watchers.get(loop)
+    if watcher is None:
+        watcher = _watchers[loop] = _Watcher()
+    watcher.add(_Entry(pgid, limits, alive, stop))

@@ -1,0 +1,109 @@
+"""``max_memory``: a budget of resident memory for the whole sandbox (all
+its processes together), not address space and not per process; exceeding
+it stops the sandbox with ``ExitReason.MEMORY_LIMIT``."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import anyio
+import pytest
+
+from asyncsandlock import ExitReason, PolicyError, Sandbox
+
+from conftest import build_helper, system_sandbox
+
+pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("no_leaks")]
+
+PYTHON_ROOTS = (sys.base_prefix, sys.prefix)
+
+#: Takes 1 MiB after another (touched: bytes objects are written) forever.
+ALLOCATOR = "chunks = []\nwhile True:\n    chunks.append(b'x' * (1 << 20))\n"
+
+
+@pytest.fixture(scope="session")
+def memhog() -> str:
+    return build_helper("memhog")
+
+
+def _in(helper: str, **kwargs: object) -> Sandbox:
+    return system_sandbox(fs_readable=[helper], **kwargs)
+
+
+async def test_reserved_address_space_is_not_charged(memhog: str) -> None:
+    """8 GiB reserved PROT_NONE and 10 MB touched run under a 100 MB budget
+    (under RLIMIT_AS the reservation alone failed)."""
+    result = await _in(memhog, max_memory="100M").run([memhog, "8192", "10", "1", "1"],
+                                                      timeout=60)
+    assert result.success and result.stdout == b"done\n", result
+
+
+async def test_touched_memory_is_charged(memhog: str) -> None:
+    """Control: memory really used beyond the budget stops the sandbox."""
+    started = time.monotonic()
+    result = await _in(memhog, max_memory="100M").run([memhog, "8192", "150", "1", "30"],
+                                                      timeout=60)
+    assert result.reason is ExitReason.MEMORY_LIMIT and result.returncode == -9
+    assert time.monotonic() - started < 10
+
+
+async def test_ten_processes_share_one_budget(memhog: str) -> None:
+    """Ten processes of 30 MB each under 200 MB: stopped, though each alone
+    is far below the budget."""
+    started = time.monotonic()
+    result = await _in(memhog, max_memory="200M").run([memhog, "0", "30", "10", "30"],
+                                                      timeout=60)
+    assert result.reason is ExitReason.MEMORY_LIMIT, result
+    assert time.monotonic() - started < 10
+
+
+async def test_ten_processes_within_the_budget_run(memhog: str) -> None:
+    """Control: the same ten under a budget that holds them all."""
+    result = await _in(memhog, max_memory="600M").run([memhog, "0", "30", "10", "1"],
+                                                      timeout=60)
+    assert result.success and result.stdout == b"done\n", result
+
+
+async def test_processes_whose_first_thread_ended_are_charged(memhog: str) -> None:
+    """Escape: a process whose first thread has ended shows no memory in its
+    stat; its memory is read through a live thread instead."""
+    result = await _in(memhog, max_memory="200M").run(
+        [memhog, "0", "30", "10", "30", "leaderless"], timeout=60)
+    assert result.reason is ExitReason.MEMORY_LIMIT, result
+
+
+async def test_a_python_allocator_is_stopped() -> None:
+    sb = system_sandbox(fs_readable=PYTHON_ROOTS, max_memory="100M")
+    result = await sb.run([sys.executable, "-c", ALLOCATOR], timeout=60)
+    assert result.reason is ExitReason.MEMORY_LIMIT and not result.success
+
+
+async def test_python_within_the_budget_runs() -> None:
+    """Control: the same interpreter, doing little, under the same budget."""
+    sb = system_sandbox(fs_readable=PYTHON_ROOTS, max_memory="100M")
+    result = await sb.run([sys.executable, "-c", "print(sum(range(10**6)))"], timeout=60)
+    assert result.success, result
+
+
+async def test_untouched_allocations_are_not_charged() -> None:
+    """An anonymous mapping is pages the kernel has not handed out yet:
+    512 MB of them fit in 256 MB (RLIMIT_AS refused them: MemoryError)."""
+    script = "import mmap\nm = mmap.mmap(-1, 512 << 20)\nm[0] = 1\nprint('allocated')\n"
+    sb = system_sandbox(fs_readable=PYTHON_ROOTS, max_memory="256M")
+    result = await sb.run([sys.executable, "-c", script], timeout=60)
+    assert result.stdout == b"allocated\n", result
+
+
+async def test_an_open_process_is_watched_too(memhog: str) -> None:
+    proc = await _in(memhog, max_memory="50M").open([memhog, "0", "100", "1", "30"])
+    async with proc:
+        with anyio.fail_after(30):
+            await proc.wait()
+    assert proc.reason is ExitReason.MEMORY_LIMIT
+
+
+@pytest.mark.parametrize("value", [0, -1, "12Q", "-5M", True, 1.5j])
+async def test_bad_max_memory_is_a_policy_error(value: object) -> None:
+    with pytest.raises(PolicyError, match="max_memory"):
+        Sandbox(max_memory=value)  # type: ignore[arg-type]
