@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Final
 
+from ._netspec import needs_guard
 from ._types import Protection, Subsystem
 from .handlers import guarded_syscalls
 
@@ -59,6 +60,10 @@ def _supervised(policy: Sandbox, run_handlers: bool) -> list[str]:
         fields.append("max_processes")
     if policy.max_threads is not None:
         fields.append("max_threads")
+    if needs_guard(policy.net_rules(), policy.net_deny_rules())[0]:
+        # Addresses, UDP ports and ICMP: the network guard's (connect and
+        # addressed sends fail closed without it).
+        fields += ["net_allow", *(["net_deny"] if policy.net_deny else [])]
     return fields
 
 
@@ -70,7 +75,7 @@ def _watched(policy: Sandbox) -> list[str]:
 
 def _tcp_connect_restricted(policy: Sandbox) -> bool:
     """False when a rule opens every TCP port (then Landlock restricts no connect)."""
-    return not any(rule.protocol in ("tcp", "any") and rule.ports is None
+    return not any(rule.covers("tcp") and rule.ports is None and rule.any_host
                    for rule in policy.net_rules())
 
 

@@ -62,6 +62,7 @@ from ._kernel._sys import AUDIT_ARCH, SYSCALLS
 from ._limits import limits_protection
 from ._types import Protection, Subsystem
 from .handlers import guarded_syscalls
+from .handlers.net import resolve_names
 
 if TYPE_CHECKING:
     from ._policy import Sandbox
@@ -96,6 +97,8 @@ class Plan:
     identity: tuple[int, int, int] | None = None
     #: How max_memory, cpu_time and max_cpu are enforced (see _limits.py).
     limits: Protection = Protection.NOT_REQUESTED
+    #: Kernel ping sockets: ``net_allow`` has an ``icmp://`` rule.
+    allow_icmp: bool = False
 
     @property
     def landlock_fd(self) -> int:
@@ -120,7 +123,7 @@ class Plan:
         another architecture's ``arch`` and ``table``: to audit it)."""
         return FilterSpec(arch, table, self.deny, notify, self.key, self.allow_udp,
                           self.allow_unix, self.guarded, self.allow_sysv_ipc, self.interactive,
-                          self.fastopen_ok, self.baseline, self_trapped)
+                          self.fastopen_ok, self.baseline, self_trapped, self.allow_icmp)
 
 
 class Decision:
@@ -272,17 +275,20 @@ async def _decide(policy: Sandbox, subsystem: Subsystem, error: OSError, *,
 
 def _ruleset_spec(policy: Sandbox) -> RulesetSpec:
     """What ``policy`` asks of Landlock; a rule opening every TCP port leaves
-    connect unhandled (``connect_ports=None``)."""
+    connect unhandled (``connect_ports=None``).  Rules naming hosts add
+    their ports here too: Landlock is the first line, the network guard
+    checks the addresses (see handlers/net.py)."""
     readable = tuple(map(str, policy.fs_readable))
     writable = tuple(map(str, policy.fs_writable))
     denied = tuple(map(str, policy.fs_denied))
     ports: set[int] = set()
+    bind = policy.bind_ports()
     for rule in policy.net_rules():
-        if rule.protocol in ("tcp", "any"):
+        if rule.covers("tcp"):
             if rule.ports is None:
-                return RulesetSpec(readable, writable, None, policy.bind_ports(), denied=denied)
+                return RulesetSpec(readable, writable, None, bind, denied=denied)
             ports |= rule.ports
-    return RulesetSpec(readable, writable, frozenset(ports), policy.bind_ports(), denied=denied)
+    return RulesetSpec(readable, writable, frozenset(ports), bind, denied=denied)
 
 
 async def _landlock(policy: Sandbox) -> tuple[int | None, set[Subsystem]]:
@@ -344,23 +350,26 @@ async def owner_of(policy: Sandbox) -> Compiled:
     try:
         ruleset_fd, degraded = await decision.make(_landlock(policy))
         rules = policy.net_rules()
-        udp = any(rule.protocol in ("udp", "any") and rule.ports is None for rule in rules)
-        every_tcp_port = any(rule.protocol in ("tcp", "any") and rule.ports is None
-                             for rule in rules)
+        await resolve_names(policy)
+        udp = any(rule.covers("udp") for rule in rules)
+        every_tcp_port = not policy.net_deny and any(
+            rule.covers("tcp") and rule.any_host and rule.ports is None for rule in rules)
+        bind = policy.bind_ports()
         identity = plan_identity(policy.uid, policy.gid)
         plan = Plan(ruleset_fd, _new_key(), _rlimits(policy) + core_rlimit(policy.no_coredump),
                     frozenset(degraded), udp, policy.allow_unix_sockets, deny,
-                    keep_mask(policy.bind_ports()) if keeps_caps(identity) else 0,
+                    keep_mask(frozenset({1}) if bind is None else bind - {0})
+                    if keeps_caps(identity) else 0,
                     guarded=guarded_syscalls(policy), allow_sysv_ipc=policy.allow_sysv_ipc,
                     interactive=policy.interactive, fastopen_ok=every_tcp_port,
-                    identity=identity, limits=limits_protection(policy))
+                    identity=identity, limits=limits_protection(policy),
+                    allow_icmp=any(rule.protocol == "icmp" for rule in rules))
         owner = _owners[policy] = Compiled(plan)
     finally:
         if _owners.get(policy) is decision:  # refused: the next run asks again
             del _owners[policy]
         decision.done.set()
     return owner
-
 
 
 async def compile_plan(policy: Sandbox) -> Plan:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -15,7 +15,7 @@ from ._exceptions import PolicyError
 from ._filespec import check_files
 from ._handler import Handler
 from ._limits import check_limits
-from ._netspec import NetRule, parse_net_allow, parse_ports
+from ._netspec import NetRule, bind_ports, check_network, parse_rule
 from ._refusal import UnavailableHandler, strict
 from ._system_paths import system_readable
 from ._validate import (
@@ -115,6 +115,13 @@ class Sandbox:
     #: A label for logs and reprs, and the hostname the child is to see:
     #: 1 to 64 ASCII letters, digits, ``-``, ``.`` or ``_``, starting with a
     #: letter or digit.
+    # -- network rules (issue 10, netrules) --
+    #: Destinations that stay closed even where ``net_allow`` opens them:
+    #: literal addresses and CIDRs (``"10.0.0.0/8"``, ``"[::1]:22"``,
+    #: ``"udp://192.0.2.1:53"``); a deny rule wins.
+    net_deny: Sequence[str] = ()
+    #: TCP ports the child may never bind, whatever ``net_allow_bind`` says.
+    net_deny_bind: Sequence[int | str] = ()
     name: str | None = None
 
     def __post_init__(self) -> None:
@@ -126,19 +133,12 @@ class Sandbox:
             if not isinstance(getattr(self, flag), bool):
                 raise PolicyError(flag, f"{show(getattr(self, flag))} must be True or False")
         put(self, "cwd", check_cwd("cwd", self.cwd))
-        if isinstance(self.net_allow, str) or not isinstance(self.net_allow, Iterable):
-            raise PolicyError("net_allow",
-                              f"expected a sequence of rules, got {show(self.net_allow)}")
-        put(self, "net_allow", tuple(self.net_allow))
-        for spec in self.net_allow:
-            parse_net_allow(spec)
-        if isinstance(self.net_allow_bind, (str, int)) or not isinstance(
-            self.net_allow_bind, Iterable
-        ):
-            raise PolicyError("net_allow_bind",
-                              f"expected a sequence of ports, got {show(self.net_allow_bind)}")
-        put(self, "net_allow_bind", tuple(self.net_allow_bind))
-        self.bind_ports()
+        allow, allow_bind, deny, deny_bind = check_network(
+            self.net_allow, self.net_allow_bind, self.net_deny, self.net_deny_bind)
+        put(self, "net_allow", allow)
+        put(self, "net_allow_bind", allow_bind)
+        put(self, "net_deny", deny)
+        put(self, "net_deny_bind", deny_bind)
         put(self, "max_open_files", check_positive("max_open_files", self.max_open_files))
         put(self, "max_processes", check_positive("max_processes", self.max_processes))
         if self.max_memory is not None:
@@ -157,24 +157,15 @@ class Sandbox:
 
     def net_rules(self) -> tuple[NetRule, ...]:
         """The parsed ``net_allow`` rules."""
-        return tuple(parse_net_allow(spec) for spec in self.net_allow)
+        return tuple(parse_rule(spec, "net_allow") for spec in self.net_allow)
 
-    def bind_ports(self) -> frozenset[int]:
-        """The TCP ports ``net_allow_bind`` opens."""
-        ports: set[int] = set()
-        for item in self.net_allow_bind:
-            if isinstance(item, bool):
-                raise PolicyError("net_allow_bind", f"{show(item)} is not a port")
-            if isinstance(item, int):
-                if not 0 < item <= 65535:  # and str() of a huge int is a ValueError
-                    raise PolicyError("net_allow_bind",
-                                      f"{show(item)}: ports must lie in 1-65535")
-                ports.add(item)
-            elif isinstance(item, str):
-                ports |= parse_ports("net_allow_bind", item)
-            else:
-                raise PolicyError("net_allow_bind", f"{show(item)} is not a port")
-        return frozenset(ports)
+    def net_deny_rules(self) -> tuple[NetRule, ...]:
+        """The parsed ``net_deny`` rules."""
+        return tuple(parse_rule(spec, "net_deny") for spec in self.net_deny)
+
+    def bind_ports(self) -> frozenset[int] | None:
+        """The TCP ports the child may bind (0: an ephemeral one); None: every port."""
+        return bind_ports(self.net_allow_bind, self.net_deny_bind)
 
     def __repr__(self) -> str:
         label = f" {self.name!r}" if self.name else ""

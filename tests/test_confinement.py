@@ -249,8 +249,11 @@ async def test_tcp_bind(try_syscall: str, free_port: int) -> None:
 
 
 async def test_udp_only_with_an_udp_rule(try_syscall: str) -> None:
-    tcp_only = helper_sandbox(try_syscall, net_allow=[":53"])
+    tcp_only = helper_sandbox(try_syscall, net_allow=["tcp://:53"])
     assert await errno_of(tcp_only, try_syscall, "socket-udp") == errno.EAFNOSUPPORT
+    # No scheme: TCP and UDP (the network guard checks the UDP ports).
+    both = helper_sandbox(try_syscall, net_allow=[":53"])
+    assert await errno_of(both, try_syscall, "socket-udp") == 0
     udp = helper_sandbox(try_syscall, net_allow=["udp://*"])
     assert await errno_of(udp, try_syscall, "socket-udp") == 0
     assert await errno_of(udp, try_syscall, "socket-raw") == errno.EAFNOSUPPORT

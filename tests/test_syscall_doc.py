@@ -23,7 +23,7 @@ import pytest
 from bpf_machine import ALLOW, ARCHES, KILL_PROCESS, USER_NOTIF, Filter
 
 from asyncsandlock import SYSTEM_READABLE, Sandbox
-from asyncsandlock._kernel._bpf import GUARDED, FilterSpec
+from asyncsandlock._kernel._bpf import GUARDED, NET_GUARDED, FilterSpec
 from asyncsandlock._kernel._syscall_policy import DECISIONS, GROUPS, Rule
 from asyncsandlock._plan import Plan, compile_plan
 
@@ -62,8 +62,10 @@ they carry the 192-bit per-policy key (see `csrc/spawn.c`).
 
 **Other policies.** `allow_sysv_ipc=True` allows the SysV IPC and message-queue
 calls; `interactive=True` allows the terminal ioctls; `net_allow=["*"]` allows
-TCP fast open; `allow_unix_sockets`, UDP rules and `extra_deny_syscalls` change
-`socket` and the denied set; a handler that traps an allowed call receives it
+TCP fast open; `allow_unix_sockets`, UDP and ICMP rules and `extra_deny_syscalls`
+change `socket` and the denied set; rules naming hosts or addresses, UDP ports,
+ICMP or `net_deny` send `connect` and addressed sends to the network guard
+(`docs/network.md`); a handler that traps an allowed call receives it
 (USER_NOTIF) where this table says `allow`.
 """
 
@@ -174,6 +176,8 @@ def test_the_actions_follow_the_decision_table(plan: Plan) -> None:
             assert labels == expected[rule], name
         elif rule is Rule.GUARDED:
             assert "guard" in labels, name
+        elif name in NET_GUARDED:  # the network guard: only with address rules
+            assert labels <= {"allow", "EPERM"}, name
         else:
             assert len(labels) > 1 and "guard" not in labels, name
 

@@ -85,6 +85,11 @@ _EPERM = ret_errno(errno.EPERM)
 #: Sent to a built-in guard when the policy has one, else EPERM (see
 #: ``FilterSpec.guarded``); a user handler alone never opens them.
 GUARDED: frozenset[str] = names(Rule.GUARDED)
+#: Guarded only when the policy has a network guard (``handlers/net.py``):
+#: CHECKED in the table, since without one they are allowed (Landlock and the
+#: socket checks decide); with one they go to it (sendto only with an
+#: address), or fail closed (EPERM) without the supervisor.
+NET_GUARDED: frozenset[str] = frozenset(("connect", "sendto", "sendmsg", "sendmmsg"))
 #: Refused whatever the policy (EPERM, or ENOSYS where the table says so).
 DEFAULT_DENY: tuple[str, ...] = tuple(sorted(names(Rule.EPERM) | names(Rule.ENOSYS)))
 #: SysV IPC and POSIX message queues: refused unless ``allow_sysv_ipc``.
@@ -107,6 +112,8 @@ _SOCK_DGRAM = 2
 _SOCK_TYPE_MASK = 0xF
 _IPPROTO_TCP = 6
 _IPPROTO_UDP = 17
+_IPPROTO_ICMP = 1
+_IPPROTO_ICMPV6 = 58
 _TCP_FASTOPEN_CONNECT = 30
 _MSG_FASTOPEN = 0x20000000
 _S_ISUID_ISGID = 0o6000
@@ -152,6 +159,8 @@ class FilterSpec:
     #: handler traps: those are trapped too, while the guards alone let
     #: them through unseen (glibc reads RLIMIT_STACK at every exec).
     self_trapped: frozenset[str] = frozenset()
+    #: Kernel ping sockets (SOCK_DGRAM with IPPROTO_ICMP or ICMPV6): ``icmp://`` rules.
+    allow_icmp: bool = False
 
 
 class _Asm:
@@ -243,21 +252,29 @@ def _socket_rule(c: _Ctx) -> _Action:
     if pair:
         body.ret(deny)
         return _block(body)
-    # Indices below are fixed: 15 is ALLOW, 16 is DENY.
+    # Indices below are fixed: 20 is ALLOW, 21 is DENY.
+    udp = allow if spec.allow_udp else deny
+    icmp = allow if spec.allow_icmp else deny
     body.emit(_JEQ_K, _AF_INET, 1, 0)  # 3
-    body.emit(_JEQ_K, _AF_INET6, 0, 11)  # 4
+    body.emit(_JEQ_K, _AF_INET6, 0, 16)  # 4
     body.load(_arg_lo(1))  # 5
     body.emit(_ALU_AND_K, _SOCK_TYPE_MASK)  # 6: drop SOCK_NONBLOCK / SOCK_CLOEXEC
     body.emit(_JEQ_K, _SOCK_STREAM, 0, 3)  # 7
     body.load(_arg_lo(2))  # 8
-    body.emit(_JEQ_K, 0, 5, 0)  # 9: default protocol of a stream is TCP
-    body.emit(_JEQ_K, _IPPROTO_TCP, 4, 5)  # 10: not SCTP/MPTCP, Landlock sees TCP only
-    body.emit(_JEQ_K, _SOCK_DGRAM if spec.allow_udp else 0xFFFF, 0, 4)  # 11
+    body.emit(_JEQ_K, 0, 10, 0)  # 9: default protocol of a stream is TCP
+    body.emit(_JEQ_K, _IPPROTO_TCP, 9, 10)  # 10: not SCTP/MPTCP, Landlock sees TCP only
+    body.emit(_JEQ_K, _SOCK_DGRAM, 0, 9)  # 11: raw sockets never
     body.load(_arg_lo(2))  # 12
-    body.emit(_JEQ_K, 0, 1, 0)  # 13
-    body.emit(_JEQ_K, _IPPROTO_UDP, 0, 1)  # 14: not ICMP "ping" sockets
-    body.ret(allow)  # 15
-    body.ret(deny)  # 16
+    body.emit(_JEQ_K, 0, 0, 1)  # 13: default protocol of a datagram is UDP
+    body.ret(udp)  # 14
+    body.emit(_JEQ_K, _IPPROTO_UDP, 0, 1)  # 15: not UDP-Lite
+    body.ret(udp)  # 16
+    # Kernel "ping" sockets; the address family decides ICMP or ICMPv6.
+    body.emit(_JEQ_K, _IPPROTO_ICMP, 1, 0)  # 17
+    body.emit(_JEQ_K, _IPPROTO_ICMPV6, 0, 2)  # 18
+    body.ret(icmp)  # 19
+    body.ret(allow)  # 20
+    body.ret(deny)  # 21
     return _block(body)
 
 
@@ -283,11 +300,40 @@ def _mode(arg: int, guarded: bool) -> Callable[[_Ctx], _Action]:
     return lambda c: _test(arg, _JSET_K, _S_ISUID_ISGID, _EPERM, c.guard if guarded else c.allow)
 
 
-def _fastopen(arg: int) -> Callable[[_Ctx], _Action]:
+def _send(flags: int, addr: int | None) -> Callable[[_Ctx], _Action]:
     """MSG_FASTOPEN connects with the data, and Landlock's connect check
-    (up to ABI 7) is not on that path: only where every port is open."""
-    return lambda c: c.allow if c.spec.fastopen_ok else _test(
-        arg, _JSET_K, _MSG_FASTOPEN, _EPERM, c.allow)
+    (up to ABI 7) is not on that path: only where every port is open.
+
+    With a network guard (``NET_GUARDED`` in the spec's guarded), a send
+    carrying an address goes to it: sendto when its ``addr`` argument (a
+    64-bit pointer: both words) is not NULL; sendmsg and sendmmsg always,
+    since their address is in memory BPF cannot read."""
+    def check(c: _Ctx) -> _Action:
+        after = c.guard if c.name in c.spec.guarded and addr is None else c.allow
+        asm = _Asm()
+        if not c.spec.fastopen_ok:
+            asm.load(_arg_lo(flags))
+            asm.emit(_JSET_K, _MSG_FASTOPEN, 0, 1)
+            asm.ret(_EPERM)
+        if c.name in c.spec.guarded and addr is not None:
+            asm.load(_arg_lo(addr))
+            asm.emit(_JEQ_K, 0, 0, 3)
+            asm.load(_arg_hi(addr))
+            asm.emit(_JEQ_K, 0, 0, 1)
+            asm.ret(after)
+            asm.ret(c.guard)
+        elif not asm.insns:
+            return after
+        else:
+            asm.ret(after)
+        return _block(asm)
+    return check
+
+
+def _connect(c: _Ctx) -> _Action:
+    """To the network guard when the policy has one (its sockaddr is in
+    memory BPF cannot read), else Landlock decides."""
+    return c.guard if c.name in c.spec.guarded else c.allow
 
 
 def _setsockopt(c: _Ctx) -> _Action:
@@ -378,9 +424,10 @@ CHECKS: Mapping[str, Callable[[_Ctx], _Action]] = {
     "fchmod": _mode(1, True),
     "fchmodat": _mode(2, True),
     "fchmodat2": _mode(2, True),
-    "sendto": _fastopen(3),
-    "sendmsg": _fastopen(2),
-    "sendmmsg": _fastopen(3),
+    "sendto": _send(3, 4),
+    "sendmsg": _send(2, None),
+    "sendmmsg": _send(3, None),
+    "connect": _connect,
     "setsockopt": _setsockopt,
     "socket": _socket_rule,
     "socketpair": _socket_rule,

@@ -84,7 +84,7 @@ class RulesetSpec:
     readable: tuple[str, ...]
     writable: tuple[str, ...]
     connect_ports: frozenset[int] | None  # None: any port (no CONNECT_TCP handling)
-    bind_ports: frozenset[int]
+    bind_ports: frozenset[int] | None  # None: any port (no BIND_TCP handling)
     scoped: bool = True
     #: fs_denied: holes carved out of the grants (see _holes.py).
     denied: tuple[str, ...] = ()
@@ -115,7 +115,8 @@ def build_ruleset(spec: RulesetSpec, abi: int, skipped: frozenset[Subsystem]) ->
     fs_mask = _FS_ALL if abi >= 5 else _FS_ALL_BY_ABI[min(abi, 4)]
     net_mask = 0
     if abi >= 4 and Subsystem.LANDLOCK_NET not in skipped:
-        net_mask = NET_BIND_TCP | (NET_CONNECT_TCP if spec.connect_ports is not None else 0)
+        net_mask = ((NET_BIND_TCP if spec.bind_ports is not None else 0)
+                    | (NET_CONNECT_TCP if spec.connect_ports is not None else 0))
     scope = 0
     if abi >= 6 and spec.scoped and Subsystem.LANDLOCK_SCOPE not in skipped:
         scope = SCOPE_ABSTRACT_UNIX_SOCKET | SCOPE_SIGNAL
@@ -129,7 +130,7 @@ def build_ruleset(spec: RulesetSpec, abi: int, skipped: frozenset[Subsystem]) ->
                     and not (spec.denied and is_denied(path, spec.denied))):
                 _add_path(fd, path, rights & fs_mask)
         if net_mask:
-            for port in sorted(spec.bind_ports):
+            for port in sorted(spec.bind_ports or ()):
                 _add_port(fd, NET_BIND_TCP, port)
             for port in sorted(spec.connect_ports or ()):
                 _add_port(fd, NET_CONNECT_TCP, port)

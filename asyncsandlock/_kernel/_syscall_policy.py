@@ -122,10 +122,11 @@ _GROUPS: Final[dict[str, dict[str, tuple[Rule, str]]]] = {
            for n in ("io_uring_setup", "io_uring_enter", "io_uring_register")},
     },
     "@network-io": {
-        "socket": (_C, "TCP (Landlock governs it), UDP if allowed, AF_UNIX if allowed; no raw, "
-                       "packet, netlink..."),
+        "socket": (_C, "TCP (Landlock governs it), UDP and ICMP ping sockets if allowed, AF_UNIX "
+                       "if allowed; no raw, packet, netlink..."),
         "socketpair": (_C, "AF_UNIX only: an anonymous, already connected pair"),
-        "connect": (_A, "Landlock governs TCP connect; unix sockets need allow_unix_sockets"),
+        "connect": (_C, "Landlock governs TCP connect; with address, UDP or ICMP rules the "
+                        "network guard connects on the child's behalf (NetGuard)"),
         "bind": (_A, "Landlock governs TCP bind (net_allow_bind)"),
         "listen": (_G, "listen() on an unbound socket autobinds a port Landlock never saw "
                        "(ListenGuard)"),
@@ -133,7 +134,8 @@ _GROUPS: Final[dict[str, dict[str, tuple[Rule, str]]]] = {
             "accept", "accept4", "getsockname", "getpeername", "recvfrom", "recvmsg", "recvmmsg",
             "shutdown", "getsockopt")},
         **{n: (_C, "EPERM with MSG_FASTOPEN (connects without Landlock's connect check) unless "
-                   "net_allow has '*'")
+                   "net_allow has '*'; with UDP or ICMP address rules a send with an address "
+                   "goes to the network guard (SendGuard)")
            for n in ("sendto", "sendmsg", "sendmmsg")},
         "setsockopt": (_C, "EPERM for TCP_FASTOPEN_CONNECT unless net_allow has '*'"),
     },

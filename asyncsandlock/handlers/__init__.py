@@ -6,9 +6,10 @@ import weakref
 from typing import TYPE_CHECKING
 
 from .._handler import Handler
-from .._kernel._bpf import GUARDED
+from .._kernel._bpf import GUARDED, NET_GUARDED
 from .listen import ListenGuard
 from .metadata import MetadataGuard
+from .net import NetGuard, SendGuard, net_guards
 from .own_process import OwnProcessGuard
 from .process_limit import ProcessLimit
 from .watch import WatchGuard
@@ -36,6 +37,7 @@ def builtin_handlers(sandbox: Sandbox) -> tuple[Handler, ...]:
             found.append(MetadataGuard(map(str, sandbox.fs_writable)))
         if sandbox.net_allow_bind or sandbox.allow_unix_sockets:
             found.append(ListenGuard(sandbox.bind_ports()))
+        found += net_guards(sandbox)
         if sandbox.max_processes is not None or sandbox.max_threads is not None:
             found.append(ProcessLimit(sandbox.max_processes, sandbox.max_threads))
         if found or sandbox.handlers:
@@ -52,17 +54,20 @@ def builtin_handlers(sandbox: Sandbox) -> tuple[Handler, ...]:
 
 
 def guarded_syscalls(sandbox: Sandbox) -> frozenset[str]:
-    """The guarded syscalls (``GUARDED``) that ``sandbox``'s built-in guards decide:
-    trapped with a supervisor, denied by the filter without one."""
+    """The guarded syscalls (``GUARDED``, ``NET_GUARDED``) that ``sandbox``'s
+    built-in guards decide: trapped with a supervisor, denied by the filter
+    without one."""
     return frozenset(name for handler in builtin_handlers(sandbox)
-                     for name in handler.syscalls) & GUARDED
+                     for name in handler.syscalls) & (GUARDED | NET_GUARDED)
 
 
 __all__ = [
     "ListenGuard",
     "MetadataGuard",
+    "NetGuard",
     "OwnProcessGuard",
     "ProcessLimit",
+    "SendGuard",
     "WatchGuard",
     "builtin_handlers",
     "guarded_syscalls",

@@ -71,11 +71,16 @@ class ListenGuard(Handler):
     syscalls: ClassVar[tuple[str, ...]] = ("listen",)
     on_exception: ClassVar[ExceptionPolicy] = ExceptionPolicy.DENY_EPERM
 
-    def __init__(self, ports: Iterable[int] = ()) -> None:
-        self.ports = frozenset(ports)
+    def __init__(self, ports: Iterable[int] | None = ()) -> None:
+        # None ("*"), or 0 (an ephemeral port): any port.  listen()'s autobind
+        # takes an ephemeral port, which bind(port 0) may take anyway, and
+        # every other port got through Landlock's bind check.
+        self.every_port = ports is None or 0 in ports
+        self.ports = frozenset(ports or ())
 
     def __repr__(self) -> str:
-        return f"<ListenGuard ports={sorted(self.ports)}>"
+        shown = "*" if self.every_port else sorted(self.ports)
+        return f"<ListenGuard ports={shown}>"
 
     async def handle(self, ctx: HandlerCtx) -> NotifAction:
         try:
@@ -83,6 +88,8 @@ class ListenGuard(Handler):
                 sock = target.fd(int_arg(ctx.args[0]))
                 target.confirm()
                 before = _inet_state(sock)
+                if self.every_port:
+                    before = None
                 if before is not None and before[0] not in self.ports and not before[1]:
                     return NotifAction.errno(errno.EPERM)
                 syscall("listen", sock, int_arg(ctx.args[1]))
