@@ -50,6 +50,8 @@
 #include <fcntl.h>
 #include <errno.h>
 #include <unistd.h>
+#include <net/if.h>
+#include <sys/ioctl.h>
 
 #ifndef SYS_landlock_restrict_self
 #define SYS_landlock_restrict_self 446
@@ -218,6 +220,75 @@ __attribute__((noreturn)) static void exec_candidates(const struct asl_spawn_req
     report_and_exit(req, &report);
 }
 
+/* A network namespace of its own (Sandbox.network, asyncsandlock/_netns.py).
+ * Here, after raise_rlimits (CAP_SYS_RESOURCE counts in the *initial* user
+ * namespace, which ASL_NET_USERNS leaves) and before drop_capabilities (lo
+ * needs CAP_NET_ADMIN over the new namespace).
+ *
+ * ASL_NET_USERNS is the unprivileged way: a user namespace first, which gives
+ * the child every capability over the network namespace made with it, and
+ * nothing over anything the caller's namespaces own.  Its uid and gid map
+ * each id to itself, so files, signals, /proc and the supervisor's
+ * process_vm_readv see the same ids as without it (ids without a mapping,
+ * root's files say, show as the overflow id 65534).  setgroups must be
+ * denied before an unprivileged gid_map write is allowed: the child cannot
+ * drop the groups it has (setgroups is in the filter's deny list anyway).
+ * Writing one's own maps needs no parent: the rule "map only your own
+ * euid/egid" is met.  A vfork child may unshare a user namespace: the
+ * kernel refuses that only to a process that shares its thread group or its
+ * fs_struct (CLONE_THREAD, CLONE_FS), not its memory. */
+static long write_proc(const char *path, const char *text)
+{
+    long fd = raw_syscall(SYS_openat, AT_FDCWD, (long)path, O_WRONLY | O_CLOEXEC, 0, 0, 0);
+    if (fd < 0)
+        return fd;
+    long len = (long)strlen(text);
+    long rc = SYS3(SYS_write, fd, text, len);
+    SYS3(SYS_close, fd, 0, 0);
+    return rc < 0 ? rc : (rc == len ? 0 : -EIO);
+}
+
+/* A fresh namespace has lo, down: up it is 127.0.0.1/8 and ::1. */
+static long loopback_up(void)
+{
+    long sock = SYS3(SYS_socket, AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (sock < 0)
+        return sock;
+    struct ifreq ifr;
+    memset(&ifr, 0, sizeof ifr);
+    memcpy(ifr.ifr_name, "lo", 3);
+    long rc = SYS3(SYS_ioctl, sock, SIOCGIFFLAGS, &ifr);
+    if (rc == 0) {
+        ifr.ifr_flags |= IFF_UP;
+        rc = SYS3(SYS_ioctl, sock, SIOCSIFFLAGS, &ifr);
+    }
+    SYS3(SYS_close, sock, 0, 0);
+    return rc;
+}
+
+static long enter_network(const struct asl_spawn_req *req)
+{
+    long rc;
+    switch (req->net_mode) {
+    case ASL_NET_JOIN: /* made and configured (lo too) by the parent */
+        return SYS3(SYS_setns, req->netns_fd, CLONE_NEWNET, 0);
+    case ASL_NET_NEW:
+        if ((rc = SYS3(SYS_unshare, CLONE_NEWNET, 0, 0)) < 0)
+            return rc;
+        return loopback_up();
+    case ASL_NET_USERNS:
+        if ((rc = SYS3(SYS_unshare, CLONE_NEWUSER | CLONE_NEWNET, 0, 0)) < 0)
+            return rc;
+        if ((rc = write_proc("/proc/self/uid_map", req->uid_map)) < 0 ||
+            (rc = write_proc("/proc/self/setgroups", "deny")) < 0 ||
+            (rc = write_proc("/proc/self/gid_map", req->gid_map)) < 0)
+            return rc;
+        return loopback_up();
+    default:
+        return 0;
+    }
+}
+
 /* A root child keeps only what the policy needs (CAP_NET_BIND_SERVICE for a
  * low net_allow_bind port): no CAP_SYS_ADMIN, CAP_SYS_NICE or CAP_SYS_RESOURCE
  * over processes outside, no CAP_DAC_OVERRIDE.
@@ -295,6 +366,9 @@ static int child_main(void *arg)
         fail(req, rc);
     enter(req, ASL_STEP_RAISE_RLIMIT);
     if ((rc = raise_rlimits(req)) < 0)
+        fail(req, rc);
+    enter(req, ASL_STEP_NETWORK);
+    if (req->net_mode != ASL_NET_HOST && (rc = enter_network(req)) < 0)
         fail(req, rc);
     enter(req, ASL_STEP_CAPABILITIES);
     if ((rc = drop_capabilities(req)) < 0)

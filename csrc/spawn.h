@@ -20,14 +20,23 @@ enum asl_step {
     ASL_STEP_FDS = 4,
     ASL_STEP_CHDIR = 5,
     ASL_STEP_RAISE_RLIMIT = 6,
-    ASL_STEP_CAPABILITIES = 7,
-    ASL_STEP_NO_NEW_PRIVS = 8,
-    ASL_STEP_LANDLOCK = 9,
-    ASL_STEP_SIGMASK = 10,
-    ASL_STEP_SECCOMP = 11,
-    ASL_STEP_LISTENER = 12,
-    ASL_STEP_RLIMIT = 13,
-    ASL_STEP_EXECVE = 14
+    ASL_STEP_NETWORK = 7,
+    ASL_STEP_CAPABILITIES = 8,
+    ASL_STEP_NO_NEW_PRIVS = 9,
+    ASL_STEP_LANDLOCK = 10,
+    ASL_STEP_SIGMASK = 11,
+    ASL_STEP_SECCOMP = 12,
+    ASL_STEP_LISTENER = 13,
+    ASL_STEP_RLIMIT = 14,
+    ASL_STEP_EXECVE = 15
+};
+
+/* Where the child's network stack comes from (asyncsandlock/_netns.py). */
+enum asl_net_mode {
+    ASL_NET_HOST = 0,    /* the caller's */
+    ASL_NET_NEW = 1,     /* unshare(CLONE_NEWNET), lo up: needs CAP_SYS_ADMIN */
+    ASL_NET_USERNS = 2,  /* the same inside a new user namespace (unprivileged) */
+    ASL_NET_JOIN = 3     /* setns(netns_fd): one the parent made and configured */
 };
 
 enum {
@@ -79,6 +88,11 @@ struct asl_spawn_req {
     int own_group;                /* 1: make a process group (0: nested, refused) */
     int parent_pid;
     int errpipe;                  /* write end of a CLOEXEC pipe */
+    /* network namespace (issue 10, netns) */
+    int net_mode;                 /* enum asl_net_mode */
+    int netns_fd;                 /* ASL_NET_JOIN: the namespace to enter */
+    const char *uid_map;          /* ASL_NET_USERNS: "<uid> <uid> 1", our id to itself */
+    const char *gid_map;          /* ASL_NET_USERNS: "<gid> <gid> 1" */
     int32_t reached;              /* written by the child: the step it is in */
 };
 
@@ -98,6 +112,11 @@ int asl_reaper_start(int fd);
 /* csrc/group.c: the live processes of process group `pgid` (a sandbox), or
  * -errno; with `threads`, stores how many threads they run. */
 long asl_count_group(int pgid, long *threads);
+/* csrc/netns.c, called by the parent: the calling thread is back in its own
+ * network namespace when they return.  A new network namespace (lo down), as
+ * an fd; a socket made in network namespace `nsfd`.  -errno on failure. */
+int asl_netns_new(void);
+int asl_socket_in(int nsfd, int domain, int type, int protocol);
 /* CDEF-END */
 
 #endif
