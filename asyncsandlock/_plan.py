@@ -58,6 +58,7 @@ from ._kernel._bpf import DEFAULT_DENY, FilterSpec, build_filter
 from ._kernel._caps import keep_mask, permitted_mask
 from ._kernel._landlock import RulesetSpec, abi_version, build_ruleset, missing
 from ._kernel._sys import AUDIT_ARCH, SYSCALLS
+from ._network import net_mode
 from ._types import Protection, Subsystem
 from .handlers import guarded_syscalls
 
@@ -90,6 +91,8 @@ class Plan:
     fastopen_ok: bool = False
     #: False: the filter has no decision table (probe children only).
     baseline: bool = True
+    #: enum asl_net_mode: where the child's network comes from (``_network.net_mode``).
+    net_mode: int = 0
 
     @property
     def landlock_fd(self) -> int:
@@ -220,7 +223,7 @@ class Compiled:
             return cached
         out: dict[Subsystem, Protection] = {}
         for sub in Subsystem:
-            if sub is Subsystem.NETWORK_NAMESPACE or (
+            if (sub is Subsystem.NETWORK_NAMESPACE and not self._plan.net_mode) or (
                     sub is Subsystem.SUPERVISOR and not supervised):
                 out[sub] = Protection.NOT_REQUESTED
             elif sub in degraded:
@@ -337,7 +340,8 @@ async def owner_of(policy: Sandbox) -> Compiled:
         plan = Plan(ruleset_fd, _new_key(), _rlimits(policy), frozenset(degraded), udp,
                     policy.allow_unix_sockets, deny, keep_mask(policy.bind_ports()),
                     guarded=guarded_syscalls(policy), allow_sysv_ipc=policy.allow_sysv_ipc,
-                    interactive=policy.interactive, fastopen_ok=every_tcp_port)
+                    interactive=policy.interactive, fastopen_ok=every_tcp_port,
+                    net_mode=net_mode(policy.network, tuple(policy.publish)))
         owner = _owners[policy] = Compiled(plan)
     finally:
         if _owners.get(policy) is decision:  # refused: the next run asks again

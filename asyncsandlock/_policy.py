@@ -14,6 +14,7 @@ from anyio.abc import TaskStatus
 from ._exceptions import PolicyError
 from ._handler import Handler
 from ._netspec import NetRule, parse_net_allow, parse_ports
+from ._network import check_network
 from ._refusal import UnavailableHandler, strict
 from ._system_paths import system_readable
 from ._validate import (
@@ -83,6 +84,14 @@ class Sandbox:
     extra_deny_syscalls: Sequence[str] = ()
     handlers: Sequence[Handler] = ()
     on_unavailable: UnavailableHandler = strict
+    # -- network namespaces (issue 10, netns; see docs/network-namespaces.md) --
+    #: ``"host"``: the caller's network, filtered by the rules; ``"loopback"``:
+    #: a private network stack with only ``lo`` (its own port space, no route
+    #: out); ``"uplink"``: a private stack joined to the caller's by a veth pair.
+    network: str = "host"
+    #: Sandbox TCP ports the caller can reach (``network`` other than
+    #: ``"host"``): see ``SandboxedProcess.network``.
+    publish: Sequence[int] = ()
     #: A label for logs and reprs, and the hostname the child is to see:
     #: 1 to 64 ASCII letters, digits, ``-``, ``.`` or ``_``, starting with a
     #: letter or digit.
@@ -121,6 +130,9 @@ class Sandbox:
         if not callable(self.on_unavailable):
             raise PolicyError("on_unavailable", f"{show(self.on_unavailable)} is not callable")
         put(self, "name", check_name("name", self.name))
+        network, publish = check_network(self.network, self.publish)
+        put(self, "network", network)
+        put(self, "publish", publish)
 
     def net_rules(self) -> tuple[NetRule, ...]:
         """The parsed ``net_allow`` rules."""

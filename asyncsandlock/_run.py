@@ -19,6 +19,7 @@ from ._exceptions import PolicyError
 from ._fd import close_fds
 from ._handler import Handler, route
 from ._kernel._sys import SYSCALLS
+from ._netns import open_network
 from ._pacing import SpawnTurn
 from ._plan import owner_of
 from ._process import SandboxedProcess
@@ -155,10 +156,13 @@ async def _open_in_turn(sandbox: Sandbox, argv: tuple[str, ...], *, stdin: Stdio
                              if names[nr] in guarded
                              and any(handler not in builtins for handler in chain))
     prepare()
+    network = await open_network(sandbox, compiled)  # None unless the parent makes it
     # Two scopes, as trio's _open_process has them: the child's ends of its
     # pipes are closed once it is spawned (or not), ours only if no process
     # takes them over.
     with contextlib.ExitStack() as cleanup_on_fail:
+        if network is not None:
+            cleanup_on_fail.callback(network.discard)
         with contextlib.ExitStack() as child_ends:
             # One callback per scope for fds made one by one: callbacks cost
             # ~1 us each, and this is every spawn's path.
@@ -171,7 +175,9 @@ async def _open_in_turn(sandbox: Sandbox, argv: tuple[str, ...], *, stdin: Stdio
             child = await confined_spawn(sandbox, compiled, notify, lambda trapped: spawn(
                 compiled, path=path, args=[os.fsencode(a) for a in argv], env=full_env,
                 cwd=str(run_cwd) if run_cwd else None, fds=[*child_fds, *extra_fds],
-                notify=trapped, self_trapped=self_trapped & trapped), run_handlers=bool(handlers))
+                notify=trapped, self_trapped=self_trapped & trapped,
+                netns_fd=network.netns_fd if network is not None else -1),
+                run_handlers=bool(handlers))
             watch(child)  # before anything can fail and leave it unwatched
         cleanup_on_fail.callback(abandon, child)
         protections = compiled.protections(bool(notify), fail_closed=bool(notify)
@@ -184,6 +190,9 @@ async def _open_in_turn(sandbox: Sandbox, argv: tuple[str, ...], *, stdin: Stdio
             stdin=ours[0], stdout=ours[1], stderr=ours[2],
             protections=protections, unenforced=unenforced, started=started)
         cleanup_on_fail.pop_all()  # the child and our ends are the process's now
+    if network is not None:
+        proc._network = network  # torn down once the sandbox is reaped
+        network.start(child.pid)
     if unenforced:
         warn_degraded(sandbox, unenforced, run_handlers=bool(handlers))
     if child.listener is not None:

@@ -27,16 +27,17 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     # Syscalls, BPF, Landlock, notification ioctls, capabilities: no anyio, no Sandbox.
     ("kernel", ("_core", "_ffi_build", "_kernel")),
     # anyio-aware primitives over fds and tasks, used by the runtime layers.
-    ("support", ("_fd", "_background", "_notify_loop", "_pacing", "_streams")),
+    ("support", ("_fd", "_background", "_notify_loop", "_pacing", "_streams", "_rtnl",
+                 "_publish")),
     # The policy as validated data, and what users hand it.
     ("policy", ("_validate", "_groups", "_handler", "_netspec", "_system_paths", "_refusal",
-                "_inputs", "_policy")),
+                "_inputs", "_network", "_policy")),
     # The built-in guards a policy gets, and what they read of a trapped call.
     ("handlers", ("handlers", "_objects")),
     # Policy + this kernel -> the plan, and what each subsystem enforces of it.
     ("plan", ("_enforcement", "_plan")),
     # One confined child, and the refusals met on the way.
-    ("spawn", ("_spawn", "_features", "_unavailable", "_reaper")),
+    ("spawn", ("_spawn", "_features", "_unavailable", "_reaper", "_netns")),
     ("supervisor", ("_supervisor",)),
     ("process", ("_process", "_result")),
     ("run", ("_run", "_pipeline")),
