@@ -39,6 +39,8 @@ _ALWAYS: Final = {
                        "like, namespace flags of clone, raw and non-TCP/UDP sockets, TIOCSTI",
     # SUPERVISOR: its fields, and in words (consequence()) the calls of the
     # built-in guards, which the filter then denies everywhere.
+    Subsystem.NETWORK_NAMESPACE: "the sandbox shares the caller's network stack: its ports, "
+                                 "addresses and routes",
     Subsystem.PROCESS_GROUP: "a timeout or cancellation kills the command but not the "
                              "processes it leaves behind",
     Subsystem.RESOURCE_LIMITS: "nothing watches the sandbox's memory and CPU use",
@@ -113,7 +115,9 @@ def unenforced(policy: Sandbox, subsystem: Subsystem, *,
         fields = ["uid", "gid"]
     elif subsystem is Subsystem.RESOURCE_LIMITS:
         fields = _watched(policy)
-    else:  # LANDLOCK_SCOPE, LANDLOCK_REFER: no field; NETWORK_NAMESPACE: none asks for one
+    elif subsystem is Subsystem.NETWORK_NAMESPACE:
+        fields = ["network"] if policy.network != "host" else []
+    else:  # LANDLOCK_SCOPE, LANDLOCK_REFER: no field
         fields = []
     return tuple(fields)
 

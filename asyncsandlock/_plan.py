@@ -60,6 +60,7 @@ from ._kernel._caps import keep_mask, permitted_mask
 from ._kernel._landlock import RulesetSpec, abi_version, build_ruleset, missing
 from ._kernel._sys import AUDIT_ARCH, SYSCALLS
 from ._limits import limits_protection
+from ._network import net_mode
 from ._types import Protection, Subsystem
 from .handlers import guarded_syscalls
 from .handlers.net import resolve_names
@@ -99,6 +100,8 @@ class Plan:
     limits: Protection = Protection.NOT_REQUESTED
     #: Kernel ping sockets: ``net_allow`` has an ``icmp://`` rule.
     allow_icmp: bool = False
+    #: enum asl_net_mode: where the child's network comes from (``_network.net_mode``).
+    net_mode: int = 0
 
     @property
     def landlock_fd(self) -> int:
@@ -237,7 +240,7 @@ class Compiled:
                 out[sub] = (Protection.DEGRADED if Subsystem.PROCESS_GROUP in degraded
                             and self._plan.limits is not Protection.NOT_REQUESTED
                             else self._plan.limits)
-            elif sub is Subsystem.NETWORK_NAMESPACE or (
+            elif (sub is Subsystem.NETWORK_NAMESPACE and not self._plan.net_mode) or (
                     sub is Subsystem.SUPERVISOR and not supervised) or (
                     sub is Subsystem.IDENTITY and self._plan.identity is None):
                 out[sub] = Protection.NOT_REQUESTED
@@ -363,7 +366,8 @@ async def owner_of(policy: Sandbox) -> Compiled:
                     guarded=guarded_syscalls(policy), allow_sysv_ipc=policy.allow_sysv_ipc,
                     interactive=policy.interactive, fastopen_ok=every_tcp_port,
                     identity=identity, limits=limits_protection(policy),
-                    allow_icmp=any(rule.protocol == "icmp" for rule in rules))
+                    allow_icmp=any(rule.protocol == "icmp" for rule in rules),
+                    net_mode=net_mode(policy.network, tuple(policy.publish)))
         owner = _owners[policy] = Compiled(plan)
     finally:
         if _owners.get(policy) is decision:  # refused: the next run asks again

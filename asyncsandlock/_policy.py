@@ -16,6 +16,7 @@ from ._filespec import check_files
 from ._handler import Handler
 from ._limits import check_limits
 from ._netspec import NetRule, bind_ports, check_network, parse_rule
+from ._network import check_stack
 from ._refusal import UnavailableHandler, strict
 from ._system_paths import system_readable
 from ._validate import (
@@ -112,6 +113,14 @@ class Sandbox:
     #: ``"truncate"``: drop what is beyond ``max_output`` (the child runs on);
     #: ``"kill"``: stop the sandbox with ``ExitReason.OUTPUT_LIMIT``.
     on_output_limit: str = "truncate"
+    # -- network namespaces (issue 10, netns; see docs/network-namespaces.md) --
+    #: ``"host"``: the caller's network, filtered by the rules; ``"loopback"``:
+    #: a private network stack with only ``lo`` (its own port space, no route
+    #: out); ``"uplink"``: a private stack joined to the caller's by a veth pair.
+    network: str = "host"
+    #: Sandbox TCP ports the caller can reach (``network`` other than
+    #: ``"host"``): see ``SandboxedProcess.network``.
+    publish: Sequence[int] = ()
     #: A label for logs and reprs, and the hostname the child is to see:
     #: 1 to 64 ASCII letters, digits, ``-``, ``.`` or ``_``, starting with a
     #: letter or digit.
@@ -154,6 +163,9 @@ class Sandbox:
         files = check_files(self.fs_denied, self.uid, self.gid, self.no_coredump)
         for key in files.__slots__:
             put(self, key, getattr(files, key))
+        network, publish = check_stack(self.network, self.publish)
+        put(self, "network", network)
+        put(self, "publish", publish)
 
     def net_rules(self) -> tuple[NetRule, ...]:
         """The parsed ``net_allow`` rules."""

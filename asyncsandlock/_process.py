@@ -18,6 +18,7 @@ import signal as _signal
 import time
 from collections.abc import Mapping, Sequence
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 import anyio
 
@@ -29,6 +30,10 @@ from ._result import Result
 from ._standby import Standby
 from ._streams import FdReceiveStream, FdSendStream
 from ._types import ExitReason, Protection, Subsystem
+
+if TYPE_CHECKING:
+    from ._netns import Network
+    from ._network import NetworkInfo
 
 _PRCTL = ffi.cast("long", SYSCALLS["prctl"])
 _GET_CHILD_SUBREAPER = ffi.cast("long", 37)  # PR_GET_CHILD_SUBREAPER
@@ -62,6 +67,8 @@ class SandboxedProcess:
     _wait_lock: anyio.Lock | None
     _finished: bool
     _own_group: bool
+    #: The network namespace the parent made for it (issue 10, netns).
+    _network: Network | None = None
 
     def __init__(self) -> None:
         raise TypeError("SandboxedProcess objects are created by Sandbox.open()")
@@ -103,6 +110,13 @@ class SandboxedProcess:
         return f"<SandboxedProcess pid={self.pid} {self.args[0]!r} {state}>"
 
     # -- state ------------------------------------------------------------
+
+    @property
+    def network(self) -> NetworkInfo | None:
+        """Its own network's addresses and published ports while it runs (None
+        when the sandbox makes its own ``"loopback"`` namespace without
+        ``publish``, or uses the caller's network)."""
+        return self._network.info if self._network is not None else None
 
     @property
     def returncode(self) -> int | None:
@@ -192,11 +206,13 @@ class SandboxedProcess:
                 # A supervisor that never had a notification stands down
                 # without a task to cancel and join (see _standby.py).
                 supervised = self._supervisor is not None and not self._supervisor.stop_idle()
-                if orphans or supervised:
+                if orphans or supervised or self._network is not None:
                     with anyio.CancelScope(shield=True):
                         if orphans:
                             await self._reap_orphans()
                         await self._stop_supervisor()
+                        if self._network is not None:
+                            await self._network.aclose()
                 else:  # nothing to await: no cancel scope to enter and leave
                     self._close_listener()
                 self._finished = True

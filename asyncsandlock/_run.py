@@ -19,6 +19,7 @@ from ._fd import close_fds
 from ._handler import Handler, route
 from ._kernel._sys import SYSCALLS
 from ._limits import spawn_on, watched
+from ._netns import open_network
 from ._pacing import SpawnTurn
 from ._plan import Compiled, owner_of
 from ._process import SandboxedProcess
@@ -150,10 +151,13 @@ async def _open_in_turn(sandbox: Sandbox, argv: tuple[str, ...], *, stdin: Stdio
                               str(run_cwd) if run_cwd else None)
     routes, names, notify, self_trapped = _routing(sandbox, compiled, handlers)
     prepare()
+    network = await open_network(sandbox, compiled)  # None unless the parent makes it
     # Two scopes, as trio's _open_process has them: the child's ends of its
     # pipes are closed once it is spawned (or not), ours only if no process
     # takes them over.
     with contextlib.ExitStack() as cleanup_on_fail:
+        if network is not None:
+            cleanup_on_fail.callback(network.discard)
         with contextlib.ExitStack() as child_ends:
             # One callback per scope for fds made one by one: callbacks cost
             # ~1 us each, and this is every spawn's path.
@@ -167,7 +171,8 @@ async def _open_in_turn(sandbox: Sandbox, argv: tuple[str, ...], *, stdin: Stdio
                 sandbox.cpu_cores, lambda: spawn(
                     compiled, path=path, args=[os.fsencode(a) for a in argv], env=full_env,
                     cwd=str(run_cwd) if run_cwd else None, fds=[*child_fds, *extra_fds],
-                    notify=trapped, self_trapped=self_trapped & trapped)),
+                    notify=trapped, self_trapped=self_trapped & trapped,
+                    netns_fd=network.netns_fd if network is not None else -1)),
                 run_handlers=bool(handlers))
             watch(child)  # before anything can fail and leave it unwatched
         cleanup_on_fail.callback(abandon, child)
@@ -183,6 +188,9 @@ async def _open_in_turn(sandbox: Sandbox, argv: tuple[str, ...], *, stdin: Stdio
         cleanup_on_fail.pop_all()  # the child and our ends are the process's now
     if (limits := watched(sandbox)) is not None and child.own_group:
         watch_limits(child.pid, limits, alive=lambda: proc._status is None, stop=proc._kill_for)
+    if network is not None:
+        proc._network = network  # torn down once the sandbox is reaped
+        network.start(child.pid)
     if unenforced:
         warn_degraded(sandbox, unenforced, run_handlers=bool(handlers))
     if child.listener is not None:

@@ -126,12 +126,29 @@ def _template(plan: Plan, notify: frozenset[str], self_trapped: frozenset[str],
     req.keep_caps = plan.keep_caps
     req.own_group = int(Subsystem.PROCESS_GROUP not in plan.degraded)
     arrays += fill_request(req, None if Subsystem.IDENTITY in plan.degraded else plan.identity)
+    arrays += _net_mode(req, plan)
     supervised = prog is not None and bool(notify)
     req.seccomp_flags = _SECCOMP_FILTER_FLAG_NEW_LISTENER if supervised else 0
     template = _Template(req, supervised, arrays)
     if templates is not None:
         templates[key] = template
     return template
+
+
+def _net_mode(req: Any, plan: Plan) -> tuple[Any, ...]:
+    """The network step of ``plan``'s children (network namespaces, issue 10);
+    returns the arrays the request points into.  ``ASL_NET_JOIN`` is set per
+    spawn, with the namespace the parent made (``spawn(netns_fd=...)``)."""
+    mode = plan.net_mode
+    if Subsystem.NETWORK_NAMESPACE in plan.degraded or mode == lib.ASL_NET_JOIN:
+        mode = lib.ASL_NET_HOST
+    req.net_mode = mode
+    if mode != lib.ASL_NET_USERNS:
+        return ()
+    uid_map = ffi.new("char[]", f"{os.geteuid()} {os.geteuid()} 1".encode())
+    gid_map = ffi.new("char[]", f"{os.getegid()} {os.getegid()} 1".encode())
+    req.net_uid_map, req.net_gid_map = uid_map, gid_map
+    return uid_map, gid_map
 
 
 def _strings(req: Any, paths: tuple[str, ...], args: Sequence[bytes],
@@ -179,9 +196,11 @@ def _above(fd: int, floor: int, spares: contextlib.ExitStack) -> int:
 
 def spawn(plan: Plan | Compiled, *, path: str | tuple[str, ...], args: Sequence[bytes],
           env: Mapping[str, str] | None, cwd: str | None, fds: Sequence[int],
-          notify: frozenset[str], self_trapped: frozenset[str] = frozenset()) -> Spawned:
+          notify: frozenset[str], self_trapped: frozenset[str] = frozenset(),
+          netns_fd: int = -1) -> Spawned:
     """Start one confined child; ``fds[i]`` becomes the child's fd ``i``;
-    ``notify`` and ``self_trapped`` are the filter's (:class:`FilterSpec`).
+    ``notify`` and ``self_trapped`` are the filter's (:class:`FilterSpec`);
+    ``netns_fd``: a network namespace for the child to enter (``_netns.py``).
 
     ``plan``: a plan (its request is built for this spawn alone), or the
     :class:`Compiled` owner of one: its current plan, with the request
@@ -231,6 +250,9 @@ def spawn(plan: Plan | Compiled, *, path: str | tuple[str, ...], args: Sequence[
             req.landlock_fd = _above(landlock_fd, len(fds), child_ends)
             req.listener_sock = _above(theirs.fileno(), len(fds), child_ends) if theirs else -1
             req.errpipe = _above(err_w, len(fds), child_ends)
+            if netns_fd >= 0:
+                req.net_mode = lib.ASL_NET_JOIN
+                req.netns_fd = _above(netns_fd, len(fds), child_ends)
             pidfd_out = ffi.new("int *", -1)
             pid = lib.asl_spawn(req, pidfd_out)
         if pid < 0:

@@ -47,7 +47,8 @@ logger = logging.getLogger("asyncsandlock")
 # The child's confinement steps (csrc/spawn.c) that a host may refuse.
 _STEP_SUBSYSTEMS = {"landlock": Subsystem.LANDLOCK, "seccomp": Subsystem.SECCOMP,
                     "listener": Subsystem.SUPERVISOR, "setpgid": Subsystem.PROCESS_GROUP,
-                    "identity": Subsystem.IDENTITY}
+                    "identity": Subsystem.IDENTITY,
+                    "network": Subsystem.NETWORK_NAMESPACE}
 
 
 def refused_subsystem(step: str, err: int, *, listener: bool) -> Subsystem | None:

@@ -50,6 +50,8 @@
 #include <fcntl.h>
 #include <errno.h>
 #include <unistd.h>
+#include <net/if.h>
+#include <sys/ioctl.h>
 
 #ifndef SYS_landlock_restrict_self
 #define SYS_landlock_restrict_self 446
@@ -218,6 +220,94 @@ __attribute__((noreturn)) static void exec_candidates(const struct asl_spawn_req
     report_and_exit(req, &report);
 }
 
+/* Write `text` whole to `path` (a file of /proc/self). */
+static long write_whole(const char *path, const char *text)
+{
+    size_t len = 0;
+    while (text[len])
+        len++;
+    long fd = SYS3(SYS_openat, AT_FDCWD, path, O_WRONLY | O_CLOEXEC);
+    if (fd < 0)
+        return fd;
+    long rc = SYS3(SYS_write, fd, text, len);
+    SYS3(SYS_close, fd, 0, 0);
+    if (rc < 0)
+        return rc;
+    return rc == (long)len ? 0 : -EIO;
+}
+
+/* The id maps of the user namespace the child has just made: its own
+ * setgroups must be denied before an unprivileged gid_map write is allowed.
+ * The maps of a non-dumpable process belong to root; dumpable for the writes. */
+static long write_id_maps(const char *uid_map, const char *gid_map)
+{
+    long rc;
+    long dumpable = SYS3(SYS_prctl, PR_GET_DUMPABLE, 0, 0);
+    if (dumpable == 0 && (rc = SYS3(SYS_prctl, PR_SET_DUMPABLE, 1, 0)) < 0)
+        return rc;
+    if ((rc = write_whole("/proc/self/uid_map", uid_map)) >= 0 &&
+        (rc = write_whole("/proc/self/setgroups", "deny")) >= 0)
+        rc = write_whole("/proc/self/gid_map", gid_map);
+    if (dumpable == 0)
+        SYS3(SYS_prctl, PR_SET_DUMPABLE, 0, 0);
+    return rc;
+}
+
+/* A fresh namespace has lo, down: up it is 127.0.0.1/8 and ::1. */
+static long loopback_up(void)
+{
+    long sock = SYS3(SYS_socket, AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (sock < 0)
+        return sock;
+    struct ifreq ifr;
+    memset(&ifr, 0, sizeof ifr);
+    memcpy(ifr.ifr_name, "lo", 3);
+    long rc = SYS3(SYS_ioctl, sock, SIOCGIFFLAGS, &ifr);
+    if (rc == 0) {
+        ifr.ifr_flags |= IFF_UP;
+        rc = SYS3(SYS_ioctl, sock, SIOCSIFFLAGS, &ifr);
+    }
+    SYS3(SYS_close, sock, 0, 0);
+    return rc;
+}
+
+/* A network namespace of its own (Sandbox.network, asyncsandlock/_netns.py).
+ * Here, after raise_rlimits (CAP_SYS_RESOURCE counts in the *initial* user
+ * namespace, which ASL_NET_USERNS leaves) and before drop_capabilities (lo
+ * needs CAP_NET_ADMIN over the new namespace).
+ *
+ * ASL_NET_USERNS is the unprivileged way: a user namespace first, which gives
+ * the child every capability over the network namespace made with it, and
+ * nothing over anything the caller's namespaces own.  Its uid and gid map
+ * each id to itself, so files, signals, /proc and the supervisor's
+ * process_vm_readv see the same ids as without it (ids without a mapping,
+ * root's files say, show as the overflow id 65534).  setgroups must be
+ * denied before an unprivileged gid_map write is allowed: the child cannot
+ * drop the groups it has (setgroups is in the filter's deny list anyway).
+ * Writing one's own maps needs no parent: the rule "map only your own
+ * euid/egid" is met.  A vfork child may unshare a user namespace: the
+ * kernel refuses that only to a process that shares its thread group or its
+ * fs_struct (CLONE_THREAD, CLONE_FS), not its memory. */
+static long enter_network(const struct asl_spawn_req *req)
+{
+    long rc;
+    switch (req->net_mode) {
+    case ASL_NET_JOIN: /* made and configured (lo too) by the parent */
+        return SYS3(SYS_setns, req->netns_fd, CLONE_NEWNET, 0);
+    case ASL_NET_NEW:
+        if ((rc = SYS3(SYS_unshare, CLONE_NEWNET, 0, 0)) < 0)
+            return rc;
+        return loopback_up();
+    case ASL_NET_USERNS:
+        if ((rc = SYS3(SYS_unshare, CLONE_NEWUSER | CLONE_NEWNET, 0, 0)) < 0 ||
+            (rc = write_id_maps(req->net_uid_map, req->net_gid_map)) < 0)
+            return rc;
+        return loopback_up();
+    default:
+        return 0;
+    }
+}
+
 /* A root child keeps only what the policy needs (CAP_NET_BIND_SERVICE for a
  * low net_allow_bind port): no CAP_SYS_ADMIN, CAP_SYS_NICE or CAP_SYS_RESOURCE
  * over processes outside, no CAP_DAC_OVERRIDE.
@@ -243,22 +333,6 @@ static long drop_capabilities(const struct asl_spawn_req *req)
     return SYS3(SYS_capset, &header, data, 0);
 }
 
-/* files: write `text` whole to `path` (a file of /proc/self). */
-static long write_whole(const char *path, const char *text)
-{
-    size_t len = 0;
-    while (text[len])
-        len++;
-    long fd = SYS3(SYS_openat, AT_FDCWD, path, O_WRONLY | O_CLOEXEC);
-    if (fd < 0)
-        return fd;
-    long rc = SYS3(SYS_write, fd, text, len);
-    SYS3(SYS_close, fd, 0, 0);
-    if (rc < 0)
-        return rc;
-    return rc == (long)len ? 0 : -EIO;
-}
-
 /* files: the policy's uid and gid, without supplementary groups.
  *
  * After raise_rlimits, which needs CAP_SYS_RESOURCE in the caller's namespace:
@@ -282,17 +356,8 @@ static long set_identity(const struct asl_spawn_req *req)
 {
     long rc;
     if (req->identity == ASL_IDENTITY_USERNS) {
-        if ((rc = SYS3(SYS_unshare, CLONE_NEWUSER, 0, 0)) < 0)
-            return rc;
-        long dumpable = SYS3(SYS_prctl, PR_GET_DUMPABLE, 0, 0);
-        if (dumpable == 0 && (rc = SYS3(SYS_prctl, PR_SET_DUMPABLE, 1, 0)) < 0)
-            return rc;
-        if ((rc = write_whole("/proc/self/uid_map", req->uid_map)) >= 0 &&
-            (rc = write_whole("/proc/self/setgroups", "deny")) >= 0)
-            rc = write_whole("/proc/self/gid_map", req->gid_map);
-        if (dumpable == 0)
-            SYS3(SYS_prctl, PR_SET_DUMPABLE, 0, 0);
-        if (rc < 0)
+        if ((rc = SYS3(SYS_unshare, CLONE_NEWUSER, 0, 0)) < 0 ||
+            (rc = write_id_maps(req->uid_map, req->gid_map)) < 0)
             return rc;
     } else if (req->identity == ASL_IDENTITY_SET) {
         if ((rc = SYS3(SYS_setgroups, 0, 0, 0)) < 0)
@@ -357,6 +422,11 @@ static int child_main(void *arg)
         fail(req, rc);
     enter(req, ASL_STEP_RAISE_RLIMIT);
     if ((rc = raise_rlimits(req)) < 0)
+        fail(req, rc);
+    /* The network first: a new network namespace needs CAP_SYS_ADMIN in the
+     * caller's user namespace, which a uid change would take away. */
+    enter(req, ASL_STEP_NETWORK);
+    if (req->net_mode != ASL_NET_HOST && (rc = enter_network(req)) < 0)
         fail(req, rc);
     enter(req, ASL_STEP_IDENTITY);
     if ((rc = set_identity(req)) < 0)

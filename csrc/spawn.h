@@ -18,17 +18,19 @@ enum asl_step {
     ASL_STEP_SETPGID = 2,
     ASL_STEP_PDEATHSIG = 3,
     ASL_STEP_FDS = 4,
-    ASL_STEP_CHDIR = 5,
-    ASL_STEP_RAISE_RLIMIT = 6,
-    ASL_STEP_IDENTITY = 7,
-    ASL_STEP_CAPABILITIES = 8,
-    ASL_STEP_NO_NEW_PRIVS = 9,
-    ASL_STEP_LANDLOCK = 10,
-    ASL_STEP_SIGMASK = 11,
-    ASL_STEP_SECCOMP = 12,
-    ASL_STEP_LISTENER = 13,
-    ASL_STEP_RLIMIT = 14,
-    ASL_STEP_EXECVE = 15
+    ASL_STEP_WORKSPACE = 5, /* copy-on-write workspace (issue 12) */
+    ASL_STEP_CHDIR = 6,
+    ASL_STEP_RAISE_RLIMIT = 7,
+    ASL_STEP_NETWORK = 8,
+    ASL_STEP_IDENTITY = 9,
+    ASL_STEP_CAPABILITIES = 10,
+    ASL_STEP_NO_NEW_PRIVS = 11,
+    ASL_STEP_LANDLOCK = 12,
+    ASL_STEP_SIGMASK = 13,
+    ASL_STEP_SECCOMP = 14,
+    ASL_STEP_LISTENER = 15,
+    ASL_STEP_RLIMIT = 16,
+    ASL_STEP_EXECVE = 17
 };
 
 /* How the child takes the identity of a policy's uid/gid (docs/files.md). */
@@ -36,6 +38,14 @@ enum asl_identity {
     ASL_IDENTITY_NONE = 0,
     ASL_IDENTITY_SET = 1,    /* setgroups(0) + setresgid + setresuid: a privileged caller */
     ASL_IDENTITY_USERNS = 2  /* a user namespace mapping uid/gid to the caller's own */
+};
+
+/* Where the child's network stack comes from (asyncsandlock/_netns.py). */
+enum asl_net_mode {
+    ASL_NET_HOST = 0,    /* the caller's */
+    ASL_NET_NEW = 1,     /* unshare(CLONE_NEWNET), lo up: needs CAP_SYS_ADMIN */
+    ASL_NET_USERNS = 2,  /* the same inside a new user namespace (unprivileged) */
+    ASL_NET_JOIN = 3     /* setns(netns_fd): one the parent made and configured */
 };
 
 enum {
@@ -93,6 +103,11 @@ struct asl_spawn_req {
     uint32_t gid;
     const char *uid_map;          /* ASL_IDENTITY_USERNS: "UID OUTER 1\n" */
     const char *gid_map;
+    /* network namespace (issue 10, netns) */
+    int net_mode;                 /* enum asl_net_mode */
+    int netns_fd;                 /* ASL_NET_JOIN: the namespace to enter */
+    const char *net_uid_map;      /* ASL_NET_USERNS: "<uid> <uid> 1", our id to itself */
+    const char *net_gid_map;      /* ASL_NET_USERNS: "<gid> <gid> 1" */
     int32_t reached;              /* written by the child: the step it is in */
 };
 
@@ -125,6 +140,11 @@ struct asl_member {
  * `max`); returns how many there are (more than `max`: call again with
  * room), or -errno. */
 long asl_scan_groups(const int32_t *pgids, long ngroups, struct asl_member *out, long max);
+/* csrc/netns.c, called by the parent: the calling thread is back in its own
+ * network namespace when they return.  A new network namespace (lo down), as
+ * an fd; a socket made in network namespace `nsfd`.  -errno on failure. */
+int asl_netns_new(void);
+int asl_socket_in(int nsfd, int domain, int type, int protocol);
 /* CDEF-END */
 
 #endif

@@ -28,16 +28,16 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("kernel", ("_core", "_ffi_build", "_kernel", "_holes", "_identity")),
     # anyio-aware primitives over fds and tasks, used by the runtime layers.
     ("support", ("_fd", "_background", "_standby", "_notify_loop", "_pacing", "_streams",
-                 "_watch")),
+                 "_watch", "_rtnl", "_publish")),
     # The policy as validated data, and what users hand it.
     ("policy", ("_validate", "_groups", "_handler", "_netspec", "_system_paths", "_refusal",
-                "_inputs", "_filespec", "_limits", "_policy")),
+                "_inputs", "_filespec", "_limits", "_network", "_policy")),
     # The built-in guards a policy gets, and what they read of a trapped call.
     ("handlers", ("handlers", "_objects")),
     # Policy + this kernel -> the plan, and what each subsystem enforces of it.
     ("plan", ("_enforcement", "_plan")),
     # One confined child, and the refusals met on the way.
-    ("spawn", ("_spawn", "_features", "_unavailable", "_reaper")),
+    ("spawn", ("_spawn", "_features", "_unavailable", "_reaper", "_netns")),
     ("supervisor", ("_supervisor",)),
     ("process", ("_process", "_result")),
     ("run", ("_run", "_pipeline")),

@@ -1,0 +1,344 @@
+"""``Sandbox(network=..., publish=...)``: a network stack of the sandbox's own.
+
+Every test touches only what it creates: servers on the caller's loopback,
+and the namespaces and veth pairs the library makes for its sandboxes
+(named ``aslu<slot>``, listed before and after to show none is left).
+Escape tests pair with a control: the same attempt on ``network="host"``
+succeeds.  Refusals are real (``tests/helpers/refuse.c``), and the
+unprivileged path runs as uid 65534 in a fresh interpreter.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import anyio
+import pytest
+
+from asyncsandlock import SYSTEM_READABLE, PolicyError, Protection, Sandbox, Subsystem
+from asyncsandlock._netns import UPLINK_NETWORK
+
+from conftest import PYTHON, build_helper
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+READABLE = (*SYSTEM_READABLE, sys.base_prefix, sys.prefix, "/proc")
+
+# Connects to argv[1]:argv[2] (TCP) and prints "connected" or the errno's name.
+CONNECT = r"""
+import errno, socket, sys
+host, port = sys.argv[1], int(sys.argv[2])
+s = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+s.settimeout(5)
+try:
+    s.connect((host, port))
+    print("connected")
+except OSError as e:
+    print(errno.errorcode.get(e.errno, e.errno))
+"""
+
+# Binds argv[1] on 127.0.0.1 (prints "bound" or the errno), serves one
+# connection (echoes "hello " + what it reads), and stays until stdin closes.
+SERVE = r"""
+import errno, socket, sys
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+try:
+    s.bind((sys.argv[2], int(sys.argv[1])))
+except OSError as e:
+    print(errno.errorcode.get(e.errno, e.errno), flush=True)
+    sys.exit(1)
+s.listen()
+print("bound", flush=True)
+if len(sys.argv) > 3:
+    c, _ = s.accept()
+    c.sendall(b"hello " + c.recv(100))
+    c.close()
+sys.stdin.read()
+"""
+
+
+def links() -> set[str]:
+    """The caller's uplink interfaces (this namespace's ``aslu*`` links)."""
+    return {name for name in os.listdir("/sys/class/net") if name.startswith("aslu")}
+
+
+@pytest.fixture
+def no_link_left() -> Iterator[None]:
+    before = links()
+    yield
+    assert links() - before == set(), "veth pairs left behind"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+# -- validation, before any process ------------------------------------------
+
+
+@pytest.mark.parametrize(("kwargs", "field"), [
+    ({"network": "bridge"}, "network"),
+    ({"network": None}, "network"),
+    ({"network": "loopback", "publish": [0]}, "publish"),
+    ({"network": "loopback", "publish": [65536]}, "publish"),
+    ({"network": "loopback", "publish": [True]}, "publish"),
+    ({"network": "loopback", "publish": ["80"]}, "publish"),
+    ({"network": "loopback", "publish": 8080}, "publish"),
+    ({"publish": [8080]}, "publish"),  # host network: nothing to publish
+])
+def test_bad_values_are_policy_errors(kwargs: dict[str, Any], field: str) -> None:
+    with pytest.raises(PolicyError) as info:
+        Sandbox(**kwargs)
+    assert info.value.field == field
+
+
+def test_publish_is_normalised() -> None:
+    sb = Sandbox(network="uplink", publish=[9000, 80, 9000])
+    assert sb.publish == (80, 9000)
+    assert Sandbox().network == "host"
+
+
+# -- loopback: no route out, its own port space -------------------------------
+
+
+async def _connect_from(network: str, host: str, port: int) -> str:
+    sb = Sandbox(fs_readable=READABLE, network=network, net_allow=[f":{port}"])
+    result = await sb.run([PYTHON, "-c", CONNECT, host, str(port)], timeout=30)
+    assert result.returncode == 0, result.stderr
+    expected = Protection.NOT_REQUESTED if network == "host" else Protection.ACTIVE
+    assert result.protections[Subsystem.NETWORK_NAMESPACE] is expected
+    return result.stdout.decode().strip()
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("family", [socket.AF_INET, socket.AF_INET6])
+async def test_loopback_cannot_reach_the_callers_loopback(anyio_backend: str, no_leaks: None,
+                                                          family: int) -> None:
+    host = "127.0.0.1" if family == socket.AF_INET else "::1"
+    with socket.socket(family) as server:
+        server.bind((host, 0))
+        server.listen()
+        port = server.getsockname()[1]
+        # Escape: the caller's server, from the sandbox's own loopback.
+        assert await _connect_from("loopback", host, port) == "ECONNREFUSED"
+        # Control: the same connect on the caller's network.
+        assert await _connect_from("host", host, port) == "connected"
+
+
+@pytest.mark.anyio
+async def test_loopback_has_no_route_out(anyio_backend: str, no_leaks: None) -> None:
+    # An address off the host (TEST-NET-1): no route at all, whatever the rules.
+    assert await _connect_from("loopback", "192.0.2.1", 9) == "ENETUNREACH"
+    assert await _connect_from("loopback", "2001:db8::1", 9) == "ENETUNREACH"
+
+
+async def _bind_both(network: str, port: int) -> list[str]:
+    sb = Sandbox(fs_readable=READABLE, network=network, net_allow_bind=[port])
+    seen: list[str] = []
+    async with await sb.open([PYTHON, "-c", SERVE, str(port), "127.0.0.1"],
+                             stderr=subprocess.DEVNULL) as first, \
+            await sb.open([PYTHON, "-c", SERVE, str(port), "127.0.0.1"],
+                          stderr=subprocess.DEVNULL) as second:
+        for proc in (first, second):
+            assert proc.stdout is not None
+            seen.append((await proc.stdout.receive()).decode().strip())
+        for proc in (first, second):
+            assert proc.stdin is not None
+            await proc.stdin.aclose()
+    return seen
+
+
+@pytest.mark.anyio
+async def test_two_loopback_sandboxes_bind_the_same_port(anyio_backend: str,
+                                                         no_leaks: None) -> None:
+    port = free_port()
+    assert await _bind_both("loopback", port) == ["bound", "bound"]
+    # Control: on the caller's network the second one cannot.
+    assert sorted(await _bind_both("host", port)) == ["EADDRINUSE", "bound"]
+
+
+# -- uplink and publish ------------------------------------------------------
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("network", ["loopback", "uplink"])
+async def test_published_port_reached_from_the_caller(anyio_backend: str, no_leaks: None,
+                                                      no_link_left: None, network: str) -> None:
+    sb = Sandbox(fs_readable=READABLE, network=network, publish=[8080], net_allow_bind=[8080])
+    bind = "0.0.0.0" if network == "uplink" else "127.0.0.1"
+    async with await sb.open([PYTHON, "-c", SERVE, "8080", bind, "serve"],
+                             stderr=subprocess.DEVNULL) as proc:
+        assert proc.stdout is not None and proc.stdin is not None
+        assert await proc.stdout.receive() == b"bound\n"
+        info = proc.network
+        assert info is not None and info.network == network
+        host, port = info.published[8080]
+        assert host == "127.0.0.1"
+        stream = await anyio.connect_tcp(host, port)
+        async with stream:
+            await stream.send(b"world")
+            assert await stream.receive() == b"hello world"
+        if network == "uplink":
+            assert info.address is not None and info.gateway is not None
+            assert info.address in {str(a) for a in UPLINK_NETWORK}
+            assert links(), "the caller's end of the veth pair"
+        await proc.stdin.aclose()
+    assert proc.network is not None and proc.returncode == 0
+
+
+@pytest.mark.anyio
+async def test_uplink_does_not_share_the_callers_loopback(anyio_backend: str, no_leaks: None,
+                                                            no_link_left: None) -> None:
+    sb = Sandbox(fs_readable=READABLE, network="uplink", net_allow=["*"])
+    # The caller's loopback is not the sandbox's, even with an uplink.
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        result = await sb.run([PYTHON, "-c", CONNECT, "127.0.0.1", str(port)], timeout=30)
+        assert result.stdout.strip() == b"ECONNREFUSED"
+
+
+@pytest.mark.anyio
+async def test_uplink_connects_to_the_gateway(anyio_backend: str, no_leaks: None,
+                                              no_link_left: None) -> None:
+    with socket.socket() as server:
+        server.bind(("0.0.0.0", 0))
+        server.listen()
+        server.setblocking(False)
+        port = server.getsockname()[1]
+        script = ("import sys\nhost = sys.stdin.readline().strip()\nsys.argv[1:] = [host, "
+                  f"'{port}']\n" + CONNECT)
+        sb = Sandbox(fs_readable=READABLE, network="uplink", publish=[1], net_allow=[f":{port}"])
+        async with await sb.open([PYTHON, "-c", script], stderr=subprocess.DEVNULL) as proc:
+            assert proc.stdin is not None and proc.stdout is not None
+            assert proc.network is not None and proc.network.gateway is not None
+            await proc.stdin.send(proc.network.gateway.encode() + b"\n")
+            assert (await proc.stdout.receive()).strip() == b"connected"
+            await proc.wait()
+
+
+@pytest.mark.anyio
+async def test_nothing_left_after_a_failed_spawn(anyio_backend: str, no_leaks: None,
+                                                 no_link_left: None, tmp_path: pathlib.Path
+                                                 ) -> None:
+    hidden = tmp_path / "prog"
+    hidden.write_text("#!/bin/sh\n")
+    hidden.chmod(0o755)
+    sb = Sandbox(fs_readable=SYSTEM_READABLE, network="uplink", publish=[80])
+    with pytest.raises(PermissionError):  # execve refused: tmp_path is not readable
+        await sb.run([str(hidden)])
+
+
+@pytest.mark.anyio
+async def test_nothing_left_after_timeout_and_cancellation(anyio_backend: str, no_leaks: None,
+                                                           no_link_left: None) -> None:
+    sb = Sandbox(fs_readable=SYSTEM_READABLE, network="uplink", publish=[80])
+    result = await sb.run(["sleep", "30"], timeout=0.3)
+    assert result.reason.value == "timeout"
+    with anyio.move_on_after(0.3):
+        await sb.run(["sleep", "30"])
+    # Cancelled at every await of the setup too (each run is cut sooner).
+    for delay in (0.0, 0.001, 0.002, 0.005, 0.01):
+        with anyio.move_on_after(delay):
+            await sb.run(["sleep", "30"])
+
+
+# -- refusals and the unprivileged path (in a fresh interpreter) ----------
+
+DRIVER = r"""
+import json, os, sys
+cfg = json.loads(sys.argv[1])
+import anyio
+import asyncsandlock as asl
+
+async def main():
+    decide = asl.allow_degraded(asl.Subsystem.NETWORK_NAMESPACE) if cfg["degrade"] else asl.strict
+    sb = asl.Sandbox(fs_readable=cfg["readable"], network=cfg["network"],
+                     publish=cfg.get("publish", ()), net_allow=cfg.get("net_allow", ()),
+                     net_allow_bind=cfg.get("bind", ()), on_unavailable=decide)
+    out = []
+    try:
+        for _ in range(cfg.get("runs", 1)):
+            r = await sb.run(cfg["cmd"], timeout=30)
+            out.append({"ok": r.success, "stdout": r.stdout.decode(), "stderr": r.stderr.decode(),
+                        "ns": r.protections[asl.Subsystem.NETWORK_NAMESPACE].name,
+                        "unenforced": {k.name: list(v) for k, v in r.unenforced.items()}})
+    except asl.ConfinementUnavailable as exc:
+        out.append({"refused": exc.subsystem.name, "errno": exc.errno, "message": str(exc)})
+    print(json.dumps(out))
+
+anyio.run(main, backend=cfg["backend"])
+"""
+
+
+def drive(backend: str, *, refuse: list[str] | None = None, **cfg: Any) -> list[dict[str, Any]]:
+    config = {"backend": backend, "readable": list(READABLE), "degrade": False, **cfg}
+    prefix = [build_helper("refuse"), *refuse, "--"] if refuse else []
+    if cfg.get("nobody"):  # a fresh interpreter as uid 65534, no capabilities
+        prefix = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *prefix]
+    proc = subprocess.run([*prefix, PYTHON, "-c", DRIVER, json.dumps(config)],
+                          capture_output=True, text=True, timeout=120, cwd="/")
+    assert proc.returncode == 0, proc.stderr
+    report: list[dict[str, Any]] = json.loads(proc.stdout)
+    return report
+
+
+COUNT_LINKS = ["sh", "-c", "tail -n +3 /proc/self/net/dev | cut -d: -f1"]
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+@pytest.mark.parametrize("network", ["loopback", "uplink"])
+def test_refused_unshare_strict_runs_nothing(backend: str, network: str) -> None:
+    (run,) = drive(backend, refuse=["unshare=EPERM"], network=network, cmd=COUNT_LINKS)
+    assert run["refused"] == "NETWORK_NAMESPACE" and run["errno"] == 1, run
+    assert "hint:" in run["message"] and "network" in run["message"]
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+@pytest.mark.parametrize("network", ["loopback", "uplink"])
+def test_refused_unshare_allowed_runs_on_the_host_network_and_says_so(backend: str,
+                                                                      network: str) -> None:
+    runs = drive(backend, refuse=["unshare=EPERM"], network=network, cmd=COUNT_LINKS,
+                 degrade=True, runs=2)
+    for run in runs:
+        assert run["ok"], run
+        assert run["ns"] == "DEGRADED"
+        assert run["unenforced"] == {"NETWORK_NAMESPACE": ["network"]}
+        assert len(run["stdout"].split()) > 1  # the host's links, not only lo
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_loopback_as_nobody_in_a_user_namespace(backend: str) -> None:
+    readable = [*SYSTEM_READABLE, "/proc"]  # as 65534, the sandboxed side is bash
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        probe = ["bash", "-c", f"exec 3<>/dev/tcp/127.0.0.1/{port} && echo connected"]
+        (run,) = drive(backend, nobody=True, network="loopback", cmd=probe,
+                       net_allow=[f":{port}"], readable=readable)
+        assert run["ns"] == "ACTIVE", run
+        assert "Connection refused" in run["stderr"] and not run["ok"]  # escape: held
+        (run,) = drive(backend, nobody=True, network="host", cmd=probe, net_allow=[f":{port}"],
+                       readable=readable)
+        assert run["ok"] and run["stdout"].strip() == "connected", run  # control
+    (run,) = drive(backend, nobody=True, network="loopback", cmd=COUNT_LINKS, readable=readable)
+    assert run["stdout"].split() == ["lo"], run
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_uplink_as_nobody_is_refused_through_on_unavailable(backend: str) -> None:
+    (run,) = drive(backend, nobody=True, network="uplink", cmd=COUNT_LINKS,
+                   readable=[*SYSTEM_READABLE, "/proc"])
+    assert run["refused"] == "NETWORK_NAMESPACE" and run["errno"] == 1, run
