@@ -38,6 +38,8 @@ _ALWAYS: Final = {
                        "like, namespace flags of clone, raw and non-TCP/UDP sockets, TIOCSTI",
     # SUPERVISOR: its fields, and in words (consequence()) the calls of the
     # built-in guards, which the filter then denies everywhere.
+    Subsystem.WORKSPACE_OVERLAY: "nothing runs: a workspace is never waived, as the command "
+                                 "would write workdir itself",
     Subsystem.PROCESS_GROUP: "a timeout or cancellation kills the command but not the "
                              "processes it leaves behind",
 }

@@ -220,7 +220,7 @@ class Compiled:
             return cached
         out: dict[Subsystem, Protection] = {}
         for sub in Subsystem:
-            if sub is Subsystem.NETWORK_NAMESPACE or (
+            if sub in (Subsystem.NETWORK_NAMESPACE, Subsystem.WORKSPACE_OVERLAY) or (
                     sub is Subsystem.SUPERVISOR and not supervised):
                 out[sub] = Protection.NOT_REQUESTED
             elif sub in degraded:

@@ -33,6 +33,9 @@ _HINTS = {
     Subsystem.PROCESS_GROUP: "setpgid is refused, as it is inside another sandbox; without a "
                              "process group of its own, only the command itself is killed on "
                              "timeout, and its descendants die with the outer sandbox",
+    Subsystem.WORKSPACE_OVERLAY: "a workspace needs overlayfs and the new mount API (Linux "
+                                 ">= 5.2; layers as fds: 6.13) and CAP_SYS_ADMIN in the "
+                                 "caller (root, or a container with it); see docs/workspaces.md",
     Subsystem.NETWORK_NAMESPACE: "network namespaces need CAP_SYS_ADMIN or unprivileged user "
                                  "namespaces (Kubernetes RuntimeDefault refuses them)",
 }

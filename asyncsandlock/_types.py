@@ -26,6 +26,10 @@ class Subsystem(enum.Enum):
     #: The sandbox's own process group, which lets a kill reach every
     #: descendant.  Refused inside another sandbox (setpgid is denied there).
     PROCESS_GROUP = "process-group"
+    #: The copy-on-write workspace (``workdir``) as an overlay in a mount
+    #: namespace of the child's own.  Never waived: without it the child
+    #: would write ``workdir`` itself.
+    WORKSPACE_OVERLAY = "workspace-overlay"
 
 
 class Protection(enum.Enum):

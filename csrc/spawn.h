@@ -18,16 +18,17 @@ enum asl_step {
     ASL_STEP_SETPGID = 2,
     ASL_STEP_PDEATHSIG = 3,
     ASL_STEP_FDS = 4,
-    ASL_STEP_CHDIR = 5,
-    ASL_STEP_RAISE_RLIMIT = 6,
-    ASL_STEP_CAPABILITIES = 7,
-    ASL_STEP_NO_NEW_PRIVS = 8,
-    ASL_STEP_LANDLOCK = 9,
-    ASL_STEP_SIGMASK = 10,
-    ASL_STEP_SECCOMP = 11,
-    ASL_STEP_LISTENER = 12,
-    ASL_STEP_RLIMIT = 13,
-    ASL_STEP_EXECVE = 14
+    ASL_STEP_WORKSPACE = 5, /* copy-on-write workspace (issue 12) */
+    ASL_STEP_CHDIR = 6,
+    ASL_STEP_RAISE_RLIMIT = 7,
+    ASL_STEP_CAPABILITIES = 8,
+    ASL_STEP_NO_NEW_PRIVS = 9,
+    ASL_STEP_LANDLOCK = 10,
+    ASL_STEP_SIGMASK = 11,
+    ASL_STEP_SECCOMP = 12,
+    ASL_STEP_LISTENER = 13,
+    ASL_STEP_RLIMIT = 14,
+    ASL_STEP_EXECVE = 15
 };
 
 enum {
@@ -79,6 +80,11 @@ struct asl_spawn_req {
     int own_group;                /* 1: make a process group (0: nested, refused) */
     int parent_pid;
     int errpipe;                  /* write end of a CLOEXEC pipe */
+    /* copy-on-write workspace (asyncsandlock/_overlay.py): the detached
+     * overlay mount the parent made, attached over workspace_path in the
+     * child's own mount namespace.  workspace_path NULL: no workspace. */
+    int workspace_fd;
+    const char *workspace_path;
     int32_t reached;              /* written by the child: the step it is in */
 };
 

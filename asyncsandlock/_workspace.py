@@ -1,0 +1,489 @@
+"""Copy-on-write workspaces: one run's private layer, its diff, and the
+commit or abort of its changes (docs/workspaces.md).
+
+The layer
+---------
+Each run of a Sandbox with ``workdir`` gets a :class:`Layer` of its own (so
+concurrent runs on one workdir never see each other's changes): upper and
+work directories in a private temporary directory of the caller (mode
+0700), or, with ``max_disk``, on a detached tmpfs of that size, and a
+detached overlay of ``workdir`` under them (``_kernel/_overlay.py``).  The
+child attaches the overlay over ``workdir`` in its own mount namespace; our
+fd of it is closed as soon as the child has it, so that once the sandbox
+is gone nothing but the plain upper directory remains.
+
+File I/O on the event loop, without threads
+-------------------------------------------
+The diff, the commit and the removal of a layer are file-system calls on
+local directories: lstat, scandir, rename, unlink, copy_file_range.  Linux
+has no non-blocking mode for them, and the library creates no threads
+(anyio's async file API would use a worker thread), so they run on the
+event loop in small bounded steps: each step is one file-system call on one
+entry, or one copy of at most :data:`CHUNK` bytes, and the loop gets a
+checkpoint after every :data:`BATCH` steps and after every chunk.  A step
+is then bounded by the disk's latency for one call, not by the size of the
+tree; a workspace on a network file system could still stall the loop for
+one call's round trip.
+
+Commit: atomic per file, resumable
+----------------------------------
+Each file reaches ``workdir`` by one ``rename(2)`` over its old version:
+from the layer itself when both are on one file system (no data is copied),
+else from a copy written beside it under a hidden temporary name.  A reader
+sees the old file or the new one, never a half-written one.  A commit that
+is cancelled stops between two files (the temporary copy of the one in
+progress is removed); the files before it are in ``workdir``, the rest still
+in the layer.  Calling :meth:`Workspace.commit` again goes on with the
+rest; :meth:`Workspace.abort` drops them.  Directories and deletions are
+not atomic as a whole: a directory tree is removed one entry at a time.
+
+Conflicts
+---------
+Before it writes anything, a commit checks each path it is about to touch
+in ``workdir``: one that was changed since the run started (its ``ctime``,
+which no program can set back, is not older than the start), that appeared
+where the command added a file, or vanished where it modified or deleted
+one, is a conflict, and :class:`WorkspaceConflict` names every such path;
+nothing is written.  The start is read from the coarse clock the kernel
+stamps files with, so a change in the same clock tick as the start counts
+as a conflict: cautious, never silent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import secrets
+import shutil
+import stat
+import tempfile
+import time
+import weakref
+from collections.abc import Iterator, Mapping
+from dataclasses import replace
+from types import MappingProxyType
+from typing import TYPE_CHECKING
+
+import anyio
+import anyio.lowlevel
+
+from ._changes import Change, diff_steps
+from ._exceptions import ConfinementUnavailable, PolicyError, SandboxError
+from ._kernel._landlock import abi_version, build_ruleset
+from ._kernel._overlay import detached_overlay, detached_tmpfs
+from ._plan import _LANDLOCK_PARTS, Plan, _ruleset_spec
+from ._refusal import hint_for
+from ._result import Result
+from ._types import Protection, Subsystem
+from ._validate import show
+
+#: Bytes copied per step when a file must be copied into ``workdir``.
+CHUNK = 8 << 20
+#: File-system steps between two checkpoints.
+BATCH = 64
+_CLOCK_REALTIME_COARSE = 5  # the clock file timestamps are taken from
+
+if TYPE_CHECKING:
+    from ._policy import Sandbox
+
+
+class WorkspaceConflict(SandboxError):
+    """A commit would overwrite changes made to ``workdir`` during the run.
+
+    Nothing was written.  :attr:`workspace` holds the layer still: commit
+    it again once the paths are sorted out, or abort it.
+
+    .. versionadded:: 0.2
+    """
+
+    def __init__(self, paths: tuple[str, ...], workspace: Workspace) -> None:
+        shown = ", ".join(paths[:10]) + (f" and {len(paths) - 10} more" if len(paths) > 10
+                                         else "")
+        super().__init__(f"workdir {workspace.workdir} changed during the run at {shown}; "
+                         "nothing was committed (commit again, or abort)")
+        #: The conflicting paths, relative to the workdir.
+        self.paths = paths
+        #: The run's workspace, neither committed nor aborted.
+        self.workspace = workspace
+        #: The run's Result, when the commit was the one ``on_exit`` made.
+        self.result: Result | None = None
+
+
+def _removal_steps(path: str) -> Iterator[None]:
+    """Remove ``path`` (a tree or not) one entry per step."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISDIR(st.st_mode):
+        os.unlink(path)
+        yield
+        return
+    for top, dirs, files in os.walk(path, topdown=False):
+        for name in files:
+            os.unlink(os.path.join(top, name))
+            yield
+        for name in dirs:
+            child = os.path.join(top, name)
+            # os.walk lists symlinks to directories among dirs.
+            (os.unlink if os.path.islink(child) else os.rmdir)(child)
+            yield
+    os.rmdir(path)
+    yield
+
+
+async def _drive(steps: Iterator[object]) -> None:
+    """Run ``steps`` with a checkpoint every :data:`BATCH` steps (and after
+    each step that yields True: a chunk copied)."""
+    count = 0
+    try:
+        for heavy in steps:
+            count += 1
+            if heavy is True or count >= BATCH:
+                count = 0
+                await anyio.lowlevel.checkpoint()
+    finally:
+        close = getattr(steps, "close", None)
+        if close is not None:
+            close()
+
+
+class Layer:
+    """One run's private layer; see the module's essay."""
+
+    __slots__ = ("__weakref__", "_finalizer", "_ruleset", "_tmpdir", "_tmpfs", "kept", "mount_fd",
+                 "start_ns", "upper", "workdir")
+
+    def __init__(self, workdir: str, max_disk: int | None) -> None:
+        self.workdir = workdir
+        #: Files changed in workdir from this instant on are conflicts.
+        self.start_ns = time.clock_gettime_ns(_CLOCK_REALTIME_COARSE)
+        self._tmpdir: str | None = None
+        self._tmpfs = -1
+        self.mount_fd = -1
+        self._ruleset = -1
+        #: Handed to a Workspace the caller holds: not the run's to drop.
+        self.kept = False
+        self._finalizer = weakref.finalize(self, Layer._release, [-1, -1, -1, None])
+        try:
+            self._build(max_disk)
+        except BaseException:
+            self.discard()
+            raise
+
+    def _build(self, max_disk: int | None) -> None:
+        lower = os.stat(self.workdir)
+        try:
+            if max_disk is not None:
+                self._tmpfs = detached_tmpfs(max_disk)
+                base = f"/proc/self/fd/{self._tmpfs}"
+            else:
+                self._tmpdir = base = tempfile.mkdtemp(prefix="asyncsandlock-workspace-")
+            self._track()
+            upper, work = os.path.join(base, "upper"), os.path.join(base, "work")
+            os.mkdir(upper)
+            os.mkdir(work, 0o700)
+            # The overlay's root takes the upper root's owner and mode: the
+            # workdir's, so that the command finds it as it is.
+            os.chmod(upper, stat.S_IMODE(lower.st_mode))
+            if os.geteuid() == 0:
+                os.chown(upper, lower.st_uid, lower.st_gid)
+            up = os.open(upper, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                wk = os.open(work, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+                try:
+                    self.mount_fd = detached_overlay(self.workdir, (up, upper), (wk, work))
+                finally:
+                    os.close(wk)
+            finally:
+                os.close(up)
+        except PermissionError as exc:
+            raise ConfinementUnavailable(Subsystem.WORKSPACE_OVERLAY, exc.errno or 1,
+                                         hint_for(Subsystem.WORKSPACE_OVERLAY)) from exc
+        except OSError as exc:
+            if exc.errno in (errno.ENODEV, errno.ENOSYS):  # no overlayfs, no fsopen
+                raise ConfinementUnavailable(Subsystem.WORKSPACE_OVERLAY, exc.errno or 1,
+                                             hint_for(Subsystem.WORKSPACE_OVERLAY)) from exc
+            raise
+        self._track()
+        self.upper = upper
+
+    def _track(self) -> None:
+        # The finalizer releases what a Layer dropped without discard() holds.
+        self._finalizer.detach()
+        self._finalizer = weakref.finalize(self, Layer._release,
+                                           [self.mount_fd, self._ruleset, self._tmpfs,
+                                            self._tmpdir])
+
+    @property
+    def same_fs(self) -> bool:
+        """The layer is on workdir's file system: a commit renames, not copies."""
+        return self._tmpfs < 0 and os.stat(self.upper).st_dev == os.stat(self.workdir).st_dev
+
+    def spawn_args(self, policy: Sandbox, plan: Plan) -> tuple[int, str, int]:
+        """What ``spawn(workspace=...)`` takes for this layer: the overlay,
+        its place, and a ruleset of the policy's rules plus the overlay.
+
+        Landlock skips the mount point when it walks up from a mount's
+        root (``is_access_to_paths_allowed``: hidden mount points are
+        ignored), so a rule on ``workdir`` grants nothing inside the overlay
+        mounted over it: the rule must name the overlay's root itself, which
+        our mount fd is (``/proc/self/fd/N`` opens it).  That root exists
+        per run, hence a ruleset per run (built as the policy's is; it
+        costs what one ruleset costs, ~0.1 ms).  The policy's own ruleset
+        never names workdir: the directory under the overlay stays out of
+        the command's reach by any other path to it.
+        """
+        if self._ruleset >= 0 or plan.landlock_fd < 0:
+            return self.mount_fd, self.workdir, self._ruleset
+        spec = _ruleset_spec(policy)
+        spec = replace(spec, writable=(*spec.writable, f"/proc/self/fd/{self.mount_fd}"))
+        skipped = frozenset(plan.degraded & set(_LANDLOCK_PARTS))
+        self._ruleset = build_ruleset(spec, abi_version(), skipped)
+        self._track()
+        return self.mount_fd, self.workdir, self._ruleset
+
+    def mounted(self) -> None:
+        """The child has the overlay (or never will): drop our fd of it."""
+        if self.mount_fd >= 0 or self._ruleset >= 0:
+            for fd in (self.mount_fd, self._ruleset):
+                if fd >= 0:
+                    os.close(fd)
+            self.mount_fd = self._ruleset = -1
+            self._track()
+
+    @staticmethod
+    def _release(held: list[object]) -> None:
+        mount_fd, ruleset, tmpfs, tmpdir = held
+        for fd in (mount_fd, ruleset, tmpfs):
+            if isinstance(fd, int) and fd >= 0:
+                os.close(fd)
+        if isinstance(tmpdir, str):
+            shutil.rmtree(tmpdir, ignore_errors=True)
+
+    def discard(self) -> None:
+        """Drop the layer now, in one go (failure paths, where it is small or
+        nothing can wait; :meth:`aclose` otherwise)."""
+        self._finalizer()
+
+    async def aclose(self) -> None:
+        """Drop the layer, with checkpoints while a large one is removed."""
+        self.mounted()
+        if self._tmpfs >= 0:  # the tmpfs goes with its last fd: nothing to remove
+            self._finalizer()
+            return
+        if self._tmpdir is not None and self._finalizer.alive:
+            with anyio.CancelScope(shield=True):
+                await _drive(_removal_steps(self._tmpdir))
+        self._finalizer()
+
+
+class Workspace:
+    """The changes of a finished run, held in its layer until :meth:`commit`
+    or :meth:`abort` (``on_exit="keep"``, or in a :class:`WorkspaceConflict`).
+
+    .. versionadded:: 0.2
+    """
+
+    __slots__ = ("_done", "_layer", "_state", "changes", "mechanism", "workdir")
+
+    _layer: Layer
+    _done: set[str]
+    _state: str
+    workdir: str
+    changes: tuple[Change, ...]
+    mechanism: str
+
+    def __init__(self) -> None:
+        raise TypeError("Workspace objects are made by Sandbox.run()")
+
+    @classmethod
+    def _create(cls, layer: Layer, changes: tuple[Change, ...]) -> Workspace:
+        self = object.__new__(cls)
+        self._layer = layer
+        self._done = set()
+        self._state = "open"
+        #: The workspace's directory.
+        self.workdir = layer.workdir
+        #: What the command changed.
+        self.changes = changes
+        #: How the layer was made: ``"overlay"``.
+        self.mechanism = "overlay"
+        return self
+
+    def __repr__(self) -> str:
+        return (f"<Workspace {self.workdir} {self._state}, {len(self.changes)} changes, "
+                f"{len(self._done)} committed>")
+
+    @property
+    def state(self) -> str:
+        """``"open"``, ``"committed"`` or ``"aborted"``."""
+        return self._state
+
+    def _conflicts(self, pending: list[Change]) -> Iterator[str]:
+        start = self._layer.start_ns
+        for change in pending:
+            now = _lstat(os.path.join(self.workdir, change.path))
+            if change.kind == "added":
+                if now is not None:
+                    yield change.path
+            elif now is None:
+                yield change.path
+            elif (not stat.S_ISDIR(now.st_mode) or change.kind == "deleted") and (
+                    now.st_ctime_ns >= start):
+                # A directory's ctime moves with every entry made or removed
+                # in it: only one about to be removed counts it.
+                yield change.path
+
+    async def commit(self) -> None:
+        """Apply the changes not yet committed to the workdir; see the
+        module's essay for atomicity, cancellation and conflicts.
+
+        :raises WorkspaceConflict: a path was changed in the workdir during
+            the run; nothing was written.
+        """
+        if self._state != "open":
+            if self._state == "committed":
+                return
+            raise SandboxError(f"this workspace of {self.workdir} was aborted")
+        pending = [change for change in self.changes if change.path not in self._done]
+        conflicts: list[str] = []
+        await _drive(_collect(self._conflicts(pending), conflicts))
+        if conflicts:
+            raise WorkspaceConflict(tuple(conflicts), self)
+        rename = self._layer.same_fs
+        await _drive(self._apply_steps(pending, rename))
+        self._state = "committed"
+        await self._layer.aclose()
+
+    def _apply_steps(self, pending: list[Change], rename: bool) -> Iterator[bool]:
+        for change in pending:
+            target = os.path.join(self.workdir, change.path)
+            if change.kind == "deleted":
+                yield from (False for _ in _removal_steps(target))
+            elif stat.S_ISDIR(change.mode):
+                now = _lstat(target)
+                if now is not None and not stat.S_ISDIR(now.st_mode):
+                    os.unlink(target)
+                if now is None or not stat.S_ISDIR(now.st_mode):
+                    os.mkdir(target, 0o700)
+                os.chmod(target, stat.S_IMODE(change.mode))
+                yield False
+            else:
+                now = _lstat(target)
+                if now is not None and stat.S_ISDIR(now.st_mode):
+                    yield from (False for _ in _removal_steps(target))
+                source = os.path.join(self._layer.upper, change.path)
+                if rename:
+                    os.rename(source, target)
+                    yield False
+                else:
+                    yield from _copy_in(source, target)
+            self._done.add(change.path)
+
+    async def abort(self) -> None:
+        """Drop the changes not yet committed; the workdir is left as it is."""
+        if self._state == "open":
+            self._state = "aborted"
+            await self._layer.aclose()
+
+
+def _lstat(path: str) -> os.stat_result | None:
+    try:
+        return os.lstat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+
+
+def _collect(found: Iterator[str], into: list[str]) -> Iterator[None]:
+    for path in found:
+        into.append(path)
+        yield
+    yield
+
+
+def _copy_in(source: str, target: str) -> Iterator[bool]:
+    """Copy ``source`` (a file, symlink, fifo...) beside ``target`` under a
+    hidden name and rename it over ``target``; yields True after each chunk.
+    Closed early (a cancellation), the copy is removed."""
+    head, name = os.path.split(target)
+    temp = os.path.join(head, f".{name}.asyncsandlock-{secrets.token_hex(4)}")
+    st = os.lstat(source)
+    done = False
+    try:
+        if stat.S_ISLNK(st.st_mode):
+            os.symlink(os.readlink(source), temp)
+        elif stat.S_ISREG(st.st_mode):
+            src = os.open(source, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                dst = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+                try:
+                    # copy_file_range shares extents (a reflink) where the
+                    # file system can; else it copies in the kernel.
+                    while os.copy_file_range(src, dst, CHUNK):
+                        yield True
+                    os.fchmod(dst, stat.S_IMODE(st.st_mode))
+                finally:
+                    os.close(dst)
+            finally:
+                os.close(src)
+        elif stat.S_ISFIFO(st.st_mode):
+            os.mkfifo(temp, stat.S_IMODE(st.st_mode))
+        else:
+            return  # device nodes and sockets are not carried over
+        if os.geteuid() == 0:
+            os.chown(temp, st.st_uid, st.st_gid, follow_symlinks=False)
+        if not stat.S_ISLNK(st.st_mode):
+            os.utime(temp, ns=(st.st_atime_ns, st.st_mtime_ns))
+        os.rename(temp, target)
+        done = True
+        yield False
+    finally:
+        if not done:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temp)
+
+
+async def diff(layer: Layer) -> tuple[Change, ...]:
+    """The changes in ``layer``, sorted by path."""
+    found: list[Change] = []
+    await _drive(diff_steps(layer.upper, layer.workdir, found))
+    return tuple(found)
+
+
+async def settle(layer: Layer, result: Result, on_exit: str, dry_run: bool) -> Result:
+    """List the changes of a finished run and commit, abort or keep them as
+    ``on_exit`` and ``dry_run`` say; returns ``result`` with them.  The
+    layer is the returned workspace's (``keep``), or dropped."""
+    changes = await diff(layer)
+    workspace = Workspace._create(layer, changes)
+    kept: Workspace | None = None
+    if dry_run or on_exit == "abort" or (on_exit == "commit" and not result.success):
+        await workspace.abort()
+    elif on_exit == "commit":
+        try:
+            await workspace.commit()
+        except WorkspaceConflict as exc:
+            layer.kept = True
+            exc.result = replace(result, changes=changes, workspace=workspace)
+            raise
+    else:
+        kept = workspace
+        layer.kept = True
+    return replace(result, changes=changes, workspace=kept)
+
+
+def check_dry_run(workspace: bool, dry_run: object) -> None:
+    """A :class:`PolicyError` for a ``dry_run`` that is not a bool, or set
+    without a workdir."""
+    if not isinstance(dry_run, bool):
+        raise PolicyError("dry_run", f"{show(dry_run)} must be True or False")
+    if dry_run and not workspace:
+        raise PolicyError("dry_run", "shows a workspace's changes: it needs a workdir")
+
+
+def workspace_protections(protections: Mapping[Subsystem, Protection]
+                          ) -> Mapping[Subsystem, Protection]:
+    """``protections`` of a run that has its workspace overlay."""
+    return MappingProxyType({**protections, Subsystem.WORKSPACE_OVERLAY: Protection.ACTIVE})
