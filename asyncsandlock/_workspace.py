@@ -83,6 +83,7 @@ CHUNK = 8 << 20
 #: File-system steps between two checkpoints.
 BATCH = 64
 _CLOCK_REALTIME_COARSE = 5  # the clock file timestamps are taken from
+_checkpoint = anyio.lowlevel.checkpoint  # a name of ours: tests count the steps
 
 if TYPE_CHECKING:
     from ._policy import Sandbox
@@ -142,7 +143,7 @@ async def _drive(steps: Iterator[object]) -> None:
             count += 1
             if heavy is True or count >= BATCH:
                 count = 0
-                await anyio.lowlevel.checkpoint()
+                await _checkpoint()
     finally:
         close = getattr(steps, "close", None)
         if close is not None:
@@ -403,6 +404,30 @@ def _collect(found: Iterator[str], into: list[str]) -> Iterator[None]:
     yield
 
 
+def _copy_data(src: int, dst: int) -> Iterator[bool]:
+    """Copy ``src`` to ``dst`` in the kernel, :data:`CHUNK` bytes per step.
+
+    copy_file_range shares extents (a reflink) where the file system can;
+    between two file systems of different types it answers EXDEV, and
+    sendfile copies instead."""
+    copy = os.copy_file_range
+    while True:
+        try:
+            if not copy(src, dst, CHUNK):
+                return
+        except OSError as exc:
+            if copy is _sendfile or exc.errno not in (errno.EXDEV, errno.EINVAL,
+                                                        errno.EOPNOTSUPP, errno.ENOSYS):
+                raise
+            copy = _sendfile
+            continue
+        yield True
+
+
+def _sendfile(src: int, dst: int, count: int) -> int:
+    return os.sendfile(dst, src, None, count)
+
+
 def _copy_in(source: str, target: str) -> Iterator[bool]:
     """Copy ``source`` (a file, symlink, fifo...) beside ``target`` under a
     hidden name and rename it over ``target``; yields True after each chunk.
@@ -419,10 +444,7 @@ def _copy_in(source: str, target: str) -> Iterator[bool]:
             try:
                 dst = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
                 try:
-                    # copy_file_range shares extents (a reflink) where the
-                    # file system can; else it copies in the kernel.
-                    while os.copy_file_range(src, dst, CHUNK):
-                        yield True
+                    yield from _copy_data(src, dst)
                     os.fchmod(dst, stat.S_IMODE(st.st_mode))
                 finally:
                     os.close(dst)
