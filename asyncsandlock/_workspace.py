@@ -60,7 +60,7 @@ import stat
 import tempfile
 import time
 import weakref
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import replace
 from types import MappingProxyType
 from typing import TYPE_CHECKING
@@ -109,6 +109,20 @@ class WorkspaceConflict(SandboxError):
         self.workspace = workspace
         #: The run's Result, when the commit was the one ``on_exit`` made.
         self.result: Result | None = None
+
+
+def _refused_as_unavailable(make: Callable[..., int], *args: object) -> int:
+    """``make(*args)``; the host refusing the mount (no privilege, no
+    overlayfs, no new mount API) as :class:`ConfinementUnavailable`.  A
+    workspace is never waived (``on_unavailable`` is not asked): without
+    it, the command would write workdir itself."""
+    try:
+        return make(*args)
+    except OSError as exc:
+        if exc.errno in (errno.EPERM, errno.EACCES, errno.ENODEV, errno.ENOSYS):
+            raise ConfinementUnavailable(Subsystem.WORKSPACE_OVERLAY, exc.errno,
+                                         hint_for(Subsystem.WORKSPACE_OVERLAY)) from exc
+        raise
 
 
 def _removal_steps(path: str) -> Iterator[None]:
@@ -175,38 +189,30 @@ class Layer:
 
     def _build(self, max_disk: int | None) -> None:
         lower = os.stat(self.workdir)
+        if max_disk is not None:
+            self._tmpfs = _refused_as_unavailable(detached_tmpfs, max_disk)
+            base = f"/proc/self/fd/{self._tmpfs}"
+        else:
+            self._tmpdir = base = tempfile.mkdtemp(prefix="asyncsandlock-workspace-")
+        self._track()
+        upper, work = os.path.join(base, "upper"), os.path.join(base, "work")
+        os.mkdir(upper)
+        os.mkdir(work, 0o700)
+        # The overlay's root takes the upper root's owner and mode: the
+        # workdir's, so that the command finds it as it is.
+        os.chmod(upper, stat.S_IMODE(lower.st_mode))
+        if os.geteuid() == 0:
+            os.chown(upper, lower.st_uid, lower.st_gid)
+        up = os.open(upper, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
-            if max_disk is not None:
-                self._tmpfs = detached_tmpfs(max_disk)
-                base = f"/proc/self/fd/{self._tmpfs}"
-            else:
-                self._tmpdir = base = tempfile.mkdtemp(prefix="asyncsandlock-workspace-")
-            self._track()
-            upper, work = os.path.join(base, "upper"), os.path.join(base, "work")
-            os.mkdir(upper)
-            os.mkdir(work, 0o700)
-            # The overlay's root takes the upper root's owner and mode: the
-            # workdir's, so that the command finds it as it is.
-            os.chmod(upper, stat.S_IMODE(lower.st_mode))
-            if os.geteuid() == 0:
-                os.chown(upper, lower.st_uid, lower.st_gid)
-            up = os.open(upper, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+            wk = os.open(work, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
             try:
-                wk = os.open(work, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-                try:
-                    self.mount_fd = detached_overlay(self.workdir, (up, upper), (wk, work))
-                finally:
-                    os.close(wk)
+                self.mount_fd = _refused_as_unavailable(detached_overlay, self.workdir,
+                                                        (up, upper), (wk, work))
             finally:
-                os.close(up)
-        except PermissionError as exc:
-            raise ConfinementUnavailable(Subsystem.WORKSPACE_OVERLAY, exc.errno or 1,
-                                         hint_for(Subsystem.WORKSPACE_OVERLAY)) from exc
-        except OSError as exc:
-            if exc.errno in (errno.ENODEV, errno.ENOSYS):  # no overlayfs, no fsopen
-                raise ConfinementUnavailable(Subsystem.WORKSPACE_OVERLAY, exc.errno or 1,
-                                             hint_for(Subsystem.WORKSPACE_OVERLAY)) from exc
-            raise
+                os.close(wk)
+        finally:
+            os.close(up)
         self._track()
         self.upper = upper
 
@@ -287,10 +293,11 @@ class Workspace:
     .. versionadded:: 0.2
     """
 
-    __slots__ = ("_done", "_layer", "_state", "changes", "mechanism", "workdir")
+    __slots__ = ("_done", "_layer", "_state", "_trash", "changes", "mechanism", "workdir")
 
     _layer: Layer
     _done: set[str]
+    _trash: list[str]
     _state: str
     workdir: str
     changes: tuple[Change, ...]
@@ -304,6 +311,8 @@ class Workspace:
         self = object.__new__(cls)
         self._layer = layer
         self._done = set()
+        #: Directories of the workdir put away by a commit, not yet removed.
+        self._trash = []
         self._state = "open"
         #: The workspace's directory.
         self.workdir = layer.workdir
@@ -359,10 +368,13 @@ class Workspace:
         await self._layer.aclose()
 
     def _apply_steps(self, pending: list[Change], rename: bool) -> Iterator[bool]:
+        # A change is recorded as done right after its last write and before
+        # the next yield: a commit closed at a yield (cancelled) has done
+        # exactly the changes it recorded, and a retry goes on from there.
         for change in pending:
             target = os.path.join(self.workdir, change.path)
             if change.kind == "deleted":
-                yield from (False for _ in _removal_steps(target))
+                self._put_away(target)
             elif stat.S_ISDIR(change.mode):
                 now = _lstat(target)
                 if now is not None and not stat.S_ISDIR(now.st_mode):
@@ -370,23 +382,46 @@ class Workspace:
                 if now is None or not stat.S_ISDIR(now.st_mode):
                     os.mkdir(target, 0o700)
                 os.chmod(target, stat.S_IMODE(change.mode))
-                yield False
             else:
                 now = _lstat(target)
                 if now is not None and stat.S_ISDIR(now.st_mode):
-                    yield from (False for _ in _removal_steps(target))
+                    self._put_away(target)
                 source = os.path.join(self._layer.upper, change.path)
                 if rename:
                     os.rename(source, target)
-                    yield False
                 else:
                     yield from _copy_in(source, target)
             self._done.add(change.path)
+            yield False
+            yield from self._empty_trash()
+
+    def _put_away(self, target: str) -> None:
+        """Remove ``target`` from the workdir at once: a file is unlinked, a
+        directory renamed to a hidden name beside it (one atomic step) and
+        removed later, entry by entry, by :meth:`_empty_trash`."""
+        now = _lstat(target)
+        if now is None:
+            return
+        if not stat.S_ISDIR(now.st_mode):
+            os.unlink(target)
+            return
+        head, name = os.path.split(target)
+        hidden = os.path.join(head, f".{name}.asyncsandlock-{secrets.token_hex(4)}")
+        os.rename(target, hidden)
+        self._trash.append(hidden)
+
+    def _empty_trash(self) -> Iterator[bool]:
+        while self._trash:
+            for _ in _removal_steps(self._trash[-1]):
+                yield False
+            self._trash.pop()
 
     async def abort(self) -> None:
         """Drop the changes not yet committed; the workdir is left as it is."""
         if self._state == "open":
             self._state = "aborted"
+            with anyio.CancelScope(shield=True):
+                await _drive(self._empty_trash())  # what a cancelled commit put away
             await self._layer.aclose()
 
 
@@ -460,7 +495,6 @@ def _copy_in(source: str, target: str) -> Iterator[bool]:
             os.utime(temp, ns=(st.st_atime_ns, st.st_mtime_ns))
         os.rename(temp, target)
         done = True
-        yield False
     finally:
         if not done:
             with contextlib.suppress(FileNotFoundError):

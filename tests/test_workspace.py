@@ -10,8 +10,10 @@ from __future__ import annotations
 import gc
 import os
 import pathlib
+import shutil
 import stat
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -23,9 +25,12 @@ import pytest
 import asyncsandlock
 from asyncsandlock import (
     Change,
+    PolicyError,
     Protection,
+    Sandbox,
     Subsystem,
     WorkspaceConflict,
+    _workspace,
 )
 
 from conftest import system_sandbox
@@ -319,3 +324,194 @@ async def test_concurrent_runs_get_layers_of_their_own(project: pathlib.Path,
     assert not (project / "right.txt").exists()
     del info  # the conflict's traceback holds the policy in a cycle
     gc.collect()
+
+
+# -- cancellation -------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_cancelled_during_the_run_nothing_reaches_workdir(project: pathlib.Path,
+                                                                clean_host: None) -> None:
+    before = _snapshot(project)
+    for on_exit in ("commit", "keep"):
+        with anyio.move_on_after(0.5) as scope:
+            await system_sandbox(workdir=project, on_exit=on_exit).run(
+                ["sh", "-c", "echo x > edit.txt; rm keep.txt; sleep 30"])
+        assert scope.cancelled_caught
+        assert _snapshot(project) == before
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("max_disk", [None, "64M"], ids=["rename", "copy"])
+async def test_a_cancelled_commit_leaves_whole_files_and_resumes(
+        tmp_path: pathlib.Path, clean_host: None, monkeypatch: pytest.MonkeyPatch,
+        max_disk: str | None) -> None:
+    root = tmp_path / "many"
+    (root / "tree" / "sub").mkdir(parents=True)
+    for i in range(300):
+        (root / f"f{i}").write_text(f"old {i}\n" * 1000)
+    (root / "tree" / "sub" / "x").write_text("x")
+    time.sleep(0.02)
+    result = await system_sandbox(workdir=root, on_exit="keep", max_disk=max_disk).run(
+        ["sh", "-c", "rm -r tree; for i in $(seq 0 299); do yes new $i | head -1000 > f$i; done"])
+    assert result.success, result.stderr
+    workspace = result.workspace
+    assert workspace is not None and len(workspace.changes) == 301  # tree: one deletion
+    calls = 0
+    real = _workspace._checkpoint
+
+    async def cancel_on_the_third() -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 3:
+            scope.cancel()
+        await real()
+
+    monkeypatch.setattr(_workspace, "_checkpoint", cancel_on_the_third)
+    with anyio.CancelScope() as scope:
+        await workspace.commit()
+    assert scope.cancelled_caught and workspace.state == "open"
+    monkeypatch.undo()
+    contents = [(root / f"f{i}").read_text() for i in range(300)]
+    new = [i for i, text in enumerate(contents) if text == f"new {i}\n" * 1000]
+    old = [i for i, text in enumerate(contents) if text == f"old {i}\n" * 1000]
+    assert len(new) + len(old) == 300  # every file whole: the old one or the new one
+    assert new and old
+    assert not [n for n in os.listdir(root) if n.startswith(".")]  # no temporary copy
+    await workspace.commit()  # a retry goes on with the rest
+    assert all((root / f"f{i}").read_text() == f"new {i}\n" * 1000 for i in range(300))
+    assert workspace.state == "committed"
+    assert not (root / "tree").exists()
+
+
+# -- escapes, each with its control ---------------------------------------------------
+
+ROUTES = ("echo escaped > edit.txt; echo escaped > {root}/edit.txt; "
+          "echo escaped > ../{name}/edit.txt; rm -f {root}/keep.txt; "
+          "umount -l {root} 2>/dev/null; echo escaped > {root}/gone.txt; true")
+
+
+@pytest.mark.anyio
+async def test_escape_writes_do_not_reach_workdir_before_commit(
+        project: pathlib.Path, clean_host: None) -> None:
+    script = ROUTES.format(root=project, name=project.name)
+    before = _snapshot(project)
+    held = await system_sandbox(workdir=project, on_exit="abort").run(
+        ["sh", "-c", script], cwd=project)
+    assert held.success and _snapshot(project) == before
+    assert {c.path for c in held.changes or ()} == {"edit.txt", "keep.txt", "gone.txt"}
+    # Control: the same writes with workdir writable and no workspace land.
+    control = await system_sandbox(fs_writable=[project]).run(["sh", "-c", script],
+                                                              cwd=project)
+    assert control.success
+    assert (project / "edit.txt").read_text() == "escaped\n"
+    assert not (project / "keep.txt").exists()
+
+
+@pytest.mark.anyio
+async def test_escape_the_directory_under_the_overlay_is_out_of_reach(
+        project: pathlib.Path, clean_host: None) -> None:
+    """The policy's own ruleset never names workdir: an fd of the real
+    directory handed in (here as the child's fd 3) opens nothing."""
+    fd = os.open(project, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        script = "echo escaped > /proc/self/fd/3/edit.txt; cat /proc/self/fd/3/keep.txt"
+        held = await system_sandbox(workdir=project, on_exit="commit").run(
+            ["sh", "-c", script], extra_fds=[fd])
+        assert held.returncode != 0
+        assert (project / "edit.txt").read_text() == "old\n"
+        control = await system_sandbox(fs_readable=["/proc"], fs_writable=[project]).run(
+            ["sh", "-c", script], extra_fds=[fd])
+        assert control.success, control.stderr
+        assert (project / "edit.txt").read_text() == "escaped\n"
+    finally:
+        os.close(fd)
+
+
+CALLER = """
+import anyio, os, sys
+import anyio._backends._asyncio  # the interpreter's files are root's: import first
+import asyncsandlock as a
+root = sys.argv[1]
+os.setgroups([]); os.setresgid(65534, 65534, 65534); os.setresuid(65534, 65534, 65534)
+async def main():
+    sb = a.Sandbox(fs_readable=a.SYSTEM_READABLE, workdir=root)
+    try:
+        await sb.run(["sh", "-c", "echo escaped > edit.txt"])
+        print("ran")
+    except a.ConfinementUnavailable as exc:
+        print("refused", exc.subsystem.value)
+    plain = await a.Sandbox(fs_readable=a.SYSTEM_READABLE).run(["true"])
+    print("control", plain.returncode)
+anyio.run(main)
+"""
+
+
+@pytest.fixture
+def world() -> Iterator[pathlib.Path]:
+    """A directory uid 65534 can reach (pytest's tmp_path is root's, 0700)."""
+    path = pathlib.Path(tempfile.mkdtemp(prefix="workspace-test-", dir="/tmp"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path)
+
+
+def test_escape_an_unprivileged_caller_gets_a_refusal_not_a_shared_workdir(
+        world: pathlib.Path) -> None:
+    tmp_path = world
+    root = tmp_path / "nobody"
+    root.mkdir()
+    (root / "edit.txt").write_text("old\n")
+    tmp_path.chmod(0o755)
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    for path in (root, root / "edit.txt", temp):
+        os.chown(path, 65534, 65534)
+    layers = _layers()
+    done = subprocess.run([sys.executable, "-c", CALLER, str(root)], capture_output=True,
+                          text=True, timeout=60, env={**os.environ, "TMPDIR": str(temp)})
+    assert done.stdout.split("\n")[:2] == ["refused workspace-overlay", "control 0"], done.stderr
+    assert (root / "edit.txt").read_text() == "old\n"
+    assert os.listdir(temp) == []
+    assert _layers() == layers
+
+
+# -- validation -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("kwargs", "field"), [
+    ({"workdir": "/nonexistent/x"}, "workdir"),
+    ({"workdir": "/etc/hostname"}, "workdir"),
+    ({"workdir": "/"}, "workdir"),
+    ({"workdir": 3}, "workdir"),
+    ({"workdir": "/tmp", "on_exit": "maybe"}, "on_exit"),
+    ({"workdir": "/tmp", "on_exit": None}, "on_exit"),
+    ({"on_exit": "keep"}, "on_exit"),
+    ({"workdir": "/tmp", "max_disk": "lots"}, "max_disk"),
+    ({"workdir": "/tmp", "max_disk": 0}, "max_disk"),
+    ({"max_disk": "1G"}, "max_disk"),
+])
+def test_bad_fields_are_policy_errors(kwargs: dict[str, Any], field: str) -> None:
+    with pytest.raises(PolicyError, match=field):
+        Sandbox(**kwargs)
+
+
+def test_the_fields_are_normalised(tmp_path: pathlib.Path) -> None:
+    link = tmp_path / "link"
+    link.symlink_to(tmp_path)
+    sandbox = Sandbox(workdir=link, max_disk="2M", on_exit="keep")
+    assert sandbox.workdir == str(tmp_path) and sandbox.max_disk == 2 << 20
+
+
+@pytest.mark.anyio
+async def test_bad_run_arguments_are_policy_errors(project: pathlib.Path,
+                                                   clean_host: None) -> None:
+    with pytest.raises(PolicyError, match="dry_run"):
+        await system_sandbox().run(["true"], dry_run=True)
+    with pytest.raises(PolicyError, match="dry_run"):
+        await system_sandbox(workdir=project).run(["true"], dry_run=1)  # type: ignore[arg-type]
+    sandbox = system_sandbox(workdir=project)
+    with pytest.raises(PolicyError, match="workdir"):
+        await sandbox.open(["true"])
+    with pytest.raises(PolicyError, match="workdir"):
+        await (sandbox.cmd(["true"]) | system_sandbox().cmd(["cat"])).run()
