@@ -445,7 +445,7 @@ def _copy_data(src: int, dst: int) -> Iterator[bool]:
     copy_file_range shares extents (a reflink) where the file system can;
     between two file systems of different types it answers EXDEV, and
     sendfile copies instead."""
-    copy = os.copy_file_range
+    copy: Callable[[int, int, int], int] = _copy_file_range
     while True:
         try:
             if not copy(src, dst, CHUNK):
@@ -457,6 +457,10 @@ def _copy_data(src: int, dst: int) -> Iterator[bool]:
             copy = _sendfile
             continue
         yield True
+
+
+def _copy_file_range(src: int, dst: int, count: int) -> int:
+    return os.copy_file_range(src, dst, count)
 
 
 def _sendfile(src: int, dst: int, count: int) -> int:
