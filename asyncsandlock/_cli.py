@@ -44,6 +44,16 @@ def _parser() -> argparse.ArgumentParser:
                      help="hand this whole environment, secrets included, to the command")
     run.add_argument("--env", action="append", default=[], metavar="K=V")
     run.add_argument("--cwd", metavar="DIR")
+    # copy-on-write workspace (issue 12, docs/workspaces.md)
+    run.add_argument("--workdir", metavar="DIR",
+                     help="copy-on-write workspace: the command's changes to DIR go to a "
+                          "private layer, listed on stderr, then committed or dropped")
+    run.add_argument("--on-exit", choices=("commit", "abort"), default="commit",
+                     help="commit the changes if the command succeeds (the default; else "
+                          "they are dropped), or always abort them")
+    run.add_argument("--dry-run", action="store_true",
+                     help="list the workspace's changes and apply none")
+    run.add_argument("--max-disk", metavar="SIZE", help="bound the workspace layer, e.g. 1G")
     run.add_argument("cmd", nargs=argparse.REMAINDER, help="the command, after --")
     sub.add_parser("check", help="print what this host supports")
     return parser
@@ -61,7 +71,8 @@ def _sandbox(ns: argparse.Namespace, *, interactive: bool) -> Sandbox:
         net_allow_bind=ns.net_bind, env=env, clean_env=ns.clean_env, cwd=ns.cwd,
         max_memory=parse_size("max_memory", ns.max_memory) if ns.max_memory else None,
         max_processes=ns.max_processes, max_open_files=ns.max_open_files,
-        interactive=interactive,
+        interactive=interactive, workdir=ns.workdir, on_exit=ns.on_exit,
+        max_disk=ns.max_disk,
     )
 
 
@@ -82,7 +93,8 @@ async def _run(ns: argparse.Namespace) -> int:
     async def runner(*, task_status: TaskStatus[SandboxedProcess]) -> None:
         try:
             results.append(await sandbox.run(cmd, stdin=None, stdout=None, stderr=None,
-                                             timeout=ns.timeout, task_status=task_status))
+                                             timeout=ns.timeout, task_status=task_status,
+                                             dry_run=ns.dry_run))
         except SandboxError as exc:
             failures.append(exc)
             task_status.started(None)  # type: ignore[arg-type]
@@ -97,9 +109,21 @@ async def _run(ns: argparse.Namespace) -> int:
     result = results[0]
     if result.reason.value == "timeout":
         print(f"asyncsandlock: timed out after {ns.timeout} s", file=sys.stderr)
+    if result.changes is not None:
+        _report_changes(result, dry_run=ns.dry_run, on_exit=ns.on_exit)
     if result.returncode < 0:
         return 128 - result.returncode
     return result.returncode
+
+
+def _report_changes(result: Result, *, dry_run: bool, on_exit: str) -> None:
+    """The workspace's changes on stderr, one a line, and what became of them."""
+    marks = {"added": "A", "modified": "M", "deleted": "D"}
+    for change in result.changes or ():
+        print(f"{marks[change.kind]} {change.path}", file=sys.stderr)
+    fate = ("dry run: none applied" if dry_run else "committed"
+            if on_exit == "commit" and result.success else "aborted")
+    print(f"asyncsandlock: {len(result.changes or ())} changes, {fate}", file=sys.stderr)
 
 
 class _Terminal:
