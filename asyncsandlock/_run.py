@@ -362,4 +362,4 @@ async def _run_in_workspace(sandbox: Sandbox, args: Sequence[str], *, input: byt
         return await settle(layer, result, sandbox.on_exit, dry_run)
     finally:
         if not layer.kept:
-            await layer.aclose()  # shielded; a no-op once settle() dropped it
+            layer.close()  # a no-op once settle() dropped it

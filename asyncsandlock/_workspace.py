@@ -4,13 +4,20 @@ commit or abort of its changes (docs/workspaces.md).
 The layer
 ---------
 Each run of a Sandbox with ``workdir`` gets a :class:`Layer` of its own (so
-concurrent runs on one workdir never see each other's changes): upper and
-work directories in a private temporary directory of the caller (mode
-0700), or, with ``max_disk``, on a detached tmpfs of that size, and a
-detached overlay of ``workdir`` under them (``_kernel/_overlay.py``).  The
-child attaches the overlay over ``workdir`` in its own mount namespace; our
-fd of it is closed as soon as the child has it, so that once the sandbox
-is gone nothing but the plain upper directory remains.
+concurrent runs on one workdir never see each other's changes): a detached
+tmpfs (``max_disk`` its size; without it, tmpfs's default, half of the RAM)
+holding the upper and work directories, and a detached overlay of
+``workdir`` under them (``_kernel/_overlay.py``).  The child attaches the
+overlay over ``workdir`` in its own mount namespace; our fds of it are
+closed as soon as the child has it, so that once the sandbox is gone the
+upper directory is plain files on our tmpfs, read through its fd.
+
+Why tmpfs even without ``max_disk``: a layer in a directory on disk cost
+~30 ms per run here (ext4 journalling the work directory's set-up and the
+removal; the tmpfs costs ~0.4 ms), and it can be left behind by a caller
+that dies; a tmpfs that only an fd holds cannot.  The price is that the
+changes live in memory (swappable, and charged to the caller's memory
+cgroup) until they are committed or aborted: bound them with ``max_disk``.
 
 File I/O on the event loop, without threads
 -------------------------------------------
@@ -27,9 +34,9 @@ one call's round trip.
 
 Commit: atomic per file, resumable
 ----------------------------------
-Each file reaches ``workdir`` by one ``rename(2)`` over its old version:
-from the layer itself when both are on one file system (no data is copied),
-else from a copy written beside it under a hidden temporary name.  A reader
+Each file reaches ``workdir`` by one ``rename(2)`` over its old version,
+from a copy written beside it under a hidden temporary name (by
+copy_file_range, or sendfile where that cannot cross the two file systems).  A reader
 sees the old file or the new one, never a half-written one.  A commit that
 is cancelled stops between two files (the temporary copy of the one in
 progress is removed); the files before it are in ``workdir``, the rest still
@@ -55,9 +62,7 @@ import contextlib
 import errno
 import os
 import secrets
-import shutil
 import stat
-import tempfile
 import time
 import weakref
 from collections.abc import Callable, Iterator, Mapping
@@ -70,6 +75,7 @@ import anyio.lowlevel
 
 from ._changes import Change, diff_steps
 from ._exceptions import ConfinementUnavailable, PolicyError, SandboxError
+from ._fd import close_fds
 from ._kernel._landlock import abi_version, build_ruleset
 from ._kernel._overlay import detached_overlay, detached_tmpfs
 from ._plan import _LANDLOCK_PARTS, Plan, _ruleset_spec
@@ -167,35 +173,31 @@ async def _drive(steps: Iterator[object]) -> None:
 class Layer:
     """One run's private layer; see the module's essay."""
 
-    __slots__ = ("__weakref__", "_finalizer", "_ruleset", "_tmpdir", "_tmpfs", "kept", "mount_fd",
+    __slots__ = ("__weakref__", "_finalizer", "_ruleset", "_tmpfs", "kept", "mount_fd",
                  "start_ns", "upper", "workdir")
 
     def __init__(self, workdir: str, max_disk: int | None) -> None:
         self.workdir = workdir
         #: Files changed in workdir from this instant on are conflicts.
         self.start_ns = time.clock_gettime_ns(_CLOCK_REALTIME_COARSE)
-        self._tmpdir: str | None = None
         self._tmpfs = -1
         self.mount_fd = -1
         self._ruleset = -1
         #: Handed to a Workspace the caller holds: not the run's to drop.
         self.kept = False
-        self._finalizer = weakref.finalize(self, Layer._release, [-1, -1, -1, None])
+        self._finalizer = weakref.finalize(self, close_fds, [])
         try:
             self._build(max_disk)
         except BaseException:
-            self.discard()
+            self.close()
             raise
 
     def _build(self, max_disk: int | None) -> None:
         lower = os.stat(self.workdir)
-        if max_disk is not None:
-            self._tmpfs = _refused_as_unavailable(detached_tmpfs, max_disk)
-            base = f"/proc/self/fd/{self._tmpfs}"
-        else:
-            self._tmpdir = base = tempfile.mkdtemp(prefix="asyncsandlock-workspace-")
+        self._tmpfs = _refused_as_unavailable(detached_tmpfs, max_disk)
         self._track()
-        upper, work = os.path.join(base, "upper"), os.path.join(base, "work")
+        base = f"/proc/self/fd/{self._tmpfs}"
+        upper, work = f"{base}/upper", f"{base}/work"
         os.mkdir(upper)
         os.mkdir(work, 0o700)
         # The overlay's root takes the upper root's owner and mode: the
@@ -217,16 +219,10 @@ class Layer:
         self.upper = upper
 
     def _track(self) -> None:
-        # The finalizer releases what a Layer dropped without discard() holds.
+        # The finalizer closes what a Layer dropped without close() holds.
         self._finalizer.detach()
-        self._finalizer = weakref.finalize(self, Layer._release,
-                                           [self.mount_fd, self._ruleset, self._tmpfs,
-                                            self._tmpdir])
-
-    @property
-    def same_fs(self) -> bool:
-        """The layer is on workdir's file system: a commit renames, not copies."""
-        return self._tmpfs < 0 and os.stat(self.upper).st_dev == os.stat(self.workdir).st_dev
+        held = [fd for fd in (self.mount_fd, self._ruleset, self._tmpfs) if fd >= 0]
+        self._finalizer = weakref.finalize(self, close_fds, held)
 
     def spawn_args(self, policy: Sandbox, plan: Plan) -> tuple[int, str, int]:
         """What ``spawn(workspace=...)`` takes for this layer: the overlay,
@@ -252,37 +248,18 @@ class Layer:
         return self.mount_fd, self.workdir, self._ruleset
 
     def mounted(self) -> None:
-        """The child has the overlay (or never will): drop our fd of it."""
+        """The child has the overlay (or never will): drop our fds of it.
+        From here on the upper directory is ours alone: overlayfs forbids
+        touching a layer while it is mounted, and once the sandbox's mount
+        namespace is gone, it no longer is."""
         if self.mount_fd >= 0 or self._ruleset >= 0:
-            for fd in (self.mount_fd, self._ruleset):
-                if fd >= 0:
-                    os.close(fd)
+            close_fds([fd for fd in (self.mount_fd, self._ruleset) if fd >= 0])
             self.mount_fd = self._ruleset = -1
             self._track()
 
-    @staticmethod
-    def _release(held: list[object]) -> None:
-        mount_fd, ruleset, tmpfs, tmpdir = held
-        for fd in (mount_fd, ruleset, tmpfs):
-            if isinstance(fd, int) and fd >= 0:
-                os.close(fd)
-        if isinstance(tmpdir, str):
-            shutil.rmtree(tmpdir, ignore_errors=True)
-
-    def discard(self) -> None:
-        """Drop the layer now, in one go (failure paths, where it is small or
-        nothing can wait; :meth:`aclose` otherwise)."""
-        self._finalizer()
-
-    async def aclose(self) -> None:
-        """Drop the layer, with checkpoints while a large one is removed."""
-        self.mounted()
-        if self._tmpfs >= 0:  # the tmpfs goes with its last fd: nothing to remove
-            self._finalizer()
-            return
-        if self._tmpdir is not None and self._finalizer.alive:
-            with anyio.CancelScope(shield=True):
-                await _drive(_removal_steps(self._tmpdir))
+    def close(self) -> None:
+        """Drop the layer: its tmpfs goes with our last fd of it (the kernel
+        frees its pages; nothing is left on any disk)."""
         self._finalizer()
 
 
@@ -362,12 +339,11 @@ class Workspace:
         await _drive(_collect(self._conflicts(pending), conflicts))
         if conflicts:
             raise WorkspaceConflict(tuple(conflicts), self)
-        rename = self._layer.same_fs
-        await _drive(self._apply_steps(pending, rename))
+        await _drive(self._apply_steps(pending))
         self._state = "committed"
-        await self._layer.aclose()
+        self._layer.close()
 
-    def _apply_steps(self, pending: list[Change], rename: bool) -> Iterator[bool]:
+    def _apply_steps(self, pending: list[Change]) -> Iterator[bool]:
         # A change is recorded as done right after its last write and before
         # the next yield: a commit closed at a yield (cancelled) has done
         # exactly the changes it recorded, and a retry goes on from there.
@@ -386,11 +362,7 @@ class Workspace:
                 now = _lstat(target)
                 if now is not None and stat.S_ISDIR(now.st_mode):
                     self._put_away(target)
-                source = os.path.join(self._layer.upper, change.path)
-                if rename:
-                    os.rename(source, target)
-                else:
-                    yield from _copy_in(source, target)
+                yield from _copy_in(os.path.join(self._layer.upper, change.path), target)
             self._done.add(change.path)
             yield False
             yield from self._empty_trash()
@@ -422,7 +394,7 @@ class Workspace:
             self._state = "aborted"
             with anyio.CancelScope(shield=True):
                 await _drive(self._empty_trash())  # what a cancelled commit put away
-            await self._layer.aclose()
+            self._layer.close()
 
 
 def _lstat(path: str) -> os.stat_result | None:

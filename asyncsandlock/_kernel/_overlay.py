@@ -11,9 +11,9 @@ csrc/spawn.c ``mount_workspace``).  The host's mount table never changes,
 and when the last fd and the child's namespace are gone, so is the mount:
 nothing to unmount, nothing left behind by a caller that dies.
 
-The same trick bounds the layer (``max_disk``): the upper and work
-directories live on a detached tmpfs with ``size=``, so the child's writes
-beyond it fail with ENOSPC from the kernel itself.  The parent keeps the
+The same trick holds the layer: the upper and work directories live on a
+detached tmpfs (with ``size=`` for ``max_disk``, so the child's writes
+beyond it fail with ENOSPC from the kernel itself).  The parent keeps the
 tmpfs's fd after the child's namespace has died and reads (and commits)
 the layer through it; a tmpfs mounted *inside* the child's namespace would
 vanish with the namespace, before anyone could read it.
@@ -25,9 +25,11 @@ layer, and the upper dir would no longer say what the file holds.
 ``redirect_dir=off``: a renamed lower directory is then copied (rename(2)
 answers EXDEV and ``mv`` falls back to copying), so every upper directory is
 at the path it describes.  ``index=off``, ``xino=off``: nothing outside the
-one layer pair.  Layers are handed over as fds where the kernel takes them
-(``FSCONFIG_SET_FD``, Linux 6.13+), so paths with ``:`` or ``,`` need no
-escaping; otherwise as paths.
+one layer pair.  ``volatile``: no sync of the upper file system,
+which overlayfs otherwise makes on every syncfs and at unmount; the layer
+is thrown away if the machine crashes anyway.  Layers are handed over as
+fds where the kernel takes them (``FSCONFIG_SET_FD``, Linux 6.13+), so
+paths with ``:`` or ``,`` need no escaping; otherwise as paths.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from ._sys import syscall
 
 _FSOPEN_CLOEXEC = 0x1
 _FSMOUNT_CLOEXEC = 0x1
+_FSCONFIG_SET_FLAG = 0
 _FSCONFIG_SET_STRING = 1
 _FSCONFIG_SET_FD = 5
 _FSCONFIG_CMD_CREATE = 6
@@ -86,11 +89,13 @@ def _context(fstype: str) -> int:
     return syscall("fsopen", _cstr(fstype), _FSOPEN_CLOEXEC)
 
 
-def detached_tmpfs(size: int) -> int:
-    """A detached tmpfs of ``size`` bytes (mode 0700); returns its mount fd."""
+def detached_tmpfs(size: int | None) -> int:
+    """A detached tmpfs of ``size`` bytes (None: tmpfs's default, half of
+    the RAM), mode 0700; returns its mount fd."""
     context = _context("tmpfs")
     try:
-        _set(context, "size", str(size))
+        if size is not None:
+            _set(context, "size", str(size))
         _set(context, "mode", "0700")
         return _mount(context)
     finally:
@@ -111,6 +116,7 @@ def detached_overlay(lower: str, upper: tuple[int, str], work: tuple[int, str]) 
         _set_layer(context, "workdir", *work)
         for key in ("metacopy", "redirect_dir", "index", "xino"):
             _set(context, key, "off")
+        syscall("fsconfig", context, _FSCONFIG_SET_FLAG, _cstr("volatile"), ffi.NULL, 0)
         return _mount(context)
     finally:
         os.close(context)
