@@ -1,5 +1,6 @@
 """Run untrusted commands under Landlock and seccomp from async Python."""
 
+from ._changes import Change as Change
 from ._exceptions import ConfinementUnavailable as ConfinementUnavailable
 from ._exceptions import PolicyError as PolicyError
 from ._exceptions import SandboxedProcessError as SandboxedProcessError
@@ -31,6 +32,8 @@ from ._run import STDOUT as STDOUT
 from ._types import ExitReason as ExitReason
 from ._types import Protection as Protection
 from ._types import Subsystem as Subsystem
+from ._workspace import Workspace as Workspace
+from ._workspace import WorkspaceConflict as WorkspaceConflict
 
 __all__ = [
     "DEVNULL",
@@ -39,6 +42,7 @@ __all__ = [
     "SYSCALL_GROUPS",
     "SYSTEM_READABLE",
     "Capabilities",
+    "Change",
     "ConfinementUnavailable",
     "ExceptionPolicy",
     "ExitReason",
@@ -58,6 +62,8 @@ __all__ = [
     "SpawnError",
     "Stage",
     "Subsystem",
+    "Workspace",
+    "WorkspaceConflict",
     "allow_degraded",
     "inputs",
     "path_argument",

@@ -58,6 +58,16 @@ def _parser() -> argparse.ArgumentParser:
                      help="hand this whole environment, secrets included, to the command")
     run.add_argument("--env", action="append", default=[], metavar="K=V")
     run.add_argument("--cwd", metavar="DIR")
+    # copy-on-write workspace (issue 12, docs/workspaces.md)
+    run.add_argument("--workdir", metavar="DIR",
+                     help="copy-on-write workspace: the command's changes to DIR go to a "
+                          "private layer, listed on stderr, then committed or dropped")
+    run.add_argument("--on-exit", choices=("commit", "abort"), default="commit",
+                     help="commit the changes if the command succeeds (the default; else "
+                          "they are dropped), or always abort them")
+    run.add_argument("--dry-run", action="store_true",
+                     help="list the workspace's changes and apply none")
+    run.add_argument("--max-disk", metavar="SIZE", help="bound the workspace layer, e.g. 1G")
     run.add_argument("cmd", nargs=argparse.REMAINDER, help="the command, after --")
     sub.add_parser("check", help="print what this host supports")
     return parser
@@ -79,6 +89,7 @@ def _sandbox(ns: argparse.Namespace, *, interactive: bool) -> Sandbox:
         cpu_cores=_cores(ns.cpu_cores),
         interactive=interactive,
         fs_denied=ns.deny, uid=ns.uid, gid=ns.gid, no_coredump=ns.no_coredump,
+        workdir=ns.workdir, on_exit=ns.on_exit, max_disk=ns.max_disk,
     )
 
 
@@ -118,7 +129,8 @@ async def _run(ns: argparse.Namespace) -> int:
     async def runner(*, task_status: TaskStatus[SandboxedProcess]) -> None:
         try:
             results.append(await sandbox.run(cmd, stdin=None, stdout=None, stderr=None,
-                                             timeout=ns.timeout, task_status=task_status))
+                                             timeout=ns.timeout, task_status=task_status,
+                                             dry_run=ns.dry_run))
         except SandboxError as exc:
             failures.append(exc)
             task_status.started(None)  # type: ignore[arg-type]
@@ -135,9 +147,21 @@ async def _run(ns: argparse.Namespace) -> int:
         print(f"asyncsandlock: timed out after {ns.timeout} s", file=sys.stderr)
     elif result.reason in _STOPPED:
         print(f"asyncsandlock: {_STOPPED[result.reason]}", file=sys.stderr)
+    if result.changes is not None:
+        _report_changes(result, dry_run=ns.dry_run, on_exit=ns.on_exit)
     if result.returncode < 0:
         return 128 - result.returncode
     return result.returncode
+
+
+def _report_changes(result: Result, *, dry_run: bool, on_exit: str) -> None:
+    """The workspace's changes on stderr, one a line, and what became of them."""
+    marks = {"added": "A", "modified": "M", "deleted": "D"}
+    for change in result.changes or ():
+        print(f"{marks[change.kind]} {change.path}", file=sys.stderr)
+    fate = ("dry run: none applied" if dry_run else "committed"
+            if on_exit == "commit" and result.success else "aborted")
+    print(f"asyncsandlock: {len(result.changes or ())} changes, {fate}", file=sys.stderr)
 
 
 class _Terminal:

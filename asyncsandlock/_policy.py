@@ -31,6 +31,7 @@ from ._validate import (
     parse_size,
     show,
 )
+from ._workdir import check_workspace
 
 if TYPE_CHECKING:
     from ._pipeline import Stage
@@ -121,6 +122,16 @@ class Sandbox:
     #: Sandbox TCP ports the caller can reach (``network`` other than
     #: ``"host"``): see ``SandboxedProcess.network``.
     publish: Sequence[int] = ()
+    # -- copy-on-write workspace (issue 12, docs/workspaces.md) --
+    #: A directory the command reads and writes as usual (it is writable for
+    #: it) while its changes go to a private layer; the Result lists them.
+    workdir: str | os.PathLike[str] | None = None
+    #: ``"commit"``: the changes go into workdir if the command succeeded and
+    #: are dropped otherwise; ``"abort"``: always dropped; ``"keep"``: the
+    #: caller decides with ``Result.workspace``.
+    on_exit: str = "commit"
+    #: Bytes the layer may hold (``"1G"``); beyond it the command gets ENOSPC.
+    max_disk: int | str | None = None
     #: A label for logs and reprs, and the hostname the child is to see:
     #: 1 to 64 ASCII letters, digits, ``-``, ``.`` or ``_``, starting with a
     #: letter or digit.
@@ -166,6 +177,11 @@ class Sandbox:
         network, publish = check_stack(self.network, self.publish)
         put(self, "network", network)
         put(self, "publish", publish)
+        workspace = check_workspace(self.workdir, self.on_exit, self.max_disk,
+                                    getattr(self, "fs_denied", ()))
+        put(self, "workdir", workspace[0])
+        put(self, "on_exit", workspace[1])
+        put(self, "max_disk", workspace[2])
 
     def net_rules(self) -> tuple[NetRule, ...]:
         """The parsed ``net_allow`` rules."""
@@ -189,7 +205,7 @@ class Sandbox:
                   stderr: StdioTarget = subprocess.PIPE, timeout: float | None = None,
                   check: bool = False, env: Mapping[str, str] | None = None,
                   cwd: str | os.PathLike[str] | None = None, handlers: Sequence[Handler] = (),
-                  extra_fds: Sequence[int] = (),
+                  extra_fds: Sequence[int] = (), dry_run: bool = False,
                   task_status: TaskStatus[SandboxedProcess] = anyio.TASK_STATUS_IGNORED
                   ) -> Result:
         """Run ``args`` in this sandbox to the end and return its :class:`Result`.
@@ -206,6 +222,8 @@ class Sandbox:
         :param cwd: the working directory for this run.
         :param handlers: syscall handlers for this run, after the policy's.
         :param extra_fds: fds the command gets as 3, 4, ...
+        :param dry_run: with a ``workdir``: list the changes in
+            ``Result.changes`` and drop them, whatever ``on_exit`` says.
         :raises PolicyError: a bad argument, before any process exists.
         :raises SpawnError: a confinement step or ``execve`` failed, with the
             step and the real errno.
@@ -220,7 +238,7 @@ class Sandbox:
 
         return await run(self, args, input=input, stdin=stdin, stdout=stdout, stderr=stderr,
                          timeout=timeout, check=check, env=env, cwd=cwd, handlers=handlers,
-                         extra_fds=extra_fds, task_status=task_status)
+                         extra_fds=extra_fds, dry_run=dry_run, task_status=task_status)
 
     async def open(self, args: Sequence[str], *, stdin: StdioTarget = subprocess.PIPE,
                    stdout: StdioTarget = subprocess.PIPE, stderr: StdioTarget = subprocess.PIPE,

@@ -5,9 +5,14 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import TYPE_CHECKING
 
 from ._exceptions import SandboxedProcessError
 from ._types import ExitReason, Protection, Subsystem
+
+if TYPE_CHECKING:
+    from ._changes import Change
+    from ._workspace import Workspace
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +38,13 @@ class Result:
     stdout_truncated: int = 0
     #: Bytes of stderr dropped beyond the policy's ``max_output`` (0: none).
     stderr_truncated: int = 0
+    # -- copy-on-write workspace (issue 12, docs/workspaces.md) --
+    #: What the command changed in the policy's ``workdir``, sorted by path;
+    #: None without a workdir.
+    changes: tuple[Change, ...] | None = None
+    #: With ``on_exit="keep"``: the changes, to ``await commit()`` or
+    #: ``await abort()``; else None.
+    workspace: Workspace | None = field(default=None, repr=False)
 
     @property
     def success(self) -> bool:

@@ -46,6 +46,7 @@ from ._validate import (
     show,
 )
 from ._watch import watch_limits
+from ._workspace import Layer, check_dry_run, settle, workspace_protections
 from .handlers import builtin_handlers
 
 if TYPE_CHECKING:
@@ -106,9 +107,10 @@ async def open_process(sandbox: Sandbox, args: Sequence[str], *, stdin: StdioTar
                        stdout: StdioTarget = PIPE, stderr: StdioTarget = PIPE,
                        env: Mapping[str, str] | None = None,
                        cwd: str | os.PathLike[str] | None = None,
-                       handlers: Sequence[Handler] = (), extra_fds: Sequence[int] = ()
-                       ) -> SandboxedProcess:
-    """Start ``args`` in ``sandbox``; see :meth:`Sandbox.open`."""
+                       handlers: Sequence[Handler] = (), extra_fds: Sequence[int] = (),
+                       layer: Layer | None = None) -> SandboxedProcess:
+    """Start ``args`` in ``sandbox``; see :meth:`Sandbox.open`.  ``layer``:
+    the run's workspace layer, if the policy has a workdir (see run())."""
     argv = check_args(args)
     run_env = check_env("env", env if env is not None else {})
     run_cwd = check_cwd("cwd", cwd)
@@ -116,13 +118,14 @@ async def open_process(sandbox: Sandbox, args: Sequence[str], *, stdin: StdioTar
     check_fd_count(3 + len(fds))
     return await open_checked(sandbox, argv, stdin=stdin, stdout=stdout, stderr=stderr,
                               env=run_env, cwd=run_cwd,
-                              handlers=check_handlers("handlers", handlers), extra_fds=fds)
+                              handlers=check_handlers("handlers", handlers), extra_fds=fds,
+                              layer=layer)
 
 
 async def open_checked(sandbox: Sandbox, argv: tuple[str, ...], *, stdin: StdioTarget,
                        stdout: StdioTarget, stderr: StdioTarget, env: Mapping[str, str],
                        cwd: str | None, handlers: tuple[Handler, ...],
-                       extra_fds: Sequence[int]) -> SandboxedProcess:
+                       extra_fds: Sequence[int], layer: Layer | None = None) -> SandboxedProcess:
     """:func:`open_process` once its arguments are validated (by it, or for a
     pipeline stage partly by :meth:`Sandbox.cmd`); stdio is checked here.
 
@@ -132,14 +135,18 @@ async def open_checked(sandbox: Sandbox, argv: tuple[str, ...], *, stdin: StdioT
     """
     async with SpawnTurn():
         return await _open_in_turn(sandbox, argv, stdin=stdin, stdout=stdout, stderr=stderr,
-                                   env=env, cwd=cwd, handlers=handlers, extra_fds=extra_fds)
+                                   env=env, cwd=cwd, handlers=handlers, extra_fds=extra_fds,
+                                   layer=layer)
 
 
 async def _open_in_turn(sandbox: Sandbox, argv: tuple[str, ...], *, stdin: StdioTarget,
                         stdout: StdioTarget, stderr: StdioTarget, env: Mapping[str, str],
                         cwd: str | None, handlers: tuple[Handler, ...],
-                        extra_fds: Sequence[int]) -> SandboxedProcess:
-    run_cwd = cwd or sandbox.cwd
+                        extra_fds: Sequence[int], layer: Layer | None) -> SandboxedProcess:
+    if sandbox.workdir is not None and layer is None:
+        raise PolicyError("workdir", "a workspace needs Sandbox.run(): open() and pipelines "
+                                     "do not take one")
+    run_cwd = cwd or sandbox.cwd or sandbox.workdir
     # Built-in policies first: the first answer other than continue_() decides.
     compiled = await owner_of(sandbox)
     full_env: dict[str, str] | None = None  # None: the caller's, as it is
@@ -172,13 +179,19 @@ async def _open_in_turn(sandbox: Sandbox, argv: tuple[str, ...], *, stdin: Stdio
                     compiled, path=path, args=[os.fsencode(a) for a in argv], env=full_env,
                     cwd=str(run_cwd) if run_cwd else None, fds=[*child_fds, *extra_fds],
                     notify=trapped, self_trapped=self_trapped & trapped,
-                    netns_fd=network.netns_fd if network is not None else -1)),
+                    netns_fd=network.netns_fd if network is not None else -1,
+                    workspace=None if layer is None
+                    else layer.spawn_args(sandbox, compiled.plan))),
                 run_handlers=bool(handlers))
             watch(child)  # before anything can fail and leave it unwatched
+            if layer is not None:
+                layer.mounted()
         cleanup_on_fail.callback(abandon, child)
         protections = compiled.protections(bool(notify), fail_closed=bool(notify)
                                            and child.listener is None
                                            and Subsystem.SECCOMP not in compiled.plan.degraded)
+        if layer is not None:
+            protections = workspace_protections(protections)
         unenforced = unenforced_by_run(sandbox, protections, run_handlers=bool(handlers))
         proc = SandboxedProcess._create(
             args=argv, pid=child.pid, pidfd=child.pidfd, listener=child.listener,
@@ -380,14 +393,45 @@ async def run(sandbox: Sandbox, args: Sequence[str], *, input: bytes | None = No
               timeout: float | None = None, check: bool = False,
               env: Mapping[str, str] | None = None, cwd: str | os.PathLike[str] | None = None,
               handlers: Sequence[Handler] = (), extra_fds: Sequence[int] = (),
+              dry_run: bool = False,
               task_status: TaskStatus[SandboxedProcess] = anyio.TASK_STATUS_IGNORED) -> Result:
     """Run ``args`` in ``sandbox`` to the end; see :meth:`Sandbox.run`."""
     timeout = check_timeout(timeout)
     stdin = check_input(input, stdin)
-    proc = await open_process(sandbox, args, stdin=stdin, stdout=stdout, stderr=stderr, env=env,
-                              cwd=cwd, handlers=handlers, extra_fds=extra_fds)
-    task_status.started(proc)
-    (result,) = await supervise([proc], [input], timeout, [sandbox])
+    check_dry_run(sandbox.workdir is not None, dry_run)
+    if sandbox.workdir is None:
+        proc = await open_process(sandbox, args, stdin=stdin, stdout=stdout, stderr=stderr,
+                                  env=env, cwd=cwd, handlers=handlers, extra_fds=extra_fds)
+        task_status.started(proc)
+        (result,) = await supervise([proc], [input], timeout, [sandbox])
+    else:
+        result = await _run_in_workspace(sandbox, args, input=input, stdin=stdin, stdout=stdout,
+                                         stderr=stderr, timeout=timeout, env=env, cwd=cwd,
+                                         handlers=handlers, extra_fds=extra_fds,
+                                         dry_run=dry_run, task_status=task_status)
     if check:
         result.check_returncode()
     return result
+
+
+async def _run_in_workspace(sandbox: Sandbox, args: Sequence[str], *, input: bytes | None,
+                            stdin: StdioTarget, stdout: StdioTarget, stderr: StdioTarget,
+                            timeout: float | None, env: Mapping[str, str] | None,
+                            cwd: str | os.PathLike[str] | None, handlers: Sequence[Handler],
+                            extra_fds: Sequence[int], dry_run: bool,
+                            task_status: TaskStatus[SandboxedProcess]) -> Result:
+    """:func:`run` with a copy-on-write workspace (``_workspace.py``): the
+    run's own layer, dropped whatever happens unless the caller gets it."""
+    assert sandbox.workdir is not None
+    layer = Layer(os.fspath(sandbox.workdir),
+                  None if sandbox.max_disk is None else int(sandbox.max_disk))
+    try:
+        proc = await open_process(sandbox, args, stdin=stdin, stdout=stdout, stderr=stderr,
+                                  env=env, cwd=cwd, handlers=handlers, extra_fds=extra_fds,
+                                  layer=layer)
+        task_status.started(proc)
+        (result,) = await supervise([proc], [input], timeout, [sandbox])
+        return await settle(layer, result, sandbox.on_exit, dry_run)
+    finally:
+        if not layer.kept:
+            layer.close()  # a no-op once settle() dropped it

@@ -33,6 +33,10 @@ class Subsystem(enum.Enum):
     #: sandbox's own where one can be had, else (:attr:`Protection.SAMPLED`)
     #: the watcher on the caller's event loop (see docs/limits.md).
     RESOURCE_LIMITS = "resource-limits"
+    #: The copy-on-write workspace (``workdir``) as an overlay in a mount
+    #: namespace of the child's own.  Never waived: without it the child
+    #: would write ``workdir`` itself.
+    WORKSPACE_OVERLAY = "workspace-overlay"
 
 
 class Protection(enum.Enum):

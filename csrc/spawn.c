@@ -44,6 +44,7 @@
 #include <stdatomic.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
@@ -393,6 +394,32 @@ static long send_listener(const struct asl_spawn_req *req, int listener)
     return KEYED(req, SYS_sendmsg, req->listener_sock, &msg, 0);
 }
 
+#ifndef SYS_move_mount
+#define SYS_move_mount 429
+#endif
+#ifndef MOVE_MOUNT_F_EMPTY_PATH
+#define MOVE_MOUNT_F_EMPTY_PATH 0x00000004
+#endif
+
+/* The copy-on-write workspace: the parent built the whole overlay as a
+ * detached mount (fsopen/fsmount, asyncsandlock/_overlay.py), so that its
+ * layer outlives the child; here it is only attached over the workspace's
+ * path, in a mount namespace of the child's own.  Every mount is made
+ * private first: the host's root is usually shared, and a mount made in a
+ * copy of a shared mount propagates back to the caller's namespace.
+ * Before chdir, so that a cwd inside the workspace is the overlay's. */
+static long mount_workspace(const struct asl_spawn_req *req)
+{
+    long rc = SYS3(SYS_unshare, CLONE_NEWNS, 0, 0);
+    if (rc < 0)
+        return rc;
+    rc = raw_syscall(SYS_mount, (long)"none", (long)"/", 0, MS_REC | MS_PRIVATE, 0, 0);
+    if (rc < 0)
+        return rc;
+    return raw_syscall(SYS_move_mount, req->workspace_fd, (long)"", AT_FDCWD,
+                       (long)req->workspace_path, MOVE_MOUNT_F_EMPTY_PATH, 0);
+}
+
 static int child_main(void *arg)
 {
     struct asl_spawn_req *req = arg;
@@ -416,6 +443,9 @@ static int child_main(void *arg)
         fail(req, -ESRCH);
     enter(req, ASL_STEP_FDS);
     if ((rc = map_fds(req)) < 0)
+        fail(req, rc);
+    enter(req, ASL_STEP_WORKSPACE);
+    if (req->workspace_path && (rc = mount_workspace(req)) < 0)
         fail(req, rc);
     enter(req, ASL_STEP_CHDIR);
     if (req->cwd && (rc = SYS3(SYS_chdir, req->cwd, 0, 0)) < 0)

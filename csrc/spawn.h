@@ -108,6 +108,11 @@ struct asl_spawn_req {
     int netns_fd;                 /* ASL_NET_JOIN: the namespace to enter */
     const char *net_uid_map;      /* ASL_NET_USERNS: "<uid> <uid> 1", our id to itself */
     const char *net_gid_map;      /* ASL_NET_USERNS: "<gid> <gid> 1" */
+    /* copy-on-write workspace (asyncsandlock/_overlay.py): the detached
+     * overlay mount the parent made, attached over workspace_path in the
+     * child's own mount namespace.  workspace_path NULL: no workspace. */
+    int workspace_fd;
+    const char *workspace_path;
     int32_t reached;              /* written by the child: the step it is in */
 };
 

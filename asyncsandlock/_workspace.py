@@ -1,0 +1,521 @@
+"""Copy-on-write workspaces: one run's private layer, its diff, and the
+commit or abort of its changes (docs/workspaces.md).
+
+The layer
+---------
+Each run of a Sandbox with ``workdir`` gets a :class:`Layer` of its own (so
+concurrent runs on one workdir never see each other's changes): a detached
+tmpfs (``max_disk`` its size; without it, tmpfs's default, half of the RAM)
+holding the upper and work directories, and a detached overlay of
+``workdir`` under them (``_kernel/_overlay.py``).  The child attaches the
+overlay over ``workdir`` in its own mount namespace; our fds of it are
+closed as soon as the child has it, so that once the sandbox is gone the
+upper directory is plain files on our tmpfs, read through its fd.
+
+Why tmpfs even without ``max_disk``: a layer in a directory on disk cost
+~30 ms per run here (ext4 journalling the work directory's set-up and the
+removal; the tmpfs costs ~0.4 ms), and it can be left behind by a caller
+that dies; a tmpfs that only an fd holds cannot.  The price is that the
+changes live in memory (swappable, and charged to the caller's memory
+cgroup) until they are committed or aborted: bound them with ``max_disk``.
+
+File I/O on the event loop, without threads
+-------------------------------------------
+The diff, the commit and the removal of a layer are file-system calls on
+local directories: lstat, scandir, rename, unlink, copy_file_range.  Linux
+has no non-blocking mode for them, and the library creates no threads
+(anyio's async file API would use a worker thread), so they run on the
+event loop in small bounded steps: each step is one file-system call on one
+entry, or one copy of at most :data:`CHUNK` bytes, and the loop gets a
+checkpoint after every :data:`BATCH` steps and after every chunk.  A step
+is then bounded by the disk's latency for one call, not by the size of the
+tree; a workspace on a network file system could still stall the loop for
+one call's round trip.
+
+Commit: atomic per file, resumable
+----------------------------------
+Each file reaches ``workdir`` by one ``rename(2)`` over its old version,
+from a copy written beside it under a hidden temporary name (by
+copy_file_range, or sendfile where that cannot cross the two file systems).  A reader
+sees the old file or the new one, never a half-written one.  A commit that
+is cancelled stops between two files (the temporary copy of the one in
+progress is removed); the files before it are in ``workdir``, the rest still
+in the layer.  Calling :meth:`Workspace.commit` again goes on with the
+rest; :meth:`Workspace.abort` drops them.  Directories and deletions are
+not atomic as a whole: a directory tree is removed one entry at a time.
+
+Conflicts
+---------
+Before it writes anything, a commit checks each path it is about to touch
+in ``workdir``: one that was changed since the run started (its ``ctime``,
+which no program can set back, is not older than the start), that appeared
+where the command added a file, or vanished where it modified or deleted
+one, is a conflict, and :class:`WorkspaceConflict` names every such path;
+nothing is written.  The start is read from the coarse clock the kernel
+stamps files with, so a change in the same clock tick as the start counts
+as a conflict: cautious, never silent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import secrets
+import stat
+import time
+import weakref
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import replace
+from types import MappingProxyType
+from typing import TYPE_CHECKING
+
+import anyio
+import anyio.lowlevel
+
+from ._changes import Change, diff_steps
+from ._exceptions import ConfinementUnavailable, PolicyError, SandboxError
+from ._fd import close_fds
+from ._kernel._landlock import abi_version, build_ruleset
+from ._kernel._overlay import detached_overlay, detached_tmpfs
+from ._plan import _LANDLOCK_PARTS, Plan, _ruleset_spec
+from ._refusal import hint_for
+from ._result import Result
+from ._types import Protection, Subsystem
+from ._validate import show
+
+#: Bytes copied per step when a file must be copied into ``workdir``.
+CHUNK = 8 << 20
+#: File-system steps between two checkpoints.
+BATCH = 64
+_CLOCK_REALTIME_COARSE = 5  # the clock file timestamps are taken from
+_checkpoint = anyio.lowlevel.checkpoint  # a name of ours: tests count the steps
+
+if TYPE_CHECKING:
+    from ._policy import Sandbox
+
+
+class WorkspaceConflict(SandboxError):
+    """A commit would overwrite changes made to ``workdir`` during the run.
+
+    Nothing was written.  :attr:`workspace` holds the layer still: commit
+    it again once the paths are sorted out, or abort it.
+
+    .. versionadded:: 0.2
+    """
+
+    def __init__(self, paths: tuple[str, ...], workspace: Workspace) -> None:
+        shown = ", ".join(paths[:10]) + (f" and {len(paths) - 10} more" if len(paths) > 10
+                                         else "")
+        super().__init__(f"workdir {workspace.workdir} changed during the run at {shown}; "
+                         "nothing was committed (commit again, or abort)")
+        #: The conflicting paths, relative to the workdir.
+        self.paths = paths
+        #: The run's workspace, neither committed nor aborted.
+        self.workspace = workspace
+        #: The run's Result, when the commit was the one ``on_exit`` made.
+        self.result: Result | None = None
+
+
+def _refused_as_unavailable(make: Callable[..., int], *args: object) -> int:
+    """``make(*args)``; the host refusing the mount (no privilege, no
+    overlayfs, no new mount API) as :class:`ConfinementUnavailable`.  A
+    workspace is never waived (``on_unavailable`` is not asked): without
+    it, the command would write workdir itself."""
+    try:
+        return make(*args)
+    except OSError as exc:
+        if exc.errno in (errno.EPERM, errno.EACCES, errno.ENODEV, errno.ENOSYS):
+            raise ConfinementUnavailable(Subsystem.WORKSPACE_OVERLAY, exc.errno,
+                                         hint_for(Subsystem.WORKSPACE_OVERLAY)) from exc
+        raise
+
+
+def _removal_steps(path: str) -> Iterator[None]:
+    """Remove ``path`` (a tree or not) one entry per step."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISDIR(st.st_mode):
+        os.unlink(path)
+        yield
+        return
+    for top, dirs, files in os.walk(path, topdown=False):
+        for name in files:
+            os.unlink(os.path.join(top, name))
+            yield
+        for name in dirs:
+            child = os.path.join(top, name)
+            # os.walk lists symlinks to directories among dirs.
+            (os.unlink if os.path.islink(child) else os.rmdir)(child)
+            yield
+    os.rmdir(path)
+    yield
+
+
+async def _drive(steps: Iterator[object]) -> None:
+    """Run ``steps`` with a checkpoint every :data:`BATCH` steps (and after
+    each step that yields True: a chunk copied)."""
+    count = 0
+    try:
+        for heavy in steps:
+            count += 1
+            if heavy is True or count >= BATCH:
+                count = 0
+                await _checkpoint()
+    finally:
+        close = getattr(steps, "close", None)
+        if close is not None:
+            close()
+
+
+class Layer:
+    """One run's private layer; see the module's essay."""
+
+    __slots__ = ("__weakref__", "_finalizer", "_ruleset", "_tmpfs", "kept", "mount_fd",
+                 "start_ns", "upper", "workdir")
+
+    def __init__(self, workdir: str, max_disk: int | None) -> None:
+        self.workdir = workdir
+        #: Files changed in workdir from this instant on are conflicts.
+        self.start_ns = time.clock_gettime_ns(_CLOCK_REALTIME_COARSE)
+        self._tmpfs = -1
+        self.mount_fd = -1
+        self._ruleset = -1
+        #: Handed to a Workspace the caller holds: not the run's to drop.
+        self.kept = False
+        self._finalizer = weakref.finalize(self, close_fds, [])
+        try:
+            self._build(max_disk)
+        except BaseException:
+            self.close()
+            raise
+
+    def _build(self, max_disk: int | None) -> None:
+        lower = os.stat(self.workdir)
+        self._tmpfs = _refused_as_unavailable(detached_tmpfs, max_disk)
+        self._track()
+        base = f"/proc/self/fd/{self._tmpfs}"
+        upper, work = f"{base}/upper", f"{base}/work"
+        os.mkdir(upper)
+        os.mkdir(work, 0o700)
+        # The overlay's root takes the upper root's owner and mode: the
+        # workdir's, so that the command finds it as it is.
+        os.chmod(upper, stat.S_IMODE(lower.st_mode))
+        if os.geteuid() == 0:
+            os.chown(upper, lower.st_uid, lower.st_gid)
+        up = os.open(upper, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            wk = os.open(work, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                self.mount_fd = _refused_as_unavailable(detached_overlay, self.workdir,
+                                                        (up, upper), (wk, work))
+            finally:
+                os.close(wk)
+        finally:
+            os.close(up)
+        self._track()
+        self.upper = upper
+
+    def _track(self) -> None:
+        # The finalizer closes what a Layer dropped without close() holds.
+        self._finalizer.detach()
+        held = [fd for fd in (self.mount_fd, self._ruleset, self._tmpfs) if fd >= 0]
+        self._finalizer = weakref.finalize(self, close_fds, held)
+
+    def spawn_args(self, policy: Sandbox, plan: Plan) -> tuple[int, str, int]:
+        """What ``spawn(workspace=...)`` takes for this layer: the overlay,
+        its place, and a ruleset of the policy's rules plus the overlay.
+
+        Landlock skips the mount point when it walks up from a mount's
+        root (``is_access_to_paths_allowed``: hidden mount points are
+        ignored), so a rule on ``workdir`` grants nothing inside the overlay
+        mounted over it: the rule must name the overlay's root itself, which
+        our mount fd is (``/proc/self/fd/N`` opens it).  That root exists
+        per run, hence a ruleset per run (built as the policy's is; it
+        costs what one ruleset costs, ~0.1 ms).  The policy's own ruleset
+        never names workdir: the directory under the overlay stays out of
+        the command's reach by any other path to it.
+        """
+        if self._ruleset >= 0 or plan.landlock_fd < 0:
+            return self.mount_fd, self.workdir, self._ruleset
+        spec = _ruleset_spec(policy)
+        spec = replace(spec, writable=(*spec.writable, f"/proc/self/fd/{self.mount_fd}"))
+        skipped = frozenset(plan.degraded & set(_LANDLOCK_PARTS))
+        self._ruleset = build_ruleset(spec, abi_version(), skipped)
+        self._track()
+        return self.mount_fd, self.workdir, self._ruleset
+
+    def mounted(self) -> None:
+        """The child has the overlay (or never will): drop our fds of it.
+        From here on the upper directory is ours alone: overlayfs forbids
+        touching a layer while it is mounted, and once the sandbox's mount
+        namespace is gone, it no longer is."""
+        if self.mount_fd >= 0 or self._ruleset >= 0:
+            close_fds([fd for fd in (self.mount_fd, self._ruleset) if fd >= 0])
+            self.mount_fd = self._ruleset = -1
+            self._track()
+
+    def close(self) -> None:
+        """Drop the layer: its tmpfs goes with our last fd of it (the kernel
+        frees its pages; nothing is left on any disk)."""
+        self._finalizer()
+
+
+class Workspace:
+    """The changes of a finished run, held in its layer until :meth:`commit`
+    or :meth:`abort` (``on_exit="keep"``, or in a :class:`WorkspaceConflict`).
+
+    .. versionadded:: 0.2
+    """
+
+    __slots__ = ("_done", "_layer", "_state", "_trash", "changes", "mechanism", "workdir")
+
+    _layer: Layer
+    _done: set[str]
+    _trash: list[str]
+    _state: str
+    workdir: str
+    changes: tuple[Change, ...]
+    mechanism: str
+
+    def __init__(self) -> None:
+        raise TypeError("Workspace objects are made by Sandbox.run()")
+
+    @classmethod
+    def _create(cls, layer: Layer, changes: tuple[Change, ...]) -> Workspace:
+        self = object.__new__(cls)
+        self._layer = layer
+        self._done = set()
+        #: Directories of the workdir put away by a commit, not yet removed.
+        self._trash = []
+        self._state = "open"
+        #: The workspace's directory.
+        self.workdir = layer.workdir
+        #: What the command changed.
+        self.changes = changes
+        #: How the layer was made: ``"overlay"``.
+        self.mechanism = "overlay"
+        return self
+
+    def __repr__(self) -> str:
+        return (f"<Workspace {self.workdir} {self._state}, {len(self.changes)} changes, "
+                f"{len(self._done)} committed>")
+
+    @property
+    def state(self) -> str:
+        """``"open"``, ``"committed"`` or ``"aborted"``."""
+        return self._state
+
+    def _conflicts(self, pending: list[Change]) -> Iterator[str]:
+        start = self._layer.start_ns
+        for change in pending:
+            now = _lstat(os.path.join(self.workdir, change.path))
+            if change.kind == "added":
+                if now is not None:
+                    yield change.path
+            elif now is None:
+                yield change.path
+            elif (not stat.S_ISDIR(now.st_mode) or change.kind == "deleted") and (
+                    now.st_ctime_ns >= start):
+                # A directory's ctime moves with every entry made or removed
+                # in it: only one about to be removed counts it.
+                yield change.path
+
+    async def commit(self) -> None:
+        """Apply the changes not yet committed to the workdir; see the
+        module's essay for atomicity, cancellation and conflicts.
+
+        :raises WorkspaceConflict: a path was changed in the workdir during
+            the run; nothing was written.
+        """
+        if self._state != "open":
+            if self._state == "committed":
+                return
+            raise SandboxError(f"this workspace of {self.workdir} was aborted")
+        pending = [change for change in self.changes if change.path not in self._done]
+        conflicts: list[str] = []
+        await _drive(_collect(self._conflicts(pending), conflicts))
+        if conflicts:
+            raise WorkspaceConflict(tuple(conflicts), self)
+        await _drive(self._apply_steps(pending))
+        self._state = "committed"
+        self._layer.close()
+
+    def _apply_steps(self, pending: list[Change]) -> Iterator[bool]:
+        # A change is recorded as done right after its last write and before
+        # the next yield: a commit closed at a yield (cancelled) has done
+        # exactly the changes it recorded, and a retry goes on from there.
+        for change in pending:
+            target = os.path.join(self.workdir, change.path)
+            if change.kind == "deleted":
+                self._put_away(target)
+            elif stat.S_ISDIR(change.mode):
+                now = _lstat(target)
+                if now is not None and not stat.S_ISDIR(now.st_mode):
+                    os.unlink(target)
+                if now is None or not stat.S_ISDIR(now.st_mode):
+                    os.mkdir(target, 0o700)
+                os.chmod(target, stat.S_IMODE(change.mode))
+            else:
+                now = _lstat(target)
+                if now is not None and stat.S_ISDIR(now.st_mode):
+                    self._put_away(target)
+                yield from _copy_in(os.path.join(self._layer.upper, change.path), target)
+            self._done.add(change.path)
+            yield False
+            yield from self._empty_trash()
+
+    def _put_away(self, target: str) -> None:
+        """Remove ``target`` from the workdir at once: a file is unlinked, a
+        directory renamed to a hidden name beside it (one atomic step) and
+        removed later, entry by entry, by :meth:`_empty_trash`."""
+        now = _lstat(target)
+        if now is None:
+            return
+        if not stat.S_ISDIR(now.st_mode):
+            os.unlink(target)
+            return
+        head, name = os.path.split(target)
+        hidden = os.path.join(head, f".{name}.asyncsandlock-{secrets.token_hex(4)}")
+        os.rename(target, hidden)
+        self._trash.append(hidden)
+
+    def _empty_trash(self) -> Iterator[bool]:
+        while self._trash:
+            for _ in _removal_steps(self._trash[-1]):
+                yield False
+            self._trash.pop()
+
+    async def abort(self) -> None:
+        """Drop the changes not yet committed; the workdir is left as it is."""
+        if self._state == "open":
+            self._state = "aborted"
+            with anyio.CancelScope(shield=True):
+                await _drive(self._empty_trash())  # what a cancelled commit put away
+            self._layer.close()
+
+
+def _lstat(path: str) -> os.stat_result | None:
+    try:
+        return os.lstat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+
+
+def _collect(found: Iterator[str], into: list[str]) -> Iterator[None]:
+    for path in found:
+        into.append(path)
+        yield
+    yield
+
+
+def _copy_data(src: int, dst: int) -> Iterator[bool]:
+    """Copy ``src`` to ``dst`` in the kernel, :data:`CHUNK` bytes per step.
+
+    copy_file_range shares extents (a reflink) where the file system can;
+    between two file systems of different types it answers EXDEV, and
+    sendfile copies instead."""
+    copy: Callable[[int, int, int], int] = _copy_file_range
+    while True:
+        try:
+            if not copy(src, dst, CHUNK):
+                return
+        except OSError as exc:
+            if copy is _sendfile or exc.errno not in (errno.EXDEV, errno.EINVAL,
+                                                        errno.EOPNOTSUPP, errno.ENOSYS):
+                raise
+            copy = _sendfile
+            continue
+        yield True
+
+
+def _copy_file_range(src: int, dst: int, count: int) -> int:
+    return os.copy_file_range(src, dst, count)
+
+
+def _sendfile(src: int, dst: int, count: int) -> int:
+    return os.sendfile(dst, src, None, count)
+
+
+def _copy_in(source: str, target: str) -> Iterator[bool]:
+    """Copy ``source`` (a file, symlink, fifo...) beside ``target`` under a
+    hidden name and rename it over ``target``; yields True after each chunk.
+    Closed early (a cancellation), the copy is removed."""
+    head, name = os.path.split(target)
+    temp = os.path.join(head, f".{name}.asyncsandlock-{secrets.token_hex(4)}")
+    st = os.lstat(source)
+    done = False
+    try:
+        if stat.S_ISLNK(st.st_mode):
+            os.symlink(os.readlink(source), temp)
+        elif stat.S_ISREG(st.st_mode):
+            src = os.open(source, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                dst = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+                try:
+                    yield from _copy_data(src, dst)
+                    os.fchmod(dst, stat.S_IMODE(st.st_mode))
+                finally:
+                    os.close(dst)
+            finally:
+                os.close(src)
+        elif stat.S_ISFIFO(st.st_mode):
+            os.mkfifo(temp, stat.S_IMODE(st.st_mode))
+        else:
+            return  # device nodes and sockets are not carried over
+        if os.geteuid() == 0:
+            os.chown(temp, st.st_uid, st.st_gid, follow_symlinks=False)
+        if not stat.S_ISLNK(st.st_mode):
+            os.utime(temp, ns=(st.st_atime_ns, st.st_mtime_ns))
+        os.rename(temp, target)
+        done = True
+    finally:
+        if not done:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temp)
+
+
+async def diff(layer: Layer) -> tuple[Change, ...]:
+    """The changes in ``layer``, sorted by path."""
+    found: list[Change] = []
+    await _drive(diff_steps(layer.upper, layer.workdir, found))
+    return tuple(found)
+
+
+async def settle(layer: Layer, result: Result, on_exit: str, dry_run: bool) -> Result:
+    """List the changes of a finished run and commit, abort or keep them as
+    ``on_exit`` and ``dry_run`` say; returns ``result`` with them.  The
+    layer is the returned workspace's (``keep``), or dropped."""
+    changes = await diff(layer)
+    workspace = Workspace._create(layer, changes)
+    kept: Workspace | None = None
+    if dry_run or on_exit == "abort" or (on_exit == "commit" and not result.success):
+        await workspace.abort()
+    elif on_exit == "commit":
+        try:
+            await workspace.commit()
+        except WorkspaceConflict as exc:
+            layer.kept = True
+            exc.result = replace(result, changes=changes, workspace=workspace)
+            raise
+    else:
+        kept = workspace
+        layer.kept = True
+    return replace(result, changes=changes, workspace=kept)
+
+
+def check_dry_run(workspace: bool, dry_run: object) -> None:
+    """A :class:`PolicyError` for a ``dry_run`` that is not a bool, or set
+    without a workdir."""
+    if not isinstance(dry_run, bool):
+        raise PolicyError("dry_run", f"{show(dry_run)} must be True or False")
+    if dry_run and not workspace:
+        raise PolicyError("dry_run", "shows a workspace's changes: it needs a workdir")
+
+
+def workspace_protections(protections: Mapping[Subsystem, Protection]
+                          ) -> Mapping[Subsystem, Protection]:
+    """``protections`` of a run that has its workspace overlay."""
+    return MappingProxyType({**protections, Subsystem.WORKSPACE_OVERLAY: Protection.ACTIVE})
