@@ -122,6 +122,20 @@ class Sandbox:
             raise PolicyError("on_unavailable", f"{show(self.on_unavailable)} is not callable")
         put(self, "name", check_name("name", self.name))
 
+    # -- profiles (issue 13) ----------------------------------------------
+    @classmethod
+    def from_profile(cls, name_or_path: str | os.PathLike[str], **overrides: Any) -> Sandbox:
+        """The policy of a built-in profile (``"untrusted-python"``, ``"shell"``,
+        ``"build"``) or a TOML file, with ``overrides`` replacing its fields
+        (see ``docs/profiles.md``).
+
+        :raises PolicyError: an unknown profile, key or invalid value.
+        """
+        from ._profiles import load_profile
+
+        sandbox: Sandbox = load_profile(name_or_path).sandbox(**overrides)
+        return sandbox
+
     def net_rules(self) -> tuple[NetRule, ...]:
         """The parsed ``net_allow`` rules."""
         return tuple(parse_net_allow(spec) for spec in self.net_allow)

@@ -30,7 +30,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("support", ("_fd", "_background", "_notify_loop", "_pacing", "_streams")),
     # The policy as validated data, and what users hand it.
     ("policy", ("_validate", "_groups", "_handler", "_netspec", "_system_paths", "_refusal",
-                "_inputs", "_policy")),
+                "_inputs", "_policy", "_profiles")),
     # The built-in guards a policy gets, and what they read of a trapped call.
     ("handlers", ("handlers", "_objects")),
     # Policy + this kernel -> the plan, and what each subsystem enforces of it.
@@ -41,6 +41,8 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("process", ("_process", "_result")),
     ("run", ("_run", "_pipeline")),
     ("cli", ("_cli", "_check", "__main__", "")),  # "": the package itself, the public API
+    # The MCP server on top of it all (issue 13).
+    ("mcp", ("mcp",)),
 )
 
 
