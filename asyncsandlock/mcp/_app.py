@@ -3,6 +3,7 @@ the two transports (stdio; Streamable HTTP under uvicorn)."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
@@ -85,8 +86,17 @@ def http_app(core: SandboxServer, *, host: str = "127.0.0.1") -> Any:
     async def wrapped(scope: _Scope, receive: Callable[[], Awaitable[Any]],
                       send: Callable[[Any], Awaitable[None]]) -> None:
         if scope["type"] == "lifespan":
-            async with core.running():
-                await inner(scope, receive, send)
+            async with contextlib.AsyncExitStack() as stack:
+                await stack.enter_async_context(core.running())
+
+                async def send_after_cleanup(message: Any) -> None:
+                    # uvicorn stops the loop once shutdown is complete: the
+                    # workspaces go first.
+                    if message.get("type") == "lifespan.shutdown.complete":
+                        await stack.aclose()
+                    await send(message)
+
+                await inner(scope, receive, send_after_cleanup)
             return
         await inner(scope, receive, send)
         if scope["type"] == "http" and scope.get("method") == "DELETE":

@@ -37,9 +37,10 @@ import anyio
 from .._exceptions import PolicyError, SandboxError
 from .._policy import SYSTEM_READABLE, Sandbox
 from .._profiles import Profile, load_profile
+from .._refusal import allow_degraded
 from .._result import Result
 from .._streams import FdReceiveStream
-from .._types import Protection
+from .._types import Protection, Subsystem
 from ._output import RESULT_BUDGET, Captured, render
 from ._workspace import Workspace, WorkspaceError
 
@@ -177,7 +178,10 @@ class SandboxServer:
         # rm in a sandbox of its own that may write only the workspace root:
         # a tree of any size is removed without blocking the event loop, and
         # a symlink planted in it cannot make us delete elsewhere.
-        remover = Sandbox(fs_readable=SYSTEM_READABLE, fs_writable=[self.root])
+        # Where the host refuses a subsystem, rm runs without it: the command
+        # and its target are ours, the confinement only a second guard.
+        remover = Sandbox(fs_readable=SYSTEM_READABLE, fs_writable=[self.root],
+                          on_unavailable=allow_degraded(*Subsystem))
         with anyio.CancelScope(shield=True):
             try:
                 await remover.run(["/bin/sh", "-c", 'chmod -R u+rwx -- "$1"; rm -rf -- "$1"',
@@ -312,13 +316,20 @@ async def _run_capped(sandbox: Sandbox, argv: list[str], stdin: bytes | None, *,
         while writers:
             os.close(writers.pop())
 
+    results: list[Result] = []
+    refusals: list[SandboxError] = []
     try:
         async with anyio.create_task_group() as tg:
             tg.start_soon(out.drain, streams[0])
             tg.start_soon(err.drain, streams[1])
             try:
-                result = await sandbox.run(argv, input=stdin, stdout=out_w, stderr=err_w,
-                                           timeout=timeout)
+                results.append(await sandbox.run(argv, input=stdin, stdout=out_w,
+                                                 stderr=err_w, timeout=timeout))
+            except SandboxError as exc:
+                # Raised out of the task group it would come wrapped in an
+                # ExceptionGroup; the caller wants the refusal itself.
+                refusals.append(exc)
+                tg.cancel_scope.cancel()
             finally:
                 close_writers()
             # Every process of the sandbox is gone, so the pipes end once
@@ -328,7 +339,9 @@ async def _run_capped(sandbox: Sandbox, argv: list[str], stdin: bytes | None, *,
         close_writers()
         for stream in streams:
             stream._close()
-    return result
+    if refusals:
+        raise refusals[0]
+    return results[0]
 
 
 def _report(result: Result, out: Captured, err: Captured,
