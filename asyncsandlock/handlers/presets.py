@@ -55,9 +55,14 @@ async def resolved_path(ctx: HandlerCtx) -> str | None:
             path = object_path(obj)
         except OSError:
             base = object_path(target.cwd() if dirfd == AT_FDCWD else target.fd(dirfd))
-            path = os.path.normpath(os.path.join(base, os.fsdecode(raw)))
+            path = _spelled(base, os.fsdecode(raw))
         target.confirm()
     return path
+
+
+def _spelled(base: str, raw: str) -> str:
+    # String work only: normpath and join touch no file system.
+    return os.path.normpath(os.path.join(base, raw))
 
 
 class _PathRule(Handler):
