@@ -501,3 +501,21 @@ async def test_bad_arguments_are_tool_errors(http_server: Server) -> None:
         assert error and "No such file" in text
         text, _, error = await call(client, "read_file", path=".")
         assert error and "not a regular file" in text
+
+
+def test_check_inside_the_simulated_pod() -> None:
+    """``asyncsandlock check`` says what holds in a pod, and that sandboxes run."""
+    workspace = tempfile.mkdtemp(prefix="asl-pod-")
+    try:
+        prefix = pod_prefix(workspace)
+        if isinstance(prefix, str):
+            pytest.skip(prefix)
+        proc = subprocess.run([*prefix, SYSTEM_PYTHON, "-m", "asyncsandlock", "check"],
+                              capture_output=True, text=True, timeout=120, env=server_env())
+    finally:
+        shutil.rmtree(workspace, ignore_errors=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    for text in ("PID 1: orphans", "uid 1000, capabilities none", "no_new_privs", "read-only",
+                 "clone3                     no (ENOSYS", "a default (strict) sandbox runs here",
+                 "syscall handlers and max_processes run here"):
+        assert text in proc.stdout, proc.stdout
