@@ -9,6 +9,7 @@ sandbox would meet.
 from __future__ import annotations
 
 import errno
+import os
 import platform
 import sys
 
@@ -57,6 +58,31 @@ def rows(caps: Capabilities) -> list[tuple[str, str, str]]:
     ]
 
 
+def container_rows() -> list[tuple[str, str, str]]:
+    """What a container or pod gives this process (issue 13): the lines that
+    explain a refusal there, and where workspaces can go."""
+    status = {}
+    try:
+        with open("/proc/self/status") as f:
+            status = dict(line.split(":\t", 1) for line in f.read().splitlines() if ":\t" in line)
+    except OSError:
+        pass
+    caps = status.get("CapEff", "?").strip()
+    root_ro = bool(os.statvfs("/").f_flag & os.ST_RDONLY)
+    tmp = os.environ.get("TMPDIR") or "/tmp"  # gettempdir() raises where none is writable
+    return [
+        ("pid", f"{os.getpid()}" + (" (PID 1: orphans of sandboxes are ours to reap)"
+                                    if os.getpid() == 1 else ""), ""),
+        ("user", f"uid {os.getuid()}, capabilities {'none' if caps.strip('0') == '' else caps}",
+         "none are needed"),
+        ("no_new_privs", status.get("NoNewPrivs", "?").strip(), "sandboxes set it for themselves"),
+        ("root file system", "read-only" if root_ro else "writable",
+         "workspaces need a writable directory (an emptyDir)"),
+        (f"{tmp}", "writable" if os.access(tmp, os.W_OK) else "NOT writable",
+         "the MCP server's default workspace root"),
+    ]
+
+
 def _table(lines: list[tuple[str, str, str]]) -> str:
     first = max(len(a) for a, _, _ in lines)
     second = max(len(b) for _, b, _ in lines)
@@ -90,7 +116,7 @@ async def _check() -> int:
     print(f"asyncsandlock check: Linux {platform.release()} {platform.machine()}, "
           f"Python {platform.python_version()}")
     print()
-    print(_table(rows(caps)))
+    print(_table(rows(caps) + container_rows()))
     print()
     refusals = caps.refusals(supervised=True)
     if refusals:

@@ -1,4 +1,4 @@
-"""The ``asyncsandlock`` command line: ``run`` and ``check``."""
+"""The ``asyncsandlock`` command line: ``run``, ``check``, ``profile`` and ``mcp``."""
 
 from __future__ import annotations
 
@@ -51,8 +51,10 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--cpu-cores", metavar="LIST", help="CPUs it may run on, e.g. 0,1")
     run.add_argument("--max-threads", type=int, metavar="N")
     run.add_argument("-t", "--timeout", type=float, metavar="SECONDS")
+    run.add_argument("--profile", metavar="NAME|FILE",
+                     help="start from a profile (built-in name or TOML file); flags override it")
     env = run.add_mutually_exclusive_group()
-    env.add_argument("--clean-env", dest="clean_env", action="store_true", default=True,
+    env.add_argument("--clean-env", dest="clean_env", action="store_true", default=None,
                      help="only PATH, HOME, LANG and TERM from this environment (the default)")
     env.add_argument("--inherit-env", dest="clean_env", action="store_false",
                      help="hand this whole environment, secrets included, to the command")
@@ -70,7 +72,39 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--max-disk", metavar="SIZE", help="bound the workspace layer, e.g. 1G")
     run.add_argument("cmd", nargs=argparse.REMAINDER, help="the command, after --")
     sub.add_parser("check", help="print what this host supports")
+    _profile_parsers(sub)
     return parser
+
+
+def _profile_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``profile show`` and ``mcp`` (issue 13)."""
+    profile = sub.add_parser("profile", help="show policy profiles")
+    verbs = profile.add_subparsers(dest="verb", required=True)
+    show = verbs.add_parser("show", help="print the effective policy of a profile")
+    show.add_argument("profile", metavar="NAME|FILE")
+    verbs.add_parser("list", help="list the built-in profiles")
+    from .mcp._cli import add_arguments
+
+    add_arguments(sub.add_parser("mcp", help="serve MCP code-execution tools"))
+
+
+def _other_main(ns: argparse.Namespace) -> int:
+    """``profile ...`` and ``mcp``."""
+    if ns.command == "mcp":
+        from .mcp._cli import mcp_main
+
+        return mcp_main(ns)
+    from ._profiles import builtin_names, describe, load_profile
+
+    try:
+        if ns.verb == "list":
+            print("\n".join(builtin_names()))
+        else:
+            print(describe(load_profile(ns.profile)))
+    except SandboxError as exc:
+        print(f"asyncsandlock: {exc}", file=sys.stderr)
+        return 2
+    return 0
 
 
 def _sandbox(ns: argparse.Namespace, *, interactive: bool) -> Sandbox:
@@ -80,9 +114,11 @@ def _sandbox(ns: argparse.Namespace, *, interactive: bool) -> Sandbox:
         if not sep:
             raise SystemExit(f"asyncsandlock: --env wants K=V, got {item!r}")
         env[key] = value
+    if ns.profile:
+        return _from_profile(ns, env, interactive=interactive)
     return Sandbox(
         fs_readable=ns.read, fs_writable=ns.write, net_allow=ns.net_allow,
-        net_allow_bind=ns.net_bind, env=env, clean_env=ns.clean_env, cwd=ns.cwd,
+        net_allow_bind=ns.net_bind, env=env, clean_env=ns.clean_env is not False, cwd=ns.cwd,
         max_memory=parse_size("max_memory", ns.max_memory) if ns.max_memory else None,
         max_processes=ns.max_processes, max_open_files=ns.max_open_files,
         max_cpu=ns.max_cpu, cpu_time=ns.cpu_time, max_threads=ns.max_threads,
@@ -110,6 +146,40 @@ def _cores(text: str | None) -> tuple[int, ...] | None:
     except ValueError:
         raise SystemExit(f"asyncsandlock: --cpu-cores wants numbers like 0,1, got {text!r}") \
             from None
+
+
+def _from_profile(ns: argparse.Namespace, env: dict[str, str], *,
+                  interactive: bool) -> Sandbox:
+    """The profile's policy, with each flag given on the command line replacing
+    its field (lists from flags add to the profile's)."""
+    from ._profiles import load_profile
+
+    profile = load_profile(ns.profile)
+    if ns.timeout is None:
+        ns.timeout = profile.timeout
+    fields = profile.fields
+    overrides: dict[str, object] = {"interactive": interactive}
+    for flag, field in (("read", "fs_readable"), ("write", "fs_writable"),
+                        ("net_allow", "net_allow"), ("net_bind", "net_allow_bind"),
+                        ("deny", "fs_denied")):
+        if getattr(ns, flag):
+            overrides[field] = [*fields.get(field, ()), *getattr(ns, flag)]
+    if env:
+        overrides["env"] = {**fields.get("env", {}), **env}
+    for flag in ("clean_env", "cwd", "max_processes", "max_open_files", "max_cpu", "cpu_time",
+                 "max_threads", "uid", "gid", "workdir", "max_disk"):
+        if getattr(ns, flag) is not None:
+            overrides[flag] = getattr(ns, flag)
+    if ns.cpu_cores is not None:
+        overrides["cpu_cores"] = _cores(ns.cpu_cores)
+    if ns.no_coredump:
+        overrides["no_coredump"] = True
+    if ns.workdir is not None:
+        overrides["on_exit"] = ns.on_exit
+    if ns.max_memory:
+        overrides["max_memory"] = parse_size("max_memory", ns.max_memory)
+    sandbox: Sandbox = profile.sandbox(**overrides)
+    return sandbox
 
 
 async def _run(ns: argparse.Namespace) -> int:
@@ -204,6 +274,8 @@ class _Terminal:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``asyncsandlock`` command."""
     ns = _parser().parse_args(argv)
+    if ns.command in ("profile", "mcp"):
+        return _other_main(ns)
     if ns.command == "check":
         from ._check import check_main
 

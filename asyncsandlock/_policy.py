@@ -183,6 +183,20 @@ class Sandbox:
         put(self, "on_exit", workspace[1])
         put(self, "max_disk", workspace[2])
 
+    # -- profiles (issue 13) ----------------------------------------------
+    @classmethod
+    def from_profile(cls, name_or_path: str | os.PathLike[str], **overrides: Any) -> Sandbox:
+        """The policy of a built-in profile (``"untrusted-python"``, ``"shell"``,
+        ``"build"``) or a TOML file, with ``overrides`` replacing its fields
+        (see ``docs/profiles.md``).
+
+        :raises PolicyError: an unknown profile, key or invalid value.
+        """
+        from ._profiles import load_profile
+
+        sandbox: Sandbox = load_profile(name_or_path).sandbox(**overrides)
+        return sandbox
+
     def net_rules(self) -> tuple[NetRule, ...]:
         """The parsed ``net_allow`` rules."""
         return tuple(parse_rule(spec, "net_allow") for spec in self.net_allow)

@@ -31,7 +31,8 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
                  "_watch", "_rtnl", "_publish")),
     # The policy as validated data, and what users hand it.
     ("policy", ("_validate", "_groups", "_handler", "_netspec", "_system_paths", "_refusal",
-                "_inputs", "_filespec", "_limits", "_network", "_workdir", "_policy")),
+                "_inputs", "_filespec", "_limits", "_network", "_workdir", "_policy",
+                "_profiles")),
     # The built-in guards a policy gets, and what they read of a trapped call.
     ("handlers", ("handlers", "_objects")),
     # Policy + this kernel -> the plan, and what each subsystem enforces of it.
@@ -42,6 +43,8 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("process", ("_process", "_result", "_changes", "_workspace")),
     ("run", ("_run", "_pipeline")),
     ("cli", ("_cli", "_check", "__main__", "")),  # "": the package itself, the public API
+    # The MCP server on top of it all (issue 13).
+    ("mcp", ("mcp",)),
 )
 
 

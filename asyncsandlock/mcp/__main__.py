@@ -1,0 +1,7 @@
+"""``python -m asyncsandlock.mcp``."""
+
+import sys
+
+from ._cli import main
+
+sys.exit(main())
