@@ -38,6 +38,7 @@ show at spawn time, with its own Events.
 
 from __future__ import annotations
 
+import copy
 import errno
 import inspect
 import os
@@ -158,6 +159,15 @@ class Decision:
             self.done.set()
 
 
+def _detached(error: OSError) -> OSError:
+    """``error`` without the frames it was raised through: kept for the
+    Sandbox's life, a traceback would hold the Sandbox itself (a local of
+    those frames) and with it the owner and its ruleset fd, for ever."""
+    kept = copy.copy(error).with_traceback(None)
+    kept.__context__ = kept.__cause__ = None
+    return kept
+
+
 #: Keys of :attr:`Compiled.templates`: (notify, self_trapped, degraded).
 TemplateKey = tuple[frozenset[str], frozenset[str], frozenset[Subsystem]]
 
@@ -199,7 +209,7 @@ class Compiled:
 
     def refused(self, subsystem: Subsystem, error: OSError) -> None:
         """Remember a refusal that needs no decision (it fails closed)."""
-        self._refusals[subsystem] = error
+        self._refusals[subsystem] = _detached(error)
 
     async def degrade(self, subsystem: Subsystem, error: OSError,
                       ask: Callable[[], Awaitable[None]]) -> None:
@@ -217,7 +227,7 @@ class Compiled:
             finally:
                 del self._deciding[subsystem]
             implied = _LANDLOCK_PARTS if subsystem is Subsystem.LANDLOCK else ()
-            self._refusals[subsystem] = error
+            self._refusals[subsystem] = _detached(error)
             self._plan = replace(self._plan,
                                  degraded=self._plan.degraded | {subsystem, *implied})
 

@@ -34,6 +34,7 @@ from asyncsandlock import (
 )
 from asyncsandlock._core import ffi
 from asyncsandlock._plan import compile_plan
+from asyncsandlock._reaper import prepare
 from asyncsandlock._spawn import _strings
 
 from conftest import child_pids, open_fds
@@ -150,6 +151,20 @@ SANDBOX_KWARGS: Fields = {
     "max_output": (st.one_of(st.none(), st.integers(1, 1 << 40), st.sampled_from(["1M", "12K"])),
                    st.one_of(LIMIT, st.sampled_from(["12Q", "-1K", "nan", ""]))),
     "on_output_limit": (st.sampled_from(["truncate", "kill"]), st.one_of(TEXT, JUNK_SCALAR)),
+    # Files and identity (branch files).
+    "fs_denied": (st.lists(st.sampled_from(["/etc/shadow", "/tmp/x", "/nonexistent"]),
+                           max_size=2), PATH_LIST),
+    "uid": (st.one_of(st.none(), st.integers(0, 65534)), LIMIT),
+    "gid": (st.one_of(st.none(), st.integers(0, 65534)), LIMIT),
+    "no_coredump": (st.booleans(), JUNK_SCALAR),
+    # Network namespaces (branch netns).
+    "network": (st.sampled_from(["host", "loopback", "uplink"]), st.one_of(TEXT, JUNK_SCALAR)),
+    "publish": (st.just(()), _list_of(st.one_of(st.integers(), HUGE, TEXT))),
+    # Copy-on-write workspaces (branch workdir).
+    "workdir": (st.one_of(st.none(), st.just("/tmp")), st.one_of(st.none(), PATH_ITEM)),
+    "on_exit": (st.sampled_from(["commit", "abort", "keep"]), st.one_of(TEXT, JUNK_SCALAR)),
+    "max_disk": (st.one_of(st.none(), st.sampled_from(["1G", "64M"])),
+                 st.one_of(LIMIT, st.sampled_from(["12Q", "-1K", ""]))),
     "name": (st.one_of(st.none(), st.from_regex(r"[a-z0-9][a-z0-9._-]{0,63}", fullmatch=True)),
              st.one_of(TEXT, st.sampled_from(["x" * 65, "-x", ".x", "a b"]), JUNK_SCALAR)),
 }
@@ -208,7 +223,8 @@ def stub_spawn(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[object]]:
 
     def stub(plan: object, *, path: str, args: Sequence[bytes], env: Mapping[str, str] | None,
              cwd: str | None, fds: Sequence[int], notify: frozenset[str],
-             self_trapped: frozenset[str] = frozenset()) -> None:
+             self_trapped: frozenset[str] = frozenset(), netns_fd: int = -1,
+             workspace: object = None) -> None:
         req = ffi.new("struct asl_spawn_req *")
         _strings(req, path, args, env, cwd)
         ffi.new("struct asl_fd_map[]", [(src, dst) for dst, src in enumerate(fds)] or 1)
@@ -234,6 +250,7 @@ def test_fuzz_sandbox(kwargs: dict[str, Any], stub_spawn: list[object]) -> None:
 def fuzzed_sandbox() -> Iterator[Sandbox]:
     sb = Sandbox(fs_readable=SYSTEM_READABLE)
     anyio.run(compile_plan, sb)  # its ruleset fd is not a leak of the runs below
+    prepare()  # nor is the reaper, which the first run would start (its pipe and pidfd)
     yield sb
 
 
