@@ -163,6 +163,8 @@ def _detached(error: OSError) -> OSError:
     """``error`` without the frames it was raised through: kept for the
     Sandbox's life, a traceback would hold the Sandbox itself (a local of
     those frames) and with it the owner and its ruleset fd, for ever."""
+    if error.__traceback__ is None and error.__context__ is None and error.__cause__ is None:
+        return error
     kept = copy.copy(error).with_traceback(None)
     kept.__context__ = kept.__cause__ = None
     return kept

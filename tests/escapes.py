@@ -382,7 +382,7 @@ class World:
         elif policy == "unix":
             extra["allow_unix_sockets"] = True
         elif policy == "limits":
-            extra.update(max_open_files=64, max_memory="1G", max_processes=8)
+            extra.update(max_open_files=64, max_memory="1G", max_processes=8, no_coredump=True)
         elif policy == "ipc":
             extra["allow_sysv_ipc"] = True
         elif policy == "bind":

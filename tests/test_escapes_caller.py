@@ -42,7 +42,9 @@ CALLER = [
     attempt("setpgid-own-group", "setpgid", held={errno.EPERM}),
     attempt("setpgid-join-caller-group", "setpgid", "{callerpgid}", held={errno.EPERM}),
     attempt("raise-rlimit-nofile", "setrlimit", "7", "4096", held=DENIED, policy="limits"),
-    attempt("raise-rlimit-as", "setrlimit", "9", "-1", held=DENIED, policy="limits"),
+    # max_memory is a budget watched from outside now, no rlimit; no_coredump
+    # is a hard RLIMIT_CORE of 0, which the child must not raise.
+    attempt("raise-rlimit-core", "setrlimit", "4", "-1", held=DENIED, policy="limits"),
 ]
 
 

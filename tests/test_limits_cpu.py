@@ -85,9 +85,9 @@ async def test_max_cpu_holds_a_busy_loop_to_its_share() -> None:
 
 
 async def test_without_max_cpu_a_busy_loop_takes_more() -> None:
-    """Control: unlimited, the same loop takes well over a quarter of a core
-    (this host is shared, so not a whole one)."""
-    assert await _share() > 0.4
+    """Control: unlimited, the same loop takes more than the limited one may
+    (this host is shared, so not always a whole core)."""
+    assert await _share() > 0.35
 
 
 async def test_cpu_cores_binds_the_sandbox() -> None:
