@@ -16,7 +16,7 @@ import tempfile
 
 import anyio
 import pytest
-from hypothesis import HealthCheck, example, given, settings
+from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
 from asyncsandlock import SYSTEM_READABLE, Sandbox
@@ -200,6 +200,9 @@ def test_random_trees_under_landlock(backend: str, spec: dict[str, object],
         os.mkdir(root)
         tree(pathlib.Path(root), spec)
         holes = [os.path.join(root, *parts) for parts in hole_parts]
+        # A hole through a link out of the tree (to "/") denies the system
+        # itself, python3 included: that case is the model test's.
+        assume(all(beneath(resolve(h), root) for h in holes))
         files = [p for p in _walk(root) if os.path.isfile(p) and not os.path.islink(p)]
         if not files:
             return
