@@ -361,12 +361,21 @@ static long set_identity(const struct asl_spawn_req *req)
             (rc = write_id_maps(req->uid_map, req->gid_map)) < 0)
             return rc;
     } else if (req->identity == ASL_IDENTITY_SET) {
-        if ((rc = SYS3(SYS_setgroups, 0, 0, 0)) < 0)
+        /* Changing the euid makes the memory undumpable (suid_dumpable), the
+         * caller's too, and clears the parent-death signal: both are put
+         * back, and the parent checked again as in the pdeathsig step. */
+        long dumpable = SYS3(SYS_prctl, PR_GET_DUMPABLE, 0, 0);
+        if ((rc = SYS3(SYS_setgroups, 0, 0, 0)) >= 0 &&
+            (rc = SYS3(SYS_setresgid, req->gid, req->gid, req->gid)) >= 0)
+            rc = SYS3(SYS_setresuid, req->uid, req->uid, req->uid);
+        if (dumpable >= 0)
+            SYS3(SYS_prctl, PR_SET_DUMPABLE, dumpable, 0);
+        if (rc < 0)
             return rc;
-        if ((rc = SYS3(SYS_setresgid, req->gid, req->gid, req->gid)) < 0)
+        if ((rc = SYS3(SYS_prctl, PR_SET_PDEATHSIG, SIGKILL, 0)) < 0)
             return rc;
-        if ((rc = SYS3(SYS_setresuid, req->uid, req->uid, req->uid)) < 0)
-            return rc;
+        if (SYS3(SYS_getppid, 0, 0, 0) != req->parent_pid)
+            return -ESRCH;
     }
     return 0;
 }

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from asyncsandlock import SYSTEM_READABLE, PolicyError, Sandbox, Subsystem
+from asyncsandlock import SYSTEM_READABLE, PolicyError, Sandbox, SpawnError, Subsystem
 from asyncsandlock._enforcement import unenforced
 
 from conftest import build_helper
@@ -245,3 +245,15 @@ def test_without_landlock_fs_denied_is_named_unenforced() -> None:
     assert "fs_denied" in unenforced(sb, Subsystem.LANDLOCK)
     assert "fs_denied" in unenforced(sb, Subsystem.LANDLOCK_TRUNCATE)
     assert "fs_denied" not in unenforced(Sandbox(), Subsystem.LANDLOCK)
+
+
+async def test_a_denied_program_in_a_system_tree_cannot_run() -> None:
+    """A hole deep in SYSTEM_READABLE (/usr/bin holds ~1000 entries, each a rule)."""
+    program = os.path.realpath(shutil.which("id") or "/usr/bin/id")
+    sb = Sandbox(fs_readable=SYSTEM_READABLE, fs_denied=[program])
+    with pytest.raises(SpawnError) as info:
+        await sb.run([program])
+    assert info.value.errno == errno.EACCES
+    del info
+    assert (await sb.run(["sh", "-c", "echo ok"])).stdout == b"ok\n"  # its siblings run
+    assert (await Sandbox(fs_readable=SYSTEM_READABLE).run([program])).returncode == 0

@@ -7,14 +7,19 @@ and checks what a path's ancestors' rules give it, as Landlock unions them.
 
 from __future__ import annotations
 
+import errno
+import functools
 import os
 import pathlib
 import shutil
 import tempfile
 
-from hypothesis import HealthCheck, given, settings
+import anyio
+import pytest
+from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
+from asyncsandlock import SYSTEM_READABLE, Sandbox
 from asyncsandlock._holes import Rule, beneath, carve, carve_all, is_denied, resolve
 
 
@@ -159,5 +164,58 @@ def test_random_trees(spec: dict[str, object], hole_parts: list[list[str]]) -> N
                 # A name that appears later: whole only where its directory is.
                 parent = os.path.dirname(path)
                 assert got == rights(parent, rules) or got == "list"
+    finally:
+        shutil.rmtree(base)
+
+
+# -- the same trees, under the kernel ----------------------------------------
+
+_PROBE = r"""
+import sys
+for path in sys.argv[2:]:
+    try:
+        with open(path, "r+b" if sys.argv[1] == "w" else "rb") as f:
+            f.read(1)
+        print("ok")
+    except OSError as exc:
+        print(exc.errno)
+"""
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+@settings(max_examples=25, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(spec=TREES, hole_parts=HOLES, writable=st.booleans())
+@example(spec={"a": {"b": "f", "c": "f"}, "d": "f"}, hole_parts=[["a", "b"]], writable=True)
+@example(spec={"a": {"b": {"c": "f"}, "d": ("link", "b")}}, hole_parts=[["a", "d", "c"]],
+         writable=False)
+def test_random_trees_under_landlock(backend: str, spec: dict[str, object],
+                                     hole_parts: list[list[str]], writable: bool) -> None:
+    """Every file of a random tree opens (for reading, or for writing in a
+    writable grant) exactly when it lies outside every hole."""
+    base = tempfile.mkdtemp(prefix="asl-holes-", dir="/tmp")
+    try:
+        os.chmod(base, 0o755)
+        root = os.path.join(base, "g")
+        os.mkdir(root)
+        tree(pathlib.Path(root), spec)
+        holes = [os.path.join(root, *parts) for parts in hole_parts]
+        # A hole through a link out of the tree (to "/") denies the system
+        # itself, python3 included: that case is the model test's.
+        assume(all(beneath(resolve(h), root) for h in holes))
+        files = [p for p in _walk(root) if os.path.isfile(p) and not os.path.islink(p)]
+        if not files:
+            return
+        sb = Sandbox(fs_readable=[*SYSTEM_READABLE, *([] if writable else [root])],
+                     fs_writable=[root] if writable else [], fs_denied=holes)
+        result = anyio.run(functools.partial(
+            sb.run, ["/usr/bin/python3", "-c", _PROBE, "w" if writable else "r", *files]),
+            backend=backend)
+        got = result.stdout.decode().split()
+        resolved = [resolve(h) for h in holes]
+        for path, outcome in zip(files, got, strict=True):
+            denied = any(beneath(resolve(path), h) for h in resolved)
+            assert outcome == (str(errno.EACCES) if denied else "ok"), (path, holes)
+        del sb, result
     finally:
         shutil.rmtree(base)

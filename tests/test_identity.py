@@ -7,12 +7,14 @@ the identity (or on a file the identity owns) works.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import json
 import logging
 import os
 import pathlib
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -40,6 +42,7 @@ pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("no_leaks")]
 
 PY = "/usr/bin/python3"
 IDS = "import os; print(*os.getresuid(), *os.getresgid(), *os.getgroups())"
+PR_GET_DUMPABLE = 3
 root_only = pytest.mark.skipif(os.geteuid() != 0, reason="needs a root caller")
 
 
@@ -101,6 +104,22 @@ async def test_ids_inside(tree: pathlib.Path) -> None:
     control = await sandbox(tree).run([PY, "-c", IDS])
     assert control.stdout.split()[:6] == [b"0"] * 6
     assert control.protections[Subsystem.IDENTITY] is Protection.NOT_REQUESTED
+
+
+@root_only
+async def test_the_callers_dumpable_flag_and_the_childs_pdeathsig_survive(
+        tree: pathlib.Path) -> None:
+    """Regression test: setresuid in a child that shares the caller's memory
+    made the caller undumpable, and cleared the child's parent-death signal."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    assert libc.prctl(PR_GET_DUMPABLE, 0, 0, 0, 0) == 1
+    code = ("import ctypes; s = ctypes.c_int(); "
+            "ctypes.CDLL(None).prctl(2, ctypes.byref(s), 0, 0, 0); print(s.value)")
+    held = await sandbox(tree, uid=65534).run([PY, "-c", code])
+    assert held.stdout.strip() == str(int(signal.SIGKILL)).encode()
+    assert libc.prctl(PR_GET_DUMPABLE, 0, 0, 0, 0) == 1
+    control = await sandbox(tree).run([PY, "-c", code])
+    assert control.stdout == held.stdout
 
 
 ROOT_FILES = [
