@@ -49,12 +49,12 @@ SERVE = r"""
 import errno, socket, sys
 s = socket.socket()
 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-try:
+try:  # with SO_REUSEADDR two binds may both pass, and listen() refuses the second
     s.bind((sys.argv[2], int(sys.argv[1])))
+    s.listen()
 except OSError as e:
     print(errno.errorcode.get(e.errno, e.errno), flush=True)
     sys.exit(1)
-s.listen()
 print("bound", flush=True)
 if len(sys.argv) > 3:
     c, _ = s.accept()
@@ -157,17 +157,16 @@ async def test_loopback_has_no_route_out(anyio_backend: str, no_leaks: None) -> 
 async def _bind_both(network: str, port: int) -> list[str]:
     sb = Sandbox(fs_readable=READABLE, network=network, net_allow_bind=[port])
     seen: list[str] = []
-    async with await sb.open([PYTHON, "-c", SERVE, str(port), "127.0.0.1"],
-                             stderr=subprocess.DEVNULL) as first, \
-            await sb.open([PYTHON, "-c", SERVE, str(port), "127.0.0.1"],
-                          stderr=subprocess.DEVNULL) as second:
+    async with await sb.open([PYTHON, "-c", SERVE, str(port), "127.0.0.1"]) as first, \
+            await sb.open([PYTHON, "-c", SERVE, str(port), "127.0.0.1"]) as second:
         for proc in (first, second):
             assert proc.stdout is not None
             try:
                 seen.append((await proc.stdout.receive()).decode().strip())
             except anyio.EndOfStream:
-                result = await proc.result()
-                raise AssertionError(f"{result.returncode} {result.reason}") from None
+                assert proc.stderr is not None
+                error = await proc.stderr.receive()
+                raise AssertionError(f"{network}: {error.decode()}") from None
         for proc in (first, second):
             assert proc.stdin is not None
             await proc.stdin.aclose()
