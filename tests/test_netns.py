@@ -43,8 +43,8 @@ except OSError as e:
     print(errno.errorcode.get(e.errno, e.errno))
 """
 
-# Binds argv[1] on 127.0.0.1 (prints "bound" or the errno), serves one
-# connection (echoes "hello " + what it reads), and stays until stdin closes.
+# Binds port argv[1] on argv[2] (prints "bound" or the errno), serves argv[3]
+# connections (echoes "hello " + what it reads), and stays until stdin closes.
 SERVE = r"""
 import errno, socket, sys
 s = socket.socket()
@@ -56,7 +56,7 @@ except OSError as e:
     print(errno.errorcode.get(e.errno, e.errno), flush=True)
     sys.exit(1)
 print("bound", flush=True)
-if len(sys.argv) > 3:
+for _ in range(int(sys.argv[3]) if len(sys.argv) > 3 else 0):
     c, _ = s.accept()
     c.sendall(b"hello " + c.recv(100))
     c.close()
@@ -192,7 +192,8 @@ async def test_published_port_reached_from_the_caller(anyio_backend: str, no_lea
                                                       no_link_left: None, network: str) -> None:
     sb = Sandbox(fs_readable=READABLE, network=network, publish=[8080], net_allow_bind=[8080])
     bind = "0.0.0.0" if network == "uplink" else "127.0.0.1"
-    async with await sb.open([PYTHON, "-c", SERVE, "8080", bind, "serve"],
+    serves = "2" if network == "uplink" else "1"
+    async with await sb.open([PYTHON, "-c", SERVE, "8080", bind, serves],
                              stderr=subprocess.DEVNULL) as proc:
         assert proc.stdout is not None and proc.stdin is not None
         assert await proc.stdout.receive() == b"bound\n"
@@ -208,6 +209,10 @@ async def test_published_port_reached_from_the_caller(anyio_backend: str, no_lea
             assert info.address is not None and info.gateway is not None
             assert info.address in {str(a) for a in UPLINK_NETWORK}
             assert links(), "the caller's end of the veth pair"
+            # The server's second connection, straight to its uplink address.
+            async with await anyio.connect_tcp(info.address, 8080) as direct:
+                await direct.send(b"direct")
+                assert await direct.receive() == b"hello direct"
         await proc.stdin.aclose()
     assert proc.network is not None and proc.returncode == 0
     release(sb)
