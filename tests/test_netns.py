@@ -310,9 +310,11 @@ anyio.run(main, backend=cfg["backend"])
 
 def drive(backend: str, *, refuse: list[str] | None = None, **cfg: Any) -> list[dict[str, Any]]:
     config = {"backend": backend, "readable": list(READABLE), "degrade": False, **cfg}
-    prefix = [build_helper("refuse"), *refuse, "--"] if refuse else []
+    prefix = []
     if cfg.get("nobody"):  # a fresh interpreter as uid 65534, no capabilities
-        prefix = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *prefix]
+        prefix = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+    if refuse:
+        prefix = [build_helper("refuse"), *refuse, "--", *prefix]
     proc = subprocess.run([*prefix, PYTHON, "-c", DRIVER, json.dumps(config)],
                           capture_output=True, text=True, timeout=120, cwd="/")
     assert proc.returncode == 0, proc.stderr
@@ -344,6 +346,14 @@ def test_refused_unshare_allowed_runs_on_the_host_network_and_says_so(backend: s
         assert len(run["stdout"].split()) > 1  # the host's links, not only lo
 
 
+def _nobody_has_user_namespaces() -> bool:
+    probe = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                            "unshare", "--user", "--net", "true"], capture_output=True)
+    return probe.returncode == 0
+
+
+@pytest.mark.skipif(not _nobody_has_user_namespaces(),
+                    reason="this host gives uid 65534 no user namespace")
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])
 def test_loopback_as_nobody_in_a_user_namespace(backend: str) -> None:
     readable = [*SYSTEM_READABLE, "/proc"]  # as 65534, the sandboxed side is bash
@@ -367,4 +377,13 @@ def test_loopback_as_nobody_in_a_user_namespace(backend: str) -> None:
 def test_uplink_as_nobody_is_refused_through_on_unavailable(backend: str) -> None:
     (run,) = drive(backend, nobody=True, network="uplink", cmd=COUNT_LINKS,
                    readable=[*SYSTEM_READABLE, "/proc"])
+    assert run["refused"] == "NETWORK_NAMESPACE" and run["errno"] == 1, run
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_loopback_as_nobody_without_user_namespaces_is_refused(backend: str) -> None:
+    # What a host with unprivileged user namespaces off (or a profile
+    # refusing unshare) answers: the child's network step fails.
+    (run,) = drive(backend, nobody=True, refuse=["unshare=EPERM"], network="loopback",
+                   cmd=COUNT_LINKS, readable=[*SYSTEM_READABLE, "/proc"])
     assert run["refused"] == "NETWORK_NAMESPACE" and run["errno"] == 1, run
