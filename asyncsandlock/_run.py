@@ -46,6 +46,8 @@ from ._validate import (
 from .handlers import builtin_handlers
 
 if TYPE_CHECKING:
+    from ._netns import Network
+    from ._plan import Compiled
     from ._policy import Sandbox
 
 PIPE = subprocess.PIPE
@@ -97,6 +99,14 @@ def _stdio(targets: tuple[StdioTarget, StdioTarget, StdioTarget], child_ends: li
             raise PolicyError(SLOTS[index],
                               f"{show(target)} is not PIPE, DEVNULL, STDOUT, an fd or a file")
     return child, ours
+
+
+def _netns_fd(network: Network | None, compiled: Compiled) -> int:
+    """The namespace the parent made for the child to enter, or -1: none, or
+    the policy let the child's ``setns`` go (the network step, refused)."""
+    if network is None or Subsystem.NETWORK_NAMESPACE in compiled.plan.degraded:
+        return -1
+    return network.netns_fd
 
 
 async def open_process(sandbox: Sandbox, args: Sequence[str], *, stdin: StdioTarget = PIPE,
@@ -176,7 +186,7 @@ async def _open_in_turn(sandbox: Sandbox, argv: tuple[str, ...], *, stdin: Stdio
                 compiled, path=path, args=[os.fsencode(a) for a in argv], env=full_env,
                 cwd=str(run_cwd) if run_cwd else None, fds=[*child_fds, *extra_fds],
                 notify=trapped, self_trapped=self_trapped & trapped,
-                netns_fd=network.netns_fd if network is not None else -1),
+                netns_fd=_netns_fd(network, compiled)),
                 run_handlers=bool(handlers))
             watch(child)  # before anything can fail and leave it unwatched
         cleanup_on_fail.callback(abandon, child)
@@ -190,7 +200,9 @@ async def _open_in_turn(sandbox: Sandbox, argv: tuple[str, ...], *, stdin: Stdio
             stdin=ours[0], stdout=ours[1], stderr=ours[2],
             protections=protections, unenforced=unenforced, started=started)
         cleanup_on_fail.pop_all()  # the child and our ends are the process's now
-    if network is not None:
+    if _netns_fd(network, compiled) < 0 and network is not None:
+        network.discard()  # the child's setns was refused, and the policy let it go
+    elif network is not None:
         proc._network = network  # torn down once the sandbox is reaped
         network.start(child.pid)
     if unenforced:
