@@ -21,7 +21,14 @@ from typing import Any
 import anyio
 import pytest
 
-from asyncsandlock import SYSTEM_READABLE, PolicyError, Protection, Sandbox, Subsystem
+from asyncsandlock import (
+    SYSTEM_READABLE,
+    NetworkInfo,
+    PolicyError,
+    Protection,
+    Sandbox,
+    Subsystem,
+)
 from asyncsandlock._netns import UPLINK_NETWORK
 from asyncsandlock._plan import peek
 
@@ -198,7 +205,7 @@ async def test_published_port_reached_from_the_caller(anyio_backend: str, no_lea
         assert proc.stdout is not None and proc.stdin is not None
         assert await proc.stdout.receive() == b"bound\n"
         info = proc.network
-        assert info is not None and info.network == network
+        assert isinstance(info, NetworkInfo) and info.network == network
         host, port = info.published[8080]
         assert host == "127.0.0.1"
         stream = await anyio.connect_tcp(host, port)
