@@ -16,6 +16,7 @@ from ._handler import Handler as Handler
 from ._inputs import inputs as inputs
 from ._kernel._notify import HandlerCtx as HandlerCtx
 from ._kernel._notify import NotifAction as NotifAction
+from ._network import NetworkInfo as NetworkInfo
 from ._pipeline import Gather as Gather
 from ._pipeline import Pipeline as Pipeline
 from ._pipeline import PipelineResult as PipelineResult
@@ -49,6 +50,7 @@ __all__ = [
     "Gather",
     "Handler",
     "HandlerCtx",
+    "NetworkInfo",
     "NotifAction",
     "Pipeline",
     "PipelineResult",

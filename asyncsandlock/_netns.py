@@ -105,7 +105,7 @@ def _loopback_up(nsfd: int) -> None:
 class Network:
     """One sandbox's namespace as the parent holds it (mode ``NET_JOIN``)."""
 
-    __slots__ = ("_background", "_forwarder", "_slot", "address", "gateway", "link",
+    __slots__ = ("_background", "_forwarder", "_index", "_slot", "address", "gateway", "link",
                  "netns_fd", "network", "publish")
 
     def __init__(self, netns_fd: int, network: str, publish: tuple[int, ...]) -> None:
@@ -114,6 +114,8 @@ class Network:
         self.publish = publish
         #: The caller's end of the veth pair, once it exists.
         self.link: str | None = None
+        #: Its interface index: names are reused at once, indexes are not.
+        self._index = 0
         self._slot = -1
         self.address: str | None = None
         self.gateway: str | None = None
@@ -148,20 +150,25 @@ class Network:
             start = random.randrange(_SLOTS)
             for attempt in range(_ATTEMPTS):
                 slot = (start + attempt) % _SLOTS
-                name = f"aslu{slot}"
+                # Ours from the moment the kernel may have made it: a
+                # cancellation can land after that, before request() returns.
+                self.link, self._slot = f"aslu{slot}", slot
                 try:
-                    await host.request(_veth(ifinfmsg, name, self.netns_fd), _NLM_F_CREATE_EXCL)
-                except FileExistsError:
+                    await host.request(_veth(ifinfmsg, self.link, self.netns_fd),
+                                       _NLM_F_CREATE_EXCL)
+                except FileExistsError:  # another sandbox's: not ours to delete
+                    self.link = None
                     continue
-                self.link, self._slot = name, slot
                 break
             else:
                 raise OSError(errno.EADDRINUSE, f"no free uplink slot in {UPLINK_NETWORK} "
                                                 f"after {_ATTEMPTS} tries")
             base = UPLINK_NETWORK.network_address + 4 * self._slot
             self.gateway, self.address = str(base + 1), str(base + 2)
-            await _address_and_up(host, ifinfmsg, self.link, self.gateway)
-            await _address_and_up(inside, ifinfmsg, SANDBOX_LINK, self.address)
+            self._index = await _index_of(host, ifinfmsg, self.link)
+            await _address_and_up(host, ifinfmsg, self._index, self.gateway)
+            await _address_and_up(inside, ifinfmsg, await _index_of(inside, ifinfmsg, SANDBOX_LINK),
+                                  self.address)
             await _default_route(inside, self.gateway)
         finally:
             host.close()
@@ -183,30 +190,71 @@ class Network:
                                                 f"asyncsandlock publish {pid}")
 
     def discard(self) -> None:
-        """Delete the link and close the namespace fd (no forwarder is running).
+        """Delete the link now and close the namespace fd: the end of a spawn
+        that failed or was cancelled (no forwarder runs yet).
 
-        The deletion is one netlink request whose acknowledgement the kernel
-        queues before ``send`` returns, so it is read without waiting; it
-        takes the RTNL lock and an RCU grace period, so it costs a
-        millisecond or so on the loop, once per sandbox, after it has ended.
+        The deletion is one netlink request that the kernel carries out
+        inside ``send``: the RTNL lock and RCU grace periods, ~20-40 ms here,
+        on the loop.  Only failed spawns pay it; a sandbox that ran ends
+        through :meth:`aclose`, which blocks nothing.
         """
         if self._forwarder is not None:
             self._forwarder.close()
             self._forwarder = None
+        index, self._index = self._index, 0
         link, self.link = self.link, None
-        if link is not None:
-            _delete_link(link)
+        self._close_netns()
+        if index or link:  # by name only before we knew its index: it is ours
+            _delete_link(index, link)
+
+    def _close_netns(self) -> None:
         fd, self.netns_fd = self.netns_fd, -1
         if fd >= 0:
             os.close(fd)
 
+    def _link_gone(self) -> bool:
+        try:
+            return socket.if_indextoname(self._index) != self.link
+        except OSError:
+            return True
+
     async def aclose(self) -> None:
-        """Stop forwarding, then :meth:`discard`; safe to call twice, shielded."""
+        """Stop forwarding and let the namespace go; with an uplink, wait
+        until the kernel has removed the veth pair.  Shielded; safe twice.
+
+        Once its processes are gone, our fd is the namespace's last holder:
+        closing it has the kernel tear the namespace down on a workqueue
+        (not on our thread), and with it the sandbox's end of the veth pair,
+        which takes the caller's end along.  We wait for that on a netlink
+        socket subscribed to link events (tens of ms here, no loop blocked),
+        and delete it ourselves only if it outlives :data:`LINK_GRACE`.
+        """
         with anyio.CancelScope(shield=True):
             background, self._background = self._background, None
             if background is not None:
                 await background.stop()
-            self.discard()
+            if self._forwarder is not None:
+                self._forwarder.close()
+                self._forwarder = None
+            if not self._index:
+                self._close_netns()
+                return
+            events = Rtnl.open(_RTMGRP_LINK)  # before the close: no event can be missed
+            try:
+                self._close_netns()
+                with anyio.move_on_after(LINK_GRACE):
+                    await events.wait_for(self._link_gone)
+            finally:
+                events.close()
+            if not self._link_gone():
+                _delete_link(self._index, None)
+            self._index = 0
+            self.link = None
+
+
+#: Seconds :meth:`Network.aclose` lets the kernel take to remove a veth pair.
+LINK_GRACE = 5.0
+_RTMGRP_LINK = 1
 
 
 _NLM_F_CREATE_EXCL = 0x400 | 0x200  # NLM_F_CREATE | NLM_F_EXCL
@@ -227,17 +275,21 @@ def _veth(ifinfmsg: Any, name: str, netns_fd: int) -> Any:
     return msg
 
 
-async def _address_and_up(rtnl: Rtnl, ifinfmsg: Any, name: str, address: str) -> None:
-    """``address``/30 on link ``name`` (of ``rtnl``'s namespace), and the link up."""
-    from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
-
+async def _index_of(rtnl: Rtnl, ifinfmsg: Any, name: str) -> int:
+    """The index of link ``name`` in ``rtnl``'s namespace."""
     query = ifinfmsg()
     query["header"]["type"] = _RTM_GETLINK
     query["attrs"] = [("IFLA_IFNAME", name)]
     (answer,) = await rtnl.request(query)
     found = ifinfmsg(answer)
     found.decode()
-    index = found["index"]
+    return int(found["index"])
+
+
+async def _address_and_up(rtnl: Rtnl, ifinfmsg: Any, index: int, address: str) -> None:
+    """``address``/30 on link ``index`` (of ``rtnl``'s namespace), and the link up."""
+    from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
+
     add = ifaddrmsg()
     add["header"]["type"] = _RTM_NEWADDR
     add["family"], add["prefixlen"], add["index"] = socket.AF_INET, 30, index
@@ -260,13 +312,15 @@ async def _default_route(rtnl: Rtnl, gateway: str) -> None:
     await rtnl.request(route, _NLM_F_CREATE_EXCL)
 
 
-def _delete_link(name: str) -> None:
+def _delete_link(index: int, name: str | None) -> None:
     from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
 
     msg = ifinfmsg()
     msg["header"]["type"] = _RTM_DELLINK
     msg["header"]["flags"] = 0x1 | 0x4  # NLM_F_REQUEST | NLM_F_ACK
-    msg["attrs"] = [("IFLA_IFNAME", name)]
+    msg["index"] = index
+    if not index and name is not None:
+        msg["attrs"] = [("IFLA_IFNAME", name)]
     msg.encode()
     with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
                        socket.NETLINK_ROUTE) as sock:

@@ -31,6 +31,7 @@ import itertools
 import os
 import socket
 import struct
+from collections.abc import Callable
 from typing import Any
 
 import anyio
@@ -58,11 +59,31 @@ class Rtnl:
         self._seq = itertools.count(1)
 
     @classmethod
-    def open(cls) -> Rtnl:
-        """A socket in the caller's own network namespace."""
-        fd = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
-                           socket.NETLINK_ROUTE).detach()
-        return cls(fd)
+    def open(cls, groups: int = 0) -> Rtnl:
+        """A socket in the caller's own network namespace, subscribed to the
+        multicast ``groups`` (``RTMGRP_*``)."""
+        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
+                             socket.NETLINK_ROUTE)
+        if groups:
+            try:
+                sock.bind((0, groups))
+            except BaseException:
+                sock.close()
+                raise
+        return cls(sock.detach())
+
+    async def wait_for(self, gone: Callable[[], bool]) -> None:
+        """Wait until ``gone()`` is true, checking it again after each batch of
+        notifications (this socket must be subscribed to what changes it)."""
+        while not gone():
+            try:
+                while self._sock.recv(65536):  # drain: only the wake-up counts
+                    pass
+            except BlockingIOError:
+                await anyio.wait_readable(self._sock)
+            except OSError as exc:
+                if exc.errno != errno.ENOBUFS:  # overrun: events lost, check again
+                    raise
 
     def close(self) -> None:
         fd, self._fd = self._fd, -1
@@ -96,8 +117,13 @@ class Rtnl:
                         (code,) = struct.unpack_from("=i", data, offset + _HEADER.size)
                         if code:
                             raise OSError(-code, os.strerror(-code))
-                        return answers
+                        break
                     if kind == _NLMSG_DONE:
-                        return answers
+                        break
                     answers.append(data[offset:offset + length])
                 offset += (length + 3) & ~3
+            else:
+                continue
+            # Let the loop run between the pieces of a configuration.
+            await anyio.lowlevel.checkpoint()
+            return answers

@@ -50,6 +50,8 @@ from ._workspace import Layer, check_dry_run, settle, workspace_protections
 from .handlers import builtin_handlers
 
 if TYPE_CHECKING:
+    from ._netns import Network
+    from ._plan import Compiled
     from ._policy import Sandbox
 
 PIPE = subprocess.PIPE
@@ -101,6 +103,14 @@ def _stdio(targets: tuple[StdioTarget, StdioTarget, StdioTarget], child_ends: li
             raise PolicyError(SLOTS[index],
                               f"{show(target)} is not PIPE, DEVNULL, STDOUT, an fd or a file")
     return child, ours
+
+
+def _netns_fd(network: Network | None, compiled: Compiled) -> int:
+    """The namespace the parent made for the child to enter, or -1: none, or
+    the policy let the child's ``setns`` go (the network step, refused)."""
+    if network is None or Subsystem.NETWORK_NAMESPACE in compiled.plan.degraded:
+        return -1
+    return network.netns_fd
 
 
 async def open_process(sandbox: Sandbox, args: Sequence[str], *, stdin: StdioTarget = PIPE,
@@ -179,7 +189,7 @@ async def _open_in_turn(sandbox: Sandbox, argv: tuple[str, ...], *, stdin: Stdio
                     compiled, path=path, args=[os.fsencode(a) for a in argv], env=full_env,
                     cwd=str(run_cwd) if run_cwd else None, fds=[*child_fds, *extra_fds],
                     notify=trapped, self_trapped=self_trapped & trapped,
-                    netns_fd=network.netns_fd if network is not None else -1,
+                    netns_fd=_netns_fd(network, compiled),
                     workspace=None if layer is None
                     else layer.spawn_args(sandbox, compiled.plan))),
                 run_handlers=bool(handlers))
@@ -201,7 +211,9 @@ async def _open_in_turn(sandbox: Sandbox, argv: tuple[str, ...], *, stdin: Stdio
         cleanup_on_fail.pop_all()  # the child and our ends are the process's now
     if (limits := watched(sandbox)) is not None and child.own_group:
         watch_limits(child.pid, limits, alive=lambda: proc._status is None, stop=proc._kill_for)
-    if network is not None:
+    if _netns_fd(network, compiled) < 0 and network is not None:
+        network.discard()  # the child's setns was refused, and the policy let it go
+    elif network is not None:
         proc._network = network  # torn down once the sandbox is reaped
         network.start(child.pid)
     if unenforced:
