@@ -37,6 +37,7 @@ be watched: its limits are reported unenforced (``_enforcement.py``).
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import signal
 import time
@@ -79,11 +80,24 @@ class Watched:
     cores: int
 
 
+def _next(now: float, interval: float) -> float:
+    """When a look ``interval`` seconds from ``now`` is due, brought forward
+    onto a grid (5 ms times a power of two, at most the interval): sandboxes
+    with like intervals fall due together and share one walk of /proc,
+    rather than costing one each; a look is never later than asked."""
+    interval = min(max(interval, MIN_INTERVAL), MAX_INTERVAL)
+    grid = MIN_INTERVAL
+    while grid * 2 <= interval:
+        grid *= 2
+    due = math.floor((now + interval) / grid) * grid
+    return due if due > now else due + grid
+
+
 class _Entry:
     """One watched sandbox."""
 
     __slots__ = ("alive", "cores", "due", "last", "limits", "pgid", "retired", "seen",
-                 "stop", "stopped", "ticks", "tokens")
+                 "stop", "stopped", "ticks", "tokens", "wants_cpu")
 
     def __init__(self, pgid: int, limits: Watched, alive: Callable[[], bool],
                  stop: Callable[[ExitReason], None]) -> None:
@@ -92,13 +106,20 @@ class _Entry:
         self.alive = alive
         self.stop = stop
         self.cores = limits.cores
-        self.due = time.monotonic()
+        self.wants_cpu = limits.cpu_time is not None or limits.cpu_share is not None
+        now = time.monotonic()
+        # The first look when the sandbox could first be over: a spawn
+        # costs no walk of /proc (a short command never gets one).
+        self.due = _next(now, MAX_INTERVAL if limits.memory is None
+                         else limits.memory / GROWTH)
+        if limits.cpu_share is not None:
+            self.due = min(self.due, _next(now, CPU_PERIOD))
         #: pid -> (ticks, whether its parent was a member) when last seen.
         self.seen: dict[int, tuple[int, bool]] = {}
         #: Ticks of members that ended reaped by a process outside the sandbox.
         self.retired = 0
         self.ticks = 0
-        self.last = self.due
+        self.last = now
         self.tokens = 0.0
         self.stopped = False
 
@@ -143,7 +164,7 @@ class _Entry:
             interval = min(interval, (limits.cpu_time - total / HZ) / self.cores)
         if limits.cpu_share is not None:
             interval = min(interval, self.duty(used, elapsed))
-        self.due = now + max(interval, MIN_INTERVAL)
+        self.due = _next(now, interval)
 
     def duty(self, used: float, elapsed: float) -> float:
         """Stop or continue the group for ``max_cpu``; the time to the next look."""
@@ -173,6 +194,8 @@ class _Watcher:
         self.entries: list[_Entry] = []
         self.wake = anyio.Event()
         self.task: Background | None = None
+        #: When the task is to wake next.
+        self.until = 0.0
         self.room = 64
         self.out = ffi.new("struct asl_member[]", self.room)
 
@@ -180,7 +203,7 @@ class _Watcher:
         self.entries.append(entry)
         if self.task is None or self.task.done:
             self.task = Background.start(self.serve, "asyncsandlock limits watcher")
-        else:
+        elif entry.due < self.until:
             self.wake.set()
 
     async def serve(self) -> None:
@@ -188,26 +211,30 @@ class _Watcher:
             self.entries = [entry for entry in self.entries if entry.alive()]
             if not self.entries:
                 return
-            delay = min(entry.due for entry in self.entries) - time.monotonic()
+            self.until = min(entry.due for entry in self.entries)
+            delay = self.until - time.monotonic()
             if delay > 0:
                 with anyio.move_on_after(delay):
                     await self.wake.wait()
                 if self.wake.is_set():
                     self.wake = anyio.Event()
-                    continue  # a new sandbox: its first look is due now
+                    continue  # a new sandbox, due sooner than the others
             else:
                 await anyio.lowlevel.checkpoint()
             self.look()
 
     def look(self) -> None:
         """Read every watched group's use (one /proc walk) and act on it."""
-        entries = [entry for entry in self.entries if entry.alive()]
+        now = time.monotonic()
+        entries = [entry for entry in self.entries if entry.due <= now and entry.alive()]
         if not entries:
             return
         groups = sorted({entry.pgid for entry in entries})
         pgids = ffi.new("int32_t[]", groups)
+        cpu = {entry.pgid for entry in entries if entry.wants_cpu}
+        want_cpu = ffi.new("uint8_t[]", [pgid in cpu for pgid in groups])
         while True:
-            count = lib.asl_scan_groups(pgids, len(groups), self.out, self.room)
+            count = lib.asl_scan_groups(pgids, want_cpu, len(groups), self.out, self.room)
             if count < 0:
                 raise OSError(-count, f"reading /proc: {os.strerror(-count)}")
             if count <= self.room:
@@ -218,10 +245,8 @@ class _Watcher:
         for index in range(count):
             member = self.out[index]
             members[groups[member.group]].append(member)
-        now = time.monotonic()
         for entry in entries:
-            if entry.due <= now + MIN_INTERVAL and entry.alive():
-                entry.update(members[entry.pgid], now)
+            entry.update(members[entry.pgid], now)
 
 
 _watchers: weakref.WeakKeyDictionary[object, _Watcher] = weakref.WeakKeyDictionary()

@@ -78,16 +78,17 @@ async def _share(**limits: object) -> float:
 
 
 async def test_max_cpu_holds_a_busy_loop_to_its_share() -> None:
-    """25 % of one core, within 10 points either way (stopped and continued
+    """25 % of one core, within 8 points either way (stopped and continued
     every 50-150 ms; CPU time is counted in 10 ms ticks)."""
     share = await _share(max_cpu=25)
-    assert 0.15 <= share <= 0.35, share
+    assert 0.17 <= share <= 0.33, share
 
 
 async def test_without_max_cpu_a_busy_loop_takes_more() -> None:
-    """Control: unlimited, the same loop takes well over a quarter of a core
-    (this host is shared, so not a whole one)."""
-    assert await _share() > 0.4
+    """Control: unlimited, the same loop takes more than the limited one may
+    (this host is shared by several busy agents: a third of a core at worst
+    was seen, not a whole one)."""
+    assert await _share() > 0.33
 
 
 async def test_cpu_cores_binds_the_sandbox() -> None:
