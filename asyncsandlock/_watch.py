@@ -221,7 +221,14 @@ class _Watcher:
                     continue  # a new sandbox, due sooner than the others
             else:
                 await anyio.lowlevel.checkpoint()
-            self.look()
+            try:
+                self.look()
+            except BaseException:
+                # Fail closed: a sandbox nothing watches any more is stopped
+                # rather than left to run past its limits.
+                for entry in self.entries:
+                    entry.finish(ExitReason.KILLED)
+                raise
 
     def look(self) -> None:
         """Read every watched group's use (one /proc walk) and act on it."""
