@@ -96,8 +96,8 @@ def _next(now: float, interval: float) -> float:
 class _Entry:
     """One watched sandbox."""
 
-    __slots__ = ("alive", "cores", "due", "last", "limits", "pgid", "retired", "seen",
-                 "stop", "stopped", "ticks", "tokens", "wants_cpu")
+    __slots__ = ("alive", "cores", "cpu_due", "due", "last", "limits", "mem_due", "pgid",
+                 "retired", "seen", "stop", "stopped", "ticks", "tokens")
 
     def __init__(self, pgid: int, limits: Watched, alive: Callable[[], bool],
                  stop: Callable[[ExitReason], None]) -> None:
@@ -106,14 +106,16 @@ class _Entry:
         self.alive = alive
         self.stop = stop
         self.cores = limits.cores
-        self.wants_cpu = limits.cpu_time is not None or limits.cpu_share is not None
         now = time.monotonic()
-        # The first look when the sandbox could first be over: a spawn
+        # The first looks when the sandbox could first be over: a spawn
         # costs no walk of /proc (a short command never gets one).
-        self.due = _next(now, MAX_INTERVAL if limits.memory is None
-                         else limits.memory / GROWTH)
+        self.mem_due = math.inf if limits.memory is None else _next(now, limits.memory / GROWTH)
+        self.cpu_due = math.inf
         if limits.cpu_share is not None:
-            self.due = min(self.due, _next(now, CPU_PERIOD))
+            self.cpu_due = _next(now, CPU_PERIOD)
+        elif limits.cpu_time is not None:
+            self.cpu_due = _next(now, limits.cpu_time / self.cores)
+        self.due = min(self.mem_due, self.cpu_due)
         #: pid -> (ticks, whether its parent was a member) when last seen.
         self.seen: dict[int, tuple[int, bool]] = {}
         #: Ticks of members that ended reaped by a process outside the sandbox.
@@ -128,15 +130,27 @@ class _Entry:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.pgid, sig)
 
-    def update(self, members: list[Any], now: float) -> None:
-        """Act on what its processes use now (``members``: asl_member records)."""
+    def update(self, members: list[Any], now: float, cpu: bool) -> None:
+        """Act on what its processes use now (``members``: asl_member
+        records; ``cpu``: with their CPU times, else their memory alone)."""
         limits = self.limits
-        rss = 0
+        rss = sum(m.rss_pages for m in members) * PAGE
+        if limits.memory is not None:
+            if rss > limits.memory:
+                self.finish(ExitReason.MEMORY_LIMIT)
+                return
+            self.mem_due = _next(now, (limits.memory - rss) / GROWTH)
+        if cpu and not self.account_cpu(members, now):
+            return
+        self.due = min(self.mem_due, self.cpu_due)
+
+    def account_cpu(self, members: list[Any], now: float) -> bool:
+        """Account the CPU times in ``members``; False if it was stopped."""
+        limits = self.limits
         live: dict[int, tuple[int, bool]] = {}
         pids = {m.pid for m in members}
         total = self.retired
         for m in members:
-            rss += m.rss_pages
             total += m.ticks
             live[m.pid] = (m.ticks, m.ppid in pids)
         for pid, (ticks, parent_inside) in self.seen.items():
@@ -150,21 +164,16 @@ class _Entry:
         used = (total - self.ticks) / HZ
         elapsed = now - self.last
         self.ticks, self.last = total, now
-        rss *= PAGE
-        if limits.memory is not None and rss > limits.memory:
-            self.finish(ExitReason.MEMORY_LIMIT)
-            return
         if limits.cpu_time is not None and total / HZ > limits.cpu_time:
             self.finish(ExitReason.CPU_LIMIT)
-            return
+            return False
         interval = MAX_INTERVAL
-        if limits.memory is not None:
-            interval = min(interval, (limits.memory - rss) / GROWTH)
         if limits.cpu_time is not None:
             interval = min(interval, (limits.cpu_time - total / HZ) / self.cores)
         if limits.cpu_share is not None:
             interval = min(interval, self.duty(used, elapsed))
-        self.due = _next(now, interval)
+        self.cpu_due = _next(now, interval)
+        return True
 
     def duty(self, used: float, elapsed: float) -> float:
         """Stop or continue the group for ``max_cpu``; the time to the next look."""
@@ -238,7 +247,9 @@ class _Watcher:
             return
         groups = sorted({entry.pgid for entry in entries})
         pgids = ffi.new("int32_t[]", groups)
-        cpu = {entry.pgid for entry in entries if entry.wants_cpu}
+        # CPU times (stat) only for those whose CPU look is due; memory
+        # (statm, a third of the cost) for the others.
+        cpu = {entry.pgid for entry in entries if entry.cpu_due <= now}
         want_cpu = ffi.new("uint8_t[]", [pgid in cpu for pgid in groups])
         while True:
             count = lib.asl_scan_groups(pgids, want_cpu, len(groups), self.out, self.room)
@@ -253,7 +264,7 @@ class _Watcher:
             member = self.out[index]
             members[groups[member.group]].append(member)
         for entry in entries:
-            entry.update(members[entry.pgid], now)
+            entry.update(members[entry.pgid], now, entry.pgid in cpu)
 
 
 _watchers: weakref.WeakKeyDictionary[object, _Watcher] = weakref.WeakKeyDictionary()
