@@ -147,3 +147,38 @@ def test_the_cli_passes_cores_and_threads() -> None:
     assert proc.returncode == 0 and proc.stdout == f"[{core}]\n", proc.stderr
     bad = _cli("--cpu-cores", "4096", "--", "true")
     assert bad.returncode == 125 and "cpu_cores" in bad.stderr
+
+
+#: Eight orphans one after the other (each double-forked, so that init
+#: reaps it and no member's cutime ever holds its time), each spinning for
+#: 0.4 s of CPU; then the first process sleeps.
+ORPHANS = """
+import os, sys, time
+for _ in range(8):
+    pid = os.fork()
+    if pid == 0:
+        if os.fork() == 0:
+            start = time.process_time()
+            while time.process_time() - start < 0.4:
+                pass
+        os._exit(0)
+    os.waitpid(pid, 0)
+    time.sleep(0.6)  # the orphan spins meanwhile, then ends
+print("done", flush=True)
+"""
+
+
+async def test_orphans_cpu_time_is_counted() -> None:
+    """Escape: CPU spent by orphans that init reaps reaches no member's
+    cutime; the watcher keeps what each had used when last seen (at most
+    one interval of each is lost: 8 x 0.4 s is well over the budget)."""
+    sb = system_sandbox(fs_readable=PYTHON_ROOTS, cpu_time=1)
+    result = await sb.run([sys.executable, "-c", ORPHANS], timeout=120)
+    assert result.reason is ExitReason.CPU_LIMIT, result
+
+
+async def test_orphans_within_the_cpu_time_run() -> None:
+    """Control: the same orphans under a budget that holds them."""
+    sb = system_sandbox(fs_readable=PYTHON_ROOTS, cpu_time=30)
+    result = await sb.run([sys.executable, "-c", ORPHANS], timeout=120)
+    assert result.success and result.stdout == b"done\n", result

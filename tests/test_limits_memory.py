@@ -129,3 +129,19 @@ async def test_a_failing_watcher_stops_what_it_watched(memhog: str,
     monkeypatch.setattr(_watch, "lib", type("Lib", (), {"asl_scan_groups": broken}))
     result = await _in(memhog, max_memory="50M").run([memhog, "0", "1", "1", "30"], timeout=60)
     assert result.reason is ExitReason.KILLED
+
+
+async def test_an_orphan_is_still_charged(memhog: str) -> None:
+    """Escape: the memory is taken by a process whose parent exited (it is
+    re-parented out of the sandbox's process tree); it is still a member of
+    the sandbox's process group, which nothing inside can leave."""
+    script = f"({memhog} 0 100 1 30 &) ; sleep 30"
+    result = await _in(memhog, max_memory="60M").run(["sh", "-c", script], timeout=60)
+    assert result.reason is ExitReason.MEMORY_LIMIT, result
+
+
+async def test_an_orphan_within_the_budget_runs(memhog: str) -> None:
+    """Control: the same orphan under a budget that holds it."""
+    script = f"({memhog} 0 10 1 1 &) ; sleep 2"
+    result = await _in(memhog, max_memory="60M").run(["sh", "-c", script], timeout=60)
+    assert result.success, result
