@@ -169,9 +169,11 @@ print("done", flush=True)
 
 
 async def test_orphans_cpu_time_is_counted() -> None:
-    """Escape: CPU spent by orphans that init reaps reaches no member's
-    cutime; the watcher keeps what each had used when last seen (at most
-    one interval of each is lost: 8 x 0.4 s is well over the budget)."""
+    """Escape: CPU spent by orphans reaches no member's cutime.  Reaped at
+    once by whoever adopts it, an orphan is kept at what it had used when
+    last seen (at most one interval of each is lost: 8 x 0.4 s is well over
+    the budget); left a zombie (this host's PID 1 reaps late), it is still a
+    member and its stat still has its time."""
     sb = system_sandbox(fs_readable=PYTHON_ROOTS, cpu_time=1)
     result = await sb.run([sys.executable, "-c", ORPHANS], timeout=120)
     assert result.reason is ExitReason.CPU_LIMIT, result
