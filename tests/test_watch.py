@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import os
 from types import SimpleNamespace
 
+import pytest
+
+from asyncsandlock import Protection, Sandbox
+from asyncsandlock._limits import limits_protection
 from asyncsandlock._types import ExitReason
-from asyncsandlock._watch import HZ, PAGE, Watched, _Entry, _next
+from asyncsandlock._watch import HZ, PAGE, Watched, _Entry, _next, cgroup_v2_delegated
 
 
 def _entry(**limits: object) -> tuple[_Entry, list[ExitReason]]:
@@ -60,3 +65,17 @@ def test_due_times_share_a_grid_and_are_never_late() -> None:
             assert now < due <= now + max(min(interval, 0.25), 0.005) + 1e-9
     # Sandboxes looked at a little apart with like intervals fall due together.
     assert _next(10.001, 0.2) == _next(10.03, 0.2)
+
+
+def test_cgroup_detection_reads_only() -> None:
+    """This host (cgroup v1 hybrid, no controllers on the unified hierarchy)
+    has no delegated group; where one is found it must be a directory."""
+    found = cgroup_v2_delegated()
+    assert found is None or os.path.isdir(found)
+
+
+@pytest.mark.skipif(cgroup_v2_delegated() is None,
+                    reason="no delegated cgroup v2 group with memory and cpu here")
+def test_a_delegated_cgroup_is_still_sampled() -> None:
+    """The cgroup backend is not built: the report must not claim it."""
+    assert limits_protection(Sandbox(max_memory="1G")) is Protection.SAMPLED
