@@ -37,6 +37,7 @@ be watched: its limits are reported unenforced (``_enforcement.py``).
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import signal
 import time
@@ -79,11 +80,24 @@ class Watched:
     cores: int
 
 
+def _next(now: float, interval: float) -> float:
+    """When a look ``interval`` seconds from ``now`` is due, brought forward
+    onto a grid (5 ms times a power of two, at most the interval): sandboxes
+    with like intervals fall due together and share one walk of /proc,
+    rather than costing one each; a look is never later than asked."""
+    interval = min(max(interval, MIN_INTERVAL), MAX_INTERVAL)
+    grid = MIN_INTERVAL
+    while grid * 2 <= interval:
+        grid *= 2
+    due = math.floor((now + interval) / grid) * grid
+    return due if due > now else due + grid
+
+
 class _Entry:
     """One watched sandbox."""
 
-    __slots__ = ("alive", "cores", "due", "last", "limits", "pgid", "retired", "seen",
-                 "stop", "stopped", "ticks", "tokens")
+    __slots__ = ("alive", "cores", "cpu_due", "due", "last", "limits", "mem_due", "pgid",
+                 "retired", "seen", "stop", "stopped", "ticks", "tokens")
 
     def __init__(self, pgid: int, limits: Watched, alive: Callable[[], bool],
                  stop: Callable[[ExitReason], None]) -> None:
@@ -92,13 +106,22 @@ class _Entry:
         self.alive = alive
         self.stop = stop
         self.cores = limits.cores
-        self.due = time.monotonic()
+        now = time.monotonic()
+        # The first looks when the sandbox could first be over: a spawn
+        # costs no walk of /proc (a short command never gets one).
+        self.mem_due = math.inf if limits.memory is None else _next(now, limits.memory / GROWTH)
+        self.cpu_due = math.inf
+        if limits.cpu_share is not None:
+            self.cpu_due = _next(now, CPU_PERIOD)
+        elif limits.cpu_time is not None:
+            self.cpu_due = _next(now, limits.cpu_time / self.cores)
+        self.due = min(self.mem_due, self.cpu_due)
         #: pid -> (ticks, whether its parent was a member) when last seen.
         self.seen: dict[int, tuple[int, bool]] = {}
         #: Ticks of members that ended reaped by a process outside the sandbox.
         self.retired = 0
         self.ticks = 0
-        self.last = self.due
+        self.last = now
         self.tokens = 0.0
         self.stopped = False
 
@@ -107,15 +130,27 @@ class _Entry:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.pgid, sig)
 
-    def update(self, members: list[Any], now: float) -> None:
-        """Act on what its processes use now (``members``: asl_member records)."""
+    def update(self, members: list[Any], now: float, cpu: bool) -> None:
+        """Act on what its processes use now (``members``: asl_member
+        records; ``cpu``: with their CPU times, else their memory alone)."""
         limits = self.limits
-        rss = 0
+        rss = sum(m.rss_pages for m in members) * PAGE
+        if limits.memory is not None:
+            if rss > limits.memory:
+                self.finish(ExitReason.MEMORY_LIMIT)
+                return
+            self.mem_due = _next(now, (limits.memory - rss) / GROWTH)
+        if cpu and not self.account_cpu(members, now):
+            return
+        self.due = min(self.mem_due, self.cpu_due)
+
+    def account_cpu(self, members: list[Any], now: float) -> bool:
+        """Account the CPU times in ``members``; False if it was stopped."""
+        limits = self.limits
         live: dict[int, tuple[int, bool]] = {}
         pids = {m.pid for m in members}
         total = self.retired
         for m in members:
-            rss += m.rss_pages
             total += m.ticks
             live[m.pid] = (m.ticks, m.ppid in pids)
         for pid, (ticks, parent_inside) in self.seen.items():
@@ -129,21 +164,16 @@ class _Entry:
         used = (total - self.ticks) / HZ
         elapsed = now - self.last
         self.ticks, self.last = total, now
-        rss *= PAGE
-        if limits.memory is not None and rss > limits.memory:
-            self.finish(ExitReason.MEMORY_LIMIT)
-            return
         if limits.cpu_time is not None and total / HZ > limits.cpu_time:
             self.finish(ExitReason.CPU_LIMIT)
-            return
+            return False
         interval = MAX_INTERVAL
-        if limits.memory is not None:
-            interval = min(interval, (limits.memory - rss) / GROWTH)
         if limits.cpu_time is not None:
             interval = min(interval, (limits.cpu_time - total / HZ) / self.cores)
         if limits.cpu_share is not None:
             interval = min(interval, self.duty(used, elapsed))
-        self.due = now + max(interval, MIN_INTERVAL)
+        self.cpu_due = _next(now, interval)
+        return True
 
     def duty(self, used: float, elapsed: float) -> float:
         """Stop or continue the group for ``max_cpu``; the time to the next look."""
@@ -173,6 +203,8 @@ class _Watcher:
         self.entries: list[_Entry] = []
         self.wake = anyio.Event()
         self.task: Background | None = None
+        #: When the task is to wake next.
+        self.until = 0.0
         self.room = 64
         self.out = ffi.new("struct asl_member[]", self.room)
 
@@ -180,7 +212,7 @@ class _Watcher:
         self.entries.append(entry)
         if self.task is None or self.task.done:
             self.task = Background.start(self.serve, "asyncsandlock limits watcher")
-        else:
+        elif entry.due < self.until:
             self.wake.set()
 
     async def serve(self) -> None:
@@ -188,26 +220,39 @@ class _Watcher:
             self.entries = [entry for entry in self.entries if entry.alive()]
             if not self.entries:
                 return
-            delay = min(entry.due for entry in self.entries) - time.monotonic()
+            self.until = min(entry.due for entry in self.entries)
+            delay = self.until - time.monotonic()
             if delay > 0:
                 with anyio.move_on_after(delay):
                     await self.wake.wait()
                 if self.wake.is_set():
                     self.wake = anyio.Event()
-                    continue  # a new sandbox: its first look is due now
+                    continue  # a new sandbox, due sooner than the others
             else:
                 await anyio.lowlevel.checkpoint()
-            self.look()
+            try:
+                self.look()
+            except BaseException:
+                # Fail closed: a sandbox nothing watches any more is stopped
+                # rather than left to run past its limits.
+                for entry in self.entries:
+                    entry.finish(ExitReason.KILLED)
+                raise
 
     def look(self) -> None:
         """Read every watched group's use (one /proc walk) and act on it."""
-        entries = [entry for entry in self.entries if entry.alive()]
+        now = time.monotonic()
+        entries = [entry for entry in self.entries if entry.due <= now and entry.alive()]
         if not entries:
             return
         groups = sorted({entry.pgid for entry in entries})
         pgids = ffi.new("int32_t[]", groups)
+        # CPU times (stat) only for those whose CPU look is due; memory
+        # (statm, a third of the cost) for the others.
+        cpu = {entry.pgid for entry in entries if entry.cpu_due <= now}
+        want_cpu = ffi.new("uint8_t[]", [pgid in cpu for pgid in groups])
         while True:
-            count = lib.asl_scan_groups(pgids, len(groups), self.out, self.room)
+            count = lib.asl_scan_groups(pgids, want_cpu, len(groups), self.out, self.room)
             if count < 0:
                 raise OSError(-count, f"reading /proc: {os.strerror(-count)}")
             if count <= self.room:
@@ -218,10 +263,40 @@ class _Watcher:
         for index in range(count):
             member = self.out[index]
             members[groups[member.group]].append(member)
-        now = time.monotonic()
         for entry in entries:
-            if entry.due <= now + MIN_INTERVAL and entry.alive():
-                entry.update(members[entry.pgid], now)
+            entry.update(members[entry.pgid], now, entry.pgid in cpu)
+
+
+def cgroup_v2_delegated() -> str | None:
+    """The directory of a cgroup v2 group this process could give each
+    sandbox a child of, with the ``memory`` and ``cpu`` controllers enabled
+    for its children and writable by us; None where there is none (a cgroup
+    v1 or hybrid host whose unified hierarchy has no controllers, or a group
+    not delegated to us).  Only reads: it creates nothing.
+
+    Not used to enforce anything yet (see docs/limits.md): it tells whether
+    a cgroup backend could run here, for ``asyncsandlock check`` and tests.
+    """
+    try:
+        with open("/proc/self/mountinfo") as mounts:
+            # Field 5 is the mount point; the fstype follows the " - ".
+            roots = [line.split()[4] for line in mounts
+                     if line.partition(" - ")[2].split()[:1] == ["cgroup2"]]
+        with open("/proc/self/cgroup") as groups:
+            path = next((line.strip()[3:] for line in groups if line.startswith("0::")), None)
+    except OSError:
+        return None
+    if not roots or path is None:
+        return None
+    directory = os.path.join(roots[0], path.lstrip("/"))
+    try:
+        with open(os.path.join(directory, "cgroup.subtree_control")) as control:
+            enabled = control.read().split()
+    except OSError:
+        return None
+    if {"memory", "cpu"} - set(enabled) or not os.access(directory, os.W_OK):
+        return None
+    return directory
 
 
 _watchers: weakref.WeakKeyDictionary[object, _Watcher] = weakref.WeakKeyDictionary()

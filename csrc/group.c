@@ -258,7 +258,22 @@ static long find_group(const int32_t *pgids, long n, long pgid)
     return -1;
 }
 
-long asl_scan_groups(const int32_t *pgids, long ngroups, struct asl_member *out, long max)
+/* The resident pages in /proc/<name>/statm (a third of the cost of stat,
+ * which gathers every thread's CPU times); 0 if there are none or it is gone. */
+static uint64_t statm_rss(int proc, const char *name)
+{
+    char path[32];
+    char buf[128];
+    snprintf(path, sizeof(path), "%s/statm", name);
+    ssize_t n = read_small(proc, path, buf, sizeof(buf) - 1);
+    const char *p = buf;
+    skip_field(&p, buf + n); /* size */
+    long rss = n ? next_number(&p, buf + n) : -1;
+    return rss > 0 ? (uint64_t)rss : 0;
+}
+
+long asl_scan_groups(const int32_t *pgids, const uint8_t *want_cpu, long ngroups,
+                     struct asl_member *out, long max)
 {
     char dents[16384] __attribute__((aligned(8)));
     char buf[STAT_BUF];
@@ -287,21 +302,29 @@ long asl_scan_groups(const int32_t *pgids, long ngroups, struct asl_member *out,
             long group = find_group(pgids, ngroups, getpgid((pid_t)pid));
             if (group < 0)
                 continue;
+            struct asl_member m = {0};
+            m.pid = (int32_t)pid;
+            m.group = (int32_t)group;
+            m.ppid = -1;
+            /* Memory alone: statm does, unless it shows nothing (a zombie,
+             * or a process whose first thread ended: stat tells which). */
+            if (!want_cpu[group] && (m.rss_pages = statm_rss(proc, d->d_name)) > 0) {
+                if (count < max)
+                    out[count] = m;
+                count++;
+                continue;
+            }
             snprintf(path, sizeof(path), "%s/stat", d->d_name);
             ssize_t n = read_small(proc, path, buf, sizeof(buf));
             char state;
             const char *p = n ? after_state(buf, buf + n, &state) : NULL;
-            struct asl_member m = {0};
             long threads = 0;
             if (!p)
                 continue; /* reaped since getdents */
             const char *q = p;
-            long ppid = next_number(&q, buf + n);
+            m.ppid = (int32_t)next_number(&q, buf + n);
             if (!usage_fields(p, buf + n, &m, &threads))
                 continue;
-            m.pid = (int32_t)pid;
-            m.group = (int32_t)group;
-            m.ppid = (int32_t)ppid;
             m.ended = state == 'Z' && threads <= 1;
             if (state == 'Z' && threads > 1)
                 m.rss_pages = rss_of_live_thread(proc, d->d_name);

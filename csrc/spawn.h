@@ -136,15 +136,16 @@ long asl_count_group(int pgid, long *threads);
 struct asl_member {
     int32_t pid;
     int32_t group;      /* index in the pgids given */
-    int32_t ppid;
+    int32_t ppid;       /* -1: not read (its group wants no CPU times) */
     int32_t ended;      /* a zombie: it has exited, not yet reaped */
     uint64_t ticks;     /* utime + stime + cutime + cstime, in clock ticks */
     uint64_t rss_pages; /* resident pages */
 };
 /* Every process of the groups `pgids` (sorted ascending) into `out` (at most
  * `max`); returns how many there are (more than `max`: call again with
- * room), or -errno. */
-long asl_scan_groups(const int32_t *pgids, long ngroups, struct asl_member *out, long max);
+ * room), or -errno.  `want_cpu[i]`: 0 if group i needs its memory only. */
+long asl_scan_groups(const int32_t *pgids, const uint8_t *want_cpu, long ngroups,
+                     struct asl_member *out, long max);
 /* csrc/netns.c, called by the parent: the calling thread is back in its own
  * network namespace when they return.  A new network namespace (lo down), as
  * an fd; a socket made in network namespace `nsfd`.  -errno on failure. */

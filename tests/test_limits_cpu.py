@@ -78,16 +78,20 @@ async def _share(**limits: object) -> float:
 
 
 async def test_max_cpu_holds_a_busy_loop_to_its_share() -> None:
-    """25 % of one core, within 10 points either way (stopped and continued
-    every 50-150 ms; CPU time is counted in 10 ms ticks)."""
-    share = await _share(max_cpu=25)
-    assert 0.15 <= share <= 0.35, share
+    """25 % of one core, within 8 points either way (stopped and continued
+    every 50-150 ms; CPU time is counted in 10 ms ticks).
 
-
-async def test_without_max_cpu_a_busy_loop_takes_more() -> None:
-    """Control: unlimited, the same loop takes more than the limited one may
-    (this host is shared, so not always a whole core)."""
-    assert await _share() > 0.35
+    The host is shared: the control, the same loop unlimited, shows what it
+    can get right now.  Never more than the share plus the tolerance; at
+    least the share less the tolerance when the host has room for more."""
+    control = await _share()
+    limited = await _share(max_cpu=25)
+    assert limited <= 0.33, (limited, control)
+    if control < 0.45:
+        pytest.skip(f"host too busy to tell: an unlimited busy loop got {control:.2f} of a "
+                    f"core (the limited one {limited:.2f})")
+    assert limited >= 0.17, (limited, control)
+    assert control > limited + 0.1
 
 
 async def test_cpu_cores_binds_the_sandbox() -> None:
@@ -143,3 +147,40 @@ def test_the_cli_passes_cores_and_threads() -> None:
     assert proc.returncode == 0 and proc.stdout == f"[{core}]\n", proc.stderr
     bad = _cli("--cpu-cores", "4096", "--", "true")
     assert bad.returncode == 125 and "cpu_cores" in bad.stderr
+
+
+#: Eight orphans one after the other (each double-forked, so that init
+#: reaps it and no member's cutime ever holds its time), each spinning for
+#: 0.4 s of CPU; then the first process sleeps.
+ORPHANS = """
+import os, sys, time
+for _ in range(8):
+    pid = os.fork()
+    if pid == 0:
+        if os.fork() == 0:
+            start = time.process_time()
+            while time.process_time() - start < 0.4:
+                pass
+        os._exit(0)
+    os.waitpid(pid, 0)
+    time.sleep(0.6)  # the orphan spins meanwhile, then ends
+print("done", flush=True)
+"""
+
+
+async def test_orphans_cpu_time_is_counted() -> None:
+    """Escape: CPU spent by orphans reaches no member's cutime.  Reaped at
+    once by whoever adopts it, an orphan is kept at what it had used when
+    last seen (at most one interval of each is lost: 8 x 0.4 s is well over
+    the budget); left a zombie (this host's PID 1 reaps late), it is still a
+    member and its stat still has its time."""
+    sb = system_sandbox(fs_readable=PYTHON_ROOTS, cpu_time=1)
+    result = await sb.run([sys.executable, "-c", ORPHANS], timeout=120)
+    assert result.reason is ExitReason.CPU_LIMIT, result
+
+
+async def test_orphans_within_the_cpu_time_run() -> None:
+    """Control: the same orphans under a budget that holds them."""
+    sb = system_sandbox(fs_readable=PYTHON_ROOTS, cpu_time=30)
+    result = await sb.run([sys.executable, "-c", ORPHANS], timeout=120)
+    assert result.success and result.stdout == b"done\n", result

@@ -10,7 +10,8 @@ import time
 import anyio
 import pytest
 
-from asyncsandlock import ExitReason, PolicyError, Sandbox
+from asyncsandlock import ExitReason, PolicyError, Sandbox, Subsystem, _watch
+from asyncsandlock._enforcement import unenforced
 
 from conftest import build_helper, system_sandbox
 
@@ -107,3 +108,40 @@ async def test_an_open_process_is_watched_too(memhog: str) -> None:
 async def test_bad_max_memory_is_a_policy_error(value: object) -> None:
     with pytest.raises(PolicyError, match="max_memory"):
         Sandbox(max_memory=value)  # type: ignore[arg-type]
+
+
+def test_without_a_process_group_the_watched_limits_are_reported_unenforced() -> None:
+    """Nested (no group of its own), the watcher cannot find the processes."""
+    sb = Sandbox(max_memory="1G", cpu_time=5, max_cpu=50)
+    fields = ("max_memory", "cpu_time", "max_cpu")
+    assert unenforced(sb, Subsystem.PROCESS_GROUP) == ("timeout", *fields)
+    assert unenforced(sb, Subsystem.RESOURCE_LIMITS) == fields
+    assert unenforced(Sandbox(), Subsystem.RESOURCE_LIMITS) == ()
+
+
+async def test_a_failing_watcher_stops_what_it_watched(memhog: str,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fail closed: if /proc cannot be read, the sandboxes are killed, not
+    left running unwatched."""
+    def broken(*args: object) -> int:
+        return -5  # -EIO
+
+    monkeypatch.setattr(_watch, "lib", type("Lib", (), {"asl_scan_groups": broken}))
+    result = await _in(memhog, max_memory="50M").run([memhog, "0", "1", "1", "30"], timeout=60)
+    assert result.reason is ExitReason.KILLED
+
+
+async def test_an_orphan_is_still_charged(memhog: str) -> None:
+    """Escape: the memory is taken by a process whose parent exited (it is
+    re-parented out of the sandbox's process tree); it is still a member of
+    the sandbox's process group, which nothing inside can leave."""
+    script = f"({memhog} 0 100 1 30 &) ; sleep 30"
+    result = await _in(memhog, max_memory="60M").run(["sh", "-c", script], timeout=60)
+    assert result.reason is ExitReason.MEMORY_LIMIT, result
+
+
+async def test_an_orphan_within_the_budget_runs(memhog: str) -> None:
+    """Control: the same orphan under a budget that holds it."""
+    script = f"({memhog} 0 10 1 1 &) ; sleep 2"
+    result = await _in(memhog, max_memory="60M").run(["sh", "-c", script], timeout=60)
+    assert result.success, result

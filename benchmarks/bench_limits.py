@@ -1,0 +1,188 @@
+"""Resource-limit benchmarks: what the limits cost, and how closely they hold.
+
+    .venv/bin/python benchmarks/bench_limits.py [--quick] [--backend asyncio|trio]
+
+1. ``await sb.run(["/bin/true"])`` with every limit set against the same
+   policy without limits (target: at most 1.1x), and with every limit but
+   ``max_threads`` (which needs the supervisor), interleaved per round;
+2. the caller's CPU while 100 sandboxes under ``max_memory`` and
+   ``cpu_time`` sleep (what the watcher costs; target: at most 2 % of one
+   core), against the same 100 without limits;
+3. against sandlock 0.9 with the same ``max_memory`` (100M): how far a
+   fast allocator (1 MiB at a time, peak RSS reported after each) gets past
+   the budget before it is stopped, and the time of a Python script that
+   builds and frees 1 GB of lists under a 512M budget (target: no slower).
+"""
+
+from __future__ import annotations
+
+import resource
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import anyio
+
+from asyncsandlock import DEVNULL, SYSTEM_READABLE, ExitReason, Sandbox
+
+from _common import Report, Target, blocking, interleave, machine_notes, median, parse_args, table
+
+try:
+    import sandlock  # type: ignore[import-untyped]
+except ImportError:  # pragma: no cover - the bench extra is optional
+    sandlock = None
+
+TRUE = ["/bin/true"]
+READABLE = [*SYSTEM_READABLE, sys.base_prefix, sys.prefix]
+#: Takes 1 MiB after another and prints its peak RSS after each.
+ALLOCATOR = """
+import resource, sys
+chunks = []
+while True:
+    chunks.append(b"x" * (1 << 20))
+    sys.stdout.write(f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}\\n")
+    sys.stdout.flush()
+"""
+#: Builds and frees 1 GB of lists, 128 MB at a time.
+LISTS = """
+for _ in range(8):
+    rows = [[0] * 1000 for _ in range(16000)]
+    del rows
+"""
+BUDGET = 100 << 20
+
+
+def _all_limits(**extra: Any) -> Sandbox:
+    return Sandbox(fs_readable=READABLE, max_memory="1G", max_cpu=100, cpu_time=60,
+                   cpu_cores=(0,), max_output="16M", **extra)
+
+
+async def bench_spawn(report: Report, backend: str, rounds: int) -> None:
+    plain = Sandbox(fs_readable=READABLE)
+    limited = _all_limits(max_threads=64)
+    watched = _all_limits()
+
+    def run(sb: Sandbox) -> Any:
+        async def call() -> object:
+            return await sb.run(TRUE)
+        return call
+
+    samples = await interleave({"no limits": run(plain), "all limits": run(limited),
+                                "all but max_threads": run(watched)}, rounds)
+    table(f"1. run /bin/true ({backend})", samples, "no limits")
+    report.check(Target(f"spawn with all limits {backend}", "all limits", "no limits",
+                        at_most=1.1), samples)
+    report.check(Target(f"spawn, all but max_threads {backend}", "all but max_threads",
+                        "no limits", at_most=1.1), samples)
+
+
+async def _cpu_while_sleeping(sb: Sandbox, count: int, seconds: float) -> float:
+    """The caller's CPU seconds per wall second while ``count`` sandboxes sleep."""
+    procs = [await sb.open(["sleep", "30"], stdin=DEVNULL, stdout=DEVNULL, stderr=DEVNULL)
+             for _ in range(count)]
+    try:
+        await anyio.sleep(0.5)  # the spawns' own work done
+        before, started = resource.getrusage(resource.RUSAGE_SELF), time.monotonic()
+        await anyio.sleep(seconds)
+        after, ended = resource.getrusage(resource.RUSAGE_SELF), time.monotonic()
+    finally:
+        for proc in procs:
+            proc.kill()
+            await proc.aclose()
+    cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+    return cpu / (ended - started)
+
+
+async def bench_watch(report: Report, backend: str, seconds: float) -> None:
+    plain = Sandbox(fs_readable=READABLE)
+    base = await _cpu_while_sleeping(plain, 100, seconds)
+    print(f"\n  2. caller CPU while 100 sandboxes sleep ({backend}, {seconds:g} s)")
+    print(f"    without limits: {base * 100:.2f} % of one core")
+    # The smaller the budget, the more often a sandbox is looked at (the
+    # time a fast allocator needs to use up its headroom).
+    for budget in ("1G", "256M"):
+        limited = Sandbox(fs_readable=READABLE, max_memory=budget, cpu_time=60)
+        watched = await _cpu_while_sleeping(limited, 100, seconds)
+        print(f"    max_memory={budget} + cpu_time: {watched * 100:.2f} % of one core")
+        report.add(watched - base <= 0.02,
+                   f"watching 100 sandboxes, max_memory={budget} {backend}: "
+                   f"{(watched - base) * 100:.2f} % of one core (target <= 2 %)")
+
+
+def _peak(stdout: bytes) -> int:
+    lines = stdout.split()
+    return int(lines[-1]) if lines else 0
+
+
+async def bench_versus(report: Report, backend: str, rounds: int) -> None:
+    ours = Sandbox(fs_readable=READABLE, max_memory=BUDGET)
+    print(f"\n  3. against sandlock 0.9, max_memory=100M ({backend})")
+    peaks: dict[str, list[int]] = {"asyncsandlock": [], "sandlock": []}
+    theirs = None
+    if sandlock is not None:
+        theirs = sandlock.Sandbox(fs_readable=READABLE, max_memory=BUDGET)
+    for _ in range(rounds):
+        result = await ours.run([sys.executable, "-c", ALLOCATOR], timeout=60)
+        assert result.reason is ExitReason.MEMORY_LIMIT, result
+        peaks["asyncsandlock"].append(_peak(result.stdout or b""))
+        if theirs is not None:
+            peaks["sandlock"].append(_peak(theirs.run([sys.executable, "-c", ALLOCATOR],
+                                                      timeout=60).stdout))
+    for name, values in peaks.items():
+        if values:
+            over = [(v - BUDGET) / (1 << 20) for v in values]
+            print(f"    {name}: fast allocator's peak RSS past the budget, MiB: median "
+                  f"{median(over):.1f}, worst {max(over):.1f} (n={len(over)})")
+    if peaks["sandlock"]:
+        ok = median(peaks["asyncsandlock"]) <= median(peaks["sandlock"])
+        report.add(ok, f"overshoot {backend}: asyncsandlock "
+                       f"{(median(peaks['asyncsandlock']) - BUDGET) / (1 << 20):.1f} MiB, "
+                       f"sandlock {(median(peaks['sandlock']) - BUDGET) / (1 << 20):.1f} MiB "
+                       "(target: no more)")
+    big = Sandbox(fs_readable=READABLE, max_memory="512M")
+
+    async def asl_lists() -> object:
+        result = await big.run([sys.executable, "-c", LISTS], timeout=120)
+        assert result.success, result
+        return result
+
+    contenders: dict[str, Any] = {"asyncsandlock": asl_lists}
+    if sandlock is not None:
+        box = sandlock.Sandbox(fs_readable=READABLE, max_memory="512M")
+
+        def sl_lists() -> object:
+            result = box.run([sys.executable, "-c", LISTS], timeout=120)
+            assert result.success, result
+            return result
+
+        contenders["sandlock"] = blocking(sl_lists)
+    samples = await interleave(contenders, rounds, warmup=1)
+    table(f"   build and free 1 GB of lists under 512M ({backend})", samples,
+          "sandlock" if "sandlock" in samples else None)
+    if "sandlock" in samples:
+        report.check(Target(f"1 GB of lists {backend}", "asyncsandlock", "sandlock",
+                            at_most=1.0), samples)
+
+
+async def run_backend(report: Report, backend: str, quick: bool) -> None:
+    await bench_spawn(report, backend, 20 if quick else 200)
+    await bench_watch(report, backend, 2 if quick else 5)
+    await bench_versus(report, backend, 2 if quick else 5)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args("Resource-limit benchmarks.")
+    print(f"bench_limits{' --quick' if args.quick else ''}: {machine_notes()}")
+    print("medians of interleaved rounds; ratios are between contenders of the same run")
+    if sandlock is None:
+        print("sandlock is not installed (pip install '.[bench]'): compared without it")
+    report = Report()
+    for backend in args.backend or ("asyncio", "trio"):
+        anyio.run(run_backend, report, backend, args.quick, backend=backend)
+    report.summary()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,81 @@
+"""The watcher's accounting (``_watch.py``), on made-up samples."""
+
+from __future__ import annotations
+
+import os
+from types import SimpleNamespace
+
+import pytest
+
+from asyncsandlock import Protection, Sandbox
+from asyncsandlock._limits import limits_protection
+from asyncsandlock._types import ExitReason
+from asyncsandlock._watch import HZ, PAGE, Watched, _Entry, _next, cgroup_v2_delegated
+
+
+def _entry(**limits: object) -> tuple[_Entry, list[ExitReason]]:
+    stopped: list[ExitReason] = []
+    fields = {"memory": None, "cpu_time": None, "cpu_share": None, "cores": 1, **limits}
+    return _Entry(12345, Watched(**fields), lambda: True, stopped.append), stopped  # type: ignore[arg-type]
+
+
+def _m(pid: int, ppid: int, seconds: float = 0.0, rss: int = 0) -> SimpleNamespace:
+    return SimpleNamespace(pid=pid, ppid=ppid, ticks=int(seconds * HZ), rss_pages=rss // PAGE)
+
+
+def test_an_orphan_reaped_outside_keeps_its_time() -> None:
+    entry, stopped = _entry(cpu_time=1.0)
+    entry.update([_m(10, 5, 0.1), _m(11, 1, 0.5)], 1.0, True)
+    entry.update([_m(10, 5, 0.1)], 2.0, True)  # 11 was reaped by init
+    assert stopped == []
+    entry.update([_m(10, 5, 0.1), _m(12, 1, 0.5)], 3.0, True)
+    assert stopped == [ExitReason.CPU_LIMIT]
+
+
+def test_a_child_reaped_by_a_member_is_not_counted_twice() -> None:
+    """Control: its time moves into the parent's cutime, and only there."""
+    entry, stopped = _entry(cpu_time=1.0)
+    entry.update([_m(10, 5, 0.1), _m(11, 10, 0.5)], 1.0, True)
+    entry.update([_m(10, 5, 0.6)], 2.0, True)  # 10 reaped 11: cutime
+    entry.update([_m(10, 5, 0.6), _m(12, 10, 0.3)], 3.0, True)
+    assert stopped == []
+    assert entry.ticks == int(0.6 * HZ) + int(0.3 * HZ)
+
+
+def test_memory_is_the_sum_of_the_members() -> None:
+    entry, stopped = _entry(memory=100 << 20)
+    entry.update([_m(10, 5, rss=60 << 20)], 1.0, False)
+    assert stopped == []
+    entry.update([_m(10, 5, rss=60 << 20), _m(11, 10, rss=60 << 20)], 2.0, False)
+    assert stopped == [ExitReason.MEMORY_LIMIT]
+
+
+def test_looks_come_sooner_near_the_budget() -> None:
+    far, _ = _entry(memory=1 << 30)
+    near, _ = _entry(memory=1 << 30)
+    far.update([_m(10, 5, rss=1 << 20)], 100.0, False)
+    near.update([_m(10, 5, rss=(1 << 30) - (1 << 20))], 100.0, False)
+    assert near.due - 100.0 <= 0.01 < far.due - 100.0
+
+
+def test_due_times_share_a_grid_and_are_never_late() -> None:
+    for now in (0.0, 1.2345, 99.999):
+        for interval in (0.001, 0.005, 0.03, 0.1, 0.25, 5.0):
+            due = _next(now, interval)
+            assert now < due <= now + max(min(interval, 0.25), 0.005) + 1e-9
+    # Sandboxes looked at a little apart with like intervals fall due together.
+    assert _next(10.001, 0.2) == _next(10.03, 0.2)
+
+
+def test_cgroup_detection_reads_only() -> None:
+    """This host (cgroup v1 hybrid, no controllers on the unified hierarchy)
+    has no delegated group; where one is found it must be a directory."""
+    found = cgroup_v2_delegated()
+    assert found is None or os.path.isdir(found)
+
+
+@pytest.mark.skipif(cgroup_v2_delegated() is None,
+                    reason="no delegated cgroup v2 group with memory and cpu here")
+def test_a_delegated_cgroup_is_still_sampled() -> None:
+    """The cgroup backend is not built: the report must not claim it."""
+    assert limits_protection(Sandbox(max_memory="1G")) is Protection.SAMPLED
