@@ -508,3 +508,63 @@ async def test_bad_run_arguments_are_policy_errors(project: pathlib.Path,
         await sandbox.open(["true"])
     with pytest.raises(PolicyError, match="workdir"):
         await (sandbox.cmd(["true"]) | system_sandbox().cmd(["cat"])).run()
+
+
+@pytest.mark.anyio
+async def test_escape_metadata_calls_by_absolute_path_stay_in_the_layer(
+        project: pathlib.Path, clean_host: None) -> None:
+    """The metadata guard performs chmod & co itself; an absolute path must be
+    resolved in the command's mount namespace (the overlay), not ours (the
+    workdir under it), even where fs_writable covers the workdir."""
+    keep = project / "keep.txt"
+    keep.chmod(0o644)
+    time.sleep(0.02)  # not in the clock tick the run starts in (a conflict)
+    before = keep.stat()
+    script = f"chmod 600 {keep} && touch -m -d 2001-01-01 {keep} && stat -c %a {keep}"
+    held = await system_sandbox(workdir=project, fs_writable=[project.parent],
+                                on_exit="keep").run(["sh", "-c", script])
+    assert held.success, held.stderr
+    assert held.stdout == b"600\n"  # the command saw its own change
+    after = keep.stat()
+    assert (after.st_mode, after.st_mtime_ns) == (before.st_mode, before.st_mtime_ns)
+    assert _kinds(held.changes) == {"keep.txt": ("modified", 5)}
+    assert held.workspace is not None
+    await held.workspace.commit()
+    assert stat.S_IMODE(keep.stat().st_mode) == 0o600
+    # Control: the same calls without a workspace reach the file.
+    keep.chmod(0o644)
+    control = await system_sandbox(fs_writable=[project.parent]).run(["sh", "-c", script])
+    assert control.success and stat.S_IMODE(keep.stat().st_mode) == 0o600
+
+
+@pytest.mark.anyio
+async def test_metadata_calls_inside_the_workspace_need_no_fs_writable(
+        project: pathlib.Path, clean_host: None) -> None:
+    """chmod, utimes and chown of the command's own files work in the
+    workspace (pip, tar, cp -p, linkers make them), on the layer only."""
+    script = ("echo '#!/bin/sh' > run.sh && chmod 755 run.sh && ./run.sh && "
+              "touch -d 2001-01-01 edit.txt && chmod 600 /proc/self/fd/0 2>/dev/null; "
+              "stat -c '%a %Y' run.sh edit.txt")
+    # ./run.sh: a workspace is executable where fs_readable covers it.
+    result = await system_sandbox(workdir=project, on_exit="keep", fs_readable=[project]).run(
+        ["sh", "-c", script])
+    assert result.success, result.stderr
+    lines = (result.stdout or b"").split(b"\n")
+    assert lines[0].startswith(b"755 ") and lines[1] == b"644 978307200"
+    modes = {c.path: stat.S_IMODE(c.mode) for c in result.changes or ()}
+    assert modes == {"edit.txt": 0o644, "run.sh": 0o755}
+    assert result.workspace is not None
+    await result.workspace.commit()
+    assert stat.S_IMODE((project / "run.sh").stat().st_mode) == 0o755
+    assert (project / "edit.txt").stat().st_mtime == 978307200
+
+
+@pytest.mark.anyio
+async def test_escape_a_workspace_is_not_executable_unless_readable(
+        project: pathlib.Path, clean_host: None) -> None:
+    script = "printf '#!/bin/sh\\necho ran\\n' > run.sh && chmod 755 run.sh && ./run.sh"
+    held = await system_sandbox(workdir=project, on_exit="abort").run(["sh", "-c", script])
+    assert held.returncode != 0 and b"Permission denied" in (held.stderr or b"")
+    control = await system_sandbox(workdir=project, on_exit="abort",
+                                   fs_readable=[project.parent]).run(["sh", "-c", script])
+    assert control.stdout == b"ran\n", control.stderr
