@@ -7,7 +7,9 @@ no fd (a layer is a tmpfs that only our fd holds), child or thread (the
 
 from __future__ import annotations
 
+import base64
 import gc
+import hashlib
 import os
 import pathlib
 import shutil
@@ -16,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import zipfile
 from collections.abc import Iterator
 from typing import Any
 
@@ -568,3 +571,45 @@ async def test_escape_a_workspace_is_not_executable_unless_readable(
     control = await system_sandbox(workdir=project, on_exit="abort",
                                    fs_readable=[project.parent]).run(["sh", "-c", script])
     assert control.stdout == b"ran\n", control.stderr
+
+
+def _wheel(path: pathlib.Path) -> None:
+    """A one-module wheel, made by hand: no index, no network."""
+    files = {"tinypkg/__init__.py": b"VALUE = 42\n",
+             "tinypkg-1.0.dist-info/METADATA": b"Metadata-Version: 2.1\nName: tinypkg\n"
+                                               b"Version: 1.0\n",
+             "tinypkg-1.0.dist-info/WHEEL": b"Wheel-Version: 1.0\nGenerator: test\n"
+                                            b"Root-Is-Purelib: true\nTag: py3-none-any\n"}
+    record = []
+    for name, data in files.items():
+        digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=")
+        record.append(f"{name},sha256={digest.decode()},{len(data)}")
+    record.append("tinypkg-1.0.dist-info/RECORD,,")
+    files["tinypkg-1.0.dist-info/RECORD"] = ("\n".join(record) + "\n").encode()
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, data in files.items():
+            archive.writestr(name, data)
+
+
+@pytest.mark.anyio
+@pytest.mark.skipif(subprocess.run(["/usr/bin/python3", "-m", "pip", "--version"],
+                                   capture_output=True).returncode != 0,
+                    reason="needs the system python3 with pip")
+async def test_a_pip_install_target_in_the_workspace(project: pathlib.Path,
+                                                     clean_host: None) -> None:
+    _wheel(project / "tinypkg-1.0-py3-none-any.whl")
+    time.sleep(0.02)
+    sandbox = system_sandbox(workdir=project, on_exit="keep", env={"HOME": str(project)})
+    result = await sandbox.run(["/usr/bin/python3", "-m", "pip", "install", "--no-index",
+                                "--no-deps", "--no-cache-dir", "--disable-pip-version-check",
+                                "--target", "deps", "tinypkg-1.0-py3-none-any.whl"])
+    assert result.success, result.stderr
+    kinds = _kinds(result.changes)
+    assert kinds["deps/tinypkg/__init__.py"] == ("added", 11)
+    assert all(kind == "added" and path.startswith("deps") for path, (kind, _) in kinds.items())
+    assert not (project / "deps").exists()
+    assert result.workspace is not None
+    await result.workspace.commit()
+    check = subprocess.run(["/usr/bin/python3", "-c", "import tinypkg; print(tinypkg.VALUE)"],
+                           env={"PYTHONPATH": str(project / "deps")}, capture_output=True)
+    assert check.stdout == b"42\n"
