@@ -613,3 +613,32 @@ async def test_a_pip_install_target_in_the_workspace(project: pathlib.Path,
     check = subprocess.run(["/usr/bin/python3", "-c", "import tinypkg; print(tinypkg.VALUE)"],
                            env={"PYTHONPATH": str(project / "deps")}, capture_output=True)
     assert check.stdout == b"42\n"
+
+
+DYING_CALLER = """
+import anyio, sys
+import asyncsandlock as a
+async def main():
+    sb = a.Sandbox(fs_readable=a.SYSTEM_READABLE, workdir=sys.argv[1])
+    async with anyio.create_task_group() as tg:
+        await tg.start(sb.run, ["sh", "-c", "echo mine > edit.txt; sleep 30"])
+        print("started", flush=True)
+anyio.run(main)
+"""
+
+
+def test_a_caller_killed_mid_run_leaves_nothing_behind(project: pathlib.Path) -> None:
+    before, mounts = _snapshot(project), _mounts()
+    caller = subprocess.Popen([sys.executable, "-c", DYING_CALLER, str(project)],
+                              stdout=subprocess.PIPE)
+    try:
+        assert caller.stdout is not None
+        assert caller.stdout.readline() == b"started\n"
+        time.sleep(0.2)  # the command has written its file (to the layer)
+    finally:
+        caller.kill()
+        caller.wait()
+        if caller.stdout is not None:
+            caller.stdout.close()
+    assert _snapshot(project) == before
+    assert _mounts() == mounts
