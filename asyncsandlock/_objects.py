@@ -16,8 +16,11 @@ Resolving as the child would
 ----------------------------
 - a relative path starts at the trapping thread's working directory
   (``/proc/TID/cwd``, opened) or at a copy of its ``dirfd``
-  (``pidfd_getfd``, the same open file); an absolute one at our root, which
-  is the child's (``chroot`` is denied in a sandbox);
+  (``pidfd_getfd``, the same open file); an absolute one at the thread's
+  root (``/proc/TID/root``): our root directory (``chroot`` is denied in a
+  sandbox), but in the child's mount namespace, where a workspace's overlay
+  covers its ``workdir`` (resolved at our own root, a path into the
+  workdir would reach the directory under the overlay);
 - ``AT_SYMLINK_NOFOLLOW`` (or the call's own no-follow form) and
   ``AT_EMPTY_PATH`` are honoured;
 - magic links are not followed (``openat2`` with ``RESOLVE_NO_MAGICLINKS``):
@@ -191,6 +194,13 @@ class Target:
         return self._own(os.open(f"/proc/{self.ctx.pid}/cwd",
                                  os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC))
 
+    def root(self) -> int:
+        """The target's root directory, as an ``O_PATH`` fd: ours, but in the
+        target's mount namespace, which differs from ours for a run with a
+        workspace (its overlay is mounted there only)."""
+        return self._own(os.open(f"/proc/{self.ctx.pid}/root",
+                                 os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC))
+
     def creds(self) -> Creds:
         with open(f"/proc/{self.ctx.pid}/status", "rb") as f:
             return Creds.parse(f.read())
@@ -226,7 +236,9 @@ class Target:
                     raise OSError(errno.ENOTDIR, "not a directory")
                 return base
         elif path.startswith(b"/"):
-            base, rest = AT_FDCWD, path
+            # At the target's root, not ours: the same directory, seen
+            # through the target's mount namespace (a workspace's overlay).
+            base, rest = self.root(), path.lstrip(b"/") or b"."
         else:
             base = self.cwd() if dirfd == AT_FDCWD else self.fd(dirfd)
             rest = path

@@ -41,7 +41,7 @@ class Result:
     # -- copy-on-write workspace (issue 12, docs/workspaces.md) --
     #: What the command changed in the policy's ``workdir``, sorted by path;
     #: None without a workdir.
-    changes: tuple[Change, ...] | None = None
+    changes: tuple[Change, ...] | None = field(default=None, repr=False)
     #: With ``on_exit="keep"``: the changes, to ``await commit()`` or
     #: ``await abort()``; else None.
     workspace: Workspace | None = field(default=None, repr=False)

@@ -77,7 +77,8 @@ from ._changes import Change, diff_steps
 from ._exceptions import ConfinementUnavailable, PolicyError, SandboxError
 from ._fd import close_fds
 from ._kernel._landlock import abi_version, build_ruleset
-from ._kernel._overlay import detached_overlay, detached_tmpfs
+from ._kernel._overlay import LIVE_OVERLAYS, detached_overlay, detached_tmpfs, mount_id
+from ._objects import real_roots, within
 from ._plan import _LANDLOCK_PARTS, Plan, _ruleset_spec
 from ._refusal import hint_for
 from ._result import Result
@@ -170,11 +171,16 @@ async def _drive(steps: Iterator[object]) -> None:
             close()
 
 
+def _release(fds: list[int], overlay_id: int) -> None:
+    LIVE_OVERLAYS.discard(overlay_id)
+    close_fds(fds)
+
+
 class Layer:
     """One run's private layer; see the module's essay."""
 
-    __slots__ = ("__weakref__", "_finalizer", "_ruleset", "_tmpfs", "kept", "mount_fd",
-                 "start_ns", "upper", "workdir")
+    __slots__ = ("__weakref__", "_finalizer", "_overlay_id", "_ruleset", "_tmpfs", "kept",
+                 "mount_fd", "start_ns", "upper", "workdir")
 
     def __init__(self, workdir: str, max_disk: int | None) -> None:
         self.workdir = workdir
@@ -185,7 +191,8 @@ class Layer:
         self._ruleset = -1
         #: Handed to a Workspace the caller holds: not the run's to drop.
         self.kept = False
-        self._finalizer = weakref.finalize(self, close_fds, [])
+        self._overlay_id = -1
+        self._finalizer = weakref.finalize(self, _release, [], -1)
         try:
             self._build(max_disk)
         except BaseException:
@@ -211,6 +218,8 @@ class Layer:
             try:
                 self.mount_fd = _refused_as_unavailable(detached_overlay, self.workdir,
                                                         (up, upper), (wk, work))
+                self._overlay_id = mount_id(self.mount_fd)
+                LIVE_OVERLAYS.add(self._overlay_id)
             finally:
                 os.close(wk)
         finally:
@@ -222,7 +231,7 @@ class Layer:
         # The finalizer closes what a Layer dropped without close() holds.
         self._finalizer.detach()
         held = [fd for fd in (self.mount_fd, self._ruleset, self._tmpfs) if fd >= 0]
-        self._finalizer = weakref.finalize(self, close_fds, held)
+        self._finalizer = weakref.finalize(self, _release, held, self._overlay_id)
 
     def spawn_args(self, policy: Sandbox, plan: Plan) -> tuple[int, str, int]:
         """What ``spawn(workspace=...)`` takes for this layer: the overlay,
@@ -241,7 +250,11 @@ class Layer:
         if self._ruleset >= 0 or plan.landlock_fd < 0:
             return self.mount_fd, self.workdir, self._ruleset
         spec = _ruleset_spec(policy)
-        spec = replace(spec, writable=(*spec.writable, f"/proc/self/fd/{self.mount_fd}"))
+        overlay = f"/proc/self/fd/{self.mount_fd}"
+        spec = replace(spec, writable=(*spec.writable, overlay))
+        if within(self.workdir, real_roots(spec.readable)):
+            # Executable, as a writable tree is, when fs_readable covers it.
+            spec = replace(spec, readable=(*spec.readable, overlay))
         skipped = frozenset(plan.degraded & set(_LANDLOCK_PARTS))
         self._ruleset = build_ruleset(spec, abi_version(), skipped)
         self._track()

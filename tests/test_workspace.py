@@ -7,7 +7,9 @@ no fd (a layer is a tmpfs that only our fd holds), child or thread (the
 
 from __future__ import annotations
 
+import base64
 import gc
+import hashlib
 import os
 import pathlib
 import shutil
@@ -16,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import zipfile
 from collections.abc import Iterator
 from typing import Any
 
@@ -508,3 +511,134 @@ async def test_bad_run_arguments_are_policy_errors(project: pathlib.Path,
         await sandbox.open(["true"])
     with pytest.raises(PolicyError, match="workdir"):
         await (sandbox.cmd(["true"]) | system_sandbox().cmd(["cat"])).run()
+
+
+@pytest.mark.anyio
+async def test_escape_metadata_calls_by_absolute_path_stay_in_the_layer(
+        project: pathlib.Path, clean_host: None) -> None:
+    """The metadata guard performs chmod & co itself; an absolute path must be
+    resolved in the command's mount namespace (the overlay), not ours (the
+    workdir under it), even where fs_writable covers the workdir."""
+    keep = project / "keep.txt"
+    keep.chmod(0o644)
+    time.sleep(0.02)  # not in the clock tick the run starts in (a conflict)
+    before = keep.stat()
+    script = f"chmod 600 {keep} && touch -m -d 2001-01-01 {keep} && stat -c %a {keep}"
+    held = await system_sandbox(workdir=project, fs_writable=[project.parent],
+                                on_exit="keep").run(["sh", "-c", script])
+    assert held.success, held.stderr
+    assert held.stdout == b"600\n"  # the command saw its own change
+    after = keep.stat()
+    assert (after.st_mode, after.st_mtime_ns) == (before.st_mode, before.st_mtime_ns)
+    assert _kinds(held.changes) == {"keep.txt": ("modified", 5)}
+    assert held.workspace is not None
+    await held.workspace.commit()
+    assert stat.S_IMODE(keep.stat().st_mode) == 0o600
+    # Control: the same calls without a workspace reach the file.
+    keep.chmod(0o644)
+    control = await system_sandbox(fs_writable=[project.parent]).run(["sh", "-c", script])
+    assert control.success and stat.S_IMODE(keep.stat().st_mode) == 0o600
+
+
+@pytest.mark.anyio
+async def test_metadata_calls_inside_the_workspace_need_no_fs_writable(
+        project: pathlib.Path, clean_host: None) -> None:
+    """chmod, utimes and chown of the command's own files work in the
+    workspace (pip, tar, cp -p, linkers make them), on the layer only."""
+    script = ("echo '#!/bin/sh' > run.sh && chmod 755 run.sh && ./run.sh && "
+              "touch -d 2001-01-01 edit.txt && chmod 600 /proc/self/fd/0 2>/dev/null; "
+              "stat -c '%a %Y' run.sh edit.txt")
+    # ./run.sh: a workspace is executable where fs_readable covers it.
+    result = await system_sandbox(workdir=project, on_exit="keep", fs_readable=[project]).run(
+        ["sh", "-c", script])
+    assert result.success, result.stderr
+    lines = (result.stdout or b"").split(b"\n")
+    assert lines[0].startswith(b"755 ") and lines[1] == b"644 978307200"
+    modes = {c.path: stat.S_IMODE(c.mode) for c in result.changes or ()}
+    assert modes == {"edit.txt": 0o644, "run.sh": 0o755}
+    assert result.workspace is not None
+    await result.workspace.commit()
+    assert stat.S_IMODE((project / "run.sh").stat().st_mode) == 0o755
+    assert (project / "edit.txt").stat().st_mtime == 978307200
+
+
+@pytest.mark.anyio
+async def test_escape_a_workspace_is_not_executable_unless_readable(
+        project: pathlib.Path, clean_host: None) -> None:
+    script = "printf '#!/bin/sh\\necho ran\\n' > run.sh && chmod 755 run.sh && ./run.sh"
+    held = await system_sandbox(workdir=project, on_exit="abort").run(["sh", "-c", script])
+    assert held.returncode != 0 and b"Permission denied" in (held.stderr or b"")
+    control = await system_sandbox(workdir=project, on_exit="abort",
+                                   fs_readable=[project.parent]).run(["sh", "-c", script])
+    assert control.stdout == b"ran\n", control.stderr
+
+
+def _wheel(path: pathlib.Path) -> None:
+    """A one-module wheel, made by hand: no index, no network."""
+    files = {"tinypkg/__init__.py": b"VALUE = 42\n",
+             "tinypkg-1.0.dist-info/METADATA": b"Metadata-Version: 2.1\nName: tinypkg\n"
+                                               b"Version: 1.0\n",
+             "tinypkg-1.0.dist-info/WHEEL": b"Wheel-Version: 1.0\nGenerator: test\n"
+                                            b"Root-Is-Purelib: true\nTag: py3-none-any\n"}
+    record = []
+    for name, data in files.items():
+        digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=")
+        record.append(f"{name},sha256={digest.decode()},{len(data)}")
+    record.append("tinypkg-1.0.dist-info/RECORD,,")
+    files["tinypkg-1.0.dist-info/RECORD"] = ("\n".join(record) + "\n").encode()
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, data in files.items():
+            archive.writestr(name, data)
+
+
+@pytest.mark.anyio
+@pytest.mark.skipif(subprocess.run(["/usr/bin/python3", "-m", "pip", "--version"],
+                                   capture_output=True).returncode != 0,
+                    reason="needs the system python3 with pip")
+async def test_a_pip_install_target_in_the_workspace(project: pathlib.Path,
+                                                     clean_host: None) -> None:
+    _wheel(project / "tinypkg-1.0-py3-none-any.whl")
+    time.sleep(0.02)
+    sandbox = system_sandbox(workdir=project, on_exit="keep", env={"HOME": str(project)})
+    result = await sandbox.run(["/usr/bin/python3", "-m", "pip", "install", "--no-index",
+                                "--no-deps", "--no-cache-dir", "--disable-pip-version-check",
+                                "--target", "deps", "tinypkg-1.0-py3-none-any.whl"])
+    assert result.success, result.stderr
+    kinds = _kinds(result.changes)
+    assert kinds["deps/tinypkg/__init__.py"] == ("added", 11)
+    assert all(kind == "added" and path.startswith("deps") for path, (kind, _) in kinds.items())
+    assert not (project / "deps").exists()
+    assert result.workspace is not None
+    await result.workspace.commit()
+    check = subprocess.run(["/usr/bin/python3", "-c", "import tinypkg; print(tinypkg.VALUE)"],
+                           env={"PYTHONPATH": str(project / "deps")}, capture_output=True)
+    assert check.stdout == b"42\n"
+
+
+DYING_CALLER = """
+import anyio, sys
+import asyncsandlock as a
+async def main():
+    sb = a.Sandbox(fs_readable=a.SYSTEM_READABLE, workdir=sys.argv[1])
+    async with anyio.create_task_group() as tg:
+        await tg.start(sb.run, ["sh", "-c", "echo mine > edit.txt; sleep 30"])
+        print("started", flush=True)
+anyio.run(main)
+"""
+
+
+def test_a_caller_killed_mid_run_leaves_nothing_behind(project: pathlib.Path) -> None:
+    before, mounts = _snapshot(project), _mounts()
+    caller = subprocess.Popen([sys.executable, "-c", DYING_CALLER, str(project)],
+                              stdout=subprocess.PIPE)
+    try:
+        assert caller.stdout is not None
+        assert caller.stdout.readline() == b"started\n"
+        time.sleep(0.2)  # the command has written its file (to the layer)
+    finally:
+        caller.kill()
+        caller.wait()
+        if caller.stdout is not None:
+            caller.stdout.close()
+    assert _snapshot(project) == before
+    assert _mounts() == mounts

@@ -120,3 +120,20 @@ def detached_overlay(lower: str, upper: tuple[int, str], work: tuple[int, str]) 
         return _mount(context)
     finally:
         os.close(context)
+
+
+#: The mount ids of the workspace overlays alive in this process, for the
+#: metadata guard (``handlers/metadata.py``): inside a workdir, a chmod & co
+#: is the command's to make only on an object of one of these mounts (the
+#: directory under the overlay has the same path, and is not).
+LIVE_OVERLAYS: set[int] = set()
+
+
+def mount_id(fd: int) -> int:
+    """The id of the mount the object of our ``fd`` is on (``/proc/self/fdinfo``);
+    it survives ``move_mount``, which moves the mount rather than copy it."""
+    with open(f"/proc/self/fdinfo/{fd}", "rb") as f:
+        for line in f:
+            if line.startswith(b"mnt_id:"):
+                return int(line.split()[1])
+    raise OSError(errno.ENOSYS, "no mnt_id in fdinfo")

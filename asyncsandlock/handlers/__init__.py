@@ -33,8 +33,9 @@ def builtin_handlers(sandbox: Sandbox) -> tuple[Handler, ...]:
     handlers = _built.get(sandbox)
     if handlers is None:
         found: list[Handler] = []
-        if sandbox.fs_writable:
-            found.append(MetadataGuard(map(str, sandbox.fs_writable)))
+        if sandbox.fs_writable or sandbox.workdir is not None:
+            found.append(MetadataGuard(map(str, sandbox.fs_writable),
+                                       None if sandbox.workdir is None else str(sandbox.workdir)))
         if sandbox.net_allow_bind or sandbox.allow_unix_sockets:
             found.append(ListenGuard(sandbox.bind_ports()))
         found += net_guards(sandbox)
@@ -46,8 +47,9 @@ def builtin_handlers(sandbox: Sandbox) -> tuple[Handler, ...]:
             # (inotify_add_watch, scheduling calls on another of the
             # sandbox's own processes): the filter denies those instead.
             if sandbox.fs_readable or sandbox.fs_writable:
+                workdir = () if sandbox.workdir is None else (sandbox.workdir,)
                 found.append(WatchGuard(map(str, (*sandbox.fs_readable,
-                                                  *sandbox.fs_writable))))
+                                                  *sandbox.fs_writable, *workdir))))
             found.append(OwnProcessGuard())
         handlers = _built[sandbox] = tuple(found)
     return handlers

@@ -39,6 +39,7 @@ from typing import ClassVar, Final
 from .._core import ffi
 from .._handler import ExceptionPolicy, Handler
 from .._kernel._notify import HandlerCtx, NotifAction
+from .._kernel._overlay import LIVE_OVERLAYS, mount_id
 from .._kernel._sys import syscall
 from .._objects import (
     AT_EMPTY_PATH,
@@ -118,8 +119,11 @@ class MetadataGuard(Handler):
     syscalls: ClassVar[tuple[str, ...]] = tuple(FORMS)
     on_exception: ClassVar[ExceptionPolicy] = ExceptionPolicy.DENY_EPERM
 
-    def __init__(self, writable: Iterable[str]) -> None:
+    def __init__(self, writable: Iterable[str], workspace: str | None = None) -> None:
         self.roots = real_roots(writable)
+        #: A copy-on-write workdir: its objects are the command's to change
+        #: when they are on a workspace overlay (docs/workspaces.md).
+        self.workspace = real_roots([workspace]) if workspace is not None else ()
 
     def __repr__(self) -> str:
         return f"<MetadataGuard writable={list(self.roots)}>"
@@ -133,7 +137,9 @@ class MetadataGuard(Handler):
                 creds = target.creds()
                 target.confirm()
                 st = os.fstat(obj)
-                if not within(object_path(obj), self.roots):
+                where = object_path(obj)
+                if not within(where, self.roots) and not (
+                        within(where, self.workspace) and mount_id(obj) in LIVE_OVERLAYS):
                     return NotifAction.errno(errno.EPERM)
                 return operation(obj, st, creds)
         except OSError as exc:
