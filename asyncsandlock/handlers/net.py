@@ -50,10 +50,12 @@ child's fds, fetched with ``pidfd_getfd``; ``SCM_CREDENTIALS`` is refused
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import ipaddress
 import os
+import shutil
 import socket
 import struct
 from collections.abc import Callable, Iterable
@@ -68,6 +70,7 @@ from .._kernel._notify import HandlerCtx, NotifAction
 from .._kernel._sys import syscall
 from .._netspec import Address, NetPolicy, NetRule, needs_guard
 from .._objects import AT_FDCWD, Target, int_arg
+from .._refusal import UnavailableHandler
 
 if TYPE_CHECKING:
     from .._policy import Sandbox
@@ -93,7 +96,7 @@ class NetTargets:
     """A policy's network rules, its host names resolved once (on the
     Sandbox's first run; a new Sandbox resolves anew)."""
 
-    __slots__ = ("allow", "allow_unix", "deny", "policy", "resolved")
+    __slots__ = ("allow", "allow_unix", "deny", "policy", "resolved", "resolving")
 
     def __init__(self, allow: Iterable[NetRule], deny: Iterable[NetRule],
                  allow_unix: bool) -> None:
@@ -102,23 +105,27 @@ class NetTargets:
         self.allow_unix = allow_unix
         #: Until resolved, a rule naming a host opens nothing.
         self.policy = NetPolicy(self.allow, self.deny)
-        self.resolved = False
+        self.resolved = not self.policy.names()
+        #: Set when a resolution under way ends (concurrent first runs wait for it).
+        self.resolving: anyio.Event | None = None
 
-    async def resolve(self) -> None:
-        """Resolve the host names of the rules (anyio's getaddrinfo, off the
-        loop); a name that does not resolve is a :class:`PolicyError`."""
-        if self.resolved:
-            return
-        found: dict[str, tuple[Address, ...]] = {}
-        for name in NetPolicy(self.allow, ()).names():
+    async def resolve(self, on_unavailable: UnavailableHandler) -> None:
+        """Resolve the host names of the rules; a name that does not resolve
+        is a :class:`PolicyError`.  ``on_unavailable``: the policy's, for the
+        resolver's own sandbox."""
+        while not self.resolved:
+            if self.resolving is not None:  # another run of this Sandbox is resolving
+                await self.resolving.wait()
+                continue
+            done = self.resolving = anyio.Event()
             try:
-                infos = await anyio.getaddrinfo(name, None, type=socket.SOCK_STREAM)
-            except OSError as exc:
-                raise PolicyError("net_allow", f"host {name!r} does not resolve: {exc}") from None
-            found[name] = tuple(dict.fromkeys(
-                ipaddress.ip_address(str(info[4][0]).partition("%")[0]) for info in infos))
-        self.policy = NetPolicy(self.allow, self.deny, found)
-        self.resolved = True
+                found = {name: await _lookup(name, on_unavailable)
+                         for name in self.policy.names()}
+                self.policy = NetPolicy(self.allow, self.deny, found)
+                self.resolved = True
+            finally:  # a failure: the next run tries again
+                self.resolving = None
+                done.set()
 
     def pinned(self) -> dict[str, tuple[Address, ...]]:
         """Each allowed name and the addresses it was resolved to."""
@@ -127,6 +134,29 @@ class NetTargets:
             if rule.host is not None and rule.nets is not None:
                 out.setdefault(rule.host, tuple(net.network_address for net in rule.nets))
         return out
+
+
+async def _lookup(name: str, on_unavailable: UnavailableHandler) -> tuple[Address, ...]:
+    """The addresses of ``name``, as the C library's resolver finds them
+    (``/etc/hosts``, DNS... per nsswitch.conf): ``getent ahosts`` run in a
+    sandbox of its own that may only read the system and speak DNS.  Not
+    ``getaddrinfo`` here: asyncio and Trio both run it on a worker thread,
+    and the library makes no thread; nor is an untrusted name resolved in
+    the caller's process."""
+    from .._policy import SYSTEM_READABLE, Sandbox
+
+    getent = shutil.which("getent") or "/usr/bin/getent"
+    resolver = Sandbox(fs_readable=SYSTEM_READABLE, net_allow=["tcp://:53", "udp://*"],
+                       on_unavailable=on_unavailable, name="resolver")
+    result = await resolver.run([getent, "ahosts", name], timeout=30)
+    addresses: dict[Address, None] = {}
+    for line in (result.stdout or b"").decode("ascii", "replace").splitlines():
+        with contextlib.suppress(ValueError, IndexError):
+            addresses[ipaddress.ip_address(line.split()[0].partition("%")[0])] = None
+    if result.returncode != 0 or not addresses:
+        raise PolicyError("net_allow", f"host {name!r} does not resolve "
+                                       f"(getent ahosts: exit status {result.returncode})")
+    return tuple(addresses)
 
 
 def _kind(sock: socket.socket) -> str:
@@ -424,4 +454,4 @@ async def resolve_names(sandbox: Sandbox) -> None:
 
     for handler in builtin_handlers(sandbox):
         if isinstance(handler, NetGuard):
-            await handler.targets.resolve()
+            await handler.targets.resolve(sandbox.on_unavailable)
