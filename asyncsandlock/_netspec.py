@@ -310,5 +310,12 @@ def check_network(allow: object, allow_bind: object, deny: object, deny_bind: ob
                   ) -> tuple[tuple[str, ...], tuple[int | str, ...], tuple[str, ...],
                              tuple[int | str, ...]]:
     """Validate the four network fields of a Sandbox; them as tuples."""
-    return (parse_rules("net_allow", allow), _ports_field("net_allow_bind", allow_bind),
-            parse_rules("net_deny", deny), _ports_field("net_deny_bind", deny_bind))
+    allow_t, allow_bind_t = parse_rules("net_allow", allow), _ports_field("net_allow_bind",
+                                                                          allow_bind)
+    deny_t, deny_bind_t = parse_rules("net_deny", deny), _ports_field("net_deny_bind", deny_bind)
+    if deny_bind_t and parse_bind("net_allow_bind", allow_bind_t) is None:
+        # Landlock knows bind rules per port: every port but some would be
+        # 65,535 rules, seconds to build.
+        raise PolicyError("net_deny_bind", f"{show(deny_bind_t)} with net_allow_bind='*': "
+                                           "list the ports (or ranges) to allow instead")
+    return allow_t, allow_bind_t, deny_t, deny_bind_t

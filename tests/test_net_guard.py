@@ -369,3 +369,28 @@ async def test_a_name_that_does_not_resolve_is_a_policy_error(netprobe: str) -> 
     sb = sandbox(netprobe, net_allow=["no-such-host.invalid:80"])
     with pytest.raises(PolicyError, match=r"no-such-host\.invalid"):
         await probe(sb, netprobe, "connect", "tcp", "127.0.0.1", 80)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def test_bind_every_port_and_deny_bind(try_syscall: str) -> None:
+    """net_allow_bind="*" binds any port; net_deny_bind keeps its ports shut
+    (controls: without a bind rule the same bind is refused)."""
+    port, other = _free_port(), _free_port()
+
+    async def bind(sb: Sandbox, at: int) -> int:
+        return (await probe(sb, try_syscall, "bind-tcp", at))[0]
+
+    assert await bind(sandbox(try_syscall), port) == errno.EACCES
+    assert await bind(sandbox(try_syscall, net_allow_bind=["*"]), port) == 0
+    ranged = sandbox(try_syscall, net_allow_bind=[f"{min(port, other)}-{max(port, other)}"],
+                     net_deny_bind=[port])
+    assert await bind(ranged, port) == errno.EACCES
+    assert await bind(ranged, other) == 0
+    # Port 0: an ephemeral port the kernel picks.
+    assert await bind(sandbox(try_syscall), 0) == errno.EACCES
+    assert await bind(sandbox(try_syscall, net_allow_bind=[0]), 0) == 0

@@ -142,6 +142,8 @@ def test_bind_ports() -> None:
     assert bind_ports(["*"], []) is None
     assert bind_ports([0], []) == {0}
     assert bind_ports(["*"], [22]) == frozenset(range(65536)) - {22}
+    with pytest.raises(PolicyError, match="net_deny_bind"):
+        Sandbox(net_allow_bind=["*"], net_deny_bind=[22])
     assert bind_ports([80, 81], ["80"]) == {81}
     assert bind_ports([80], ["*"]) == frozenset()
     for bad in ([-1], [65536], ["x"], [True], [1.0]):
