@@ -394,3 +394,16 @@ async def test_bind_every_port_and_deny_bind(try_syscall: str) -> None:
     # Port 0: an ephemeral port the kernel picks.
     assert await bind(sandbox(try_syscall), 0) == errno.EACCES
     assert await bind(sandbox(try_syscall, net_allow_bind=[0]), 0) == 0
+
+
+async def test_an_unspec_family_is_read_as_ipv4(netprobe: str, servers: Servers) -> None:
+    """An IPv4 UDP send takes an AF_UNSPEC sockaddr as a sockaddr_in: the
+    guard checks it as one (control: unconfined, it reaches 127.0.0.2)."""
+    port = servers.udp_port
+    assert (await probe(None, netprobe, "unspec", "127.0.0.2", port))[0] == 0
+    assert servers.received("127.0.0.2") == 1
+    sb = sandbox(netprobe, net_allow=[f"udp://127.0.0.1:{port}"])
+    assert (await probe(sb, netprobe, "unspec", "127.0.0.2", port))[0] == errno.EACCES
+    assert servers.received("127.0.0.2") == 0
+    assert (await probe(sb, netprobe, "unspec", "127.0.0.1", port))[0] == 0
+    assert servers.received("127.0.0.1") == 1

@@ -200,7 +200,7 @@ class _Call:
         return not (fcntl.fcntl(self.fd, fcntl.F_GETFL) & os.O_NONBLOCK
                     or flags & _MSG_DONTWAIT)
 
-    def address(self, raw: bytes) -> bytes:
+    def address(self, raw: bytes, *, sending: bool = False) -> bytes:
         """``raw`` if the rules let this socket reach it, in the form to hand
         the kernel (a unix path: as ``/proc/self/fd/N``); else OSError."""
         if self.family == socket.AF_UNIX:
@@ -209,7 +209,12 @@ class _Call:
             raise OSError(errno.EAFNOSUPPORT, "not an inet socket")
         family, ip, port = _destination(raw)
         if family == socket.AF_UNSPEC:
-            return raw  # dissolves a connection: reaches nothing
+            if not sending or self.family == socket.AF_INET6:
+                # connect(AF_UNSPEC) dissolves a connection; an IPv6 send
+                # ignores an AF_UNSPEC address: neither reaches anything.
+                return raw
+            # An IPv4 UDP send reads an AF_UNSPEC address as a sockaddr_in.
+            family, ip, port = _destination(b"\x02\x00" + raw[2:])
         if ip is None:
             raise OSError(errno.EAFNOSUPPORT, "not an inet address")
         if not self.targets.policy.allows(self.kind, ip, port):
@@ -340,7 +345,7 @@ class SendGuard(Handler):
         data = await ctx.read(ctx.args[1], size) if size else b""
         call = _Call(self.targets, target, int_arg(ctx.args[0]))
         flags = int_arg(ctx.args[3])
-        dest = call.address(raw) if raw else b""
+        dest = call.address(raw, sending=True) if raw else b""
         buf, to = ffi.from_buffer(data), ffi.from_buffer(dest) if dest else 0
         sent = await call.sending(call.blocking(flags), lambda: syscall(
             "sendto", call.fd, buf, len(data), flags | _MSG_DONTWAIT, to, len(dest)))
@@ -411,7 +416,7 @@ class _Message:
         return out
 
     async def send(self, call: _Call, flags: int) -> int:
-        dest = call.address(self.name) if self.name else b""
+        dest = call.address(self.name, sending=True) if self.name else b""
         ancillary = self.ancillary(call) if self.control else []
         sock = socket.socket(fileno=call.fd)
         try:

@@ -4,6 +4,7 @@
  *   netprobe connect tcp|udp ADDR PORT        blocking connect (udp: then send)
  *   netprobe nbconnect ADDR PORT              non-blocking: first=ERRNO final=ERRNO
  *   netprobe sendto ADDR PORT                 UDP sendto with an address
+ *   netprobe unspec ADDR PORT                 the same, the address's family AF_UNSPEC
  *   netprobe sendmsg ADDR PORT                UDP sendmsg with msg_name
  *   netprobe sendmmsg ADDR PORT               UDP sendmmsg of two messages: sent=N
  *   netprobe connected ADDR PORT              UDP connect, then send() with no address
@@ -96,6 +97,12 @@ int main(int argc, char **argv) {
         int connected = getpeername(fd, (struct sockaddr *)&peer, &pl) == 0;
         printf("first=%d final=%d connected=%d\n", first, final, connected);
         return first == EINPROGRESS || first == 0 ? final : first;
+    }
+    if (!strcmp(cmd, "unspec") && argc == 4) {
+        socklen_t len = make_addr(&ss, argv[2], atoi(argv[3]));
+        int fd = socket(ss.ss_family, SOCK_DGRAM, 0);
+        ss.ss_family = AF_UNSPEC;  /* udp_sendmsg reads it as a sockaddr_in */
+        return done("sendto", (int)sendto(fd, "x", 1, 0, (struct sockaddr *)&ss, len));
     }
     if ((!strcmp(cmd, "sendto") || !strcmp(cmd, "sendmsg") || !strcmp(cmd, "sendmmsg")
          || !strcmp(cmd, "connected")) && argc == 4) {
