@@ -61,13 +61,19 @@ class NetRule:
             self.protocol == "any" and protocol != "icmp")
 
 
+def _is_port(text: str) -> bool:
+    """Decimal ASCII digits, few enough for int() (which takes "²" for no
+    number, and refuses 4,300 digits and more)."""
+    return text.isascii() and text.isdigit() and len(text) <= 6
+
+
 def parse_ports(field: str, text: str, spec: str | None = None) -> frozenset[int]:
     """``"80"``, ``"80,443"`` or ``"8000-8010"`` (and mixes) as a set of ports."""
     ports: set[int] = set()
     where = f"{spec!r}: " if spec is not None and spec != text else ""
     for part in text.split(","):
         low, sep, high = part.strip().partition("-")
-        if not low.isdigit() or (sep and not high.isdigit()):
+        if not _is_port(low) or (sep and not _is_port(high)):
             raise PolicyError(field, f"{where}{text!r} is not a port, a list or a range of ports")
         first = int(low)
         last = int(high) if sep else first

@@ -65,6 +65,9 @@ def test_deny_forms(spec: str, rule: NetRule) -> None:
     ("net_allow", "a:", "no port"),
     ("net_allow", "[::1:80", "']'"),
     ("net_allow", " :80", "spaces"),
+    ("net_allow", ":\u00b2", "not a port"),
+    ("net_allow", ":" + "1" * 5000, "not a port"),
+    ("net_allow", ":0080000", "not a port"),
     ("net_deny", "example.com", "literal"),
     ("net_deny", "*:80", "literal"),
 ])
