@@ -10,8 +10,9 @@ is the cost of the calls, not of the spawn:
   connect goes to the network guard, which connects on the child's behalf),
   asyncsandlock with the port rule ``tcp://:PORT`` (Landlock alone), and
   sandlock 0.9 with the same host rule when it is installed (the bench extra).
-- ``bulk``: MiB written over one loopback TCP connection, MB/s, unconfined
-  and under the host rule: data is never trapped.
+- ``bulk``: MiB sent with ``send()`` (``sendto`` without an address) over one
+  loopback TCP connection, MB/s, unconfined and under the host rule: data is
+  never trapped.
 
 A process of its own (``netbench serve``) accepts and drains the
 connections.  Contenders take turns
@@ -59,7 +60,8 @@ async def main(backend: str, quick: bool) -> None:
     host_rule = f"127.0.0.1:{port}"
     boxes: dict[str, Any] = {
         "unconfined": None,
-        "asyncsandlock host rule": Sandbox(fs_readable=readable, net_allow=[host_rule]),
+        # TCP and UDP to 127.0.0.1: connect and addressed sends go to the guard.
+    "asyncsandlock host rule": Sandbox(fs_readable=readable, net_allow=[host_rule]),
         "asyncsandlock port rule": Sandbox(fs_readable=readable,
                                            net_allow=[f"tcp://:{port}"]),
     }
