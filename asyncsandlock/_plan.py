@@ -343,7 +343,7 @@ async def owner_of(policy: Sandbox) -> Compiled:
             rule.covers("tcp") and rule.any_host and rule.ports is None for rule in rules)
         bind = policy.bind_ports()
         plan = Plan(ruleset_fd, _new_key(), _rlimits(policy), frozenset(degraded), udp,
-                    policy.allow_unix_sockets, deny,
+                    policy.allow_unix_sockets or bool(policy.unix_allow), deny,
                     keep_mask(frozenset({1}) if bind is None else bind - {0}),
                     guarded=guarded_syscalls(policy), allow_sysv_ipc=policy.allow_sysv_ipc,
                     interactive=policy.interactive, fastopen_ok=every_tcp_port,

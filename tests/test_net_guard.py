@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import os
+import pathlib
 import socket
 import subprocess
 import sys
@@ -407,3 +408,40 @@ async def test_an_unspec_family_is_read_as_ipv4(netprobe: str, servers: Servers)
     assert servers.received("127.0.0.2") == 0
     assert (await probe(sb, netprobe, "unspec", "127.0.0.1", port))[0] == 0
     assert servers.received("127.0.0.1") == 1
+
+
+@pytest.fixture
+def unix_servers(tmp_path: pathlib.Path) -> Iterator[dict[str, str]]:
+    """A listening pathname socket in an allowed directory and one outside it."""
+    out: dict[str, str] = {}
+    socks = []
+    for name in ("allowed", "other"):
+        folder = tmp_path / name
+        folder.mkdir()
+        path = str(folder / "sock")
+        sock = socket.socket(socket.AF_UNIX)
+        sock.bind(path)
+        sock.listen(8)
+        socks.append(sock)
+        out[name] = path
+    try:
+        yield out
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+async def test_unix_allow(netprobe: str, unix_servers: dict[str, str]) -> None:
+    """unix_allow opens the pathname sockets under its paths, through the
+    guard; control: allow_unix_sockets reaches the other one too."""
+    allowed, other = unix_servers["allowed"], unix_servers["other"]
+    sb = sandbox(netprobe, unix_allow=[os.path.dirname(allowed)])
+    assert (await probe(sb, netprobe, "unix", allowed))[0] == 0
+    assert (await probe(sb, netprobe, "unix", other))[0] == errno.EACCES
+    # A symlink inside the allowed directory leads nowhere else.
+    link = os.path.join(os.path.dirname(allowed), "link")
+    os.symlink(other, link)
+    assert (await probe(sb, netprobe, "unix", link))[0] == errno.EACCES
+    everything = sandbox(netprobe, allow_unix_sockets=True)
+    assert (await probe(everything, netprobe, "unix", other))[0] == 0
+    assert (await probe(sandbox(netprobe), netprobe, "unix", allowed))[0] == errno.EACCES

@@ -35,7 +35,7 @@ def builtin_handlers(sandbox: Sandbox) -> tuple[Handler, ...]:
         found: list[Handler] = []
         if sandbox.fs_writable:
             found.append(MetadataGuard(map(str, sandbox.fs_writable)))
-        if sandbox.net_allow_bind or sandbox.allow_unix_sockets:
+        if sandbox.net_allow_bind or sandbox.allow_unix_sockets or sandbox.unix_allow:
             found.append(ListenGuard(sandbox.bind_ports()))
         found += net_guards(sandbox)
         if sandbox.max_processes is not None:

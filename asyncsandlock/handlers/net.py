@@ -70,7 +70,7 @@ from .._handler import ExceptionPolicy, Handler
 from .._kernel._notify import HandlerCtx, NotifAction
 from .._kernel._sys import syscall
 from .._netspec import Address, NetPolicy, NetRule, needs_guard
-from .._objects import AT_FDCWD, Target, int_arg
+from .._objects import AT_FDCWD, Target, int_arg, object_path, real_roots, within
 from .._refusal import UnavailableHandler
 
 if TYPE_CHECKING:
@@ -97,13 +97,15 @@ class NetTargets:
     """A policy's network rules, its host names resolved once (on the
     Sandbox's first run; a new Sandbox resolves anew)."""
 
-    __slots__ = ("allow", "allow_unix", "deny", "policy", "resolved", "resolving")
+    __slots__ = ("allow", "allow_unix", "deny", "policy", "resolved", "resolving", "unix_roots")
 
     def __init__(self, allow: Iterable[NetRule], deny: Iterable[NetRule],
-                 allow_unix: bool) -> None:
+                 allow_unix: bool, unix_roots: tuple[str, ...] = ()) -> None:
         self.allow = tuple(allow)
         self.deny = tuple(deny)
         self.allow_unix = allow_unix
+        #: ``unix_allow``, canonical: the pathname sockets the child may reach.
+        self.unix_roots = unix_roots
         #: Until resolved, a rule naming a host opens nothing.
         self.policy = NetPolicy(self.allow, self.deny)
         self.resolved = not self.policy.names()
@@ -222,7 +224,8 @@ class _Call:
         return raw
 
     def _unix(self, raw: bytes) -> bytes:
-        if not self.targets.allow_unix:
+        targets = self.targets
+        if not (targets.allow_unix or targets.unix_roots):
             raise OSError(errno.EACCES, "unix sockets are not allowed")
         if len(raw) < 3 or int.from_bytes(raw[:2], "little") != socket.AF_UNIX:
             raise OSError(errno.EINVAL, "not a unix pathname")
@@ -230,6 +233,10 @@ class _Call:
             raise OSError(errno.EPERM, "abstract unix socket from the supervisor")
         path = raw[2:].partition(b"\0")[0]
         held = self.target.resolve(AT_FDCWD, path, follow=True)
+        # The object we will connect to, where it is now (not the name the
+        # child gave: a symlink on the way may lead anywhere).
+        if not targets.allow_unix and not within(object_path(held), targets.unix_roots):
+            raise OSError(errno.EACCES, "unix socket outside unix_allow")
         return struct.pack("=H", socket.AF_UNIX) + f"/proc/self/fd/{held}".encode() + b"\0"
 
     async def sending(self, blocking: bool, send: Callable[[], int]) -> int:
@@ -450,9 +457,13 @@ def net_guards(sandbox: Sandbox) -> list[Handler]:
     port rules and the filter's socket checks say it all)."""
     allow, deny = sandbox.net_rules(), sandbox.net_deny_rules()
     connect, sends = needs_guard(allow, deny)
+    if sandbox.unix_allow and not sandbox.allow_unix_sockets:
+        # A unix datagram's destination is a sendto/sendmsg address too.
+        connect = sends = True
     if not connect:
         return []
-    targets = NetTargets(allow, deny, sandbox.allow_unix_sockets)
+    targets = NetTargets(allow, deny, sandbox.allow_unix_sockets,
+                         real_roots(map(str, sandbox.unix_allow)))
     guards: list[Handler] = [NetGuard(targets)]
     if sends:
         guards.append(SendGuard(targets))

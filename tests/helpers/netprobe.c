@@ -8,6 +8,7 @@
  *   netprobe sendmsg ADDR PORT                UDP sendmsg with msg_name
  *   netprobe sendmmsg ADDR PORT               UDP sendmmsg of two messages: sent=N
  *   netprobe connected ADDR PORT              UDP connect, then send() with no address
+ *   netprobe unix PATH                        connect a unix stream socket to PATH
  *   netprobe ping ADDR                        ICMP echo on a ping socket, reply awaited
  *   netprobe toctou GOOD BAD PORT N           N connects while a thread flips the address
  *   netprobe sendtoctou GOOD BAD PORT N       N UDP sendtos while a thread flips the address
@@ -24,6 +25,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 static socklen_t make_addr(struct sockaddr_storage *ss, const char *addr, int port) {
@@ -129,6 +131,13 @@ int main(int argc, char **argv) {
         if (n < 0) return done("sendmmsg", -1);
         printf("sent=%d len0=%u len1=%u\n", n, vec[0].msg_len, vec[1].msg_len);
         return n == 2 && vec[0].msg_len == 5 && vec[1].msg_len == 5 ? 0 : 124;
+    }
+    if (!strcmp(cmd, "unix") && argc == 3) {
+        struct sockaddr_un un = {.sun_family = AF_UNIX};
+        strncpy(un.sun_path, argv[2], sizeof un.sun_path - 1);
+        int fd = socket(AF_UNIX, SOCK_STREAM, 0);
+        if (fd < 0) return done("socket", -1);
+        return done("connect", connect(fd, (struct sockaddr *)&un, sizeof un));
     }
     if (!strcmp(cmd, "ping") && argc == 3) {
         socklen_t len = make_addr(&ss, argv[2], 0);
