@@ -270,6 +270,7 @@ def test_without_the_supervisor_address_rules_are_named() -> None:
     assert {"net_allow", "net_deny"} <= set(unenforced(policy, Subsystem.SUPERVISOR))
     ports_only = Sandbox(net_allow=["tcp://:80"])
     assert "net_allow" not in unenforced(ports_only, Subsystem.SUPERVISOR)
+    assert "unix_allow" in unenforced(Sandbox(unix_allow=["/tmp"]), Subsystem.SUPERVISOR)
 
 
 def _ping_in_netns(netprobe: str, host: str, rule: str | None) -> int:
