@@ -373,8 +373,8 @@ async def owner_of(policy: Sandbox) -> Compiled:
         bind = policy.bind_ports()
         identity = plan_identity(policy.uid, policy.gid)
         plan = Plan(ruleset_fd, _new_key(), _rlimits(policy) + core_rlimit(policy.no_coredump),
-                    frozenset(degraded), udp, policy.allow_unix_sockets, deny,
-                    keep_mask(frozenset({1}) if bind is None else bind - {0})
+                    frozenset(degraded), udp, policy.allow_unix_sockets or bool(policy.unix_allow),
+                    deny, keep_mask(frozenset({1}) if bind is None else bind - {0})
                     if keeps_caps(identity) else 0,
                     guarded=guarded_syscalls(policy), allow_sysv_ipc=policy.allow_sysv_ipc,
                     interactive=policy.interactive, fastopen_ok=every_tcp_port,
