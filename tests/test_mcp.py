@@ -254,6 +254,13 @@ async def check_computation(client: Client, server: Server,
 
 
 
+async def check_stdin_is_empty(client: Client, server: Server,
+                               tmp_path: pathlib.Path) -> None:
+    """A run's stdin is empty, never the server's protocol stream."""
+    text, _, _ = await call(client, "run_shell", command="cat; echo done")
+    assert stdout_of(text) == "done\n", text
+
+
 async def check_file_round_trip(client: Client, server: Server,
                                 tmp_path: pathlib.Path) -> None:
     _, _, error = await call(client, "write_file", path="dir/a.txt", content="hello ü\n")
@@ -422,7 +429,8 @@ async def test_disconnect_stops_the_sandbox(server: Server) -> None:
     assert alive_with(token) == []
 
 
-CHECKS = [check_computation, check_file_round_trip, check_reading_outside_the_workspace,
+CHECKS = [check_computation, check_stdin_is_empty, check_file_round_trip,
+          check_reading_outside_the_workspace,
           check_etc_shadow, check_server_environment_does_not_leak,
           check_network_connection_fails, check_fork_bomb_is_contained,
           check_infinite_loop_times_out, check_ten_megabytes_of_output_are_cut_to_fit,
