@@ -123,13 +123,14 @@ class Server:
         return max(pids)  # in a pod: python, not the unshare above it
 
 
-def stdio_server(tmp: pathlib.Path, *prefix: str, python: str = sys.executable) -> Server:
+def stdio_server(tmp: pathlib.Path, *prefix: str, python: str = sys.executable,
+                 options: tuple[str, ...] = ()) -> Server:
     marker = str(tmp / f"ws-{uuid.uuid4().hex[:8]}")
     os.makedirs(marker, exist_ok=True)
     params = StdioServerParameters(
         command=prefix[0] if prefix else python,
         args=[*prefix[1:], *([python] if prefix else []), "-m", "asyncsandlock.mcp",
-              "--workspace-root", marker],
+              "--workspace-root", marker, *options],
         env=server_env())
     return Server("stdio", params, marker)
 
@@ -527,3 +528,21 @@ def test_check_inside_the_simulated_pod() -> None:
                  "clone3                     no (ENOSYS", "a default (strict) sandbox runs here",
                  "syscall handlers and max_processes run here"):
         assert text in proc.stdout, proc.stdout
+
+
+async def test_degraded_run_says_so(tmp_path: pathlib.Path) -> None:
+    """A profile that may run without the supervisor, on a host that refuses it."""
+    profile = tmp_path / "degradable.toml"
+    profile.write_text('extends = "untrusted-python"\non_unavailable = ["supervisor"]\n')
+    refuse = build_helper("refuse")
+    server = stdio_server(tmp_path, refuse, "seccomp-listener=EBUSY", "--",
+                          options=("--profile", str(profile)))
+    async with connected(server) as client:
+        text, info, error = await call(client, "execute_python", code="print(1)")
+    assert not error and stdout_of(text) == "1\n"
+    assert "DEGRADED run: the host refused supervisor (unenforced: " in text
+    assert "max_processes" in info["degraded"]["supervisor"]
+    # The control: the same profile where the host allows it says nothing of the kind.
+    async with connected(stdio_server(tmp_path, options=("--profile", str(profile)))) as client:
+        text, info, _ = await call(client, "execute_python", code="print(1)")
+    assert "DEGRADED" not in text and info["degraded"] == {}
