@@ -70,3 +70,25 @@ async def test_per_session_limit_queues_runs(tmp_path: pathlib.Path) -> None:
             for key in ("s", "t"):
                 tg.start_soon(core.call, key, "run_shell", {"command": "sleep 0.3"})
         assert anyio.current_time() - start < 0.55
+
+
+async def test_a_session_ending_mid_call_keeps_its_workspace_until_the_call_ends(
+        tmp_path: pathlib.Path) -> None:
+    core = SandboxServer(workspace_root=str(tmp_path))
+    async with core.running(), anyio.create_task_group() as tg:
+        done = anyio.Event()
+
+        async def long_call() -> None:
+            text, _, _ = await core.call("s", "run_shell",
+                                         {"command": "sleep 0.5; echo still here > f; cat f"})
+            assert "still here" in text
+            done.set()
+
+        tg.start_soon(long_call)
+        while "s" not in core._workspaces or not core._workspaces["s"].active:  # noqa: ASYNC110
+            await anyio.sleep(0.01)
+        path = core._workspaces["s"].path
+        await core.remove_workspace("s")  # the session ends (HTTP DELETE)
+        assert os.path.exists(path)
+        await done.wait()
+    assert not os.path.exists(path)
