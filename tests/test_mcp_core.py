@@ -92,3 +92,16 @@ async def test_a_session_ending_mid_call_keeps_its_workspace_until_the_call_ends
         assert os.path.exists(path)
         await done.wait()
     assert not os.path.exists(path)
+
+
+async def test_refusals_carry_our_message(tmp_path: pathlib.Path) -> None:
+    core = SandboxServer(workspace_root=str(tmp_path), python="/no/such/python")
+    async with core.running():
+        text, info, error = await core.call("s", "execute_python", {"code": "print(1)"})
+        assert error and info["type"] == "SpawnError"
+        assert text.startswith("SpawnError: execve failed (ENOENT)"), text
+        text, info, error = await core.call("s", "run_shell", {"command": "a\x00b"})
+        assert error and info["type"] == "PolicyError" and "NUL" in text, text
+        # The control: a good command in the same session runs.
+        text, info, error = await core.call("s", "run_shell", {"command": "echo ok"})
+        assert not error and info["returncode"] == 0

@@ -34,7 +34,7 @@ from typing import Any, Final
 
 import anyio
 
-from .._exceptions import PolicyError, SandboxError
+from .._exceptions import ConfinementUnavailable, PolicyError, SandboxError, SpawnError
 from .._policy import SYSTEM_READABLE, Sandbox
 from .._profiles import Profile, load_profile
 from .._refusal import allow_degraded
@@ -258,8 +258,10 @@ class SandboxServer:
         except SandboxError as exc:
             # PolicyError, ConfinementUnavailable, SpawnError: our own message,
             # which names the field, or the subsystem, errno and a hint.
-            text = f"{type(exc).__name__}: {exc}"
-            return text, {"error": text, "type": type(exc).__name__}, True
+            kind = next((cls.__name__ for cls in (PolicyError, ConfinementUnavailable, SpawnError)
+                         if isinstance(exc, cls)), type(exc).__name__)
+            text = f"{kind}: {exc}"
+            return text, {"error": text, "type": kind}, True
 
     async def _dispatch(self, ws: Workspace, name: str,
                         arguments: Mapping[str, Any]) -> tuple[str, dict[str, Any], bool]:
