@@ -17,6 +17,7 @@ import json
 import os
 import pathlib
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -135,34 +136,60 @@ def stdio_server(tmp: pathlib.Path, *prefix: str, python: str = sys.executable,
     return Server("stdio", params, marker)
 
 
-@pytest.fixture(scope="module")
-def http_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    root = str(tmp_path_factory.mktemp("mcp-http"))
+@contextlib.contextmanager
+def running_http(prefix: list[str], python: str, root: str) -> Iterator[Server]:
+    """A Streamable HTTP server on a free port of 127.0.0.1, started with ``prefix``."""
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "asyncsandlock.mcp", "--transport", "http",
+    proc = subprocess.Popen([*prefix, python, "-m", "asyncsandlock.mcp", "--transport", "http",
                              "--port", str(port), "--workspace-root", root],
                             env=server_env(), stdin=subprocess.DEVNULL,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    server = Server("http", f"http://127.0.0.1:{port}/mcp", root)
     try:
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 60
         while True:
             with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
                 break
             assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
             assert time.monotonic() < deadline, "the HTTP server did not start"
             time.sleep(0.05)
-        yield Server("http", f"http://127.0.0.1:{port}/mcp", root)
+        yield server
     finally:
-        proc.terminate()
+        # The server itself, not a launcher above it: in a pod it is PID 1,
+        # and unshare does not pass signals on.
+        for pid in server_pids(root):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
         try:
-            proc.wait(15)
+            proc.wait(20)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
         if proc.stderr:
             proc.stderr.close()
+
+
+@pytest.fixture(scope="module")
+def http_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    root = str(tmp_path_factory.mktemp("mcp-http"))
+    with running_http([], sys.executable, root) as server:
+        yield server
     left = [str(p) for p in pathlib.Path(root).rglob("*")]
     assert left == [], f"workspaces left behind after shutdown: {left}"
+
+
+@pytest.fixture(scope="module")
+def pod_http_server() -> Iterator[Server]:
+    """Streamable HTTP in the simulated pod (its network is the host's)."""
+    root = tempfile.mkdtemp(prefix="asl-pod-")
+    try:
+        prefix = pod_prefix(root)
+        if isinstance(prefix, str):
+            pytest.skip(prefix)
+        with running_http(prefix, SYSTEM_PYTHON, root) as server:
+            yield server
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def pod_prefix(workspace: str) -> list[str] | str:
@@ -439,11 +466,16 @@ CHECKS = [check_computation, check_stdin_is_empty, check_file_round_trip,
           check_twenty_concurrent_calls, check_cancellation_stops_the_sandbox]
 
 
+@pytest.mark.parametrize("where", ["http_server", "pod_http_server"],
+                         ids=["host", "pod"])
 @pytest.mark.parametrize("check", CHECKS, ids=lambda c: c.__name__.removeprefix("check_"))
-async def test_over_http(http_server: Server, check: Any, tmp_path: pathlib.Path) -> None:
-    """Each check on a fresh session of the module's Streamable HTTP server."""
-    async with connected(http_server) as client:
-        await check(client, http_server, tmp_path)
+async def test_over_http(request: pytest.FixtureRequest, where: str, check: Any,
+                         tmp_path: pathlib.Path) -> None:
+    """Each check on a fresh session of a Streamable HTTP server shared by the
+    module: on the host, and in the simulated pod."""
+    server: Server = request.getfixturevalue(where)
+    async with connected(server) as client:
+        await check(client, server, tmp_path)
 
 
 @pytest.mark.parametrize("server", ["stdio", "pod"], indirect=True)
