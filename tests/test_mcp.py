@@ -487,7 +487,17 @@ async def test_battery_over_stdio(server: Server, tmp_path: pathlib.Path) -> Non
             await check(client, server, tmp_path)
 
 
-async def test_another_sessions_workspace(server: Server, tmp_path: pathlib.Path) -> None:
+@pytest.mark.parametrize("server", ["stdio", "http"], indirect=True)
+async def test_another_sessions_workspace(server: Server) -> None:
+    await cross_session(server)
+
+
+async def test_another_sessions_workspace_in_the_pod(pod_http_server: Server) -> None:
+    """Two sessions of one server in the simulated pod."""
+    await cross_session(pod_http_server)
+
+
+async def cross_session(server: Server) -> None:
     other = (server if server.kind == "http" else
              Server(server.kind, server.target, server.marker))
     async with connected(server) as first:
@@ -501,9 +511,7 @@ async def test_another_sessions_workspace(server: Server, tmp_path: pathlib.Path
             assert stdout_of(text).strip() != mine
             text, _, _ = await call(second, "run_shell",
                                     command=f"cat {mine}/f.txt; ls {mine}")
-            # (Two pods do not even share the directory: each mounts its own.)
-            refusal = "No such file" if server.kind == "pod" else "Permission denied"
-            assert stdout_of(text) == "" and refusal in text, text
+            assert stdout_of(text) == "" and "Permission denied" in text, text
             text, _, error = await call(second, "read_file", path=f"{mine}/f.txt")
             assert error and "outside the session workspace" in text
             text, _, error = await call(second, "list_files", path=mine)
