@@ -13,6 +13,7 @@ where it is allowed.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import pathlib
@@ -192,32 +193,48 @@ def pod_http_server() -> Iterator[Server]:
         shutil.rmtree(root, ignore_errors=True)
 
 
-def pod_prefix(workspace: str) -> list[str] | str:
-    """The command line that starts a program in a simulated pod, or why not."""
-    if os.geteuid() != 0:
-        return "the simulated pod needs root to make its namespaces and mounts"
-    for tool in ("unshare", "setpriv", "gcc"):
-        if shutil.which(tool) is None:
-            return f"{tool} is not installed"
-    if not os.access(SYSTEM_PYTHON, os.X_OK):
-        return f"{SYSTEM_PYTHON} (readable by uid 1000) is missing"
-    probe = subprocess.run([SYSTEM_PYTHON, "-c", "import sys; print(sys.version_info[:2])"],
-                           capture_output=True, text=True)
-    if probe.stdout.strip() != str(sys.version_info[:2]):
-        return f"{SYSTEM_PYTHON} is not Python {sys.version_info[:2]} (compiled modules)"
+def _pod_command(workspace: str) -> list[str]:
     os.chmod(workspace, 0o777)
     launcher = build_helper("clone3_enosys")
     script = ('set -e; mount -t tmpfs -o mode=1777 tmpfs "$1"; mount -o remount,bind,ro /; '
               'shift; exec setpriv --reuid 1000 --regid 1000 --clear-groups '
               '--inh-caps=-all --bounding-set=-all "$@"')
-    prefix = ["unshare", "--pid", "--fork", "--mount-proc", "--mount", "--propagation",
-              "private", "/bin/sh", "-c", script, "sh", workspace, launcher]
-    check = subprocess.run([*prefix, "/bin/sh", "-c", 'test "$$" = 1 && test "$(id -u)" = 1000'
-                            ' && ! touch /pod-probe 2>/dev/null'],
-                           capture_output=True, text=True, timeout=30)
+    return ["unshare", "--pid", "--fork", "--mount-proc", "--mount", "--propagation",
+            "private", "/bin/sh", "-c", script, "sh", workspace, launcher]
+
+
+@functools.cache
+def pod_unavailable() -> str | None:
+    """Why the simulated pod cannot be built here, or None (asked once)."""
+    if os.geteuid() != 0:
+        return "the simulated pod needs root to make its namespaces and mounts"
+    missing = [tool for tool in ("unshare", "setpriv", "gcc") if shutil.which(tool) is None]
+    if missing or not os.access(SYSTEM_PYTHON, os.X_OK):
+        return f"missing here: {', '.join(missing) or SYSTEM_PYTHON}"
+    probe = subprocess.run([SYSTEM_PYTHON, "-c", "import sys; print(sys.version_info[:2])"],
+                           capture_output=True, text=True)
+    if probe.stdout.strip() != str(sys.version_info[:2]):
+        return f"{SYSTEM_PYTHON} is not Python {sys.version_info[:2]} (compiled modules)"
+    workspace = tempfile.mkdtemp(prefix="asl-pod-")
+    try:
+        prefix = _pod_command(workspace)
+        shell = ('test "$$" = 1 && test "$(id -u)" = 1000 && ! touch /pod-probe 2>/dev/null'
+                 f' && {SYSTEM_PYTHON} -c "import asyncsandlock.mcp._app"')
+        check = subprocess.run([*prefix, "/bin/sh", "-c", shell], capture_output=True,
+                               text=True, timeout=60, env=server_env())
+    finally:
+        shutil.rmtree(workspace, ignore_errors=True)
     if check.returncode != 0:
-        return f"cannot build the simulated pod here: {check.stderr.strip()[:200]}"
-    return prefix
+        # e.g. uid 1000 cannot read this checkout (under a 0700 home directory).
+        return f"cannot build the simulated pod here: {check.stderr.strip()[-200:]}"
+    return None
+
+
+def pod_prefix(workspace: str) -> list[str] | str:
+    """The command line that starts a program in a simulated pod whose
+    workspace directory is ``workspace``, or why it cannot be built."""
+    reason = pod_unavailable()
+    return reason if reason is not None else _pod_command(workspace)
 
 
 @pytest.fixture(params=["stdio", "http", "pod"])
