@@ -10,7 +10,15 @@ import pytest
 from asyncsandlock import Protection, Sandbox
 from asyncsandlock._limits import limits_protection
 from asyncsandlock._types import ExitReason
-from asyncsandlock._watch import HZ, PAGE, Watched, _Entry, _next, cgroup_v2_delegated
+from asyncsandlock._watch import (
+    CPU_TIME_INTERVAL,
+    HZ,
+    PAGE,
+    Watched,
+    _Entry,
+    _next,
+    cgroup_v2_delegated,
+)
 
 
 def _entry(**limits: object) -> tuple[_Entry, list[ExitReason]]:
@@ -58,13 +66,39 @@ def test_looks_come_sooner_near_the_budget() -> None:
     assert near.due - 100.0 <= 0.01 < far.due - 100.0
 
 
-def test_due_times_share_a_grid_and_are_never_late() -> None:
+def test_looks_are_never_late_and_at_most_half_early() -> None:
     for now in (0.0, 1.2345, 99.999):
         for interval in (0.001, 0.005, 0.03, 0.1, 0.25, 5.0):
-            due = _next(now, interval)
-            assert now < due <= now + max(min(interval, 0.25), 0.005) + 1e-9
-    # Sandboxes looked at a little apart with like intervals fall due together.
-    assert _next(10.001, 0.2) == _next(10.03, 0.2)
+            soon, due = _next(now, interval)
+            assert due == now + min(max(interval, 0.005), 0.25)
+            assert soon == now + (due - now) / 2
+
+
+def test_sandboxes_with_like_intervals_come_to_share_one_wake_up() -> None:
+    """Two sandboxes looked at 0.1 s apart with 0.25 s intervals: the first
+    wake-up (for the first) takes the second along, early, and from then on
+    one wake-up serves both; one looked at more than half an interval apart
+    is not taken early (a look is at most half an interval early)."""
+    first, _ = _entry(memory=1 << 30)
+    second, _ = _entry(memory=1 << 30)
+    third, _ = _entry(memory=1 << 30)
+    first.update([_m(10, 5, rss=1 << 20)], 100.0, False)
+    second.update([_m(20, 5, rss=1 << 20)], 100.1, False)
+    third.update([_m(30, 5, rss=1 << 20)], 100.2, False)
+    wake = min(first.due, second.due, third.due)
+    assert wake == first.due
+    assert first.soon <= wake and second.soon <= wake < third.soon
+    for entry in (first, second):
+        entry.update([_m(10, 5, rss=1 << 20)], wake, False)
+    assert first.due == second.due
+
+
+def test_cpu_time_alone_is_looked_at_within_a_second() -> None:
+    """A member reaped by an outsider is lost from the count after its last
+    look: looks under a large cpu_time stay at most CPU_TIME_INTERVAL apart."""
+    entry, _ = _entry(cpu_time=3600.0)
+    entry.update([_m(10, 5, 0.1)], 100.0, True)
+    assert entry.cpu_due == 100.0 + CPU_TIME_INTERVAL
 
 
 def test_cgroup_detection_reads_only() -> None:
