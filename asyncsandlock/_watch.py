@@ -5,18 +5,23 @@ Without a cgroup of its own (none can be had on a host whose cgroup v2
 hierarchy is not delegated to us; see ``cgroup_v2_delegated``), a sandbox's
 use of memory and CPU is only known by looking: one task per event loop,
 started with the first sandbox that needs it and ended with the last, wakes
-when the most pressing of them is due, reads what every watched sandbox uses
-in one walk of ``/proc`` (``asl_scan_groups`` in ``csrc/group.c``: a
-fraction of a millisecond), and acts:
+when the most pressing of them is due, reads in one call into the C core
+(``csrc/group.c``) what every sandbox whose look may be made then uses, and
+acts.  Each sandbox's processes (its members: its process group, which
+nothing inside can leave) are kept with fds held on their ``/proc`` statm
+and stat files, read again from offset 0 at each look; new members are found
+by probing the pids handed out since the last look (``discover``), with a
+walk of ``/proc`` as a net every :data:`WALK_INTERVAL` seconds.
 
 - ``max_memory``: the resident pages of all the sandbox's processes together
-  (``rss`` of each stat: anonymous, file and shared memory pages it has
-  really touched; address space reserved and never touched counts nothing).
+  (``rss``: anonymous, file and shared memory pages it has really touched;
+  address space reserved and never touched counts nothing).
   Over the budget, the sandbox is killed with ``ExitReason.MEMORY_LIMIT``.
   The next look is due when a sandbox growing at :data:`GROWTH` could have
   used its headroom: rarely while it is far below, every
-  :data:`MIN_INTERVAL` near the limit, so the overshoot is at most what it
-  allocates in that time (measured: docs/limits.md).
+  :data:`MIN_INTERVAL` near the limit (:data:`GROWING_INTERVAL` while it
+  grows there), so the overshoot is at most what it allocates in that time
+  (measured: docs/limits.md).
 - ``cpu_time``: the CPU seconds of its processes, those that ended included
   (a process's time moves into its parent's ``cutime`` when the parent reaps
   it, and the parent is a member too; one reaped by someone else -- an
@@ -62,6 +67,8 @@ HZ: Final = os.sysconf("SC_CLK_TCK")
 GROWTH: Final = 4 << 30
 #: Bounds of the time between two looks at a sandbox, in seconds.
 MIN_INTERVAL: Final = 0.005
+#: The shortest, for a sandbox growing near its memory budget.
+GROWING_INTERVAL: Final = 0.001
 MAX_INTERVAL: Final = 0.25
 #: How often a sandbox under ``max_cpu`` is looked at while it runs: the
 #: longest it can run above its share before it is stopped.
@@ -96,8 +103,8 @@ class Watched:
     cores: int
 
 
-def _next(now: float, interval: float, early: float = 0.5,
-          longest: float = MAX_INTERVAL) -> tuple[float, float]:
+def _next(now: float, interval: float, early: float = 0.5, longest: float = MAX_INTERVAL,
+          shortest: float = MIN_INTERVAL) -> tuple[float, float]:
     """When a look ``interval`` seconds from ``now`` may be made, and when it
     is due: never later than asked, and taken up to half the interval early
     when the watcher wakes for another sandbox anyway.  Half is what makes
@@ -107,8 +114,9 @@ def _next(now: float, interval: float, early: float = 0.5,
     more often than its interval once they have.  ``early``: the part of
     the interval it may be taken early (a CPU look of a sandbox whose
     memory is watched takes a quarter: its memory looks wake the watcher
-    anyway, and a stat costs three statm); ``longest``: the most it may be."""
-    interval = min(max(interval, MIN_INTERVAL), longest)
+    anyway, and a stat costs three statm); ``longest``, ``shortest``: the
+    most and the least it may be."""
+    interval = min(max(interval, shortest), longest)
     return now + interval * (1 - early), now + interval
 
 
@@ -116,8 +124,8 @@ class _Entry:
     """One watched sandbox."""
 
     __slots__ = ("alive", "cores", "cpu_due", "cpu_early", "cpu_soon", "due", "last", "limits",
-                 "mem_due", "mem_soon", "members", "pgid", "retired", "seen", "soon", "stop",
-                 "stopped", "ticks", "tokens", "wants_cpu")
+                 "mem_due", "mem_soon", "members", "pages", "pgid", "retired", "seen", "soon",
+                 "stop", "stopped", "ticks", "tokens", "wants_cpu")
 
     def __init__(self, pgid: int, limits: Watched, alive: Callable[[], bool],
                  stop: Callable[[ExitReason], None]) -> None:
@@ -149,6 +157,8 @@ class _Entry:
         self.last = now
         self.tokens = 0.0
         self.stopped = False
+        #: Resident pages of all its members at the last look.
+        self.pages = 0
         #: pid -> fds held on its /proc statm and stat files (-1: none).
         self.members: dict[int, tuple[int, int]] = {}
         self.wants_cpu = limits.cpu_share is not None or limits.cpu_time is not None
@@ -178,7 +188,14 @@ class _Entry:
             if rss > budget:
                 self.finish(ExitReason.MEMORY_LIMIT)
                 return False
-            self.mem_soon, self.mem_due = _next(now, (budget - rss) / GROWTH)
+            # Within MIN_INTERVAL of the budget at GROWTH, a sandbox that
+            # grew since the last look is looked at every GROWING_INTERVAL:
+            # its overshoot is what it takes in that time (it is about to
+            # be stopped, or to stop growing, so it does not cost long); one
+            # that holds still there every MIN_INTERVAL.
+            shortest = GROWING_INTERVAL if pages > self.pages else MIN_INTERVAL
+            self.pages = pages
+            self.mem_soon, self.mem_due = _next(now, (budget - rss) / GROWTH, shortest=shortest)
         return True
 
     def account_cpu(self, members: list[Any], now: float) -> bool:
