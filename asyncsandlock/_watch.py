@@ -179,9 +179,7 @@ class _Entry:
         self.due = min(self.mem_due, self.cpu_due)
 
     def memory(self, pages: int, now: float) -> bool:
-        """Act on ``pages`` resident in all; False if it was stopped.  With
-        only memory looked at, the caller then sets :attr:`soon` and
-        :attr:`due` (this is the watcher's most frequent call: kept short)."""
+        """Act on ``pages`` resident in all; False if it was stopped."""
         budget = self.limits.memory
         if budget is not None:
             rss = pages * PAGE
@@ -195,7 +193,11 @@ class _Entry:
             # that holds still there every MIN_INTERVAL.
             shortest = GROWING_INTERVAL if pages > self.pages else MIN_INTERVAL
             self.pages = pages
-            self.mem_soon, self.mem_due = _next(now, (budget - rss) / GROWTH, shortest=shortest)
+            self.mem_soon, self.mem_due = soon, due = _next(now, (budget - rss) / GROWTH,
+                                                            shortest=shortest)
+            # The watcher's most frequent call: no min() calls.
+            self.soon = soon if soon < self.cpu_soon else self.cpu_soon
+            self.due = due if due < self.cpu_due else self.cpu_due
         return True
 
     def account_cpu(self, members: list[Any], now: float) -> bool:
@@ -259,7 +261,7 @@ class _Watcher:
         #: Every member of every entry, in the arrays the C core reads (pids,
         #: statm fds, stat fds, index of its entry in self.entries), with
         #: their count; None once members or entries change.
-        self.table: tuple[Any, Any, Any, Any, int] | None = None
+        self.table: tuple[Any, Any, Any, Any, list[int]] | None = None
         #: pgid -> entry, and its keys sorted (for the C calls), rebuilt on change.
         self.groups: dict[int, _Entry] = {}
         self.sorted_groups: Any = None
@@ -474,24 +476,28 @@ class _Watcher:
             member = self.out[index]
             self.attach(self.groups[pgids[member.group]], member.pid)
 
-    def members_table(self) -> tuple[Any, Any, Any, Any, int]:
+    def members_table(self) -> tuple[Any, Any, Any, Any, list[int]]:
+        """The arrays of :attr:`table`, and where each entry's members start
+        in them (one more: the end)."""
         if self.table is None:
             pids: list[int] = []
             statm: list[int] = []
             stat: list[int] = []
             owner: list[int] = []
+            starts: list[int] = []
             for index, entry in enumerate(self.entries):
+                starts.append(len(pids))
                 for pid, (statm_fd, stat_fd) in entry.members.items():
                     pids.append(pid)
                     statm.append(statm_fd)
                     stat.append(stat_fd)
                     owner.append(index)
-            count = len(pids)
-            if count > self.room:
-                self.room = count * 2
+            starts.append(len(pids))
+            if len(pids) > self.room:
+                self.room = len(pids) * 2
                 self.out = ffi.new("struct asl_member[]", self.room)
             self.table = (ffi.new("int32_t[]", pids), ffi.new("int32_t[]", statm),
-                          ffi.new("int32_t[]", stat), ffi.new("int32_t[]", owner), count)
+                          ffi.new("int32_t[]", stat), ffi.new("int32_t[]", owner), starts)
         return self.table
 
     def look(self) -> None:
@@ -506,29 +512,28 @@ class _Watcher:
         if not any(want):
             return
         self.discover(now)
-        pids, statm, stat, owner, count = self.members_table()
+        pids, statm, stat, owner, starts = self.members_table()
         rss = ffi.new("uint64_t[]", len(entries))
-        reaped = lib.asl_read_usage(pids, statm, stat, owner, ffi.new("uint8_t[]", want), count,
-                                    len(entries), self.out, rss)
+        reaped = lib.asl_read_usage(pids, statm, stat, owner, ffi.new("uint8_t[]", want),
+                                    starts[-1], len(entries), self.out, rss)
         out = self.out
-        if reaped:
-            for index in range(count):
-                if out[index].ended == 2:  # its fds name no one now
-                    self.detach(entries[out[index].group], out[index].pid)
         pages = ffi.unpack(rss, len(entries))
-        cpu: dict[int, list[Any]] = {}
-        if 2 in want:
-            for index in range(count):
-                member = out[index]
-                if want[member.group] == 2 and member.ended != 2:
-                    cpu.setdefault(member.group, []).append(member)
-        for index, entry in enumerate(entries):
-            if want[index] == 1:
-                if entry.memory(pages[index], now):
-                    entry.soon = min(entry.mem_soon, entry.cpu_soon)
-                    entry.due = min(entry.mem_due, entry.cpu_due)
-            elif want[index] == 2:
-                entry.update(cpu.get(index, []), now, True)
+        for index, wanted in enumerate(want):
+            entry = entries[index]
+            if wanted == 1 and not reaped:
+                entry.memory(pages[index], now)  # the most frequent case: kept short
+            elif wanted:
+                records = [out[i] for i in range(starts[index], starts[index + 1])]
+                members = []
+                for member in records:
+                    if member.ended == 2:
+                        self.detach(entry, member.pid)  # reaped: its fds name no one now
+                    else:
+                        members.append(member)
+                if wanted == 1:
+                    entry.memory(pages[index], now)
+                else:
+                    entry.update(members, now, True)
 
 
 def cgroup_v2_delegated() -> str | None:

@@ -12,7 +12,9 @@ from asyncsandlock._limits import limits_protection
 from asyncsandlock._types import ExitReason
 from asyncsandlock._watch import (
     CPU_TIME_INTERVAL,
+    GROWING_INTERVAL,
     HZ,
+    MIN_INTERVAL,
     PAGE,
     Watched,
     _Entry,
@@ -113,3 +115,16 @@ def test_cgroup_detection_reads_only() -> None:
 def test_a_delegated_cgroup_is_still_sampled() -> None:
     """The cgroup backend is not built: the report must not claim it."""
     assert limits_protection(Sandbox(max_memory="1G")) is Protection.SAMPLED
+
+
+def test_a_sandbox_growing_near_its_budget_is_looked_at_more_often() -> None:
+    """Near the budget a growing sandbox is looked at every GROWING_INTERVAL
+    (its overshoot is what it takes in that time); one holding still there
+    every MIN_INTERVAL."""
+    growing, _ = _entry(memory=100 << 20)
+    still, _ = _entry(memory=100 << 20)
+    for entry, second in ((growing, 99 << 20), (still, 98 << 20)):
+        entry.update([_m(10, 5, rss=98 << 20)], 1.0, False)
+        entry.update([_m(10, 5, rss=second)], 2.0, False)
+    assert growing.due - 2.0 == pytest.approx(GROWING_INTERVAL)
+    assert still.due - 2.0 == pytest.approx(MIN_INTERVAL)
