@@ -2,7 +2,7 @@
 sandboxes, enforced from the caller's event loop.
 
 Without a cgroup of its own (none can be had on a host whose cgroup v2
-hierarchy is not delegated to us; see ``cgroup_v2_delegated``), a sandbox's
+hierarchy is not delegated to us; see ``_cgroup.py``), a sandbox's
 use of memory and CPU is only known by looking: one task per event loop,
 started with the first sandbox that needs it and ended with the last, wakes
 when the most pressing of them is due, reads in one call into the C core
@@ -534,38 +534,6 @@ class _Watcher:
                     entry.memory(pages[index], now)
                 else:
                     entry.update(members, now, True)
-
-
-def cgroup_v2_delegated() -> str | None:
-    """The directory of a cgroup v2 group this process could give each
-    sandbox a child of, with the ``memory`` and ``cpu`` controllers enabled
-    for its children and writable by us; None where there is none (a cgroup
-    v1 or hybrid host whose unified hierarchy has no controllers, or a group
-    not delegated to us).  Only reads: it creates nothing.
-
-    Not used to enforce anything yet (see docs/limits.md): it tells whether
-    a cgroup backend could run here, for ``asyncsandlock check`` and tests.
-    """
-    try:
-        with open("/proc/self/mountinfo") as mounts:
-            # Field 5 is the mount point; the fstype follows the " - ".
-            roots = [line.split()[4] for line in mounts
-                     if line.partition(" - ")[2].split()[:1] == ["cgroup2"]]
-        with open("/proc/self/cgroup") as groups:
-            path = next((line.strip()[3:] for line in groups if line.startswith("0::")), None)
-    except OSError:
-        return None
-    if not roots or path is None:
-        return None
-    directory = os.path.join(roots[0], path.lstrip("/"))
-    try:
-        with open(os.path.join(directory, "cgroup.subtree_control")) as control:
-            enabled = control.read().split()
-    except OSError:
-        return None
-    if {"memory", "cpu"} - set(enabled) or not os.access(directory, os.W_OK):
-        return None
-    return directory
 
 
 _watchers: weakref.WeakKeyDictionary[object, _Watcher] = weakref.WeakKeyDictionary()

@@ -49,16 +49,19 @@ async def test_touched_memory_is_charged(memhog: str) -> None:
     assert time.monotonic() - started < 10
 
 
-@pytest.fixture(params=["probes", "walks"])
+@pytest.fixture(params=["probes", "walks", "paths"])
 def discovery(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """How the watcher finds a sandbox's new processes: by probing the pids
-    handed out since its last look alone (no walk of /proc in the test's
-    time), or by walking /proc at every look (as where ns_last_pid cannot
-    be read)."""
+    """How the watcher finds a sandbox's new processes and reads them: by
+    probing the pids handed out since its last look alone (no walk of /proc
+    in the test's time), by walking /proc at every look (as where
+    ns_last_pid cannot be read), or with no fds held (past its fd budget:
+    each file opened by path at each look)."""
     if request.param == "probes":
         monkeypatch.setattr(_watch, "WALK_INTERVAL", 3600.0)
-    else:
+    elif request.param == "walks":
         monkeypatch.setattr(_watch._Watcher, "last_pid", lambda self: None)
+    else:
+        monkeypatch.setattr(_watch, "FD_BUDGET", 0)
     return str(request.param)
 
 
@@ -79,7 +82,8 @@ async def test_ten_processes_within_the_budget_run(memhog: str) -> None:
     assert result.success and result.stdout == b"done\n", result
 
 
-async def test_processes_whose_first_thread_ended_are_charged(memhog: str) -> None:
+async def test_processes_whose_first_thread_ended_are_charged(memhog: str,
+                                                             discovery: str) -> None:
     """Escape: a process whose first thread has ended shows no memory in its
     stat; its memory is read through a live thread instead."""
     result = await _in(memhog, max_memory="200M").run(

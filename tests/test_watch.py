@@ -8,6 +8,7 @@ from types import SimpleNamespace
 import pytest
 
 from asyncsandlock import Protection, Sandbox
+from asyncsandlock._cgroup import probe_cgroup_v2
 from asyncsandlock._limits import limits_protection
 from asyncsandlock._types import ExitReason
 from asyncsandlock._watch import (
@@ -19,7 +20,6 @@ from asyncsandlock._watch import (
     Watched,
     _Entry,
     _next,
-    cgroup_v2_delegated,
 )
 
 
@@ -103,15 +103,20 @@ def test_cpu_time_alone_is_looked_at_within_a_second() -> None:
     assert entry.cpu_due == 100.0 + CPU_TIME_INTERVAL
 
 
-def test_cgroup_detection_reads_only() -> None:
+def test_cgroup_detection_reads_only_and_says_why_not() -> None:
     """This host (cgroup v1 hybrid, no controllers on the unified hierarchy)
-    has no delegated group; where one is found it must be a directory."""
-    found = cgroup_v2_delegated()
-    assert found is None or os.path.isdir(found)
+    has no delegated group; where one is found it must be a directory, and
+    where none is the reason is told.  Nothing is created or written."""
+    found = probe_cgroup_v2()
+    assert (found.directory is None) != (found.reason == "")
+    assert found.directory is None or os.path.isdir(found.directory)
 
 
-@pytest.mark.skipif(cgroup_v2_delegated() is None,
-                    reason="no delegated cgroup v2 group with memory and cpu here")
+_CGROUP = probe_cgroup_v2()
+
+
+@pytest.mark.skipif(_CGROUP.directory is None,
+                    reason=f"no delegated cgroup v2 group with memory and cpu: {_CGROUP.reason}")
 def test_a_delegated_cgroup_is_still_sampled() -> None:
     """The cgroup backend is not built: the report must not claim it."""
     assert limits_protection(Sandbox(max_memory="1G")) is Protection.SAMPLED
