@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
 import os
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
-from asyncsandlock import Protection, Sandbox
+from asyncsandlock import Protection, Sandbox, _watch
 from asyncsandlock._cgroup import probe_cgroup_v2
 from asyncsandlock._limits import limits_protection
 from asyncsandlock._types import ExitReason
@@ -20,6 +22,7 @@ from asyncsandlock._watch import (
     Watched,
     _Entry,
     _next,
+    _Watcher,
 )
 
 
@@ -133,3 +136,47 @@ def test_a_sandbox_growing_near_its_budget_is_looked_at_more_often() -> None:
         entry.update([_m(10, 5, rss=second)], 2.0, False)
     assert growing.due - 2.0 == pytest.approx(GROWING_INTERVAL)
     assert still.due - 2.0 == pytest.approx(MIN_INTERVAL)
+
+
+@pytest.mark.anyio
+async def test_new_members_are_found_by_probing_the_pids_handed_out(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only the pids handed out since the last look are probed; one that
+    named nothing yet is probed once more; /proc is walked when the pids
+    have wrapped or too many were handed out to probe."""
+    watcher = _Watcher()
+    entry, _ = _entry(memory=1 << 30)
+    watcher.groups = {entry.pgid: entry}
+    watcher.cursor, watcher.walk_due = 101, math.inf
+    probed: list[list[int]] = []
+    walks: list[int] = []
+    attached: list[int] = []
+    last = [105]
+
+    class FakeLib:
+        @staticmethod
+        def asl_probe_pids(pids: Any, count: int, pgids: Any, ngroups: int, out: Any) -> int:
+            probed.append([pids[i] for i in range(count)])
+            for i in range(count):  # 102 is a member; 104 is not attached yet
+                out[i] = {102: 0, 104: -2}.get(pids[i], -1)
+            return sum(pids[i] == 102 for i in range(count))
+
+        @staticmethod
+        def asl_scan_groups(*args: object) -> int:
+            walks.append(1)
+            return 0
+
+    monkeypatch.setattr(_watch, "lib", FakeLib)
+    monkeypatch.setattr(watcher, "last_pid", lambda: last[0])
+    monkeypatch.setattr(watcher, "attach", lambda entry, pid: attached.append(pid))
+    watcher.discover(1.0)
+    assert probed == [[101, 102, 103, 104, 105]] and attached == [102] and not walks
+    last[0] = 107
+    watcher.discover(2.0)
+    assert probed[-1] == [106, 107, 104] and not walks
+    last[0] = 50  # wrapped at pid_max
+    watcher.discover(3.0)
+    assert walks == [1]
+    last[0] = 50 + _watch.PROBE_MAX + 1
+    watcher.discover(4.0)
+    assert walks == [1, 1]
