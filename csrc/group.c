@@ -359,6 +359,10 @@ long asl_probe_pids(const int32_t *pids, long n, const int32_t *pgids, long ngro
 {
     long members = 0;
     for (long i = 0; i < n; i++) {
+        if (pids[i] <= 0) { /* getpgid(0) would answer for the caller */
+            result[i] = -1;
+            continue;
+        }
         pid_t pgid = getpgid((pid_t)pids[i]);
         if (pgid < 0) {
             result[i] = errno == ESRCH ? -2 : -1;
