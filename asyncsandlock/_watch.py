@@ -116,7 +116,11 @@ def _next(now: float, interval: float, early: float = 0.5, longest: float = MAX_
     memory is watched takes a quarter: its memory looks wake the watcher
     anyway, and a stat costs three statm); ``longest``, ``shortest``: the
     most and the least it may be."""
-    interval = min(max(interval, shortest), longest)
+    # Comparisons, not min() and max(): this runs at every look.
+    if interval < shortest:
+        interval = shortest
+    elif interval > longest:
+        interval = longest
     return now + interval * (1 - early), now + interval
 
 
