@@ -115,23 +115,25 @@ static int stat_in_group(int proc, const char *name, int pgid, long *threads)
     return 1;
 }
 
-long asl_count_group(int pgid, long *threads)
+/* Calls visit(proc, name, pid, arg) for every pid directory of /proc (an fd
+ * of it: `proc`); a negative return stops the walk with that error.  Returns
+ * the sum of what visit returned, or -errno. */
+static long walk_pids(long (*visit)(int proc, const char *name, long pid, void *arg), void *arg)
 {
     char dents[16384] __attribute__((aligned(8)));
-    long count = 0, nthreads = 0;
+    long total = 0;
     int proc = open("/proc", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (proc < 0)
         return -errno;
     for (;;) {
         long got = syscall(SYS_getdents64, proc, dents, sizeof(dents));
         if (got < 0) {
-            int err = errno;
-            close(proc);
-            return -err;
+            total = -errno;
+            break;
         }
         if (got == 0)
             break;
-        for (long off = 0; off < got;) {
+        for (long off = 0; off < got && total >= 0;) {
             struct linux_dirent64 *d = (struct linux_dirent64 *)(dents + off);
             off += d->d_reclen;
             if (d->d_name[0] < '1' || d->d_name[0] > '9')
@@ -139,16 +141,37 @@ long asl_count_group(int pgid, long *threads)
             long pid = 0;
             for (const char *c = d->d_name; *c >= '0' && *c <= '9'; c++)
                 pid = pid * 10 + (*c - '0');
-            /* A zombie still has its group (until it is reaped), so the stat
-             * below decides; ESRCH: gone since getdents. */
-            if (getpgid((pid_t)pid) != pgid)
-                continue;
-            count += stat_in_group(proc, d->d_name, pgid, &nthreads);
+            long rc = visit(proc, d->d_name, pid, arg);
+            total = rc < 0 ? rc : total + rc;
         }
+        if (total < 0)
+            break;
     }
     close(proc);
-    if (threads)
-        *threads = nthreads;
+    return total;
+}
+
+struct count_arg {
+    int pgid;
+    long threads;
+};
+
+static long count_one(int proc, const char *name, long pid, void *arg)
+{
+    struct count_arg *c = arg;
+    /* A zombie still has its group (until it is reaped), so the stat
+     * below decides; ESRCH: gone since getdents. */
+    if (getpgid((pid_t)pid) != c->pgid)
+        return 0;
+    return stat_in_group(proc, name, c->pgid, &c->threads);
+}
+
+long asl_count_group(int pgid, long *threads)
+{
+    struct count_arg c = {pgid, 0};
+    long count = walk_pids(count_one, &c);
+    if (count >= 0 && threads)
+        *threads = c.threads;
     return count;
 }
 
@@ -272,75 +295,66 @@ static uint64_t statm_rss(int proc, const char *name)
     return rss > 0 ? (uint64_t)rss : 0;
 }
 
+struct scan_arg {
+    const int32_t *pgids;
+    const uint8_t *want_cpu;
+    long ngroups;
+    struct asl_member *out;
+    long max;
+    long count;
+    char buf[STAT_BUF];
+};
+
+/* Records one member (when there is room): it counts either way. */
+static long put(struct scan_arg *a, const struct asl_member *m)
+{
+    if (a->count < a->max)
+        a->out[a->count] = *m;
+    a->count++;
+    return 1;
+}
+
+static long scan_one(int proc, const char *name, long pid, void *arg)
+{
+    struct scan_arg *a = arg;
+    char path[32];
+    long group = find_group(a->pgids, a->ngroups, getpgid((pid_t)pid));
+    if (group < 0)
+        return 0;
+    struct asl_member m = {0};
+    m.pid = (int32_t)pid;
+    m.group = (int32_t)group;
+    m.ppid = -1;
+    if (a->want_cpu[group] == 2) { /* the members' pids alone */
+        return put(a, &m);
+    }
+    /* Memory alone: statm does, unless it shows nothing (a zombie,
+     * or a process whose first thread ended: stat tells which). */
+    if (!a->want_cpu[group] && (m.rss_pages = statm_rss(proc, name)) > 0) {
+        return put(a, &m);
+    }
+    snprintf(path, sizeof(path), "%s/stat", name);
+    ssize_t n = read_small(proc, path, a->buf, sizeof(a->buf));
+    char state;
+    const char *p = n ? after_state(a->buf, a->buf + n, &state) : NULL;
+    long threads = 0;
+    if (!p)
+        return 0; /* reaped since getdents */
+    const char *q = p;
+    m.ppid = (int32_t)next_number(&q, a->buf + n);
+    if (!usage_fields(p, a->buf + n, &m, &threads))
+        return 0;
+    m.ended = state == 'Z' && threads <= 1;
+    if (state == 'Z' && threads > 1)
+        m.rss_pages = rss_of_live_thread(proc, name);
+    return put(a, &m);
+}
+
 long asl_scan_groups(const int32_t *pgids, const uint8_t *want_cpu, long ngroups,
                      struct asl_member *out, long max)
 {
-    char dents[16384] __attribute__((aligned(8)));
-    char buf[STAT_BUF];
-    char path[32];
-    long count = 0;
-    int proc = open("/proc", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (proc < 0)
-        return -errno;
-    for (;;) {
-        long got = syscall(SYS_getdents64, proc, dents, sizeof(dents));
-        if (got < 0) {
-            int err = errno;
-            close(proc);
-            return -err;
-        }
-        if (got == 0)
-            break;
-        for (long off = 0; off < got;) {
-            struct linux_dirent64 *d = (struct linux_dirent64 *)(dents + off);
-            off += d->d_reclen;
-            if (d->d_name[0] < '1' || d->d_name[0] > '9')
-                continue;
-            long pid = 0;
-            for (const char *c = d->d_name; *c >= '0' && *c <= '9'; c++)
-                pid = pid * 10 + (*c - '0');
-            long group = find_group(pgids, ngroups, getpgid((pid_t)pid));
-            if (group < 0)
-                continue;
-            struct asl_member m = {0};
-            m.pid = (int32_t)pid;
-            m.group = (int32_t)group;
-            m.ppid = -1;
-            if (want_cpu[group] == 2) { /* the members' pids alone */
-                if (count < max)
-                    out[count] = m;
-                count++;
-                continue;
-            }
-            /* Memory alone: statm does, unless it shows nothing (a zombie,
-             * or a process whose first thread ended: stat tells which). */
-            if (!want_cpu[group] && (m.rss_pages = statm_rss(proc, d->d_name)) > 0) {
-                if (count < max)
-                    out[count] = m;
-                count++;
-                continue;
-            }
-            snprintf(path, sizeof(path), "%s/stat", d->d_name);
-            ssize_t n = read_small(proc, path, buf, sizeof(buf));
-            char state;
-            const char *p = n ? after_state(buf, buf + n, &state) : NULL;
-            long threads = 0;
-            if (!p)
-                continue; /* reaped since getdents */
-            const char *q = p;
-            m.ppid = (int32_t)next_number(&q, buf + n);
-            if (!usage_fields(p, buf + n, &m, &threads))
-                continue;
-            m.ended = state == 'Z' && threads <= 1;
-            if (state == 'Z' && threads > 1)
-                m.rss_pages = rss_of_live_thread(proc, d->d_name);
-            if (count < max)
-                out[count] = m;
-            count++;
-        }
-    }
-    close(proc);
-    return count;
+    struct scan_arg a = {pgids, want_cpu, ngroups, out, max, 0, {0}};
+    return walk_pids(scan_one, &a);
 }
 
 /*
