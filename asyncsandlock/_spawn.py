@@ -145,8 +145,12 @@ def _net_mode(req: Any, plan: Plan) -> tuple[Any, ...]:
     req.net_mode = mode
     if mode != lib.ASL_NET_USERNS:
         return ()
-    uid_map = ffi.new("char[]", f"{os.geteuid()} {os.geteuid()} 1".encode())
-    gid_map = ffi.new("char[]", f"{os.getegid()} {os.getegid()} 1".encode())
+    # Each id to itself: ours, or, where the child has already taken the
+    # policy's with setresuid (csrc/spawn.c, identity_first), those.
+    uid, gid = ((req.uid, req.gid) if req.identity == lib.ASL_IDENTITY_SET
+                else (os.geteuid(), os.getegid()))
+    uid_map = ffi.new("char[]", f"{uid} {uid} 1".encode())
+    gid_map = ffi.new("char[]", f"{gid} {gid} 1".encode())
     req.net_uid_map, req.net_gid_map = uid_map, gid_map
     return uid_map, gid_map
 
