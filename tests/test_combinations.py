@@ -119,12 +119,16 @@ cases, backend, readable = json.loads(sys.argv[1])
 async def main():
     out = []
     for kw, cmd in cases:
+        if "degrade" in kw:  # the subsystems on_unavailable lets go
+            names = kw.pop("degrade")
+            kw["on_unavailable"] = asl.allow_degraded(*(asl.Subsystem[n] for n in names))
         try:
             sb = asl.Sandbox(**{"fs_readable": readable, **kw})
             r = await sb.run(cmd, timeout=30)
             out.append({"rc": r.returncode, "stdout": r.stdout.decode(),
                         "stderr": r.stderr.decode()[-2000:],
-                        "protections": {k.name: v.name for k, v in r.protections.items()}})
+                        "protections": {k.name: v.name for k, v in r.protections.items()},
+                        "unenforced": {k.name: list(v) for k, v in r.unenforced.items()}})
         except asl.ConfinementUnavailable as exc:
             out.append({"refused": exc.subsystem.name, "errno": exc.errno})
     print(json.dumps(out))
@@ -215,6 +219,27 @@ def test_unprivileged_uid_loopback_and_max_processes(backend: str) -> None:
     ])
     assert limited["stdout"].split() == ["2", "3"], limited
     assert free["stdout"].split() == ["5", "0"], free
+
+
+@needs_nobody_userns
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_unprivileged_uid_and_loopback_refused_go_to_on_unavailable_each(backend: str) -> None:
+    """A host refusing user namespaces refuses both: the network step (the
+    one namespace) first, then, if the policy lets the network go, the
+    identity, each put to on_unavailable and named in the report."""
+    refuse = [build_helper("refuse"), "unshare=EPERM", "--", *AS_NOBODY]
+    both = {"uid": 1234, "network": "loopback"}
+    strict, network_only, degraded = drive(refuse, backend, [
+        (both, [PY, "-c", WHO]),
+        ({**both, "degrade": ["NETWORK_NAMESPACE"]}, [PY, "-c", WHO]),
+        ({**both, "degrade": ["NETWORK_NAMESPACE", "IDENTITY"]}, [PY, "-c", WHO]),
+    ])
+    assert strict == {"refused": "NETWORK_NAMESPACE", "errno": errno.EPERM}
+    assert network_only == {"refused": "IDENTITY", "errno": errno.EPERM}
+    got = who(degraded)
+    assert got["ids"] == [65534] * 6 and len(got["links"]) > 1  # the caller's, and says so:
+    assert degraded["unenforced"] == {"NETWORK_NAMESPACE": ["network"],
+                                      "IDENTITY": ["uid", "gid"]}, degraded
 
 
 @pytest.mark.skipif(os.geteuid() != 0 or not _user_namespaces_for(AS_ROOT_WITHOUT_SYS_ADMIN),
