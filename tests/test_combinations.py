@@ -265,17 +265,17 @@ pytestmark = pytest.mark.usefixtures("no_leaks")
 
 @root_only
 @pytest.mark.anyio
-@pytest.mark.parametrize("network", ["loopback", "loopback+publish"])
+@pytest.mark.parametrize("network", ["loopback", "loopback+publish", "uplink"])
 async def test_root_caller_uid_and_network(anyio_backend: str, network: str) -> None:
     """The network first (it needs CAP_SYS_ADMIN), then setresuid: the
     namespace is the caller's user namespace's, the ids the policy's."""
     publish = [8080] if network.endswith("publish") else []
-    got = await Sandbox(fs_readable=READABLE, uid=65534, gid=65534, network="loopback",
-                        publish=publish).run([PY, "-c", WHO])
+    got = await Sandbox(fs_readable=READABLE, uid=65534, gid=65534,
+                        network=network.partition("+")[0], publish=publish).run([PY, "-c", WHO])
     assert got.returncode == 0, got.stderr
     found = json.loads(got.stdout)
     assert found["ids"] == [65534] * 6 and found["groups"] == []
-    assert found["links"] == ["lo"]
+    assert found["links"] == (["lo", "eth0"] if network == "uplink" else ["lo"])
     assert found["user"] == os.stat("/proc/self/ns/user").st_ino == found["netowner"]
     assert got.protections[Subsystem.IDENTITY] is Protection.ACTIVE
     assert got.protections[Subsystem.NETWORK_NAMESPACE] is Protection.ACTIVE
