@@ -289,7 +289,7 @@ static long loopback_up(void)
  * euid/egid" is met.  A vfork child may unshare a user namespace: the
  * kernel refuses that only to a process that shares its thread group or its
  * fs_struct (CLONE_THREAD, CLONE_FS), not its memory. */
-static long enter_network(const struct asl_spawn_req *req)
+static long new_network(const struct asl_spawn_req *req)
 {
     long rc;
     switch (req->net_mode) {
@@ -312,6 +312,18 @@ static long enter_network(const struct asl_spawn_req *req)
     default:
         return 0;
     }
+}
+
+static long enter_network(const struct asl_spawn_req *req)
+{
+    long rc = new_network(req);
+    /* Never for ASL_NET_HOST: that would be the host's sysctl.  The child
+     * holds CAP_NET_ADMIN over the network it is now in (root of the
+     * caller's namespaces, or of its own user namespace, which owns it),
+     * and /proc/sys/net is the network of whoever opens it. */
+    if (rc == 0 && req->port_start && req->net_mode != ASL_NET_HOST)
+        rc = write_whole("/proc/sys/net/ipv4/ip_unprivileged_port_start", req->port_start);
+    return rc;
 }
 
 /* A root child keeps only what the policy needs (CAP_NET_BIND_SERVICE for a

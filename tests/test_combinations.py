@@ -195,9 +195,11 @@ def test_unprivileged_uid_and_loopback_share_one_user_namespace(backend: str) ->
 
 @needs_nobody_userns
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_unprivileged_uid_0_binds_low_ports_of_its_own_network_only(backend: str) -> None:
+def test_unprivileged_low_ports_bound_in_its_own_network_only(backend: str) -> None:
     """uid 0 of the namespace that owns the sandbox's network keeps
-    CAP_NET_BIND_SERVICE, which reaches that network and nothing else."""
+    CAP_NET_BIND_SERVICE, which reaches that network and nothing else; any
+    other uid gets the ports through that network's own
+    ip_unprivileged_port_start."""
     own, host, unlisted, other_uid = drive(AS_NOBODY, backend, [
         ({"uid": 0, "network": "loopback", "net_allow_bind": [80]}, [PY, "-c", BIND, "80"]),
         ({"uid": 0, "net_allow_bind": [80]}, [PY, "-c", BIND, "80"]),
@@ -207,7 +209,7 @@ def test_unprivileged_uid_0_binds_low_ports_of_its_own_network_only(backend: str
     assert own["stdout"].split() == ["bound"], own  # the control
     assert host["stdout"].split() == ["EACCES"], host  # the caller's network: held
     assert unlisted["stdout"].split() == ["EACCES"], unlisted  # Landlock's rule still holds
-    assert other_uid["stdout"].split() == ["EACCES"], other_uid  # exec as 1234 drops it
+    assert other_uid["stdout"].split() == ["bound"], other_uid
 
 
 @needs_nobody_userns
@@ -248,10 +250,12 @@ def test_unprivileged_uid_and_loopback_refused_go_to_on_unavailable_each(backend
 def test_root_without_sys_admin_sets_the_uid_then_makes_the_network(backend: str) -> None:
     """Regression test: the user namespace of the network was made first, and
     setresuid to an id not mapped in it failed (EINVAL)."""
-    other, root = drive(AS_ROOT_WITHOUT_SYS_ADMIN, backend, [
+    other, root, low = drive(AS_ROOT_WITHOUT_SYS_ADMIN, backend, [
         ({"uid": 1234, "gid": 5, "network": "loopback"}, [PY, "-c", WHO]),
         ({"uid": 0, "network": "loopback", "net_allow_bind": [80]}, [PY, "-c", BIND, "80"]),
+        ({"uid": 1234, "network": "loopback", "net_allow_bind": [80]}, [PY, "-c", BIND, "80"]),
     ])
+    assert low["stdout"].split() == ["bound"], low
     got = who(other)
     assert got["ids"] == [1234] * 3 + [5] * 3 and got["groups"] == [], got
     assert got["links"] == ["lo"] and got["netowner"] == got["user"]
@@ -279,6 +283,32 @@ async def test_root_caller_uid_and_network(anyio_backend: str, network: str) -> 
     assert found["user"] == os.stat("/proc/self/ns/user").st_ino == found["netowner"]
     assert got.protections[Subsystem.IDENTITY] is Protection.ACTIVE
     assert got.protections[Subsystem.NETWORK_NAMESPACE] is Protection.ACTIVE
+
+
+PORT_START = "/proc/sys/net/ipv4/ip_unprivileged_port_start"
+
+
+@root_only
+@pytest.mark.anyio
+@pytest.mark.parametrize("network", ["loopback", "loopback+publish"])
+async def test_a_uid_binds_the_low_ports_listed_in_its_own_network(anyio_backend: str,
+                                                                   network: str) -> None:
+    """setresuid empties the capability sets; a network of the sandbox's own
+    lowers its ip_unprivileged_port_start to the lowest port listed, and
+    Landlock still decides which ports."""
+    host_before = pathlib.Path(PORT_START).read_text()
+    own = {"network": "loopback", "publish": [8080] if network.endswith("publish") else []}
+    bound = await Sandbox(fs_readable=READABLE, uid=65534, net_allow_bind=[80, 443],
+                          **own).run([PY, "-c", BIND, "80"])
+    assert bound.stdout.split() == [b"bound"], bound.stderr
+    unlisted = await Sandbox(fs_readable=READABLE, uid=65534, net_allow_bind=[443],
+                             **own).run([PY, "-c", BIND, "80"])
+    assert unlisted.stdout.split() == [b"EACCES"], unlisted.stderr  # Landlock's rule holds
+    # On the caller's network the uid still cannot, and the host's sysctl is untouched.
+    host = await Sandbox(fs_readable=READABLE, uid=65534,
+                         net_allow_bind=[80]).run([PY, "-c", BIND, "80"])
+    assert host.stdout.split() == [b"EACCES"], host.stderr
+    assert pathlib.Path(PORT_START).read_text() == host_before
 
 
 @pytest.fixture
