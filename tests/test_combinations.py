@@ -371,6 +371,22 @@ async def test_net_allow_holds_on_the_namespaces_own_loopback(anyio_backend: str
     assert control.stdout.split() == [b"connected", b"connected"], control.stderr
 
 
+@root_only
+@pytest.mark.anyio
+async def test_workdir_with_uid_and_a_network_of_its_own(anyio_backend: str,
+                                                          tree: pathlib.Path) -> None:
+    """The workspace's mount namespace, then the network, then setresuid."""
+    tree.chmod(0o777)
+    got = await Sandbox(fs_readable=READABLE, workdir=tree, on_exit="abort", uid=65534,
+                        network="loopback").run(
+        ["sh", "-c", f"id -u && echo new > {tree}/made && cat /proc/self/net/dev"])
+    assert got.returncode == 0, got.stderr
+    lines = got.stdout.decode().splitlines()
+    assert lines[0] == "65534" and [line.split(":")[0].strip() for line in lines[3:]] == ["lo"]
+    assert [(c.path, c.kind) for c in got.changes or ()] == [("made", "added")]
+    assert not (tree / "made").exists()  # aborted
+
+
 # A SIGCHLD handler without SA_RESTART, and children exiting while the next
 # fork is trapped: the kernel never fails a fork with EINTR by itself.
 SIGNALLED_FORKS = r"""
