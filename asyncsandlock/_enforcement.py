@@ -68,6 +68,8 @@ def _supervised(policy: Sandbox, run_handlers: bool) -> list[str]:
         # Addresses, UDP ports and ICMP: the network guard's (connect and
         # addressed sends fail closed without it).
         fields += ["net_allow", *(["net_deny"] if policy.net_deny else [])]
+    if policy.unix_allow and not policy.allow_unix_sockets:
+        fields.append("unix_allow")
     return fields
 
 
@@ -108,6 +110,8 @@ def unenforced(policy: Sandbox, subsystem: Subsystem, *,
         fields += _supervised(policy, run_handlers)
         fields += [flag for flag in ("allow_unix_sockets", "allow_sysv_ipc", "interactive")
                    if not getattr(policy, flag)]
+        if policy.unix_allow and not policy.allow_unix_sockets:
+            fields.append("unix_allow")
         fields.append("net_allow")  # UDP and ICMP sockets are the filter's
     elif subsystem is Subsystem.SUPERVISOR:
         fields = _supervised(policy, run_handlers)

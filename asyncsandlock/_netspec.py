@@ -61,13 +61,19 @@ class NetRule:
             self.protocol == "any" and protocol != "icmp")
 
 
+def _is_port(text: str) -> bool:
+    """Decimal ASCII digits, few enough for int() (which takes "²" for no
+    number, and refuses 4,300 digits and more)."""
+    return text.isascii() and text.isdigit() and len(text) <= 6
+
+
 def parse_ports(field: str, text: str, spec: str | None = None) -> frozenset[int]:
     """``"80"``, ``"80,443"`` or ``"8000-8010"`` (and mixes) as a set of ports."""
     ports: set[int] = set()
     where = f"{spec!r}: " if spec is not None and spec != text else ""
     for part in text.split(","):
         low, sep, high = part.strip().partition("-")
-        if not low.isdigit() or (sep and not high.isdigit()):
+        if not _is_port(low) or (sep and not _is_port(high)):
             raise PolicyError(field, f"{where}{text!r} is not a port, a list or a range of ports")
         first = int(low)
         last = int(high) if sep else first
@@ -310,5 +316,12 @@ def check_network(allow: object, allow_bind: object, deny: object, deny_bind: ob
                   ) -> tuple[tuple[str, ...], tuple[int | str, ...], tuple[str, ...],
                              tuple[int | str, ...]]:
     """Validate the four network fields of a Sandbox; them as tuples."""
-    return (parse_rules("net_allow", allow), _ports_field("net_allow_bind", allow_bind),
-            parse_rules("net_deny", deny), _ports_field("net_deny_bind", deny_bind))
+    allow_t, allow_bind_t = parse_rules("net_allow", allow), _ports_field("net_allow_bind",
+                                                                          allow_bind)
+    deny_t, deny_bind_t = parse_rules("net_deny", deny), _ports_field("net_deny_bind", deny_bind)
+    if deny_bind_t and parse_bind("net_allow_bind", allow_bind_t) is None:
+        # Landlock knows bind rules per port: every port but some would be
+        # 65,535 rules, seconds to build.
+        raise PolicyError("net_deny_bind", f"{show(deny_bind_t)} with net_allow_bind='*': "
+                                           "list the ports (or ranges) to allow instead")
+    return allow_t, allow_bind_t, deny_t, deny_bind_t

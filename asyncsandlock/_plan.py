@@ -379,8 +379,8 @@ async def owner_of(policy: Sandbox) -> Compiled:
                          own_namespace=root_of_network(identity, how_net)) \
             if keeps_caps(identity, how_net) else 0
         plan = Plan(ruleset_fd, _new_key(), _rlimits(policy) + core_rlimit(policy.no_coredump),
-                    frozenset(degraded), udp, policy.allow_unix_sockets, deny,
-                    keep,
+                    frozenset(degraded), udp, policy.allow_unix_sockets or bool(policy.unix_allow),
+                    deny, keep,
                     guarded=guarded_syscalls(policy), allow_sysv_ipc=policy.allow_sysv_ipc,
                     interactive=policy.interactive, fastopen_ok=every_tcp_port,
                     identity=identity, limits=limits_protection(policy),

@@ -142,6 +142,10 @@ class Sandbox:
     net_deny: Sequence[str] = ()
     #: TCP ports the child may never bind, whatever ``net_allow_bind`` says.
     net_deny_bind: Sequence[int | str] = ()
+    #: Pathname unix sockets the child may connect or send to (sockets, or
+    #: directories holding them), checked by the network guard: Landlock up
+    #: to ABI 7 does not govern them.  ``allow_unix_sockets`` still opens all.
+    unix_allow: Sequence[str | os.PathLike[str]] = ()
     name: str | None = None
 
     def __post_init__(self) -> None:
@@ -159,6 +163,7 @@ class Sandbox:
         put(self, "net_allow_bind", allow_bind)
         put(self, "net_deny", deny)
         put(self, "net_deny_bind", deny_bind)
+        put(self, "unix_allow", check_paths("unix_allow", self.unix_allow))
         put(self, "max_open_files", check_positive("max_open_files", self.max_open_files))
         put(self, "max_processes", check_positive("max_processes", self.max_processes))
         if self.max_memory is not None:

@@ -48,6 +48,7 @@ from ._validate import (
 from ._watch import watch_limits
 from ._workspace import Layer, check_dry_run, settle, workspace_protections
 from .handlers import builtin_handlers
+from .handlers.net import resolve_names
 
 if TYPE_CHECKING:
     from ._netns import Network
@@ -143,6 +144,8 @@ async def open_checked(sandbox: Sandbox, argv: tuple[str, ...], *, stdin: StdioT
     ``_pacing.py``): the preparation is paced with the spawn, as 500 runs
     started at once would otherwise prepare in one loop iteration.
     """
+    # Host names of net_allow: resolved by a run of their own, so before the turn.
+    await resolve_names(sandbox)
     async with SpawnTurn():
         return await _open_in_turn(sandbox, argv, stdin=stdin, stdout=stdout, stderr=stderr,
                                    env=env, cwd=cwd, handlers=handlers, extra_fds=extra_fds,

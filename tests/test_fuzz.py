@@ -126,6 +126,7 @@ SANDBOX_KWARGS: Fields = {
                                           st.sampled_from(["8080", "80,443", "9000-9010"])),
                                 max_size=2),
                        _list_of(st.one_of(st.integers(), HUGE, TEXT))),
+    "unix_allow": (st.lists(GOOD_PATHS, max_size=2), PATH_LIST),
     "allow_unix_sockets": (st.booleans(), JUNK_SCALAR),
     "allow_sysv_ipc": (st.booleans(), JUNK_SCALAR),
     "interactive": (st.booleans(), JUNK_SCALAR),

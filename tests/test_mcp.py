@@ -13,10 +13,12 @@ where it is allowed.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import pathlib
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -123,73 +125,116 @@ class Server:
         return max(pids)  # in a pod: python, not the unshare above it
 
 
-def stdio_server(tmp: pathlib.Path, *prefix: str, python: str = sys.executable) -> Server:
+def stdio_server(tmp: pathlib.Path, *prefix: str, python: str = sys.executable,
+                 options: tuple[str, ...] = ()) -> Server:
     marker = str(tmp / f"ws-{uuid.uuid4().hex[:8]}")
     os.makedirs(marker, exist_ok=True)
     params = StdioServerParameters(
         command=prefix[0] if prefix else python,
         args=[*prefix[1:], *([python] if prefix else []), "-m", "asyncsandlock.mcp",
-              "--workspace-root", marker],
+              "--workspace-root", marker, *options],
         env=server_env())
     return Server("stdio", params, marker)
 
 
-@pytest.fixture(scope="module")
-def http_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    root = str(tmp_path_factory.mktemp("mcp-http"))
+@contextlib.contextmanager
+def running_http(prefix: list[str], python: str, root: str) -> Iterator[Server]:
+    """A Streamable HTTP server on a free port of 127.0.0.1, started with ``prefix``."""
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "asyncsandlock.mcp", "--transport", "http",
+    proc = subprocess.Popen([*prefix, python, "-m", "asyncsandlock.mcp", "--transport", "http",
                              "--port", str(port), "--workspace-root", root],
                             env=server_env(), stdin=subprocess.DEVNULL,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    server = Server("http", f"http://127.0.0.1:{port}/mcp", root)
     try:
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 60
         while True:
             with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
                 break
             assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
             assert time.monotonic() < deadline, "the HTTP server did not start"
             time.sleep(0.05)
-        yield Server("http", f"http://127.0.0.1:{port}/mcp", root)
+        yield server
     finally:
-        proc.terminate()
+        # The server itself, not a launcher above it: in a pod it is PID 1,
+        # and unshare does not pass signals on.
+        for pid in server_pids(root):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
         try:
-            proc.wait(15)
+            proc.wait(20)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
         if proc.stderr:
             proc.stderr.close()
+
+
+@pytest.fixture(scope="module")
+def http_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    root = str(tmp_path_factory.mktemp("mcp-http"))
+    with running_http([], sys.executable, root) as server:
+        yield server
     left = [str(p) for p in pathlib.Path(root).rglob("*")]
     assert left == [], f"workspaces left behind after shutdown: {left}"
 
 
-def pod_prefix(workspace: str) -> list[str] | str:
-    """The command line that starts a program in a simulated pod, or why not."""
-    if os.geteuid() != 0:
-        return "the simulated pod needs root to make its namespaces and mounts"
-    for tool in ("unshare", "setpriv", "gcc"):
-        if shutil.which(tool) is None:
-            return f"{tool} is not installed"
-    if not os.access(SYSTEM_PYTHON, os.X_OK):
-        return f"{SYSTEM_PYTHON} (readable by uid 1000) is missing"
-    probe = subprocess.run([SYSTEM_PYTHON, "-c", "import sys; print(sys.version_info[:2])"],
-                           capture_output=True, text=True)
-    if probe.stdout.strip() != str(sys.version_info[:2]):
-        return f"{SYSTEM_PYTHON} is not Python {sys.version_info[:2]} (compiled modules)"
+@pytest.fixture(scope="module")
+def pod_http_server() -> Iterator[Server]:
+    """Streamable HTTP in the simulated pod (its network is the host's)."""
+    root = tempfile.mkdtemp(prefix="asl-pod-")
+    try:
+        prefix = pod_prefix(root)
+        if isinstance(prefix, str):
+            pytest.skip(prefix)
+        with running_http(prefix, SYSTEM_PYTHON, root) as server:
+            yield server
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _pod_command(workspace: str) -> list[str]:
     os.chmod(workspace, 0o777)
     launcher = build_helper("clone3_enosys")
     script = ('set -e; mount -t tmpfs -o mode=1777 tmpfs "$1"; mount -o remount,bind,ro /; '
               'shift; exec setpriv --reuid 1000 --regid 1000 --clear-groups '
               '--inh-caps=-all --bounding-set=-all "$@"')
-    prefix = ["unshare", "--pid", "--fork", "--mount-proc", "--mount", "--propagation",
-              "private", "/bin/sh", "-c", script, "sh", workspace, launcher]
-    check = subprocess.run([*prefix, "/bin/sh", "-c", 'test "$$" = 1 && test "$(id -u)" = 1000'
-                            ' && ! touch /pod-probe 2>/dev/null'],
-                           capture_output=True, text=True, timeout=30)
+    return ["unshare", "--pid", "--fork", "--mount-proc", "--mount", "--propagation",
+            "private", "/bin/sh", "-c", script, "sh", workspace, launcher]
+
+
+@functools.cache
+def pod_unavailable() -> str | None:
+    """Why the simulated pod cannot be built here, or None (asked once)."""
+    if os.geteuid() != 0:
+        return "the simulated pod needs root to make its namespaces and mounts"
+    missing = [tool for tool in ("unshare", "setpriv", "gcc") if shutil.which(tool) is None]
+    if missing or not os.access(SYSTEM_PYTHON, os.X_OK):
+        return f"missing here: {', '.join(missing) or SYSTEM_PYTHON}"
+    probe = subprocess.run([SYSTEM_PYTHON, "-c", "import sys; print(sys.version_info[:2])"],
+                           capture_output=True, text=True)
+    if probe.stdout.strip() != str(sys.version_info[:2]):
+        return f"{SYSTEM_PYTHON} is not Python {sys.version_info[:2]} (compiled modules)"
+    workspace = tempfile.mkdtemp(prefix="asl-pod-")
+    try:
+        prefix = _pod_command(workspace)
+        shell = ('test "$$" = 1 && test "$(id -u)" = 1000 && ! touch /pod-probe 2>/dev/null'
+                 f' && {SYSTEM_PYTHON} -c "import asyncsandlock.mcp._app"')
+        check = subprocess.run([*prefix, "/bin/sh", "-c", shell], capture_output=True,
+                               text=True, timeout=60, env=server_env())
+    finally:
+        shutil.rmtree(workspace, ignore_errors=True)
     if check.returncode != 0:
-        return f"cannot build the simulated pod here: {check.stderr.strip()[:200]}"
-    return prefix
+        # e.g. uid 1000 cannot read this checkout (under a 0700 home directory).
+        return f"cannot build the simulated pod here: {check.stderr.strip()[-200:]}"
+    return None
+
+
+def pod_prefix(workspace: str) -> list[str] | str:
+    """The command line that starts a program in a simulated pod whose
+    workspace directory is ``workspace``, or why it cannot be built."""
+    reason = pod_unavailable()
+    return reason if reason is not None else _pod_command(workspace)
 
 
 @pytest.fixture(params=["stdio", "http", "pod"])
@@ -252,6 +297,13 @@ async def check_computation(client: Client, server: Server,
     assert tools == {"execute_python", "run_shell", "read_file", "write_file",
                      "list_files"}
 
+
+
+async def check_stdin_is_empty(client: Client, server: Server,
+                               tmp_path: pathlib.Path) -> None:
+    """A run's stdin is empty, never the server's protocol stream."""
+    text, _, _ = await call(client, "run_shell", command="cat; echo done")
+    assert stdout_of(text) == "done\n", text
 
 
 async def check_file_round_trip(client: Client, server: Server,
@@ -343,10 +395,11 @@ async def check_fork_bomb_is_contained(client: Client, server: Server,
                                        tmp_path: pathlib.Path) -> None:
     token = f"bomb{uuid.uuid4().hex[:8]}"
     start = time.monotonic()
-    text, info, _ = await call(client, "run_shell", timeout=5,
+    text, info, _ = await call(client, "run_shell", timeout=3,
                                command=f"b() {{ b | b & }}; b; sleep 1 # {token}")
     assert time.monotonic() - start < 20
     assert info["reason"] in ("exited", "timeout", "killed"), text
+    assert "Cannot fork" in text  # max_processes said no
     await anyio.sleep(0.5)
     assert alive_with(token) == []
     text, _, _ = await call(client, "execute_python", code="print(1)")
@@ -422,18 +475,24 @@ async def test_disconnect_stops_the_sandbox(server: Server) -> None:
     assert alive_with(token) == []
 
 
-CHECKS = [check_computation, check_file_round_trip, check_reading_outside_the_workspace,
+CHECKS = [check_computation, check_stdin_is_empty, check_file_round_trip,
+          check_reading_outside_the_workspace,
           check_etc_shadow, check_server_environment_does_not_leak,
           check_network_connection_fails, check_fork_bomb_is_contained,
           check_infinite_loop_times_out, check_ten_megabytes_of_output_are_cut_to_fit,
           check_twenty_concurrent_calls, check_cancellation_stops_the_sandbox]
 
 
+@pytest.mark.parametrize("where", ["http_server", "pod_http_server"],
+                         ids=["host", "pod"])
 @pytest.mark.parametrize("check", CHECKS, ids=lambda c: c.__name__.removeprefix("check_"))
-async def test_over_http(http_server: Server, check: Any, tmp_path: pathlib.Path) -> None:
-    """Each check on a fresh session of the module's Streamable HTTP server."""
-    async with connected(http_server) as client:
-        await check(client, http_server, tmp_path)
+async def test_over_http(request: pytest.FixtureRequest, where: str, check: Any,
+                         tmp_path: pathlib.Path) -> None:
+    """Each check on a fresh session of a Streamable HTTP server shared by the
+    module: on the host, and in the simulated pod."""
+    server: Server = request.getfixturevalue(where)
+    async with connected(server) as client:
+        await check(client, server, tmp_path)
 
 
 @pytest.mark.parametrize("server", ["stdio", "pod"], indirect=True)
@@ -445,7 +504,17 @@ async def test_battery_over_stdio(server: Server, tmp_path: pathlib.Path) -> Non
             await check(client, server, tmp_path)
 
 
-async def test_another_sessions_workspace(server: Server, tmp_path: pathlib.Path) -> None:
+@pytest.mark.parametrize("server", ["stdio", "http"], indirect=True)
+async def test_another_sessions_workspace(server: Server) -> None:
+    await cross_session(server)
+
+
+async def test_another_sessions_workspace_in_the_pod(pod_http_server: Server) -> None:
+    """Two sessions of one server in the simulated pod."""
+    await cross_session(pod_http_server)
+
+
+async def cross_session(server: Server) -> None:
     other = (server if server.kind == "http" else
              Server(server.kind, server.target, server.marker))
     async with connected(server) as first:
@@ -459,9 +528,7 @@ async def test_another_sessions_workspace(server: Server, tmp_path: pathlib.Path
             assert stdout_of(text).strip() != mine
             text, _, _ = await call(second, "run_shell",
                                     command=f"cat {mine}/f.txt; ls {mine}")
-            # (Two pods do not even share the directory: each mounts its own.)
-            refusal = "No such file" if server.kind == "pod" else "Permission denied"
-            assert stdout_of(text) == "" and refusal in text, text
+            assert stdout_of(text) == "" and "Permission denied" in text, text
             text, _, error = await call(second, "read_file", path=f"{mine}/f.txt")
             assert error and "outside the session workspace" in text
             text, _, error = await call(second, "list_files", path=mine)
@@ -474,11 +541,13 @@ async def test_another_sessions_workspace(server: Server, tmp_path: pathlib.Path
 async def test_session_less_requests_get_a_workspace_per_call(http_server: Server) -> None:
     """A 2026-07-28 client has no session: each call its own workspace, removed after it."""
     async with Client(http_server.target) as client:
-        text, _, _ = await call(client, "run_shell", command="echo x > f; pwd")
+        text, _, error = await call(client, "run_shell", command="echo x > f; pwd")
+        assert not error, text
         first = stdout_of(text).strip()
-        text, _, _ = await call(client, "run_shell", command="ls; pwd")
-        assert stdout_of(text).strip() != first and "f\n" not in stdout_of(text)
-        assert await poll(lambda: not os.path.exists(first), 10)
+        text, _, error = await call(client, "run_shell", command="ls; pwd")
+        assert not error, text
+        assert stdout_of(text).strip() != first and "f\n" not in stdout_of(text), text
+        assert await poll(lambda: not os.path.exists(first), 10), first
 
 
 async def test_refused_landlock_reaches_the_client(tmp_path: pathlib.Path) -> None:
@@ -519,3 +588,21 @@ def test_check_inside_the_simulated_pod() -> None:
                  "clone3                     no (ENOSYS", "a default (strict) sandbox runs here",
                  "syscall handlers and max_processes run here"):
         assert text in proc.stdout, proc.stdout
+
+
+async def test_degraded_run_says_so(tmp_path: pathlib.Path) -> None:
+    """A profile that may run without the supervisor, on a host that refuses it."""
+    profile = tmp_path / "degradable.toml"
+    profile.write_text('extends = "untrusted-python"\non_unavailable = ["supervisor"]\n')
+    refuse = build_helper("refuse")
+    server = stdio_server(tmp_path, refuse, "seccomp-listener=EBUSY", "--",
+                          options=("--profile", str(profile)))
+    async with connected(server) as client:
+        text, info, error = await call(client, "execute_python", code="print(1)")
+    assert not error and stdout_of(text) == "1\n"
+    assert "DEGRADED run: the host refused supervisor (unenforced: " in text
+    assert "max_processes" in info["degraded"]["supervisor"]
+    # The control: the same profile where the host allows it says nothing of the kind.
+    async with connected(stdio_server(tmp_path, options=("--profile", str(profile)))) as client:
+        text, info, _ = await call(client, "execute_python", code="print(1)")
+    assert "DEGRADED" not in text and info["degraded"] == {}

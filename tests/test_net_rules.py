@@ -7,6 +7,7 @@ from __future__ import annotations
 import ipaddress
 
 import pytest
+from bpf_machine import ALLOW, EAFNOSUPPORT, EPERM, USER_NOTIF, Filter
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -65,6 +66,9 @@ def test_deny_forms(spec: str, rule: NetRule) -> None:
     ("net_allow", "a:", "no port"),
     ("net_allow", "[::1:80", "']'"),
     ("net_allow", " :80", "spaces"),
+    ("net_allow", ":\u00b2", "not a port"),
+    ("net_allow", ":" + "1" * 5000, "not a port"),
+    ("net_allow", ":0080000", "not a port"),
     ("net_deny", "example.com", "literal"),
     ("net_deny", "*:80", "literal"),
 ])
@@ -142,6 +146,8 @@ def test_bind_ports() -> None:
     assert bind_ports(["*"], []) is None
     assert bind_ports([0], []) == {0}
     assert bind_ports(["*"], [22]) == frozenset(range(65536)) - {22}
+    with pytest.raises(PolicyError, match="net_deny_bind"):
+        Sandbox(net_allow_bind=["*"], net_deny_bind=[22])
     assert bind_ports([80, 81], ["80"]) == {81}
     assert bind_ports([80], ["*"]) == frozenset()
     for bad in ([-1], [65536], ["x"], [True], [1.0]):
@@ -168,3 +174,64 @@ def test_when_the_guard_is_needed(allow: list[str], deny: list[str],
     assert needs_guard(rules, denied) == expected
     kinds = {type(h) for h in builtin_handlers(Sandbox(net_allow=allow, net_deny=deny))}
     assert (NetGuard in kinds, SendGuard in kinds) == expected
+
+
+# -- what the filter sends to the guard (the BPF program, run in tests/bpf_machine.py)
+
+
+def _filter(policy: Sandbox, supervised: bool = True) -> Filter:
+    import anyio
+
+    from asyncsandlock._plan import compile_plan
+
+    plan = anyio.run(compile_plan, policy)
+    notify = frozenset(n for h in builtin_handlers(policy) for n in h.syscalls) \
+        if supervised else frozenset()
+    return Filter.build(plan.filter_spec(notify))
+
+
+_AF_INET, _AF_INET6, _DGRAM, _RAW = 2, 10, 2, 3
+
+
+def test_the_filter_traps_connect_and_addressed_sends_only() -> None:
+    f = _filter(Sandbox(net_allow=["127.0.0.1:80"]))
+    assert f.run("connect", 3, 0x1000, 16) == USER_NOTIF
+    assert f.run("sendto", 3, 0x1000, 5, 0, 0, 0) == ALLOW  # no address: data, not trapped
+    assert f.run("sendto", 3, 0x1000, 5, 0, 0x2000, 16) == USER_NOTIF
+    assert f.run("sendto", 3, 0x1000, 5, 0, 1 << 32, 16) == USER_NOTIF  # high word only
+    assert f.run("sendmsg", 3, 0x1000, 0) == USER_NOTIF
+    assert f.run("sendmmsg", 3, 0x1000, 2, 0) == USER_NOTIF
+    for name in ("write", "read", "recvfrom", "recvmsg", "writev"):
+        assert f.run(name, 3, 0x1000, 5) == ALLOW, name
+    assert f.run("socket", _AF_INET, _DGRAM, 0) == ALLOW
+    assert f.run("socket", _AF_INET, _DGRAM, 1) == EAFNOSUPPORT  # no icmp:// rule
+    assert f.run("socket", _AF_INET, _RAW, 1) == EAFNOSUPPORT
+
+
+def test_tcp_host_rules_leave_sends_alone() -> None:
+    f = _filter(Sandbox(net_allow=["tcp://127.0.0.1:80"]))
+    assert f.run("connect", 3, 0x1000, 16) == USER_NOTIF
+    assert f.run("sendto", 3, 0x1000, 5, 0, 0x2000, 16) == ALLOW
+    assert f.run("sendmsg", 3, 0x1000, 0) == ALLOW
+    assert f.run("socket", _AF_INET, _DGRAM, 0) == EAFNOSUPPORT
+
+
+def test_port_rules_trap_nothing() -> None:
+    f = _filter(Sandbox(net_allow=["tcp://:80", "udp://*"]))
+    assert f.run("connect", 3, 0x1000, 16) == ALLOW
+    assert f.run("sendto", 3, 0x1000, 5, 0, 0x2000, 16) == ALLOW
+
+
+def test_ping_sockets_by_icmp_rule_raw_never() -> None:
+    f = _filter(Sandbox(net_allow=["icmp://*"]))
+    assert f.run("socket", _AF_INET, _DGRAM, 1) == ALLOW
+    assert f.run("socket", _AF_INET6, _DGRAM, 58) == ALLOW
+    assert f.run("socket", _AF_INET, _RAW, 1) == EAFNOSUPPORT
+    assert f.run("socket", _AF_INET, _DGRAM, 0) == EAFNOSUPPORT  # no UDP rule
+
+
+def test_without_the_supervisor_the_guarded_calls_fail_closed() -> None:
+    f = _filter(Sandbox(net_allow=["127.0.0.1:80"]), supervised=False)
+    assert f.run("connect", 3, 0x1000, 16) == EPERM
+    assert f.run("sendto", 3, 0x1000, 5, 0, 0x2000, 16) == EPERM
+    assert f.run("sendto", 3, 0x1000, 5, 0, 0, 0) == ALLOW

@@ -541,6 +541,29 @@ async def test_escape_metadata_calls_by_absolute_path_stay_in_the_layer(
 
 
 @pytest.mark.anyio
+async def test_escape_metadata_calls_through_an_absolute_symlink_stay_in_the_layer(
+        project: pathlib.Path, clean_host: None) -> None:
+    """A symlink the command makes in its workspace, naming a file of the
+    workdir by its absolute path: the guard follows it from our root, where
+    it names the real file under the overlay, which must stay untouched."""
+    keep = project / "keep.txt"
+    keep.chmod(0o644)
+    time.sleep(0.02)  # not in the clock tick the run starts in (a conflict)
+    script = f"ln -s {keep} link && chmod 600 link && touch -h -d 2001-01-01 link; true"
+    held = await system_sandbox(workdir=project, fs_writable=[project.parent],
+                                on_exit="abort").run(["sh", "-c", script])
+    assert held.success, held.stderr
+    assert stat.S_IMODE(keep.stat().st_mode) == 0o644
+    # Control: without a workspace the symlink leads to the file, which the
+    # command may change (fs_writable covers it).
+    link = project.parent / "link"
+    control = await system_sandbox(fs_writable=[project.parent]).run(
+        ["sh", "-c", f"ln -s {keep} {link} && chmod 600 {link}"])
+    assert control.success, control.stderr
+    assert stat.S_IMODE(keep.stat().st_mode) == 0o600
+
+
+@pytest.mark.anyio
 async def test_metadata_calls_inside_the_workspace_need_no_fs_writable(
         project: pathlib.Path, clean_host: None) -> None:
     """chmod, utimes and chown of the command's own files work in the

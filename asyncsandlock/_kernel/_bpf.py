@@ -309,7 +309,9 @@ def _send(flags: int, addr: int | None) -> Callable[[_Ctx], _Action]:
     64-bit pointer: both words) is not NULL; sendmsg and sendmmsg always,
     since their address is in memory BPF cannot read."""
     def check(c: _Ctx) -> _Action:
-        after = c.guard if c.name in c.spec.guarded and addr is None else c.allow
+        # A send without an address is data on a connected socket: allowed
+        # unseen (``own``), unless a user handler traps the syscall too.
+        after = c.guard if c.name in c.spec.guarded and addr is None else c.own
         asm = _Asm()
         if not c.spec.fastopen_ok:
             asm.load(_arg_lo(flags))

@@ -36,7 +36,7 @@ def builtin_handlers(sandbox: Sandbox) -> tuple[Handler, ...]:
         if sandbox.fs_writable or sandbox.workdir is not None:
             found.append(MetadataGuard(map(str, sandbox.fs_writable),
                                        None if sandbox.workdir is None else str(sandbox.workdir)))
-        if sandbox.net_allow_bind or sandbox.allow_unix_sockets:
+        if sandbox.net_allow_bind or sandbox.allow_unix_sockets or sandbox.unix_allow:
             found.append(ListenGuard(sandbox.bind_ports()))
         found += net_guards(sandbox)
         if sandbox.max_processes is not None or sandbox.max_threads is not None:

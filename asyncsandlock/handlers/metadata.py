@@ -138,8 +138,15 @@ class MetadataGuard(Handler):
                 target.confirm()
                 st = os.fstat(obj)
                 where = object_path(obj)
-                if not within(where, self.roots) and not (
-                        within(where, self.workspace) and mount_id(obj) in LIVE_OVERLAYS):
+                in_workspace = within(where, self.workspace)
+                on_overlay = in_workspace and mount_id(obj) in LIVE_OVERLAYS
+                # The workdir under its overlay is never the command's, even
+                # where fs_writable covers it: an absolute symlink followed
+                # here resolves from our root, in our mount namespace, where
+                # no overlay hides the real files.
+                if in_workspace and not on_overlay:
+                    return NotifAction.errno(errno.EPERM)
+                if not on_overlay and not within(where, self.roots):
                     return NotifAction.errno(errno.EPERM)
                 return operation(obj, st, creds)
         except OSError as exc:

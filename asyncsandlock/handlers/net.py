@@ -50,10 +50,13 @@ child's fds, fetched with ``pidfd_getfd``; ``SCM_CREDENTIALS`` is refused
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import ipaddress
 import os
+import select
+import shutil
 import socket
 import struct
 from collections.abc import Callable, Iterable
@@ -67,7 +70,8 @@ from .._handler import ExceptionPolicy, Handler
 from .._kernel._notify import HandlerCtx, NotifAction
 from .._kernel._sys import syscall
 from .._netspec import Address, NetPolicy, NetRule, needs_guard
-from .._objects import AT_FDCWD, Target, int_arg
+from .._objects import AT_FDCWD, Target, int_arg, object_path, real_roots, within
+from .._refusal import UnavailableHandler
 
 if TYPE_CHECKING:
     from .._policy import Sandbox
@@ -93,32 +97,38 @@ class NetTargets:
     """A policy's network rules, its host names resolved once (on the
     Sandbox's first run; a new Sandbox resolves anew)."""
 
-    __slots__ = ("allow", "allow_unix", "deny", "policy", "resolved")
+    __slots__ = ("allow", "allow_unix", "deny", "policy", "resolved", "resolving", "unix_roots")
 
     def __init__(self, allow: Iterable[NetRule], deny: Iterable[NetRule],
-                 allow_unix: bool) -> None:
+                 allow_unix: bool, unix_roots: tuple[str, ...] = ()) -> None:
         self.allow = tuple(allow)
         self.deny = tuple(deny)
         self.allow_unix = allow_unix
+        #: ``unix_allow``, canonical: the pathname sockets the child may reach.
+        self.unix_roots = unix_roots
         #: Until resolved, a rule naming a host opens nothing.
         self.policy = NetPolicy(self.allow, self.deny)
-        self.resolved = False
+        self.resolved = not self.policy.names()
+        #: Set when a resolution under way ends (concurrent first runs wait for it).
+        self.resolving: anyio.Event | None = None
 
-    async def resolve(self) -> None:
-        """Resolve the host names of the rules (anyio's getaddrinfo, off the
-        loop); a name that does not resolve is a :class:`PolicyError`."""
-        if self.resolved:
-            return
-        found: dict[str, tuple[Address, ...]] = {}
-        for name in NetPolicy(self.allow, ()).names():
+    async def resolve(self, on_unavailable: UnavailableHandler) -> None:
+        """Resolve the host names of the rules; a name that does not resolve
+        is a :class:`PolicyError`.  ``on_unavailable``: the policy's, for the
+        resolver's own sandbox."""
+        while not self.resolved:
+            if self.resolving is not None:  # another run of this Sandbox is resolving
+                await self.resolving.wait()
+                continue
+            done = self.resolving = anyio.Event()
             try:
-                infos = await anyio.getaddrinfo(name, None, type=socket.SOCK_STREAM)
-            except OSError as exc:
-                raise PolicyError("net_allow", f"host {name!r} does not resolve: {exc}") from None
-            found[name] = tuple(dict.fromkeys(
-                ipaddress.ip_address(str(info[4][0]).partition("%")[0]) for info in infos))
-        self.policy = NetPolicy(self.allow, self.deny, found)
-        self.resolved = True
+                found = {name: await _lookup(name, on_unavailable)
+                         for name in self.policy.names()}
+                self.policy = NetPolicy(self.allow, self.deny, found)
+                self.resolved = True
+            finally:  # a failure: the next run tries again
+                self.resolving = None
+                done.set()
 
     def pinned(self) -> dict[str, tuple[Address, ...]]:
         """Each allowed name and the addresses it was resolved to."""
@@ -127,6 +137,29 @@ class NetTargets:
             if rule.host is not None and rule.nets is not None:
                 out.setdefault(rule.host, tuple(net.network_address for net in rule.nets))
         return out
+
+
+async def _lookup(name: str, on_unavailable: UnavailableHandler) -> tuple[Address, ...]:
+    """The addresses of ``name``, as the C library's resolver finds them
+    (``/etc/hosts``, DNS... per nsswitch.conf): ``getent ahosts`` run in a
+    sandbox of its own that may only read the system and speak DNS.  Not
+    ``getaddrinfo`` here: asyncio and Trio both run it on a worker thread,
+    and the library makes no thread; nor is an untrusted name resolved in
+    the caller's process."""
+    from .._policy import SYSTEM_READABLE, Sandbox
+
+    getent = shutil.which("getent") or "/usr/bin/getent"
+    resolver = Sandbox(fs_readable=SYSTEM_READABLE, net_allow=["tcp://:53", "udp://*"],
+                       on_unavailable=on_unavailable, name="resolver")
+    result = await resolver.run([getent, "ahosts", name], timeout=30)
+    addresses: dict[Address, None] = {}
+    for line in (result.stdout or b"").decode("ascii", "replace").splitlines():
+        with contextlib.suppress(ValueError, IndexError):
+            addresses[ipaddress.ip_address(line.split()[0].partition("%")[0])] = None
+    if result.returncode != 0 or not addresses:
+        raise PolicyError("net_allow", f"host {name!r} does not resolve "
+                                       f"(getent ahosts: exit status {result.returncode})")
+    return tuple(addresses)
 
 
 def _kind(sock: socket.socket) -> str:
@@ -169,7 +202,7 @@ class _Call:
         return not (fcntl.fcntl(self.fd, fcntl.F_GETFL) & os.O_NONBLOCK
                     or flags & _MSG_DONTWAIT)
 
-    def address(self, raw: bytes) -> bytes:
+    def address(self, raw: bytes, *, sending: bool = False) -> bytes:
         """``raw`` if the rules let this socket reach it, in the form to hand
         the kernel (a unix path: as ``/proc/self/fd/N``); else OSError."""
         if self.family == socket.AF_UNIX:
@@ -178,7 +211,12 @@ class _Call:
             raise OSError(errno.EAFNOSUPPORT, "not an inet socket")
         family, ip, port = _destination(raw)
         if family == socket.AF_UNSPEC:
-            return raw  # dissolves a connection: reaches nothing
+            if not sending or self.family == socket.AF_INET6:
+                # connect(AF_UNSPEC) dissolves a connection; an IPv6 send
+                # ignores an AF_UNSPEC address: neither reaches anything.
+                return raw
+            # An IPv4 UDP send reads an AF_UNSPEC address as a sockaddr_in.
+            family, ip, port = _destination(b"\x02\x00" + raw[2:])
         if ip is None:
             raise OSError(errno.EAFNOSUPPORT, "not an inet address")
         if not self.targets.policy.allows(self.kind, ip, port):
@@ -186,7 +224,8 @@ class _Call:
         return raw
 
     def _unix(self, raw: bytes) -> bytes:
-        if not self.targets.allow_unix:
+        targets = self.targets
+        if not (targets.allow_unix or targets.unix_roots):
             raise OSError(errno.EACCES, "unix sockets are not allowed")
         if len(raw) < 3 or int.from_bytes(raw[:2], "little") != socket.AF_UNIX:
             raise OSError(errno.EINVAL, "not a unix pathname")
@@ -194,6 +233,10 @@ class _Call:
             raise OSError(errno.EPERM, "abstract unix socket from the supervisor")
         path = raw[2:].partition(b"\0")[0]
         held = self.target.resolve(AT_FDCWD, path, follow=True)
+        # The object we will connect to, where it is now (not the name the
+        # child gave: a symlink on the way may lead anywhere).
+        if not targets.allow_unix and not within(object_path(held), targets.unix_roots):
+            raise OSError(errno.EACCES, "unix socket outside unix_allow")
         return struct.pack("=H", socket.AF_UNIX) + f"/proc/self/fd/{held}".encode() + b"\0"
 
     async def sending(self, blocking: bool, send: Callable[[], int]) -> int:
@@ -257,7 +300,12 @@ async def _connect(call: _Call, raw: bytes) -> NotifAction:
         pending = exc
     finally:
         fcntl.fcntl(call.fd, fcntl.F_SETFL, flags)
-    await anyio.wait_writable(call.fd)
+    # On loopback the handshake is often over already: a poll with no
+    # timeout (it does not block) saves a turn of the event loop.
+    ready = select.poll()
+    ready.register(call.fd, select.POLLOUT)
+    if not ready.poll(0):
+        await anyio.wait_writable(call.fd)
     sock = socket.socket(fileno=call.fd)
     try:
         error = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
@@ -304,7 +352,7 @@ class SendGuard(Handler):
         data = await ctx.read(ctx.args[1], size) if size else b""
         call = _Call(self.targets, target, int_arg(ctx.args[0]))
         flags = int_arg(ctx.args[3])
-        dest = call.address(raw) if raw else b""
+        dest = call.address(raw, sending=True) if raw else b""
         buf, to = ffi.from_buffer(data), ffi.from_buffer(dest) if dest else 0
         sent = await call.sending(call.blocking(flags), lambda: syscall(
             "sendto", call.fd, buf, len(data), flags | _MSG_DONTWAIT, to, len(dest)))
@@ -375,7 +423,7 @@ class _Message:
         return out
 
     async def send(self, call: _Call, flags: int) -> int:
-        dest = call.address(self.name) if self.name else b""
+        dest = call.address(self.name, sending=True) if self.name else b""
         ancillary = self.ancillary(call) if self.control else []
         sock = socket.socket(fileno=call.fd)
         try:
@@ -409,9 +457,13 @@ def net_guards(sandbox: Sandbox) -> list[Handler]:
     port rules and the filter's socket checks say it all)."""
     allow, deny = sandbox.net_rules(), sandbox.net_deny_rules()
     connect, sends = needs_guard(allow, deny)
+    if sandbox.unix_allow and not sandbox.allow_unix_sockets:
+        # A unix datagram's destination is a sendto/sendmsg address too.
+        connect = sends = True
     if not connect:
         return []
-    targets = NetTargets(allow, deny, sandbox.allow_unix_sockets)
+    targets = NetTargets(allow, deny, sandbox.allow_unix_sockets,
+                         real_roots(map(str, sandbox.unix_allow)))
     guards: list[Handler] = [NetGuard(targets)]
     if sends:
         guards.append(SendGuard(targets))
@@ -424,4 +476,4 @@ async def resolve_names(sandbox: Sandbox) -> None:
 
     for handler in builtin_handlers(sandbox):
         if isinstance(handler, NetGuard):
-            await handler.targets.resolve()
+            await handler.targets.resolve(sandbox.on_unavailable)

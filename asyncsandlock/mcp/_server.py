@@ -34,7 +34,7 @@ from typing import Any, Final
 
 import anyio
 
-from .._exceptions import PolicyError, SandboxError
+from .._exceptions import ConfinementUnavailable, PolicyError, SandboxError, SpawnError
 from .._policy import SYSTEM_READABLE, Sandbox
 from .._profiles import Profile, load_profile
 from .._refusal import allow_degraded
@@ -169,10 +169,15 @@ class SandboxServer:
         return ws
 
     async def remove_workspace(self, key: str) -> None:
-        """Remove a session's workspace (its runs are over or cancelled)."""
-        ws = self._workspaces.pop(key, None)
-        if ws is not None:
-            await self._remove(ws.path)
+        """Remove a session's workspace now, or when its last call ends."""
+        ws = self._workspaces.get(key)
+        if ws is None:
+            return
+        if ws.active:
+            ws.ended = True  # its running calls remove it as the last one ends
+            return
+        del self._workspaces[key]
+        await self._remove(ws.path)
 
     async def _remove(self, path: str) -> None:
         # rm in a sandbox of its own that may write only the workspace root:
@@ -214,6 +219,7 @@ class SandboxServer:
                     tg.cancel_scope.cancel()
         finally:
             for key in list(self._workspaces):
+                self._workspaces[key].active = 0  # the task group is over: no call runs
                 await self.remove_workspace(key)
             if self._own_root and self._root is not None:
                 # Empty now: one rmdir, which a sandbox could only do with
@@ -243,7 +249,7 @@ class SandboxServer:
             finally:
                 ws.active -= 1
                 ws.touch()
-                if ephemeral:
+                if ephemeral or ws.ended:
                     await self.remove_workspace(key)
         except ToolRefusal as exc:
             return str(exc), {"error": str(exc)}, True
@@ -252,8 +258,10 @@ class SandboxServer:
         except SandboxError as exc:
             # PolicyError, ConfinementUnavailable, SpawnError: our own message,
             # which names the field, or the subsystem, errno and a hint.
-            text = f"{type(exc).__name__}: {exc}"
-            return text, {"error": text, "type": type(exc).__name__}, True
+            kind = next((cls.__name__ for cls in (PolicyError, ConfinementUnavailable, SpawnError)
+                         if isinstance(exc, cls)), type(exc).__name__)
+            text = f"{kind}: {exc}"
+            return text, {"error": text, "type": kind}, True
 
     async def _dispatch(self, ws: Workspace, name: str,
                         arguments: Mapping[str, Any]) -> tuple[str, dict[str, Any], bool]:

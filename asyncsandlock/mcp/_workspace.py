@@ -55,6 +55,8 @@ class Workspace:
     #: The policy of this session's runs (the profile's, plus this directory).
     sandbox: Any = None
     active: int = 0
+    #: The session ended while calls ran: the last one to end removes it.
+    ended: bool = False
     last_used: float = field(default_factory=time.monotonic)
 
     def touch(self) -> None:
