@@ -108,6 +108,10 @@ struct asl_spawn_req {
     int netns_fd;                 /* ASL_NET_JOIN: the namespace to enter */
     const char *net_uid_map;      /* ASL_NET_USERNS: "<uid> <uid> 1", our id to itself */
     const char *net_gid_map;      /* ASL_NET_USERNS: "<gid> <gid> 1" */
+    /* The sandbox's own network's net.ipv4.ip_unprivileged_port_start, as
+     * text, so that a child without CAP_NET_BIND_SERVICE binds the low
+     * net_allow_bind ports there; NULL: left alone. */
+    const char *port_start;
     /* copy-on-write workspace (asyncsandlock/_overlay.py): the detached
      * overlay mount the parent made, attached over workspace_path in the
      * child's own mount namespace.  workspace_path NULL: no workspace. */
