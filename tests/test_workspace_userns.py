@@ -1,0 +1,118 @@
+"""Copy-on-write workspaces for an unprivileged caller (uid 65534): the
+child builds the layer and the overlay in a user namespace of its own
+(csrc/spawn.c ``build_workspace``), and hands the layer's tmpfs to us.
+
+Each test runs a caller that drops to uid 65534 in a fresh interpreter (as
+tests/test_escapes_nobody.py does), on both backends.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+
+import pytest
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0,
+                                reason="the caller drops from root to uid 65534")
+
+CALLER = """
+import json, os, sys
+import anyio, anyio._backends._asyncio, anyio._backends._trio  # root's files: import first
+import asyncsandlock as a
+root, backend, extra = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+os.setgroups([]); os.setresgid(65534, 65534, 65534); os.setresuid(65534, 65534, 65534)
+SCRIPT = ("echo new > edit.txt; rm gone.txt; mkdir d; echo x > d/f; echo s > closed; "
+          "chmod 000 closed; mkdir shut; echo y > shut/f; chmod 000 shut; id -u")
+async def main():
+    out = {}
+    sb = a.Sandbox(fs_readable=a.SYSTEM_READABLE, workdir=root, on_exit="keep", **extra)
+    try:
+        r = await sb.run(["sh", "-c", SCRIPT])
+    except a.ConfinementUnavailable as exc:
+        print(json.dumps({"refused": exc.subsystem.value})); return
+    out["rc"], out["id"] = r.returncode, r.stdout.decode().strip()
+    out["err"] = r.stderr.decode()
+    out["changes"] = [[c.path, c.kind, c.mode & 0o7777] for c in r.changes]
+    out["protection"] = r.protections[a.Subsystem.WORKSPACE_OVERLAY].value
+    out["mechanism"] = r.workspace.mechanism
+    out["before_commit"] = open(os.path.join(root, "edit.txt")).read()
+    out["gone_before_commit"] = os.path.exists(os.path.join(root, "gone.txt"))
+    await r.workspace.commit()
+    out["after_commit"] = open(os.path.join(root, "edit.txt")).read()
+    out["listing"] = sorted(os.listdir(root))
+    out["modes"] = {n: os.stat(os.path.join(root, n)).st_mode & 0o777 for n in ("closed", "shut")}
+    # A detached tmpfs's root reads as "/" (SYSTEM_READABLE names no "/").
+    def target(fd):
+        try:
+            return os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            return None  # the listing's own fd
+    out["roots"] = [f for f in os.listdir("/proc/self/fd") if target(f) == "/"]
+    print(json.dumps(out))
+anyio.run(main, backend=backend)
+"""
+
+
+@pytest.fixture
+def world() -> Iterator[pathlib.Path]:
+    """A project uid 65534 owns, where it can reach it (pytest's tmp_path is
+    root's, 0700)."""
+    path = pathlib.Path(tempfile.mkdtemp(prefix="workspace-userns-", dir="/tmp"))
+    path.chmod(0o755)
+    project = path / "project"
+    project.mkdir()
+    (project / "edit.txt").write_text("old\n")
+    (project / "gone.txt").write_text("bye\n")
+    temp = path / "tmp"
+    temp.mkdir()
+    for item in (project, project / "edit.txt", project / "gone.txt", temp):
+        os.chown(item, 65534, 65534)
+    yield project
+    shutil.rmtree(path)
+
+
+def _caller(project: pathlib.Path, backend: str, **extra: object) -> dict[str, object]:
+    done = subprocess.run([sys.executable, "-c", CALLER, str(project), backend,
+                           json.dumps(extra)], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "TMPDIR": str(project.parent / "tmp")})
+    assert done.returncode == 0, done.stderr
+    result: dict[str, object] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
+BACKENDS = ["asyncio", "trio"]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("extra", [{}, {"uid": 0, "gid": 0}, {"network": "loopback"},
+                                   {"uid": 1000, "gid": 1000, "network": "loopback"}],
+                         ids=["plain", "uid0", "loopback", "uid1000+loopback"])
+def test_an_unprivileged_caller_gets_a_layer_of_its_own(world: pathlib.Path, backend: str,
+                                                        extra: dict[str, object]) -> None:
+    out = _caller(world, backend, **extra)
+    assert out["rc"] == 0, out["err"]
+    assert out["id"] == str(extra.get("uid", 65534))
+    assert out["protection"] == "active"
+    assert out["mechanism"] == "overlay-userns"
+    assert out["changes"] == [["closed", "added", 0], ["d", "added", 0o755],
+                              ["d/f", "added", 0o644], ["edit.txt", "modified", 0o644],
+                              ["gone.txt", "deleted", 0o644], ["shut", "added", 0],
+                              ["shut/f", "added", 0o644]]
+    # Escape: nothing reached the workdir before the commit ...
+    assert out["before_commit"] == "old\n"
+    assert out["gone_before_commit"] is True
+    # ... control: the commit brings it all, modes as the command left them.
+    assert out["after_commit"] == "new\n"
+    assert out["listing"] == ["closed", "d", "edit.txt", "shut"]
+    assert out["modes"] == {"closed": 0, "shut": 0}
+    assert out["roots"] == []  # the layer's tmpfs went with the commit
+    assert os.listdir(world.parent / "tmp") == []
+    for name in ("shut", "closed"):
+        os.chmod(world / name, 0o700)
