@@ -613,14 +613,16 @@ static int child_main(void *arg)
     enter(req, ASL_STEP_FDS);
     if ((rc = map_fds(req)) < 0)
         fail(req, rc);
+    /* Before the workspace, which may leave for a user namespace of its
+     * own: raising a hard limit needs CAP_SYS_RESOURCE in ours. */
+    enter(req, ASL_STEP_RAISE_RLIMIT);
+    if ((rc = raise_rlimits(req)) < 0)
+        fail(req, rc);
     enter(req, ASL_STEP_WORKSPACE);
     if (req->workspace_path && (rc = mount_workspace(req)) < 0)
         fail(req, rc);
     enter(req, ASL_STEP_CHDIR);
     if (req->cwd && (rc = SYS3(SYS_chdir, req->cwd, 0, 0)) < 0)
-        fail(req, rc);
-    enter(req, ASL_STEP_RAISE_RLIMIT);
-    if ((rc = raise_rlimits(req)) < 0)
         fail(req, rc);
     /* The network first: a new network namespace needs CAP_SYS_ADMIN in the
      * caller's user namespace, which a uid change would take away. */

@@ -18,9 +18,9 @@ enum asl_step {
     ASL_STEP_SETPGID = 2,
     ASL_STEP_PDEATHSIG = 3,
     ASL_STEP_FDS = 4,
-    ASL_STEP_WORKSPACE = 5, /* copy-on-write workspace (issue 12) */
-    ASL_STEP_CHDIR = 6,
-    ASL_STEP_RAISE_RLIMIT = 7,
+    ASL_STEP_RAISE_RLIMIT = 5,
+    ASL_STEP_WORKSPACE = 6, /* copy-on-write workspace (issue 12) */
+    ASL_STEP_CHDIR = 7,
     ASL_STEP_NETWORK = 8,
     ASL_STEP_IDENTITY = 9,
     ASL_STEP_CAPABILITIES = 10,

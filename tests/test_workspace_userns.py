@@ -119,3 +119,51 @@ def test_an_unprivileged_caller_gets_a_layer_of_its_own(world: pathlib.Path, bac
     assert os.listdir(world.parent / "tmp") == []
     for name in ("shut", "closed"):
         os.chmod(world / name, 0o700)
+
+
+NO_SYS_ADMIN = """
+import ctypes, json, os, sys
+import anyio, anyio._backends._asyncio, anyio._backends._trio
+import asyncsandlock as a
+root, backend = sys.argv[1], sys.argv[2]
+# Root without CAP_SYS_ADMIN (21), as in a container that lacks it: it may
+# still setresuid (CAP_SETUID), but not mount.
+libc = ctypes.CDLL(None, use_errno=True)
+assert libc.prctl(24, 21, 0, 0, 0) == 0  # PR_CAPBSET_DROP
+header = (ctypes.c_uint32 * 2)(0x20080522, 0)
+data = (ctypes.c_uint32 * 6)()
+assert libc.capget(header, data) == 0
+for i in (0, 1):  # effective, permitted of the low word
+    data[i] &= ~(1 << 21)
+assert libc.capset(header, data) == 0
+async def main():
+    out = {}
+    for name, extra in (("uid", {"uid": 65534, "gid": 65534}), ("plain", {})):
+        sb = a.Sandbox(fs_readable=a.SYSTEM_READABLE, workdir=root, on_exit="abort", **extra)
+        try:
+            r = await sb.run(["sh", "-c", "echo new > edit.txt; id -u"])
+            out[name] = [r.returncode, r.stdout.decode().strip(), [c.path for c in r.changes]]
+        except a.ConfinementUnavailable as exc:
+            out[name] = ["refused", exc.subsystem.value, str(exc)]
+    print(json.dumps(out))
+anyio.run(main, backend=backend)
+"""
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_caller_that_may_setuid_but_not_mount_is_refused_a_set_identity(
+        world: pathlib.Path, backend: str) -> None:
+    # Escape-shaped: uid=65534 from such a caller would be a setresuid to an
+    # id its workspace's user namespace does not map.  It is refused before
+    # anything starts, by name, not a spawn failing in the child; the
+    # control: the same caller without uid gets its workspace.
+    for item in (world, world / "edit.txt"):
+        os.chown(item, 0, 0)  # the caller's, as uid 0 without capabilities writes it
+    done = subprocess.run([sys.executable, "-c", NO_SYS_ADMIN, str(world), backend],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    assert out["uid"][:2] == ["refused", "workspace-overlay"]
+    assert "CAP_SYS_ADMIN" in out["uid"][2]
+    assert out["plain"] == [0, "0", ["edit.txt"]]
+    assert (world / "edit.txt").read_text() == "old\n"
