@@ -8,6 +8,7 @@ tests/test_escapes_nobody.py does), on both backends.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import pathlib
@@ -166,4 +167,46 @@ def test_a_caller_that_may_setuid_but_not_mount_is_refused_a_set_identity(
     assert out["uid"][:2] == ["refused", "workspace-overlay"]
     assert "CAP_SYS_ADMIN" in out["uid"][2]
     assert out["plain"] == [0, "0", ["edit.txt"]]
+    assert (world / "edit.txt").read_text() == "old\n"
+
+
+NO_USERNS = """
+import os, sys
+import anyio
+import asyncsandlock as a
+root, backend = sys.argv[1], sys.argv[2]
+async def main():
+    # In a user namespace of its own whose limit of nested ones is 0 (the
+    # caller's own: the host's sysctl is untouched), as where the host
+    # refuses them: the caller can't mount (its mount namespace is the
+    # host's) and the child can't make the namespace to build the layer in.
+    sb = a.Sandbox(fs_readable=a.SYSTEM_READABLE, workdir=root,
+                   on_unavailable=a.allow_degraded(*a.Subsystem))
+    try:
+        await sb.run(["sh", "-c", "echo new > edit.txt"])
+        print("ran")
+    except a.ConfinementUnavailable as exc:
+        print("refused", exc.subsystem.value, exc.errno)
+    plain = await a.Sandbox(fs_readable=a.SYSTEM_READABLE).run(["true"])
+    print("control", plain.returncode)
+anyio.run(main, backend=backend)
+"""
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_escape_no_user_namespace_is_a_refusal_not_a_shared_workdir(world: pathlib.Path,
+                                                                     backend: str) -> None:
+    # Escape: without its layer the command would write the workdir itself;
+    # it is refused by name, whatever on_unavailable says.  Control: a run
+    # without a workspace works there.
+    for item in (world, world / "edit.txt"):
+        os.chown(item, 0, 0)
+    done = subprocess.run(
+        ["unshare", "-U", "-r", "sh", "-c",
+         'echo 0 > /proc/sys/user/max_user_namespaces && exec "$@"', "-",
+         sys.executable, "-c", NO_USERNS, str(world), backend],
+        capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split("\n")[:2] == [f"refused workspace-overlay {errno.ENOSPC}",
+                                           "control 0"], done.stderr
     assert (world / "edit.txt").read_text() == "old\n"
