@@ -210,3 +210,36 @@ def test_escape_no_user_namespace_is_a_refusal_not_a_shared_workdir(world: pathl
     assert done.stdout.split("\n")[:2] == [f"refused workspace-overlay {errno.ENOSPC}",
                                            "control 0"], done.stderr
     assert (world / "edit.txt").read_text() == "old\n"
+
+
+MAX_DISK = """
+import json, os, sys
+import anyio, anyio._backends._asyncio, anyio._backends._trio
+import asyncsandlock as a
+root, backend = sys.argv[1], sys.argv[2]
+os.setgroups([]); os.setresgid(65534, 65534, 65534); os.setresuid(65534, 65534, 65534)
+async def main():
+    out = {}
+    for size in ("1M", None):
+        sb = a.Sandbox(fs_readable=a.SYSTEM_READABLE, workdir=root, max_disk=size,
+                       on_exit="abort")
+        r = await sb.run(["sh", "-c", "head -c 2000000 /dev/zero > big"])
+        out[str(size)] = [r.returncode, "No space left" in r.stderr.decode(),
+                          [(c.path, c.size) for c in r.changes]]
+    print(json.dumps(out))
+anyio.run(main, backend=backend)
+"""
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_max_disk_bounds_a_layer_built_in_the_child(world: pathlib.Path, backend: str) -> None:
+    done = subprocess.run([sys.executable, "-c", MAX_DISK, str(world), backend],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    rc, full, changes = out["1M"]
+    assert rc != 0 and full
+    assert changes[0][0] == "big" and changes[0][1] <= 1 << 20
+    # Control: without max_disk the same write fits.
+    assert out["None"] == [0, False, [["big", 2000000]]]
+    assert not (world / "big").exists()
