@@ -243,3 +243,27 @@ def test_max_disk_bounds_a_layer_built_in_the_child(world: pathlib.Path, backend
     # Control: without max_disk the same write fits.
     assert out["None"] == [0, False, [["big", 2000000]]]
     assert not (world / "big").exists()
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("extra", [{"uid": 65534, "gid": 65534}, {"network": "loopback"},
+                                   {"uid": 65534, "gid": 65534, "network": "loopback"}],
+                         ids=["uid", "loopback", "uid+loopback"])
+async def test_a_privileged_caller_combines_the_overlay_with_identity_and_network(
+        world: pathlib.Path, no_leaks: None, extra: dict[str, object]) -> None:
+    # The caller's own overlay (attached in the child's mount namespace,
+    # before its network and identity steps), with setresuid and a network
+    # namespace after it.  Escape: the writes stay in the layer; control:
+    # they are listed there.
+    from asyncsandlock import SYSTEM_READABLE, Sandbox
+
+    world.chmod(0o777)
+    (world / "edit.txt").chmod(0o666)
+    sb = Sandbox(fs_readable=SYSTEM_READABLE, workdir=world, on_exit="abort",
+                 **extra)  # type: ignore[arg-type]
+    result = await sb.run(["sh", "-c", "echo new > edit.txt; touch made; id -u"])
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"{extra.get('uid', 0)}\n".encode()
+    assert [c.path for c in result.changes or ()] == ["edit.txt", "made"]
+    assert (world / "edit.txt").read_text() == "old\n"
+    assert not (world / "made").exists()
