@@ -267,3 +267,50 @@ async def test_a_privileged_caller_combines_the_overlay_with_identity_and_networ
     assert [c.path for c in result.changes or ()] == ["edit.txt", "made"]
     assert (world / "edit.txt").read_text() == "old\n"
     assert not (world / "made").exists()
+
+
+# -- the run's ruleset: a copy of the policy's (Recipe) --------------------------
+
+
+PROBE = """
+import socket, sys
+def attempt(what, fn):
+    try:
+        fn(); print(what, "ok")
+    except OSError as exc:
+        print(what, exc.errno)
+attempt("read-outside", lambda: open(sys.argv[1]).read())
+attempt("read-readable", lambda: open(sys.argv[2]).read())
+attempt("bind-other", lambda: socket.socket().bind(("127.0.0.1", int(sys.argv[3]))))
+attempt("bind-allowed", lambda: socket.socket().bind(("127.0.0.1", int(sys.argv[4]))))
+"""
+
+
+@pytest.mark.anyio
+async def test_escape_the_run_ruleset_confines_as_the_policy_does(world: pathlib.Path,
+                                                                   no_leaks: None) -> None:
+    # The per-run copy must hold every rule of the policy's ruleset and no
+    # more: a file outside fs_readable and a port net_allow_bind does not
+    # open stay refused; controls: the readable file and the allowed port.
+    import socket
+
+    from asyncsandlock import SYSTEM_READABLE, Sandbox
+
+    outside = world.parent / "outside.txt"
+    outside.write_text("secret\n")
+    inside = world.parent / "readable"
+    inside.mkdir()
+    (inside / "ok.txt").write_text("ok\n")
+    ports = []
+    for _ in range(2):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            ports.append(probe.getsockname()[1])
+    sb = Sandbox(fs_readable=[*SYSTEM_READABLE, str(inside)], workdir=world,
+                 net_allow_bind=[ports[1]], on_exit="abort")
+    result = await sb.run(["/usr/bin/python3", "-c", PROBE, str(outside),
+                           str(inside / "ok.txt"), str(ports[0]), str(ports[1])])
+    assert result.returncode == 0, result.stderr
+    assert (result.stdout or b"").decode().split("\n")[:4] == [
+        f"read-outside {errno.EACCES}", "read-readable ok", f"bind-other {errno.EACCES}",
+        "bind-allowed ok"]
