@@ -64,6 +64,20 @@ def _lstat(path: str) -> os.stat_result | None:
         return None
 
 
+def _readable(path: str, st: os.stat_result) -> None:
+    """Let us read an upper entry the command made unreadable (``chmod 000``)
+    when the layer is ours without privilege (an unprivileged caller owns
+    every entry of a layer built in the child's user namespace, but has no
+    CAP_DAC_OVERRIDE).  Only the layer is changed, once the overlay is gone;
+    the Change keeps the mode the command set, which the commit applies."""
+    euid = os.geteuid()
+    if euid == 0 or st.st_uid != euid or stat.S_ISLNK(st.st_mode):
+        return
+    need = stat.S_IRUSR | stat.S_IXUSR if stat.S_ISDIR(st.st_mode) else stat.S_IRUSR
+    if st.st_mode & need != need and (stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode)):
+        os.chmod(path, stat.S_IMODE(st.st_mode) | need)
+
+
 def diff_steps(upper: str, lower: str, into: list[Change]) -> Iterator[None]:
     """Append the changes the upper directory ``upper`` makes to ``lower``
     to ``into``, sorted by path (a directory before what it holds); yields
@@ -80,6 +94,7 @@ def diff_steps(upper: str, lower: str, into: list[Change]) -> Iterator[None]:
                 yield
             path = f"{rel}/{entry.name}" if rel else entry.name
             new = entry.stat(follow_symlinks=False)
+            _readable(entry.path, new)
             old = _lstat(os.path.join(lower, path))
             if stat.S_ISCHR(new.st_mode) and new.st_rdev == 0:  # a whiteout
                 if old is not None:

@@ -40,8 +40,9 @@ _HINTS = {
     Subsystem.RESOURCE_LIMITS: "max_memory, cpu_time and max_cpu need the sandbox's own "
                                "process group (refused inside another sandbox)",
     Subsystem.WORKSPACE_OVERLAY: "a workspace needs overlayfs and the new mount API (Linux "
-                                 ">= 5.2; layers as fds: 6.13) and CAP_SYS_ADMIN in the "
-                                 "caller (root, or a container with it); see docs/workspaces.md",
+                                 ">= 5.2) with CAP_SYS_ADMIN in the caller, or else "
+                                 "unprivileged user namespaces and overlayfs mountable in one "
+                                 "(Linux >= 5.11); see docs/workspaces.md",
     Subsystem.NETWORK_NAMESPACE: "network namespaces need CAP_SYS_ADMIN or unprivileged user "
                                  "namespaces (Kubernetes RuntimeDefault refuses them)",
 }

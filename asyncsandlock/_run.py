@@ -14,7 +14,7 @@ import anyio
 from anyio.abc import ByteReceiveStream, TaskStatus
 
 from ._enforcement import unenforced_by_run
-from ._exceptions import PolicyError
+from ._exceptions import PolicyError, SpawnError
 from ._fd import close_fds
 from ._handler import Handler, route
 from ._kernel._sys import SYSCALLS
@@ -187,15 +187,20 @@ async def _open_in_turn(sandbox: Sandbox, argv: tuple[str, ...], *, stdin: Stdio
             cleanup_on_fail.callback(close_fds, mine)
             child_fds, ours = _stdio((stdin, stdout, stderr), theirs, mine)
             started = time.monotonic()
-            child = await confined_spawn(sandbox, compiled, notify, lambda trapped: spawn_on(
-                sandbox.cpu_cores, lambda: spawn(
-                    compiled, path=path, args=[os.fsencode(a) for a in argv], env=full_env,
-                    cwd=str(run_cwd) if run_cwd else None, fds=[*child_fds, *extra_fds],
-                    notify=trapped, self_trapped=self_trapped & trapped,
-                    netns_fd=_netns_fd(network, compiled),
-                    workspace=None if layer is None
-                    else layer.spawn_args(sandbox, compiled.plan))),
-                run_handlers=bool(handlers))
+            try:
+                child = await confined_spawn(sandbox, compiled, notify, lambda trapped: spawn_on(
+                    sandbox.cpu_cores, lambda: spawn(
+                        compiled, path=path, args=[os.fsencode(a) for a in argv], env=full_env,
+                        cwd=str(run_cwd) if run_cwd else None, fds=[*child_fds, *extra_fds],
+                        notify=trapped, self_trapped=self_trapped & trapped,
+                        netns_fd=_netns_fd(network, compiled),
+                        workspace=None if layer is None
+                        else layer.spawn_args(sandbox, compiled))),
+                    run_handlers=bool(handlers))
+            except SpawnError as exc:
+                if layer is not None:
+                    layer.refused(exc)  # a layer the child was to build, refused
+                raise
             watch(child)  # before anything can fail and leave it unwatched
             if layer is not None:
                 layer.mounted()

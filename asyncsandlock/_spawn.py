@@ -21,7 +21,7 @@ import socket
 import sys
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from ._core import ffi, lib
 from ._exceptions import PolicyError, SpawnError
@@ -46,6 +46,49 @@ class Spawned:
     pidfd: int
     listener: int | None
     own_group: bool
+
+
+class WorkspaceSpawn(NamedTuple):
+    """A copy-on-write workspace for :func:`spawn` (``_workspace.py``)."""
+
+    #: Where the overlay goes, in the child's own mount namespace.
+    path: str
+    #: The run's own Landlock ruleset (the policy's rules), or -1.
+    ruleset: int
+    #: The Landlock rights the child grants on the overlay's root (0: none).
+    access: int
+    #: ``ASL_WORKSPACE_ATTACH``: the detached overlay the parent made.
+    overlay: int = -1
+    #: ``ASL_WORKSPACE_USERNS`` (``sock`` >= 0): the child builds it; the
+    #: workdir's path escaped, the tmpfs's size, the overlay root's mode, and
+    #: our socket's other end, which gets the tmpfs and the overlay.
+    lower_escaped: str = ""
+    size: int | None = None
+    root_mode: int = 0
+    sock: int = -1
+
+
+def _workspace_request(req: Any, ws: WorkspaceSpawn, floor: int,
+                       child_ends: contextlib.ExitStack) -> list[Any]:
+    """Fill ``req``'s workspace fields; returns the buffers it points into."""
+    keep = [ffi.new("char[]", os.fsencode(ws.path))]
+    req.workspace_path = keep[0]
+    req.workspace_access = ws.access
+    if ws.sock < 0:
+        req.workspace_mode = lib.ASL_WORKSPACE_ATTACH
+        req.workspace_fd = _above(ws.overlay, floor, child_ends)
+        return keep
+    req.workspace_mode = lib.ASL_WORKSPACE_USERNS
+    req.workspace_sock = _above(ws.sock, floor, child_ends)
+    req.workspace_root_mode = ws.root_mode
+    texts = [os.fsencode(ws.lower_escaped), f"{os.geteuid()} {os.geteuid()} 1".encode(),
+             f"{os.getegid()} {os.getegid()} 1".encode()]
+    if ws.size is not None:
+        texts.append(str(ws.size).encode())
+    cells = [ffi.new("char[]", text) for text in texts]
+    req.workspace_lower, req.workspace_uid_map, req.workspace_gid_map = cells[:3]
+    req.workspace_size = cells[3] if ws.size is not None else ffi.NULL
+    return keep + cells
 
 
 def check_fd_count(nfds: int) -> None:
@@ -206,14 +249,12 @@ def _above(fd: int, floor: int, spares: contextlib.ExitStack) -> int:
 def spawn(plan: Plan | Compiled, *, path: str | tuple[str, ...], args: Sequence[bytes],
           env: Mapping[str, str] | None, cwd: str | None, fds: Sequence[int],
           notify: frozenset[str], self_trapped: frozenset[str] = frozenset(),
-          netns_fd: int = -1, workspace: tuple[int, str, int] | None = None) -> Spawned:
+          netns_fd: int = -1, workspace: WorkspaceSpawn | None = None) -> Spawned:
     """Start one confined child; ``fds[i]`` becomes the child's fd ``i``;
     ``notify`` and ``self_trapped`` are the filter's (:class:`FilterSpec`);
     ``netns_fd``: a network namespace for the child to enter (``_netns.py``).
 
-    ``workspace``: (a detached overlay mount fd, the path it is attached
-    over in the child's own mount namespace, the run's own Landlock ruleset
-    fd or -1); see ``_workspace.py``.
+    ``workspace``: the run's copy-on-write workspace; see ``_workspace.py``.
 
     ``plan``: a plan (its request is built for this spawn alone), or the
     :class:`Compiled` owner of one: its current plan, with the request
@@ -237,7 +278,7 @@ def spawn(plan: Plan | Compiled, *, path: str | tuple[str, ...], args: Sequence[
         template = _template(plan, notify, self_trapped, None)
         landlock_fd = plan.landlock_fd
     if workspace is not None and landlock_fd >= 0:
-        landlock_fd = workspace[2]  # the policy's rules and the overlay's root
+        landlock_fd = workspace.ruleset  # the policy's rules; the child adds the overlay's
     req = ffi.new("struct asl_spawn_req *", template.req[0])
     keep = [template, _strings(req, paths, args, env, cwd)]
     fd_map = ffi.new("struct asl_fd_map[]", [(src, dst) for dst, src in enumerate(fds)] or 1)
@@ -269,10 +310,7 @@ def spawn(plan: Plan | Compiled, *, path: str | tuple[str, ...], args: Sequence[
                 req.net_mode = lib.ASL_NET_JOIN
                 req.netns_fd = _above(netns_fd, len(fds), child_ends)
             if workspace is not None:  # copy-on-write workspace (issue 12)
-                where = ffi.new("char[]", os.fsencode(workspace[1]))
-                keep.append(where)
-                req.workspace_fd = _above(workspace[0], len(fds), child_ends)
-                req.workspace_path = where
+                keep += _workspace_request(req, workspace, len(fds), child_ends)
             pidfd_out = ffi.new("int *", -1)
             pid = lib.asl_spawn(req, pidfd_out)
         if pid < 0:

@@ -397,10 +397,12 @@ static long set_identity(const struct asl_spawn_req *req)
     return 0;
 }
 
-static long send_listener(const struct asl_spawn_req *req, int listener)
+/* Send `n` fds (at most 2) over `sock`, SCM_RIGHTS.  Keyed: the listener
+ * goes after the filter exists. */
+static long send_fds(const struct asl_spawn_req *req, int sock, const int *fds, int n)
 {
     union {
-        char buf[CMSG_SPACE(sizeof(int))];
+        char buf[CMSG_SPACE(2 * sizeof(int))];
         struct cmsghdr align;
     } control;
     char byte = 'L';
@@ -411,13 +413,18 @@ static long send_listener(const struct asl_spawn_req *req, int listener)
     msg.msg_iov = &iov;
     msg.msg_iovlen = 1;
     msg.msg_control = control.buf;
-    msg.msg_controllen = sizeof control.buf;
+    msg.msg_controllen = CMSG_SPACE(n * sizeof(int));
     struct cmsghdr *cmsg = CMSG_FIRSTHDR(&msg);
     cmsg->cmsg_level = SOL_SOCKET;
     cmsg->cmsg_type = SCM_RIGHTS;
-    cmsg->cmsg_len = CMSG_LEN(sizeof(int));
-    memcpy(CMSG_DATA(cmsg), &listener, sizeof(int));
-    return KEYED(req, SYS_sendmsg, req->listener_sock, &msg, 0);
+    cmsg->cmsg_len = CMSG_LEN(n * sizeof(int));
+    memcpy(CMSG_DATA(cmsg), fds, n * sizeof(int));
+    return KEYED(req, SYS_sendmsg, sock, &msg, 0);
+}
+
+static long send_listener(const struct asl_spawn_req *req, int listener)
+{
+    return send_fds(req, req->listener_sock, &listener, 1);
 }
 
 #ifndef SYS_move_mount
@@ -427,23 +434,176 @@ static long send_listener(const struct asl_spawn_req *req, int listener)
 #define MOVE_MOUNT_F_EMPTY_PATH 0x00000004
 #endif
 
-/* The copy-on-write workspace: the parent built the whole overlay as a
- * detached mount (fsopen/fsmount, asyncsandlock/_overlay.py), so that its
- * layer outlives the child; here it is only attached over the workspace's
- * path, in a mount namespace of the child's own.  Every mount is made
- * private first: the host's root is usually shared, and a mount made in a
- * copy of a shared mount propagates back to the caller's namespace.
- * Before chdir, so that a cwd inside the workspace is the overlay's. */
+#ifndef SYS_fsopen
+#define SYS_fsopen 430
+#endif
+#ifndef SYS_fsconfig
+#define SYS_fsconfig 431
+#endif
+#ifndef SYS_fsmount
+#define SYS_fsmount 432
+#endif
+#ifndef SYS_landlock_add_rule
+#define SYS_landlock_add_rule 445
+#endif
+#define ASL_FSCONFIG_SET_FLAG 0
+#define ASL_FSCONFIG_SET_STRING 1
+#define ASL_FSCONFIG_SET_FD 5
+#define ASL_FSCONFIG_CMD_CREATE 6
+#define ASL_CLOEXEC_FLAG 1 /* FSOPEN_CLOEXEC, FSMOUNT_CLOEXEC */
+
+static long fs_string(long ctx, const char *key, const char *value)
+{
+    return raw_syscall(SYS_fsconfig, ctx, ASL_FSCONFIG_SET_STRING, (long)key, (long)value, 0, 0);
+}
+
+/* The detached mount of fs context `ctx`, or -errno. */
+static long fs_mount(long ctx)
+{
+    long rc = raw_syscall(SYS_fsconfig, ctx, ASL_FSCONFIG_CMD_CREATE, 0, 0, 0, 0);
+    if (rc < 0)
+        return rc;
+    return SYS3(SYS_fsmount, ctx, ASL_CLOEXEC_FLAG, 0);
+}
+
+/* "/proc/self/fd/<fd>/<leaf>" into buf (64 bytes: leaf at most 8). */
+static const char *fd_path(char *buf, long fd, const char *leaf)
+{
+    static const char head[] = "/proc/self/fd/";
+    char digits[24];
+    int n = 0, i = 0;
+    do {
+        digits[n++] = (char)('0' + fd % 10);
+        fd /= 10;
+    } while (fd && n < 20);
+    for (const char *c = head; *c; c++)
+        buf[i++] = *c;
+    while (n)
+        buf[i++] = digits[--n];
+    buf[i++] = '/';
+    for (const char *c = leaf; *c && i < 62; c++)
+        buf[i++] = *c;
+    buf[i] = 0;
+    return buf;
+}
+
+/* Layer `key` is the directory open as `fd` (at `path`): by fd where the
+ * kernel takes one (Linux 6.13+), else by its path. */
+static long overlay_layer(long ctx, const char *key, long fd, const char *fallback_key,
+                          const char *path)
+{
+    long rc = raw_syscall(SYS_fsconfig, ctx, ASL_FSCONFIG_SET_FD, (long)key, 0, fd, 0);
+    if (rc == -EINVAL || rc == -EOPNOTSUPP)
+        rc = fs_string(ctx, fallback_key, path);
+    return rc;
+}
+
+/* ASL_WORKSPACE_USERNS: the layer and the overlay, made here as the parent
+ * makes them with CAP_SYS_ADMIN (asyncsandlock/_kernel/_overlay.py), inside
+ * a user namespace whose only id is our own (an unprivileged caller may map
+ * itself): it owns the mount namespace made with it, and tmpfs and (Linux
+ * 5.11+) overlayfs may be mounted there.  Overlay's xattrs are then
+ * user.overlay.* (userxattr, which also implies redirect_dir=nofollow and
+ * metacopy=off: every upper entry holds its whole data at its own path).
+ * Nothing is cleaned up on failure: the child exits, and every fd here is
+ * CLOEXEC and closed with it. */
+static long build_workspace(const struct asl_spawn_req *req, long *tmpfs, long *overlay)
+{
+    long rc, ctx, upper, work, lower;
+    char upper_path[64], work_path[64];
+    if ((rc = SYS3(SYS_unshare, CLONE_NEWUSER | CLONE_NEWNS, 0, 0)) < 0 ||
+        (rc = write_id_maps(req->workspace_uid_map, req->workspace_gid_map)) < 0)
+        return rc;
+    if ((ctx = SYS3(SYS_fsopen, "tmpfs", ASL_CLOEXEC_FLAG, 0)) < 0)
+        return ctx;
+    if ((req->workspace_size && (rc = fs_string(ctx, "size", req->workspace_size)) < 0) ||
+        (rc = fs_string(ctx, "mode", "0700")) < 0)
+        return rc;
+    if ((*tmpfs = fs_mount(ctx)) < 0)
+        return *tmpfs;
+    SYS3(SYS_close, ctx, 0, 0);
+    /* The overlay's root takes the upper root's mode: the workdir's. */
+    if ((rc = SYS3(SYS_mkdirat, *tmpfs, "upper", 0700)) < 0 ||
+        (rc = SYS3(SYS_fchmodat, *tmpfs, "upper", req->workspace_root_mode)) < 0 ||
+        (rc = SYS3(SYS_mkdirat, *tmpfs, "work", 0700)) < 0)
+        return rc;
+    if ((upper = SYS3(SYS_openat, *tmpfs, "upper", O_PATH | O_DIRECTORY | O_CLOEXEC)) < 0)
+        return upper;
+    if ((work = SYS3(SYS_openat, *tmpfs, "work", O_PATH | O_DIRECTORY | O_CLOEXEC)) < 0)
+        return work;
+    /* Opened here: overlayfs clones each layer's mount, which must be in
+     * our mount namespace (an fd the parent opened is in its own). */
+    if ((lower = SYS3(SYS_openat, AT_FDCWD, req->workspace_path,
+                      O_PATH | O_DIRECTORY | O_CLOEXEC)) < 0)
+        return lower;
+    if ((ctx = SYS3(SYS_fsopen, "overlay", ASL_CLOEXEC_FLAG, 0)) < 0)
+        return ctx;
+    if ((rc = overlay_layer(ctx, "lowerdir+", lower, "lowerdir",
+                            req->workspace_lower)) < 0 ||
+        (rc = overlay_layer(ctx, "upperdir", upper, "upperdir",
+                            fd_path(upper_path, *tmpfs, "upper"))) < 0 ||
+        (rc = overlay_layer(ctx, "workdir", work, "workdir",
+                            fd_path(work_path, *tmpfs, "work"))) < 0 ||
+        (rc = fs_string(ctx, "metacopy", "off")) < 0 || (rc = fs_string(ctx, "index", "off")) < 0 ||
+        (rc = fs_string(ctx, "xino", "off")) < 0 ||
+        (rc = raw_syscall(SYS_fsconfig, ctx, ASL_FSCONFIG_SET_FLAG, (long)"userxattr", 0, 0, 0)) < 0 ||
+        (rc = raw_syscall(SYS_fsconfig, ctx, ASL_FSCONFIG_SET_FLAG, (long)"volatile", 0, 0, 0)) < 0)
+        return rc;
+    if ((*overlay = fs_mount(ctx)) < 0)
+        return *overlay;
+    SYS3(SYS_close, ctx, 0, 0);
+    SYS3(SYS_close, upper, 0, 0);
+    SYS3(SYS_close, work, 0, 0);
+    SYS3(SYS_close, lower, 0, 0);
+    return 0;
+}
+
+/* The copy-on-write workspace: the overlay, built as a detached mount by the
+ * parent (ASL_WORKSPACE_ATTACH: asyncsandlock/_kernel/_overlay.py) or by
+ * build_workspace() above, is attached over the workspace's path in a mount
+ * namespace of the child's own.  Every mount is made private first: the
+ * host's root is usually shared, and a mount made in a copy of a shared
+ * mount propagates back to the caller's namespace.  Before chdir, so that a
+ * cwd inside the workspace is the overlay's.
+ *
+ * Landlock: a rule on the workdir grants nothing inside a mount over it
+ * (Landlock skips a mount point on its way up), so the overlay's root gets
+ * a rule of its own, here, in the run's own ruleset (never the policy's).
+ *
+ * A layer built here lives in our mount namespace, which dies with the
+ * sandbox: the parent gets the tmpfs (to read and commit the layer after
+ * that) and the overlay (its mount id, for the metadata guard). */
 static long mount_workspace(const struct asl_spawn_req *req)
 {
-    long rc = SYS3(SYS_unshare, CLONE_NEWNS, 0, 0);
+    long rc, tmpfs = -1, overlay = req->workspace_fd;
+    if (req->workspace_mode == ASL_WORKSPACE_USERNS)
+        rc = build_workspace(req, &tmpfs, &overlay);
+    else
+        rc = SYS3(SYS_unshare, CLONE_NEWNS, 0, 0);
     if (rc < 0)
         return rc;
     rc = raw_syscall(SYS_mount, (long)"none", (long)"/", 0, MS_REC | MS_PRIVATE, 0, 0);
     if (rc < 0)
         return rc;
-    return raw_syscall(SYS_move_mount, req->workspace_fd, (long)"", AT_FDCWD,
-                       (long)req->workspace_path, MOVE_MOUNT_F_EMPTY_PATH, 0);
+    rc = raw_syscall(SYS_move_mount, overlay, (long)"", AT_FDCWD, (long)req->workspace_path,
+                     MOVE_MOUNT_F_EMPTY_PATH, 0);
+    if (rc < 0)
+        return rc;
+    if (req->workspace_access && req->landlock_fd >= 0) {
+        struct __attribute__((packed)) {
+            uint64_t allowed_access;
+            int32_t parent_fd;
+        } rule = {req->workspace_access, (int32_t)overlay};
+        if ((rc = raw_syscall(SYS_landlock_add_rule, req->landlock_fd, 1 /* PATH_BENEATH */,
+                              (long)&rule, 0, 0, 0)) < 0)
+            return rc;
+    }
+    if (tmpfs >= 0) {
+        int fds[2] = {(int)tmpfs, (int)overlay};
+        if ((rc = send_fds(req, req->workspace_sock, fds, 2)) < 0)
+            return rc;
+    }
+    return 0;
 }
 
 /* Sandbox.network with uid/gid (docs/network-namespaces.md), in the order
@@ -499,14 +659,16 @@ static int child_main(void *arg)
     enter(req, ASL_STEP_FDS);
     if ((rc = map_fds(req)) < 0)
         fail(req, rc);
+    /* Before the workspace, which may leave for a user namespace of its
+     * own: raising a hard limit needs CAP_SYS_RESOURCE in ours. */
+    enter(req, ASL_STEP_RAISE_RLIMIT);
+    if ((rc = raise_rlimits(req)) < 0)
+        fail(req, rc);
     enter(req, ASL_STEP_WORKSPACE);
     if (req->workspace_path && (rc = mount_workspace(req)) < 0)
         fail(req, rc);
     enter(req, ASL_STEP_CHDIR);
     if (req->cwd && (rc = SYS3(SYS_chdir, req->cwd, 0, 0)) < 0)
-        fail(req, rc);
-    enter(req, ASL_STEP_RAISE_RLIMIT);
-    if ((rc = raise_rlimits(req)) < 0)
         fail(req, rc);
     /* The network first, but see identity_first. */
     enter(req, ASL_STEP_NETWORK);

@@ -18,9 +18,9 @@ enum asl_step {
     ASL_STEP_SETPGID = 2,
     ASL_STEP_PDEATHSIG = 3,
     ASL_STEP_FDS = 4,
-    ASL_STEP_WORKSPACE = 5, /* copy-on-write workspace (issue 12) */
-    ASL_STEP_CHDIR = 6,
-    ASL_STEP_RAISE_RLIMIT = 7,
+    ASL_STEP_RAISE_RLIMIT = 5,
+    ASL_STEP_WORKSPACE = 6, /* copy-on-write workspace (issue 12) */
+    ASL_STEP_CHDIR = 7,
     ASL_STEP_NETWORK = 8,
     ASL_STEP_IDENTITY = 9,
     ASL_STEP_CAPABILITIES = 10,
@@ -38,6 +38,12 @@ enum asl_identity {
     ASL_IDENTITY_NONE = 0,
     ASL_IDENTITY_SET = 1,    /* setgroups(0) + setresgid + setresuid: a privileged caller */
     ASL_IDENTITY_USERNS = 2  /* a user namespace mapping uid/gid to the caller's own */
+};
+
+/* Who builds a copy-on-write workspace's overlay (asyncsandlock/_workspace.py). */
+enum asl_workspace {
+    ASL_WORKSPACE_ATTACH = 0, /* the parent (CAP_SYS_ADMIN); the child attaches it */
+    ASL_WORKSPACE_USERNS = 1  /* the child, in a user + mount namespace of its own */
 };
 
 /* Where the child's network stack comes from (asyncsandlock/_netns.py). */
@@ -117,6 +123,20 @@ struct asl_spawn_req {
      * child's own mount namespace.  workspace_path NULL: no workspace. */
     int workspace_fd;
     const char *workspace_path;
+    /* ASL_WORKSPACE_USERNS (an unprivileged caller): the child builds the
+     * layer and the overlay itself, in a user namespace of its own, and
+     * sends the layer's tmpfs and the overlay to the parent (workspace_sock,
+     * two fds, SCM_RIGHTS) before it attaches nothing else. */
+    int workspace_mode;            /* enum asl_workspace */
+    int workspace_sock;
+    const char *workspace_lower;   /* the workdir escaped, for "lowerdir" */
+    const char *workspace_size;    /* the tmpfs's size=, NULL: its default */
+    uint32_t workspace_root_mode;  /* the overlay root's mode: the workdir's */
+    const char *workspace_uid_map; /* "<uid> <uid> 1": our id to itself */
+    const char *workspace_gid_map;
+    /* Both modes: the Landlock rights the child grants on the overlay's
+     * root in the (per-run) ruleset, 0: none. */
+    uint64_t workspace_access;
     int32_t reached;              /* written by the child: the step it is in */
 };
 

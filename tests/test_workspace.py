@@ -12,7 +12,6 @@ import gc
 import hashlib
 import os
 import pathlib
-import shutil
 import stat
 import subprocess
 import sys
@@ -426,50 +425,7 @@ async def test_escape_the_directory_under_the_overlay_is_out_of_reach(
         os.close(fd)
 
 
-CALLER = """
-import anyio, os, sys
-import anyio._backends._asyncio  # the interpreter's files are root's: import first
-import asyncsandlock as a
-root = sys.argv[1]
-os.setgroups([]); os.setresgid(65534, 65534, 65534); os.setresuid(65534, 65534, 65534)
-async def main():
-    sb = a.Sandbox(fs_readable=a.SYSTEM_READABLE, workdir=root)
-    try:
-        await sb.run(["sh", "-c", "echo escaped > edit.txt"])
-        print("ran")
-    except a.ConfinementUnavailable as exc:
-        print("refused", exc.subsystem.value)
-    plain = await a.Sandbox(fs_readable=a.SYSTEM_READABLE).run(["true"])
-    print("control", plain.returncode)
-anyio.run(main)
-"""
-
-
-@pytest.fixture
-def world() -> Iterator[pathlib.Path]:
-    """A directory uid 65534 can reach (pytest's tmp_path is root's, 0700)."""
-    path = pathlib.Path(tempfile.mkdtemp(prefix="workspace-test-", dir="/tmp"))
-    path.chmod(0o755)
-    yield path
-    shutil.rmtree(path)
-
-
-def test_escape_an_unprivileged_caller_gets_a_refusal_not_a_shared_workdir(
-        world: pathlib.Path) -> None:
-    tmp_path = world
-    root = tmp_path / "nobody"
-    root.mkdir()
-    (root / "edit.txt").write_text("old\n")
-    tmp_path.chmod(0o755)
-    temp = tmp_path / "tmp"
-    temp.mkdir()
-    for path in (root, root / "edit.txt", temp):
-        os.chown(path, 65534, 65534)
-    done = subprocess.run([sys.executable, "-c", CALLER, str(root)], capture_output=True,
-                          text=True, timeout=60, env={**os.environ, "TMPDIR": str(temp)})
-    assert done.stdout.split("\n")[:2] == ["refused workspace-overlay", "control 0"], done.stderr
-    assert (root / "edit.txt").read_text() == "old\n"
-    assert os.listdir(temp) == []
+# An unprivileged caller: tests/test_workspace_userns.py.
 
 
 # -- validation -----------------------------------------------------------------------

@@ -18,6 +18,11 @@ tmpfs's fd after the child's namespace has died and reads (and commits)
 the layer through it; a tmpfs mounted *inside* the child's namespace would
 vanish with the namespace, before anyone could read it.
 
+A caller without CAP_SYS_ADMIN cannot make these: its child makes the same
+two mounts in a user namespace of its own (csrc/spawn.c ``build_workspace``,
+with ``userxattr``) and sends both fds back before exec, so that the tmpfs
+still outlives the namespace, held by our fd.
+
 Options
 -------
 ``metacopy=off``: a metadata-only copy-up would leave the data in the lower
