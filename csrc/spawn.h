@@ -151,6 +151,18 @@ long asl_scan_groups(const int32_t *pgids, const uint8_t *want_cpu, long ngroups
  * an fd; a socket made in network namespace `nsfd`.  -errno on failure. */
 int asl_netns_new(void);
 int asl_socket_in(int nsfd, int domain, int type, int protocol);
+/* Calls the guards make on every trapped syscall (csrc/guardcall.c).
+ * asl_peek: process_vm_readv of `len` bytes at `addr` in `pid` into `buf`;
+ * the count or -errno.
+ * asl_net_take: a copy of the child's fd `number` (pidfd_getfd) with
+ * info = {SO_DOMAIN, SO_TYPE, SO_PROTOCOL, F_GETFL}; the fd or -errno.
+ * asl_net_connect: connect(); with `wait` (a blocking stream socket) made
+ * non-blocking for the call; 0, -errno, or 1: under way, wait until the fd
+ * is writable and call asl_net_connected (`started`: connect's errno). */
+long asl_peek(int pid, unsigned long addr, void *buf, unsigned long len);
+int asl_net_take(int pidfd, int number, int info[4]);
+int asl_net_connect(int fd, const void *addr, unsigned len, int wait, int *started);
+int asl_net_connected(int fd, int started);
 /* CDEF-END */
 
 #endif
