@@ -92,6 +92,10 @@ _MSG_DONTWAIT: Final = 0x40
 _ICMP: Final = (socket.IPPROTO_ICMP, socket.IPPROTO_ICMPV6)
 _AF_INET: Final = socket.AF_INET.to_bytes(2, "little")
 _AF_INET6: Final = socket.AF_INET6.to_bytes(2, "little")
+#: Out-parameters of the C calls, read back before the loop runs anything else.
+_INFO: Final = ffi.new("int[4]")
+_STARTED: Final = ffi.new("int *")
+_DONE: Final = NotifAction.return_value(0)
 #: Distinct destinations whose verdict is kept (then the memo starts over).
 _VERDICTS_MAX: Final = 4096
 
@@ -206,7 +210,7 @@ class _Call:
             raise OSError(errno.EBADF, "bad file descriptor")
         # The copy, and its family, type, protocol and file flags, in one C
         # call (ENOTSOCK for anything but a socket): this is every connect.
-        info = ffi.new("int[4]")
+        info = _INFO  # read before anything else can run on the loop
         self.fd = target.own(target.through_pidfd(
             lambda pidfd: _c_result(lib.asl_net_take(pidfd, number, info))))
         if confirm:
@@ -334,12 +338,12 @@ async def _connect(call: _Call, raw: bytes) -> NotifAction:
     only when the handshake is not over yet (EINPROGRESS for a non-blocking
     socket, as the kernel says it)."""
     wait = call.kind == "tcp" and not call.flags & os.O_NONBLOCK
-    started = ffi.new("int *")
-    rc = lib.asl_net_connect(call.fd, ffi.from_buffer(raw), len(raw), wait, started)
+    rc = lib.asl_net_connect(call.fd, raw, len(raw), wait, _STARTED)
     if rc == 1:
+        started = _STARTED[0]  # before the wait: other calls use _STARTED meanwhile
         await anyio.wait_writable(call.fd)
-        rc = lib.asl_net_connected(call.fd, started[0])
-    return NotifAction.errno(-rc) if rc else NotifAction.return_value(0)
+        rc = lib.asl_net_connected(call.fd, started)
+    return NotifAction.errno(-rc) if rc else _DONE
 
 
 class SendGuard(Handler):
