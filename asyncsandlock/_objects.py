@@ -139,11 +139,13 @@ class Target:
     A context manager: every fd it opened is closed on exit.
     """
 
-    __slots__ = ("_fds", "_pidfd", "ctx")
+    __slots__ = ("_cached", "_fds", "_pidfd", "ctx")
 
     def __init__(self, ctx: HandlerCtx) -> None:
         self.ctx = ctx
         self._pidfd = -1
+        #: Whether _pidfd is the listener's (released on exit, not closed).
+        self._cached = False
         self._fds: list[int] = []
 
     def __enter__(self) -> Target:
@@ -153,7 +155,12 @@ class Target:
         fds, self._fds = self._fds, []
         for fd in fds:
             os.close(fd)
-        self._pidfd = -1
+        self._drop_pidfd()
+
+    def _drop_pidfd(self) -> None:
+        if self._cached:
+            self.ctx._pidfds().release(self._pidfd)
+        self._pidfd, self._cached = -1, False
 
     def __repr__(self) -> str:
         return f"<Target {self.ctx!r} fds={self._fds}>"
@@ -175,7 +182,7 @@ class Target:
         if self._pidfd < 0:
             tid = self.ctx.pid
             cache = self.ctx._pidfds()
-            fd = cache.get(tid)
+            fd = cache.acquire(tid)
             if fd < 0:
                 try:
                     fd = syscall("pidfd_open", tid, _PIDFD_THREAD)
@@ -187,7 +194,9 @@ class Target:
                     fd = os.pidfd_open(_tgid(tid))
                 if not cache.keep(tid, fd):
                     self.own(fd)
-            self._pidfd = fd
+                    self._pidfd = fd
+                    return fd
+            self._pidfd, self._cached = fd, True
         return self._pidfd
 
     def through_pidfd(self, call: Callable[[int], int]) -> int:
@@ -196,10 +205,12 @@ class Target:
         try:
             return call(self._pid_fd())
         except ProcessLookupError:
-            if self.ctx._pidfds().get(self.ctx.pid) != self._pidfd:
-                raise  # not a cached one: the target itself is gone
-        self.ctx._pidfds().forget(self.ctx.pid)
-        self._pidfd = -1
+            if not self._cached:
+                raise  # opened now: the target itself is gone
+        cache = self.ctx._pidfds()
+        if cache.get(self.ctx.pid) == self._pidfd:
+            cache.forget(self.ctx.pid)
+        self._drop_pidfd()
         return call(self._pid_fd())
 
     def fd(self, number: int) -> int:

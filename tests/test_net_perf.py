@@ -43,6 +43,7 @@ def test_a_dead_process_pidfd_in_the_cache_is_replaced() -> None:
     ctx = _Ctx()
     dead = _dead_pidfd()
     ctx.cache.keep(ctx.pid, dead)
+    ctx.cache.release(dead)  # cached, in use by no one
     r, w = os.pipe()
     try:
         with Target(ctx) as target:  # type: ignore[arg-type]
@@ -67,6 +68,7 @@ def test_the_cache_is_bounded_and_closes_what_it_holds() -> None:
     fds = [os.pidfd_open(os.getpid()) for _ in range(Pidfds.LIMIT + 3)]
     for tid, fd in enumerate(fds, start=1):
         assert cache.keep(tid, fd)
+        cache.release(fd)
     assert cache.get(1) == -1  # dropped (and closed) when the cache filled up
     assert cache.get(Pidfds.LIMIT + 3) == fds[-1]
     cache.forget(Pidfds.LIMIT + 3)
@@ -79,6 +81,25 @@ def test_the_cache_is_bounded_and_closes_what_it_holds() -> None:
     late = os.pidfd_open(os.getpid())
     assert not cache.keep(1, late)
     os.close(late)
+
+
+@pytest.mark.usefixtures("no_leaks")
+def test_a_pidfd_in_use_is_closed_only_at_its_release() -> None:
+    """Dropped (ESRCH, the cache full, the supervisor stopping) while a
+    suspended handler still holds it, a pidfd stays open: closed, its number
+    could be reused by another open and name another process."""
+    cache = Pidfds()
+    fd = os.pidfd_open(os.getpid())
+    assert cache.keep(7, fd)
+    assert cache.acquire(7) == fd  # a second user
+    cache.forget(7)
+    cache.close()
+    os.fstat(fd)
+    cache.release(fd)
+    os.fstat(fd)
+    cache.release(fd)
+    with pytest.raises(OSError):
+        os.fstat(fd)
 
 
 @pytest.mark.usefixtures("no_leaks")

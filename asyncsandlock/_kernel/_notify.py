@@ -88,18 +88,24 @@ class Pidfds:
     succeeded therefore named a live thread with that id, which is the
     target as long as the notification is still pending (checked after it,
     as for any look at the target by id); one that failed with ESRCH is
-    dropped (:meth:`forget`) and opened anew.  :meth:`close` closes them
-    all when the listener is served no more.
+    dropped (:meth:`forget`) and opened anew.
+
+    A pidfd in use (:meth:`acquire` .. :meth:`release`, a handler that may
+    be suspended in between) is never closed under its user, whatever is
+    dropped meanwhile: its number, reused by another open, would otherwise
+    name another process.  :meth:`close` (the supervisor, when it stops)
+    closes the rest, and the ones in use at their release.
     """
 
-    __slots__ = ("_fds", "closed")
+    __slots__ = ("_fds", "_users", "closed")
 
     #: At most this many are kept: a sandbox that starts many short-lived
     #: processes leaves pidfds of the dead behind, which this bounds.
     LIMIT: Final = 64
 
     def __init__(self) -> None:
-        self._fds: dict[int, int] = {}
+        self._fds: dict[int, int] = {}  # tid -> pidfd
+        self._users: dict[int, int] = {}  # pidfd -> users
         #: Once closed, nothing is cached: the caller owns what it opens.
         self.closed = False
 
@@ -107,26 +113,42 @@ class Pidfds:
         """The cached pidfd of ``tid``, or -1."""
         return self._fds.get(tid, -1)
 
+    def acquire(self, tid: int) -> int:
+        """The cached pidfd of ``tid`` (or -1), held until :meth:`release`."""
+        fd = self._fds.get(tid, -1)
+        if fd >= 0:
+            self._users[fd] = self._users.get(fd, 0) + 1
+        return fd
+
     def keep(self, tid: int, fd: int) -> bool:
-        """Cache ``fd`` for ``tid``; False (the caller keeps it) once closed."""
+        """Cache ``fd`` for ``tid``, held by the caller until :meth:`release`;
+        False (the caller owns it) once closed."""
         if self.closed:
             return False
         if len(self._fds) >= self.LIMIT:
-            self.close()
-            self.closed = False
+            for old in list(self._fds):
+                self.forget(old)
+        self.forget(tid)
         self._fds[tid] = fd
+        self._users[fd] = 1
         return True
+
+    def release(self, fd: int) -> None:
+        users = self._users.pop(fd) - 1
+        if users:
+            self._users[fd] = users
+        elif fd not in self._fds.values():  # dropped while in use
+            os.close(fd)
 
     def forget(self, tid: int) -> None:
         fd = self._fds.pop(tid, -1)
-        if fd >= 0:
+        if fd >= 0 and fd not in self._users:
             os.close(fd)
 
     def close(self) -> None:
         self.closed = True
-        fds, self._fds = self._fds, {}
-        for fd in fds.values():
-            os.close(fd)
+        for tid in list(self._fds):
+            self.forget(tid)
 
 
 class Listener:
