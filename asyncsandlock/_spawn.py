@@ -197,14 +197,17 @@ def _above(fd: int, floor: int, spares: contextlib.ExitStack) -> int:
 def spawn(plan: Plan | Compiled, *, path: str | tuple[str, ...], args: Sequence[bytes],
           env: Mapping[str, str] | None, cwd: str | None, fds: Sequence[int],
           notify: frozenset[str], self_trapped: frozenset[str] = frozenset(),
-          netns_fd: int = -1, workspace: tuple[int, str, int] | None = None) -> Spawned:
+          netns_fd: int = -1, workspace: tuple[int, str, int] | None = None,
+          hosts: tuple[int, int] | None = None) -> Spawned:
     """Start one confined child; ``fds[i]`` becomes the child's fd ``i``;
     ``notify`` and ``self_trapped`` are the filter's (:class:`FilterSpec`);
     ``netns_fd``: a network namespace for the child to enter (``_netns.py``).
 
     ``workspace``: (a detached overlay mount fd, the path it is attached
     over in the child's own mount namespace, the run's own Landlock ruleset
-    fd or -1); see ``_workspace.py``.
+    fd or -1); see ``_workspace.py``.  ``hosts``: (a detached bind mount to
+    attach over /etc/hosts, the run's own Landlock ruleset fd or -1); see
+    ``_pinned.py``.
 
     ``plan``: a plan (its request is built for this spawn alone), or the
     :class:`Compiled` owner of one: its current plan, with the request
@@ -229,6 +232,8 @@ def spawn(plan: Plan | Compiled, *, path: str | tuple[str, ...], args: Sequence[
         landlock_fd = plan.landlock_fd
     if workspace is not None and landlock_fd >= 0:
         landlock_fd = workspace[2]  # the policy's rules and the overlay's root
+    if hosts is not None and landlock_fd >= 0 and workspace is None:
+        landlock_fd = hosts[1]  # the policy's rules and the pinned hosts file
     req = ffi.new("struct asl_spawn_req *", template.req[0])
     keep = [template, _strings(req, paths, args, env, cwd)]
     fd_map = ffi.new("struct asl_fd_map[]", [(src, dst) for dst, src in enumerate(fds)] or 1)
@@ -264,6 +269,8 @@ def spawn(plan: Plan | Compiled, *, path: str | tuple[str, ...], args: Sequence[
                 keep.append(where)
                 req.workspace_fd = _above(workspace[0], len(fds), child_ends)
                 req.workspace_path = where
+            if hosts is not None:  # pinned names (issue 10)
+                req.hosts_fd = _above(hosts[0], len(fds), child_ends)
             pidfd_out = ffi.new("int *", -1)
             pid = lib.asl_spawn(req, pidfd_out)
         if pid < 0:

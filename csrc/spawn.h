@@ -19,18 +19,19 @@ enum asl_step {
     ASL_STEP_PDEATHSIG = 3,
     ASL_STEP_FDS = 4,
     ASL_STEP_WORKSPACE = 5, /* copy-on-write workspace (issue 12) */
-    ASL_STEP_CHDIR = 6,
-    ASL_STEP_RAISE_RLIMIT = 7,
-    ASL_STEP_NETWORK = 8,
-    ASL_STEP_IDENTITY = 9,
-    ASL_STEP_CAPABILITIES = 10,
-    ASL_STEP_NO_NEW_PRIVS = 11,
-    ASL_STEP_LANDLOCK = 12,
-    ASL_STEP_SIGMASK = 13,
-    ASL_STEP_SECCOMP = 14,
-    ASL_STEP_LISTENER = 15,
-    ASL_STEP_RLIMIT = 16,
-    ASL_STEP_EXECVE = 17
+    ASL_STEP_HOSTS = 6,     /* pinned names: synthetic /etc/hosts (issue 10) */
+    ASL_STEP_CHDIR = 7,
+    ASL_STEP_RAISE_RLIMIT = 8,
+    ASL_STEP_NETWORK = 9,
+    ASL_STEP_IDENTITY = 10,
+    ASL_STEP_CAPABILITIES = 11,
+    ASL_STEP_NO_NEW_PRIVS = 12,
+    ASL_STEP_LANDLOCK = 13,
+    ASL_STEP_SIGMASK = 14,
+    ASL_STEP_SECCOMP = 15,
+    ASL_STEP_LISTENER = 16,
+    ASL_STEP_RLIMIT = 17,
+    ASL_STEP_EXECVE = 18
 };
 
 /* How the child takes the identity of a policy's uid/gid (docs/files.md). */
@@ -113,6 +114,10 @@ struct asl_spawn_req {
      * child's own mount namespace.  workspace_path NULL: no workspace. */
     int workspace_fd;
     const char *workspace_path;
+    /* pinned names (asyncsandlock/_pinned.py): a detached bind mount of the
+     * synthetic hosts file, attached over /etc/hosts in the child's own
+     * mount namespace.  0: none (fd 0 is always one of the child's own). */
+    int hosts_fd;
     int32_t reached;              /* written by the child: the step it is in */
 };
 

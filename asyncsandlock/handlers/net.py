@@ -104,8 +104,8 @@ class NetTargets:
     """A policy's network rules, its host names resolved once (on the
     Sandbox's first run; a new Sandbox resolves anew)."""
 
-    __slots__ = ("allow", "allow_unix", "deny", "policy", "resolved", "resolving", "unix_roots",
-                 "verdicts")
+    __slots__ = ("allow", "allow_unix", "deny", "hosts", "policy", "resolved", "resolving",
+                 "unix_roots", "verdicts")
 
     def __init__(self, allow: Iterable[NetRule], deny: Iterable[NetRule],
                  allow_unix: bool, unix_roots: tuple[str, ...] = ()) -> None:
@@ -122,6 +122,8 @@ class NetTargets:
         self.resolved = not self.policy.names()
         #: Set when a resolution under way ends (concurrent first runs wait for it).
         self.resolving: anyio.Event | None = None
+        #: The synthetic hosts file of the pinned names (``_pinned.py``), once made.
+        self.hosts: bytes | None = None
 
     async def resolve(self, on_unavailable: UnavailableHandler) -> None:
         """Resolve the host names of the rules; a name that does not resolve
@@ -500,10 +502,18 @@ def net_guards(sandbox: Sandbox) -> list[Handler]:
     return guards
 
 
-async def resolve_names(sandbox: Sandbox) -> None:
-    """Resolve the host names of ``sandbox``'s rules, once per Sandbox."""
+def net_targets(sandbox: Sandbox) -> NetTargets | None:
+    """The rules ``sandbox``'s network guard checks (None: no guard)."""
     from . import builtin_handlers
 
     for handler in builtin_handlers(sandbox):
         if isinstance(handler, NetGuard):
-            await handler.targets.resolve(sandbox.on_unavailable)
+            return handler.targets
+    return None
+
+
+async def resolve_names(sandbox: Sandbox) -> None:
+    """Resolve the host names of ``sandbox``'s rules, once per Sandbox."""
+    targets = net_targets(sandbox)
+    if targets is not None:
+        await targets.resolve(sandbox.on_unavailable)
