@@ -12,8 +12,8 @@ before ``dns`` in nsswitch.conf), with no DNS traffic.
 How it reaches the child
 ------------------------
 As the workspace does (``_kernel/_overlay.py``): the parent writes the
-file on a small detached tmpfs of its own and takes a detached bind mount
-of just that file (``open_tree(OPEN_TREE_CLONE)``); the child attaches it
+file on a small detached tmpfs of its own, and each spawn takes a detached
+bind mount of just that file (``open_tree(OPEN_TREE_CLONE)``); the child attaches it
 over ``/etc/hosts`` in a mount namespace of its own (``mount_hosts`` in
 csrc/spawn.c).  The host's mount table never changes, and the mount is
 gone with the child's namespace.  This needs ``CAP_SYS_ADMIN`` (a root
@@ -35,10 +35,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from ._core import ffi
 from ._kernel._landlock import abi_version, build_ruleset
 from ._kernel._overlay import detached_tmpfs
-from ._kernel._sys import syscall
 from ._plan import _LANDLOCK_PARTS, Plan, _ruleset_spec
 from .handlers.net import net_targets
 
@@ -46,9 +44,9 @@ if TYPE_CHECKING:
     from ._policy import Sandbox
 
 HOSTS = "/etc/hosts"
+#: The file's name on its tmpfs (``_spawn.spawn`` clones it from there).
+FILE = "hosts"
 MARK = b"# asyncsandlock: the names of net_allow, pinned to the addresses checked"
-_OPEN_TREE_CLONE = 1
-_OPEN_TREE_CLOEXEC = os.O_CLOEXEC
 #: The synthetic file's tmpfs: a hosts file is a few KiB.
 _SIZE = 1 << 20
 
@@ -72,11 +70,14 @@ def hosts_text(pinned: Mapping[str, Sequence[object]], original: bytes) -> bytes
 
 
 def detached_hosts(text: bytes) -> int:
-    """A detached bind mount of a file holding ``text`` (mode 0644, on a
-    tmpfs of its own); its fd.  Writing it is writing to memory: short."""
+    """A detached tmpfs of its own holding ``text`` as ``hosts`` (mode
+    0644); its mount fd.  Each spawn attaches a clone of that one file
+    (``open_tree`` in ``_spawn.spawn``): a mount the child attached cannot
+    be attached again, should the spawn be retried (``confined_spawn``).
+    Writing it is writing to memory: short."""
     mount = detached_tmpfs(_SIZE)
     try:
-        fd = os.open("hosts", os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644,
+        fd = os.open(FILE, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644,
                      dir_fd=mount)
         try:
             view = memoryview(text)
@@ -85,16 +86,17 @@ def detached_hosts(text: bytes) -> int:
             os.fchmod(fd, 0o644)  # whatever our umask
         finally:
             os.close(fd)
-        return syscall("open_tree", mount, ffi.new("char[]", b"hosts"),
-                       _OPEN_TREE_CLONE | _OPEN_TREE_CLOEXEC)
-    finally:
+    except BaseException:
         os.close(mount)
+        raise
+    return mount
 
 
 def pinned_mount(sandbox: Sandbox, plan: Plan) -> tuple[int, int] | None:
-    """For one run of ``sandbox``: the hosts mount and the run's Landlock
-    ruleset (-1 without Landlock), fds the caller closes once the child is
-    spawned; or None: no host name in its rules, or a caller that may not
+    """For one run of ``sandbox``: the hosts file's tmpfs (a mount fd, see
+    :func:`detached_hosts`) and the run's Landlock ruleset (-1 without
+    Landlock), fds the caller closes once the child is spawned; or None: no
+    host name in its rules, or a caller that may not
     mount (EPERM: the names are then not pinned)."""
     targets = net_targets(sandbox)
     if targets is None or not targets.resolved:
@@ -117,7 +119,8 @@ def pinned_mount(sandbox: Sandbox, plan: Plan) -> tuple[int, int] | None:
     with contextlib.ExitStack() as on_fail:
         on_fail.callback(os.close, mount)
         spec = _ruleset_spec(sandbox)
-        spec = replace(spec, readable=(*spec.readable, f"/proc/self/fd/{mount}"))
+        # The file's inode: the same in every clone of the mount.
+        spec = replace(spec, readable=(*spec.readable, f"/proc/self/fd/{mount}/{FILE}"))
         ruleset = build_ruleset(spec, abi_version(),
                                 frozenset(plan.degraded & set(_LANDLOCK_PARTS)))
         on_fail.pop_all()

@@ -26,6 +26,7 @@ from typing import Any
 from ._core import ffi, lib
 from ._exceptions import PolicyError, SpawnError
 from ._identity import fill_request
+from ._kernel._sys import syscall
 from ._plan import Compiled, Plan, TemplateKey
 from ._types import Subsystem
 
@@ -35,6 +36,7 @@ STEPS = dict(sorted((getattr(lib, name), name[len("ASL_STEP_"):].lower())
 #: The most fds a child can be given (its fds 0 .. MAX_FDS-1).
 MAX_FDS: int = lib.ASL_MAX_FDS
 _SECCOMP_FILTER_FLAG_NEW_LISTENER = 1 << 3
+_OPEN_TREE_CLONE = 1
 _REPORT_SIZE = ffi.sizeof("struct asl_report")
 
 
@@ -205,9 +207,9 @@ def spawn(plan: Plan | Compiled, *, path: str | tuple[str, ...], args: Sequence[
 
     ``workspace``: (a detached overlay mount fd, the path it is attached
     over in the child's own mount namespace, the run's own Landlock ruleset
-    fd or -1); see ``_workspace.py``.  ``hosts``: (a detached bind mount to
-    attach over /etc/hosts, the run's own Landlock ruleset fd or -1); see
-    ``_pinned.py``.
+    fd or -1); see ``_workspace.py``.  ``hosts``: (a detached tmpfs whose
+    file ``hosts`` a clone of is attached over /etc/hosts, the run's own
+    Landlock ruleset fd or -1); see ``_pinned.py``.
 
     ``plan``: a plan (its request is built for this spawn alone), or the
     :class:`Compiled` owner of one: its current plan, with the request
@@ -269,8 +271,11 @@ def spawn(plan: Plan | Compiled, *, path: str | tuple[str, ...], args: Sequence[
                 keep.append(where)
                 req.workspace_fd = _above(workspace[0], len(fds), child_ends)
                 req.workspace_path = where
-            if hosts is not None:  # pinned names (issue 10)
-                req.hosts_fd = _above(hosts[0], len(fds), child_ends)
+            if hosts is not None:  # pinned names (issue 10): a clone of the file
+                clone = syscall("open_tree", hosts[0], ffi.new("char[]", b"hosts"),
+                                _OPEN_TREE_CLONE | os.O_CLOEXEC)
+                child_ends.callback(os.close, clone)
+                req.hosts_fd = _above(clone, len(fds), child_ends)
             pidfd_out = ffi.new("int *", -1)
             pid = lib.asl_spawn(req, pidfd_out)
         if pid < 0:

@@ -35,6 +35,9 @@ async def test_a_name_rule_pins_the_checked_addresses() -> None:
     assert seen.startswith(MARK + b"\n")
     assert {line.split()[0].decode() for line in resolved.splitlines()} == checked
     assert result.returncode != 0  # the child cannot rewrite it
+    # Nor uncover the host's file; and a second run gets a mount of its own.
+    again = await sb.run(["sh", "-c", "umount /etc/hosts; head -1 /etc/hosts"])
+    assert again.stdout == MARK + b"\n"
     # The caller's namespace and file are as they were.
     assert _mounts() == before
     assert pathlib.Path("/etc/hosts").read_bytes() == host_file
