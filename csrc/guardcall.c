@@ -17,6 +17,8 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <stdint.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
@@ -49,6 +51,36 @@ int asl_net_take(int pidfd, int number, int info[4])
         }
     }
     info[3] = fcntl(fd, F_GETFL);
+    return fd;
+}
+
+#define NOTIF_ID_VALID 0x40082102UL /* SECCOMP_IOCTL_NOTIF_ID_VALID */
+
+/* A guarded call's first look at the target, in one crossing: the socket
+ * (asl_net_take), `len` bytes at `addr` in `pid` into `buf`, then whether
+ * notification `id` of `listener` is still pending.  While it is, the
+ * target is alive and blocked in the call, so its id was still its own
+ * during both looks (see _kernel/_notify.py).  The socket's fd, or -errno:
+ * -ESRCH when the target is gone, -EFAULT when part of the range is not
+ * mapped; nothing stays open on failure. */
+int asl_net_fetch(int listener, uint64_t id, int pidfd, int number, int pid,
+                  unsigned long addr, unsigned long len, void *buf, int info[4])
+{
+    int fd = asl_net_take(pidfd, number, info);
+    if (fd < 0)
+        return fd;
+    long got = len ? asl_peek(pid, addr, buf, len) : 0;
+    int err = 0;
+    if (ioctl(listener, NOTIF_ID_VALID, &id) < 0)
+        err = errno == ENOENT ? ESRCH : errno;
+    else if (got < 0)
+        err = (int)-got;
+    else if ((unsigned long)got != len)
+        err = EFAULT;
+    if (err) {
+        close(fd);
+        return -err;
+    }
     return fd;
 }
 

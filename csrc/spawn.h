@@ -166,6 +166,11 @@ int asl_socket_in(int nsfd, int domain, int type, int protocol);
  * is writable and call asl_net_connected (`started`: connect's errno). */
 long asl_peek(int pid, unsigned long addr, void *buf, unsigned long len);
 int asl_net_take(int pidfd, int number, int info[4]);
+/* asl_net_fetch: asl_net_take, then asl_peek, then ID_VALID on `listener`
+ * for notification `id` (the one check covers both looks); the fd or -errno
+ * (-ESRCH: the target is gone). */
+int asl_net_fetch(int listener, uint64_t id, int pidfd, int number, int pid,
+                  unsigned long addr, unsigned long len, void *buf, int info[4]);
 int asl_net_connect(int fd, const void *addr, unsigned len, int wait, int *started);
 int asl_net_connected(int fd, int started);
 /* CDEF-END */

@@ -202,10 +202,10 @@ def _c_result(rc: int) -> int:
 class _Call:
     """One trapped call's socket: the child's, copied into our fd table."""
 
-    def __init__(self, targets: NetTargets, target: Target, number: int, *,
-                 confirm: bool = True) -> None:
-        """``confirm=False``: the caller reads the target's memory next, and
-        that read's own check confirms this look at the target too."""
+    def __init__(self, targets: NetTargets, target: Target, number: int,
+                 address: tuple[int, int] | None = None) -> None:
+        """``address``: (pointer, length) of a sockaddr to read with the
+        socket, in the same C call and under the same check (:attr:`raw`)."""
         self.targets = targets
         self.target = target
         if number < 0:
@@ -213,10 +213,23 @@ class _Call:
         # The copy, and its family, type, protocol and file flags, in one C
         # call (ENOTSOCK for anything but a socket): this is every connect.
         info = _INFO  # read before anything else can run on the loop
-        self.fd = target.own(target.through_pidfd(
-            lambda pidfd: _c_result(lib.asl_net_take(pidfd, number, info))))
-        if confirm:
+        #: The sockaddr read with the socket (``address``), else empty.
+        self.raw = b""
+        if address is None:
+            self.fd = target.own(target.through_pidfd(
+                lambda pidfd: _c_result(lib.asl_net_take(pidfd, number, info))))
             target.confirm()
+        else:
+            pointer, length = address
+            if not 0 <= length <= _SOCKADDR_MAX:
+                raise OSError(errno.EINVAL, "bad address length")
+            ctx = target.ctx
+            buf = bytearray(length)
+            into = ffi.from_buffer(buf)
+            listener = ctx._listener.fd
+            self.fd = target.own(target.through_pidfd(lambda pidfd: _c_result(lib.asl_net_fetch(
+                listener, ctx.id, pidfd, number, ctx.pid, pointer, length, into, info))))
+            self.raw = bytes(buf)
         self.family = info[0]
         self.kind = ("tcp" if info[1] == socket.SOCK_STREAM
                      else "icmp" if info[2] in _ICMP else "udp")
@@ -322,13 +335,11 @@ class NetGuard(Handler):
         try:
             with Target(ctx) as target:
                 # The socket first, as the kernel does (EBADF, ENOTSOCK before
-                # a bad address), then the address: the read's check that the
-                # notification is still pending covers both looks by id.
-                call = _Call(self.targets, target, int_arg(ctx.args[0]), confirm=False)
-                raw = await _read_addr(ctx, ctx.args[1], int_arg(ctx.args[2]))
-                if not raw:
-                    target.confirm()
-                checked = call.address(raw)
+                # a bad address), then the address, in one C call with one
+                # check that the notification is still pending after both.
+                call = _Call(self.targets, target, int_arg(ctx.args[0]),
+                             (ctx.args[1], int_arg(ctx.args[2])))
+                checked = call.address(call.raw)
                 return await _connect(call, checked)
         except OSError as exc:
             return NotifAction.errno(exc.errno or errno.EPERM)
