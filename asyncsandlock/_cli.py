@@ -13,6 +13,7 @@ import anyio
 from anyio.abc import TaskStatus
 
 from ._exceptions import SandboxError, SpawnError
+from ._network import NETWORKS
 from ._policy import Sandbox
 from ._process import SandboxedProcess
 from ._result import Result
@@ -70,6 +71,14 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--dry-run", action="store_true",
                      help="list the workspace's changes and apply none")
     run.add_argument("--max-disk", metavar="SIZE", help="bound the workspace layer, e.g. 1G")
+    # network namespaces (issue 10, docs/network-namespaces.md)
+    run.add_argument("--network", choices=NETWORKS, metavar="|".join(NETWORKS),
+                     help="the caller's network (host, the default), a private one with only "
+                          "lo (loopback), or one joined to the caller's by a veth pair (uplink)")
+    run.add_argument("--publish", action="append", type=int, default=[], metavar="PORT",
+                     help="forward a port of the caller's loopback to the sandbox's PORT "
+                          "(with --network loopback|uplink; the address is printed on "
+                          "stderr); repeatable")
     run.add_argument("cmd", nargs=argparse.REMAINDER, help="the command, after --")
     sub.add_parser("check", help="print what this host supports")
     _profile_parsers(sub)
@@ -126,6 +135,7 @@ def _sandbox(ns: argparse.Namespace, *, interactive: bool) -> Sandbox:
         interactive=interactive,
         fs_denied=ns.deny, uid=ns.uid, gid=ns.gid, no_coredump=ns.no_coredump,
         workdir=ns.workdir, on_exit=ns.on_exit, max_disk=ns.max_disk,
+        network=ns.network or "host", publish=ns.publish,
     )
 
 
@@ -161,13 +171,13 @@ def _from_profile(ns: argparse.Namespace, env: dict[str, str], *,
     overrides: dict[str, object] = {"interactive": interactive}
     for flag, field in (("read", "fs_readable"), ("write", "fs_writable"),
                         ("net_allow", "net_allow"), ("net_bind", "net_allow_bind"),
-                        ("deny", "fs_denied")):
+                        ("deny", "fs_denied"), ("publish", "publish")):
         if getattr(ns, flag):
             overrides[field] = [*fields.get(field, ()), *getattr(ns, flag)]
     if env:
         overrides["env"] = {**fields.get("env", {}), **env}
     for flag in ("clean_env", "cwd", "max_processes", "max_open_files", "max_cpu", "cpu_time",
-                 "max_threads", "uid", "gid", "workdir", "max_disk"):
+                 "max_threads", "uid", "gid", "workdir", "max_disk", "network"):
         if getattr(ns, flag) is not None:
             overrides[flag] = getattr(ns, flag)
     if ns.cpu_cores is not None:
@@ -210,6 +220,7 @@ async def _run(ns: argparse.Namespace) -> int:
             proc = await tg.start(runner)
             if proc is not None:
                 terminal.hand_to(proc.pid)
+                _report_published(proc)
     if failures:
         raise failures[0]
     result = results[0]
@@ -222,6 +233,14 @@ async def _run(ns: argparse.Namespace) -> int:
     if result.returncode < 0:
         return 128 - result.returncode
     return result.returncode
+
+
+def _report_published(proc: SandboxedProcess) -> None:
+    """Where each ``--publish`` port is reached from, on stderr."""
+    if proc.network is None:
+        return
+    for port, (host, there) in sorted(proc.network.published.items()):
+        print(f"asyncsandlock: published {port} at {host}:{there}", file=sys.stderr, flush=True)
 
 
 def _report_changes(result: Result, *, dry_run: bool, on_exit: str) -> None:

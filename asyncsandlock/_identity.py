@@ -35,11 +35,22 @@ def plan_identity(uid: int | None, gid: int | None) -> Identity | None:
     return (uid, uid if gid is None else gid, how)
 
 
-def keeps_caps(identity: Identity | None) -> bool:
+def keeps_caps(identity: Identity | None, net_mode: int = lib.ASL_NET_HOST) -> bool:
     """Whether the child may keep a capability (CAP_NET_BIND_SERVICE): not
     once setresuid to a non-zero uid has emptied its sets, nor in a user
-    namespace, whose capabilities reach nothing of the host's network."""
-    return identity is None or (identity[0] == 0 and identity[2] == lib.ASL_IDENTITY_SET)
+    namespace, whose capabilities reach nothing of the host's network; but
+    uid 0 of the user namespace that also owns the sandbox's own network
+    (``ASL_NET_USERNS``: one namespace for both) may bind its low ports."""
+    return identity is None or (identity[0] == 0 and identity[2] == lib.ASL_IDENTITY_SET) \
+        or root_of_network(identity, net_mode)
+
+
+def root_of_network(identity: Identity | None, net_mode: int) -> bool:
+    """Whether the child is uid 0 of a user namespace that owns its network
+    namespace: the one namespace an unprivileged caller's child makes for
+    both (csrc/spawn.c, ``identity_first``)."""
+    return identity is not None and identity[0] == 0 and \
+        identity[2] == lib.ASL_IDENTITY_USERNS and net_mode == lib.ASL_NET_USERNS
 
 
 def core_rlimit(no_coredump: bool) -> tuple[tuple[int, int, int], ...]:

@@ -5,6 +5,7 @@ docs/network-namespaces.md for what each gives)."""
 from __future__ import annotations
 
 import importlib.util
+import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -18,6 +19,7 @@ NET_HOST: int = lib.ASL_NET_HOST
 NET_NEW: int = lib.ASL_NET_NEW
 NET_USERNS: int = lib.ASL_NET_USERNS
 NET_JOIN: int = lib.ASL_NET_JOIN
+CAP_NET_BIND_SERVICE = 10
 CAP_NET_ADMIN = 12
 CAP_SYS_ADMIN = 21
 
@@ -70,6 +72,26 @@ def net_mode(network: str, publish: tuple[int, ...]) -> int:
     if network == "uplink" or publish:
         return NET_JOIN
     return NET_NEW if holds(CAP_SYS_ADMIN) else NET_USERNS
+
+
+def port_start(mode: int, bind: frozenset[int] | None,
+               identity: tuple[int, int, int] | None, keep_caps: int) -> int | None:
+    """The ``net.ipv4.ip_unprivileged_port_start`` a sandbox's own network
+    (``mode`` other than :data:`NET_HOST`) gets, so that a child without
+    CAP_NET_BIND_SERVICE (any uid but 0 loses it at execve) can bind the low
+    ports ``bind`` lists: the lowest of them (0 for every port).  None: left
+    at the kernel's 1024, when nothing below it is to be bound or the child
+    ends as uid 0 holding the capability.  Landlock still decides which TCP
+    ports may be bound; the sysctl is the sandbox's network's own."""
+    if mode == NET_HOST:
+        return None
+    low = 0 if bind is None else min((p for p in bind if 0 < p < 1024), default=None)
+    if low is None:
+        return None
+    uid = identity[0] if identity is not None else os.geteuid()
+    if uid == 0 and keep_caps >> CAP_NET_BIND_SERVICE & 1:
+        return None
+    return low
 
 
 def _load_pyroute2() -> None:

@@ -55,13 +55,13 @@ import anyio
 from ._enforcement import consequence, unenforced
 from ._exceptions import ConfinementUnavailable
 from ._handler import route
-from ._identity import core_rlimit, keeps_caps, plan_identity
+from ._identity import core_rlimit, keeps_caps, plan_identity, root_of_network
 from ._kernel._bpf import DEFAULT_DENY, FilterSpec, build_filter
 from ._kernel._caps import keep_mask, permitted_mask
 from ._kernel._landlock import RulesetSpec, abi_version, build_ruleset, missing
 from ._kernel._sys import AUDIT_ARCH, SYSCALLS
 from ._limits import limits_protection
-from ._network import net_mode
+from ._network import net_mode, port_start
 from ._types import Protection, Subsystem
 from .handlers import guarded_syscalls
 from .handlers.net import resolve_names
@@ -103,6 +103,8 @@ class Plan:
     allow_icmp: bool = False
     #: enum asl_net_mode: where the child's network comes from (``_network.net_mode``).
     net_mode: int = 0
+    #: Its own network's ip_unprivileged_port_start, or None (``_network.port_start``).
+    port_start: int | None = None
 
     @property
     def landlock_fd(self) -> int:
@@ -372,15 +374,18 @@ async def owner_of(policy: Sandbox) -> Compiled:
             rule.covers("tcp") and rule.any_host and rule.ports is None for rule in rules)
         bind = policy.bind_ports()
         identity = plan_identity(policy.uid, policy.gid)
+        how_net = net_mode(policy.network, tuple(policy.publish))
+        keep = keep_mask(frozenset({1}) if bind is None else bind - {0},
+                         own_namespace=root_of_network(identity, how_net)) \
+            if keeps_caps(identity, how_net) else 0
         plan = Plan(ruleset_fd, _new_key(), _rlimits(policy) + core_rlimit(policy.no_coredump),
                     frozenset(degraded), udp, policy.allow_unix_sockets or bool(policy.unix_allow),
-                    deny, keep_mask(frozenset({1}) if bind is None else bind - {0})
-                    if keeps_caps(identity) else 0,
+                    deny, keep,
                     guarded=guarded_syscalls(policy), allow_sysv_ipc=policy.allow_sysv_ipc,
                     interactive=policy.interactive, fastopen_ok=every_tcp_port,
                     identity=identity, limits=limits_protection(policy),
                     allow_icmp=any(rule.protocol == "icmp" for rule in rules),
-                    net_mode=net_mode(policy.network, tuple(policy.publish)))
+                    net_mode=how_net, port_start=port_start(how_net, bind, identity, keep))
         owner = _owners[policy] = Compiled(plan)
     finally:
         if _owners.get(policy) is decision:  # refused: the next run asks again

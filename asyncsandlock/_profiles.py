@@ -157,7 +157,8 @@ def _load(name_or_path: str | os.PathLike[str], *, base: str | None,
     except tomllib.TOMLDecodeError as exc:
         raise PolicyError("profile", f"{source}: {exc}") from None
     raw = _sandlock_fields(data, source)
-    raw.update({k: v for k, v in data.items() if k not in _SANDLOCK_SECTIONS})
+    raw.update({k: v for k, v in data.items()
+                if k not in _SANDLOCK_SECTIONS or _our_field(k, v)})
     parent: Profile | None = None
     extends = raw.pop("extends", None)
     if extends is not None:
@@ -188,12 +189,21 @@ def _load(name_or_path: str | os.PathLike[str], *, base: str | None,
     return profile
 
 
+def _our_field(key: str, value: object) -> bool:
+    """Whether ``key``, also the name of a sandlock section, is our field of
+    that name: ``network = "loopback"`` is ``Sandbox.network``, while
+    ``[network]`` is sandlock's table of rules (one file has one or the other)."""
+    return not isinstance(value, dict) and key in sandbox_fields()
+
+
 def _sandlock_fields(data: Mapping[str, Any], source: str) -> dict[str, Any]:
     """The policy fields of sandlock's sections in ``data``."""
     known = sandbox_fields()
     out: dict[str, Any] = {}
     for section in _SANDLOCK_SECTIONS & data.keys():
         table = data[section]
+        if _our_field(section, table):
+            continue
         if not isinstance(table, dict):
             raise PolicyError(section, f"[{section}] in {source} must be a table")
         for key, value in table.items():

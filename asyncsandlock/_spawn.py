@@ -142,15 +142,24 @@ def _net_mode(req: Any, plan: Plan) -> tuple[Any, ...]:
     returns the arrays the request points into.  ``ASL_NET_JOIN`` is set per
     spawn, with the namespace the parent made (``spawn(netns_fd=...)``)."""
     mode = plan.net_mode
-    if Subsystem.NETWORK_NAMESPACE in plan.degraded or mode == lib.ASL_NET_JOIN:
+    own = Subsystem.NETWORK_NAMESPACE not in plan.degraded and mode != lib.ASL_NET_HOST
+    if not own or mode == lib.ASL_NET_JOIN:
         mode = lib.ASL_NET_HOST
     req.net_mode = mode
+    start: tuple[Any, ...] = ()
+    if own and plan.port_start is not None:  # the child writes it only in a network of its own
+        start = (ffi.new("char[]", str(plan.port_start).encode()),)
+        req.port_start = start[0]
     if mode != lib.ASL_NET_USERNS:
-        return ()
-    uid_map = ffi.new("char[]", f"{os.geteuid()} {os.geteuid()} 1".encode())
-    gid_map = ffi.new("char[]", f"{os.getegid()} {os.getegid()} 1".encode())
+        return start
+    # Each id to itself: ours, or, where the child has already taken the
+    # policy's with setresuid (csrc/spawn.c, identity_first), those.
+    uid, gid = ((req.uid, req.gid) if req.identity == lib.ASL_IDENTITY_SET
+                else (os.geteuid(), os.getegid()))
+    uid_map = ffi.new("char[]", f"{uid} {uid} 1".encode())
+    gid_map = ffi.new("char[]", f"{gid} {gid} 1".encode())
     req.net_uid_map, req.net_gid_map = uid_map, gid_map
-    return uid_map, gid_map
+    return (*start, uid_map, gid_map)
 
 
 def _strings(req: Any, paths: tuple[str, ...], args: Sequence[bytes],

@@ -2,21 +2,26 @@
 sandboxes, enforced from the caller's event loop.
 
 Without a cgroup of its own (none can be had on a host whose cgroup v2
-hierarchy is not delegated to us; see ``cgroup_v2_delegated``), a sandbox's
+hierarchy is not delegated to us; see ``_cgroup.py``), a sandbox's
 use of memory and CPU is only known by looking: one task per event loop,
 started with the first sandbox that needs it and ended with the last, wakes
-when the most pressing of them is due, reads what every watched sandbox uses
-in one walk of ``/proc`` (``asl_scan_groups`` in ``csrc/group.c``: a
-fraction of a millisecond), and acts:
+when the most pressing of them is due, reads in one call into the C core
+(``csrc/group.c``) what every sandbox whose look may be made then uses, and
+acts.  Each sandbox's processes (its members: its process group, which
+nothing inside can leave) are kept with fds held on their ``/proc`` statm
+and stat files, read again from offset 0 at each look; new members are found
+by probing the pids handed out since the last look (``discover``), with a
+walk of ``/proc`` as a net every :data:`WALK_INTERVAL` seconds.
 
 - ``max_memory``: the resident pages of all the sandbox's processes together
-  (``rss`` of each stat: anonymous, file and shared memory pages it has
-  really touched; address space reserved and never touched counts nothing).
+  (``rss``: anonymous, file and shared memory pages it has really touched;
+  address space reserved and never touched counts nothing).
   Over the budget, the sandbox is killed with ``ExitReason.MEMORY_LIMIT``.
   The next look is due when a sandbox growing at :data:`GROWTH` could have
   used its headroom: rarely while it is far below, every
-  :data:`MIN_INTERVAL` near the limit, so the overshoot is at most what it
-  allocates in that time (measured: docs/limits.md).
+  :data:`MIN_INTERVAL` near the limit (:data:`GROWING_INTERVAL` while it
+  grows there), so the overshoot is at most what it allocates in that time
+  (measured: docs/limits.md).
 - ``cpu_time``: the CPU seconds of its processes, those that ended included
   (a process's time moves into its parent's ``cutime`` when the parent reaps
   it, and the parent is a member too; one reaped by someone else -- an
@@ -39,6 +44,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import resource
 import signal
 import time
 import weakref
@@ -51,6 +57,7 @@ import anyio.lowlevel
 
 from ._background import Background
 from ._core import ffi, lib
+from ._fd import close_fd
 from ._types import ExitReason
 
 PAGE: Final = os.sysconf("SC_PAGE_SIZE")
@@ -60,10 +67,26 @@ HZ: Final = os.sysconf("SC_CLK_TCK")
 GROWTH: Final = 4 << 30
 #: Bounds of the time between two looks at a sandbox, in seconds.
 MIN_INTERVAL: Final = 0.005
+#: The shortest, for a sandbox growing near its memory budget.
+GROWING_INTERVAL: Final = 0.001
 MAX_INTERVAL: Final = 0.25
 #: How often a sandbox under ``max_cpu`` is looked at while it runs: the
 #: longest it can run above its share before it is stopped.
 CPU_PERIOD: Final = 0.05
+#: The longest time between two looks at a sandbox's CPU time (under
+#: ``cpu_time`` alone, looks are due when its remaining seconds could be
+#: spent on all its cores): what a member reaped by an outsider may have
+#: used unseen since the last look (docs/limits.md).
+CPU_TIME_INTERVAL: Final = 1.0
+#: Most pids handed out since the last look that are probed one by one;
+#: more, and /proc is walked instead (about the same cost).
+PROBE_MAX: Final = 1024
+#: /proc is walked at least this often (seconds) while anything is watched,
+#: whatever the probes found: a net under them.
+WALK_INTERVAL: Final = 2.0
+#: Most fds the watcher holds on members' /proc files (and at most a
+#: quarter of RLIMIT_NOFILE); members beyond are read by path.
+FD_BUDGET: Final = 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,24 +103,33 @@ class Watched:
     cores: int
 
 
-def _next(now: float, interval: float) -> float:
-    """When a look ``interval`` seconds from ``now`` is due, brought forward
-    onto a grid (5 ms times a power of two, at most the interval): sandboxes
-    with like intervals fall due together and share one walk of /proc,
-    rather than costing one each; a look is never later than asked."""
-    interval = min(max(interval, MIN_INTERVAL), MAX_INTERVAL)
-    grid = MIN_INTERVAL
-    while grid * 2 <= interval:
-        grid *= 2
-    due = math.floor((now + interval) / grid) * grid
-    return due if due > now else due + grid
+def _next(now: float, interval: float, early: float = 0.5, longest: float = MAX_INTERVAL,
+          shortest: float = MIN_INTERVAL) -> tuple[float, float]:
+    """When a look ``interval`` seconds from ``now`` may be made, and when it
+    is due: never later than asked, and taken up to half the interval early
+    when the watcher wakes for another sandbox anyway.  Half is what makes
+    sandboxes with like intervals fall due together for good (two groups
+    of them half an interval apart or less are merged at the first wake-up
+    of either), so one wake-up serves them all and each is looked at no
+    more often than its interval once they have.  ``early``: the part of
+    the interval it may be taken early (a CPU look of a sandbox whose
+    memory is watched takes a quarter: its memory looks wake the watcher
+    anyway, and a stat costs three statm); ``longest``, ``shortest``: the
+    most and the least it may be."""
+    # Comparisons, not min() and max(): this runs at every look.
+    if interval < shortest:
+        interval = shortest
+    elif interval > longest:
+        interval = longest
+    return now + interval * (1 - early), now + interval
 
 
 class _Entry:
     """One watched sandbox."""
 
-    __slots__ = ("alive", "cores", "cpu_due", "due", "last", "limits", "mem_due", "pgid",
-                 "retired", "seen", "stop", "stopped", "ticks", "tokens")
+    __slots__ = ("alive", "cores", "cpu_due", "cpu_early", "cpu_soon", "due", "last", "limits",
+                 "mem_due", "mem_soon", "members", "pages", "pgid", "retired", "seen", "soon",
+                 "stop", "stopped", "ticks", "tokens", "wants_cpu")
 
     def __init__(self, pgid: int, limits: Watched, alive: Callable[[], bool],
                  stop: Callable[[ExitReason], None]) -> None:
@@ -109,12 +141,17 @@ class _Entry:
         now = time.monotonic()
         # The first looks when the sandbox could first be over: a spawn
         # costs no walk of /proc (a short command never gets one).
-        self.mem_due = math.inf if limits.memory is None else _next(now, limits.memory / GROWTH)
-        self.cpu_due = math.inf
+        #: When the next look at its memory, and at its CPU, may be made and is due.
+        self.mem_soon = self.mem_due = self.cpu_soon = self.cpu_due = math.inf
+        if limits.memory is not None:
+            self.mem_soon, self.mem_due = _next(now, limits.memory / GROWTH)
+        self.cpu_early = 0.5 if limits.memory is None else 0.25
         if limits.cpu_share is not None:
-            self.cpu_due = _next(now, CPU_PERIOD)
+            self.cpu_soon, self.cpu_due = _next(now, CPU_PERIOD, self.cpu_early)
         elif limits.cpu_time is not None:
-            self.cpu_due = _next(now, limits.cpu_time / self.cores)
+            self.cpu_soon, self.cpu_due = _next(now, limits.cpu_time / self.cores, self.cpu_early,
+                                                CPU_TIME_INTERVAL)
+        self.soon = min(self.mem_soon, self.cpu_soon)
         self.due = min(self.mem_due, self.cpu_due)
         #: pid -> (ticks, whether its parent was a member) when last seen.
         self.seen: dict[int, tuple[int, bool]] = {}
@@ -124,6 +161,11 @@ class _Entry:
         self.last = now
         self.tokens = 0.0
         self.stopped = False
+        #: Resident pages of all its members at the last look.
+        self.pages = 0
+        #: pid -> fds held on its /proc statm and stat files (-1: none).
+        self.members: dict[int, tuple[int, int]] = {}
+        self.wants_cpu = limits.cpu_share is not None or limits.cpu_time is not None
 
     def signal(self, sig: int) -> None:
         if self.alive():
@@ -133,16 +175,34 @@ class _Entry:
     def update(self, members: list[Any], now: float, cpu: bool) -> None:
         """Act on what its processes use now (``members``: asl_member
         records; ``cpu``: with their CPU times, else their memory alone)."""
-        limits = self.limits
-        rss = sum(m.rss_pages for m in members) * PAGE
-        if limits.memory is not None:
-            if rss > limits.memory:
-                self.finish(ExitReason.MEMORY_LIMIT)
-                return
-            self.mem_due = _next(now, (limits.memory - rss) / GROWTH)
+        if not self.memory(sum(m.rss_pages for m in members), now):
+            return
         if cpu and not self.account_cpu(members, now):
             return
+        self.soon = min(self.mem_soon, self.cpu_soon)
         self.due = min(self.mem_due, self.cpu_due)
+
+    def memory(self, pages: int, now: float) -> bool:
+        """Act on ``pages`` resident in all; False if it was stopped."""
+        budget = self.limits.memory
+        if budget is not None:
+            rss = pages * PAGE
+            if rss > budget:
+                self.finish(ExitReason.MEMORY_LIMIT)
+                return False
+            # Within MIN_INTERVAL of the budget at GROWTH, a sandbox that
+            # grew since the last look is looked at every GROWING_INTERVAL:
+            # its overshoot is what it takes in that time (it is about to
+            # be stopped, or to stop growing, so it does not cost long); one
+            # that holds still there every MIN_INTERVAL.
+            shortest = GROWING_INTERVAL if pages > self.pages else MIN_INTERVAL
+            self.pages = pages
+            self.mem_soon, self.mem_due = soon, due = _next(now, (budget - rss) / GROWTH,
+                                                            shortest=shortest)
+            # The watcher's most frequent call: no min() calls.
+            self.soon = soon if soon < self.cpu_soon else self.cpu_soon
+            self.due = due if due < self.cpu_due else self.cpu_due
+        return True
 
     def account_cpu(self, members: list[Any], now: float) -> bool:
         """Account the CPU times in ``members``; False if it was stopped."""
@@ -167,12 +227,13 @@ class _Entry:
         if limits.cpu_time is not None and total / HZ > limits.cpu_time:
             self.finish(ExitReason.CPU_LIMIT)
             return False
-        interval = MAX_INTERVAL
+        interval = longest = CPU_TIME_INTERVAL
         if limits.cpu_time is not None:
             interval = min(interval, (limits.cpu_time - total / HZ) / self.cores)
         if limits.cpu_share is not None:
             interval = min(interval, self.duty(used, elapsed))
-        self.cpu_due = _next(now, interval)
+            longest = MAX_INTERVAL
+        self.cpu_soon, self.cpu_due = _next(now, interval, self.cpu_early, longest)
         return True
 
     def duty(self, used: float, elapsed: float) -> float:
@@ -201,23 +262,132 @@ class _Watcher:
 
     def __init__(self) -> None:
         self.entries: list[_Entry] = []
+        #: Every member of every entry, in the arrays the C core reads (pids,
+        #: statm fds, stat fds, index of its entry in self.entries), with
+        #: their count; None once members or entries change.
+        self.table: tuple[Any, Any, Any, Any, list[int]] | None = None
+        #: pgid -> entry, and its keys sorted (for the C calls), rebuilt on change.
+        self.groups: dict[int, _Entry] = {}
+        self.sorted_groups: Any = None
         self.wake = anyio.Event()
         self.task: Background | None = None
         #: When the task is to wake next.
         self.until = 0.0
         self.room = 64
         self.out = ffi.new("struct asl_member[]", self.room)
+        #: The fd of /proc/sys/kernel/ns_last_pid while the task runs (-1: none;
+        #: opened when it is started, closed by it when it ends).
+        self.last_pid_fd = -1
+        #: The next pid not yet probed; None: unknown (walk /proc instead).
+        self.cursor: int | None = None
+        #: Pids that named nothing when last probed, to probe again once.
+        self.pending: list[int] = []
+        #: When /proc is next walked whatever the probes found.
+        self.walk_due = 0.0
+        #: fds held on members' /proc files, and how many may be.
+        self.held = 0
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        self.fd_budget = FD_BUDGET if soft == resource.RLIM_INFINITY else min(FD_BUDGET, soft // 4)
 
     def add(self, entry: _Entry) -> None:
         self.entries.append(entry)
+        self.table = None
+        self.groups[entry.pgid] = entry
+        self.sorted_groups = None
+        # The leader is ours until it is reaped (on this thread, later).
+        self.attach(entry, entry.pgid)
         if self.task is None or self.task.done:
-            self.task = Background.start(self.serve, "asyncsandlock limits watcher")
+            self.start(entry.pgid)
+        elif self.cursor is not None:
+            # Its children may have been forked already: probe from its pid
+            # on (pids are handed out in rising order until they wrap).
+            back = self.cursor - (entry.pgid + 1)
+            if 0 < back <= PROBE_MAX:
+                self.cursor = entry.pgid + 1
+            elif abs(back) > PROBE_MAX:
+                self.walk_due = 0.0
+            if entry.due < self.until:
+                self.wake.set()
         elif entry.due < self.until:
             self.wake.set()
 
+    def start(self, first: int) -> None:
+        """Start the task, for a first sandbox whose leader is pid ``first``."""
+        try:
+            self.last_pid_fd = os.open("/proc/sys/kernel/ns_last_pid", os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            self.last_pid_fd = -1  # no probing: /proc is walked at every look
+        # Its children have pids above its own (a wrap since is seen at the
+        # first look: the last pid is then below it).
+        self.cursor = first + 1
+        self.walk_due = time.monotonic() + WALK_INTERVAL
+        try:
+            self.task = Background.start(self.serve, "asyncsandlock limits watcher")
+        except BaseException:
+            fd, self.last_pid_fd = self.last_pid_fd, -1
+            close_fd(fd, watched=False)
+            raise
+
+    def attach(self, entry: _Entry, pid: int) -> None:
+        """Make ``pid``, found in ``entry``'s group, one of its members, with
+        fds held on its /proc files while the budget lasts (-1: read by path)."""
+        if pid in entry.members:
+            return
+        fds = [-1, -1]
+        for index, name in enumerate(("statm", "stat") if entry.wants_cpu else ("statm",)):
+            if self.held >= self.fd_budget:
+                break
+            try:
+                fds[index] = os.open(f"/proc/{pid}/{name}", os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                for fd in fds:
+                    self.release(fd)
+                return  # gone already (reaped): nothing to watch
+            except OSError:
+                break  # out of fds: read by path
+            self.held += 1
+        entry.members[pid] = (fds[0], fds[1])
+        self.table = None
+
+    def release(self, fd: int) -> None:
+        if fd >= 0:
+            self.held -= 1
+            close_fd(fd, watched=False)
+
+    def detach(self, entry: _Entry, pid: int) -> None:
+        for fd in entry.members.pop(pid, ()):
+            self.release(fd)
+        self.table = None
+
+    def drop(self, entry: _Entry) -> None:
+        for pid in list(entry.members):
+            self.detach(entry, pid)
+        if self.groups.get(entry.pgid) is entry:
+            del self.groups[entry.pgid]
+            self.sorted_groups = None
+
     async def serve(self) -> None:
+        try:
+            await self._serve()
+        finally:
+            for entry in self.entries:
+                self.drop(entry)
+            self.entries = []
+            self.pending.clear()
+            fd, self.last_pid_fd = self.last_pid_fd, -1
+            close_fd(fd, watched=False)
+
+    async def _serve(self) -> None:
         while True:
-            self.entries = [entry for entry in self.entries if entry.alive()]
+            live = []
+            for entry in self.entries:
+                if entry.alive():
+                    live.append(entry)
+                else:
+                    self.drop(entry)
+            if len(live) != len(self.entries):
+                self.entries = live
+                self.table = None
             if not self.entries:
                 return
             self.until = min(entry.due for entry in self.entries)
@@ -239,64 +409,135 @@ class _Watcher:
                     entry.finish(ExitReason.KILLED)
                 raise
 
-    def look(self) -> None:
-        """Read every watched group's use (one /proc walk) and act on it."""
-        now = time.monotonic()
-        entries = [entry for entry in self.entries if entry.due <= now and entry.alive()]
-        if not entries:
-            return
-        groups = sorted({entry.pgid for entry in entries})
-        pgids = ffi.new("int32_t[]", groups)
-        # CPU times (stat) only for those whose CPU look is due; memory
-        # (statm, a third of the cost) for the others.
-        cpu = {entry.pgid for entry in entries if entry.cpu_due <= now}
-        want_cpu = ffi.new("uint8_t[]", [pgid in cpu for pgid in groups])
+    def pgids(self) -> Any:
+        if self.sorted_groups is None:
+            self.sorted_groups = ffi.new("int32_t[]", sorted(self.groups))
+        return self.sorted_groups
+
+    def last_pid(self) -> int | None:
+        """The pid handed out last in our pid namespace, or None."""
+        if self.last_pid_fd < 0:
+            return None
+        try:
+            return int(os.pread(self.last_pid_fd, 32, 0))
+        except (OSError, ValueError):
+            return None
+
+    def discover(self, now: float) -> None:
+        """Attach the processes forked into a watched group since the last look.
+
+        Every process gets the next free pid above the one handed out last
+        (``ns_last_pid``) until they wrap at ``pid_max``, so a new member's
+        pid is one of those handed out since the last look: each is probed
+        (``getpgid``, well under a microsecond) instead of walking all of
+        /proc.  A pid handed out but not yet attached to its process
+        (``fork`` takes it early) names nothing for a moment, so one that
+        names nothing is probed again at the next look.  /proc is
+        walked still when the pids have wrapped, when too many were handed
+        out to probe for less, or every :data:`WALK_INTERVAL` seconds
+        whatever the probes said.
+        """
+        last = self.last_pid()
+        walk = now >= self.walk_due or last is None or self.cursor is None
+        fresh: list[int] = []
+        if last is not None and self.cursor is not None:
+            if not 0 <= last + 1 - self.cursor <= PROBE_MAX:
+                walk = True  # wrapped, or too many since
+            else:
+                fresh = list(range(self.cursor, last + 1))
+        self.cursor = None if last is None else last + 1
+        candidates, self.pending = fresh + self.pending, []
+        if candidates:
+            pgids = self.pgids()
+            result = ffi.new("int32_t[]", len(candidates))
+            members = lib.asl_probe_pids(ffi.new("int32_t[]", candidates), len(candidates),
+                                         pgids, len(self.groups), result)
+            found = ffi.unpack(result, len(candidates))
+            # Those of this look that named nothing, once more at the next.
+            self.pending = [pid for pid, group in zip(fresh, found, strict=False) if group == -2]
+            if members:
+                for pid, group in zip(candidates, found, strict=True):
+                    if group >= 0:
+                        self.attach(self.groups[pgids[group]], pid)
+        if walk:
+            self.walk_due = now + WALK_INTERVAL
+            self.walk()
+
+    def walk(self) -> None:
+        """Attach every process of a watched group, from one walk of /proc."""
+        pgids = self.pgids()
+        count = len(self.groups)
+        want_cpu = ffi.new("uint8_t[]", [2] * count)  # the pids alone
         while True:
-            count = lib.asl_scan_groups(pgids, want_cpu, len(groups), self.out, self.room)
-            if count < 0:
-                raise OSError(-count, f"reading /proc: {os.strerror(-count)}")
-            if count <= self.room:
+            found = lib.asl_scan_groups(pgids, want_cpu, count, self.out, self.room)
+            if found < 0:
+                raise OSError(-found, f"reading /proc: {os.strerror(-found)}")
+            if found <= self.room:
                 break
-            self.room = count * 2
+            self.room = found * 2
             self.out = ffi.new("struct asl_member[]", self.room)
-        members: dict[int, list[Any]] = {pgid: [] for pgid in groups}
-        for index in range(count):
+        for index in range(found):
             member = self.out[index]
-            members[groups[member.group]].append(member)
-        for entry in entries:
-            entry.update(members[entry.pgid], now, entry.pgid in cpu)
+            self.attach(self.groups[pgids[member.group]], member.pid)
 
+    def members_table(self) -> tuple[Any, Any, Any, Any, list[int]]:
+        """The arrays of :attr:`table`, and where each entry's members start
+        in them (one more: the end)."""
+        if self.table is None:
+            pids: list[int] = []
+            statm: list[int] = []
+            stat: list[int] = []
+            owner: list[int] = []
+            starts: list[int] = []
+            for index, entry in enumerate(self.entries):
+                starts.append(len(pids))
+                for pid, (statm_fd, stat_fd) in entry.members.items():
+                    pids.append(pid)
+                    statm.append(statm_fd)
+                    stat.append(stat_fd)
+                    owner.append(index)
+            starts.append(len(pids))
+            if len(pids) > self.room:
+                self.room = len(pids) * 2
+                self.out = ffi.new("struct asl_member[]", self.room)
+            self.table = (ffi.new("int32_t[]", pids), ffi.new("int32_t[]", statm),
+                          ffi.new("int32_t[]", stat), ffi.new("int32_t[]", owner), starts)
+        return self.table
 
-def cgroup_v2_delegated() -> str | None:
-    """The directory of a cgroup v2 group this process could give each
-    sandbox a child of, with the ``memory`` and ``cpu`` controllers enabled
-    for its children and writable by us; None where there is none (a cgroup
-    v1 or hybrid host whose unified hierarchy has no controllers, or a group
-    not delegated to us).  Only reads: it creates nothing.
-
-    Not used to enforce anything yet (see docs/limits.md): it tells whether
-    a cgroup backend could run here, for ``asyncsandlock check`` and tests.
-    """
-    try:
-        with open("/proc/self/mountinfo") as mounts:
-            # Field 5 is the mount point; the fstype follows the " - ".
-            roots = [line.split()[4] for line in mounts
-                     if line.partition(" - ")[2].split()[:1] == ["cgroup2"]]
-        with open("/proc/self/cgroup") as groups:
-            path = next((line.strip()[3:] for line in groups if line.startswith("0::")), None)
-    except OSError:
-        return None
-    if not roots or path is None:
-        return None
-    directory = os.path.join(roots[0], path.lstrip("/"))
-    try:
-        with open(os.path.join(directory, "cgroup.subtree_control")) as control:
-            enabled = control.read().split()
-    except OSError:
-        return None
-    if {"memory", "cpu"} - set(enabled) or not os.access(directory, os.W_OK):
-        return None
-    return directory
+    def look(self) -> None:
+        """Find new members, read the use of every sandbox whose look may be
+        made now (one call into the C core for all), and act on it."""
+        now = time.monotonic()
+        entries = self.entries
+        # 0: not now; 1: memory (statm, a third of the cost of stat); 2: CPU
+        # times too (stat), only for those whose CPU look may be made.
+        want = [0 if entry.soon > now or not entry.alive() else 1 if entry.cpu_soon > now else 2
+                for entry in entries]
+        if not any(want):
+            return
+        self.discover(now)
+        pids, statm, stat, owner, starts = self.members_table()
+        rss = ffi.new("uint64_t[]", len(entries))
+        reaped = lib.asl_read_usage(pids, statm, stat, owner, ffi.new("uint8_t[]", want),
+                                    starts[-1], len(entries), self.out, rss)
+        out = self.out
+        pages = ffi.unpack(rss, len(entries))
+        for index, wanted in enumerate(want):
+            entry = entries[index]
+            if wanted == 1 and not reaped:
+                entry.memory(pages[index], now)  # the most frequent case: kept short
+            elif wanted:
+                records = [out[i] for i in range(starts[index], starts[index + 1])]
+                members = []
+                for member in records:
+                    if member.ended == 2:
+                        self.detach(entry, member.pid)  # reaped: its fds name no one now
+                    else:
+                        members.append(member)
+                if wanted == 1:
+                    entry.memory(pages[index], now)
+                else:
+                    entry.update(members, now, True)
 
 
 _watchers: weakref.WeakKeyDictionary[object, _Watcher] = weakref.WeakKeyDictionary()

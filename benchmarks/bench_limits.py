@@ -1,6 +1,7 @@
 """Resource-limit benchmarks: what the limits cost, and how closely they hold.
 
     .venv/bin/python benchmarks/bench_limits.py [--quick] [--backend asyncio|trio]
+        [--only spawn|watch|versus]
 
 1. ``await sb.run(["/bin/true"])`` with every limit set against the same
    policy without limits (target: at most 1.1x), and with every limit but
@@ -165,21 +166,24 @@ async def bench_versus(report: Report, backend: str, rounds: int) -> None:
                             at_most=1.0), samples)
 
 
-async def run_backend(report: Report, backend: str, quick: bool) -> None:
-    await bench_spawn(report, backend, 20 if quick else 200)
-    await bench_watch(report, backend, 2 if quick else 5)
-    await bench_versus(report, backend, 2 if quick else 5)
+async def run_backend(report: Report, backend: str, quick: bool, only: Sequence[str]) -> None:
+    if "spawn" in only:
+        await bench_spawn(report, backend, 20 if quick else 200)
+    if "watch" in only:
+        await bench_watch(report, backend, 2 if quick else 5)
+    if "versus" in only:
+        await bench_versus(report, backend, 2 if quick else 5)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args("Resource-limit benchmarks.")
+    args = parse_args("Resource-limit benchmarks.", ("spawn", "watch", "versus"))
     print(f"bench_limits{' --quick' if args.quick else ''}: {machine_notes()}")
     print("medians of interleaved rounds; ratios are between contenders of the same run")
     if sandlock is None:
         print("sandlock is not installed (pip install '.[bench]'): compared without it")
     report = Report()
     for backend in args.backend or ("asyncio", "trio"):
-        anyio.run(run_backend, report, backend, args.quick, backend=backend)
+        anyio.run(run_backend, report, backend, args.quick, args.only, backend=backend)
     report.summary()
     return 0
 

@@ -289,7 +289,7 @@ static long loopback_up(void)
  * euid/egid" is met.  A vfork child may unshare a user namespace: the
  * kernel refuses that only to a process that shares its thread group or its
  * fs_struct (CLONE_THREAD, CLONE_FS), not its memory. */
-static long enter_network(const struct asl_spawn_req *req)
+static long new_network(const struct asl_spawn_req *req)
 {
     long rc;
     switch (req->net_mode) {
@@ -300,13 +300,30 @@ static long enter_network(const struct asl_spawn_req *req)
             return rc;
         return loopback_up();
     case ASL_NET_USERNS:
+        /* With ASL_IDENTITY_USERNS, one user namespace for both: the
+         * identity's maps, and set_identity has nothing left to do (see
+         * identity_first). */
         if ((rc = SYS3(SYS_unshare, CLONE_NEWUSER | CLONE_NEWNET, 0, 0)) < 0 ||
-            (rc = write_id_maps(req->net_uid_map, req->net_gid_map)) < 0)
+            (rc = req->identity == ASL_IDENTITY_USERNS
+                      ? write_id_maps(req->uid_map, req->gid_map)
+                      : write_id_maps(req->net_uid_map, req->net_gid_map)) < 0)
             return rc;
         return loopback_up();
     default:
         return 0;
     }
+}
+
+static long enter_network(const struct asl_spawn_req *req)
+{
+    long rc = new_network(req);
+    /* Never for ASL_NET_HOST: that would be the host's sysctl.  The child
+     * holds CAP_NET_ADMIN over the network it is now in (root of the
+     * caller's namespaces, or of its own user namespace, which owns it),
+     * and /proc/sys/net is the network of whoever opens it. */
+    if (rc == 0 && req->port_start && req->net_mode != ASL_NET_HOST)
+        rc = write_whole("/proc/sys/net/ipv4/ip_unprivileged_port_start", req->port_start);
+    return rc;
 }
 
 /* A root child keeps only what the policy needs (CAP_NET_BIND_SERVICE for a
@@ -356,7 +373,7 @@ static long drop_capabilities(const struct asl_spawn_req *req)
 static long set_identity(const struct asl_spawn_req *req)
 {
     long rc;
-    if (req->identity == ASL_IDENTITY_USERNS) {
+    if (req->identity == ASL_IDENTITY_USERNS && req->net_mode != ASL_NET_USERNS) {
         if ((rc = SYS3(SYS_unshare, CLONE_NEWUSER, 0, 0)) < 0 ||
             (rc = write_id_maps(req->uid_map, req->gid_map)) < 0)
             return rc;
@@ -448,6 +465,35 @@ static long mount_hosts(const struct asl_spawn_req *req)
                        (long)"/etc/hosts", MOVE_MOUNT_F_EMPTY_PATH, 0);
 }
 
+/* Sandbox.network with uid/gid (docs/network-namespaces.md), in the order
+ * the privileges each needs allow:
+ *  - ASL_NET_NEW and ASL_NET_JOIN need CAP_SYS_ADMIN over the caller's
+ *    namespaces, which setresuid to another uid (ASL_IDENTITY_SET) takes
+ *    away, and which a user namespace of the identity's (ASL_IDENTITY_USERNS)
+ *    does not give: the network first.
+ *  - ASL_NET_USERNS with ASL_IDENTITY_SET (a caller with CAP_SETUID but not
+ *    CAP_SYS_ADMIN): the identity first.  Once in a user namespace the child
+ *    could only become the one id mapped there; after setresuid it makes the
+ *    namespace as the new uid, and the parent wrote the policy's ids, mapped
+ *    to themselves, into net_uid_map and net_gid_map.
+ *  - ASL_NET_USERNS with ASL_IDENTITY_USERNS (an unprivileged caller): one
+ *    user namespace for both, made by the network step with the identity's
+ *    maps; it owns the network namespace, so that the capabilities kept
+ *    (CAP_NET_BIND_SERVICE for uid 0) reach the sandbox's own network. */
+static int identity_first(const struct asl_spawn_req *req)
+{
+    return req->net_mode == ASL_NET_USERNS && req->identity == ASL_IDENTITY_SET;
+}
+
+/* The network step where identity_first: after the identity step. */
+static void network_after_identity(struct asl_spawn_req *req)
+{
+    long rc;
+    enter(req, ASL_STEP_NETWORK);
+    if ((rc = enter_network(req)) < 0)
+        fail(req, rc);
+}
+
 static int child_main(void *arg)
 {
     struct asl_spawn_req *req = arg;
@@ -484,14 +530,15 @@ static int child_main(void *arg)
     enter(req, ASL_STEP_RAISE_RLIMIT);
     if ((rc = raise_rlimits(req)) < 0)
         fail(req, rc);
-    /* The network first: a new network namespace needs CAP_SYS_ADMIN in the
-     * caller's user namespace, which a uid change would take away. */
+    /* The network first, but see identity_first. */
     enter(req, ASL_STEP_NETWORK);
-    if (req->net_mode != ASL_NET_HOST && (rc = enter_network(req)) < 0)
+    if (!identity_first(req) && (rc = enter_network(req)) < 0)
         fail(req, rc);
     enter(req, ASL_STEP_IDENTITY);
     if ((rc = set_identity(req)) < 0)
         fail(req, rc);
+    if (identity_first(req))
+        network_after_identity(req);
     enter(req, ASL_STEP_CAPABILITIES);
     if ((rc = drop_capabilities(req)) < 0)
         fail(req, rc);

@@ -109,6 +109,10 @@ struct asl_spawn_req {
     int netns_fd;                 /* ASL_NET_JOIN: the namespace to enter */
     const char *net_uid_map;      /* ASL_NET_USERNS: "<uid> <uid> 1", our id to itself */
     const char *net_gid_map;      /* ASL_NET_USERNS: "<gid> <gid> 1" */
+    /* The sandbox's own network's net.ipv4.ip_unprivileged_port_start, as
+     * text, so that a child without CAP_NET_BIND_SERVICE binds the low
+     * net_allow_bind ports there; NULL: left alone. */
+    const char *port_start;
     /* copy-on-write workspace (asyncsandlock/_overlay.py): the detached
      * overlay mount the parent made, attached over workspace_path in the
      * child's own mount namespace.  workspace_path NULL: no workspace. */
@@ -148,9 +152,23 @@ struct asl_member {
 };
 /* Every process of the groups `pgids` (sorted ascending) into `out` (at most
  * `max`); returns how many there are (more than `max`: call again with
- * room), or -errno.  `want_cpu[i]`: 0 if group i needs its memory only. */
+ * room), or -errno.  `want_cpu[i]`: 0 if group i needs its memory only,
+ * 2 if its members' pids only (nothing read). */
 long asl_scan_groups(const int32_t *pgids, const uint8_t *want_cpu, long ngroups,
                      struct asl_member *out, long max);
+/* The members' group indexes of `pids` into result[i]: -1 for a process
+ * of none of `pgids` (sorted) or a thread, -2 for a pid that names nothing
+ * (yet: allocated, not attached; or gone); returns how many are members. */
+long asl_probe_pids(const int32_t *pids, long n, const int32_t *pgids, long ngroups,
+                    int32_t *result);
+/* The use of processes `pids` into out[i], read through the fds held on
+ * their /proc statm and stat files (-1: by path), and the resident pages of
+ * each owner (0 .. nowners-1) into rss[owner].  want[owner[i]]: 0 not read
+ * (out[i].ended 3), 1 memory (statm), 2 memory and CPU times and ppid
+ * (stat).  out[i].ended: 1 a zombie, 2 reaped; returns how many were reaped. */
+long asl_read_usage(const int32_t *pids, const int32_t *statm_fds, const int32_t *stat_fds,
+                    const int32_t *owner, const uint8_t *want, long n, long nowners,
+                    struct asl_member *out, uint64_t *rss);
 /* csrc/netns.c, called by the parent: the calling thread is back in its own
  * network namespace when they return.  A new network namespace (lo down), as
  * an fd; a socket made in network namespace `nsfd`.  -errno on failure. */

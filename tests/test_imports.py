@@ -28,7 +28,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("kernel", ("_core", "_ffi_build", "_kernel", "_holes", "_identity")),
     # anyio-aware primitives over fds and tasks, used by the runtime layers.
     ("support", ("_fd", "_background", "_standby", "_notify_loop", "_pacing", "_streams",
-                 "_watch", "_rtnl", "_publish")),
+                 "_watch", "_cgroup", "_rtnl", "_publish")),
     # The policy as validated data, and what users hand it.
     ("policy", ("_validate", "_groups", "_handler", "_netspec", "_system_paths", "_refusal",
                 "_inputs", "_filespec", "_limits", "_network", "_workdir", "_policy",

@@ -49,7 +49,23 @@ async def test_touched_memory_is_charged(memhog: str) -> None:
     assert time.monotonic() - started < 10
 
 
-async def test_ten_processes_share_one_budget(memhog: str) -> None:
+@pytest.fixture(params=["probes", "walks", "paths"])
+def discovery(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """How the watcher finds a sandbox's new processes and reads them: by
+    probing the pids handed out since its last look alone (no walk of /proc
+    in the test's time), by walking /proc at every look (as where
+    ns_last_pid cannot be read), or with no fds held (past its fd budget:
+    each file opened by path at each look)."""
+    if request.param == "probes":
+        monkeypatch.setattr(_watch, "WALK_INTERVAL", 3600.0)
+    elif request.param == "walks":
+        monkeypatch.setattr(_watch._Watcher, "last_pid", lambda self: None)
+    else:
+        monkeypatch.setattr(_watch, "FD_BUDGET", 0)
+    return str(request.param)
+
+
+async def test_ten_processes_share_one_budget(memhog: str, discovery: str) -> None:
     """Ten processes of 30 MB each under 200 MB: stopped, though each alone
     is far below the budget."""
     started = time.monotonic()
@@ -66,7 +82,8 @@ async def test_ten_processes_within_the_budget_run(memhog: str) -> None:
     assert result.success and result.stdout == b"done\n", result
 
 
-async def test_processes_whose_first_thread_ended_are_charged(memhog: str) -> None:
+async def test_processes_whose_first_thread_ended_are_charged(memhog: str,
+                                                             discovery: str) -> None:
     """Escape: a process whose first thread has ended shows no memory in its
     stat; its memory is read through a live thread instead."""
     result = await _in(memhog, max_memory="200M").run(
@@ -123,15 +140,18 @@ async def test_a_failing_watcher_stops_what_it_watched(memhog: str,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     """Fail closed: if /proc cannot be read, the sandboxes are killed, not
     left running unwatched."""
-    def broken(*args: object) -> int:
-        return -5  # -EIO
+    class Broken:
+        def __getattr__(self, name: str) -> object:
+            def broken(*args: object) -> int:
+                raise OSError(5, "reading /proc")  # EIO
+            return broken
 
-    monkeypatch.setattr(_watch, "lib", type("Lib", (), {"asl_scan_groups": broken}))
+    monkeypatch.setattr(_watch, "lib", Broken())
     result = await _in(memhog, max_memory="50M").run([memhog, "0", "1", "1", "30"], timeout=60)
     assert result.reason is ExitReason.KILLED
 
 
-async def test_an_orphan_is_still_charged(memhog: str) -> None:
+async def test_an_orphan_is_still_charged(memhog: str, discovery: str) -> None:
     """Escape: the memory is taken by a process whose parent exited (it is
     re-parented out of the sandbox's process tree); it is still a member of
     the sandbox's process group, which nothing inside can leave."""

@@ -2,15 +2,28 @@
 
 from __future__ import annotations
 
+import math
 import os
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
-from asyncsandlock import Protection, Sandbox
+from asyncsandlock import Protection, Sandbox, _watch
+from asyncsandlock._cgroup import probe_cgroup_v2
 from asyncsandlock._limits import limits_protection
 from asyncsandlock._types import ExitReason
-from asyncsandlock._watch import HZ, PAGE, Watched, _Entry, _next, cgroup_v2_delegated
+from asyncsandlock._watch import (
+    CPU_TIME_INTERVAL,
+    GROWING_INTERVAL,
+    HZ,
+    MIN_INTERVAL,
+    PAGE,
+    Watched,
+    _Entry,
+    _next,
+    _Watcher,
+)
 
 
 def _entry(**limits: object) -> tuple[_Entry, list[ExitReason]]:
@@ -58,24 +71,112 @@ def test_looks_come_sooner_near_the_budget() -> None:
     assert near.due - 100.0 <= 0.01 < far.due - 100.0
 
 
-def test_due_times_share_a_grid_and_are_never_late() -> None:
+def test_looks_are_never_late_and_at_most_half_early() -> None:
     for now in (0.0, 1.2345, 99.999):
         for interval in (0.001, 0.005, 0.03, 0.1, 0.25, 5.0):
-            due = _next(now, interval)
-            assert now < due <= now + max(min(interval, 0.25), 0.005) + 1e-9
-    # Sandboxes looked at a little apart with like intervals fall due together.
-    assert _next(10.001, 0.2) == _next(10.03, 0.2)
+            soon, due = _next(now, interval)
+            assert due == now + min(max(interval, 0.005), 0.25)
+            assert soon == now + (due - now) / 2
 
 
-def test_cgroup_detection_reads_only() -> None:
+def test_sandboxes_with_like_intervals_come_to_share_one_wake_up() -> None:
+    """Two sandboxes looked at 0.1 s apart with 0.25 s intervals: the first
+    wake-up (for the first) takes the second along, early, and from then on
+    one wake-up serves both; one looked at more than half an interval apart
+    is not taken early (a look is at most half an interval early)."""
+    first, _ = _entry(memory=1 << 30)
+    second, _ = _entry(memory=1 << 30)
+    third, _ = _entry(memory=1 << 30)
+    first.update([_m(10, 5, rss=1 << 20)], 100.0, False)
+    second.update([_m(20, 5, rss=1 << 20)], 100.1, False)
+    third.update([_m(30, 5, rss=1 << 20)], 100.2, False)
+    wake = min(first.due, second.due, third.due)
+    assert wake == first.due
+    assert first.soon <= wake and second.soon <= wake < third.soon
+    for entry in (first, second):
+        entry.update([_m(10, 5, rss=1 << 20)], wake, False)
+    assert first.due == second.due
+
+
+def test_cpu_time_alone_is_looked_at_within_a_second() -> None:
+    """A member reaped by an outsider is lost from the count after its last
+    look: looks under a large cpu_time stay at most CPU_TIME_INTERVAL apart."""
+    entry, _ = _entry(cpu_time=3600.0)
+    entry.update([_m(10, 5, 0.1)], 100.0, True)
+    assert entry.cpu_due == 100.0 + CPU_TIME_INTERVAL
+
+
+def test_cgroup_detection_reads_only_and_says_why_not() -> None:
     """This host (cgroup v1 hybrid, no controllers on the unified hierarchy)
-    has no delegated group; where one is found it must be a directory."""
-    found = cgroup_v2_delegated()
-    assert found is None or os.path.isdir(found)
+    has no delegated group; where one is found it must be a directory, and
+    where none is the reason is told.  Nothing is created or written."""
+    found = probe_cgroup_v2()
+    assert (found.directory is None) != (found.reason == "")
+    assert found.directory is None or os.path.isdir(found.directory)
 
 
-@pytest.mark.skipif(cgroup_v2_delegated() is None,
-                    reason="no delegated cgroup v2 group with memory and cpu here")
+_CGROUP = probe_cgroup_v2()
+
+
+@pytest.mark.skipif(_CGROUP.directory is None,
+                    reason=f"no delegated cgroup v2 group with memory and cpu: {_CGROUP.reason}")
 def test_a_delegated_cgroup_is_still_sampled() -> None:
     """The cgroup backend is not built: the report must not claim it."""
     assert limits_protection(Sandbox(max_memory="1G")) is Protection.SAMPLED
+
+
+def test_a_sandbox_growing_near_its_budget_is_looked_at_more_often() -> None:
+    """Near the budget a growing sandbox is looked at every GROWING_INTERVAL
+    (its overshoot is what it takes in that time); one holding still there
+    every MIN_INTERVAL."""
+    growing, _ = _entry(memory=100 << 20)
+    still, _ = _entry(memory=100 << 20)
+    for entry, second in ((growing, 99 << 20), (still, 98 << 20)):
+        entry.update([_m(10, 5, rss=98 << 20)], 1.0, False)
+        entry.update([_m(10, 5, rss=second)], 2.0, False)
+    assert growing.due - 2.0 == pytest.approx(GROWING_INTERVAL)
+    assert still.due - 2.0 == pytest.approx(MIN_INTERVAL)
+
+
+@pytest.mark.anyio
+async def test_new_members_are_found_by_probing_the_pids_handed_out(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only the pids handed out since the last look are probed; one that
+    named nothing yet is probed once more; /proc is walked when the pids
+    have wrapped or too many were handed out to probe."""
+    watcher = _Watcher()
+    entry, _ = _entry(memory=1 << 30)
+    watcher.groups = {entry.pgid: entry}
+    watcher.cursor, watcher.walk_due = 101, math.inf
+    probed: list[list[int]] = []
+    walks: list[int] = []
+    attached: list[int] = []
+    last = [105]
+
+    class FakeLib:
+        @staticmethod
+        def asl_probe_pids(pids: Any, count: int, pgids: Any, ngroups: int, out: Any) -> int:
+            probed.append([pids[i] for i in range(count)])
+            for i in range(count):  # 102 is a member; 104 is not attached yet
+                out[i] = {102: 0, 104: -2}.get(pids[i], -1)
+            return sum(pids[i] == 102 for i in range(count))
+
+        @staticmethod
+        def asl_scan_groups(*args: object) -> int:
+            walks.append(1)
+            return 0
+
+    monkeypatch.setattr(_watch, "lib", FakeLib)
+    monkeypatch.setattr(watcher, "last_pid", lambda: last[0])
+    monkeypatch.setattr(watcher, "attach", lambda entry, pid: attached.append(pid))
+    watcher.discover(1.0)
+    assert probed == [[101, 102, 103, 104, 105]] and attached == [102] and not walks
+    last[0] = 107
+    watcher.discover(2.0)
+    assert probed[-1] == [106, 107, 104] and not walks
+    last[0] = 50  # wrapped at pid_max
+    watcher.discover(3.0)
+    assert walks == [1]
+    last[0] = 50 + _watch.PROBE_MAX + 1
+    watcher.discover(4.0)
+    assert walks == [1, 1]

@@ -18,10 +18,12 @@ def permitted_mask() -> int:
     return 0
 
 
-def keep_mask(bind_ports: frozenset[int]) -> int:
+def keep_mask(bind_ports: frozenset[int], *, own_namespace: bool = False) -> int:
     """Capabilities the child keeps: only CAP_NET_BIND_SERVICE, and only when
-    the policy lets it bind a privileged port and we hold it ourselves."""
+    the policy lets it bind a privileged port and it holds it: we do, or
+    (``own_namespace``) the child is root of a user namespace of its own,
+    which gives it every capability there."""
     wanted = 0
     if any(port < _PRIVILEGED_PORTS for port in bind_ports):
         wanted |= 1 << CAP_NET_BIND_SERVICE
-    return wanted & permitted_mask()
+    return wanted if own_namespace else wanted & permitted_mask()
