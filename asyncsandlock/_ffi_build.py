@@ -28,7 +28,8 @@ ffibuilder.set_source(
     "asyncsandlock._core",
     '#include "spawn.h"\n#include <unistd.h>\n#include <sys/ioctl.h>\nextern char **environ;\n',
     # setuptools wants paths relative to the project root, where it runs us.
-    sources=["csrc/spawn.c", "csrc/reaper.c", "csrc/group.c", "csrc/netns.c"],
+    sources=["csrc/spawn.c", "csrc/reaper.c", "csrc/group.c", "csrc/netns.c",
+             "csrc/guardcall.c"],
     include_dirs=[str(_CSRC)],
     extra_compile_args=["-O2", "-Wall", "-Wextra", "-fno-stack-protector"],
 )

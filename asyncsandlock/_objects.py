@@ -51,7 +51,7 @@ import errno
 import os
 import re
 import stat
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Final
 
@@ -139,11 +139,13 @@ class Target:
     A context manager: every fd it opened is closed on exit.
     """
 
-    __slots__ = ("_fds", "_pidfd", "ctx")
+    __slots__ = ("_cached", "_fds", "_pidfd", "ctx")
 
     def __init__(self, ctx: HandlerCtx) -> None:
         self.ctx = ctx
         self._pidfd = -1
+        #: Whether _pidfd is the listener's (released on exit, not closed).
+        self._cached = False
         self._fds: list[int] = []
 
     def __enter__(self) -> Target:
@@ -153,12 +155,18 @@ class Target:
         fds, self._fds = self._fds, []
         for fd in fds:
             os.close(fd)
-        self._pidfd = -1
+        self._drop_pidfd()
+
+    def _drop_pidfd(self) -> None:
+        if self._cached:
+            self.ctx._pidfds().release(self._pidfd)
+        self._pidfd, self._cached = -1, False
 
     def __repr__(self) -> str:
         return f"<Target {self.ctx!r} fds={self._fds}>"
 
-    def _own(self, fd: int) -> int:
+    def own(self, fd: int) -> int:
+        """Close ``fd`` (ours) on exit, with the fds this Target opened."""
         self._fds.append(fd)
         return fd
 
@@ -169,36 +177,60 @@ class Target:
             raise ProcessLookupError(errno.ESRCH, f"the target of {self.ctx!r} is gone")
 
     def _pid_fd(self) -> int:
+        """The target's pidfd: the listener's cached one (see ``Pidfds`` in
+        ``_kernel/_notify.py``), else opened now and cached."""
         if self._pidfd < 0:
             tid = self.ctx.pid
-            try:
-                fd = syscall("pidfd_open", tid, _PIDFD_THREAD)
-            except OSError as exc:
-                if exc.errno != errno.EINVAL:
-                    raise
-                # Before Linux 6.9 only a process has a pidfd; threads of
-                # one process share their fd table, so its pidfd does.
-                fd = os.pidfd_open(_tgid(tid))
-            self._pidfd = self._own(fd)
+            cache = self.ctx._pidfds()
+            fd = cache.acquire(tid)
+            if fd < 0:
+                try:
+                    fd = syscall("pidfd_open", tid, _PIDFD_THREAD)
+                except OSError as exc:
+                    if exc.errno != errno.EINVAL:
+                        raise
+                    # Before Linux 6.9 only a process has a pidfd; threads of
+                    # one process share their fd table, so its pidfd does.
+                    fd = os.pidfd_open(_tgid(tid))
+                if not cache.keep(tid, fd):
+                    self.own(fd)
+                    self._pidfd = fd
+                    return fd
+            self._pidfd, self._cached = fd, True
         return self._pidfd
+
+    def through_pidfd(self, call: Callable[[int], int]) -> int:
+        """``call(pidfd)`` with the target's pidfd; once more with a fresh
+        one if the cached pidfd was a dead process's (ESRCH)."""
+        try:
+            return call(self._pid_fd())
+        except ProcessLookupError:
+            if not self._cached:
+                raise  # opened now: the target itself is gone
+        cache = self.ctx._pidfds()
+        if cache.get(self.ctx.pid) == self._pidfd:
+            cache.forget(self.ctx.pid)
+        self._drop_pidfd()
+        return call(self._pid_fd())
 
     def fd(self, number: int) -> int:
         """A copy of the target's fd ``number``: the same open file
         (``pidfd_getfd``, EBADF if it has no such fd)."""
         if number < 0:
             raise OSError(errno.EBADF, "bad file descriptor")
-        return self._own(syscall("pidfd_getfd", self._pid_fd(), number, 0))
+        return self.own(self.through_pidfd(
+            lambda pidfd: syscall("pidfd_getfd", pidfd, number, 0)))
 
     def cwd(self) -> int:
         """The target's working directory, as an ``O_PATH`` fd."""
-        return self._own(os.open(f"/proc/{self.ctx.pid}/cwd",
+        return self.own(os.open(f"/proc/{self.ctx.pid}/cwd",
                                  os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC))
 
     def root(self) -> int:
         """The target's root directory, as an ``O_PATH`` fd: ours, but in the
         target's mount namespace, which differs from ours for a run with a
         workspace (its overlay is mounted there only)."""
-        return self._own(os.open(f"/proc/{self.ctx.pid}/root",
+        return self.own(os.open(f"/proc/{self.ctx.pid}/root",
                                  os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC))
 
     def creds(self) -> Creds:
@@ -248,7 +280,7 @@ class Target:
         if directory:
             flags |= os.O_DIRECTORY
         how = ffi.new("uint64_t[3]", [flags, 0, _RESOLVE_NO_MAGICLINKS])
-        return self._own(syscall("openat2", base, ffi.new("char[]", rest), how, _OPEN_HOW_SIZE))
+        return self.own(syscall("openat2", base, ffi.new("char[]", rest), how, _OPEN_HOW_SIZE))
 
 
 def _status_field(status: bytes, key: bytes) -> bytes:

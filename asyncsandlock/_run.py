@@ -21,6 +21,7 @@ from ._kernel._sys import SYSCALLS
 from ._limits import spawn_on, watched
 from ._netns import open_network
 from ._pacing import SpawnTurn
+from ._pinned import pinned_mount
 from ._plan import Compiled, owner_of
 from ._process import SandboxedProcess
 from ._reaper import abandon, prepare, watch
@@ -186,6 +187,11 @@ async def _open_in_turn(sandbox: Sandbox, argv: tuple[str, ...], *, stdin: Stdio
             mine: list[int] = []
             cleanup_on_fail.callback(close_fds, mine)
             child_fds, ours = _stdio((stdin, stdout, stderr), theirs, mine)
+            # Pinned names (issue 10); not with a workspace, whose ruleset
+            # is the run's own already (docs/network.md).
+            hosts = None if layer is not None else pinned_mount(sandbox, compiled.plan)
+            if hosts is not None:
+                theirs.extend(fd for fd in hosts if fd >= 0)
             started = time.monotonic()
             try:
                 child = await confined_spawn(sandbox, compiled, notify, lambda trapped: spawn_on(
@@ -195,7 +201,7 @@ async def _open_in_turn(sandbox: Sandbox, argv: tuple[str, ...], *, stdin: Stdio
                         notify=trapped, self_trapped=self_trapped & trapped,
                         netns_fd=_netns_fd(network, compiled),
                         workspace=None if layer is None
-                        else layer.spawn_args(sandbox, compiled))),
+                        else layer.spawn_args(sandbox, compiled), hosts=hosts)),
                     run_handlers=bool(handlers))
             except SpawnError as exc:
                 if layer is not None:

@@ -26,6 +26,7 @@ from typing import Any, NamedTuple
 from ._core import ffi, lib
 from ._exceptions import PolicyError, SpawnError
 from ._identity import fill_request
+from ._kernel._sys import syscall
 from ._plan import Compiled, Plan, TemplateKey
 from ._types import Subsystem
 
@@ -35,6 +36,7 @@ STEPS = dict(sorted((getattr(lib, name), name[len("ASL_STEP_"):].lower())
 #: The most fds a child can be given (its fds 0 .. MAX_FDS-1).
 MAX_FDS: int = lib.ASL_MAX_FDS
 _SECCOMP_FILTER_FLAG_NEW_LISTENER = 1 << 3
+_OPEN_TREE_CLONE = 1
 _REPORT_SIZE = ffi.sizeof("struct asl_report")
 
 
@@ -249,12 +251,16 @@ def _above(fd: int, floor: int, spares: contextlib.ExitStack) -> int:
 def spawn(plan: Plan | Compiled, *, path: str | tuple[str, ...], args: Sequence[bytes],
           env: Mapping[str, str] | None, cwd: str | None, fds: Sequence[int],
           notify: frozenset[str], self_trapped: frozenset[str] = frozenset(),
-          netns_fd: int = -1, workspace: WorkspaceSpawn | None = None) -> Spawned:
+          netns_fd: int = -1, workspace: WorkspaceSpawn | None = None,
+          hosts: tuple[int, int] | None = None) -> Spawned:
     """Start one confined child; ``fds[i]`` becomes the child's fd ``i``;
     ``notify`` and ``self_trapped`` are the filter's (:class:`FilterSpec`);
     ``netns_fd``: a network namespace for the child to enter (``_netns.py``).
 
     ``workspace``: the run's copy-on-write workspace; see ``_workspace.py``.
+    ``hosts``: (a detached tmpfs whose file ``hosts`` a clone of is attached
+    over /etc/hosts, the run's own Landlock ruleset fd or -1); see
+    ``_pinned.py``.
 
     ``plan``: a plan (its request is built for this spawn alone), or the
     :class:`Compiled` owner of one: its current plan, with the request
@@ -279,6 +285,8 @@ def spawn(plan: Plan | Compiled, *, path: str | tuple[str, ...], args: Sequence[
         landlock_fd = plan.landlock_fd
     if workspace is not None and landlock_fd >= 0:
         landlock_fd = workspace.ruleset  # the policy's rules; the child adds the overlay's
+    if hosts is not None and landlock_fd >= 0 and workspace is None:
+        landlock_fd = hosts[1]  # the policy's rules and the pinned hosts file
     req = ffi.new("struct asl_spawn_req *", template.req[0])
     keep = [template, _strings(req, paths, args, env, cwd)]
     fd_map = ffi.new("struct asl_fd_map[]", [(src, dst) for dst, src in enumerate(fds)] or 1)
@@ -311,6 +319,11 @@ def spawn(plan: Plan | Compiled, *, path: str | tuple[str, ...], args: Sequence[
                 req.netns_fd = _above(netns_fd, len(fds), child_ends)
             if workspace is not None:  # copy-on-write workspace (issue 12)
                 keep += _workspace_request(req, workspace, len(fds), child_ends)
+            if hosts is not None:  # pinned names (issue 10): a clone of the file
+                clone = syscall("open_tree", hosts[0], ffi.new("char[]", b"hosts"),
+                                _OPEN_TREE_CLONE | os.O_CLOEXEC)
+                child_ends.callback(os.close, clone)
+                req.hosts_fd = _above(clone, len(fds), child_ends)
             pidfd_out = ffi.new("int *", -1)
             pid = lib.asl_spawn(req, pidfd_out)
         if pid < 0:

@@ -145,6 +145,8 @@ class Supervisor:
         except Exception:
             self._kill()
             raise
+        finally:
+            self._listener.pidfds.close()
 
     async def _serve_portable(self) -> None:
         async with anyio.create_task_group() as tg:

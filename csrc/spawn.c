@@ -606,6 +606,25 @@ static long mount_workspace(const struct asl_spawn_req *req)
     return 0;
 }
 
+/* Pinned names: the parent's synthetic hosts file, a detached bind mount
+ * (asyncsandlock/_pinned.py), attached over /etc/hosts in a mount namespace
+ * of the child's own: made here, private as in mount_workspace, unless the
+ * workspace made one already. */
+static long mount_hosts(const struct asl_spawn_req *req)
+{
+    long rc;
+    if (!req->workspace_path) {
+        rc = SYS3(SYS_unshare, CLONE_NEWNS, 0, 0);
+        if (rc < 0)
+            return rc;
+        rc = raw_syscall(SYS_mount, (long)"none", (long)"/", 0, MS_REC | MS_PRIVATE, 0, 0);
+        if (rc < 0)
+            return rc;
+    }
+    return raw_syscall(SYS_move_mount, req->hosts_fd, (long)"", AT_FDCWD,
+                       (long)"/etc/hosts", MOVE_MOUNT_F_EMPTY_PATH, 0);
+}
+
 /* Sandbox.network with uid/gid (docs/network-namespaces.md), in the order
  * the privileges each needs allow:
  *  - ASL_NET_NEW and ASL_NET_JOIN need CAP_SYS_ADMIN over the caller's
@@ -666,6 +685,9 @@ static int child_main(void *arg)
         fail(req, rc);
     enter(req, ASL_STEP_WORKSPACE);
     if (req->workspace_path && (rc = mount_workspace(req)) < 0)
+        fail(req, rc);
+    enter(req, ASL_STEP_HOSTS);
+    if (req->hosts_fd > 0 && (rc = mount_hosts(req)) < 0)
         fail(req, rc);
     enter(req, ASL_STEP_CHDIR);
     if (req->cwd && (rc = SYS3(SYS_chdir, req->cwd, 0, 0)) < 0)

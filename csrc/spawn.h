@@ -20,17 +20,18 @@ enum asl_step {
     ASL_STEP_FDS = 4,
     ASL_STEP_RAISE_RLIMIT = 5,
     ASL_STEP_WORKSPACE = 6, /* copy-on-write workspace (issue 12) */
-    ASL_STEP_CHDIR = 7,
-    ASL_STEP_NETWORK = 8,
-    ASL_STEP_IDENTITY = 9,
-    ASL_STEP_CAPABILITIES = 10,
-    ASL_STEP_NO_NEW_PRIVS = 11,
-    ASL_STEP_LANDLOCK = 12,
-    ASL_STEP_SIGMASK = 13,
-    ASL_STEP_SECCOMP = 14,
-    ASL_STEP_LISTENER = 15,
-    ASL_STEP_RLIMIT = 16,
-    ASL_STEP_EXECVE = 17
+    ASL_STEP_HOSTS = 7,     /* pinned names: synthetic /etc/hosts (issue 10) */
+    ASL_STEP_CHDIR = 8,
+    ASL_STEP_NETWORK = 9,
+    ASL_STEP_IDENTITY = 10,
+    ASL_STEP_CAPABILITIES = 11,
+    ASL_STEP_NO_NEW_PRIVS = 12,
+    ASL_STEP_LANDLOCK = 13,
+    ASL_STEP_SIGMASK = 14,
+    ASL_STEP_SECCOMP = 15,
+    ASL_STEP_LISTENER = 16,
+    ASL_STEP_RLIMIT = 17,
+    ASL_STEP_EXECVE = 18
 };
 
 /* How the child takes the identity of a policy's uid/gid (docs/files.md). */
@@ -137,6 +138,10 @@ struct asl_spawn_req {
     /* Both modes: the Landlock rights the child grants on the overlay's
      * root in the (per-run) ruleset, 0: none. */
     uint64_t workspace_access;
+    /* pinned names (asyncsandlock/_pinned.py): a detached bind mount of the
+     * synthetic hosts file, attached over /etc/hosts in the child's own
+     * mount namespace.  0: none (fd 0 is always one of the child's own). */
+    int hosts_fd;
     int32_t reached;              /* written by the child: the step it is in */
 };
 
@@ -189,6 +194,23 @@ long asl_read_usage(const int32_t *pids, const int32_t *statm_fds, const int32_t
  * an fd; a socket made in network namespace `nsfd`.  -errno on failure. */
 int asl_netns_new(void);
 int asl_socket_in(int nsfd, int domain, int type, int protocol);
+/* Calls the guards make on every trapped syscall (csrc/guardcall.c).
+ * asl_peek: process_vm_readv of `len` bytes at `addr` in `pid` into `buf`;
+ * the count or -errno.
+ * asl_net_take: a copy of the child's fd `number` (pidfd_getfd) with
+ * info = {SO_DOMAIN, SO_TYPE, SO_PROTOCOL, F_GETFL}; the fd or -errno.
+ * asl_net_connect: connect(); with `wait` (a blocking stream socket) made
+ * non-blocking for the call; 0, -errno, or 1: under way, wait until the fd
+ * is writable and call asl_net_connected (`started`: connect's errno). */
+long asl_peek(int pid, unsigned long addr, void *buf, unsigned long len);
+int asl_net_take(int pidfd, int number, int info[4]);
+/* asl_net_fetch: asl_net_take, then asl_peek, then ID_VALID on `listener`
+ * for notification `id` (the one check covers both looks); the fd or -errno
+ * (-ESRCH: the target is gone). */
+int asl_net_fetch(int listener, uint64_t id, int pidfd, int number, int pid,
+                  unsigned long addr, unsigned long len, void *buf, int info[4]);
+int asl_net_connect(int fd, const void *addr, unsigned len, int wait, int *started);
+int asl_net_connected(int fd, int started);
 /* CDEF-END */
 
 #endif

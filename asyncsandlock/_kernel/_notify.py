@@ -41,7 +41,6 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from .._core import ffi, lib
-from ._sys import syscall
 
 IOCTL_RECV: Final = 0xC0502100
 IOCTL_SEND: Final = 0xC0182101
@@ -56,7 +55,6 @@ _NOTIF_ARGS = struct.Struct("=6Q")
 _NOTIF_SIZE = _NOTIF_HEAD.size + _NOTIF_ARGS.size  # 80
 _RESP = struct.Struct("=QqiI")  # struct seccomp_notif_resp, 24 bytes
 _ADDFD = struct.Struct("=QIIII")  # struct seccomp_notif_addfd, 24 bytes
-_IOVEC = struct.Struct("=QQ")  # struct iovec
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 _ZERO_NOTIF = bytes(_NOTIF_SIZE)
 _POLLIN = select.POLLIN
@@ -80,13 +78,86 @@ def set_sync_wake_up(fd: int) -> int:
     return int(ffi.errno)
 
 
+class Pidfds:
+    """The targets' pidfds, opened once per thread id for a listener's life.
+
+    ``pidfd_getfd`` needs a pidfd, and opening and closing one costs more
+    than the copy itself, on every guarded call.  A pidfd names one process
+    (or thread) and never another: once it has exited, calls through it fail
+    with ESRCH, whoever gets its id next.  A cached pidfd whose call
+    succeeded therefore named a live thread with that id, which is the
+    target as long as the notification is still pending (checked after it,
+    as for any look at the target by id); one that failed with ESRCH is
+    dropped (:meth:`forget`) and opened anew.
+
+    A pidfd in use (:meth:`acquire` .. :meth:`release`, a handler that may
+    be suspended in between) is never closed under its user, whatever is
+    dropped meanwhile: its number, reused by another open, would otherwise
+    name another process.  :meth:`close` (the supervisor, when it stops)
+    closes the rest, and the ones in use at their release.
+    """
+
+    __slots__ = ("_fds", "_users", "closed")
+
+    #: At most this many are kept: a sandbox that starts many short-lived
+    #: processes leaves pidfds of the dead behind, which this bounds.
+    LIMIT: Final = 64
+
+    def __init__(self) -> None:
+        self._fds: dict[int, int] = {}  # tid -> pidfd
+        self._users: dict[int, int] = {}  # pidfd -> users
+        #: Once closed, nothing is cached: the caller owns what it opens.
+        self.closed = False
+
+    def get(self, tid: int) -> int:
+        """The cached pidfd of ``tid``, or -1."""
+        return self._fds.get(tid, -1)
+
+    def acquire(self, tid: int) -> int:
+        """The cached pidfd of ``tid`` (or -1), held until :meth:`release`."""
+        fd = self._fds.get(tid, -1)
+        if fd >= 0:
+            self._users[fd] = self._users.get(fd, 0) + 1
+        return fd
+
+    def keep(self, tid: int, fd: int) -> bool:
+        """Cache ``fd`` for ``tid``, held by the caller until :meth:`release`;
+        False (the caller owns it) once closed."""
+        if self.closed:
+            return False
+        if len(self._fds) >= self.LIMIT:
+            for old in list(self._fds):
+                self.forget(old)
+        self.forget(tid)
+        self._fds[tid] = fd
+        self._users[fd] = 1
+        return True
+
+    def release(self, fd: int) -> None:
+        users = self._users.pop(fd) - 1
+        if users:
+            self._users[fd] = users
+        elif fd not in self._fds.values():  # dropped while in use
+            os.close(fd)
+
+    def forget(self, tid: int) -> None:
+        fd = self._fds.pop(tid, -1)
+        if fd >= 0 and fd not in self._users:
+            os.close(fd)
+
+    def close(self) -> None:
+        self.closed = True
+        for tid in list(self._fds):
+            self.forget(tid)
+
+
 class Listener:
     """The ioctls of one listener fd (the fd itself is owned elsewhere).
 
     Buffers are allocated once: this is the per-notification hot path.
     """
 
-    __slots__ = ("_buf", "_cbuf", "_cid", "_cresp", "_poll", "_resp", "closed", "fd")
+    __slots__ = ("_buf", "_cbuf", "_cid", "_cresp", "_poll", "_resp", "closed", "fd", "pidfds")
 
     def __init__(self, fd: int) -> None:
         self.fd = fd
@@ -99,6 +170,8 @@ class Listener:
         self._cid = ffi.new("uint64_t *")
         self._poll = select.poll()
         self._poll.register(fd, _POLLIN)
+        #: The targets' pidfds (closed by the supervisor when it stops).
+        self.pidfds = Pidfds()
 
     def __repr__(self) -> str:
         return f"<Listener fd={self.fd}{' closed' if self.closed else ''}>"
@@ -290,11 +363,12 @@ class HandlerCtx:
             raise ProcessLookupError(f"the target of {self!r} is gone")
 
     def _transfer(self, addr: int, buf: bytearray) -> int:
-        """process_vm_readv of len(buf) bytes at ``addr`` into ``buf``."""
-        local = ffi.from_buffer(buf)
-        iovs = ffi.from_buffer(bytearray(_IOVEC.pack(int(ffi.cast("uintptr_t", local)), len(buf))
-                                         + _IOVEC.pack(addr, len(buf))))
-        return syscall("process_vm_readv", self.pid, iovs, 1, iovs + _IOVEC.size, 1, 0)
+        """process_vm_readv of len(buf) bytes at ``addr`` into ``buf`` (in C:
+        built and called from Python, the call cost three times the copy)."""
+        done = int(lib.asl_peek(self.pid, addr, ffi.from_buffer(buf), len(buf)))
+        if done < 0:
+            raise OSError(-done, f"process_vm_readv: {os.strerror(-done)}")
+        return done
 
     async def read(self, addr: int, size: int) -> bytes:
         """Read exactly ``size`` bytes at ``addr`` in the target.
@@ -358,6 +432,10 @@ class HandlerCtx:
         if written != len(data):
             raise OSError(_errno.EFAULT,
                           f"only {written} of {len(data)} bytes written at {addr:#x}")
+
+    def _pidfds(self) -> Pidfds:
+        """The pidfd cache of this notification's listener (see :class:`Pidfds`)."""
+        return self._listener.pidfds
 
     def _close(self) -> None:
         self._live = False

@@ -55,7 +55,6 @@ import errno
 import fcntl
 import ipaddress
 import os
-import select
 import shutil
 import socket
 import struct
@@ -64,7 +63,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Final
 
 import anyio
 
-from .._core import ffi
+from .._core import ffi, lib
 from .._exceptions import PolicyError
 from .._handler import ExceptionPolicy, Handler
 from .._kernel._notify import HandlerCtx, NotifAction
@@ -91,13 +90,22 @@ _SCM_RIGHTS: Final = 1
 _SCM_CREDENTIALS: Final = 2
 _MSG_DONTWAIT: Final = 0x40
 _ICMP: Final = (socket.IPPROTO_ICMP, socket.IPPROTO_ICMPV6)
+_AF_INET: Final = socket.AF_INET.to_bytes(2, "little")
+_AF_INET6: Final = socket.AF_INET6.to_bytes(2, "little")
+#: Out-parameters of the C calls, read back before the loop runs anything else.
+_INFO: Final = ffi.new("int[4]")
+_STARTED: Final = ffi.new("int *")
+_DONE: Final = NotifAction.return_value(0)
+#: Distinct destinations whose verdict is kept (then the memo starts over).
+_VERDICTS_MAX: Final = 4096
 
 
 class NetTargets:
     """A policy's network rules, its host names resolved once (on the
     Sandbox's first run; a new Sandbox resolves anew)."""
 
-    __slots__ = ("allow", "allow_unix", "deny", "policy", "resolved", "resolving", "unix_roots")
+    __slots__ = ("allow", "allow_unix", "deny", "hosts", "policy", "resolved", "resolving",
+                 "unix_roots", "verdicts")
 
     def __init__(self, allow: Iterable[NetRule], deny: Iterable[NetRule],
                  allow_unix: bool, unix_roots: tuple[str, ...] = ()) -> None:
@@ -108,9 +116,14 @@ class NetTargets:
         self.unix_roots = unix_roots
         #: Until resolved, a rule naming a host opens nothing.
         self.policy = NetPolicy(self.allow, self.deny)
+        #: What :attr:`policy` said of a destination, keyed by the bytes of
+        #: its sockaddr that the rules look at (see :meth:`_Call.address`).
+        self.verdicts: dict[tuple[str, bytes], bool] = {}
         self.resolved = not self.policy.names()
         #: Set when a resolution under way ends (concurrent first runs wait for it).
         self.resolving: anyio.Event | None = None
+        #: The synthetic hosts file of the pinned names (``_pinned.py``), once made.
+        self.hosts: bytes | None = None
 
     async def resolve(self, on_unavailable: UnavailableHandler) -> None:
         """Resolve the host names of the rules; a name that does not resolve
@@ -125,6 +138,7 @@ class NetTargets:
                 found = {name: await _lookup(name, on_unavailable)
                          for name in self.policy.names()}
                 self.policy = NetPolicy(self.allow, self.deny, found)
+                self.verdicts = {}
                 self.resolved = True
             finally:  # a failure: the next run tries again
                 self.resolving = None
@@ -162,12 +176,6 @@ async def _lookup(name: str, on_unavailable: UnavailableHandler) -> tuple[Addres
     return tuple(addresses)
 
 
-def _kind(sock: socket.socket) -> str:
-    if sock.type == socket.SOCK_STREAM:
-        return "tcp"
-    return "icmp" if sock.proto in _ICMP else "udp"
-
-
 def _destination(raw: bytes) -> tuple[int, Address | None, int]:
     """(family, address, port) of a sockaddr; EINVAL where the kernel would."""
     if len(raw) < 2:
@@ -184,19 +192,49 @@ def _destination(raw: bytes) -> tuple[int, Address | None, int]:
     return family, None, 0
 
 
+def _c_result(rc: int) -> int:
+    """A C core result: itself, or OSError for -errno."""
+    if rc < 0:
+        raise OSError(-rc, os.strerror(-rc))
+    return rc
+
+
 class _Call:
     """One trapped call's socket: the child's, copied into our fd table."""
 
-    def __init__(self, targets: NetTargets, target: Target, number: int) -> None:
+    def __init__(self, targets: NetTargets, target: Target, number: int,
+                 address: tuple[int, int] | None = None) -> None:
+        """``address``: (pointer, length) of a sockaddr to read with the
+        socket, in the same C call and under the same check (:attr:`raw`)."""
         self.targets = targets
         self.target = target
-        self.fd = target.fd(number)
-        target.confirm()
-        sock = socket.socket(fileno=self.fd)  # ENOTSOCK for anything else
-        try:
-            self.family, self.kind = sock.family, _kind(sock)
-        finally:
-            sock.detach()  # the fd stays the Target's to close
+        if number < 0:
+            raise OSError(errno.EBADF, "bad file descriptor")
+        # The copy, and its family, type, protocol and file flags, in one C
+        # call (ENOTSOCK for anything but a socket): this is every connect.
+        info = _INFO  # read before anything else can run on the loop
+        #: The sockaddr read with the socket (``address``), else empty.
+        self.raw = b""
+        if address is None:
+            self.fd = target.own(target.through_pidfd(
+                lambda pidfd: _c_result(lib.asl_net_take(pidfd, number, info))))
+            target.confirm()
+        else:
+            pointer, length = address
+            if not 0 <= length <= _SOCKADDR_MAX:
+                raise OSError(errno.EINVAL, "bad address length")
+            ctx = target.ctx
+            buf = bytearray(length)
+            into = ffi.from_buffer(buf)
+            listener = ctx._listener.fd
+            self.fd = target.own(target.through_pidfd(lambda pidfd: _c_result(lib.asl_net_fetch(
+                listener, ctx.id, pidfd, number, ctx.pid, pointer, length, into, info))))
+            self.raw = bytes(buf)
+        self.family = info[0]
+        self.kind = ("tcp" if info[1] == socket.SOCK_STREAM
+                     else "icmp" if info[2] in _ICMP else "udp")
+        #: The file's flags when we took it (the child may change them later).
+        self.flags = info[3]
 
     def blocking(self, flags: int = 0) -> bool:
         return not (fcntl.fcntl(self.fd, fcntl.F_GETFL) & os.O_NONBLOCK
@@ -209,6 +247,24 @@ class _Call:
             return self._unix(raw)
         if self.family not in (socket.AF_INET, socket.AF_INET6):
             raise OSError(errno.EAFNOSUPPORT, "not an inet socket")
+        # The rules look at the family, port and address only (not at
+        # sin_zero, a v6 flow label or scope): those bytes key a verdict.
+        head = raw[:2]
+        key = (raw[:8] if head == _AF_INET and len(raw) >= 16 else
+               raw[:4] + raw[8:24] if head == _AF_INET6 and len(raw) >= 24 else b"")
+        if key:
+            verdicts = self.targets.verdicts
+            verdict = verdicts.get((self.kind, key))
+            if verdict is None:
+                _, ip, port = _destination(raw)
+                verdict = ip is not None and self.targets.policy.allows(self.kind, ip, port)
+                if len(verdicts) >= _VERDICTS_MAX:
+                    verdicts.clear()
+                verdicts[self.kind, key] = verdict
+            if not verdict:
+                _, ip, port = _destination(raw)
+                raise OSError(errno.EACCES, f"{self.kind} to {ip} port {port} is not allowed")
+            return raw
         family, ip, port = _destination(raw)
         if family == socket.AF_UNSPEC:
             if not sending or self.family == socket.AF_INET6:
@@ -277,43 +333,30 @@ class NetGuard(Handler):
 
     async def handle(self, ctx: HandlerCtx) -> NotifAction:
         try:
-            raw = await _read_addr(ctx, ctx.args[1], int_arg(ctx.args[2]))
             with Target(ctx) as target:
-                call = _Call(self.targets, target, int_arg(ctx.args[0]))
-                checked = call.address(raw)
+                # The socket first, as the kernel does (EBADF, ENOTSOCK before
+                # a bad address), then the address, in one C call with one
+                # check that the notification is still pending after both.
+                call = _Call(self.targets, target, int_arg(ctx.args[0]),
+                             (ctx.args[1], int_arg(ctx.args[2])))
+                checked = call.address(call.raw)
                 return await _connect(call, checked)
         except OSError as exc:
             return NotifAction.errno(exc.errno or errno.EPERM)
 
 
 async def _connect(call: _Call, raw: bytes) -> NotifAction:
-    buf = ffi.from_buffer(raw)
-    if call.kind != "tcp" or not call.blocking():
-        syscall("connect", call.fd, buf, len(raw))  # EINPROGRESS as the kernel says it
-        return NotifAction.return_value(0)
-    flags = fcntl.fcntl(call.fd, fcntl.F_GETFL)
-    fcntl.fcntl(call.fd, fcntl.F_SETFL, flags | os.O_NONBLOCK)
-    try:
-        syscall("connect", call.fd, buf, len(raw))
-        return NotifAction.return_value(0)
-    except BlockingIOError as exc:  # EINPROGRESS (EAGAIN for unix streams)
-        pending = exc
-    finally:
-        fcntl.fcntl(call.fd, fcntl.F_SETFL, flags)
-    # On loopback the handshake is often over already: a poll with no
-    # timeout (it does not block) saves a turn of the event loop.
-    ready = select.poll()
-    ready.register(call.fd, select.POLLOUT)
-    if not ready.poll(0):
+    """connect() as the child asked, in C (``csrc/netcall.c``): a blocking
+    TCP connect made non-blocking for the call, and waited for on the loop
+    only when the handshake is not over yet (EINPROGRESS for a non-blocking
+    socket, as the kernel says it)."""
+    wait = call.kind == "tcp" and not call.flags & os.O_NONBLOCK
+    rc = lib.asl_net_connect(call.fd, raw, len(raw), wait, _STARTED)
+    if rc == 1:
+        started = _STARTED[0]  # before the wait: other calls use _STARTED meanwhile
         await anyio.wait_writable(call.fd)
-    sock = socket.socket(fileno=call.fd)
-    try:
-        error = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-    finally:
-        sock.detach()
-    if error == 0 and call.kind == "tcp" and pending.errno != errno.EINPROGRESS:
-        error = pending.errno or errno.EAGAIN
-    return NotifAction.errno(error) if error else NotifAction.return_value(0)
+        rc = lib.asl_net_connected(call.fd, started)
+    return NotifAction.errno(-rc) if rc else _DONE
 
 
 class SendGuard(Handler):
@@ -470,10 +513,18 @@ def net_guards(sandbox: Sandbox) -> list[Handler]:
     return guards
 
 
-async def resolve_names(sandbox: Sandbox) -> None:
-    """Resolve the host names of ``sandbox``'s rules, once per Sandbox."""
+def net_targets(sandbox: Sandbox) -> NetTargets | None:
+    """The rules ``sandbox``'s network guard checks (None: no guard)."""
     from . import builtin_handlers
 
     for handler in builtin_handlers(sandbox):
         if isinstance(handler, NetGuard):
-            await handler.targets.resolve(sandbox.on_unavailable)
+            return handler.targets
+    return None
+
+
+async def resolve_names(sandbox: Sandbox) -> None:
+    """Resolve the host names of ``sandbox``'s rules, once per Sandbox."""
+    targets = net_targets(sandbox)
+    if targets is not None:
+        await targets.resolve(sandbox.on_unavailable)

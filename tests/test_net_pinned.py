@@ -1,0 +1,57 @@
+"""Pinned names: a sandbox whose rules name hosts sees a synthetic /etc/hosts
+mapping each name to the addresses the rule was checked against (issue 10)."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+
+import pytest
+
+from asyncsandlock import SYSTEM_READABLE, Sandbox
+from asyncsandlock._pinned import MARK, hosts_text
+from asyncsandlock.handlers.net import net_targets
+
+pytestmark = [
+    pytest.mark.anyio,
+    pytest.mark.skipif(os.geteuid() != 0, reason="attaching the hosts file needs CAP_SYS_ADMIN"),
+]
+
+
+def _mounts() -> str:
+    return pathlib.Path("/proc/self/mountinfo").read_text()
+
+
+@pytest.mark.usefixtures("no_leaks")
+async def test_a_name_rule_pins_the_checked_addresses() -> None:
+    before, host_file = _mounts(), pathlib.Path("/etc/hosts").read_bytes()
+    sb = Sandbox(fs_readable=SYSTEM_READABLE, net_allow=["localhost:8080"])
+    result = await sb.run(["sh", "-c", "cat /etc/hosts; echo ==; getent ahosts localhost; "
+                           "echo x > /etc/hosts"])
+    seen, _, resolved = (result.stdout or b"").partition(b"==\n")
+    targets = net_targets(sb)
+    assert targets is not None
+    checked = {str(a) for a in targets.pinned()["localhost"]}
+    assert seen.startswith(MARK + b"\n")
+    assert {line.split()[0].decode() for line in resolved.splitlines()} == checked
+    assert result.returncode != 0  # the child cannot rewrite it
+    # Nor uncover the host's file; and a second run gets a mount of its own.
+    again = await sb.run(["sh", "-c", "umount /etc/hosts; head -1 /etc/hosts"])
+    assert again.stdout == MARK + b"\n"
+    # The caller's namespace and file are as they were.
+    assert _mounts() == before
+    assert pathlib.Path("/etc/hosts").read_bytes() == host_file
+
+
+@pytest.mark.usefixtures("no_leaks")
+async def test_control_without_a_name_the_host_file() -> None:
+    sb = Sandbox(fs_readable=SYSTEM_READABLE, net_allow=["127.0.0.1:8080"])
+    result = await sb.run(["cat", "/etc/hosts"])
+    assert result.stdout == pathlib.Path("/etc/hosts").read_bytes()
+
+
+def test_the_host_lines_keep_other_names_only() -> None:
+    text = hosts_text({"api.example": ["192.0.2.1", "2001:db8::1"]},
+                      b"# c\n10.0.0.1 api.example alias\n10.0.0.2 API.example\n10.0.0.3 other\n")
+    assert text.splitlines() == [MARK, b"192.0.2.1 api.example", b"2001:db8::1 api.example",
+                                 b"10.0.0.1 alias", b"10.0.0.3 other"]
