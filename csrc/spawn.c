@@ -558,6 +558,13 @@ static long build_workspace(const struct asl_spawn_req *req, long *tmpfs, long *
     return 0;
 }
 
+/* Every mount of the child's new mount namespace made private: a mount
+ * attached there must not propagate back into the caller's namespace. */
+static long all_private(void)
+{
+    return raw_syscall(SYS_mount, (long)"none", (long)"/", 0, MS_REC | MS_PRIVATE, 0, 0);
+}
+
 /* The copy-on-write workspace: the overlay, built as a detached mount by the
  * parent (ASL_WORKSPACE_ATTACH: asyncsandlock/_kernel/_overlay.py) or by
  * build_workspace() above, is attached over the workspace's path in a mount
@@ -580,10 +587,7 @@ static long mount_workspace(const struct asl_spawn_req *req)
         rc = build_workspace(req, &tmpfs, &overlay);
     else
         rc = SYS3(SYS_unshare, CLONE_NEWNS, 0, 0);
-    if (rc < 0)
-        return rc;
-    rc = raw_syscall(SYS_mount, (long)"none", (long)"/", 0, MS_REC | MS_PRIVATE, 0, 0);
-    if (rc < 0)
+    if (rc < 0 || (rc = all_private()) < 0)
         return rc;
     rc = raw_syscall(SYS_move_mount, overlay, (long)"", AT_FDCWD, (long)req->workspace_path,
                      MOVE_MOUNT_F_EMPTY_PATH, 0);
@@ -613,14 +617,9 @@ static long mount_workspace(const struct asl_spawn_req *req)
 static long mount_hosts(const struct asl_spawn_req *req)
 {
     long rc;
-    if (!req->workspace_path) {
-        rc = SYS3(SYS_unshare, CLONE_NEWNS, 0, 0);
-        if (rc < 0)
-            return rc;
-        rc = raw_syscall(SYS_mount, (long)"none", (long)"/", 0, MS_REC | MS_PRIVATE, 0, 0);
-        if (rc < 0)
-            return rc;
-    }
+    if (!req->workspace_path &&
+        ((rc = SYS3(SYS_unshare, CLONE_NEWNS, 0, 0)) < 0 || (rc = all_private()) < 0))
+        return rc;
     return raw_syscall(SYS_move_mount, req->hosts_fd, (long)"", AT_FDCWD,
                        (long)"/etc/hosts", MOVE_MOUNT_F_EMPTY_PATH, 0);
 }

@@ -319,10 +319,9 @@ async def _read_addr(ctx: HandlerCtx, pointer: int, length: int) -> bytes:
     return await ctx.read(pointer, length) if length else b""
 
 
-class NetGuard(Handler):
-    """``connect`` to what the rules allow, made by the supervisor."""
+class _RuleGuard(Handler):
+    """A guard deciding by the policy's network rules (``targets``)."""
 
-    syscalls: ClassVar[tuple[str, ...]] = ("connect",)
     on_exception: ClassVar[ExceptionPolicy] = ExceptionPolicy.DENY_EPERM
 
     def __init__(self, targets: NetTargets) -> None:
@@ -330,6 +329,12 @@ class NetGuard(Handler):
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} rules={len(self.targets.allow)}>"
+
+
+class NetGuard(_RuleGuard):
+    """``connect`` to what the rules allow, made by the supervisor."""
+
+    syscalls: ClassVar[tuple[str, ...]] = ("connect",)
 
     async def handle(self, ctx: HandlerCtx) -> NotifAction:
         try:
@@ -359,19 +364,12 @@ async def _connect(call: _Call, raw: bytes) -> NotifAction:
     return NotifAction.errno(-rc) if rc else _DONE
 
 
-class SendGuard(Handler):
+class SendGuard(_RuleGuard):
     """``sendto`` with an address, ``sendmsg`` and ``sendmmsg``: sent by the
     supervisor, with the data and address it read once, where the rules
     allow the address."""
 
     syscalls: ClassVar[tuple[str, ...]] = ("sendto", "sendmsg", "sendmmsg")
-    on_exception: ClassVar[ExceptionPolicy] = ExceptionPolicy.DENY_EPERM
-
-    def __init__(self, targets: NetTargets) -> None:
-        self.targets = targets
-
-    def __repr__(self) -> str:
-        return f"<{type(self).__name__} rules={len(self.targets.allow)}>"
 
     async def handle(self, ctx: HandlerCtx) -> NotifAction:
         try:
