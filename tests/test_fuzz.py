@@ -225,7 +225,7 @@ def stub_spawn(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[object]]:
     def stub(plan: object, *, path: str, args: Sequence[bytes], env: Mapping[str, str] | None,
              cwd: str | None, fds: Sequence[int], notify: frozenset[str],
              self_trapped: frozenset[str] = frozenset(), netns_fd: int = -1,
-             workspace: object = None) -> None:
+             workspace: object = None, hosts: object = None) -> None:
         req = ffi.new("struct asl_spawn_req *")
         _strings(req, path, args, env, cwd)
         ffi.new("struct asl_fd_map[]", [(src, dst) for dst, src in enumerate(fds)] or 1)
