@@ -17,14 +17,13 @@ import errno
 import fcntl
 import os
 import signal
-import socket
-import sys
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from ._core import ffi, lib
 from ._exceptions import PolicyError, SpawnError
+from ._fd import close_fds
 from ._identity import fill_request
 from ._kernel._sys import syscall
 from ._plan import Compiled, Plan, TemplateKey
@@ -294,11 +293,15 @@ def spawn(plan: Plan | Compiled, *, path: str | tuple[str, ...], args: Sequence[
     req.fds, req.nfds = fd_map, len(fds)
     req.parent_pid = os.getpid()
     with contextlib.ExitStack() as always:
-        ours = theirs = None
+        ours = -1
+        theirs: list[int] = []  # emptied by whichever closes it first
         if template.supervised:
-            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-            always.callback(ours.close)
-            always.callback(theirs.close)  # a no-op once child_ends closed it
+            pair = ffi.new("int[2]")
+            if (err := lib.asl_channel(pair)) < 0:
+                raise OSError(-err, os.strerror(-err))
+            ours, theirs = pair[0], [pair[1]]
+            always.callback(os.close, ours)
+            always.callback(close_fds, theirs)
         # Blocking on purpose: the read below returns once the exec or exit
         # under way has closed the child's copy (see above); non-blocking,
         # it costs more than it saves (a spawn took ~300 us longer, measured).
@@ -309,10 +312,9 @@ def spawn(plan: Plan | Compiled, *, path: str | tuple[str, ...], args: Sequence[
             # returns: with our copies of its ends closed, neither channel
             # can wait on anything else.
             child_ends.callback(os.close, err_w)
-            if theirs is not None:
-                child_ends.callback(theirs.close)
+            child_ends.callback(close_fds, theirs)
             req.landlock_fd = _above(landlock_fd, len(fds), child_ends)
-            req.listener_sock = _above(theirs.fileno(), len(fds), child_ends) if theirs else -1
+            req.listener_sock = _above(theirs[0], len(fds), child_ends) if theirs else -1
             req.errpipe = _above(err_w, len(fds), child_ends)
             if netns_fd >= 0:
                 req.net_mode = lib.ASL_NET_JOIN
@@ -334,7 +336,7 @@ def spawn(plan: Plan | Compiled, *, path: str | tuple[str, ...], args: Sequence[
             _check_started(req, err_r, paths)
             if req.reached != lib.ASL_STEP_EXECVE:
                 raise _died(req, pidfd)
-            listener = None if ours is None else _receive_listener(ours, req, pidfd)
+            listener = None if ours < 0 else _receive_listener(ours, req, pidfd)
             cleanup_on_fail.pop_all()  # the caller owns the child and its fds now
         return Spawned(pid, pidfd, listener, bool(req.own_group))
 
@@ -364,23 +366,12 @@ def _check_started(req: Any, err_r: int, paths: tuple[str, ...]) -> None:
     raise SpawnError(err, message, step="execve", filename=culprit)
 
 
-#: Room for the one fd the child sends.
-_FD_SPACE = socket.CMSG_SPACE(4)
-
-
-def _receive_listener(ours: socket.socket, req: Any, pidfd: int) -> int:
+def _receive_listener(ours: int, req: Any, pidfd: int) -> int:
     """The listener the child sent before it exec'd, or :class:`SpawnError`
     if it died first."""
-    # Not socket.recv_fds: it drops its flags argument (CPython 3.11-3.13)
-    # and would block.  Nothing could block here anyway, since we hold no
-    # other end and an empty queue reads as EOF, but the call says so.
-    try:
-        _msg, ancillary, _flags, _addr = ours.recvmsg(1, _FD_SPACE, socket.MSG_DONTWAIT)
-    except BlockingIOError:
-        ancillary = []
-    for level, kind, data in ancillary:
-        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS and len(data) >= 4:
-            return int.from_bytes(data[:4], sys.byteorder, signed=True)
+    listener = int(lib.asl_receive_fd(ours))
+    if listener >= 0:
+        return listener
     # Nothing there, and nothing will come (we hold no other end): the
     # child died, killed from outside (it reports its own failures).
     raise _died(req, pidfd)

@@ -147,6 +147,11 @@ struct asl_spawn_req {
 
 /* Returns the child's pid and stores its pidfd, or -errno if clone failed. */
 int asl_spawn(const struct asl_spawn_req *req, int *pidfd);
+/* The channel a supervised child sends its listener on: a CLOEXEC
+ * SOCK_SEQPACKET pair into `sv`; 0 or -errno.  And the fd that came on
+ * `sock` (never waits), or -errno: -ENOMSG when none came. */
+int asl_channel(int *sv);
+int asl_receive_fd(int sock);
 
 /* The reaper (csrc/reaper.c): records of two int32, {op, id}, on its pipe. */
 enum asl_reaper_op {
