@@ -273,7 +273,7 @@ def test_without_the_supervisor_address_rules_are_named() -> None:
     assert "unix_allow" in unenforced(Sandbox(unix_allow=["/tmp"]), Subsystem.SUPERVISOR)
 
 
-def _ping_in_netns(netprobe: str, host: str, rule: str | None) -> int:
+def _ping_in_netns(netprobe: str, host: str, rule: str | None, backend: str) -> int:
     """Ping ``host`` in a fresh network namespace of our own (ping sockets
     are off on this host: their sysctl is per namespace), in a sandbox
     with ``rule`` (None: unconfined)."""
@@ -285,7 +285,7 @@ with open("/proc/sys/net/ipv4/ping_group_range", "w") as f:
     f.write("0 2147483647")
 from test_net_guard import probe, sandbox
 sb = None if {rule!r} is None else sandbox({netprobe!r}, net_allow=[{rule!r}])
-code, out = anyio.run(probe, sb, {netprobe!r}, "ping", {host!r})
+code, out = anyio.run(probe, sb, {netprobe!r}, "ping", {host!r}, backend={backend!r})
 print(code)
 """
     done = subprocess.run(["unshare", "-n", sys.executable, "-c", script], capture_output=True,
@@ -300,30 +300,32 @@ def netns() -> None:
         pytest.skip("needs root to make a network namespace")
 
 
-@pytest.mark.parametrize("anyio_backend", ["asyncio"])
 @pytest.mark.usefixtures("netns")
-async def test_icmp_by_rule(netprobe: str) -> None:
-    assert _ping_in_netns(netprobe, "127.0.0.1", None) == 0  # the control
-    assert _ping_in_netns(netprobe, "127.0.0.1", "icmp://127.0.0.1") == 0
-    assert _ping_in_netns(netprobe, "::1", "icmp://*") == 0
-    assert _ping_in_netns(netprobe, "127.0.0.2", "icmp://127.0.0.1") == errno.EACCES
+async def test_icmp_by_rule(netprobe: str, anyio_backend: str) -> None:
+    def ping(host: str, rule: str | None) -> int:
+        return _ping_in_netns(netprobe, host, rule, anyio_backend)
+
+    assert ping("127.0.0.1", None) == 0  # the control
+    assert ping("127.0.0.1", "icmp://127.0.0.1") == 0
+    assert ping("::1", "icmp://*") == 0
+    assert ping("127.0.0.2", "icmp://127.0.0.1") == errno.EACCES
     # No icmp rule: no ping socket at all.
-    assert _ping_in_netns(netprobe, "127.0.0.1", "*") == errno.EAFNOSUPPORT
+    assert ping("127.0.0.1", "*") == errno.EAFNOSUPPORT
 
 
-def _as_nobody(netprobe: str, tcp_port: int) -> list[int]:
+def _as_nobody(netprobe: str, tcp_port: int, backend: str) -> list[int]:
     script = f"""
 import anyio, os, sys
 sys.path.insert(0, {os.path.dirname(__file__)!r})
 # Everything imported first: the interpreter lives under /root, closed to 65534.
-import anyio._backends._asyncio
+import anyio._backends._{backend}
 from test_net_guard import probe, sandbox
 os.setgroups([]); os.setresgid(65534, 65534, 65534); os.setresuid(65534, 65534, 65534)
 sb = sandbox({netprobe!r}, net_allow=["127.0.0.1:{tcp_port}"])
 async def main():
     return [(await probe(sb, {netprobe!r}, "connect", "tcp", h, {tcp_port}))[0]
             for h in ("127.0.0.1", "127.0.0.2")]
-print(*anyio.run(main))
+print(*anyio.run(main, backend={backend!r}))
 """
     env = {**os.environ, "ASYNCSANDLOCK_TEST_BUILD": os.path.dirname(netprobe)}
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
@@ -332,11 +334,10 @@ print(*anyio.run(main))
     return [int(x) for x in done.stdout.split()]
 
 
-@pytest.mark.parametrize("anyio_backend", ["asyncio"])
-async def test_as_nobody(netprobe: str, servers: Servers) -> None:
+async def test_as_nobody(netprobe: str, servers: Servers, anyio_backend: str) -> None:
     if os.geteuid() != 0:
         pytest.skip("needs root to drop to uid 65534")
-    assert _as_nobody(netprobe, servers.tcp_port) == [0, errno.EACCES]
+    assert _as_nobody(netprobe, servers.tcp_port, anyio_backend) == [0, errno.EACCES]
     assert servers.accepted("127.0.0.1") == 1
     assert servers.accepted("127.0.0.2") == 0
 
