@@ -38,7 +38,7 @@ import tempfile
 import termios
 import time
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -476,6 +476,42 @@ async def assert_accepted(world: World, a: Attempt, reason: str, request: Any) -
 
     request.applymarker(pytest.mark.xfail(strict=True, reason=f"accepted: {reason}"))
     await assert_held(world, a)
+
+
+def battery(attempts: Sequence[Attempt]) -> tuple[Any, Any]:
+    """A module's ``test_held`` and ``test_control`` over ``attempts``:
+    ``test_held, test_control = battery(ATTEMPTS)``, after the list is
+    complete (it is read here), beside ``world = world_fixture()``."""
+    import pytest
+
+    @pytest.mark.parametrize("a", attempts, ids=ids(attempts))
+    async def test_held(world: World, a: Attempt, no_leaks: None) -> None:
+        await assert_held(world, a)
+
+    @pytest.mark.parametrize("a", attempts, ids=ids(attempts))
+    def test_control(world: World, a: Attempt) -> None:
+        assert_control(world, a)
+
+    return test_held, test_control
+
+
+def accepted_battery(accepted: Sequence[tuple[Attempt, str]]) -> tuple[Any, Any]:
+    """A module's ``test_accepted`` and ``test_accepted_control`` over
+    ``accepted`` (attempt, reason) pairs, as :func:`battery`."""
+    import pytest
+
+    ids_ = [a.id for a, _ in accepted]
+
+    @pytest.mark.parametrize(("a", "reason"), accepted, ids=ids_)
+    async def test_accepted(world: World, a: Attempt, reason: str, request: pytest.FixtureRequest,
+                            no_leaks: None) -> None:
+        await assert_accepted(world, a, reason, request)
+
+    @pytest.mark.parametrize(("a", "reason"), accepted, ids=ids_)
+    def test_accepted_control(world: World, a: Attempt, reason: str) -> None:
+        assert_control(world, a)
+
+    return test_accepted, test_accepted_control
 
 
 def world_fixture() -> Any:

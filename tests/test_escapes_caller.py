@@ -25,13 +25,10 @@ from conftest import PYTHON, build_helper
 from escapes import (
     DENIED,
     NOEFFECT,
-    Attempt,
     World,
-    assert_control,
-    assert_held,
     attempt,
+    battery,
     check_held,
-    ids,
     world_fixture,
 )
 
@@ -51,14 +48,7 @@ CALLER = [
 world = world_fixture()
 
 
-@pytest.mark.parametrize("a", CALLER, ids=ids(CALLER))
-async def test_held(world: World, a: Attempt, no_leaks: None) -> None:
-    await assert_held(world, a)
-
-
-@pytest.mark.parametrize("a", CALLER, ids=ids(CALLER))
-def test_control(world: World, a: Attempt) -> None:
-    assert_control(world, a)
+test_held, test_control = battery(CALLER)
 
 
 # -- fds the caller opened without O_CLOEXEC -----------------------------------

@@ -19,10 +19,9 @@ from escapes import (
     NOEFFECT,
     Attempt,
     World,
-    assert_accepted,
-    assert_control,
-    assert_held,
+    accepted_battery,
     attempt,
+    battery,
     ids,
     world_fixture,
 )
@@ -105,25 +104,10 @@ if os.geteuid() == 0:
 world = world_fixture()
 
 
-@pytest.mark.parametrize("a", FILES, ids=ids(FILES))
-async def test_held(world: World, a: Attempt, no_leaks: None) -> None:
-    await assert_held(world, a)
+test_held, test_control = battery(FILES)
 
 
-@pytest.mark.parametrize("a", FILES, ids=ids(FILES))
-def test_control(world: World, a: Attempt) -> None:
-    assert_control(world, a)
-
-
-@pytest.mark.parametrize(("a", "reason"), ACCEPTED, ids=[a.id for a, _ in ACCEPTED])
-async def test_accepted(world: World, a: Attempt, reason: str, request: pytest.FixtureRequest,
-                        no_leaks: None) -> None:
-    await assert_accepted(world, a, reason, request)
-
-
-@pytest.mark.parametrize(("a", "reason"), ACCEPTED, ids=[a.id for a, _ in ACCEPTED])
-def test_accepted_control(world: World, a: Attempt, reason: str) -> None:
-    assert_control(world, a)
+test_accepted, test_accepted_control = accepted_battery(ACCEPTED)
 
 
 # The attacks are not refused for being odd: the same calls on the sandbox's

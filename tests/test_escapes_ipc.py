@@ -14,7 +14,15 @@ import errno
 
 import pytest
 
-from escapes import DENIED, Attempt, World, assert_control, assert_held, attempt, ids, world_fixture
+from escapes import (
+    DENIED,
+    Attempt,
+    World,
+    attempt,
+    battery,
+    ids,
+    world_fixture,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -46,14 +54,7 @@ IPC = [
 world = world_fixture()
 
 
-@pytest.mark.parametrize("a", IPC, ids=ids(IPC))
-async def test_held(world: World, a: Attempt, no_leaks: None) -> None:
-    await assert_held(world, a)
-
-
-@pytest.mark.parametrize("a", IPC, ids=ids(IPC))
-def test_control(world: World, a: Attempt) -> None:
-    assert_control(world, a)
+test_held, test_control = battery(IPC)
 
 
 # With the permission granted (allow_sysv_ipc=True) the same attempts work.

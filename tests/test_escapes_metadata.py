@@ -19,9 +19,8 @@ from escapes import (
     NOEFFECT,
     Attempt,
     World,
-    assert_control,
-    assert_held,
     attempt,
+    battery,
     ids,
     world_fixture,
 )
@@ -92,14 +91,7 @@ WORKS = [
 world = world_fixture()
 
 
-@pytest.mark.parametrize("a", METADATA, ids=ids(METADATA))
-async def test_held(world: World, a: Attempt, no_leaks: None) -> None:
-    await assert_held(world, a)
-
-
-@pytest.mark.parametrize("a", METADATA, ids=ids(METADATA))
-def test_control(world: World, a: Attempt) -> None:
-    assert_control(world, a)
+test_held, test_control = battery(METADATA)
 
 
 @pytest.mark.parametrize("a", WORKS, ids=ids(WORKS))

@@ -17,7 +17,7 @@ from escapes import (
     DENIED,
     Attempt,
     World,
-    assert_accepted,
+    accepted_battery,
     assert_control,
     assert_held,
     attempt,
@@ -102,15 +102,7 @@ def test_control(world: World, available: dict[str, int], a: Attempt) -> None:
     assert_control(world, a)
 
 
-@pytest.mark.parametrize(("a", "reason"), ACCEPTED, ids=[a.id for a, _ in ACCEPTED])
-async def test_accepted(world: World, a: Attempt, reason: str, request: pytest.FixtureRequest,
-                        no_leaks: None) -> None:
-    await assert_accepted(world, a, reason, request)
-
-
-@pytest.mark.parametrize(("a", "reason"), ACCEPTED, ids=[a.id for a, _ in ACCEPTED])
-def test_accepted_control(world: World, a: Attempt, reason: str) -> None:
-    assert_control(world, a)
+test_accepted, test_accepted_control = accepted_battery(ACCEPTED)
 
 
 # With binding granted (net_allow_bind=[OTHER]) a bound socket listens.

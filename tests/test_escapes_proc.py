@@ -14,13 +14,10 @@ import os
 import pytest
 
 from escapes import (
-    Attempt,
     World,
-    assert_accepted,
-    assert_control,
-    assert_held,
+    accepted_battery,
     attempt,
-    ids,
+    battery,
     world_fixture,
 )
 
@@ -65,25 +62,10 @@ if os.path.exists(SYS):
 world = world_fixture()
 
 
-@pytest.mark.parametrize("a", PROC, ids=ids(PROC))
-async def test_held(world: World, a: Attempt, no_leaks: None) -> None:
-    await assert_held(world, a)
+test_held, test_control = battery(PROC)
 
 
-@pytest.mark.parametrize("a", PROC, ids=ids(PROC))
-def test_control(world: World, a: Attempt) -> None:
-    assert_control(world, a)
-
-
-@pytest.mark.parametrize(("a", "reason"), ACCEPTED, ids=[a.id for a, _ in ACCEPTED])
-async def test_accepted(world: World, a: Attempt, reason: str, request: pytest.FixtureRequest,
-                        no_leaks: None) -> None:
-    await assert_accepted(world, a, reason, request)
-
-
-@pytest.mark.parametrize(("a", "reason"), ACCEPTED, ids=[a.id for a, _ in ACCEPTED])
-def test_accepted_control(world: World, a: Attempt, reason: str) -> None:
-    assert_control(world, a)
+test_accepted, test_accepted_control = accepted_battery(ACCEPTED)
 
 
 async def test_proc_policy_still_shows_the_sandbox_itself(world: World) -> None:

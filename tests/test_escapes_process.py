@@ -14,7 +14,15 @@ import select
 
 import pytest
 
-from escapes import DENIED, Attempt, World, assert_control, assert_held, attempt, ids, world_fixture
+from escapes import (
+    DENIED,
+    Attempt,
+    World,
+    attempt,
+    battery,
+    ids,
+    world_fixture,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -78,14 +86,7 @@ WORKS = [
 world = world_fixture()
 
 
-@pytest.mark.parametrize("a", PROCESS, ids=ids(PROCESS))
-async def test_held(world: World, a: Attempt, no_leaks: None) -> None:
-    await assert_held(world, a)
-
-
-@pytest.mark.parametrize("a", PROCESS, ids=ids(PROCESS))
-def test_control(world: World, a: Attempt) -> None:
-    assert_control(world, a)
+test_held, test_control = battery(PROCESS)
 
 
 @pytest.mark.parametrize("a", WORKS, ids=ids(WORKS))
