@@ -191,32 +191,47 @@ class SandboxedProcess:
         async with self._wait_lock:
             if self._status is None:
                 await anyio.wait_readable(self._pidfd)
-                # Leftovers die while the zombie still pins the group id.
-                if self._own_group:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.killpg(self.pid, _signal.SIGKILL)
-                forget(self.pid)  # while the zombie still pins the id
-                self._status = os.waitid(os.P_PIDFD, self._pidfd, os.WEXITED)
-                self._ended = time.monotonic()
-                # Not watched: the only waiter on the pidfd is this task
-                # (under the lock), and its wait_readable has returned.
-                pidfd, self._pidfd = self._pidfd, -1
-                close_fd(pidfd, watched=False)
-                orphans = self._own_group and (os.getpid() == 1 or _is_subreaper())
-                # A supervisor that never had a notification stands down
-                # without a task to cancel and join (see _standby.py).
-                supervised = self._supervisor is not None and not self._supervisor.stop_idle()
-                if orphans or supervised or self._network is not None:
-                    with anyio.CancelScope(shield=True):
-                        if orphans:
-                            await self._reap_orphans()
-                        await self._stop_supervisor()
-                        if self._network is not None:
-                            await self._network.aclose()
-                else:  # nothing to await: no cancel scope to enter and leave
-                    self._close_listener()
-                self._finished = True
+                await self._reap()
         return self._status_code()
+
+    async def _reap_ready(self) -> None:
+        """:meth:`wait` for a caller that has seen the pidfd readable (and so
+        had its checkpoint): no second wait on the loop for it."""
+        if self._finished:
+            return
+        if self._wait_lock is None:
+            self._wait_lock = anyio.Lock(fast_acquire=True)
+        async with self._wait_lock:
+            if self._status is None:
+                await self._reap()
+
+    async def _reap(self) -> None:
+        """Reap the exited process, kill what it left behind, stand down."""
+        # Leftovers die while the zombie still pins the group id.
+        if self._own_group:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.pid, _signal.SIGKILL)
+        forget(self.pid)  # while the zombie still pins the id
+        self._status = os.waitid(os.P_PIDFD, self._pidfd, os.WEXITED)
+        self._ended = time.monotonic()
+        # Not watched: the only waiter on the pidfd is the task holding the
+        # lock, and its wait is over.
+        pidfd, self._pidfd = self._pidfd, -1
+        close_fd(pidfd, watched=False)
+        orphans = self._own_group and (os.getpid() == 1 or _is_subreaper())
+        # A supervisor that never had a notification stands down
+        # without a task to cancel and join (see _standby.py).
+        supervised = self._supervisor is not None and not self._supervisor.stop_idle()
+        if orphans or supervised or self._network is not None:
+            with anyio.CancelScope(shield=True):
+                if orphans:
+                    await self._reap_orphans()
+                await self._stop_supervisor()
+                if self._network is not None:
+                    await self._network.aclose()
+        else:  # nothing to await: no cancel scope to enter and leave
+            self._close_listener()
+        self._finished = True
 
     def _status_code(self) -> int:
         code = self.returncode
@@ -246,7 +261,10 @@ class SandboxedProcess:
 
     def _close_listener(self) -> None:
         listener, self._listener = self._listener, -1
-        close_fd(listener)  # the supervisor registered it with the loop
+        # Not watched: the supervisor's task, the only one that waits on it,
+        # never started or has been joined (and the standby's registration
+        # is gone, see _standby.py).
+        close_fd(listener, watched=False)
 
     async def _kill_and_reap(self, reason: ExitReason) -> None:
         with anyio.CancelScope(shield=True):

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, NamedTuple, cast
 import anyio
 from anyio.abc import ByteReceiveStream, TaskStatus
 
+from ._collect import can_collect, collect
 from ._enforcement import unenforced_by_run
 from ._exceptions import PolicyError, SpawnError
 from ._fd import close_fds
@@ -232,11 +233,12 @@ async def _open_in_turn(sandbox: Sandbox, argv: tuple[str, ...], *, stdin: Stdio
         network.start(child.pid)
     if unenforced:
         warn_degraded(sandbox, unenforced, run_handlers=bool(handlers))
-    if child.listener is not None:
-        supervisor = Supervisor(child.listener, routes, names,
-                                lambda: proc._kill_for(ExitReason.KILLED))
-        proc._supervisor = Standby.arm(child.listener, supervisor.serve,
-                                       f"asyncsandlock supervisor {child.pid}")
+    if (listener := child.listener) is not None:
+        # Made on the first notification only: most runs never trap a call.
+        proc._supervisor = Standby.arm(
+            listener, lambda: Supervisor(listener, routes, names,
+                                         lambda: proc._kill_for(ExitReason.KILLED)).serve(),
+            f"asyncsandlock supervisor {child.pid}")
     return proc
 
 
@@ -379,6 +381,15 @@ async def supervise(procs: Sequence[SandboxedProcess], inputs: Sequence[bytes | 
     sandboxes = policies if policies is not None else [None] * len(procs)
     outs = [_capture(policy) for policy in sandboxes]
     errs = [_capture(policy) for policy in sandboxes]
+    if can_collect(procs, inputs):  # the usual run: see _collect.py
+        try:
+            if await collect(procs[0], outs[0], errs[0], _on_full(sandboxes[0], procs[0]),
+                             timeout):
+                pass  # killed and reaped with reason TIMEOUT
+        finally:
+            await close_all(procs)
+        await anyio.lowlevel.checkpoint_if_cancelled()
+        return [_result_of(procs[0], outs[0], errs[0])]
     try:
         async with anyio.create_task_group() as tg:
             for proc, data, out, err, policy in zip(procs, inputs, outs, errs, sandboxes,
@@ -408,10 +419,13 @@ async def supervise(procs: Sequence[SandboxedProcess], inputs: Sequence[bytes | 
     # before they read everything: it propagates here rather than leave a
     # Result with output missing and the scope unaware it was cancelled.
     await anyio.lowlevel.checkpoint_if_cancelled()
-    return [proc._result(out.value() if proc.stdout is not None else None,
-                         err.value() if proc.stderr is not None else None,
-                         (out.dropped, err.dropped))
-            for proc, out, err in zip(procs, outs, errs, strict=True)]
+    return [_result_of(proc, out, err) for proc, out, err in zip(procs, outs, errs, strict=True)]
+
+
+def _result_of(proc: SandboxedProcess, out: Capture, err: Capture) -> Result:
+    return proc._result(out.value() if proc.stdout is not None else None,
+                        err.value() if proc.stderr is not None else None,
+                        (out.dropped, err.dropped))
 
 
 async def run(sandbox: Sandbox, args: Sequence[str], *, input: bytes | None = None,
