@@ -25,6 +25,7 @@ the task is started with the first listener and lives as long as the run.
 
 from __future__ import annotations
 
+import asyncio
 import select
 from collections.abc import Awaitable, Callable
 from typing import Protocol
@@ -63,8 +64,6 @@ class Standby:
         if current_backend() == "trio":
             watcher: _Watcher = _trio_watcher()
         else:
-            import asyncio
-
             watcher = asyncio.get_running_loop()
         watcher.add_reader(fd, self._wake)
         self._watcher = watcher
