@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import os
 import select
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import anyio
 
@@ -60,8 +60,38 @@ class _Reader:
         return True
 
 
-def can_collect(procs: list[SandboxedProcess] | tuple[SandboxedProcess, ...],
-                inputs: object) -> bool:
+class _Listeners:
+    """The supervisor's listener on standby (``_standby.py``), watched in the
+    run's epoll set rather than by the event loop: no registration with the
+    loop to make and drop, and the hang-up that every listener reports when
+    its sandbox exits is told from a notification by the events epoll gives,
+    without a poll of its own."""
+
+    __slots__ = ("callbacks", "epoll")
+
+    def __init__(self, epoll: select.epoll) -> None:
+        self.epoll = epoll
+        self.callbacks: dict[int, Callable[[], None]] = {}
+
+    def add_reader(self, fd: int, callback: Callable[[], None]) -> None:
+        self.epoll.register(fd, select.EPOLLIN)
+        self.callbacks[fd] = callback
+
+    def remove_reader(self, fd: int) -> None:
+        if self.callbacks.pop(fd, None) is not None:
+            self.epoll.unregister(fd)
+
+    def ready(self, fd: int, events: int) -> None:
+        callback = self.callbacks.get(fd)
+        if callback is None:
+            return
+        if events & select.EPOLLIN:
+            callback()  # the standby's wake-up: it removes fd first
+        else:
+            self.remove_reader(fd)  # hung up: the sandbox is gone, nothing to serve
+
+
+def can_collect(procs: Sequence[SandboxedProcess]) -> bool:
     """True when :func:`collect` can drive ``procs``: one process with its
     own process group (its leftovers die with it, so its pipes end) and no
     stdin pipe to feed."""
@@ -70,11 +100,12 @@ def can_collect(procs: list[SandboxedProcess] | tuple[SandboxedProcess, ...],
 
 
 async def collect(proc: SandboxedProcess, out: Capture, err: Capture,
-                  full: Callable[[], None] | None, timeout: float | None) -> bool:
-    """Drain ``proc``'s pipes into ``out``/``err`` and reap it; True if the
-    deadline ``timeout`` ran out (the process was then killed, reason
-    TIMEOUT, and reaped)."""
+                  full: Callable[[], None] | None, timeout: float | None) -> None:
+    """Drain ``proc``'s pipes into ``out``/``err`` and reap it; past the
+    deadline ``timeout`` it is killed (reason TIMEOUT) and reaped, and its
+    pipes read to their end."""
     epoll = select.epoll()  # close-on-exec
+    listeners = _Listeners(epoll)
     try:
         readers: dict[int, _Reader] = {}
         for stream, capture in ((proc.stdout, out), (proc.stderr, err)):
@@ -84,40 +115,44 @@ async def collect(proc: SandboxedProcess, out: Capture, err: Capture,
                 epoll.register(reader.fd, select.EPOLLIN)
         pidfd = proc._pidfd
         epoll.register(pidfd, select.EPOLLIN)
-        expired = False
+        if proc._supervisor is not None:  # left for us by run(): see _Listeners
+            proc._supervisor.watch(listeners)
         if timeout is None:
-            await _serve(epoll, readers, pidfd, proc)
+            await _serve(epoll, readers, listeners, pidfd, proc)
         else:
             with anyio.move_on_after(timeout) as scope:
-                await _serve(epoll, readers, pidfd, proc)
+                await _serve(epoll, readers, listeners, pidfd, proc)
             if scope.cancelled_caught:
-                expired = True
                 with anyio.CancelScope(shield=True):
                     if not proc._finished:
                         proc._kill_for(ExitReason.TIMEOUT)
                         await proc.wait()
                     # Killed with its group: its pipes end now.
-                    await _serve(epoll, readers, -1, proc)
-        return expired
+                    await _serve(epoll, readers, listeners, -1, proc)
     finally:
-        # Only this task waited on the set, and its wait is over.
+        # Only this task waited on the set, and its wait is over.  A listener
+        # still on it (cancelled before the reap) is the caller's to reap.
+        listeners.callbacks.clear()
         epoll.close()
 
 
-async def _serve(epoll: select.epoll, readers: dict[int, _Reader], pidfd: int,
-                 proc: SandboxedProcess) -> None:
+async def _serve(epoll: select.epoll, readers: dict[int, _Reader], listeners: _Listeners,
+                 pidfd: int, proc: SandboxedProcess) -> None:
     exited = pidfd < 0 or proc._finished
     if exited and pidfd >= 0:
         epoll.unregister(pidfd)
     while readers or not exited:
         await anyio.wait_readable(epoll.fileno())
-        for fd, _events in epoll.poll(0):
+        for fd, events in epoll.poll(0):
             if fd == pidfd:
                 if not exited:
                     epoll.unregister(pidfd)
                     exited = True
                     await proc._reap_ready()
-            elif (reader := readers.get(fd)) is not None and not reader.read():
-                epoll.unregister(fd)
-                del readers[fd]
+            elif (reader := readers.get(fd)) is not None:
+                if not reader.read():
+                    epoll.unregister(fd)
+                    del readers[fd]
+            else:
+                listeners.ready(fd, events)
 

@@ -121,9 +121,12 @@ async def open_process(sandbox: Sandbox, args: Sequence[str], *, stdin: StdioTar
                        env: Mapping[str, str] | None = None,
                        cwd: str | os.PathLike[str] | None = None,
                        handlers: Sequence[Handler] = (), extra_fds: Sequence[int] = (),
-                       layer: Layer | None = None) -> SandboxedProcess:
+                       layer: Layer | None = None, watch_now: bool = True) -> SandboxedProcess:
     """Start ``args`` in ``sandbox``; see :meth:`Sandbox.open`.  ``layer``:
-    the run's workspace layer, if the policy has a workdir (see run())."""
+    the run's workspace layer, if the policy has a workdir (see run()).
+    ``watch_now=False``: the listener is left for :func:`supervise` to
+    watch, before anything awaits (no notification waits meanwhile: the
+    listener stays readable until one is received)."""
     argv = check_args(args)
     run_env = check_env("env", env if env is not None else {})
     run_cwd = check_cwd("cwd", cwd)
@@ -132,13 +135,14 @@ async def open_process(sandbox: Sandbox, args: Sequence[str], *, stdin: StdioTar
     return await open_checked(sandbox, argv, stdin=stdin, stdout=stdout, stderr=stderr,
                               env=run_env, cwd=run_cwd,
                               handlers=check_handlers("handlers", handlers), extra_fds=fds,
-                              layer=layer)
+                              layer=layer, watch_now=watch_now)
 
 
 async def open_checked(sandbox: Sandbox, argv: tuple[str, ...], *, stdin: StdioTarget,
                        stdout: StdioTarget, stderr: StdioTarget, env: Mapping[str, str],
                        cwd: str | None, handlers: tuple[Handler, ...],
-                       extra_fds: Sequence[int], layer: Layer | None = None) -> SandboxedProcess:
+                       extra_fds: Sequence[int], layer: Layer | None = None,
+                       watch_now: bool = True) -> SandboxedProcess:
     """:func:`open_process` once its arguments are validated (by it, or for a
     pipeline stage partly by :meth:`Sandbox.cmd`); stdio is checked here.
 
@@ -151,13 +155,14 @@ async def open_checked(sandbox: Sandbox, argv: tuple[str, ...], *, stdin: StdioT
     async with SpawnTurn():
         return await _open_in_turn(sandbox, argv, stdin=stdin, stdout=stdout, stderr=stderr,
                                    env=env, cwd=cwd, handlers=handlers, extra_fds=extra_fds,
-                                   layer=layer)
+                                   layer=layer, watch_now=watch_now)
 
 
 async def _open_in_turn(sandbox: Sandbox, argv: tuple[str, ...], *, stdin: StdioTarget,
                         stdout: StdioTarget, stderr: StdioTarget, env: Mapping[str, str],
                         cwd: str | None, handlers: tuple[Handler, ...],
-                        extra_fds: Sequence[int], layer: Layer | None) -> SandboxedProcess:
+                        extra_fds: Sequence[int], layer: Layer | None,
+                        watch_now: bool) -> SandboxedProcess:
     if sandbox.workdir is not None and layer is None:
         raise PolicyError("workdir", "a workspace needs Sandbox.run(): open() and pipelines "
                                      "do not take one")
@@ -235,10 +240,12 @@ async def _open_in_turn(sandbox: Sandbox, argv: tuple[str, ...], *, stdin: Stdio
         warn_degraded(sandbox, unenforced, run_handlers=bool(handlers))
     if (listener := child.listener) is not None:
         # Made on the first notification only: most runs never trap a call.
-        proc._supervisor = Standby.arm(
+        proc._supervisor = Standby(
             listener, lambda: Supervisor(listener, routes, names,
                                          lambda: proc._kill_for(ExitReason.KILLED)).serve(),
             f"asyncsandlock supervisor {child.pid}")
+        if watch_now:
+            proc._supervisor.watch()
     return proc
 
 
@@ -381,15 +388,16 @@ async def supervise(procs: Sequence[SandboxedProcess], inputs: Sequence[bytes | 
     sandboxes = policies if policies is not None else [None] * len(procs)
     outs = [_capture(policy) for policy in sandboxes]
     errs = [_capture(policy) for policy in sandboxes]
-    if can_collect(procs, inputs):  # the usual run: see _collect.py
+    if can_collect(procs):  # the usual run: see _collect.py
         try:
-            if await collect(procs[0], outs[0], errs[0], _on_full(sandboxes[0], procs[0]),
-                             timeout):
-                pass  # killed and reaped with reason TIMEOUT
+            await collect(procs[0], outs[0], errs[0], _on_full(sandboxes[0], procs[0]), timeout)
         finally:
             await close_all(procs)
         await anyio.lowlevel.checkpoint_if_cancelled()
         return [_result_of(procs[0], outs[0], errs[0])]
+    for proc in procs:
+        if proc._supervisor is not None:
+            proc._supervisor.watch()  # a no-op if open_process watched it
     try:
         async with anyio.create_task_group() as tg:
             for proc, data, out, err, policy in zip(procs, inputs, outs, errs, sandboxes,
@@ -441,7 +449,8 @@ async def run(sandbox: Sandbox, args: Sequence[str], *, input: bytes | None = No
     check_dry_run(sandbox.workdir is not None, dry_run)
     if sandbox.workdir is None:
         proc = await open_process(sandbox, args, stdin=stdin, stdout=stdout, stderr=stderr,
-                                  env=env, cwd=cwd, handlers=handlers, extra_fds=extra_fds)
+                                  env=env, cwd=cwd, handlers=handlers, extra_fds=extra_fds,
+                                  watch_now=False)
         task_status.started(proc)
         (result,) = await supervise([proc], [input], timeout, [sandbox])
     else:

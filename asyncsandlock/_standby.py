@@ -48,26 +48,28 @@ class Standby:
     """Watches one listener fd and starts ``serve`` in a :class:`Background`
     task on its first notification.  The fd stays the caller's."""
 
-    __slots__ = ("_fd", "_name", "_serve", "_watcher", "task")
+    __slots__ = ("_down", "_fd", "_name", "_serve", "_watcher", "task")
 
     def __init__(self, fd: int, serve: Callable[[], Awaitable[None]], name: str) -> None:
+        """On standby, not yet watched: see :meth:`watch`."""
         self._fd = fd
         self._serve = serve
         self._name = name
         #: The supervisor's task, once a notification came.
         self.task: Background | None = None
-        self._watcher: _Watcher | None = None
+        self._watcher: Watcher | None = None
+        self._down = False
 
-    @classmethod
-    def arm(cls, fd: int, serve: Callable[[], Awaitable[None]], name: str) -> Standby:
-        self = cls(fd, serve, name)
-        if current_backend() == "trio":
-            watcher: _Watcher = _trio_watcher()
-        else:
-            watcher = asyncio.get_running_loop()
-        watcher.add_reader(fd, self._wake)
+    def watch(self, watcher: Watcher | None = None) -> None:
+        """Start watching the fd, with ``watcher`` or else the event loop's
+        own; a no-op once watched, woken or stood down."""
+        if self._watcher is not None or self.task is not None or self._down:
+            return
+        if watcher is None:
+            watcher = (_trio_watcher() if current_backend() == "trio"
+                       else asyncio.get_running_loop())
+        watcher.add_reader(self._fd, self._wake)
         self._watcher = watcher
-        return self
 
     def _wake(self) -> None:
         self._disarm()
@@ -84,18 +86,21 @@ class Standby:
         must be stopped with :meth:`stop`."""
         if self.task is not None:
             return False
+        self._down = True
         self._disarm()
         return True
 
     async def stop(self) -> None:
         """Stand down, or cancel and join the supervisor's task."""
+        self._down = True
         self._disarm()
         if self.task is not None:
             await self.task.stop()
 
 
-class _Watcher(Protocol):
-    """What an asyncio loop offers, and :class:`_TrioWatcher` too."""
+class Watcher(Protocol):
+    """What an asyncio loop offers, and :class:`_TrioWatcher` too (and the
+    epoll set of a collected run, ``_collect.py``)."""
 
     def add_reader(self, fd: int, callback: Callable[[], None]) -> None: ...
 
