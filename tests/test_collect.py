@@ -15,8 +15,7 @@ import time
 import anyio
 import pytest
 
-from asyncsandlock import ExitReason, Sandbox
-from asyncsandlock import _collect
+from asyncsandlock import ExitReason, Sandbox, _collect
 
 from conftest import system_sandbox
 
