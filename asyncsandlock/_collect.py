@@ -1,4 +1,4 @@
-"""One process, driven to its end by one task waiting on one epoll set.
+"""One process, driven to its end by one task and one epoll set.
 
 The general path of ``supervise`` (``_run.py``) starts a task per output
 stream in a task group, and each task and the waiter park on a file
@@ -6,9 +6,17 @@ descriptor of their own: for a run of ``/bin/true`` that is two task starts,
 three registrations with the event loop, a task group to enter and leave and
 a loop iteration or two for the tasks to come back, about a tenth of the
 whole run on asyncio.  The usual run has one process and nothing to feed it,
-so here its pipes and its pidfd go into one epoll set of the run's own and
-the calling task waits on that one fd: the pipes and the exit of a command
-that ends at once come back in a single wake-up.
+so here its pipes, its pidfd and its listener on standby go into one epoll
+set of the run's own, and the calling task waits on that one fd.
+
+An exiting command makes that set ready up to three times: its listener
+hangs up as its last task goes, its pipes end as its files are closed, its
+pidfd turns readable last.  Only the last needs the task.  On asyncio a wake
+of a task costs two loop iterations (the reader callback resolves a future,
+the task runs in the next), so there the set is served by a reader callback
+that wakes the task only once the pidfd fired (or everything ended); on Trio
+a task waiting on the fd is what the loop does cheaply, and the task serves
+it.  :class:`_Run` is what both do with what the set reports.
 
 What the general path guarantees holds here too: the pipes are drained while
 the command runs (a child never blocks on a full pipe), a flood lets the loop
@@ -20,12 +28,14 @@ their end, and on cancellation the caller's ``close_all`` kills and reaps it.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import select
 from collections.abc import Callable, Sequence
 
 import anyio
 
+from ._background import current_backend
 from ._process import SandboxedProcess
 from ._streams import Capture
 from ._types import ExitReason
@@ -99,60 +109,103 @@ def can_collect(procs: Sequence[SandboxedProcess]) -> bool:
             and not procs[0]._finished)
 
 
+class _Run:
+    """One collected run: its epoll set and what is left to wait for."""
+
+    __slots__ = ("epoll", "exited", "listeners", "pidfd", "readers", "reaped")
+
+    def __init__(self, epoll: select.epoll, pidfd: int) -> None:
+        self.epoll = epoll
+        self.listeners = _Listeners(epoll)
+        self.readers: dict[int, _Reader] = {}
+        self.pidfd = pidfd
+        #: The pidfd fired, and the process was reaped.
+        self.exited = self.reaped = False
+
+    def add(self, reader: _Reader) -> None:
+        self.readers[reader.fd] = reader
+        self.epoll.register(reader.fd, select.EPOLLIN)
+
+    def serve(self) -> bool:
+        """Take what the set reports; True when the task has something to do:
+        reap (the pidfd fired) or return (reaped, and every pipe ended)."""
+        for fd, events in self.epoll.poll(0):
+            if fd == self.pidfd:
+                if not self.exited:
+                    self.epoll.unregister(fd)
+                    self.exited = True
+            elif (reader := self.readers.get(fd)) is not None:
+                if not reader.read():
+                    self.epoll.unregister(fd)
+                    del self.readers[fd]
+            else:
+                self.listeners.ready(fd, events)
+        return self.exited != self.reaped or (self.reaped and not self.readers)
+
+
 async def collect(proc: SandboxedProcess, out: Capture, err: Capture,
                   full: Callable[[], None] | None, timeout: float | None) -> None:
     """Drain ``proc``'s pipes into ``out``/``err`` and reap it; past the
     deadline ``timeout`` it is killed (reason TIMEOUT) and reaped, and its
     pipes read to their end."""
     epoll = select.epoll()  # close-on-exec
-    listeners = _Listeners(epoll)
+    run = _Run(epoll, proc._pidfd)
     try:
-        readers: dict[int, _Reader] = {}
         for stream, capture in ((proc.stdout, out), (proc.stderr, err)):
             if stream is not None:
-                reader = _Reader(stream.fileno(), capture, full)
-                readers[reader.fd] = reader
-                epoll.register(reader.fd, select.EPOLLIN)
-        pidfd = proc._pidfd
-        epoll.register(pidfd, select.EPOLLIN)
+                run.add(_Reader(stream.fileno(), capture, full))
+        epoll.register(run.pidfd, select.EPOLLIN)
         if proc._supervisor is not None:  # left for us by run(): see _Listeners
-            proc._supervisor.watch(listeners)
+            proc._supervisor.watch(run.listeners)
         if timeout is None:
-            await _serve(epoll, readers, listeners, pidfd, proc)
+            await _serve(run, proc)
         else:
             with anyio.move_on_after(timeout) as scope:
-                await _serve(epoll, readers, listeners, pidfd, proc)
+                await _serve(run, proc)
             if scope.cancelled_caught:
                 with anyio.CancelScope(shield=True):
                     if not proc._finished:
                         proc._kill_for(ExitReason.TIMEOUT)
-                        await proc.wait()
+                        await proc.wait()  # closes the pidfd: it leaves the set
                     # Killed with its group: its pipes end now.
-                    await _serve(epoll, readers, listeners, -1, proc)
+                    await _serve(run, proc)
     finally:
         # Only this task waited on the set, and its wait is over.  A listener
         # still on it (cancelled before the reap) is the caller's to reap.
-        listeners.callbacks.clear()
+        run.listeners.callbacks.clear()
         epoll.close()
 
 
-async def _serve(epoll: select.epoll, readers: dict[int, _Reader], listeners: _Listeners,
-                 pidfd: int, proc: SandboxedProcess) -> None:
-    exited = pidfd < 0 or proc._finished
-    if exited and pidfd >= 0:
-        epoll.unregister(pidfd)
-    while readers or not exited:
-        await anyio.wait_readable(epoll.fileno())
-        for fd, events in epoll.poll(0):
-            if fd == pidfd:
-                if not exited:
-                    epoll.unregister(pidfd)
-                    exited = True
-                    await proc._reap_ready()
-            elif (reader := readers.get(fd)) is not None:
-                if not reader.read():
-                    epoll.unregister(fd)
-                    del readers[fd]
-            else:
-                listeners.ready(fd, events)
+async def _serve(run: _Run, proc: SandboxedProcess) -> None:
+    wait = _wait_asyncio if current_backend() == "asyncio" else _wait_trio
+    if proc._finished:  # reaped by someone else (a deadline's kill, say)
+        run.exited = run.reaped = True
+    while run.readers or not run.reaped:
+        if run.exited == run.reaped:
+            await wait(run)
+        if run.exited and not run.reaped:
+            run.reaped = True
+            await proc._reap_ready()
 
+
+async def _wait_trio(run: _Run) -> None:
+    while True:
+        await anyio.wait_readable(run.epoll.fileno())
+        if run.serve():
+            return
+
+
+async def _wait_asyncio(run: _Run) -> None:
+    loop = asyncio.get_running_loop()
+    woken = loop.create_future()
+
+    def ready() -> None:
+        if run.serve() and not woken.done():
+            woken.set_result(None)
+
+    fd = run.epoll.fileno()
+    loop.add_reader(fd, ready)
+    try:
+        await woken
+    finally:
+        loop.remove_reader(fd)
