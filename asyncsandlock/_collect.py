@@ -112,13 +112,14 @@ def can_collect(procs: Sequence[SandboxedProcess]) -> bool:
 class _Run:
     """One collected run: its epoll set and what is left to wait for."""
 
-    __slots__ = ("epoll", "exited", "listeners", "pidfd", "readers", "reaped")
+    __slots__ = ("epoll", "exited", "listeners", "pidfd", "proc", "readers", "reaped")
 
-    def __init__(self, epoll: select.epoll, pidfd: int) -> None:
+    def __init__(self, epoll: select.epoll, proc: SandboxedProcess) -> None:
         self.epoll = epoll
+        self.proc = proc
         self.listeners = _Listeners(epoll)
         self.readers: dict[int, _Reader] = {}
-        self.pidfd = pidfd
+        self.pidfd = proc._pidfd
         #: The pidfd fired, and the process was reaped.
         self.exited = self.reaped = False
 
@@ -140,6 +141,10 @@ class _Run:
                     del self.readers[fd]
             else:
                 self.listeners.ready(fd, events)
+        if self.proc._finished:
+            # Reaped by another waiter (a caller that took the process from
+            # task_status), which closed the pidfd: it left the set unseen.
+            self.exited = True
         return self.exited != self.reaped or (self.reaped and not self.readers)
 
 
@@ -149,7 +154,7 @@ async def collect(proc: SandboxedProcess, out: Capture, err: Capture,
     deadline ``timeout`` it is killed (reason TIMEOUT) and reaped, and its
     pipes read to their end."""
     epoll = select.epoll()  # close-on-exec
-    run = _Run(epoll, proc._pidfd)
+    run = _Run(epoll, proc)
     try:
         for stream, capture in ((proc.stdout, out), (proc.stderr, err)):
             if stream is not None:

@@ -7,6 +7,7 @@ Every async test runs on asyncio and on Trio.
 
 from __future__ import annotations
 
+import functools
 import pathlib
 import stat
 import threading
@@ -130,3 +131,16 @@ async def test_input_takes_the_general_path(collected: list[int]) -> None:
     result = await system_sandbox().run(["cat"], input=b"fed", timeout=10)
     assert result.stdout == b"fed"
     assert not collected  # a stdin pipe to feed: the task-group path
+
+
+@pytest.mark.parametrize("pipes", [True, False])
+async def test_another_waiter_may_reap_first(pipes: bool) -> None:
+    # run() hands its process out through task_status; a caller waiting on
+    # it may reap it (and close the pidfd) before the collecting task looks.
+    sb = system_sandbox()
+    stdio = {} if pipes else {"stdout": None, "stderr": None}
+    for _ in range(20):
+        async with anyio.create_task_group() as tg:
+            proc = await tg.start(functools.partial(sb.run, ["/bin/true"], timeout=10, **stdio))
+            with anyio.fail_after(10):
+                assert await proc.wait() == 0
