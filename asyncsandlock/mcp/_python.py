@@ -27,12 +27,20 @@ from __future__ import annotations
 from typing import Final
 
 #: Run by ``python -I -S -c``; the code comes on stdin.  It leaves nothing
-#: of its own in ``__main__``'s namespace.
+#: of its own in ``__main__``'s namespace.  An interpreter without
+#: ``_sitebuiltins`` (it is CPython's, since 3.4) runs the code without
+#: ``exit``/``quit``/``help``, as ``python -S -`` would.
 PRELUDE: Final = """\
-import builtins, sys, _sitebuiltins
-builtins.exit = _sitebuiltins.Quitter("exit", "Ctrl-D (i.e. EOF)")
-builtins.quit = _sitebuiltins.Quitter("quit", "Ctrl-D (i.e. EOF)")
-builtins.help = _sitebuiltins._Helper()
+import builtins, sys
+try:
+    import _sitebuiltins
+except ImportError:
+    pass
+else:
+    builtins.exit = _sitebuiltins.Quitter("exit", "Ctrl-D (i.e. EOF)")
+    builtins.quit = _sitebuiltins.Quitter("quit", "Ctrl-D (i.e. EOF)")
+    builtins.help = _sitebuiltins._Helper()
+    del _sitebuiltins
 def _hook(kind, value, tb, default=sys.excepthook, top=sys._getframe()):
     if tb is not None and tb.tb_frame is top:
         tb = tb.tb_next
@@ -43,7 +51,7 @@ sys.excepthook = _hook
 sys.argv[0] = "-"
 __file__ = "<stdin>"
 __cached__ = None
-del builtins, sys, _sitebuiltins, _hook
+del builtins, sys, _hook
 exec(compile(__import__("sys").stdin.buffer.read(), "<stdin>", "exec", dont_inherit=True))
 """
 
