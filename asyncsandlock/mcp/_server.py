@@ -192,6 +192,17 @@ class SandboxServer:
         # a symlink planted in it cannot make us delete elsewhere.
         # Where the host refuses a subsystem, rm runs without it: the command
         # and its target are ours, the confinement only a second guard.
+        # An empty workspace (a call that wrote nothing: every session-less
+        # computation) goes with one rmdir, which removes nothing but an
+        # empty directory and follows no link; the path is ours (a sandbox
+        # may write beneath it, not rename or replace it: that needs the
+        # root).  Anything else is left to rm.
+        try:
+            os.rmdir(path)
+        except OSError:
+            pass
+        else:
+            return
         remover = Sandbox(fs_readable=SYSTEM_READABLE, fs_writable=[self.root],
                           on_unavailable=allow_degraded(*Subsystem))
         with anyio.CancelScope(shield=True):
