@@ -30,6 +30,8 @@ SAME_AS_STDIN = [
     "import sys; print(sys.argv, sorted(globals()))",
     "print(type(help).__name__, type(exit).__name__)",
     "print(input())",
+    "try:\n    1/0\nexcept Exception as e:\n    raise KeyError('k') from e\n",
+    "raise ExceptionGroup('g', [ValueError('v')])",
     "print('\xe9t\xe9', len('\u20ac'))",
 ]
 
