@@ -18,8 +18,9 @@ reads the code from stdin and runs it in ``__main__`` as ``python -`` would:
 same ``__name__``, ``__file__`` (``<stdin>``), ``sys.argv`` (``['-']``),
 ``sys.path`` (``-I``: nothing of the working directory), future flags of the
 code's own, and tracebacks that start in the code (the prelude's own frame
-is dropped from the top).  The only visible difference is none of
-``copyright``, ``credits`` and ``license``.
+is dropped from the top).  The visible differences: none of
+``copyright``, ``credits`` and ``license``; and a ``# -*- coding: ... -*-``
+line is honoured (``python -`` of 3.11 refuses source that is not UTF-8).
 """
 
 from __future__ import annotations
