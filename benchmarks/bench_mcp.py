@@ -7,7 +7,14 @@ protocol).  Measured:
 - ``run_shell("true")`` round trip (sandlock: ``shell``), one call at a time,
   interleaved between the servers: the median;
 - 50 concurrent ``execute_python("print(1)")`` (sandlock: ``python``): the wall
-  time of the batch, and the server's thread count before and after.
+  time of a batch, ``--rounds`` batches per server taken in turn (the order
+  turning every round), the median; and the server's thread count around
+  each batch.
+
+All servers run all along, so the other tenants of a loaded machine weigh on
+each alike; the load average is printed with the figures.
+``--site-packages`` adds a second asyncsandlock server whose ``execute_python``
+sees site-packages (``python -I``, as before ``site_packages`` existed).
 
 sandlock-mcp needs ``mcp<2`` while this server needs ``mcp>=2``: install it in a
 venv of its own and pass its command, e.g.::
@@ -19,6 +26,7 @@ venv of its own and pass its command, e.g.::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
 import sys
@@ -75,45 +83,80 @@ async def call(client: Client, tool: tuple[str, str], value: str) -> Any:
     return result
 
 
+def turn(count: int, index: int) -> list[int]:
+    """The order of round ``index``: every contender first in turn."""
+    shift = index % count
+    return [*range(shift, count), *range(shift)]
+
+
+async def batch(client: Client, contender: Contender, count: int) -> float:
+    """Wall time of ``count`` concurrent ``execute_python("print(1)")`` calls."""
+    start = time.perf_counter()
+    async with anyio.create_task_group() as tg:
+        for _ in range(count):
+            tg.start_soon(call, client, contender.python, "print(1)")
+    return time.perf_counter() - start
+
+
 async def main(args: argparse.Namespace) -> None:
     root = tempfile.mkdtemp(prefix="bench-mcp-")
-    contenders = [Contender("asyncsandlock", [sys.executable, "-m", "asyncsandlock.mcp",
-                                              "--workspace-root", f"{root}/asl",
-                                              "--max-concurrent-per-session",
-                                              str(args.per_session)],
-                            ("run_shell", "command"), ("execute_python", "code"),
-                            f"{root}/asl")]
+    ours = [sys.executable, "-m", "asyncsandlock.mcp", "--workspace-root", f"{root}/asl"]
+    if args.per_session is not None:
+        ours += ["--max-concurrent-per-session", str(args.per_session)]
+    contenders = [Contender("asyncsandlock", ours, ("run_shell", "command"),
+                            ("execute_python", "code"), f"{root}/asl")]
+    if args.site_packages:
+        with_site = [*ours, "--site-packages"]
+        with_site[with_site.index(f"{root}/asl")] = f"{root}/asl-site"
+        contenders.append(Contender("asyncsandlock +site", with_site, ("run_shell", "command"),
+                                    ("execute_python", "code"), f"{root}/asl-site"))
     if args.sandlock:
         os.makedirs(f"{root}/sl")
         contenders.append(Contender("sandlock-mcp 0.9", [args.sandlock, "--workspace",
                                                         f"{root}/sl"],
                                     ("shell", "command"), ("python", "code"), f"{root}/sl"))
-    rows = []
-    for contender in contenders:
-        async with connect(contender) as client:
+    load_before = os.getloadavg()
+    async with contextlib.AsyncExitStack() as stack:
+        # Both servers run all along; each round times one of each, the
+        # order turning every round, so the load of the other tenants of
+        # the machine lands on both alike.
+        clients = [await stack.enter_async_context(connect(c)) for c in contenders]
+        for contender, client in zip(contenders, clients, strict=True):
             for _ in range(3):
                 await call(client, contender.shell, "true")
-            times = []
-            for _ in range(args.calls):
+            await batch(client, contender, 5)
+        trips: list[list[float]] = [[] for _ in contenders]
+        walls: list[list[float]] = [[] for _ in contenders]
+        threads_seen: list[list[int]] = [[] for _ in contenders]
+        pids = [server_pid(c.marker) for c in contenders]
+        for index in range(args.calls):
+            for i in turn(len(contenders), index):
                 start = time.perf_counter()
-                await call(client, contender.shell, "true")
-                times.append(time.perf_counter() - start)
-            pid = server_pid(contender.marker)
-            before = threads(pid)
-            start = time.perf_counter()
-            async with anyio.create_task_group() as tg:
-                for _ in range(args.concurrent):
-                    tg.start_soon(call, client, contender.python, "print(1)")
-            wall = time.perf_counter() - start
-            after = threads(pid)
-        rows.append((contender.name, statistics.median(times) * 1e3, wall * 1e3, before, after))
-    print(f"{'server':<18} {'run_shell(true) median':>24} {'50 concurrent python':>22} "
-          f"{'threads before/after':>22}")
-    for name, median, wall, before, after in rows:
-        print(f"{name:<18} {median:>21.1f} ms {wall:>19.0f} ms {before:>14}/{after}")
-    if len(rows) == 2:
-        print(f"ratio (asyncsandlock / sandlock-mcp): round trip {rows[0][1] / rows[1][1]:.2f}x, "
-              f"concurrent {rows[0][2] / rows[1][2]:.2f}x")
+                await call(clients[i], contenders[i].shell, "true")
+                trips[i].append(time.perf_counter() - start)
+        for index in range(args.rounds):
+            for i in turn(len(contenders), index):
+                threads_seen[i].append(threads(pids[i]))
+                walls[i].append(await batch(clients[i], contenders[i], args.concurrent))
+                threads_seen[i].append(threads(pids[i]))
+    load_after = os.getloadavg()
+    print(f"load average (1, 5, 15 min) before {load_before[0]:.2f} {load_before[1]:.2f} "
+          f"{load_before[2]:.2f}, after {load_after[0]:.2f} {load_after[1]:.2f} "
+          f"{load_after[2]:.2f}; {os.cpu_count()} CPUs")
+    print(f"{'server':<18} {'run_shell(true) median':>24} "
+          f"{f'{args.concurrent} concurrent python, median':>34} {'threads min/max':>16}")
+    for c, trip, wall, seen in zip(contenders, trips, walls, threads_seen, strict=True):
+        each = " ".join(f"{w * 1e3:.0f}" for w in wall)
+        print(f"{c.name:<18} {statistics.median(trip) * 1e3:>21.1f} ms "
+              f"{statistics.median(wall) * 1e3:>31.0f} ms {min(seen):>10}/{max(seen)}"
+              f"   (batches: {each} ms)")
+    if args.sandlock:
+        for c, trip, wall in zip(contenders[:-1], trips, walls, strict=False):
+            per_round = " ".join(f"{a / b:.2f}" for a, b in zip(wall, walls[-1], strict=True))
+            print(f"ratio {c.name} / sandlock-mcp, of medians: round trip "
+                  f"{statistics.median(trip) / statistics.median(trips[-1]):.2f}x, concurrent "
+                  f"{statistics.median(wall) / statistics.median(walls[-1]):.2f}x "
+                  f"(per round: {per_round})")
 
 
 if __name__ == "__main__":
@@ -121,6 +164,10 @@ if __name__ == "__main__":
     parser.add_argument("--calls", type=int, default=50)
     parser.add_argument("--concurrent", type=int, default=50)
     parser.add_argument("--sandlock", metavar="CMD", help="sandlock-mcp 0.9 (with mcp<2)")
-    parser.add_argument("--per-session", type=int, default=4,
-                        help="our max_concurrent_per_session (the profile's is 4)")
+    parser.add_argument("--rounds", type=int, default=5,
+                        help="concurrent batches per server, alternated")
+    parser.add_argument("--per-session", type=int, default=None,
+                        help="our max_concurrent_per_session (default: the profile's)")
+    parser.add_argument("--site-packages", action="store_true",
+                        help="also a server of ours with site_packages = true (python -I)")
     anyio.run(main, parser.parse_args())

@@ -105,3 +105,29 @@ async def test_refusals_carry_our_message(tmp_path: pathlib.Path) -> None:
         # The control: a good command in the same session runs.
         text, info, error = await core.call("s", "run_shell", {"command": "echo ok"})
         assert not error and info["returncode"] == 0
+
+
+async def test_a_session_less_call_leaves_no_workspace(tmp_path: pathlib.Path,
+                                                       no_leaks: None) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "keep").write_text("k")
+    core = SandboxServer(workspace_root=str(tmp_path / "root"))
+    async with core.running():
+        # Nothing written: the empty workspace goes with an rmdir.
+        text, info, error = await core.call(None, "execute_python", {"code": "print(1)"})
+        assert not error and info["returncode"] == 0, text
+        assert os.listdir(core.root) == []
+        # Files, a read-only directory and a link out of the workspace: rm
+        # removes them all and follows nothing.
+        command = (f"mkdir -p d/e && echo x > d/e/f && chmod 500 d && "
+                   f"ln -s {outside} out && ln -s {outside}/keep k")
+        text, info, error = await core.call(None, "run_shell", {"command": command})
+        assert not error and info["returncode"] == 0, text
+        assert os.listdir(core.root) == []
+    assert sorted(os.listdir(outside)) == ["keep"]
+    # The control: in a session, the same workspace is kept between calls.
+    core = SandboxServer(workspace_root=str(tmp_path / "root"))
+    async with core.running():
+        await core.call("s", "execute_python", {"code": "print(1)"})
+        assert len(os.listdir(core.root)) == 1

@@ -24,6 +24,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--max-concurrent", type=int, metavar="N", default=None)
     parser.add_argument("--max-concurrent-per-session", type=int, metavar="N", default=None)
     parser.add_argument("--session-ttl", type=float, metavar="SECONDS", default=None)
+    parser.add_argument("--site-packages", action=argparse.BooleanOptionalAction, default=None,
+                        help="execute_python sees the interpreter's site-packages "
+                             "(default: the standard library only)")
     return parser
 
 
@@ -45,7 +48,7 @@ def mcp_main(ns: argparse.Namespace) -> int:
         core = SandboxServer(ns.profile or DEFAULT_PROFILE, workspace_root=ns.workspace_root,
                              max_output=ns.max_output, max_concurrent=ns.max_concurrent,
                              max_concurrent_per_session=ns.max_concurrent_per_session,
-                             session_ttl=ns.session_ttl)
+                             session_ttl=ns.session_ttl, site_packages=ns.site_packages)
     except SandboxError as exc:
         print(f"asyncsandlock mcp: {exc}", file=sys.stderr)
         return 2

@@ -42,6 +42,7 @@ from .._result import Result
 from .._streams import FdReceiveStream
 from .._types import Protection, Subsystem
 from ._output import RESULT_BUDGET, Captured, render
+from ._python import python_argv
 from ._workspace import Workspace, WorkspaceError
 
 logger = logging.getLogger("asyncsandlock.mcp")
@@ -69,6 +70,9 @@ class Settings:
     workspace_root: str | None = None
     #: The interpreter ``execute_python`` runs.
     python: str = sys.executable
+    #: Whether it sees site-packages (runs ``site``); off, it starts with
+    #: ``-S``, the standard library alone (see ``_python.py``).
+    site_packages: bool = False
     #: The shell ``run_shell`` runs (``SHELL -c COMMAND``).
     shell: str = "/bin/sh"
 
@@ -89,6 +93,9 @@ class Settings:
                                                 "a result fits a 1 MiB client message")
         if not isinstance(settings.session_ttl, (int, float)) or settings.session_ttl <= 0:
             raise PolicyError("mcp.session_ttl", f"{settings.session_ttl!r} is not positive")
+        if not isinstance(settings.site_packages, bool):
+            raise PolicyError("mcp.site_packages", f"{settings.site_packages!r} is not true "
+                                                   "or false")
         return settings
 
 
@@ -185,6 +192,17 @@ class SandboxServer:
         # a symlink planted in it cannot make us delete elsewhere.
         # Where the host refuses a subsystem, rm runs without it: the command
         # and its target are ours, the confinement only a second guard.
+        # An empty workspace (a call that wrote nothing: every session-less
+        # computation) goes with one rmdir, which removes nothing but an
+        # empty directory and follows no link; the path is ours (a sandbox
+        # may write beneath it, not rename or replace it: that needs the
+        # root).  Anything else is left to rm.
+        try:
+            os.rmdir(path)
+        except OSError:
+            pass
+        else:
+            return
         remover = Sandbox(fs_readable=SYSTEM_READABLE, fs_writable=[self.root],
                           on_unavailable=allow_degraded(*Subsystem))
         with anyio.CancelScope(shield=True):
@@ -267,8 +285,8 @@ class SandboxServer:
                         arguments: Mapping[str, Any]) -> tuple[str, dict[str, Any], bool]:
         if name == "execute_python":
             code = _string(arguments, "code")
-            return await self._run(ws, [self.settings.python, "-I", "-"], code.encode(),
-                                   arguments.get("timeout"))
+            argv = python_argv(self.settings.python, site_packages=self.settings.site_packages)
+            return await self._run(ws, argv, code.encode(), arguments.get("timeout"))
         if name == "run_shell":
             command = _string(arguments, "command")
             return await self._run(ws, [self.settings.shell, "-c", command], None,
