@@ -54,6 +54,7 @@ import anyio
 
 from ._background import Background
 from ._core import lib
+from ._netpool import take
 from ._network import CAP_NET_ADMIN, CAP_SYS_ADMIN, NET_JOIN, NetworkInfo, holds
 from ._publish import Forwarder
 from ._rtnl import Rtnl
@@ -133,8 +134,9 @@ class Network:
 
     # -- building ---------------------------------------------------------
 
-    async def _configure(self) -> None:
-        _loopback_up(self.netns_fd)
+    async def _configure(self, fresh: bool) -> None:
+        if fresh:  # not one of the pool's, whose lo is up
+            _loopback_up(self.netns_fd)
         if self.network == "uplink":
             await self._uplink()
         if self.publish:
@@ -347,7 +349,10 @@ async def open_network(policy: Sandbox, compiled: Compiled) -> Network | None:
             raise OSError(errno.EPERM, f"network={policy.network!r}"
                           f"{' with publish' if policy.publish else ''} needs CAP_SYS_ADMIN "
                           "and CAP_NET_ADMIN in the caller's namespaces")
-        netns_fd = _check(lib.asl_netns_new(), "a new network namespace")
+        netns_fd = take()  # made ahead, lo up (_netpool.py)
+        fresh = netns_fd < 0
+        if fresh:
+            netns_fd = _check(lib.asl_netns_new(), "a new network namespace")
     except OSError as exc:
         if exc.errno not in _REFUSALS:
             raise
@@ -355,7 +360,7 @@ async def open_network(policy: Sandbox, compiled: Compiled) -> Network | None:
         return None
     network = Network(netns_fd, policy.network, tuple(policy.publish))
     try:
-        await network._configure()
+        await network._configure(fresh)
     except BaseException:
         network.discard()
         raise
