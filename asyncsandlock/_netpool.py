@@ -11,15 +11,17 @@ one (microseconds) and the spawn costs what one without a namespace does.
 Who makes them
 --------------
 A small process of their own, the *maker* (``csrc/netns.c``), started by
-:func:`take` when fewer than :data:`LOW` are ready: it makes up to
-:data:`READY` namespaces, brings ``lo`` up in each, sends each back as an fd
-over a socket and exits.  It runs beside the caller (on another CPU when
-there is one), so neither the event loop's thread nor a spawn waits for it:
-starting it is one short clone on the caller's thread, and the fds are
-picked up by the next :func:`take` with non-blocking reads -- no thread, no
-task, nothing awaited.  When none is ready (the first spawn, or a burst
-faster than the maker), the child makes its own namespace, as without the
-pool.
+the first :func:`take`: it makes :data:`READY` namespaces, brings ``lo`` up
+in each and sends each back as an fd over a socket, then sleeps in
+``read()``; each :func:`take` that gets one writes a byte asking for its
+replacement.  It runs beside the caller (on another CPU when there is one)
+as a SCHED_BATCH task, which never preempts the caller on waking, so neither
+the event loop's thread nor a spawn waits for it: a take is a non-blocking
+``recvmsg`` and a one-byte ``write`` -- no thread, no task, nothing awaited.
+When none is ready (the first spawn, or a burst faster than the maker), the
+child makes its own namespace, as without the pool.  The maker exits when
+our end of the socket closes: when this process exits or execs (the end is
+close-on-exec), or in a forked child, which closes its copy.
 
 Each namespace is used exactly once
 -----------------------------------
@@ -59,10 +61,8 @@ from ._types import Subsystem
 if TYPE_CHECKING:
     from ._plan import Plan
 
-#: How many namespaces a batch brings the pool up to.
+#: How many namespaces are kept ready (made, or being made).
 READY = 4
-#: A batch starts when fewer than this many are ready.
-LOW = 2
 #: For benchmarks only: False makes :func:`take` return -1 (no pool).
 enabled = True
 
@@ -103,20 +103,41 @@ class _Pool:
         with self.lock:
             self._receive()
             self._reap()
-            fd = self.ready.pop(0) if self.ready else -1
-            self._refill()
+            if not self.ready:
+                self._refill()
+                return -1
+            fd = self.ready.pop(0)
+            if self.sock >= 0:
+                # One more, to replace it: a message the maker reads when it
+                # next looks (it sleeps in read() until then).  Full (the
+                # maker far behind): one fewer is kept ready, no harm.
+                with contextlib.suppress(BlockingIOError):
+                    os.write(self.sock, b"\x01")
+            else:
+                self._refill()
             return fd
 
     def poll(self) -> None:
-        """Pick up what the maker sent, reap, start one if few are left."""
+        """Pick up what the maker sent, reap, start one if none runs."""
         with self.lock:
             self._receive()
             self._reap()
             self._refill()
 
     def _refill(self) -> None:
-        if self.sock < 0 and not self.off and len(self.ready) < LOW:
+        if self.sock < 0 and not self.off:
             self._start(READY - len(self.ready))
+
+    def close(self) -> None:
+        """Let the maker go (EOF) and close the namespaces kept; the maker is
+        reaped by the next :meth:`poll` (for tests)."""
+        with self.lock:
+            for fd in self.ready:
+                os.close(fd)
+            self.ready = []
+            if self.sock >= 0:
+                os.close(self.sock)
+                self.sock = -1
 
     def _receive(self) -> None:
         """What the maker has sent so far (non-blocking reads)."""
@@ -128,8 +149,9 @@ class _Pool:
                 continue
             if fd == -errno.EAGAIN:
                 return
-            # EOF: the maker has exited, and left the static stack it ran on
-            # before its fds were closed (see netns.c); the next may start.
+            # EOF: the maker has exited (it could not make one more), and
+            # left the static stack it ran on before its fds were closed
+            # (see netns.c); the next may start.
             os.close(self.sock)
             self.sock = -1
             if not self.got:  # not one: this host refuses
@@ -166,6 +188,7 @@ class _Pool:
         # A pidfd while it is our unreaped child: its pid cannot be reused.
         with contextlib.suppress(OSError):
             self.children.append((out[2], os.pidfd_open(out[2])))
+        os.set_blocking(ours, False)
         self.sock, self.got = ours, 0
 
     def held(self) -> tuple[frozenset[int], frozenset[int]]:

@@ -88,9 +88,12 @@ int asl_socket_in(int nsfd, int domain, int type, int protocol)
  *      rseq registration and there is no CLONE_CHILD_CLEARTID, so the kernel
  *      writes nothing into that memory either.
  *
- * B makes `count` namespaces, each from the caller's (setns back to it first:
- * a new namespace's devconf may be copied from its maker's), brings lo up,
- * and sends each as an fd (SCM_RIGHTS) on the socket, then exits.  The caller
+ * B makes namespaces, each from the caller's (setns back to it first: a new
+ * namespace's devconf may be copied from its maker's), brings lo up, and
+ * sends each as an fd (SCM_RIGHTS) on the socket: `count` at first, then as
+ * many more as the caller asks for, a byte at a time, as it takes them.  It
+ * sleeps in read() in between, and exits when the caller's end closes (the
+ * caller closes it, exits or execs: the end is close-on-exec).  The caller
  * reads EOF only after B is done with the stack: a process leaves its memory
  * (exit_mm) before its fds are closed (exit_files).  Until then no second
  * maker may start: the static stack is one.
@@ -138,25 +141,37 @@ static long send_fd(int sock, int fd)
     return SYS3(SYS_sendmsg, sock, &msg, MSG_NOSIGNAL);
 }
 
-/* B.  Stops at the first failure: the caller counts what came. */
+/* B.  Makes `count` namespaces, then one more per byte the caller sends
+ * (the byte says how many), until the caller closes its end (EOF) or a
+ * namespace cannot be made: the caller sees EOF then, counts what came, and
+ * starts another maker if any did (a host that refuses gives none). */
 static int maker_main(void *arg)
 {
     const struct maker_args a = *(const struct maker_args *)arg;
     SYS3(SYS_prctl, PR_SET_NAME, "asl-netns", 0);
-    for (int i = 0; i < a.count; i++) {
-        if (SYS3(SYS_setns, a.home, CLONE_NEWNET, 0) < 0 ||
-            SYS3(SYS_unshare, CLONE_NEWNET, 0, 0) < 0 || asl_loopback_up() < 0)
-            break;
-        long fd = raw_syscall(SYS_openat, AT_FDCWD, (long)"/proc/thread-self/ns/net",
-                              O_RDONLY | O_CLOEXEC, 0, 0, 0);
-        if (fd < 0)
-            break;
-        long rc = send_fd(a.sock, (int)fd);
-        SYS3(SYS_close, fd, 0, 0);
-        if (rc < 0) /* the caller is gone, or forked and closed its end */
-            break;
+    long count = a.count;
+    for (;;) {
+        for (; count > 0; count--) {
+            if (SYS3(SYS_setns, a.home, CLONE_NEWNET, 0) < 0 ||
+                SYS3(SYS_unshare, CLONE_NEWNET, 0, 0) < 0 || asl_loopback_up() < 0)
+                return 0;
+            long fd = raw_syscall(SYS_openat, AT_FDCWD, (long)"/proc/thread-self/ns/net",
+                                  O_RDONLY | O_CLOEXEC, 0, 0, 0);
+            if (fd < 0)
+                return 0;
+            long rc = send_fd(a.sock, (int)fd);
+            SYS3(SYS_close, fd, 0, 0);
+            if (rc < 0) /* the caller is gone, or forked and closed its end */
+                return 0;
+        }
+        unsigned char more = 0;
+        long n = SYS3(SYS_read, a.sock, &more, 1);
+        if (n == -EINTR)
+            continue;
+        if (n <= 0)
+            return 0;
+        count = more;
     }
-    return 0;
 }
 
 static void close_all_but(int a, int b)

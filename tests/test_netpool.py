@@ -89,18 +89,23 @@ async def test_each_sandbox_gets_a_namespace_of_its_own_with_lo_up(anyio_backend
 
 
 @pytest.mark.anyio
-async def test_the_maker_is_a_process_and_is_reaped(anyio_backend: str, no_leaks: None) -> None:
+async def test_the_maker_is_a_process_and_goes_with_the_pool(anyio_backend: str,
+                                                             no_leaks: None) -> None:
     threads = set(os.listdir("/proc/self/task"))
     sb = Sandbox(fs_readable=READABLE, network="loopback")
     await sb.run(["/bin/true"])
+    await sb.run(["/bin/true"])
     release(sb)
     kids, _fds = _netpool.held()
-    assert set(os.listdir("/proc/self/task")) == threads
-    # The maker's pids are our children until reaped, and reaped by the next looks.
+    assert kids, "a maker runs"
+    assert set(os.listdir("/proc/self/task")) == threads, "not a thread"
+    # Our end closed, the maker exits, and it is reaped by the next look.
+    _netpool._pool.close()
     with anyio.fail_after(10):
         while _netpool.held()[0] & kids:
             await anyio.sleep(0.01)
-            _netpool._pool.poll()
+            with _netpool._pool.lock:
+                _netpool._pool._reap()
     children = pathlib.Path(f"/proc/self/task/{os.getpid()}/children").read_text().split()
     assert not {str(pid) for pid in kids} & set(children)
 
