@@ -56,7 +56,7 @@ import anyio
 from ._background import Background
 from ._core import lib
 from ._linksweep import sweep
-from ._netpool import take
+from ._netpool import replenish, take
 from ._network import CAP_NET_ADMIN, CAP_SYS_ADMIN, NET_JOIN, NetworkInfo, holds
 from ._publish import Forwarder
 from ._rtnl import Rtnl
@@ -319,4 +319,6 @@ async def open_network(policy: Sandbox, compiled: Compiled) -> Network | None:
     except BaseException:
         network.discard()
         raise
+    finally:
+        replenish()  # the pool's next one, made while the sandbox runs
     return network

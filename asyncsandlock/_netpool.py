@@ -13,11 +13,12 @@ Who makes them
 A small process of their own, the *maker* (``csrc/netns.c``), started by
 the first :func:`take`: it makes :data:`READY` namespaces, brings ``lo`` up
 in each and sends each back as an fd over a socket, then sleeps in
-``read()``; each :func:`take` that gets one writes a byte asking for its
-replacement.  It runs beside the caller (on another CPU when there is one)
+``read()``; once a spawn that took one is over, :func:`replenish` writes a
+byte asking for its replacement.  It runs beside the caller (on another CPU when there is one)
 as a SCHED_BATCH task, which never preempts the caller on waking, so neither
 the event loop's thread nor a spawn waits for it: a take is a non-blocking
-``recvmsg`` and a one-byte ``write`` -- no thread, no task, nothing awaited.
+``recvmsg``, the request a one-byte ``write`` -- no thread, no task, nothing
+awaited.
 When none is ready (the first spawn, or a burst faster than the maker), the
 child makes its own namespace, as without the pool.  The maker exits when
 our end of the socket closes: when this process exits or execs (the end is
@@ -77,6 +78,8 @@ class _Pool:
     children: list[tuple[int, int]]
     #: Namespaces the maker under way has sent.
     got: int
+    #: Taken since the maker was last asked for more.
+    owed: int
     off: bool
     lock: threading.Lock
 
@@ -94,7 +97,7 @@ class _Pool:
         if self.sock >= 0:
             os.close(self.sock)
         self.ready, self.children, self.sock = [], [], -1
-        self.got, self.off = 0, False
+        self.got, self.off, self.owed = 0, False, 0
         self.lock = threading.Lock()
 
     def take(self) -> int:
@@ -107,15 +110,23 @@ class _Pool:
                 self._refill()
                 return -1
             fd = self.ready.pop(0)
-            if self.sock >= 0:
-                # One more, to replace it: a message the maker reads when it
-                # next looks (it sleeps in read() until then).  Full (the
-                # maker far behind): one fewer is kept ready, no harm.
-                with contextlib.suppress(BlockingIOError):
-                    os.write(self.sock, b"\x01")
-            else:
-                self._refill()
+            self.owed += 1
             return fd
+
+    def replenish(self) -> None:
+        """Ask the maker for as many as were taken: a message it reads when
+        it next looks (it sleeps in read() until then).  Called once the
+        spawn is over: woken during it, the maker's unshare (~0.6 ms in the
+        kernel, where it is not preempted) would often take a CPU the
+        spawn's child or the caller was about to run on.  Full (the maker
+        far behind): fewer are kept ready for a while, no harm."""
+        with self.lock:
+            owed, self.owed = self.owed, 0
+            if self.sock < 0:
+                self._refill()
+            elif owed:
+                with contextlib.suppress(BlockingIOError):
+                    os.write(self.sock, bytes((min(owed, READY),)))
 
     def poll(self) -> None:
         """Pick up what the maker sent, reap, start one if none runs."""
@@ -217,6 +228,11 @@ def for_child(plan: Plan) -> int:
     if plan.net_mode != NET_NEW or Subsystem.NETWORK_NAMESPACE in plan.degraded:
         return -1
     return _pool.take()
+
+
+def replenish() -> None:
+    """After a spawn that took one: the maker makes its replacement now."""
+    _pool.replenish()
 
 
 def held() -> tuple[frozenset[int], frozenset[int]]:

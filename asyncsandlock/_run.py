@@ -20,7 +20,7 @@ from ._handler import Handler, route
 from ._kernel._sys import SYSCALLS
 from ._limits import spawn_on, watched
 from ._netns import open_network
-from ._netpool import for_child
+from ._netpool import for_child, replenish
 from ._pacing import SpawnTurn
 from ._pinned import pinned_mount
 from ._plan import Compiled, owner_of
@@ -192,6 +192,7 @@ async def _open_in_turn(sandbox: Sandbox, argv: tuple[str, ...], *, stdin: Stdio
             child_fds, ours = _stdio((stdin, stdout, stderr), theirs, mine)
             if (pooled := for_child(compiled.plan) if network is None else -1) >= 0:
                 theirs.append(pooled)  # a namespace made ahead: this child's alone
+                child_ends.callback(replenish)  # its replacement, once the spawn is over
             # Pinned names (issue 10); not with a workspace, whose ruleset
             # is the run's own already (docs/network.md).
             hosts = None if layer is not None else pinned_mount(sandbox, compiled.plan)

@@ -3,11 +3,13 @@
     .venv/bin/python benchmarks/netns_breakdown.py [--quick] [--backend asyncio|trio]
 
 ``await sb.run(["/bin/true"])`` with ``network="host"``, ``"loopback"``,
-``"loopback"`` with ``publish`` and ``"uplink"``, interleaved per round
+``"loopback"`` without the pool, ``"loopback"`` with ``publish`` and
+``"uplink"``, interleaved per round
 (see ``_common.py``), each run cut into what the caller waits for:
 
-- ``take``: a namespace made ahead from the pool (``_netpool.py``), which
-  starts the maker when few are left (counted: how many spawns found none);
+- ``take``: a namespace made ahead from the pool (``_netpool.py``; counted:
+  how many spawns found none), for ``"loopback"`` (it is in ``open`` for the
+  others);
 - ``open``: the parent's namespace (``_netns.open_network``: making it, lo,
   the veth pair, addresses, route, the forwarder's listening sockets);
 - ``spawn``: the C spawn call, from clone until the child has exec'd (the
@@ -43,6 +45,7 @@ class Clock:
 
     def __init__(self) -> None:
         self.spent: dict[str, float] = {}
+        self.opening = False
 
     def add(self, phase: str, seconds: float) -> None:
         self.spent[phase] = self.spent.get(phase, 0.0) + seconds
@@ -60,9 +63,11 @@ def hook(clock: Clock) -> None:
 
     async def open_network(*args: Any, **kwargs: Any) -> Any:
         start = time.perf_counter()
+        clock.opening = True
         try:
             return await opened(*args, **kwargs)
         finally:
+            clock.opening = False
             clock.add("open", time.perf_counter() - start)
 
     def spawn(*args: Any, **kwargs: Any) -> Any:
@@ -82,7 +87,8 @@ def hook(clock: Clock) -> None:
     def take() -> int:
         start = time.perf_counter()
         fd = took(_netpool._pool)
-        clock.add("take", time.perf_counter() - start)
+        if not clock.opening:  # else it is part of "open"
+            clock.add("take", time.perf_counter() - start)
         clock.add("missed", float(fd < 0))
         return fd
 
@@ -104,12 +110,15 @@ async def run_backend(backend: str, rounds: int) -> None:
     if os.geteuid() == 0:
         policies["loopback+publish"] = sandbox(network="loopback", publish=[8080])
         policies["uplink"] = sandbox(network="uplink")
-    phases: dict[str, dict[str, list[float]]] = {
-        name: {phase: [] for phase in PHASES} for name in policies}
-    missed = dict.fromkeys(policies, 0)
+
+    pooled = {name: True for name in policies}
+    if os.geteuid() == 0:  # the same policy, its child unsharing its own namespace
+        policies["loopback, no pool"] = policies["loopback"]
+        pooled["loopback, no pool"] = False
 
     def runner(name: str, sb: Sandbox) -> Callable[[], Any]:
         async def call() -> object:
+            _netpool.enabled = pooled[name]
             clock.take()
             start = time.perf_counter()
             result = await sb.run(TRUE)
@@ -124,6 +133,9 @@ async def run_backend(backend: str, rounds: int) -> None:
             return result
         return call
 
+    phases: dict[str, dict[str, list[float]]] = {
+        name: {phase: [] for phase in PHASES} for name in policies}
+    missed = dict.fromkeys(policies, 0)
     await interleave({name: runner(name, sb) for name, sb in policies.items()}, rounds)
     print(f"\n  phases of run /bin/true, medians in ms ({backend}; load {os.getloadavg()[0]:.1f})")
     print("    " + f"{'network':<18}" + "".join(f"{phase:>10}" for phase in PHASES))
