@@ -126,7 +126,7 @@ class _Pool:
                 self._refill()
             elif owed:
                 with contextlib.suppress(BlockingIOError):
-                    os.write(self.sock, bytes((min(owed, READY),)))
+                    os.write(self.sock, bytes((min(owed, READY, 255),)))
 
     def poll(self) -> None:
         """Pick up what the maker sent, reap, start one if none runs."""

@@ -18,6 +18,11 @@
   for the kernel to delete the veth pair);
 - ``rest``: everything else (the command itself, the reap, the loop).
 
+Then the path alone: ``"loopback"`` with the pool filled beforehand and
+each used namespace held until the end, so that no namespace is made or
+freed while the rounds run (the kernel's CPU for them is not in the
+figures), against ``"host"`` and the child unsharing.
+
 Medians in ms; the machine's load is printed with them.  The child's own
 ``unshare`` is measured in C by ``benchmarks/netns_cost.c``.
 """
@@ -145,12 +150,71 @@ async def run_backend(backend: str, rounds: int) -> None:
         print(f"    {name:<18}{cells}   pool empty {missed[name]}x")
 
 
+async def path_only(backend: str, rounds: int) -> None:
+    """``"loopback"`` with the kernel's work for its namespaces kept out of
+    the rounds: the pool filled beforehand (no maker at work meanwhile) and
+    each used namespace held until the end (no teardown meanwhile), against
+    ``"host"`` and the child unsharing.  What is left is the path itself."""
+    if os.geteuid() != 0:
+        return
+    pool = _netpool._pool
+    ready = _netpool.READY
+    _netpool.READY = rounds + 10
+    pool.poll()
+    pool.owed = rounds + 4 - len(pool.ready)  # asked of the maker at once
+    pool.replenish()
+    with anyio.fail_after(300):
+        while len(pool.ready) < rounds + 4:
+            pool.poll()
+            await anyio.sleep(0.05)
+    kept: list[int] = []
+    for_child: Callable[..., int] = _run.for_child
+
+    def holding(plan: Any) -> int:
+        fd = for_child(plan)
+        if fd >= 0:
+            kept.append(os.dup(fd))
+        return fd
+
+    host = Sandbox(fs_readable=SYSTEM_READABLE)
+    loopback = Sandbox(fs_readable=SYSTEM_READABLE, network="loopback")
+
+    async def on_host() -> object:
+        return await host.run(TRUE)
+
+    async def pooled() -> object:
+        _run.for_child, _run.replenish = holding, lambda: None  # type: ignore[assignment]
+        try:
+            return await loopback.run(TRUE)
+        finally:
+            _run.for_child, _run.replenish = for_child, _netpool.replenish  # type: ignore[assignment]
+
+    async def unpooled() -> object:
+        _netpool.enabled = False
+        try:
+            return await loopback.run(TRUE)
+        finally:
+            _netpool.enabled = True
+
+    samples = await interleave({"host": on_host, "loopback, made ahead": pooled,
+                                "loopback, child unshares": unpooled}, rounds, warmup=1)
+    for fd in kept:
+        os.close(fd)
+    pool.close()
+    _netpool.READY = ready
+    print(f"\n  the path only (no namespace made or freed during the rounds), medians in ms "
+          f"({backend}; load {os.getloadavg()[0]:.1f})")
+    for name, values in samples.items():
+        print(f"    {name:<26}{median(values) * 1e3:>10.3f}")
+
+
 def main() -> int:
     args = parse_args("Where the time of Sandbox(network=...) goes.")
     banner("netns_breakdown", args.quick, True)
     rounds = 20 if args.quick else 100
     for backend in args.backend or ("asyncio", "trio"):
         anyio.run(run_backend, backend, rounds, backend=backend)
+        anyio.run(path_only, backend, rounds, backend=backend)
     return 0
 
 
