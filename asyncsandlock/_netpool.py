@@ -14,14 +14,15 @@ A small process of their own, the *maker* (``csrc/netns.c``), started by
 the first :func:`take`: it makes :data:`READY` namespaces, brings ``lo`` up
 in each and sends each back as an fd over a socket, then sleeps in
 ``read()``; once a spawn that took one is over, :func:`replenish` writes a
-byte asking for its replacement.  It runs beside the caller (on another CPU when there is one)
-as a SCHED_BATCH task, which never preempts the caller on waking, so neither
-the event loop's thread nor a spawn waits for it: a take is a non-blocking
-``recvmsg``, the request a one-byte ``write`` -- no thread, no task, nothing
-awaited.
-When none is ready (the first spawn, or a burst faster than the maker), the
-child makes its own namespace, as without the pool.  The maker exits when
-our end of the socket closes: when this process exits or execs (the end is
+byte asking for its replacement.  It runs beside the caller (on another
+CPU when there is one) as a SCHED_BATCH task, which never preempts the
+caller on waking, so neither the event loop's thread nor a spawn waits for
+it: a take is a non-blocking ``recvmsg``, the request a one-byte ``write``
+-- no thread, no task, nothing awaited.  Starting the maker is one short
+clone on the caller's thread (~0.1 ms, more on busy CPUs), once per process.  When none is
+ready (the first spawn, or a burst faster than the maker), the child makes
+its own namespace, as without the pool.  The maker exits when our end of
+the socket closes: when this process exits or execs (the end is
 close-on-exec), or in a forked child, which closes its copy.
 
 Each namespace is used exactly once
@@ -41,7 +42,7 @@ it could only ``setns`` into a network namespace owned by a user namespace
 it is root of, so such a pool would need one user namespace per entry and
 per id map: not built, that path is unchanged.
 
-A host that refuses (a batch that brings no namespace: ``unshare`` denied,
+A host that refuses (a maker that brings no namespace: ``unshare`` denied,
 the clone refused) switches the pool off for this process; the child's own
 ``unshare`` then meets the refusal and ``on_unavailable`` decides, as
 without the pool.
@@ -136,7 +137,7 @@ class _Pool:
             self._refill()
 
     def _refill(self) -> None:
-        if self.sock < 0 and not self.off:
+        if self.sock < 0 and not self.off and len(self.ready) < READY:
             self._start(READY - len(self.ready))
 
     def close(self) -> None:

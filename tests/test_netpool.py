@@ -120,3 +120,13 @@ def test_a_pool_that_gets_nothing_switches_off() -> None:
     pool._receive()
     assert pool.off and pool.sock == -1
     assert pool.take() == -1 and pool.sock == -1, "no new maker once off"
+
+
+def test_a_forked_child_drops_the_parents_pool() -> None:
+    _netpool._pool.poll()  # a maker, and soon namespaces, in the parent
+    pid = os.fork()
+    if pid == 0:  # the child: none of the parent's fds or children kept
+        pool = _netpool._pool
+        os._exit(0 if not pool.ready and pool.sock < 0 and not pool.children else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
