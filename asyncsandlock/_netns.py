@@ -3,12 +3,13 @@
 Who makes the namespace
 -----------------------
 ``network="loopback"`` alone is the child's job (the ``network`` step of
-csrc/spawn.c: one ``unshare`` and ``lo`` up), nothing here.  For
-``"uplink"``, and for ``publish``, the parent must hold the namespace: it
-configures a link in it before the child runs, and makes sockets in it for
-the forwarder.  So the parent makes it *before* the spawn
-(``asl_netns_new``: unshare on the calling thread and straight back, in one
-C call), configures it, and the child only ``setns``-es into it.  That is
+csrc/spawn.c: one ``unshare`` and ``lo`` up, or ``setns`` into one made
+ahead, ``_netpool.py``), nothing here.  For ``"uplink"``, and for
+``publish``, the parent must hold the namespace: it configures a link in it
+before the child runs, and makes sockets in it for the forwarder.  So the
+parent takes one from the pool, or makes it (``asl_netns_new``: unshare on
+the calling thread and straight back, in one C call), *before* the spawn,
+configures it, and the child only ``setns``-es into it.  That is
 the whole handshake: the child is not created until its link is up, so it
 cannot run, or be made to wait, before that; there is no pipe to wait on, no
 timeout and nothing to cancel in the child.  The namespace lives as long as
