@@ -3,12 +3,13 @@
 Who makes the namespace
 -----------------------
 ``network="loopback"`` alone is the child's job (the ``network`` step of
-csrc/spawn.c: one ``unshare`` and ``lo`` up), nothing here.  For
-``"uplink"``, and for ``publish``, the parent must hold the namespace: it
-configures a link in it before the child runs, and makes sockets in it for
-the forwarder.  So the parent makes it *before* the spawn
-(``asl_netns_new``: unshare on the calling thread and straight back, in one
-C call), configures it, and the child only ``setns``-es into it.  That is
+csrc/spawn.c: one ``unshare`` and ``lo`` up, or ``setns`` into one made
+ahead, ``_netpool.py``), nothing here.  For ``"uplink"``, and for
+``publish``, the parent must hold the namespace: it configures a link in it
+before the child runs, and makes sockets in it for the forwarder.  So the
+parent takes one from the pool, or makes it (``asl_netns_new``: unshare on
+the calling thread and straight back, in one C call), *before* the spawn,
+configures it, and the child only ``setns``-es into it.  That is
 the whole handshake: the child is not created until its link is up, so it
 cannot run, or be made to wait, before that; there is no pipe to wait on, no
 timeout and nothing to cancel in the child.  The namespace lives as long as
@@ -32,11 +33,12 @@ adds to route it further.
 
 Nothing left behind
 -------------------
-Deleting the caller's end of the veth deletes both ends; it is done when the
-sandbox has been reaped (``SandboxedProcess.wait``), or at once if the spawn
-failed or was cancelled, and then the namespace fd is closed.  The kernel
-frees the namespace itself asynchronously (a workqueue), once no process
-and no fd holds it.
+When the sandbox has been reaped (``SandboxedProcess.wait``), or at once if
+the spawn failed or was cancelled, the namespace fd is closed.  The kernel
+frees the namespace asynchronously (a workqueue) once no process and no fd
+holds it, and the veth pair with it; the link sweeper (``_linksweep.py``)
+sees the caller's end go, or deletes it if something else keeps the
+namespace alive.  No run waits for it.
 """
 
 from __future__ import annotations
@@ -54,6 +56,8 @@ import anyio
 
 from ._background import Background
 from ._core import lib
+from ._linksweep import sweep
+from ._netpool import replenish, take
 from ._network import CAP_NET_ADMIN, CAP_SYS_ADMIN, NET_JOIN, NetworkInfo, holds
 from ._publish import Forwarder
 from ._rtnl import Rtnl
@@ -133,8 +137,9 @@ class Network:
 
     # -- building ---------------------------------------------------------
 
-    async def _configure(self) -> None:
-        _loopback_up(self.netns_fd)
+    async def _configure(self, fresh: bool) -> None:
+        if fresh:  # not one of the pool's, whose lo is up
+            _loopback_up(self.netns_fd)
         if self.network == "uplink":
             await self._uplink()
         if self.publish:
@@ -190,44 +195,33 @@ class Network:
                                                 f"asyncsandlock publish {pid}")
 
     def discard(self) -> None:
-        """Delete the link now and close the namespace fd: the end of a spawn
-        that failed or was cancelled (no forwarder runs yet).
-
-        The deletion is one netlink request that the kernel carries out
-        inside ``send``: the RTNL lock and RCU grace periods, ~20-40 ms here,
-        on the loop.  Only failed spawns pay it; a sandbox that ran ends
-        through :meth:`aclose`, which blocks nothing.
-        """
+        """Close the namespace fd and sweep the link: the end of a spawn that
+        failed or was cancelled (no forwarder runs yet).  Nothing blocks:
+        with its fd closed the namespace goes (no process ever ran in it),
+        and the link with it (``_linksweep.py``)."""
         if self._forwarder is not None:
             self._forwarder.close()
             self._forwarder = None
+        self._close_and_sweep()
+
+    def _close_and_sweep(self) -> None:
         index, self._index = self._index, 0
         link, self.link = self.link, None
-        self._close_netns()
-        if index or link:  # by name only before we knew its index: it is ours
-            _delete_link(index, link)
-
-    def _close_netns(self) -> None:
         fd, self.netns_fd = self.netns_fd, -1
         if fd >= 0:
             os.close(fd)
-
-    def _link_gone(self) -> bool:
-        try:
-            return socket.if_indextoname(self._index) != self.link
-        except OSError:
-            return True
+        if index or link:  # by name only before we knew its index: it is ours
+            sweep(index, link)
 
     async def aclose(self) -> None:
-        """Stop forwarding and let the namespace go; with an uplink, wait
-        until the kernel has removed the veth pair.  Shielded; safe twice.
+        """Stop forwarding and let the namespace go.  Shielded; safe twice.
 
         Once its processes are gone, our fd is the namespace's last holder:
         closing it has the kernel tear the namespace down on a workqueue
         (not on our thread), and with it the sandbox's end of the veth pair,
-        which takes the caller's end along.  We wait for that on a netlink
-        socket subscribed to link events (tens of ms here, no loop blocked),
-        and delete it ourselves only if it outlives :data:`LINK_GRACE`.
+        which takes the caller's end along.  That takes 15-45 ms here, which
+        no run waits for: the link sweeper (``_linksweep.py``) crosses it
+        off, or deletes it if it outlives ``LINK_GRACE``.
         """
         with anyio.CancelScope(shield=True):
             background, self._background = self._background, None
@@ -236,29 +230,11 @@ class Network:
             if self._forwarder is not None:
                 self._forwarder.close()
                 self._forwarder = None
-            if not self._index:
-                self._close_netns()
-                return
-            events = Rtnl.open(_RTMGRP_LINK)  # before the close: no event can be missed
-            try:
-                self._close_netns()
-                with anyio.move_on_after(LINK_GRACE):
-                    await events.wait_for(self._link_gone)
-            finally:
-                events.close()
-            if not self._link_gone():
-                _delete_link(self._index, None)
-            self._index = 0
-            self.link = None
-
-
-#: Seconds :meth:`Network.aclose` lets the kernel take to remove a veth pair.
-LINK_GRACE = 5.0
-_RTMGRP_LINK = 1
+            self._close_and_sweep()
 
 
 _NLM_F_CREATE_EXCL = 0x400 | 0x200  # NLM_F_CREATE | NLM_F_EXCL
-_RTM_NEWLINK, _RTM_DELLINK, _RTM_GETLINK = 16, 17, 18
+_RTM_NEWLINK, _RTM_GETLINK = 16, 18
 _RTM_NEWADDR = 20
 _RTM_NEWROUTE = 24
 
@@ -312,24 +288,6 @@ async def _default_route(rtnl: Rtnl, gateway: str) -> None:
     await rtnl.request(route, _NLM_F_CREATE_EXCL)
 
 
-def _delete_link(index: int, name: str | None) -> None:
-    from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
-
-    msg = ifinfmsg()
-    msg["header"]["type"] = _RTM_DELLINK
-    msg["header"]["flags"] = 0x1 | 0x4  # NLM_F_REQUEST | NLM_F_ACK
-    msg["index"] = index
-    if not index and name is not None:
-        msg["attrs"] = [("IFLA_IFNAME", name)]
-    msg.encode()
-    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
-                       socket.NETLINK_ROUTE) as sock:
-        # Blocking send: the kernel deletes the link inside it.  The answer
-        # is not read: the socket goes, and a link already gone (ENODEV)
-        # is what we wanted anyway.
-        sock.send(bytes(msg.data))
-
-
 async def open_network(policy: Sandbox, compiled: Compiled) -> Network | None:
     """The namespace the parent makes for one spawn of ``policy``, configured;
     None when the child makes its own (or uses the caller's).
@@ -347,7 +305,10 @@ async def open_network(policy: Sandbox, compiled: Compiled) -> Network | None:
             raise OSError(errno.EPERM, f"network={policy.network!r}"
                           f"{' with publish' if policy.publish else ''} needs CAP_SYS_ADMIN "
                           "and CAP_NET_ADMIN in the caller's namespaces")
-        netns_fd = _check(lib.asl_netns_new(), "a new network namespace")
+        netns_fd = take()  # made ahead, lo up (_netpool.py)
+        fresh = netns_fd < 0
+        if fresh:
+            netns_fd = _check(lib.asl_netns_new(), "a new network namespace")
     except OSError as exc:
         if exc.errno not in _REFUSALS:
             raise
@@ -355,8 +316,10 @@ async def open_network(policy: Sandbox, compiled: Compiled) -> Network | None:
         return None
     network = Network(netns_fd, policy.network, tuple(policy.publish))
     try:
-        await network._configure()
+        await network._configure(fresh)
     except BaseException:
         network.discard()
         raise
+    finally:
+        replenish()  # the pool's next one, made while the sandbox runs
     return network

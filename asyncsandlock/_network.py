@@ -60,10 +60,12 @@ def holds(*caps: int) -> bool:
 def net_mode(network: str, publish: tuple[int, ...]) -> int:
     """How a spawn of this policy gets its network stack.
 
-    ``"loopback"`` without ``publish`` is made by the child itself (cheapest:
-    one unshare in the child), directly with CAP_SYS_ADMIN, else inside a
-    user namespace.  ``"uplink"``, and ``publish`` (whose forwarder needs a
-    handle on the namespace), need one the parent makes and keeps an fd of:
+    ``"loopback"`` without ``publish`` is made by the child itself (one
+    unshare in the child), directly with CAP_SYS_ADMIN, else inside a user
+    namespace; with CAP_SYS_ADMIN the spawn hands it one made ahead when
+    there is one (``_netpool.for_child``), and it only ``setns``-es.
+    ``"uplink"``, and ``publish`` (whose forwarder needs a handle on the
+    namespace), need one the parent makes and keeps an fd of:
     :data:`NET_JOIN`, privileged only (``_netns.py`` puts a refusal to
     ``on_unavailable``).
     """

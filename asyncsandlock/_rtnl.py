@@ -85,6 +85,9 @@ class Rtnl:
                 if exc.errno != errno.ENOBUFS:  # overrun: events lost, check again
                     raise
 
+    def fileno(self) -> int:
+        return self._fd
+
     def close(self) -> None:
         fd, self._fd = self._fd, -1
         if fd >= 0:

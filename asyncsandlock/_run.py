@@ -21,6 +21,7 @@ from ._handler import Handler, route
 from ._kernel._sys import SYSCALLS
 from ._limits import spawn_on, watched
 from ._netns import open_network
+from ._netpool import for_child, replenish
 from ._pacing import SpawnTurn
 from ._pinned import pinned_mount
 from ._plan import Compiled, owner_of
@@ -108,12 +109,14 @@ def _stdio(targets: tuple[StdioTarget, StdioTarget, StdioTarget], child_ends: li
     return child, ours
 
 
-def _netns_fd(network: Network | None, compiled: Compiled) -> int:
+def _netns_fd(network: Network | None, compiled: Compiled, pooled: int = -1) -> int:
     """The namespace the parent made for the child to enter, or -1: none, or
-    the policy let the child's ``setns`` go (the network step, refused)."""
-    if network is None or Subsystem.NETWORK_NAMESPACE in compiled.plan.degraded:
+    the policy let the child's ``setns`` go (the network step, refused).
+    ``pooled``: one made ahead (``_netpool.py``) for a child that would
+    otherwise unshare its own."""
+    if Subsystem.NETWORK_NAMESPACE in compiled.plan.degraded:
         return -1
-    return network.netns_fd
+    return pooled if network is None else network.netns_fd
 
 
 async def open_process(sandbox: Sandbox, args: Sequence[str], *, stdin: StdioTarget = PIPE,
@@ -193,6 +196,9 @@ async def _open_in_turn(sandbox: Sandbox, argv: tuple[str, ...], *, stdin: Stdio
             mine: list[int] = []
             cleanup_on_fail.callback(close_fds, mine)
             child_fds, ours = _stdio((stdin, stdout, stderr), theirs, mine)
+            if (pooled := for_child(compiled.plan) if network is None else -1) >= 0:
+                theirs.append(pooled)  # a namespace made ahead: this child's alone
+                child_ends.callback(replenish)  # its replacement, once the spawn is over
             # Pinned names (issue 10); not with a workspace, whose ruleset
             # is the run's own already (docs/network.md).
             hosts = None if layer is not None else pinned_mount(sandbox, compiled.plan)
@@ -205,7 +211,7 @@ async def _open_in_turn(sandbox: Sandbox, argv: tuple[str, ...], *, stdin: Stdio
                         compiled, path=path, args=[os.fsencode(a) for a in argv], env=full_env,
                         cwd=str(run_cwd) if run_cwd else None, fds=[*child_fds, *extra_fds],
                         notify=trapped, self_trapped=self_trapped & trapped,
-                        netns_fd=_netns_fd(network, compiled),
+                        netns_fd=_netns_fd(network, compiled, pooled),
                         workspace=None if layer is None
                         else layer.spawn_args(sandbox, compiled), hosts=hosts)),
                     run_handlers=bool(handlers))

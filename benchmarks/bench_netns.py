@@ -3,13 +3,16 @@
     .venv/bin/python benchmarks/bench_netns.py [--quick] [--backend asyncio|trio]
 
 ``await sb.run(["/bin/true"])`` with ``network="host"``, ``"loopback"``
-(the child unshares its own namespace), ``"loopback"`` with ``publish``
-(the parent makes the namespace and a forwarder), and ``"uplink"`` (the
-parent also makes a veth pair, addresses and a route, and deletes the pair
-after), against ``anyio.run_process``; contenders interleaved per round in
-one process (see ``_common.py``).  Needs root (CAP_SYS_ADMIN and
-CAP_NET_ADMIN) for the parent-made namespaces; unprivileged, ``"loopback"``
-is measured in a user namespace and the others are skipped.
+(the child enters a namespace made ahead, ``_netpool.py``), ``"loopback"``
+without the pool (the child unshares its own, as unprivileged callers'
+children still do), ``"loopback"`` with ``publish`` (the parent's namespace
+and a forwarder), and ``"uplink"`` (the parent also makes a veth pair,
+addresses and a route; the pair goes after the run, ``_linksweep.py``), and
+``"uplink"`` awaited until its link is gone (what a run cost when it waited
+for that), against ``anyio.run_process``; contenders interleaved per round
+in one process (see ``_common.py``).  Needs root (CAP_SYS_ADMIN and
+CAP_NET_ADMIN) for the pool and the parent-made namespaces; unprivileged,
+``"loopback"`` is measured in a user namespace and the others are skipped.
 
 Target (issue 10): a loopback-only namespace adds at most 0.5 ms to a spawn.
 """
@@ -21,7 +24,7 @@ import sys
 
 import anyio
 
-from asyncsandlock import SYSTEM_READABLE, Sandbox
+from asyncsandlock import SYSTEM_READABLE, Sandbox, _linksweep, _netpool
 
 from _common import Bench, Report, banner, interleave, median, parse_args, table, thread_count
 
@@ -48,19 +51,37 @@ async def run_backend(report: Report, backend: str, rounds: int) -> None:
     async def bare() -> object:
         return await anyio.run_process(TRUE)
 
+    async def unpooled() -> object:
+        _netpool.enabled = False
+        try:
+            return await runner(policies["loopback"])()
+        finally:
+            _netpool.enabled = True
+
+    async def uplink_gone() -> object:
+        result = await runner(policies["uplink"])()
+        for _ in range(20000):  # crossed off by the sweeper's task; 10 s at most
+            if not _linksweep.pending():
+                break
+            await anyio.sleep(0.0005)
+        return result
+
     contenders: dict[str, Bench] = {"anyio.run_process": bare}
     contenders.update({f"asyncsandlock {name}": runner(sb) for name, sb in policies.items()})
+    if os.geteuid() == 0:
+        contenders["asyncsandlock loopback, no pool"] = unpooled
+        contenders["asyncsandlock uplink, link gone"] = uplink_gone
     samples = await interleave(contenders, rounds)
     table(f"run /bin/true by network ({backend})", samples, "asyncsandlock host")
     host = median(samples["asyncsandlock host"])
     added = (median(samples["asyncsandlock loopback"]) - host) * 1e3
     report.add(added <= TARGET_MS, f"loopback {backend}: +{added:.3f} ms over host "
                                    f"(target <= {TARGET_MS} ms)")
-    for name in ("loopback+publish", "uplink"):
+    for name in ("loopback, no pool", "loopback+publish", "uplink", "uplink, link gone"):
         if f"asyncsandlock {name}" in samples:
             cost = (median(samples[f"asyncsandlock {name}"]) - host) * 1e3
-            print(f"  {name}: +{cost:.3f} ms over host (setup and teardown, per run)")
-    print(f"  threads after: {thread_count()}")
+            print(f"  {name}: +{cost:.3f} ms over host")
+    print(f"  threads after: {thread_count()}; load {os.getloadavg()[0]:.1f}")
 
 
 def main() -> int:

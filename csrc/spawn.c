@@ -254,8 +254,9 @@ static long write_id_maps(const char *uid_map, const char *gid_map)
     return rc;
 }
 
-/* A fresh namespace has lo, down: up it is 127.0.0.1/8 and ::1. */
-static long loopback_up(void)
+/* A fresh namespace has lo, down: up it is 127.0.0.1/8 and ::1.  Raw system
+ * calls only: the namespace maker (netns.c) runs it beside the caller. */
+long asl_loopback_up(void)
 {
     long sock = SYS3(SYS_socket, AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
     if (sock < 0)
@@ -298,7 +299,7 @@ static long new_network(const struct asl_spawn_req *req)
     case ASL_NET_NEW:
         if ((rc = SYS3(SYS_unshare, CLONE_NEWNET, 0, 0)) < 0)
             return rc;
-        return loopback_up();
+        return asl_loopback_up();
     case ASL_NET_USERNS:
         /* With ASL_IDENTITY_USERNS, one user namespace for both: the
          * identity's maps, and set_identity has nothing left to do (see
@@ -308,7 +309,7 @@ static long new_network(const struct asl_spawn_req *req)
                       ? write_id_maps(req->uid_map, req->gid_map)
                       : write_id_maps(req->net_uid_map, req->net_gid_map)) < 0)
             return rc;
-        return loopback_up();
+        return asl_loopback_up();
     default:
         return 0;
     }

@@ -199,6 +199,15 @@ long asl_read_usage(const int32_t *pids, const int32_t *statm_fds, const int32_t
  * an fd; a socket made in network namespace `nsfd`.  -errno on failure. */
 int asl_netns_new(void);
 int asl_socket_in(int nsfd, int domain, int type, int protocol);
+/* The namespace maker (netns.c, asyncsandlock/_netpool.py): `count` new
+ * network namespaces with lo up, sent as fds on the SOCK_SEQPACKET `sock` by
+ * a process of their own, the caller's child; then one more for each byte
+ * the caller writes (its value: how many), until the caller's end closes.
+ * out = {the pid of the first step (exiting), a pidfd of it, the maker's pid
+ * or -errno}; both are the caller's to reap.  0 or -errno. */
+int asl_netns_maker(int sock, int count, int out[3]);
+/* lo up in the calling thread's network namespace; raw system calls only. */
+long asl_loopback_up(void);
 /* Calls the guards make on every trapped syscall (csrc/guardcall.c).
  * asl_peek: process_vm_readv of `len` bytes at `addr` in `pid` into `buf`;
  * the count or -errno.

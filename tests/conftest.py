@@ -15,7 +15,7 @@ import anyio
 import pytest
 
 import asyncsandlock
-from asyncsandlock import _reaper
+from asyncsandlock import _linksweep, _netpool, _reaper
 from asyncsandlock._plan import compile_plan
 
 HELPERS = pathlib.Path(__file__).parent / "helpers"
@@ -68,8 +68,13 @@ def thread_ids() -> set[int]:
 
 def _not_reaper(fds: set[str], kids: set[int]) -> tuple[set[str], set[int]]:
     """Without the reaper's process and fds, which live as long as this process
-    (started by the first spawn, replaced when it dies)."""
+    (started by the first spawn, replaced when it dies), nor the namespace
+    pool's (``_netpool.py``: namespaces made ahead, the maker under way), nor
+    the link sweeper's socket (``_linksweep.py``)."""
     pid, held = _reaper.held()
+    pool_kids, pool_fds = _netpool.held()
+    held |= pool_fds | _linksweep.held()
+    kids = kids - pool_kids
     return ({fd for fd in fds if int(fd.split("->", 1)[0]) not in held},
             kids - {pid} if pid is not None else kids)
 

@@ -38,7 +38,8 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     # Policy + this kernel -> the plan, and what each subsystem enforces of it.
     ("plan", ("_enforcement", "_plan")),
     # One confined child, and the refusals met on the way.
-    ("spawn", ("_spawn", "_features", "_unavailable", "_reaper", "_netns")),
+    ("spawn", ("_spawn", "_features", "_unavailable", "_reaper", "_netns", "_netpool",
+               "_linksweep")),
     ("supervisor", ("_supervisor",)),
     ("process", ("_process", "_result", "_changes", "_workspace", "_pinned")),
     ("run", ("_collect", "_run", "_pipeline")),

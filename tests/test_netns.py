@@ -11,10 +11,12 @@ unprivileged path runs as uid 65534 in a fresh interpreter.
 from __future__ import annotations
 
 import json
+import os
 import pathlib
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -28,6 +30,7 @@ from asyncsandlock import (
     Protection,
     Sandbox,
     Subsystem,
+    _linksweep,
 )
 from asyncsandlock._netns import UPLINK_NETWORK
 from asyncsandlock._plan import peek
@@ -83,6 +86,11 @@ def links() -> set[str]:
 def no_link_left() -> Iterator[None]:
     before = links()
     yield
+    # A run returns before the kernel has removed its link (_linksweep.py):
+    # each must be gone within the grace the sweeper gives the kernel.
+    deadline = time.monotonic() + _linksweep.LINK_GRACE + 5
+    while links() - before and time.monotonic() < deadline:
+        time.sleep(0.01)
     assert links() - before == set(), "veth pairs left behind"
 
 
@@ -284,6 +292,34 @@ async def test_nothing_left_after_timeout_and_cancellation(anyio_backend: str, n
     for delay in (0.0, 0.001, 0.002, 0.003, 0.005, 0.01, 0.02):
         with anyio.move_on_after(delay):
             await sb.run(["sleep", "30"])
+    release(sb)
+
+
+@pytest.mark.anyio
+async def test_a_link_whose_namespace_is_kept_alive_is_deleted_after_the_grace(
+        anyio_backend: str, no_leaks: None, no_link_left: None,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # Someone else (here: the test) holds the sandbox's namespace, so the
+    # kernel does not tear it down, nor the link, when the sandbox ends.
+    monkeypatch.setattr(_linksweep, "LINK_GRACE", 0.2)
+    before = links()
+    sb = Sandbox(fs_readable=SYSTEM_READABLE, network="uplink")
+    proc = await sb.open(["sleep", "30"])
+    (link,) = links() - before
+    kept = os.open(f"/proc/{proc.pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        proc.kill()
+        await proc.wait()
+        assert link in links(), "the namespace lives on, and its link with it"
+        for _ in range(500):  # 10 s
+            if link not in links():
+                break
+            await anyio.sleep(0.02)
+        assert link not in links(), "deleted by the sweeper after the grace"
+        assert link not in _linksweep.pending()
+    finally:
+        os.close(kept)
+        await proc.aclose()
     release(sb)
 
 
