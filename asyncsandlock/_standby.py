@@ -21,6 +21,11 @@ Trio has no reader callbacks, only tasks that wait.  One system task per
 Trio run waits on an epoll set of our own, in which every listener on
 standby is registered (one ``epoll_ctl`` each way, under a microsecond);
 the task is started with the first listener and lives as long as the run.
+
+A run of one process (``run()``, see ``_collect.py``) has an epoll set of its
+own for its pipes and pidfd; its listener is watched there instead (the
+watcher is whatever :meth:`Standby.watch` is given), which spares the event
+loop a registration and tells a hang-up by its events.
 """
 
 from __future__ import annotations
