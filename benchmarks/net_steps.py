@@ -139,8 +139,10 @@ async def main(backend: str, quick: bool) -> None:
         after = resource.getrusage(resource.RUSAGE_SELF)
         cpu = (after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime) * 1e6 / n
         sys_ = (after.ru_stime - before.ru_stime) * 1e6 / n
-        print(f"{backend}: child {float(result.stdout or 0) / 1e3:.1f} µs per connect "
-              f"(unconfined just before: {float(free) / 1e3:.1f}); supervisor CPU "
+        child_wall, child_cpu = (float(f) / 1e3 for f in (result.stdout or b"0 0").split())
+        free_wall, free_cpu = (float(f) / 1e3 for f in free.split())
+        print(f"{backend}: child {child_wall:.1f} µs per connect, CPU {child_cpu:.1f} "
+              f"(unconfined just before: {free_wall:.1f}, CPU {free_cpu:.1f}); supervisor CPU "
               f"{cpu:.1f} µs per connect (system {sys_:.1f})  [{os.getloadavg()[0]:.1f} load]")
         for name, ns in sorted(TIMES.items(), key=lambda kv: -kv[1]):
             print(f"    {name:58} {ns / n / 1e3:7.2f} µs per connect"

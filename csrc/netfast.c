@@ -277,7 +277,7 @@ static int fast_connect(struct asl_fast *f, const struct notif *n, int out[3])
     int fd = take(f, (int)n->pid, number, info);
     if (fd < 0)
         return 1;
-    if (info[0] != AF_INET && info[0] != AF_INET6)
+    if ((info[0] != AF_INET && info[0] != AF_INET6) || info[3] < 0)
         goto python;
     uint8_t raw[128];
     if (asl_peek((int)n->pid, n->args[1], raw, (unsigned long)len) != len)
@@ -295,8 +295,11 @@ static int fast_connect(struct asl_fast *f, const struct notif *n, int out[3])
     int rc = -EACCES;
     if (verdict) {
         int started;
-        rc = asl_net_connect(fd, raw, (unsigned)len,
-                             kind == KIND_TCP && !(info[3] & O_NONBLOCK), &started);
+        /* A blocking TCP socket is made non-blocking for the call, from
+         * its flags read a few microseconds ago (asl_net_take). */
+        rc = asl_net_connect_flags(fd, raw, (unsigned)len,
+                                   kind == KIND_TCP && !(info[3] & O_NONBLOCK), info[3],
+                                   &started);
         if (rc == 1) {
             out[1] = fd;
             out[2] = started;

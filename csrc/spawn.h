@@ -215,6 +215,8 @@ int asl_net_take(int pidfd, int number, int info[4]);
 int asl_net_fetch(int listener, uint64_t id, int pidfd, int number, int pid,
                   unsigned long addr, unsigned long len, void *buf, int info[4]);
 int asl_net_connect(int fd, const void *addr, unsigned len, int wait, int *started);
+int asl_net_connect_flags(int fd, const void *addr, unsigned len, int wait, int flags,
+                          int *started);
 int asl_net_connected(int fd, int started);
 /* The network guard's connect in one C call from the event loop
  * (csrc/netfast.c, asyncsandlock/_netfast.py).  asl_verdicts: a memo of
