@@ -81,9 +81,12 @@ def instrument() -> None:
     if getattr(instrument, "done", False):
         return
     instrument.done = True  # type: ignore[attr-defined]
-    from asyncsandlock import _netfast
-    fast = _netfast.FastConnect
-    if hasattr(fast, "pump"):
+    try:
+        from asyncsandlock import _netfast
+    except ImportError:  # a tree from before the fast path: time the Python path alone
+        pass
+    else:
+        fast = _netfast.FastConnect
         fast.pump = _timed("C fast path (asl_fast_pump)", fast.pump)  # type: ignore[method-assign]
     ioctls = {int(_notify._REQ_RECV): "NOTIF_RECV ioctl",
               int(_notify._REQ_SEND): "NOTIF_SEND ioctl",

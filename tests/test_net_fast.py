@@ -182,3 +182,26 @@ async def test_blocking_connect_refused_in_c(netprobe: str, calls: Calls) -> Non
             code, _ = await probe(sb, netprobe, "connect", "tcp", "127.0.0.1", port)
             assert code == errno.ECONNREFUSED
     assert calls.handle == 1
+
+
+@pytest.mark.usefixtures("no_leaks")
+async def test_v4_mapped_and_deny_in_c(netprobe: str, servers: Servers,  # noqa: F811
+                                       calls: Calls) -> None:
+    """A dual-stack socket reaching 127.0.0.2 as ::ffff:127.0.0.2 is the v4
+    host for the memo too: ``net_deny`` wins over ``*`` on every one of 40
+    connects, and the allowed ::ffff:127.0.0.1 is reached 40 times (the
+    control: unconfined, the mapped 127.0.0.2 is reached)."""
+    port = servers.tcp_port
+    _, out = await probe(None, netprobe, "toctou", "::ffff:127.0.0.2", "::ffff:127.0.0.2",
+                         port, 40)
+    assert out.startswith("ok=40") and servers.accepted("127.0.0.2") == 40
+    sb = sandbox(netprobe, net_allow=["*"], net_deny=["127.0.0.2"])
+    _, out = await probe(sb, netprobe, "toctou", "::ffff:127.0.0.2", "::ffff:127.0.0.2",
+                         port, 40)
+    assert out.startswith("ok=0 refused=40"), out
+    assert servers.accepted("127.0.0.2") == 0
+    _, out = await probe(sb, netprobe, "toctou", "::ffff:127.0.0.1", "::ffff:127.0.0.1",
+                         port, 40)
+    assert out.startswith("ok=40 refused=0"), out
+    assert servers.accepted("127.0.0.1") == 40
+    assert calls.handle == 2
