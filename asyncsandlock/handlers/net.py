@@ -35,6 +35,15 @@ non-blocking), then the guard waits for the socket to become writable on the
 loop and answers with ``SO_ERROR``.  Sends use ``MSG_DONTWAIT`` and wait for
 writability when the socket is full.  ``SO_SNDTIMEO`` is not honoured.
 
+The common case in C
+--------------------
+Once the guard has decided a destination (its verdict is memoised in C by
+the socket's kind and the sockaddr's family, port and address bytes), a
+connect to it is answered by ``csrc/netfast.c`` from the supervisor's pump,
+without this module (see ``_netfast.py``): the same steps in the same
+order, on the bytes read once and the child's own socket.  What C cannot
+decide comes here.
+
 Unix sockets
 ------------
 A guarded ``connect`` or addressed send on a unix socket is refused (EACCES)
