@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import shutil
 import socket
 from collections.abc import Iterator
 from typing import Any
@@ -205,3 +206,47 @@ async def test_v4_mapped_and_deny_in_c(netprobe: str, servers: Servers,  # noqa:
     assert out.startswith("ok=40 refused=0"), out
     assert servers.accepted("127.0.0.1") == 40
     assert calls.handle == 2
+
+
+_THREADS = """
+import socket, sys, threading
+port, results = int(sys.argv[1]), []
+def connects():
+    for _ in range(20):
+        with socket.socket() as s:
+            results.append(s.connect_ex(("127.0.0.1", port)))
+threads = [threading.Thread(target=connects) for _ in range(4)]
+for t in threads: t.start()
+for t in threads: t.join()
+print(len(results), sorted(set(results)))
+"""
+
+
+@pytest.mark.usefixtures("no_leaks")
+async def test_threads_each_with_their_pidfd(netprobe: str, servers: Servers,  # noqa: F811
+                                             calls: Calls) -> None:
+    """Four threads connect at once: each thread's socket is taken through
+    a pidfd of its own (cached per thread id in C), all 80 connects reach
+    the allowed host, and the pidfds are closed when the run ends."""
+    python = shutil.which("python3", path="/usr/bin:/bin")
+    if python is None:
+        pytest.skip("no system python3 to run threads in")
+    port = servers.tcp_port
+    sb = sandbox(netprobe, net_allow=[f"127.0.0.1:{port}"])
+    accepted = 0
+
+    async def drain() -> None:  # the listener's queue holds 64: drained as they come
+        nonlocal accepted
+        while True:
+            accepted += servers.accepted("127.0.0.1")
+            await anyio.sleep(0.005)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(drain)
+        result = await sb.run([python, "-c", _THREADS, str(port)], timeout=60)
+        tg.cancel_scope.cancel()
+    accepted += servers.accepted("127.0.0.1")
+    assert result.returncode == 0, result.stderr
+    assert (result.stdout or b"").split(b"\n")[0] == b"80 [0]"
+    assert accepted == 80
+    assert 1 <= calls.handle <= 4  # the first of each thread at most, before the memo
