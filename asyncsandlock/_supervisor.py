@@ -44,9 +44,10 @@ from typing import Any, Final
 
 import anyio
 
-from . import _notify_loop
+from . import _netfast, _notify_loop
 from ._handler import ExceptionPolicy, Handler
 from ._kernel._notify import FLAG_CONTINUE, HandlerCtx, Listener, NotifAction
+from .handlers.net import finish_connect
 
 logger = logging.getLogger("asyncsandlock")
 
@@ -118,6 +119,8 @@ class Supervisor:
         self._routes = routes
         self._names = names
         self._kill = kill
+        #: Guarded connects answered in C, when a network guard decides them.
+        self._fast = _netfast.FastConnect.create(listener, routes)
 
     def __repr__(self) -> str:
         return (f"<Supervisor fd={self._listener.fd} syscalls={sorted(self._names.values())}"
@@ -147,6 +150,8 @@ class Supervisor:
             raise
         finally:
             self._listener.pidfds.close()
+            if self._fast is not None:
+                self._fast.close()
 
     async def _serve_portable(self) -> None:
         async with anyio.create_task_group() as tg:
@@ -172,6 +177,8 @@ class Supervisor:
         Returns the first whose handler suspended, for the caller to
         :meth:`finish` from the task it is running in.
         """
+        if self._fast is not None:
+            return self._pump_fast(self._fast)
         recv, names, start = self._listener.recv, self._names, self._start
         for _ in range(BATCH):
             ctx = recv(names)
@@ -182,12 +189,33 @@ class Supervisor:
                 return pending
         return None
 
-    def _start(self, ctx: HandlerCtx) -> Pending | None:
+    def _pump_fast(self, fast: _netfast.FastConnect) -> Pending | None:
+        """:meth:`pump` with the connects C can decide answered in C."""
+        listener, names = self._listener, self._names
+        left = BATCH
+        while left > 0:
+            rc = fast.pump(listener._cbuf, left)
+            left -= fast.served + 1
+            if rc == _netfast.NONE_QUEUED:
+                return None
+            if rc == _netfast.HUNG_UP:
+                listener.closed = True
+                return None
+            ctx = HandlerCtx._create(listener, listener._buf, names)
+            pending = self._start(ctx, finish_connect(*fast.under_way())
+                                  if rc == _netfast.UNDER_WAY else None)
+            if pending is not None:
+                return pending
+        return None
+
+    def _start(self, ctx: HandlerCtx, first: _Coro | None = None) -> Pending | None:
+        """Step ``ctx``'s handlers; ``first``: the first handler's
+        coroutine, already made (a connect the fast path started)."""
         chain = self._routes.get(ctx.nr, ())
         action = _CONTINUE
         for index, handler in enumerate(chain):
             try:
-                coro = handler.handle(ctx)
+                coro = handler.handle(ctx) if first is None or index else first
                 yielded = coro.send(None)
             except StopIteration as stop:
                 action = stop.value

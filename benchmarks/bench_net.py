@@ -5,23 +5,30 @@
 The child (``netbench.c``, compiled here with gcc) times itself, so a figure
 is the cost of the calls, not of the spawn:
 
-- ``connect``: N connect()+close() to 127.0.0.1 in a loop, ns per call:
+- ``connect``: N connect()+close() to 127.0.0.1 in a loop, per call:
   unconfined, asyncsandlock with the host rule ``127.0.0.1:PORT`` (every
   connect goes to the network guard, which connects on the child's behalf),
   asyncsandlock with the port rule ``tcp://:PORT`` (Landlock alone), and
   sandlock 0.9 with the same host rule when it is installed (the bench extra).
+  Two figures: the child's wall-clock time per connect, and the CPU time
+  per connect of the child plus this process (where both supervisors run:
+  asyncsandlock's on the event loop, sandlock's on a thread of its own).
+  On a loaded machine the CPU time is the steadier of the two: the wall
+  time also holds how long the scheduler let the child and its supervisor
+  wait for a CPU.
 - ``bulk``: MiB sent with ``send()`` (``sendto`` without an address) over one
   loopback TCP connection, MB/s, unconfined and under the host rule: data is
   never trapped.
 
 A process of its own (``netbench serve``) accepts and drains the
-connections.  Contenders take turns
-round by round (``_common.py``); figures are medians.
+connections.  Contenders take turns round by round (``_common.py``);
+figures are medians.
 """
 
 from __future__ import annotations
 
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -32,7 +39,7 @@ import anyio
 
 from asyncsandlock import SYSTEM_READABLE, Sandbox
 
-from _common import parse_args
+from _common import Report, parse_args
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -40,6 +47,9 @@ try:
     import sandlock  # type: ignore[import-untyped]
 except ImportError:  # pragma: no cover - the bench extra is optional
     sandlock = None
+
+HOST = "asyncsandlock host rule"
+SANDLOCK = "sandlock 0.9 host rule"
 
 
 def _server(binary: str) -> subprocess.Popen[bytes]:
@@ -49,7 +59,14 @@ def _server(binary: str) -> subprocess.Popen[bytes]:
     return server
 
 
-async def main(backend: str, quick: bool) -> None:
+def _cpu() -> float:
+    """CPU seconds of this process (every thread) and its reaped children."""
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(
+        resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+async def main(backend: str, quick: bool, report: Report) -> None:
     work = tempfile.mkdtemp()
     binary = os.path.join(work, "netbench")
     subprocess.run(["gcc", "-O2", "-o", binary, os.path.join(HERE, "netbench.c")], check=True)
@@ -61,19 +78,21 @@ async def main(backend: str, quick: bool) -> None:
     boxes: dict[str, Any] = {
         "unconfined": None,
         # TCP and UDP to 127.0.0.1: connect and addressed sends go to the guard.
-    "asyncsandlock host rule": Sandbox(fs_readable=readable, net_allow=[host_rule]),
+        HOST: Sandbox(fs_readable=readable, net_allow=[host_rule]),
         "asyncsandlock port rule": Sandbox(fs_readable=readable,
                                            net_allow=[f"tcp://:{port}"]),
     }
     if sandlock is not None:
-        boxes["sandlock 0.9 host rule"] = sandlock.Sandbox(fs_readable=list(readable),
-                                                           net_allow=[host_rule])
-    connects = 200 if quick else 2000
+        boxes[SANDLOCK] = sandlock.Sandbox(fs_readable=list(readable), net_allow=[host_rule])
+    connects = 300 if quick else 2000
     mib = 256 if quick else 2048
-    rounds = 3 if quick else 7
+    rounds = 3 if quick else 9
 
-    async def once(name: str, box: Any, *args: str) -> float:
+    async def once(box: Any, *args: str) -> tuple[float, float, float]:
+        """(the child's figure, its CPU ns per connect, CPU ns per connect of
+        the child and of us)."""
         argv = [binary, *args]
+        cpu = _cpu()
         if box is None:
             out = subprocess.run(argv, capture_output=True, check=True).stdout
         elif isinstance(box, Sandbox):
@@ -81,31 +100,60 @@ async def main(backend: str, quick: bool) -> None:
             out = result.stdout or b""
         else:
             out = box.run(argv).stdout
-        return float(out.decode().split()[0]) if out else float("nan")
+        cpu = (_cpu() - cpu) * 1e9 / connects
+        figures = [float(f) for f in out.decode().split()] or [float("nan")]
+        return figures[0], figures[1] if len(figures) > 1 else float("nan"), cpu
 
+    print(f"load average before: {os.getloadavg()}")
     for what, args, unit in (("connect", ("connect", "127.0.0.1", str(port), str(connects)),
-                              "ns per connect"),
+                              "µs per connect"),
                              ("bulk", ("bulk", "127.0.0.1", str(port), str(mib)), "MB/s")):
-        names = [n for n in boxes if what == "connect" or n in (
-            "unconfined", "asyncsandlock host rule")]
+        names = [n for n in boxes if what == "connect" or n in ("unconfined", HOST)]
+        await once(boxes[HOST], *args)  # the first run of a policy resolves and builds it
         samples: dict[str, list[float]] = {n: [] for n in names}
+        cpus: dict[str, list[float]] = {n: [] for n in names}
+        child_cpus: dict[str, list[float]] = {n: [] for n in names}
         for i in range(rounds):
             order = names[i % len(names):] + names[:i % len(names)]
             for name in order:
-                samples[name].append(await once(name, boxes[name], *args))
-        print(f"{what} ({backend}, {rounds} rounds, median, {unit}):")
+                value, child_cpu, cpu = await once(boxes[name], *args)
+                samples[name].append(value / 1e3 if what == "connect" else value)
+                cpus[name].append(cpu / 1e3)
+                child_cpus[name].append(child_cpu / 1e3)
+        print(f"{what} ({backend}, {rounds} rounds, median, {unit}; "
+              f"load average {os.getloadavg()[0]:.1f}):")
         base = statistics.median(samples["unconfined"])
+        if what == "bulk":
+            for name in names:
+                value = statistics.median(samples[name])
+                print(f"  {name:26} {value:12,.0f}   {value / base:.2f}x")
+            continue
+        base_cpu = statistics.median(cpus["unconfined"])
+        print(f"  {'':26} {'wall':>8} {'over':>8}   {'CPU':>8} {'over':>8}   {'child CPU':>9}")
+        over: dict[str, tuple[float, float]] = {}
         for name in names:
-            value = statistics.median(samples[name])
-            rel = (f"+{value - base:,.0f} ns" if what == "connect"
-                   else f"{value / base:.2f}x")
-            print(f"  {name:26} {value:12,.0f}   {rel}")
+            wall, cpu = statistics.median(samples[name]), statistics.median(cpus[name])
+            over[name] = (wall - base, cpu - base_cpu)
+            print(f"  {name:26} {wall:8.1f} {wall - base:+8.1f}   {cpu:8.1f} {cpu - base_cpu:+8.1f}"
+                  f"   {statistics.median(child_cpus[name]):9.1f}")
+        for i, kind in enumerate(("wall", "CPU")):
+            ours = over[HOST][i]
+            report.add(ours <= 30, f"{backend}: guarded connect, {kind} time over unconfined: "
+                                   f"{ours:+.1f} µs (target <= 30)")
+            if SANDLOCK in over:
+                theirs = over[SANDLOCK][i]
+                ratio = theirs / ours if ours > 0 else float("inf")
+                report.add(ratio >= 2, f"{backend}: sandlock 0.9's {kind} overhead / ours = "
+                                       f"{theirs:+.1f} / {ours:+.1f} µs = {ratio:.1f}x "
+                                       f"(target >= 2x)")
     server.kill()
     server.wait()
 
 
 if __name__ == "__main__":
     args = parse_args(__doc__ or "")
+    report = Report()
     for backend in args.backend or ["asyncio", "trio"]:
-        anyio.run(main, backend, args.quick, backend=backend)
-    sys.exit(0)
+        anyio.run(main, backend, args.quick, report, backend=backend)
+    print(f"load average after: {os.getloadavg()}")
+    sys.exit(0 if report.summary() else 1)

@@ -1,5 +1,6 @@
 /* The child of bench_net.py.
- *   netbench connect ADDR PORT N   N connect()+close() to ADDR:PORT; prints ns per connect
+ *   netbench connect ADDR PORT N   N connect()+close() to ADDR:PORT; prints ns per
+ *                                  connect, wall-clock time then this process's CPU time
  *   netbench bulk ADDR PORT MIB    send()s MIB MiB over one TCP connection; prints MB/s
  *   netbench serve ADDR PORT 0     accepts and drains connections until killed
  *                                  (prints the port once listening)
@@ -10,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -18,6 +20,14 @@ static double now(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+/* This process's CPU time (user + system), in seconds. */
+static double cpu_time(void) {
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return ru.ru_utime.tv_sec + ru.ru_stime.tv_sec
+         + (ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) * 1e-6;
 }
 
 int main(int argc, char **argv) {
@@ -54,13 +64,13 @@ int main(int argc, char **argv) {
         }
     }
     if (!strcmp(argv[1], "connect")) {
-        double start = now();
+        double start = now(), cpu = cpu_time();
         for (long i = 0; i < n; i++) {
             int fd = socket(AF_INET, SOCK_STREAM, 0);
             if (connect(fd, (struct sockaddr *)&sa, sizeof sa) < 0) { perror("connect"); return 1; }
             close(fd);
         }
-        printf("%.0f\n", (now() - start) / n * 1e9);
+        printf("%.0f %.0f\n", (now() - start) / n * 1e9, (cpu_time() - cpu) / n * 1e9);
         return 0;
     }
     static char buf[1 << 16];

@@ -91,13 +91,22 @@ static int pending(int err)
 
 int asl_net_connect(int fd, const void *addr, unsigned len, int wait, int *started)
 {
+    int flags = wait ? fcntl(fd, F_GETFL) : 0;
+    if (flags < 0)
+        return -errno;
+    return asl_net_connect_flags(fd, addr, len, wait, flags, started);
+}
+
+/* asl_net_connect with the file's flags as just read (`flags`). */
+int asl_net_connect_flags(int fd, const void *addr, unsigned len, int wait, int flags,
+                          int *started)
+{
     *started = 0;
     if (!wait)
         return connect(fd, addr, len) == 0 ? 0 : -errno;
     /* O_NONBLOCK belongs to the open file, shared with the child: set for
      * this one call only, from the flags as they are now. */
-    int flags = fcntl(fd, F_GETFL);
-    if (flags < 0 || fcntl(fd, F_SETFL, flags | O_NONBLOCK) < 0)
+    if (fcntl(fd, F_SETFL, flags | O_NONBLOCK) < 0)
         return -errno;
     int err = connect(fd, addr, len) == 0 ? 0 : errno;
     fcntl(fd, F_SETFL, flags);

@@ -224,7 +224,30 @@ int asl_net_take(int pidfd, int number, int info[4]);
 int asl_net_fetch(int listener, uint64_t id, int pidfd, int number, int pid,
                   unsigned long addr, unsigned long len, void *buf, int info[4]);
 int asl_net_connect(int fd, const void *addr, unsigned len, int wait, int *started);
+int asl_net_connect_flags(int fd, const void *addr, unsigned len, int wait, int flags,
+                          int *started);
 int asl_net_connected(int fd, int started);
+/* The network guard's connect in one C call from the event loop
+ * (csrc/netfast.c, asyncsandlock/_netfast.py).  asl_verdicts: a memo of
+ * verdicts by (kind 0 tcp / 1 udp / 2 icmp, family + port + address bytes of
+ * a sockaddr), filled by the Python guard; get: 1 allowed, 0 denied, -1
+ * unknown, -2 not an inet sockaddr.  asl_fast_pump: answers up to `batch`
+ * queued notifications of the listener (out[0]: how many); returns 0 none
+ * queued, 3 the listener hung up, 1 `buf` holds a notification for Python,
+ * 2 a connect under way for Python to wait on (out[1] the socket's copy,
+ * out[2] connect's errno), -errno a RECV or SEND failed. */
+struct asl_verdicts;
+struct asl_fast;
+struct asl_verdicts *asl_verdicts_new(void);
+void asl_verdicts_free(struct asl_verdicts *v);
+void asl_verdicts_clear(struct asl_verdicts *v);
+int asl_verdict_get(struct asl_verdicts *v, int kind, const void *raw, unsigned len);
+int asl_verdict_put(struct asl_verdicts *v, int kind, const void *raw, unsigned len,
+                    int allowed);
+struct asl_fast *asl_fast_new(int listener, int connect_nr, struct asl_verdicts *verdicts);
+void asl_fast_close(struct asl_fast *f);
+void asl_fast_free(struct asl_fast *f);
+int asl_fast_pump(struct asl_fast *f, void *buf, int batch, int out[3]);
 /* CDEF-END */
 
 #endif

@@ -34,7 +34,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
                 "_inputs", "_filespec", "_limits", "_network", "_workdir", "_policy",
                 "_profiles")),
     # The built-in guards a policy gets, and what they read of a trapped call.
-    ("handlers", ("handlers", "_objects")),
+    ("handlers", ("handlers", "_objects", "_netfast")),
     # Policy + this kernel -> the plan, and what each subsystem enforces of it.
     ("plan", ("_enforcement", "_plan")),
     # One confined child, and the refusals met on the way.

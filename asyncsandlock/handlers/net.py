@@ -35,6 +35,15 @@ non-blocking), then the guard waits for the socket to become writable on the
 loop and answers with ``SO_ERROR``.  Sends use ``MSG_DONTWAIT`` and wait for
 writability when the socket is full.  ``SO_SNDTIMEO`` is not honoured.
 
+The common case in C
+--------------------
+Once the guard has decided a destination (its verdict is memoised in C by
+the socket's kind and the sockaddr's family, port and address bytes), a
+connect to it is answered by ``csrc/netfast.c`` from the supervisor's pump,
+without this module (see ``_netfast.py``): the same steps in the same
+order, on the bytes read once and the child's own socket.  What C cannot
+decide comes here.
+
 Unix sockets
 ------------
 A guarded ``connect`` or addressed send on a unix socket is refused (EACCES)
@@ -90,14 +99,12 @@ _SCM_RIGHTS: Final = 1
 _SCM_CREDENTIALS: Final = 2
 _MSG_DONTWAIT: Final = 0x40
 _ICMP: Final = (socket.IPPROTO_ICMP, socket.IPPROTO_ICMPV6)
-_AF_INET: Final = socket.AF_INET.to_bytes(2, "little")
-_AF_INET6: Final = socket.AF_INET6.to_bytes(2, "little")
 #: Out-parameters of the C calls, read back before the loop runs anything else.
 _INFO: Final = ffi.new("int[4]")
 _STARTED: Final = ffi.new("int *")
 _DONE: Final = NotifAction.return_value(0)
-#: Distinct destinations whose verdict is kept (then the memo starts over).
-_VERDICTS_MAX: Final = 4096
+#: A socket's kind as the verdict memo (``csrc/netfast.c``) numbers it.
+_KINDS: Final = {"tcp": 0, "udp": 1, "icmp": 2}
 
 
 class NetTargets:
@@ -106,6 +113,12 @@ class NetTargets:
 
     __slots__ = ("allow", "allow_unix", "deny", "hosts", "policy", "resolved", "resolving",
                  "unix_roots", "verdicts")
+
+    #: What :attr:`policy` said of a destination, keyed by the socket's
+    #: kind and the bytes of its sockaddr that the rules look at (family,
+    #: port, address), in C: the connect fast path (``_netfast.py``)
+    #: answers from it without Python.  It starts over when full.
+    verdicts: Any
 
     def __init__(self, allow: Iterable[NetRule], deny: Iterable[NetRule],
                  allow_unix: bool, unix_roots: tuple[str, ...] = ()) -> None:
@@ -116,9 +129,7 @@ class NetTargets:
         self.unix_roots = unix_roots
         #: Until resolved, a rule naming a host opens nothing.
         self.policy = NetPolicy(self.allow, self.deny)
-        #: What :attr:`policy` said of a destination, keyed by the bytes of
-        #: its sockaddr that the rules look at (see :meth:`_Call.address`).
-        self.verdicts: dict[tuple[str, bytes], bool] = {}
+        self.verdicts = ffi.gc(_c_alloc(lib.asl_verdicts_new()), lib.asl_verdicts_free)
         self.resolved = not self.policy.names()
         #: Set when a resolution under way ends (concurrent first runs wait for it).
         self.resolving: anyio.Event | None = None
@@ -138,7 +149,7 @@ class NetTargets:
                 found = {name: await _lookup(name, on_unavailable)
                          for name in self.policy.names()}
                 self.policy = NetPolicy(self.allow, self.deny, found)
-                self.verdicts = {}
+                lib.asl_verdicts_clear(self.verdicts)
                 self.resolved = True
             finally:  # a failure: the next run tries again
                 self.resolving = None
@@ -190,6 +201,12 @@ def _destination(raw: bytes) -> tuple[int, Address | None, int]:
             raise OSError(errno.EINVAL, "short sockaddr_in6")
         return family, ipaddress.IPv6Address(raw[8:24]), int.from_bytes(raw[2:4], "big")
     return family, None, 0
+
+
+def _c_alloc(pointer: Any) -> Any:
+    if pointer == ffi.NULL:
+        raise MemoryError
+    return pointer
 
 
 def _c_result(rc: int) -> int:
@@ -248,19 +265,15 @@ class _Call:
         if self.family not in (socket.AF_INET, socket.AF_INET6):
             raise OSError(errno.EAFNOSUPPORT, "not an inet socket")
         # The rules look at the family, port and address only (not at
-        # sin_zero, a v6 flow label or scope): those bytes key a verdict.
-        head = raw[:2]
-        key = (raw[:8] if head == _AF_INET and len(raw) >= 16 else
-               raw[:4] + raw[8:24] if head == _AF_INET6 and len(raw) >= 24 else b"")
-        if key:
-            verdicts = self.targets.verdicts
-            verdict = verdicts.get((self.kind, key))
-            if verdict is None:
+        # sin_zero, a v6 flow label or scope): those bytes key a verdict
+        # (-2: not a full sockaddr_in or sockaddr_in6).
+        verdicts, kind = self.targets.verdicts, _KINDS[self.kind]
+        verdict = lib.asl_verdict_get(verdicts, kind, raw, len(raw))
+        if verdict != -2:
+            if verdict == -1:
                 _, ip, port = _destination(raw)
                 verdict = ip is not None and self.targets.policy.allows(self.kind, ip, port)
-                if len(verdicts) >= _VERDICTS_MAX:
-                    verdicts.clear()
-                verdicts[self.kind, key] = verdict
+                lib.asl_verdict_put(verdicts, kind, raw, len(raw), verdict)
             if not verdict:
                 _, ip, port = _destination(raw)
                 raise OSError(errno.EACCES, f"{self.kind} to {ip} port {port} is not allowed")
@@ -351,16 +364,33 @@ class NetGuard(_RuleGuard):
 
 
 async def _connect(call: _Call, raw: bytes) -> NotifAction:
-    """connect() as the child asked, in C (``csrc/netcall.c``): a blocking
+    """connect() as the child asked, in C (``csrc/guardcall.c``): a blocking
     TCP connect made non-blocking for the call, and waited for on the loop
     only when the handshake is not over yet (EINPROGRESS for a non-blocking
     socket, as the kernel says it)."""
     wait = call.kind == "tcp" and not call.flags & os.O_NONBLOCK
     rc = lib.asl_net_connect(call.fd, raw, len(raw), wait, _STARTED)
     if rc == 1:
-        started = _STARTED[0]  # before the wait: other calls use _STARTED meanwhile
-        await anyio.wait_writable(call.fd)
-        rc = lib.asl_net_connected(call.fd, started)
+        # _STARTED read before the wait: other calls use it meanwhile.
+        rc = await _connected(call.fd, _STARTED[0])
+    return NotifAction.errno(-rc) if rc else _DONE
+
+
+async def _connected(fd: int, started: int) -> int:
+    """The end of a connect under way on ``fd`` (``started``: the errno
+    connect gave): 0 or -errno, once the socket is writable."""
+    await anyio.wait_writable(fd)
+    return int(lib.asl_net_connected(fd, started))
+
+
+async def finish_connect(fd: int, started: int) -> NotifAction:
+    """Answer a connect the C fast path started (``_netfast.py``) once its
+    handshake is over; ``fd``, the copy of the child's socket, is ours to
+    close."""
+    try:
+        rc = await _connected(fd, started)
+    finally:
+        os.close(fd)
     return NotifAction.errno(-rc) if rc else _DONE
 
 

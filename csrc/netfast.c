@@ -1,0 +1,340 @@
+/*
+ * The network guard's common case, decided and answered in C: a trapped
+ * connect() to a destination whose verdict is known, from the event loop's
+ * reader callback, in one crossing from Python (asyncsandlock/_netfast.py).
+ *
+ * asl_fast_pump receives the listener's queued notifications.  For a
+ * connect() on an inet socket whose destination's verdict is in the memo
+ * (struct asl_verdicts, filled by the Python guard, which alone reads the
+ * rules), it does what NetGuard does in Python, in the same order and
+ * with the same checks:
+ *
+ *   pidfd_getfd of the child's socket (the same open socket), its domain,
+ *   type, protocol and file flags; the sockaddr read ONCE into our memory;
+ *   ID_VALID after both looks (while the notification is pending the
+ *   target is alive, so its tid was its own); the verdict of the bytes read;
+ *   connect() on the copy with those bytes; close the copy; SEND.
+ *
+ * Everything else stops the batch and is handed to Python with its
+ * notification: another syscall, a socket that is not inet, an address
+ * that is not a plain sockaddr_in/in6, a verdict not memoised yet, any
+ * failure before the connect (the Python guard then starts over and
+ * answers as the kernel would).  Nothing before the connect has an effect
+ * on the child, so starting over is safe.  A blocking TCP connect whose
+ * handshake is not over at once is handed over too, the copy of the socket
+ * still open, for the loop to wait on (asl_net_connect returned 1).
+ *
+ * Nothing here blocks: poll with no timeout before RECV (RECV ignores
+ * O_NONBLOCK), connect made non-blocking (asl_net_connect).
+ */
+#define _GNU_SOURCE
+#include "spawn.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#ifndef SYS_pidfd_open
+#define SYS_pidfd_open 434
+#endif
+#ifndef PIDFD_THREAD
+#define PIDFD_THREAD O_EXCL
+#endif
+
+#define NOTIF_RECV 0xC0502100UL    /* SECCOMP_IOCTL_NOTIF_RECV */
+#define NOTIF_SEND 0xC0182101UL    /* SECCOMP_IOCTL_NOTIF_SEND */
+#define NOTIF_ID_VALID 0x40082102UL
+
+#define SLOTS 4096                 /* a power of two */
+#define KEY_MAX 20                 /* family, port, 16 address bytes */
+#define PIDFDS 64
+
+struct notif {                     /* struct seccomp_notif */
+    uint64_t id;
+    uint32_t pid;
+    uint32_t flags;
+    int32_t nr;
+    uint32_t arch;
+    uint64_t ip;
+    uint64_t args[6];
+};
+
+struct resp {                      /* struct seccomp_notif_resp */
+    uint64_t id;
+    int64_t val;
+    int32_t error;
+    uint32_t flags;
+};
+
+struct slot {
+    uint8_t used, allowed, kind, len;
+    uint8_t key[KEY_MAX];
+};
+
+struct asl_verdicts {
+    unsigned count;
+    struct slot slots[SLOTS];
+};
+
+struct asl_fast {
+    int listener;
+    int connect_nr;
+    int closed;
+    struct asl_verdicts *verdicts;
+    int tids[PIDFDS];
+    int pidfds[PIDFDS];
+    int npidfds;
+};
+
+/* The bytes of a sockaddr the rules look at (family, port, address: not
+ * sin_zero, a flow label or a scope id), or 0 if it is not a full
+ * sockaddr_in or sockaddr_in6. */
+static unsigned verdict_key(const uint8_t *raw, unsigned len, uint8_t key[KEY_MAX])
+{
+    if (len < 2)
+        return 0;
+    unsigned family = raw[0] | raw[1] << 8;
+    if (family == AF_INET && len >= 16) {
+        memcpy(key, raw, 8);
+        return 8;
+    }
+    if (family == AF_INET6 && len >= 24) {
+        memcpy(key, raw, 4);
+        memcpy(key + 4, raw + 8, 16);
+        return 20;
+    }
+    return 0;
+}
+
+static struct slot *find(struct asl_verdicts *v, int kind, const uint8_t *key, unsigned len)
+{
+    uint32_t h = 2166136261u ^ (uint32_t)kind;   /* FNV-1a */
+    for (unsigned i = 0; i < len; i++)
+        h = (h ^ key[i]) * 16777619u;
+    for (unsigned i = 0;; i++) {  /* never full: cleared at 3/4 */
+        struct slot *s = &v->slots[(h + i) & (SLOTS - 1)];
+        if (!s->used || (s->kind == kind && s->len == len && !memcmp(s->key, key, len)))
+            return s;
+    }
+}
+
+struct asl_verdicts *asl_verdicts_new(void)
+{
+    return calloc(1, sizeof(struct asl_verdicts));
+}
+
+void asl_verdicts_free(struct asl_verdicts *v)
+{
+    free(v);
+}
+
+void asl_verdicts_clear(struct asl_verdicts *v)
+{
+    memset(v, 0, sizeof *v);
+}
+
+int asl_verdict_get(struct asl_verdicts *v, int kind, const void *raw, unsigned len)
+{
+    uint8_t key[KEY_MAX];
+    unsigned klen = verdict_key(raw, len, key);
+    if (!klen)
+        return -2;
+    struct slot *s = find(v, kind, key, klen);
+    return s->used ? s->allowed : -1;
+}
+
+int asl_verdict_put(struct asl_verdicts *v, int kind, const void *raw, unsigned len,
+                    int allowed)
+{
+    uint8_t key[KEY_MAX];
+    unsigned klen = verdict_key(raw, len, key);
+    if (!klen)
+        return -2;
+    if (v->count >= SLOTS / 4 * 3)
+        asl_verdicts_clear(v);  /* the memo starts over */
+    struct slot *s = find(v, kind, key, klen);
+    if (!s->used) {
+        v->count++;
+        s->used = 1;
+        s->kind = (uint8_t)kind;
+        s->len = (uint8_t)klen;
+        memcpy(s->key, key, klen);
+    }
+    s->allowed = allowed != 0;
+    return 0;
+}
+
+struct asl_fast *asl_fast_new(int listener, int connect_nr, struct asl_verdicts *verdicts)
+{
+    struct asl_fast *f = calloc(1, sizeof *f);
+    if (f) {
+        f->listener = listener;
+        f->connect_nr = connect_nr;
+        f->verdicts = verdicts;
+    }
+    return f;
+}
+
+static void forget_pidfds(struct asl_fast *f)
+{
+    for (int i = 0; i < f->npidfds; i++)
+        close(f->pidfds[i]);
+    f->npidfds = 0;
+}
+
+/* Close the cached pidfds; the pump may still run, caching nothing. */
+void asl_fast_close(struct asl_fast *f)
+{
+    forget_pidfds(f);
+    f->closed = 1;
+}
+
+void asl_fast_free(struct asl_fast *f)
+{
+    if (f)
+        forget_pidfds(f);
+    free(f);
+}
+
+/* A pidfd names one thread and never another: once it has exited, calls
+ * through it fail with ESRCH whoever gets its id next (see Pidfds in
+ * _kernel/_notify.py, the Python path's cache, which works the same way). */
+static int pidfd_of(struct asl_fast *f, int tid, int *slot)
+{
+    for (int i = 0; i < f->npidfds; i++)
+        if (f->tids[i] == tid) {
+            *slot = i;
+            return f->pidfds[i];
+        }
+    int fd = (int)syscall(SYS_pidfd_open, tid, PIDFD_THREAD);
+    if (fd < 0)
+        return -errno;  /* EINVAL before Linux 6.9: Python knows the way round */
+    if (f->closed) {
+        *slot = -2;  /* the caller's, closed after use */
+        return fd;
+    }
+    if (f->npidfds == PIDFDS)
+        forget_pidfds(f);
+    *slot = f->npidfds++;
+    f->tids[*slot] = tid;
+    f->pidfds[*slot] = fd;
+    return fd;
+}
+
+static void drop_pidfd(struct asl_fast *f, int slot)
+{
+    close(f->pidfds[slot]);
+    f->npidfds--;
+    f->tids[slot] = f->tids[f->npidfds];
+    f->pidfds[slot] = f->pidfds[f->npidfds];
+}
+
+/* The child's socket `number`, with its info (asl_net_take); -errno. */
+static int take(struct asl_fast *f, int tid, int number, int info[4])
+{
+    for (int tries = 0;; tries++) {
+        int slot;
+        int pidfd = pidfd_of(f, tid, &slot);
+        if (pidfd < 0)
+            return pidfd;
+        int fd = asl_net_take(pidfd, number, info);
+        if (slot == -2)
+            close(pidfd);
+        if (fd == -ESRCH && slot >= 0 && tries == 0) {
+            drop_pidfd(f, slot);  /* a dead thread's, its id since reused */
+            continue;
+        }
+        return fd;
+    }
+}
+
+static int respond(int listener, uint64_t id, int error)
+{
+    struct resp r = {.id = id, .error = error};
+    if (ioctl(listener, NOTIF_SEND, &r) < 0 && errno != ENOENT)
+        return -errno;  /* ENOENT: the target died or was interrupted */
+    return 0;
+}
+
+enum { KIND_TCP, KIND_UDP, KIND_ICMP };
+
+/* One connect notification: 0 answered, 1 for Python, 2 under way (out[1]
+ * the copy of the socket, out[2] connect's errno), -errno SEND failed. */
+static int fast_connect(struct asl_fast *f, const struct notif *n, int out[3])
+{
+    int number = (int)n->args[0];
+    int len = (int)n->args[2];
+    if (number < 0 || len < 16 || len > 128)
+        return 1;
+    int info[4];
+    int fd = take(f, (int)n->pid, number, info);
+    if (fd < 0)
+        return 1;
+    if ((info[0] != AF_INET && info[0] != AF_INET6) || info[3] < 0)
+        goto python;
+    uint8_t raw[128];
+    if (asl_peek((int)n->pid, n->args[1], raw, (unsigned long)len) != len)
+        goto python;
+    uint64_t id = n->id;
+    if (ioctl(f->listener, NOTIF_ID_VALID, &id) < 0)
+        goto python;
+    /* From here on: the bytes in raw, checked once, on the socket in fd. */
+    int kind = info[1] == SOCK_STREAM ? KIND_TCP
+             : info[2] == 1 /* IPPROTO_ICMP */ || info[2] == 58 /* ICMPV6 */ ? KIND_ICMP
+             : KIND_UDP;
+    int verdict = asl_verdict_get(f->verdicts, kind, raw, (unsigned)len);
+    if (verdict < 0)
+        goto python;
+    int rc = -EACCES;
+    if (verdict) {
+        int started;
+        /* A blocking TCP socket is made non-blocking for the call, from
+         * its flags read a few microseconds ago (asl_net_take). */
+        rc = asl_net_connect_flags(fd, raw, (unsigned)len,
+                                   kind == KIND_TCP && !(info[3] & O_NONBLOCK), info[3],
+                                   &started);
+        if (rc == 1) {
+            out[1] = fd;
+            out[2] = started;
+            return 2;
+        }
+    }
+    close(fd);
+    return respond(f->listener, n->id, rc);
+python:
+    close(fd);
+    return 1;
+}
+
+int asl_fast_pump(struct asl_fast *f, void *buf, int batch, int out[3])
+{
+    struct notif *n = buf;
+    struct pollfd p = {.fd = f->listener, .events = POLLIN};
+    out[0] = 0;
+    while (out[0] < batch) {
+        if (poll(&p, 1, 0) <= 0)
+            return 0;
+        if (!(p.revents & POLLIN))
+            return 3;  /* POLLHUP: every task of the sandbox is gone */
+        memset(n, 0, sizeof *n);  /* RECV insists on a zeroed buffer */
+        if (ioctl(f->listener, NOTIF_RECV, n) < 0) {
+            if (errno == ENOENT || errno == EINTR)
+                continue;
+            return -errno;
+        }
+        if (n->nr != f->connect_nr)
+            return 1;
+        int rc = fast_connect(f, n, out);
+        if (rc)
+            return rc;
+        out[0]++;
+    }
+    return 0;
+}
