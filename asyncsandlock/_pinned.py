@@ -17,13 +17,25 @@ bind mount of just that file (``open_tree(OPEN_TREE_CLONE)``); the child attache
 over ``/etc/hosts`` in a mount namespace of its own (``mount_hosts`` in
 csrc/spawn.c).  The host's mount table never changes, and the mount is
 gone with the child's namespace.  This needs ``CAP_SYS_ADMIN`` (a root
-caller); without it the names are not pinned (see docs/network.md).
+caller).
+
+A caller without it (the detached tmpfs is refused with EPERM) hands the
+text to the child instead: the child makes a user namespace of its own
+(ONE, shared with ``uid``/``gid`` and ``network`` where those need one),
+with a mount namespace it owns, writes the text on a tmpfs it mounts there
+and attaches a read-only bind mount of the file over ``/etc/hosts``
+(``pin_hosts`` in csrc/spawn.c).  Its ids are the caller's, mapped to
+themselves, unless ``uid``/``gid`` ask for others.  Where the host refuses
+user namespaces, the child's ``hosts`` step fails, and the refusal goes to
+``on_unavailable`` as :attr:`Subsystem.PINNED_NAMES`; a policy that lets it
+go runs with the names unpinned (the report names ``net_allow``).
 
 Landlock skips a mount point when it walks up from a mount's root (see
 ``Layer.spawn_args`` in ``_workspace.py``): the policy's rule on
 ``/etc/hosts`` names the file under the mount, not ours.  So a run with
 pinned names gets a ruleset of its own, the policy's rules plus read access
-to our file (~0.1 ms, only for policies with host names).
+to our file (~0.1 ms, only for policies with host names); in a user
+namespace the child adds the rule on the file it wrote to that ruleset.
 """
 
 from __future__ import annotations
@@ -33,11 +45,14 @@ import errno
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
+from types import MappingProxyType
 from typing import TYPE_CHECKING
 
-from ._kernel._landlock import abi_version, build_ruleset
+from ._kernel._landlock import FS_READ_FILE, abi_version, build_ruleset
 from ._kernel._overlay import detached_tmpfs
 from ._plan import _LANDLOCK_PARTS, Plan, _ruleset_spec
+from ._spawn import HostsSpawn
+from ._types import Protection, Subsystem
 from .handlers.net import net_targets
 
 if TYPE_CHECKING:
@@ -92,14 +107,12 @@ def detached_hosts(text: bytes) -> int:
     return mount
 
 
-def pinned_mount(sandbox: Sandbox, plan: Plan) -> tuple[int, int] | None:
-    """For one run of ``sandbox``: the hosts file's tmpfs (a mount fd, see
-    :func:`detached_hosts`) and the run's Landlock ruleset (-1 without
-    Landlock), fds the caller closes once the child is spawned; or None: no
-    host name in its rules, or a caller that may not
-    mount (EPERM: the names are then not pinned)."""
+def pinned_mount(sandbox: Sandbox, plan: Plan) -> HostsSpawn | None:
+    """For one run of ``sandbox``: its pinned names for ``_spawn.spawn``,
+    whose fds the caller closes once the child is spawned; or None: no host
+    name in its rules, or the host refused them and the policy let them go."""
     targets = net_targets(sandbox)
-    if targets is None or not targets.resolved:
+    if targets is None or not targets.resolved or Subsystem.PINNED_NAMES in plan.degraded:
         return None
     if targets.hosts is None:
         pinned = targets.pinned()
@@ -111,17 +124,32 @@ def pinned_mount(sandbox: Sandbox, plan: Plan) -> tuple[int, int] | None:
     try:
         mount = detached_hosts(targets.hosts)
     except OSError as exc:
-        if exc.errno in (errno.EPERM, errno.EACCES, errno.ENOSYS):
-            return None
-        raise
+        if exc.errno not in (errno.EPERM, errno.EACCES, errno.ENOSYS):
+            raise
+        # No CAP_SYS_ADMIN: the child writes the file in a user namespace
+        # of its own, and adds its rule to the run's own ruleset.
+        mount = -1
+    readable: tuple[str, ...] = () if mount < 0 else (f"/proc/self/fd/{mount}/{FILE}",)
     if plan.landlock_fd < 0:
-        return mount, -1
+        return HostsSpawn(mount, -1, targets.hosts if mount < 0 else b"")
     with contextlib.ExitStack() as on_fail:
-        on_fail.callback(os.close, mount)
+        if mount >= 0:
+            on_fail.callback(os.close, mount)
         spec = _ruleset_spec(sandbox)
         # The file's inode: the same in every clone of the mount.
-        spec = replace(spec, readable=(*spec.readable, f"/proc/self/fd/{mount}/{FILE}"))
+        spec = replace(spec, readable=(*spec.readable, *readable))
         ruleset = build_ruleset(spec, abi_version(),
                                 frozenset(plan.degraded & set(_LANDLOCK_PARTS)))
         on_fail.pop_all()
-    return mount, ruleset
+    if mount >= 0:
+        return HostsSpawn(mount, ruleset)
+    return HostsSpawn(-1, ruleset, targets.hosts, FS_READ_FILE)
+
+
+def pinned_protections(protections: Mapping[Subsystem, Protection],
+                       plan: Plan) -> Mapping[Subsystem, Protection]:
+    """A run's protections, for a run spawned with its names pinned (the
+    plan's say NOT_REQUESTED unless the policy let them go)."""
+    if Subsystem.PINNED_NAMES in plan.degraded:
+        return protections
+    return MappingProxyType({**protections, Subsystem.PINNED_NAMES: Protection.ACTIVE})

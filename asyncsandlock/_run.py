@@ -21,7 +21,7 @@ from ._kernel._sys import SYSCALLS
 from ._limits import spawn_on, watched
 from ._netns import open_network
 from ._pacing import SpawnTurn
-from ._pinned import pinned_mount
+from ._pinned import pinned_mount, pinned_protections
 from ._plan import Compiled, owner_of
 from ._process import SandboxedProcess
 from ._reaper import abandon, prepare, watch
@@ -191,7 +191,7 @@ async def _open_in_turn(sandbox: Sandbox, argv: tuple[str, ...], *, stdin: Stdio
             # is the run's own already (docs/network.md).
             hosts = None if layer is not None else pinned_mount(sandbox, compiled.plan)
             if hosts is not None:
-                theirs.extend(fd for fd in hosts if fd >= 0)
+                theirs.extend(hosts.fds())
             started = time.monotonic()
             try:
                 child = await confined_spawn(sandbox, compiled, notify, lambda trapped: spawn_on(
@@ -216,6 +216,8 @@ async def _open_in_turn(sandbox: Sandbox, argv: tuple[str, ...], *, stdin: Stdio
                                            and Subsystem.SECCOMP not in compiled.plan.degraded)
         if layer is not None:
             protections = workspace_protections(protections)
+        if hosts is not None:
+            protections = pinned_protections(protections, compiled.plan)
         unenforced = unenforced_by_run(sandbox, protections, run_handlers=bool(handlers))
         proc = SandboxedProcess._create(
             args=argv, pid=child.pid, pidfd=child.pidfd, listener=child.listener,

@@ -300,6 +300,9 @@ static long new_network(const struct asl_spawn_req *req)
             return rc;
         return loopback_up();
     case ASL_NET_USERNS:
+        /* Made, lo up, with the hosts step's user namespace (pin_hosts). */
+        if (req->hosts_mode == ASL_HOSTS_USERNS)
+            return 0;
         /* With ASL_IDENTITY_USERNS, one user namespace for both: the
          * identity's maps, and set_identity has nothing left to do (see
          * identity_first). */
@@ -373,7 +376,8 @@ static long drop_capabilities(const struct asl_spawn_req *req)
 static long set_identity(const struct asl_spawn_req *req)
 {
     long rc;
-    if (req->identity == ASL_IDENTITY_USERNS && req->net_mode != ASL_NET_USERNS) {
+    if (req->identity == ASL_IDENTITY_USERNS && req->net_mode != ASL_NET_USERNS &&
+        req->hosts_mode != ASL_HOSTS_USERNS) {
         if ((rc = SYS3(SYS_unshare, CLONE_NEWUSER, 0, 0)) < 0 ||
             (rc = write_id_maps(req->uid_map, req->gid_map)) < 0)
             return rc;
@@ -624,6 +628,95 @@ static long mount_hosts(const struct asl_spawn_req *req)
                        (long)"/etc/hosts", MOVE_MOUNT_F_EMPTY_PATH, 0);
 }
 
+#ifndef SYS_open_tree
+#define SYS_open_tree 428
+#endif
+#ifndef SYS_mount_setattr
+#define SYS_mount_setattr 442
+#endif
+#define ASL_OPEN_TREE_CLONE 1
+#define ASL_AT_EMPTY_PATH 0x1000
+#define ASL_MOUNT_ATTR_RDONLY 0x1
+
+/* ASL_HOSTS_USERNS: pinned names for a caller without CAP_SYS_ADMIN, which
+ * can neither make the parent's detached tmpfs nor attach anything in a
+ * mount namespace owned by the caller's user namespace.  The child makes a
+ * user namespace whose only ids are its own (the identity's maps with
+ * ASL_IDENTITY_USERNS: ONE namespace for both, set_identity then has
+ * nothing left to do; with ASL_NET_USERNS the network namespace is made
+ * with it, lo up, and new_network has nothing left to do), with a mount
+ * namespace it owns; every mount made private as in mount_workspace; then
+ * the parent's text written on a small tmpfs of its own, and a read-only
+ * bind mount of just that file (a clone, so that the tmpfs itself is never
+ * reachable) attached over /etc/hosts.  Landlock skips a mount point on its
+ * way up, so the file gets a rule of its own in the run's own ruleset.
+ * Nothing is cleaned up on failure: the child exits, every fd is CLOEXEC. */
+static long pin_hosts(const struct asl_spawn_req *req)
+{
+    long rc, ctx, tmpfs, file, tree;
+    long flags = CLONE_NEWUSER | CLONE_NEWNS;
+    if (req->net_mode == ASL_NET_USERNS)
+        flags |= CLONE_NEWNET;
+    if ((rc = SYS3(SYS_unshare, flags, 0, 0)) < 0 ||
+        (rc = write_id_maps(req->hosts_uid_map, req->hosts_gid_map)) < 0 ||
+        (rc = all_private()) < 0)
+        return rc;
+    if ((flags & CLONE_NEWNET) && (rc = loopback_up()) < 0)
+        return rc;
+    if ((ctx = SYS3(SYS_fsopen, "tmpfs", ASL_CLOEXEC_FLAG, 0)) < 0)
+        return ctx;
+    if ((rc = fs_string(ctx, "size", "1m")) < 0 || (rc = fs_string(ctx, "mode", "0755")) < 0)
+        return rc;
+    if ((tmpfs = fs_mount(ctx)) < 0)
+        return tmpfs;
+    SYS3(SYS_close, ctx, 0, 0);
+    file = raw_syscall(SYS_openat, tmpfs, (long)"hosts", O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC,
+                       0644, 0, 0);
+    if (file < 0)
+        return file;
+    for (size_t done = 0; done < req->hosts_len; done += (size_t)rc)
+        if ((rc = SYS3(SYS_write, file, req->hosts_text + done, req->hosts_len - done)) <= 0)
+            return rc < 0 ? rc : -EIO;
+    /* 0644 whatever the caller's umask (the child has a copy of it). */
+    if ((rc = SYS3(SYS_fchmod, file, 0644, 0)) < 0)
+        return rc;
+    if (req->hosts_access && req->landlock_fd >= 0) {
+        struct __attribute__((packed)) {
+            uint64_t allowed_access;
+            int32_t parent_fd;
+        } rule = {req->hosts_access, (int32_t)file};
+        if ((rc = raw_syscall(SYS_landlock_add_rule, req->landlock_fd, 1 /* PATH_BENEATH */,
+                              (long)&rule, 0, 0, 0)) < 0)
+            return rc;
+    }
+    SYS3(SYS_close, file, 0, 0);
+    if ((tree = SYS3(SYS_open_tree, tmpfs, "hosts", ASL_OPEN_TREE_CLONE | O_CLOEXEC)) < 0)
+        return tree;
+    /* struct mount_attr: attr_set, attr_clr, propagation, userns_fd. */
+    uint64_t attr[4] = {ASL_MOUNT_ATTR_RDONLY, 0, 0, 0};
+    if ((rc = raw_syscall(SYS_mount_setattr, tree, (long)"", ASL_AT_EMPTY_PATH, (long)attr,
+                          sizeof attr, 0)) < 0 ||
+        (rc = raw_syscall(SYS_move_mount, tree, (long)"", AT_FDCWD, (long)"/etc/hosts",
+                          MOVE_MOUNT_F_EMPTY_PATH, 0)) < 0)
+        return rc;
+    SYS3(SYS_close, tree, 0, 0);
+    SYS3(SYS_close, tmpfs, 0, 0);
+    return 0;
+}
+
+/* pin_hosts after the identity step: a caller with CAP_SETUID (identity
+ * ASL_IDENTITY_SET: once in a user namespace, the child could only become
+ * the one id mapped there, so it takes the policy's ids first and maps those
+ * to themselves) or a network the caller's namespaces own (ASL_NET_NEW,
+ * ASL_NET_JOIN: entered with CAP_SYS_ADMIN over them, before the user
+ * namespace takes it away). */
+static int hosts_late(const struct asl_spawn_req *req)
+{
+    return req->hosts_mode == ASL_HOSTS_USERNS &&
+           (req->identity == ASL_IDENTITY_SET || req->net_mode == ASL_NET_NEW ||
+            req->net_mode == ASL_NET_JOIN);
+}
+
 /* Sandbox.network with uid/gid (docs/network-namespaces.md), in the order
  * the privileges each needs allow:
  *  - ASL_NET_NEW and ASL_NET_JOIN need CAP_SYS_ADMIN over the caller's
@@ -688,6 +781,8 @@ static int child_main(void *arg)
     enter(req, ASL_STEP_HOSTS);
     if (req->hosts_fd > 0 && (rc = mount_hosts(req)) < 0)
         fail(req, rc);
+    if (req->hosts_mode == ASL_HOSTS_USERNS && !hosts_late(req) && (rc = pin_hosts(req)) < 0)
+        fail(req, rc);
     enter(req, ASL_STEP_CHDIR);
     if (req->cwd && (rc = SYS3(SYS_chdir, req->cwd, 0, 0)) < 0)
         fail(req, rc);
@@ -698,6 +793,11 @@ static int child_main(void *arg)
     enter(req, ASL_STEP_IDENTITY);
     if ((rc = set_identity(req)) < 0)
         fail(req, rc);
+    if (hosts_late(req)) {
+        enter(req, ASL_STEP_HOSTS);
+        if ((rc = pin_hosts(req)) < 0)
+            fail(req, rc);
+    }
     if (identity_first(req))
         network_after_identity(req);
     enter(req, ASL_STEP_CAPABILITIES);
