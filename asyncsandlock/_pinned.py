@@ -33,9 +33,10 @@ go runs with the names unpinned (the report names ``net_allow``).
 Landlock skips a mount point when it walks up from a mount's root (see
 ``Layer.spawn_args`` in ``_workspace.py``): the policy's rule on
 ``/etc/hosts`` names the file under the mount, not ours.  So a run with
-pinned names gets a ruleset of its own, the policy's rules plus read access
-to our file (~0.1 ms, only for policies with host names); in a user
-namespace the child adds the rule on the file it wrote to that ruleset.
+pinned names gets a ruleset of the Sandbox's own, the policy's rules plus a
+read rule on the run's file, added by the parent (a detached tmpfs) or, in
+a user namespace, by the child on the file it wrote; one such ruleset
+serves many runs (:func:`_run_ruleset`).
 """
 
 from __future__ import annotations
@@ -43,16 +44,19 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import weakref
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
 from types import MappingProxyType
 from typing import TYPE_CHECKING
 
-from ._kernel._landlock import FS_READ_FILE, abi_version, build_ruleset
+from ._core import lib
+from ._fd import close_fds
+from ._kernel._landlock import FS_READ_FILE, abi_version, add_path_rule, build_ruleset
 from ._kernel._overlay import detached_tmpfs
-from ._plan import _LANDLOCK_PARTS, Plan, _ruleset_spec
+from ._plan import _LANDLOCK_PARTS, Compiled, Plan, _ruleset_spec
 from ._spawn import HostsSpawn
 from ._types import Protection, Subsystem
+from ._unavailable import degrade
 from .handlers.net import net_targets
 
 if TYPE_CHECKING:
@@ -107,11 +111,55 @@ def detached_hosts(text: bytes) -> int:
     return mount
 
 
-def pinned_mount(sandbox: Sandbox, plan: Plan) -> HostsSpawn | None:
+#: Runs whose hosts file gets its rule in one pinned ruleset before that
+#: ruleset is built anew (see :func:`_run_ruleset`).
+RUNS_PER_RULESET = 64
+
+
+class _Held:
+    """A Sandbox's pinned ruleset: the policy's rules, and one rule per run
+    on that run's hosts file."""
+
+    __slots__ = ("__weakref__", "fd", "left", "skipped")
+
+    def __init__(self, fd: int, skipped: frozenset[Subsystem]) -> None:
+        self.fd, self.left, self.skipped = fd, RUNS_PER_RULESET, skipped
+        weakref.finalize(self, os.close, fd)
+
+
+#: Per owner of a Sandbox's compiled state, its pinned ruleset.
+_held: weakref.WeakKeyDictionary[Compiled, _Held] = weakref.WeakKeyDictionary()
+
+
+def _run_ruleset(sandbox: Sandbox, compiled: Compiled) -> int:
+    """A copy of ``compiled``'s pinned ruleset for one run (an fd it closes).
+
+    Building the policy's rules costs several ms with SYSTEM_READABLE
+    (~50 paths opened and added from Python), too much per run.  So one
+    ruleset serves many runs, each adding the rule on its own hosts file
+    (the parent for a detached tmpfs, the child for the one it writes in a
+    user namespace): a rule on a file that went with its run grants
+    nothing, and every file holds the same text.  The rules pile up, one
+    per run: after :data:`RUNS_PER_RULESET` runs the ruleset is built anew
+    (the old one goes with the last fd on it), which bounds that at a few
+    KiB of kernel memory and amortises the build to ~0.1 ms per run.
+    Runs started meanwhile keep their copy: Landlock takes its snapshot of
+    the rules at ``landlock_restrict_self``."""
+    skipped = frozenset(compiled.plan.degraded & set(_LANDLOCK_PARTS))
+    held = _held.get(compiled)
+    if held is None or held.left <= 0 or held.skipped != skipped:
+        held = _held[compiled] = _Held(
+            build_ruleset(_ruleset_spec(sandbox), abi_version(), skipped), skipped)
+    held.left -= 1
+    return os.dup(held.fd)  # CLOEXEC
+
+
+def pinned_mount(sandbox: Sandbox, compiled: Compiled) -> HostsSpawn | None:
     """For one run of ``sandbox``: its pinned names for ``_spawn.spawn``,
     whose fds the caller closes once the child is spawned; or None: no host
     name in its rules, or the host refused them and the policy let them go."""
     targets = net_targets(sandbox)
+    plan = compiled.plan
     if targets is None or not targets.resolved or Subsystem.PINNED_NAMES in plan.degraded:
         return None
     if targets.hosts is None:
@@ -127,23 +175,38 @@ def pinned_mount(sandbox: Sandbox, plan: Plan) -> HostsSpawn | None:
         if exc.errno not in (errno.EPERM, errno.EACCES, errno.ENOSYS):
             raise
         # No CAP_SYS_ADMIN: the child writes the file in a user namespace
-        # of its own, and adds its rule to the run's own ruleset.
-        mount = -1
-    readable: tuple[str, ...] = () if mount < 0 else (f"/proc/self/fd/{mount}/{FILE}",)
+        # of its own, and adds its rule to the run's ruleset.
+        return HostsSpawn(-1, -1 if plan.landlock_fd < 0 else _run_ruleset(sandbox, compiled),
+                          targets.hosts, FS_READ_FILE)
     if plan.landlock_fd < 0:
-        return HostsSpawn(mount, -1, targets.hosts if mount < 0 else b"")
+        return HostsSpawn(mount, -1)
     with contextlib.ExitStack() as on_fail:
-        if mount >= 0:
-            on_fail.callback(os.close, mount)
-        spec = _ruleset_spec(sandbox)
+        on_fail.callback(os.close, mount)
+        ruleset = _run_ruleset(sandbox, compiled)
+        on_fail.callback(os.close, ruleset)
         # The file's inode: the same in every clone of the mount.
-        spec = replace(spec, readable=(*spec.readable, *readable))
-        ruleset = build_ruleset(spec, abi_version(),
-                                frozenset(plan.degraded & set(_LANDLOCK_PARTS)))
+        add_path_rule(ruleset, f"/proc/self/fd/{mount}/{FILE}", FS_READ_FILE)
         on_fail.pop_all()
-    if mount >= 0:
-        return HostsSpawn(mount, ruleset)
-    return HostsSpawn(-1, ruleset, targets.hosts, FS_READ_FILE)
+    return HostsSpawn(mount, ruleset)
+
+
+async def pinned_names(sandbox: Sandbox, compiled: Compiled) -> HostsSpawn | None:
+    """:func:`pinned_mount` for a run of ``sandbox``, or None where pinning
+    would cost the child a capability its policy keeps on the caller's
+    network (CAP_NET_BIND_SERVICE, for net_allow_bind's low ports): a user
+    namespace reaches nothing the caller's namespace owns.  The policy
+    decides then (``on_unavailable``), as for a host refusing the namespace."""
+    plan = compiled.plan
+    hosts = pinned_mount(sandbox, compiled)
+    if hosts is None or hosts.mount >= 0 or not plan.keep_caps \
+            or plan.net_mode == lib.ASL_NET_USERNS:
+        return hosts
+    close_fds(hosts.fds())
+    await degrade(sandbox, compiled, Subsystem.PINNED_NAMES, OSError(
+        errno.EPERM, "pinning host names needs a user namespace here (no CAP_SYS_ADMIN), "
+                     "and in one the child would lose the capability net_allow_bind's low "
+                     "ports need on the caller's network"))
+    return None
 
 
 def pinned_protections(protections: Mapping[Subsystem, Protection],

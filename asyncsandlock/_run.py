@@ -21,7 +21,7 @@ from ._kernel._sys import SYSCALLS
 from ._limits import spawn_on, watched
 from ._netns import open_network
 from ._pacing import SpawnTurn
-from ._pinned import pinned_mount, pinned_protections
+from ._pinned import pinned_names, pinned_protections
 from ._plan import Compiled, owner_of
 from ._process import SandboxedProcess
 from ._reaper import abandon, prepare, watch
@@ -189,7 +189,7 @@ async def _open_in_turn(sandbox: Sandbox, argv: tuple[str, ...], *, stdin: Stdio
             child_fds, ours = _stdio((stdin, stdout, stderr), theirs, mine)
             # Pinned names (issue 10); not with a workspace, whose ruleset
             # is the run's own already (docs/network.md).
-            hosts = None if layer is not None else pinned_mount(sandbox, compiled.plan)
+            hosts = None if layer is not None else await pinned_names(sandbox, compiled)
             if hosts is not None:
                 theirs.extend(hosts.fds())
             started = time.monotonic()

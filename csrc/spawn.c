@@ -746,6 +746,17 @@ static void network_after_identity(struct asl_spawn_req *req)
         fail(req, rc);
 }
 
+/* The hosts step where hosts_late: after the identity step, before the
+ * network's (identity_first), so that pin_hosts makes the one user
+ * namespace. */
+static void hosts_after_identity(struct asl_spawn_req *req)
+{
+    long rc;
+    enter(req, ASL_STEP_HOSTS);
+    if ((rc = pin_hosts(req)) < 0)
+        fail(req, rc);
+}
+
 static int child_main(void *arg)
 {
     struct asl_spawn_req *req = arg;
@@ -793,11 +804,8 @@ static int child_main(void *arg)
     enter(req, ASL_STEP_IDENTITY);
     if ((rc = set_identity(req)) < 0)
         fail(req, rc);
-    if (hosts_late(req)) {
-        enter(req, ASL_STEP_HOSTS);
-        if ((rc = pin_hosts(req)) < 0)
-            fail(req, rc);
-    }
+    if (hosts_late(req))
+        hosts_after_identity(req);
     if (identity_first(req))
         network_after_identity(req);
     enter(req, ASL_STEP_CAPABILITIES);

@@ -8,7 +8,7 @@ import pathlib
 
 import pytest
 
-from asyncsandlock import SYSTEM_READABLE, Sandbox
+from asyncsandlock import SYSTEM_READABLE, Protection, Sandbox, Subsystem
 from asyncsandlock._pinned import MARK, hosts_text
 from asyncsandlock.handlers.net import net_targets
 
@@ -35,6 +35,7 @@ async def test_a_name_rule_pins_the_checked_addresses() -> None:
     assert seen.startswith(MARK + b"\n")
     assert {line.split()[0].decode() for line in resolved.splitlines()} == checked
     assert result.returncode != 0  # the child cannot rewrite it
+    assert result.protections[Subsystem.PINNED_NAMES] is Protection.ACTIVE
     # Nor uncover the host's file; and a second run gets a mount of its own.
     again = await sb.run(["sh", "-c", "umount /etc/hosts; head -1 /etc/hosts"])
     assert again.stdout == MARK + b"\n"
@@ -48,6 +49,7 @@ async def test_control_without_a_name_the_host_file() -> None:
     sb = Sandbox(fs_readable=SYSTEM_READABLE, net_allow=["127.0.0.1:8080"])
     result = await sb.run(["cat", "/etc/hosts"])
     assert result.stdout == pathlib.Path("/etc/hosts").read_bytes()
+    assert result.protections[Subsystem.PINNED_NAMES] is Protection.NOT_REQUESTED
 
 
 def test_the_host_lines_keep_other_names_only() -> None:
