@@ -57,3 +57,31 @@ def test_the_host_lines_keep_other_names_only() -> None:
                       b"# c\n10.0.0.1 api.example alias\n10.0.0.2 API.example\n10.0.0.3 other\n")
     assert text.splitlines() == [MARK, b"192.0.2.1 api.example", b"2001:db8::1 api.example",
                                  b"10.0.0.1 alias", b"10.0.0.3 other"]
+
+
+@pytest.mark.usefixtures("no_leaks")
+async def test_one_ruleset_serves_a_few_runs_then_is_built_anew(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each run adds the rule on its own hosts file to the Sandbox's pinned
+    ruleset; after RUNS_PER_RULESET runs it is built anew, and every run
+    reads its own file (a rule on an earlier run's file would not do)."""
+    from asyncsandlock import _pinned
+    from asyncsandlock._plan import owner_of
+
+    monkeypatch.setattr(_pinned, "RUNS_PER_RULESET", 2)
+    sb = Sandbox(fs_readable=SYSTEM_READABLE, net_allow=["localhost:8080"])
+    held = []
+    for _ in range(3):
+        result = await sb.run(["head", "-1", "/etc/hosts"])
+        assert result.stdout == MARK + b"\n", result
+        held.append(_pinned._held[await owner_of(sb)])
+    assert held[0] is held[1] is not held[2]
+    # The rule on the run's own file is what lets it read the pinned file:
+    # a policy that may not read /etc reads nothing there without a name
+    # (the control), and the pinned file with one.
+    denied = await Sandbox(fs_readable=["/usr", "/lib", "/lib64", "/bin"],
+                           net_allow=["127.0.0.1:8080"]).run(["head", "-1", "/etc/hosts"])
+    assert denied.returncode != 0
+    pinned = await Sandbox(fs_readable=["/usr", "/lib", "/lib64", "/bin"],
+                           net_allow=["localhost:8080"]).run(["head", "-1", "/etc/hosts"])
+    assert pinned.stdout == MARK + b"\n", pinned

@@ -76,6 +76,11 @@ def connect(host):
     except OSError as e:
         return e.errno
 out["connect"] = [connect(host) for host in [name, *sys.argv[3:]]]
+try:
+    open("/etc/hosts", "ab").close()
+    out["write"] = 0
+except OSError as e:
+    out["write"] = e.errno
 print(json.dumps(out))
 """
 # What an unknown name resolves to: EAI_AGAIN when the resolver tried DNS
@@ -126,7 +131,10 @@ def test_unprivileged_caller_pins_names(backend: str,
         ({"uid": 1234, "gid": 5, "network": "loopback", "net_allow": [rule]}, [PY, "-c", WHO]),
     ], prelude=PRELUDE)
     got = probed(pinned)
-    assert got == {"first": MARK, "addrs": [PINNED], "connect": [PINNED]}, got
+    # The file is the child's own (its owner is the caller's uid, mapped to
+    # itself), but its mount is read-only.
+    assert got == {"first": MARK, "addrs": [PINNED], "connect": [PINNED],
+                   "write": errno.EROFS}, got
     assert pinned["protections"]["PINNED_NAMES"] == "ACTIVE" and pinned["unenforced"] == {}
     assert accepted(sock) == 1
     # Unpinned, the child knows no such name (the host's file; DNS refused).
@@ -220,7 +228,8 @@ def test_root_without_sys_admin(backend: str, listener: tuple[int, socket.socket
          [PY, "-c", BIND, "80"]),
         ({"net_allow": [f"{PINNED}:{port}"], "net_allow_bind": [80]}, [PY, "-c", BIND, "80"]),
     ], prelude=PRELUDE)
-    assert probed(late) == {"first": MARK, "addrs": [PINNED], "connect": [PINNED]}
+    assert probed(late) == {"first": MARK, "addrs": [PINNED], "connect": [PINNED],
+                            "write": errno.EROFS}
     assert accepted(sock) == 1
     ids = who(late_who)
     assert ids["ids"] == [1234] * 3 + [5] * 3 and ids["netowner"] == ids["user"], ids
