@@ -34,14 +34,14 @@ Landlock skips a mount point when it walks up from a mount's root (see
 ``Layer.spawn_args`` in ``_workspace.py``): the policy's rule on
 ``/etc/hosts`` names the file under the mount, not ours.  So a run with
 pinned names gets a ruleset of the Sandbox's own, the policy's rules plus a
-read rule on the run's file, added by the parent (a detached tmpfs) or, in
-a user namespace, by the child on the file it wrote; one such ruleset
-serves many runs (:func:`_run_ruleset`).
+read rule on the run's file, which the child adds (it has the file open
+either way); one such ruleset serves many runs (:func:`_run_ruleset`).  A
+run with a workspace uses the workspace's ruleset, the run's own copy of
+the policy's, and in a user namespace the workspace's (one for both).
 """
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 import weakref
@@ -51,7 +51,7 @@ from typing import TYPE_CHECKING
 
 from ._core import lib
 from ._fd import close_fds
-from ._kernel._landlock import FS_READ_FILE, abi_version, add_path_rule, build_ruleset
+from ._kernel._landlock import FS_READ_FILE, abi_version, build_ruleset
 from ._kernel._overlay import detached_tmpfs
 from ._plan import _LANDLOCK_PARTS, Compiled, Plan, _ruleset_spec
 from ._spawn import HostsSpawn
@@ -136,9 +136,9 @@ def _run_ruleset(sandbox: Sandbox, compiled: Compiled) -> int:
 
     Building the policy's rules costs several ms with SYSTEM_READABLE
     (~50 paths opened and added from Python), too much per run.  So one
-    ruleset serves many runs, each adding the rule on its own hosts file
-    (the parent for a detached tmpfs, the child for the one it writes in a
-    user namespace): a rule on a file that went with its run grants
+    ruleset serves many runs, the child of each adding the rule on its own
+    hosts file (``hosts_rule`` in csrc/spawn.c): a rule on a file that went
+    with its run grants
     nothing, and every file holds the same text.  The rules pile up, one
     per run: after :data:`RUNS_PER_RULESET` runs the ruleset is built anew
     (the old one goes with the last fd on it), which bounds that at a few
@@ -154,10 +154,13 @@ def _run_ruleset(sandbox: Sandbox, compiled: Compiled) -> int:
     return os.dup(held.fd)  # CLOEXEC
 
 
-def pinned_mount(sandbox: Sandbox, compiled: Compiled) -> HostsSpawn | None:
+def pinned_mount(sandbox: Sandbox, compiled: Compiled,
+                 workspace: bool = False) -> HostsSpawn | None:
     """For one run of ``sandbox``: its pinned names for ``_spawn.spawn``,
     whose fds the caller closes once the child is spawned; or None: no host
-    name in its rules, or the host refused them and the policy let them go."""
+    name in its rules, or the host refused them and the policy let them go.
+    ``workspace``: the run has one, whose ruleset (a copy of the policy's,
+    the run's own) takes the file's rule."""
     targets = net_targets(sandbox)
     plan = compiled.plan
     if targets is None or not targets.resolved or Subsystem.PINNED_NAMES in plan.degraded:
@@ -174,31 +177,25 @@ def pinned_mount(sandbox: Sandbox, compiled: Compiled) -> HostsSpawn | None:
     except OSError as exc:
         if exc.errno not in (errno.EPERM, errno.EACCES, errno.ENOSYS):
             raise
-        # No CAP_SYS_ADMIN: the child writes the file in a user namespace
-        # of its own, and adds its rule to the run's ruleset.
-        return HostsSpawn(-1, -1 if plan.landlock_fd < 0 else _run_ruleset(sandbox, compiled),
-                          targets.hosts, FS_READ_FILE)
-    if plan.landlock_fd < 0:
-        return HostsSpawn(mount, -1)
-    with contextlib.ExitStack() as on_fail:
-        on_fail.callback(os.close, mount)
-        ruleset = _run_ruleset(sandbox, compiled)
-        on_fail.callback(os.close, ruleset)
-        # The file's inode: the same in every clone of the mount.
-        add_path_rule(ruleset, f"/proc/self/fd/{mount}/{FILE}", FS_READ_FILE)
-        on_fail.pop_all()
-    return HostsSpawn(mount, ruleset)
+        # No CAP_SYS_ADMIN: the child writes the file in a user namespace.
+        mount = -1
+    # The child adds the file's rule to the run's ruleset either way.
+    ruleset = -1 if workspace or plan.landlock_fd < 0 else _run_ruleset(sandbox, compiled)
+    return HostsSpawn(mount, ruleset, targets.hosts if mount < 0 else b"", FS_READ_FILE)
 
 
-async def pinned_names(sandbox: Sandbox, compiled: Compiled) -> HostsSpawn | None:
+async def pinned_names(sandbox: Sandbox, compiled: Compiled,
+                       workspace: bool = False) -> HostsSpawn | None:
     """:func:`pinned_mount` for a run of ``sandbox``, or None where pinning
     would cost the child a capability its policy keeps on the caller's
     network (CAP_NET_BIND_SERVICE, for net_allow_bind's low ports): a user
-    namespace reaches nothing the caller's namespace owns.  The policy
-    decides then (``on_unavailable``), as for a host refusing the namespace."""
+    namespace reaches nothing the caller's namespace owns (a workspace's,
+    made by a caller without CAP_SYS_ADMIN, has taken it already).  The
+    policy decides then (``on_unavailable``), as for a host refusing the
+    namespace."""
     plan = compiled.plan
-    hosts = pinned_mount(sandbox, compiled)
-    if hosts is None or hosts.mount >= 0 or not plan.keep_caps \
+    hosts = pinned_mount(sandbox, compiled, workspace)
+    if hosts is None or hosts.mount >= 0 or workspace or not plan.keep_caps \
             or plan.net_mode == lib.ASL_NET_USERNS:
         return hosts
     close_fds(hosts.fds())

@@ -187,9 +187,8 @@ async def _open_in_turn(sandbox: Sandbox, argv: tuple[str, ...], *, stdin: Stdio
             mine: list[int] = []
             cleanup_on_fail.callback(close_fds, mine)
             child_fds, ours = _stdio((stdin, stdout, stderr), theirs, mine)
-            # Pinned names (issue 10); not with a workspace, whose ruleset
-            # is the run's own already (docs/network.md).
-            hosts = None if layer is not None else await pinned_names(sandbox, compiled)
+            # Pinned names (issue 10; docs/network.md).
+            hosts = await pinned_names(sandbox, compiled, workspace=layer is not None)
             if hosts is not None:
                 theirs.extend(hosts.fds())
             started = time.monotonic()

@@ -77,9 +77,10 @@ class HostsSpawn(NamedTuple):
     mount: int
     #: The run's own Landlock ruleset, or -1.
     ruleset: int
-    #: ``ASL_HOSTS_USERNS``: the file's text, and the Landlock rights the
-    #: child grants on the file it writes (0: none).
+    #: ``ASL_HOSTS_USERNS``: the file's text.
     text: bytes = b""
+    #: The Landlock rights the child grants on the file, in the run's own
+    #: ruleset (``ruleset``, or the workspace's); 0: none.
     access: int = 0
 
     def fds(self) -> list[int]:
@@ -90,6 +91,7 @@ class HostsSpawn(NamedTuple):
 def _hosts_request(req: Any, hosts: HostsSpawn, floor: int,
                    child_ends: contextlib.ExitStack) -> list[Any]:
     """Fill ``req``'s pinned-names fields; returns the buffers it points into."""
+    req.hosts_access = hosts.access
     if hosts.mount >= 0:  # a clone of the file (a retried spawn gets a fresh one)
         clone = syscall("open_tree", hosts.mount, ffi.new("char[]", b"hosts"),
                         _OPEN_TREE_CLONE | os.O_CLOEXEC)
@@ -98,7 +100,7 @@ def _hosts_request(req: Any, hosts: HostsSpawn, floor: int,
         return []
     req.hosts_mode = lib.ASL_HOSTS_USERNS
     text = ffi.from_buffer(hosts.text)
-    req.hosts_text, req.hosts_len, req.hosts_access = text, len(hosts.text), hosts.access
+    req.hosts_text, req.hosts_len = text, len(hosts.text)
     if req.identity == lib.ASL_IDENTITY_USERNS:  # one user namespace for both
         req.hosts_uid_map, req.hosts_gid_map = req.uid_map, req.gid_map
         return [text]
@@ -331,7 +333,10 @@ def spawn(plan: Plan | Compiled, *, path: str | tuple[str, ...], args: Sequence[
     if workspace is not None and landlock_fd >= 0:
         landlock_fd = workspace.ruleset  # the policy's rules; the child adds the overlay's
     if hosts is not None and landlock_fd >= 0 and workspace is None:
-        landlock_fd = hosts.ruleset  # the policy's rules (and the pinned hosts file)
+        # The child adds the hosts file's rule: never to the policy's ruleset.
+        if hosts.ruleset < 0:
+            raise ValueError("pinned names need a ruleset of the run's own")
+        landlock_fd = hosts.ruleset
     req = ffi.new("struct asl_spawn_req *", template.req[0])
     keep = [template, _strings(req, paths, args, env, cwd)]
     fd_map = ffi.new("struct asl_fd_map[]", [(src, dst) for dst, src in enumerate(fds)] or 1)

@@ -254,6 +254,14 @@ static long write_id_maps(const char *uid_map, const char *gid_map)
     return rc;
 }
 
+/* Whether pin_hosts makes the user namespace (and with it the identity's and
+ * the network's): not inside the one a workspace built (build_workspace),
+ * whose mount namespace it uses. */
+static int hosts_own_userns(const struct asl_spawn_req *req)
+{
+    return req->hosts_mode == ASL_HOSTS_USERNS && !req->workspace_path;
+}
+
 /* A fresh namespace has lo, down: up it is 127.0.0.1/8 and ::1. */
 static long loopback_up(void)
 {
@@ -301,7 +309,7 @@ static long new_network(const struct asl_spawn_req *req)
         return loopback_up();
     case ASL_NET_USERNS:
         /* Made, lo up, with the hosts step's user namespace (pin_hosts). */
-        if (req->hosts_mode == ASL_HOSTS_USERNS)
+        if (hosts_own_userns(req))
             return 0;
         /* With ASL_IDENTITY_USERNS, one user namespace for both: the
          * identity's maps, and set_identity has nothing left to do (see
@@ -377,7 +385,7 @@ static long set_identity(const struct asl_spawn_req *req)
 {
     long rc;
     if (req->identity == ASL_IDENTITY_USERNS && req->net_mode != ASL_NET_USERNS &&
-        req->hosts_mode != ASL_HOSTS_USERNS) {
+        !hosts_own_userns(req)) {
         if ((rc = SYS3(SYS_unshare, CLONE_NEWUSER, 0, 0)) < 0 ||
             (rc = write_id_maps(req->uid_map, req->gid_map)) < 0)
             return rc;
@@ -614,6 +622,22 @@ static long mount_workspace(const struct asl_spawn_req *req)
     return 0;
 }
 
+/* Landlock skips a mount point on its way up from a mount's root: the
+ * hosts file mounted over /etc/hosts gets a rule of its own (hosts_access),
+ * in the run's ruleset (the Sandbox's pinned one, or the workspace's copy):
+ * `file` is the file, open. */
+static long hosts_rule(const struct asl_spawn_req *req, long file)
+{
+    if (!req->hosts_access || req->landlock_fd < 0)
+        return 0;
+    struct __attribute__((packed)) {
+        uint64_t allowed_access;
+        int32_t parent_fd;
+    } rule = {req->hosts_access, (int32_t)file};
+    return raw_syscall(SYS_landlock_add_rule, req->landlock_fd, 1 /* PATH_BENEATH */,
+                       (long)&rule, 0, 0, 0);
+}
+
 /* Pinned names: the parent's synthetic hosts file, a detached bind mount
  * (asyncsandlock/_pinned.py), attached over /etc/hosts in a mount namespace
  * of the child's own: made here, private as in mount_workspace, unless the
@@ -624,6 +648,8 @@ static long mount_hosts(const struct asl_spawn_req *req)
     if (!req->workspace_path &&
         ((rc = SYS3(SYS_unshare, CLONE_NEWNS, 0, 0)) < 0 || (rc = all_private()) < 0))
         return rc;
+    if ((rc = hosts_rule(req, req->hosts_fd)) < 0)
+        return rc;
     return raw_syscall(SYS_move_mount, req->hosts_fd, (long)"", AT_FDCWD,
                        (long)"/etc/hosts", MOVE_MOUNT_F_EMPTY_PATH, 0);
 }
@@ -631,6 +657,7 @@ static long mount_hosts(const struct asl_spawn_req *req)
 #ifndef SYS_open_tree
 #define SYS_open_tree 428
 #endif
+
 #ifndef SYS_mount_setattr
 #define SYS_mount_setattr 442
 #endif
@@ -657,11 +684,10 @@ static long pin_hosts(const struct asl_spawn_req *req)
     long flags = CLONE_NEWUSER | CLONE_NEWNS;
     if (req->net_mode == ASL_NET_USERNS)
         flags |= CLONE_NEWNET;
-    if ((rc = SYS3(SYS_unshare, flags, 0, 0)) < 0 ||
-        (rc = write_id_maps(req->hosts_uid_map, req->hosts_gid_map)) < 0 ||
-        (rc = all_private()) < 0)
-        return rc;
-    if ((flags & CLONE_NEWNET) && (rc = loopback_up()) < 0)
+    if (hosts_own_userns(req) &&
+        ((rc = SYS3(SYS_unshare, flags, 0, 0)) < 0 ||
+         (rc = write_id_maps(req->hosts_uid_map, req->hosts_gid_map)) < 0 ||
+         (rc = all_private()) < 0 || ((flags & CLONE_NEWNET) && (rc = loopback_up()) < 0)))
         return rc;
     if ((ctx = SYS3(SYS_fsopen, "tmpfs", ASL_CLOEXEC_FLAG, 0)) < 0)
         return ctx;
@@ -680,15 +706,8 @@ static long pin_hosts(const struct asl_spawn_req *req)
     /* 0644 whatever the caller's umask (the child has a copy of it). */
     if ((rc = SYS3(SYS_fchmod, file, 0644, 0)) < 0)
         return rc;
-    if (req->hosts_access && req->landlock_fd >= 0) {
-        struct __attribute__((packed)) {
-            uint64_t allowed_access;
-            int32_t parent_fd;
-        } rule = {req->hosts_access, (int32_t)file};
-        if ((rc = raw_syscall(SYS_landlock_add_rule, req->landlock_fd, 1 /* PATH_BENEATH */,
-                              (long)&rule, 0, 0, 0)) < 0)
-            return rc;
-    }
+    if ((rc = hosts_rule(req, file)) < 0)
+        return rc;
     SYS3(SYS_close, file, 0, 0);
     if ((tree = SYS3(SYS_open_tree, tmpfs, "hosts", ASL_OPEN_TREE_CLONE | O_CLOEXEC)) < 0)
         return tree;

@@ -85,3 +85,17 @@ async def test_one_ruleset_serves_a_few_runs_then_is_built_anew(
     pinned = await Sandbox(fs_readable=["/usr", "/lib", "/lib64", "/bin"],
                            net_allow=["localhost:8080"]).run(["head", "-1", "/etc/hosts"])
     assert pinned.stdout == MARK + b"\n", pinned
+
+
+@pytest.mark.usefixtures("no_leaks")
+async def test_names_are_pinned_in_a_workspace_too(tmp_path: pathlib.Path) -> None:
+    """With a workdir, the file goes into the workspace's mount namespace
+    and its rule into the workspace's ruleset (control: an address rule)."""
+    script = ["sh", "-c", "head -1 /etc/hosts > seen"]
+    for rule, project in (("localhost:8080", "a"), ("127.0.0.1:8080", "b")):
+        (tmp_path / project).mkdir()
+        result = await Sandbox(fs_readable=SYSTEM_READABLE, net_allow=[rule],
+                               workdir=tmp_path / project).run(script)
+        assert result.returncode == 0, result.stderr
+    assert (tmp_path / "a" / "seen").read_bytes() == MARK + b"\n"
+    assert (tmp_path / "b" / "seen").read_bytes() != MARK + b"\n"

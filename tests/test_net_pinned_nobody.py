@@ -16,7 +16,10 @@ from __future__ import annotations
 import errno
 import json
 import os
+import pathlib
+import shutil
 import socket
+import tempfile
 from collections.abc import Iterator
 from typing import Any
 
@@ -164,6 +167,37 @@ def test_unprivileged_caller_keeps_its_ids(backend: str) -> None:
     assert who(pinned)["ids"] == who(plain)["ids"] == [65534] * 6
     # The caller's network (other links come and go on a shared host).
     assert len(who(pinned)["links"]) > 1 and len(who(plain)["links"]) > 1
+
+
+@pytest.fixture
+def projects() -> Iterator[list[pathlib.Path]]:
+    """Two directories uid 65534 owns, where it can reach them (pytest's
+    tmp_path is root's, 0700)."""
+    path = pathlib.Path(tempfile.mkdtemp(prefix="pinned-names-", dir="/tmp"))
+    path.chmod(0o755)
+    made = [path / "a", path / "b"]
+    for project in made:
+        project.mkdir()
+        os.chown(project, 65534, 65534)
+    yield made
+    shutil.rmtree(path)
+
+
+@needs_nobody_userns
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_unprivileged_caller_pins_names_in_a_workspace(backend: str,
+                                                       projects: list[pathlib.Path]) -> None:
+    """The workspace's user and mount namespaces take the file too (control:
+    an address rule, the host's file)."""
+    script = ["sh", "-c", "head -1 /etc/hosts > seen"]
+    named, plain = drive(AS_NOBODY, backend, [
+        ({"net_allow": [f"{NAME}:80"], "workdir": str(projects[0])}, script),
+        ({"net_allow": [f"{PINNED}:80"], "workdir": str(projects[1])}, script),
+    ], prelude=PRELUDE)
+    assert named["rc"] == 0 and named["protections"]["PINNED_NAMES"] == "ACTIVE", named
+    assert plain["rc"] == 0, plain
+    assert (projects[0] / "seen").read_text() == MARK + "\n"  # committed
+    assert (projects[1] / "seen").read_text() != MARK + "\n"
 
 
 @needs_nobody_userns
