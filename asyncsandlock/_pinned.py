@@ -49,7 +49,7 @@ from collections.abc import Mapping, Sequence
 from types import MappingProxyType
 from typing import TYPE_CHECKING
 
-from ._core import lib
+from ._core import ffi, lib
 from ._fd import close_fds
 from ._kernel._landlock import FS_READ_FILE, abi_version, build_ruleset
 from ._kernel._overlay import detached_tmpfs
@@ -136,15 +136,15 @@ def _run_ruleset(sandbox: Sandbox, compiled: Compiled) -> int:
 
     Building the policy's rules costs several ms with SYSTEM_READABLE
     (~50 paths opened and added from Python), too much per run.  So one
-    ruleset serves many runs, the child of each adding the rule on its own
-    hosts file (``hosts_rule`` in csrc/spawn.c): a rule on a file that went
-    with its run grants
-    nothing, and every file holds the same text.  The rules pile up, one
-    per run: after :data:`RUNS_PER_RULESET` runs the ruleset is built anew
-    (the old one goes with the last fd on it), which bounds that at a few
-    KiB of kernel memory and amortises the build to ~0.1 ms per run.
-    Runs started meanwhile keep their copy: Landlock takes its snapshot of
-    the rules at ``landlock_restrict_self``."""
+    ruleset serves many runs, the child of each adding the rule on the file
+    it attaches (``hosts_rule`` in csrc/spawn.c): the Sandbox's one file
+    (:class:`_HostsFile`) once it has one, whose rule is then the same each
+    time, but before that, each first child's own (concurrent first runs), a
+    rule on a file gone with its run, which grants nothing.  To bound what
+    could pile up, the ruleset is built anew after
+    :data:`RUNS_PER_RULESET` runs (the old one goes with the last fd on it),
+    which amortises the build to ~0.1 ms per run.  Runs started meanwhile
+    keep their copy: Landlock takes its snapshot of the rules at ``landlock_restrict_self``."""
     skipped = frozenset(compiled.plan.degraded & set(_LANDLOCK_PARTS))
     held = _held.get(compiled)
     if held is None or held.left <= 0 or held.skipped != skipped:
@@ -154,13 +154,31 @@ def _run_ruleset(sandbox: Sandbox, compiled: Compiled) -> int:
     return os.dup(held.fd)  # CLOEXEC
 
 
+class _HostsFile:
+    """A Sandbox's detached tmpfs holding its hosts file (the text is the
+    Sandbox's, so every run may attach a clone of the one file): made by
+    the parent (``CAP_SYS_ADMIN``), or by the first child that wrote it in
+    a user namespace and sent it (csrc/spawn.c, ``write_hosts``), which
+    later children clone in theirs instead of mounting a tmpfs each."""
+
+    __slots__ = ("__weakref__", "fd", "made_here", "text")
+
+    def __init__(self, fd: int, made_here: bool, text: bytes) -> None:
+        self.fd, self.made_here, self.text = fd, made_here, text
+        weakref.finalize(self, os.close, fd)
+
+
+#: Per owner of a Sandbox's compiled state, its hosts file.
+_files: weakref.WeakKeyDictionary[Compiled, _HostsFile] = weakref.WeakKeyDictionary()
+
+
 def pinned_mount(sandbox: Sandbox, compiled: Compiled,
                  workspace: bool = False) -> HostsSpawn | None:
     """For one run of ``sandbox``: its pinned names for ``_spawn.spawn``,
-    whose fds the caller closes once the child is spawned; or None: no host
-    name in its rules, or the host refused them and the policy let them go.
-    ``workspace``: the run has one, whose ruleset (a copy of the policy's,
-    the run's own) takes the file's rule."""
+    whose fds the caller closes once the child is spawned (and then calls
+    :func:`kept`); or None: no host name in its rules, or the host refused
+    them and the policy let them go.  ``workspace``: the run has one, whose
+    ruleset (a copy of the policy's, the run's own) takes the file's rule."""
     targets = net_targets(sandbox)
     plan = compiled.plan
     if targets is None or not targets.resolved or Subsystem.PINNED_NAMES in plan.degraded:
@@ -172,16 +190,48 @@ def pinned_mount(sandbox: Sandbox, compiled: Compiled,
         # Read once per Sandbox: a local file of a few KiB.
         with open(HOSTS, "rb") as f:
             targets.hosts = hosts_text(pinned, f.read())
-    try:
-        mount = detached_hosts(targets.hosts)
-    except OSError as exc:
-        if exc.errno not in (errno.EPERM, errno.EACCES, errno.ENOSYS):
-            raise
-        # No CAP_SYS_ADMIN: the child writes the file in a user namespace.
-        mount = -1
+    held = _files.get(compiled)
+    if held is not None and held.text != targets.hosts:
+        held = None  # resolved anew (equal Sandboxes share their compiled state)
+        del _files[compiled]
+    if held is None:
+        try:
+            held = _files[compiled] = _HostsFile(detached_hosts(targets.hosts), True,
+                                                 targets.hosts)
+        except OSError as exc:
+            if exc.errno not in (errno.EPERM, errno.EACCES, errno.ENOSYS):
+                raise
+            # No CAP_SYS_ADMIN: the child writes the file in a user namespace.
     # The child adds the file's rule to the run's ruleset either way.
     ruleset = -1 if workspace or plan.landlock_fd < 0 else _run_ruleset(sandbox, compiled)
-    return HostsSpawn(mount, ruleset, targets.hosts if mount < 0 else b"", FS_READ_FILE)
+    if held is not None and held.made_here:
+        return HostsSpawn(lib.ASL_HOSTS_ATTACH, held.fd, ruleset, access=FS_READ_FILE)
+    if held is not None:
+        return HostsSpawn(lib.ASL_HOSTS_USERNS, held.fd, ruleset, targets.hosts, FS_READ_FILE)
+    pair = ffi.new("int[2]")
+    if (err := lib.asl_channel(pair)) < 0:
+        if ruleset >= 0:
+            os.close(ruleset)
+        raise OSError(-err, os.strerror(-err))
+    return HostsSpawn(lib.ASL_HOSTS_USERNS, -1, ruleset, targets.hosts, FS_READ_FILE,
+                      sock=pair[1], ours=pair[0])
+
+
+def kept(hosts: HostsSpawn, compiled: Compiled) -> None:
+    """After the spawn (or the attempts) of a run given ``hosts``: keep the
+    tmpfs its child wrote the file on, if it sent one and the Sandbox has
+    none yet, and close our end of the channel.  The child sent it before
+    exec, or died: nothing to wait for."""
+    if hosts.ours < 0:
+        return
+    try:
+        while (fd := int(lib.asl_receive_fd(hosts.ours))) >= 0:
+            if compiled in _files:
+                os.close(fd)  # a concurrent first run's, or a retried attempt's
+            else:
+                _files[compiled] = _HostsFile(fd, False, hosts.text)
+    finally:
+        os.close(hosts.ours)
 
 
 async def pinned_names(sandbox: Sandbox, compiled: Compiled,
@@ -195,10 +245,11 @@ async def pinned_names(sandbox: Sandbox, compiled: Compiled,
     namespace."""
     plan = compiled.plan
     hosts = pinned_mount(sandbox, compiled, workspace)
-    if hosts is None or hosts.mount >= 0 or workspace or not plan.keep_caps \
+    if hosts is None or hosts.mode == lib.ASL_HOSTS_ATTACH or workspace or not plan.keep_caps \
             or plan.net_mode == lib.ASL_NET_USERNS:
         return hosts
     close_fds(hosts.fds())
+    kept(hosts, compiled)
     await degrade(sandbox, compiled, Subsystem.PINNED_NAMES, OSError(
         errno.EPERM, "pinning host names needs a user namespace here (no CAP_SYS_ADMIN), "
                      "and in one the child would lose the capability net_allow_bind's low "

@@ -21,7 +21,7 @@ from ._kernel._sys import SYSCALLS
 from ._limits import spawn_on, watched
 from ._netns import open_network
 from ._pacing import SpawnTurn
-from ._pinned import pinned_names, pinned_protections
+from ._pinned import kept, pinned_names, pinned_protections
 from ._plan import Compiled, owner_of
 from ._process import SandboxedProcess
 from ._reaper import abandon, prepare, watch
@@ -191,6 +191,7 @@ async def _open_in_turn(sandbox: Sandbox, argv: tuple[str, ...], *, stdin: Stdio
             hosts = await pinned_names(sandbox, compiled, workspace=layer is not None)
             if hosts is not None:
                 theirs.extend(hosts.fds())
+                child_ends.callback(kept, hosts, compiled)
             started = time.monotonic()
             try:
                 child = await confined_spawn(sandbox, compiled, notify, lambda trapped: spawn_on(

@@ -72,8 +72,12 @@ class WorkspaceSpawn(NamedTuple):
 class HostsSpawn(NamedTuple):
     """Pinned names for :func:`spawn` (``_pinned.py``)."""
 
-    #: ``ASL_HOSTS_ATTACH``: the parent's detached tmpfs holding ``hosts``
-    #: (a clone of that file is attached); -1: ``ASL_HOSTS_USERNS``.
+    #: ``ASL_HOSTS_ATTACH`` (the parent made the file) or ``ASL_HOSTS_USERNS``.
+    mode: int
+    #: The Sandbox's detached tmpfs holding ``hosts``, whose file a clone of
+    #: is attached: the parent's (``ASL_HOSTS_ATTACH``), or one an earlier
+    #: child wrote and sent (-1: none yet).  The Sandbox's: not closed with
+    #: the run.
     mount: int
     #: The run's own Landlock ruleset, or -1.
     ruleset: int
@@ -82,23 +86,31 @@ class HostsSpawn(NamedTuple):
     #: The Landlock rights the child grants on the file, in the run's own
     #: ruleset (``ruleset``, or the workspace's); 0: none.
     access: int = 0
+    #: ``ASL_HOSTS_USERNS`` without a tmpfs yet: the channel the child sends
+    #: the one it makes on, its end and ours.
+    sock: int = -1
+    ours: int = -1
 
     def fds(self) -> list[int]:
-        """The fds the run closes once the child is spawned."""
-        return [fd for fd in (self.mount, self.ruleset) if fd >= 0]
+        """The run's fds given to the child, closed once it is spawned."""
+        return [fd for fd in (self.ruleset, self.sock) if fd >= 0]
 
 
 def _hosts_request(req: Any, hosts: HostsSpawn, floor: int,
                    child_ends: contextlib.ExitStack) -> list[Any]:
     """Fill ``req``'s pinned-names fields; returns the buffers it points into."""
     req.hosts_access = hosts.access
-    if hosts.mount >= 0:  # a clone of the file (a retried spawn gets a fresh one)
+    if hosts.mode == lib.ASL_HOSTS_ATTACH:  # a clone of the file: a retried spawn gets its own
         clone = syscall("open_tree", hosts.mount, ffi.new("char[]", b"hosts"),
                         _OPEN_TREE_CLONE | os.O_CLOEXEC)
         child_ends.callback(os.close, clone)
         req.hosts_fd = _above(clone, floor, child_ends)
         return []
     req.hosts_mode = lib.ASL_HOSTS_USERNS
+    if hosts.mount >= 0:
+        req.hosts_fd = _above(hosts.mount, floor, child_ends)
+    if hosts.sock >= 0:
+        req.hosts_sock = _above(hosts.sock, floor, child_ends)
     text = ffi.from_buffer(hosts.text)
     req.hosts_text, req.hosts_len = text, len(hosts.text)
     if req.identity == lib.ASL_IDENTITY_USERNS:  # one user namespace for both

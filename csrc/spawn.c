@@ -673,14 +673,49 @@ static long mount_hosts(const struct asl_spawn_req *req)
  * nothing left to do; with ASL_NET_USERNS the network namespace is made
  * with it, lo up, and new_network has nothing left to do), with a mount
  * namespace it owns; every mount made private as in mount_workspace; then
- * the parent's text written on a small tmpfs of its own, and a read-only
- * bind mount of just that file (a clone, so that the tmpfs itself is never
- * reachable) attached over /etc/hosts.  Landlock skips a mount point on its
- * way up, so the file gets a rule of its own in the run's own ruleset.
- * Nothing is cleaned up on failure: the child exits, every fd is CLOEXEC. */
+ * the parent's text written on a small tmpfs (write_hosts; the Sandbox's
+ * first child only: later ones get that tmpfs, kept by the parent, in
+ * hosts_fd), and a read-only bind mount of just that file (a clone, so that
+ * the tmpfs itself is never reachable) attached over /etc/hosts.  Landlock
+ * skips a mount point on its way up, so the file gets a rule of its own in
+ * the run's own ruleset (hosts_rule).  In a workspace's user namespace
+ * (ASL_WORKSPACE_USERNS) no other is made.  Nothing is cleaned up on
+ * failure: the child exits, every fd is CLOEXEC. */
+/* pin_hosts' file: the parent's text on a small tmpfs of the child's own
+ * (its mount fd into *tmpfs), with its rule; the tmpfs sent to the parent
+ * (hosts_sock), which hands it to the Sandbox's later children instead. */
+static long write_hosts(const struct asl_spawn_req *req, long *tmpfs)
+{
+    long rc, ctx, file;
+    if ((ctx = SYS3(SYS_fsopen, "tmpfs", ASL_CLOEXEC_FLAG, 0)) < 0)
+        return ctx;
+    if ((rc = fs_string(ctx, "size", "1m")) < 0 || (rc = fs_string(ctx, "mode", "0755")) < 0)
+        return rc;
+    if ((*tmpfs = fs_mount(ctx)) < 0)
+        return *tmpfs;
+    SYS3(SYS_close, ctx, 0, 0);
+    file = raw_syscall(SYS_openat, *tmpfs, (long)"hosts", O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC,
+                       0644, 0, 0);
+    if (file < 0)
+        return file;
+    for (size_t done = 0; done < req->hosts_len; done += (size_t)rc)
+        if ((rc = SYS3(SYS_write, file, req->hosts_text + done, req->hosts_len - done)) <= 0)
+            return rc < 0 ? rc : -EIO;
+    /* 0644 whatever the caller's umask (the child has a copy of it). */
+    if ((rc = SYS3(SYS_fchmod, file, 0644, 0)) < 0 || (rc = hosts_rule(req, file)) < 0)
+        return rc;
+    SYS3(SYS_close, file, 0, 0);
+    if (req->hosts_sock > 0) {
+        int fd = (int)*tmpfs;
+        if ((rc = send_fds(req, req->hosts_sock, &fd, 1)) < 0)
+            return rc;
+    }
+    return 0;
+}
+
 static long pin_hosts(const struct asl_spawn_req *req)
 {
-    long rc, ctx, tmpfs, file, tree;
+    long rc, tmpfs, file, tree;
     long flags = CLONE_NEWUSER | CLONE_NEWNS;
     if (req->net_mode == ASL_NET_USERNS)
         flags |= CLONE_NEWNET;
@@ -689,26 +724,16 @@ static long pin_hosts(const struct asl_spawn_req *req)
          (rc = write_id_maps(req->hosts_uid_map, req->hosts_gid_map)) < 0 ||
          (rc = all_private()) < 0 || ((flags & CLONE_NEWNET) && (rc = loopback_up()) < 0)))
         return rc;
-    if ((ctx = SYS3(SYS_fsopen, "tmpfs", ASL_CLOEXEC_FLAG, 0)) < 0)
-        return ctx;
-    if ((rc = fs_string(ctx, "size", "1m")) < 0 || (rc = fs_string(ctx, "mode", "0755")) < 0)
+    if (req->hosts_fd > 0) {
+        /* An earlier child's tmpfs, the file written: its rule only. */
+        tmpfs = req->hosts_fd;
+        if ((file = SYS3(SYS_openat, tmpfs, "hosts", O_PATH | O_CLOEXEC)) < 0 ||
+            (rc = hosts_rule(req, file)) < 0)
+            return file < 0 ? file : rc;
+        SYS3(SYS_close, file, 0, 0);
+    } else if ((rc = write_hosts(req, &tmpfs)) < 0) {
         return rc;
-    if ((tmpfs = fs_mount(ctx)) < 0)
-        return tmpfs;
-    SYS3(SYS_close, ctx, 0, 0);
-    file = raw_syscall(SYS_openat, tmpfs, (long)"hosts", O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC,
-                       0644, 0, 0);
-    if (file < 0)
-        return file;
-    for (size_t done = 0; done < req->hosts_len; done += (size_t)rc)
-        if ((rc = SYS3(SYS_write, file, req->hosts_text + done, req->hosts_len - done)) <= 0)
-            return rc < 0 ? rc : -EIO;
-    /* 0644 whatever the caller's umask (the child has a copy of it). */
-    if ((rc = SYS3(SYS_fchmod, file, 0644, 0)) < 0)
-        return rc;
-    if ((rc = hosts_rule(req, file)) < 0)
-        return rc;
-    SYS3(SYS_close, file, 0, 0);
+    }
     if ((tree = SYS3(SYS_open_tree, tmpfs, "hosts", ASL_OPEN_TREE_CLONE | O_CLOEXEC)) < 0)
         return tree;
     /* struct mount_attr: attr_set, attr_clr, propagation, userns_fd. */
@@ -719,7 +744,8 @@ static long pin_hosts(const struct asl_spawn_req *req)
                           MOVE_MOUNT_F_EMPTY_PATH, 0)) < 0)
         return rc;
     SYS3(SYS_close, tree, 0, 0);
-    SYS3(SYS_close, tmpfs, 0, 0);
+    if (tmpfs != req->hosts_fd)
+        SYS3(SYS_close, tmpfs, 0, 0);
     return 0;
 }
 
@@ -809,7 +835,7 @@ static int child_main(void *arg)
     if (req->workspace_path && (rc = mount_workspace(req)) < 0)
         fail(req, rc);
     enter(req, ASL_STEP_HOSTS);
-    if (req->hosts_fd > 0 && (rc = mount_hosts(req)) < 0)
+    if (req->hosts_mode == ASL_HOSTS_ATTACH && req->hosts_fd > 0 && (rc = mount_hosts(req)) < 0)
         fail(req, rc);
     if (req->hosts_mode == ASL_HOSTS_USERNS && !hosts_late(req) && (rc = pin_hosts(req)) < 0)
         fail(req, rc);

@@ -49,7 +49,7 @@ enum asl_workspace {
 
 /* How the child gets its pinned names' hosts file (asyncsandlock/_pinned.py). */
 enum asl_hosts {
-    ASL_HOSTS_ATTACH = 0, /* hosts_fd > 0: the parent's file (CAP_SYS_ADMIN); the child attaches it */
+    ASL_HOSTS_ATTACH = 0, /* hosts_fd > 0: a clone of the parent's file (CAP_SYS_ADMIN), attached */
     ASL_HOSTS_USERNS = 1  /* the child writes hosts_text, in a user + mount namespace of its own */
 };
 /* Where the child's network stack comes from (asyncsandlock/_netns.py). */
@@ -157,6 +157,10 @@ struct asl_spawn_req {
     const char *hosts_uid_map;
     const char *hosts_gid_map;
     uint64_t hosts_access;
+    /* ASL_HOSTS_USERNS: hosts_fd > 0 is the tmpfs an earlier child wrote
+     * the file on (the parent keeps it), cloned instead of a new one;
+     * else, with hosts_sock > 0, the child sends the tmpfs it made there. */
+    int hosts_sock;
     int32_t reached;              /* written by the child: the step it is in */
 };
 

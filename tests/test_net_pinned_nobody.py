@@ -19,6 +19,7 @@ import os
 import pathlib
 import shutil
 import socket
+import subprocess
 import tempfile
 from collections.abc import Iterator
 from typing import Any
@@ -39,7 +40,7 @@ from test_combinations import (
 from asyncsandlock import Sandbox, Subsystem
 from asyncsandlock._enforcement import consequence, unenforced
 
-from conftest import build_helper
+from conftest import PYTHON, build_helper
 
 BACKENDS = ["asyncio", "trio"]
 NAME = "api.pinned.test"
@@ -167,6 +168,47 @@ def test_unprivileged_caller_keeps_its_ids(backend: str) -> None:
     assert who(pinned)["ids"] == who(plain)["ids"] == [65534] * 6
     # The caller's network (other links come and go on a shared host).
     assert len(who(pinned)["links"]) > 1 and len(who(plain)["links"]) > 1
+
+
+# Three runs of one Sandbox, then three at once: the first child's tmpfs is
+# kept and cloned by the later children (each still sees the pinned file, and
+# no run after the first leaves an fd behind).
+AGAIN = r"""
+import json, os, sys
+import anyio
+import asyncsandlock as asl
+from asyncsandlock import _pinned
+from asyncsandlock._plan import owner_of
+
+async def main():
+    sb = asl.Sandbox(fs_readable=asl.SYSTEM_READABLE, net_allow=["localhost:80"])
+    heads, kept, after_first = [], [], set()
+    for _ in range(3):
+        heads.append((await sb.run(["head", "-1", "/etc/hosts"])).stdout.decode())
+        held = _pinned._files.get(await owner_of(sb))
+        kept.append(None if held is None else [held.fd, held.made_here])
+        after_first = after_first or set(os.listdir("/proc/self/fd"))
+    async with anyio.create_task_group() as tg:
+        for _ in range(3):
+            tg.start_soon(sb.run, ["true"])
+    left = sorted(set(os.listdir("/proc/self/fd")) - after_first)
+    print(json.dumps({"heads": heads, "kept": kept, "left": left}))
+
+anyio.run(main, backend=sys.argv[1])
+"""
+
+
+@needs_nobody_userns
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_later_runs_clone_the_first_childs_file(backend: str) -> None:
+    done = subprocess.run([*AS_NOBODY, PYTHON, "-c", AGAIN, backend], capture_output=True,
+                          text=True, timeout=120, cwd="/", stdin=subprocess.DEVNULL)
+    assert done.returncode == 0, done.stderr[-3000:]
+    got = json.loads(done.stdout.splitlines()[-1])
+    assert got["heads"] == [MARK + "\n"] * 3, got
+    assert got["kept"][0] == got["kept"][1] == got["kept"][2], got
+    assert got["kept"][0][1] is False  # sent by the first child, not made here
+    assert got["left"] == [], got
 
 
 @pytest.fixture
