@@ -622,6 +622,27 @@ static long mount_workspace(const struct asl_spawn_req *req)
     return 0;
 }
 
+#ifndef SYS_open_tree
+#define SYS_open_tree 428
+#endif
+#ifndef SYS_mount_setattr
+#define SYS_mount_setattr 442
+#endif
+#define ASL_OPEN_TREE_CLONE 1
+#define ASL_AT_EMPTY_PATH 0x1000
+#define ASL_MOUNT_ATTR_RDONLY 0x1
+
+/* The detached mount `tree` made read-only: the Sandbox's hosts file is
+ * every run's (one tmpfs per Sandbox), and no run may write it, whatever
+ * its Landlock rights on /etc. */
+static long read_only(long tree)
+{
+    /* struct mount_attr: attr_set, attr_clr, propagation, userns_fd. */
+    uint64_t attr[4] = {ASL_MOUNT_ATTR_RDONLY, 0, 0, 0};
+    return raw_syscall(SYS_mount_setattr, tree, (long)"", ASL_AT_EMPTY_PATH, (long)attr,
+                       sizeof attr, 0);
+}
+
 /* Landlock skips a mount point on its way up from a mount's root: the
  * hosts file mounted over /etc/hosts gets a rule of its own (hosts_access),
  * in the run's ruleset (the Sandbox's pinned one, or the workspace's copy):
@@ -648,22 +669,11 @@ static long mount_hosts(const struct asl_spawn_req *req)
     if (!req->workspace_path &&
         ((rc = SYS3(SYS_unshare, CLONE_NEWNS, 0, 0)) < 0 || (rc = all_private()) < 0))
         return rc;
-    if ((rc = hosts_rule(req, req->hosts_fd)) < 0)
+    if ((rc = hosts_rule(req, req->hosts_fd)) < 0 || (rc = read_only(req->hosts_fd)) < 0)
         return rc;
     return raw_syscall(SYS_move_mount, req->hosts_fd, (long)"", AT_FDCWD,
                        (long)"/etc/hosts", MOVE_MOUNT_F_EMPTY_PATH, 0);
 }
-
-#ifndef SYS_open_tree
-#define SYS_open_tree 428
-#endif
-
-#ifndef SYS_mount_setattr
-#define SYS_mount_setattr 442
-#endif
-#define ASL_OPEN_TREE_CLONE 1
-#define ASL_AT_EMPTY_PATH 0x1000
-#define ASL_MOUNT_ATTR_RDONLY 0x1
 
 /* ASL_HOSTS_USERNS: pinned names for a caller without CAP_SYS_ADMIN, which
  * can neither make the parent's detached tmpfs nor attach anything in a
@@ -736,10 +746,7 @@ static long pin_hosts(const struct asl_spawn_req *req)
     }
     if ((tree = SYS3(SYS_open_tree, tmpfs, "hosts", ASL_OPEN_TREE_CLONE | O_CLOEXEC)) < 0)
         return tree;
-    /* struct mount_attr: attr_set, attr_clr, propagation, userns_fd. */
-    uint64_t attr[4] = {ASL_MOUNT_ATTR_RDONLY, 0, 0, 0};
-    if ((rc = raw_syscall(SYS_mount_setattr, tree, (long)"", ASL_AT_EMPTY_PATH, (long)attr,
-                          sizeof attr, 0)) < 0 ||
+    if ((rc = read_only(tree)) < 0 ||
         (rc = raw_syscall(SYS_move_mount, tree, (long)"", AT_FDCWD, (long)"/etc/hosts",
                           MOVE_MOUNT_F_EMPTY_PATH, 0)) < 0)
         return rc;

@@ -99,3 +99,17 @@ async def test_names_are_pinned_in_a_workspace_too(tmp_path: pathlib.Path) -> No
         assert result.returncode == 0, result.stderr
     assert (tmp_path / "a" / "seen").read_bytes() == MARK + b"\n"
     assert (tmp_path / "b" / "seen").read_bytes() != MARK + b"\n"
+
+
+@pytest.mark.usefixtures("no_leaks")
+async def test_no_run_rewrites_the_sandboxs_file() -> None:
+    """One file serves every run of a Sandbox: its mount is read-only, even
+    to a root child whose Landlock rules let it write /etc (the attempt is
+    made only where /etc/hosts is the pinned file, never the host's)."""
+    sb = Sandbox(fs_readable=SYSTEM_READABLE, fs_writable=["/etc"],
+                 net_allow=["localhost:8080"])
+    attempt = await sb.run(["sh", "-c", f"head -1 /etc/hosts | grep -qxF '{MARK.decode()}' && "
+                                        "echo 127.0.0.9 localhost >> /etc/hosts"])
+    assert b"Read-only file system" in attempt.stderr, attempt
+    again = await sb.run(["cat", "/etc/hosts"])
+    assert b"127.0.0.9" not in again.stdout and again.stdout.startswith(MARK)

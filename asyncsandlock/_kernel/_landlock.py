@@ -244,12 +244,6 @@ def _add_path(ruleset: int, path: str, rights: int, flags: int = 0,
         keep.append((target, rights))
 
 
-def add_path_rule(ruleset: int, path: str, rights: int) -> None:
-    """A rule granting ``rights`` on ``path`` (a file: its file rights only)
-    in ``ruleset``, which may already be in use (pinned names, ``_pinned.py``)."""
-    _add_path(ruleset, path, rights)
-
-
 def _add_rule(ruleset: int, target: int, rights: int) -> None:
     """A rule granting ``rights`` beneath the object open as ``target``."""
     # struct landlock_path_beneath_attr is packed: 12 bytes.
