@@ -46,6 +46,10 @@ _ALWAYS: Final = {
     Subsystem.PROCESS_GROUP: "a timeout or cancellation kills the command but not the "
                              "processes it leaves behind",
     Subsystem.RESOURCE_LIMITS: "nothing watches the sandbox's memory and CPU use",
+    Subsystem.PINNED_NAMES: "host names are not pinned: the child resolves them itself (the "
+                            "host's /etc/hosts, DNS where a rule allows it), and reaches a "
+                            "name only at the addresses it was checked against, as the guard "
+                            "still refuses every other address",
 }
 
 
@@ -123,6 +127,9 @@ def unenforced(policy: Sandbox, subsystem: Subsystem, *,
         fields = _watched(policy)
     elif subsystem is Subsystem.NETWORK_NAMESPACE:
         fields = ["network"] if policy.network != "host" else []
+    elif subsystem is Subsystem.PINNED_NAMES:
+        fields = ["net_allow"] if any(rule.host is not None for rule in policy.net_rules()) \
+            else []
     else:  # LANDLOCK_SCOPE, LANDLOCK_REFER: no field
         fields = []
     return tuple(fields)

@@ -256,6 +256,8 @@ class Compiled:
                             else self._plan.limits)
             elif (sub is Subsystem.NETWORK_NAMESPACE and not self._plan.net_mode) or (
                     sub is Subsystem.WORKSPACE_OVERLAY) or (
+                    # A run that pins names says so (_pinned.pinned_protections).
+                    sub is Subsystem.PINNED_NAMES and sub not in degraded) or (
                     sub is Subsystem.SUPERVISOR and not supervised) or (
                     sub is Subsystem.IDENTITY and self._plan.identity is None):
                 out[sub] = Protection.NOT_REQUESTED

@@ -45,6 +45,11 @@ _HINTS = {
                                  "(Linux >= 5.11); see docs/workspaces.md",
     Subsystem.NETWORK_NAMESPACE: "network namespaces need CAP_SYS_ADMIN or unprivileged user "
                                  "namespaces (Kubernetes RuntimeDefault refuses them)",
+    Subsystem.PINNED_NAMES: "pinning net_allow's host names mounts a hosts file in a mount "
+                            "namespace of the child's own: CAP_SYS_ADMIN in the caller, or "
+                            "else unprivileged user namespaces (user.max_user_namespaces, "
+                            "kernel.unprivileged_userns_clone, AppArmor's userns "
+                            "restriction); see docs/network.md",
 }
 
 def hint_for(subsystem: Subsystem) -> str:

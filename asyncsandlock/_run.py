@@ -23,7 +23,7 @@ from ._limits import spawn_on, watched
 from ._netns import open_network
 from ._netpool import for_child, replenish
 from ._pacing import SpawnTurn
-from ._pinned import pinned_mount
+from ._pinned import kept, pinned_names, pinned_protections
 from ._plan import Compiled, owner_of
 from ._process import SandboxedProcess
 from ._reaper import abandon, prepare, watch
@@ -199,11 +199,11 @@ async def _open_in_turn(sandbox: Sandbox, argv: tuple[str, ...], *, stdin: Stdio
             if (pooled := for_child(compiled.plan) if network is None else -1) >= 0:
                 theirs.append(pooled)  # a namespace made ahead: this child's alone
                 child_ends.callback(replenish)  # its replacement, once the spawn is over
-            # Pinned names (issue 10); not with a workspace, whose ruleset
-            # is the run's own already (docs/network.md).
-            hosts = None if layer is not None else pinned_mount(sandbox, compiled.plan)
+            # Pinned names (issue 10; docs/network.md).
+            hosts = await pinned_names(sandbox, compiled, workspace=layer is not None)
             if hosts is not None:
-                theirs.extend(fd for fd in hosts if fd >= 0)
+                theirs.extend(hosts.fds())
+                child_ends.callback(kept, hosts, compiled)
             started = time.monotonic()
             try:
                 child = await confined_spawn(sandbox, compiled, notify, lambda trapped: spawn_on(
@@ -228,6 +228,8 @@ async def _open_in_turn(sandbox: Sandbox, argv: tuple[str, ...], *, stdin: Stdio
                                            and Subsystem.SECCOMP not in compiled.plan.degraded)
         if layer is not None:
             protections = workspace_protections(protections)
+        if hosts is not None:
+            protections = pinned_protections(protections, compiled.plan)
         unenforced = unenforced_by_run(sandbox, protections, run_handlers=bool(handlers))
         proc = SandboxedProcess._create(
             args=argv, pid=child.pid, pidfd=child.pidfd, listener=child.listener,

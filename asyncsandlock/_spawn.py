@@ -69,6 +69,63 @@ class WorkspaceSpawn(NamedTuple):
     sock: int = -1
 
 
+class HostsSpawn(NamedTuple):
+    """Pinned names for :func:`spawn` (``_pinned.py``)."""
+
+    #: ``ASL_HOSTS_ATTACH`` (the parent made the file) or ``ASL_HOSTS_USERNS``.
+    mode: int
+    #: The Sandbox's detached tmpfs holding ``hosts``, whose file a clone of
+    #: is attached: the parent's (``ASL_HOSTS_ATTACH``), or one an earlier
+    #: child wrote and sent (-1: none yet).  The Sandbox's: not closed with
+    #: the run.
+    mount: int
+    #: The run's own Landlock ruleset, or -1.
+    ruleset: int
+    #: ``ASL_HOSTS_USERNS``: the file's text.
+    text: bytes = b""
+    #: The Landlock rights the child grants on the file, in the run's own
+    #: ruleset (``ruleset``, or the workspace's); 0: none.
+    access: int = 0
+    #: ``ASL_HOSTS_USERNS`` without a tmpfs yet: the channel the child sends
+    #: the one it makes on, its end and ours.
+    sock: int = -1
+    ours: int = -1
+
+    def fds(self) -> list[int]:
+        """The run's fds given to the child, closed once it is spawned."""
+        return [fd for fd in (self.ruleset, self.sock) if fd >= 0]
+
+
+def _hosts_request(req: Any, hosts: HostsSpawn, floor: int,
+                   child_ends: contextlib.ExitStack) -> list[Any]:
+    """Fill ``req``'s pinned-names fields; returns the buffers it points into."""
+    req.hosts_access = hosts.access
+    if hosts.mode == lib.ASL_HOSTS_ATTACH:  # a clone of the file: a retried spawn gets its own
+        clone = syscall("open_tree", hosts.mount, ffi.new("char[]", b"hosts"),
+                        _OPEN_TREE_CLONE | os.O_CLOEXEC)
+        child_ends.callback(os.close, clone)
+        req.hosts_fd = _above(clone, floor, child_ends)
+        return []
+    req.hosts_mode = lib.ASL_HOSTS_USERNS
+    if hosts.mount >= 0:
+        req.hosts_fd = _above(hosts.mount, floor, child_ends)
+    if hosts.sock >= 0:
+        req.hosts_sock = _above(hosts.sock, floor, child_ends)
+    text = ffi.from_buffer(hosts.text)
+    req.hosts_text, req.hosts_len = text, len(hosts.text)
+    if req.identity == lib.ASL_IDENTITY_USERNS:  # one user namespace for both
+        req.hosts_uid_map, req.hosts_gid_map = req.uid_map, req.gid_map
+        return [text]
+    # Each id to itself: ours, or those the child has already taken with
+    # setresuid (csrc/spawn.c, hosts_late).
+    uid, gid = ((req.uid, req.gid) if req.identity == lib.ASL_IDENTITY_SET
+                else (os.geteuid(), os.getegid()))
+    maps = [ffi.new("char[]", f"{uid} {uid} 1".encode()),
+            ffi.new("char[]", f"{gid} {gid} 1".encode())]
+    req.hosts_uid_map, req.hosts_gid_map = maps
+    return [text, *maps]
+
+
 def _workspace_request(req: Any, ws: WorkspaceSpawn, floor: int,
                        child_ends: contextlib.ExitStack) -> list[Any]:
     """Fill ``req``'s workspace fields; returns the buffers it points into."""
@@ -251,15 +308,14 @@ def spawn(plan: Plan | Compiled, *, path: str | tuple[str, ...], args: Sequence[
           env: Mapping[str, str] | None, cwd: str | None, fds: Sequence[int],
           notify: frozenset[str], self_trapped: frozenset[str] = frozenset(),
           netns_fd: int = -1, workspace: WorkspaceSpawn | None = None,
-          hosts: tuple[int, int] | None = None) -> Spawned:
+          hosts: HostsSpawn | None = None) -> Spawned:
     """Start one confined child; ``fds[i]`` becomes the child's fd ``i``;
     ``notify`` and ``self_trapped`` are the filter's (:class:`FilterSpec`);
     ``netns_fd``: a network namespace for the child to enter (``_netns.py``).
 
     ``workspace``: the run's copy-on-write workspace; see ``_workspace.py``.
-    ``hosts``: (a detached tmpfs whose file ``hosts`` a clone of is attached
-    over /etc/hosts, the run's own Landlock ruleset fd or -1); see
-    ``_pinned.py``.
+    ``hosts``: the run's pinned names (:class:`HostsSpawn`), see
+    ``_pinned.py``; left out once the policy let them go.
 
     ``plan``: a plan (its request is built for this spawn alone), or the
     :class:`Compiled` owner of one: its current plan, with the request
@@ -279,13 +335,20 @@ def spawn(plan: Plan | Compiled, *, path: str | tuple[str, ...], args: Sequence[
     if isinstance(plan, Compiled):
         template = _template(plan.plan, notify, self_trapped, plan.templates)
         landlock_fd = plan.plan.landlock_fd
+        degraded = plan.plan.degraded
     else:
         template = _template(plan, notify, self_trapped, None)
         landlock_fd = plan.landlock_fd
+        degraded = plan.degraded
+    if hosts is not None and Subsystem.PINNED_NAMES in degraded:
+        hosts = None  # the host refused, and on_unavailable let it go
     if workspace is not None and landlock_fd >= 0:
         landlock_fd = workspace.ruleset  # the policy's rules; the child adds the overlay's
     if hosts is not None and landlock_fd >= 0 and workspace is None:
-        landlock_fd = hosts[1]  # the policy's rules and the pinned hosts file
+        # The child adds the hosts file's rule: never to the policy's ruleset.
+        if hosts.ruleset < 0:
+            raise ValueError("pinned names need a ruleset of the run's own")
+        landlock_fd = hosts.ruleset
     req = ffi.new("struct asl_spawn_req *", template.req[0])
     keep = [template, _strings(req, paths, args, env, cwd)]
     fd_map = ffi.new("struct asl_fd_map[]", [(src, dst) for dst, src in enumerate(fds)] or 1)
@@ -321,11 +384,8 @@ def spawn(plan: Plan | Compiled, *, path: str | tuple[str, ...], args: Sequence[
                 req.netns_fd = _above(netns_fd, len(fds), child_ends)
             if workspace is not None:  # copy-on-write workspace (issue 12)
                 keep += _workspace_request(req, workspace, len(fds), child_ends)
-            if hosts is not None:  # pinned names (issue 10): a clone of the file
-                clone = syscall("open_tree", hosts[0], ffi.new("char[]", b"hosts"),
-                                _OPEN_TREE_CLONE | os.O_CLOEXEC)
-                child_ends.callback(os.close, clone)
-                req.hosts_fd = _above(clone, len(fds), child_ends)
+            if hosts is not None:  # pinned names (issue 10)
+                keep += _hosts_request(req, hosts, len(fds), child_ends)
             pidfd_out = ffi.new("int *", -1)
             pid = lib.asl_spawn(req, pidfd_out)
         if pid < 0:

@@ -37,6 +37,10 @@ class Subsystem(enum.Enum):
     #: namespace of the child's own.  Never waived: without it the child
     #: would write ``workdir`` itself.
     WORKSPACE_OVERLAY = "workspace-overlay"
+    #: Host names of ``net_allow`` pinned to the addresses checked: a
+    #: synthetic ``/etc/hosts`` in a mount namespace of the child's own
+    #: (a user namespace too, for a caller without CAP_SYS_ADMIN).
+    PINNED_NAMES = "pinned-names"
 
 
 class Protection(enum.Enum):

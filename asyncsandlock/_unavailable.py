@@ -48,7 +48,8 @@ logger = logging.getLogger("asyncsandlock")
 _STEP_SUBSYSTEMS = {"landlock": Subsystem.LANDLOCK, "seccomp": Subsystem.SECCOMP,
                     "listener": Subsystem.SUPERVISOR, "setpgid": Subsystem.PROCESS_GROUP,
                     "identity": Subsystem.IDENTITY,
-                    "network": Subsystem.NETWORK_NAMESPACE}
+                    "network": Subsystem.NETWORK_NAMESPACE,
+                    "hosts": Subsystem.PINNED_NAMES}
 
 
 def refused_subsystem(step: str, err: int, *, listener: bool) -> Subsystem | None:

@@ -254,6 +254,14 @@ static long write_id_maps(const char *uid_map, const char *gid_map)
     return rc;
 }
 
+/* Whether pin_hosts makes the user namespace (and with it the identity's and
+ * the network's): not inside the one a workspace built (build_workspace),
+ * whose mount namespace it uses. */
+static int hosts_own_userns(const struct asl_spawn_req *req)
+{
+    return req->hosts_mode == ASL_HOSTS_USERNS && !req->workspace_path;
+}
+
 /* A fresh namespace has lo, down: up it is 127.0.0.1/8 and ::1.  Raw system
  * calls only: the namespace maker (netns.c) runs it beside the caller. */
 long asl_loopback_up(void)
@@ -301,6 +309,9 @@ static long new_network(const struct asl_spawn_req *req)
             return rc;
         return asl_loopback_up();
     case ASL_NET_USERNS:
+        /* Made, lo up, with the hosts step's user namespace (pin_hosts). */
+        if (hosts_own_userns(req))
+            return 0;
         /* With ASL_IDENTITY_USERNS, one user namespace for both: the
          * identity's maps, and set_identity has nothing left to do (see
          * identity_first). */
@@ -374,7 +385,8 @@ static long drop_capabilities(const struct asl_spawn_req *req)
 static long set_identity(const struct asl_spawn_req *req)
 {
     long rc;
-    if (req->identity == ASL_IDENTITY_USERNS && req->net_mode != ASL_NET_USERNS) {
+    if (req->identity == ASL_IDENTITY_USERNS && req->net_mode != ASL_NET_USERNS &&
+        !hosts_own_userns(req)) {
         if ((rc = SYS3(SYS_unshare, CLONE_NEWUSER, 0, 0)) < 0 ||
             (rc = write_id_maps(req->uid_map, req->gid_map)) < 0)
             return rc;
@@ -611,6 +623,43 @@ static long mount_workspace(const struct asl_spawn_req *req)
     return 0;
 }
 
+#ifndef SYS_open_tree
+#define SYS_open_tree 428
+#endif
+#ifndef SYS_mount_setattr
+#define SYS_mount_setattr 442
+#endif
+#define ASL_OPEN_TREE_CLONE 1
+#define ASL_AT_EMPTY_PATH 0x1000
+#define ASL_MOUNT_ATTR_RDONLY 0x1
+
+/* The detached mount `tree` made read-only: the Sandbox's hosts file is
+ * every run's (one tmpfs per Sandbox), and no run may write it, whatever
+ * its Landlock rights on /etc. */
+static long read_only(long tree)
+{
+    /* struct mount_attr: attr_set, attr_clr, propagation, userns_fd. */
+    uint64_t attr[4] = {ASL_MOUNT_ATTR_RDONLY, 0, 0, 0};
+    return raw_syscall(SYS_mount_setattr, tree, (long)"", ASL_AT_EMPTY_PATH, (long)attr,
+                       sizeof attr, 0);
+}
+
+/* Landlock skips a mount point on its way up from a mount's root: the
+ * hosts file mounted over /etc/hosts gets a rule of its own (hosts_access),
+ * in the run's ruleset (the Sandbox's pinned one, or the workspace's copy):
+ * `file` is the file, open. */
+static long hosts_rule(const struct asl_spawn_req *req, long file)
+{
+    if (!req->hosts_access || req->landlock_fd < 0)
+        return 0;
+    struct __attribute__((packed)) {
+        uint64_t allowed_access;
+        int32_t parent_fd;
+    } rule = {req->hosts_access, (int32_t)file};
+    return raw_syscall(SYS_landlock_add_rule, req->landlock_fd, 1 /* PATH_BENEATH */,
+                       (long)&rule, 0, 0, 0);
+}
+
 /* Pinned names: the parent's synthetic hosts file, a detached bind mount
  * (asyncsandlock/_pinned.py), attached over /etc/hosts in a mount namespace
  * of the child's own: made here, private as in mount_workspace, unless the
@@ -621,8 +670,104 @@ static long mount_hosts(const struct asl_spawn_req *req)
     if (!req->workspace_path &&
         ((rc = SYS3(SYS_unshare, CLONE_NEWNS, 0, 0)) < 0 || (rc = all_private()) < 0))
         return rc;
+    if ((rc = hosts_rule(req, req->hosts_fd)) < 0 || (rc = read_only(req->hosts_fd)) < 0)
+        return rc;
     return raw_syscall(SYS_move_mount, req->hosts_fd, (long)"", AT_FDCWD,
                        (long)"/etc/hosts", MOVE_MOUNT_F_EMPTY_PATH, 0);
+}
+
+/* ASL_HOSTS_USERNS: pinned names for a caller without CAP_SYS_ADMIN, which
+ * can neither make the parent's detached tmpfs nor attach anything in a
+ * mount namespace owned by the caller's user namespace.  The child makes a
+ * user namespace whose only ids are its own (the identity's maps with
+ * ASL_IDENTITY_USERNS: ONE namespace for both, set_identity then has
+ * nothing left to do; with ASL_NET_USERNS the network namespace is made
+ * with it, lo up, and new_network has nothing left to do), with a mount
+ * namespace it owns; every mount made private as in mount_workspace; then
+ * the parent's text written on a small tmpfs (write_hosts; the Sandbox's
+ * first child only: later ones get that tmpfs, kept by the parent, in
+ * hosts_fd), and a read-only bind mount of just that file (a clone, so that
+ * the tmpfs itself is never reachable) attached over /etc/hosts.  Landlock
+ * skips a mount point on its way up, so the file gets a rule of its own in
+ * the run's own ruleset (hosts_rule).  In a workspace's user namespace
+ * (ASL_WORKSPACE_USERNS) no other is made.  Nothing is cleaned up on
+ * failure: the child exits, every fd is CLOEXEC. */
+/* pin_hosts' file: the parent's text on a small tmpfs of the child's own
+ * (its mount fd into *tmpfs), with its rule; the tmpfs sent to the parent
+ * (hosts_sock), which hands it to the Sandbox's later children instead. */
+static long write_hosts(const struct asl_spawn_req *req, long *tmpfs)
+{
+    long rc, ctx, file;
+    if ((ctx = SYS3(SYS_fsopen, "tmpfs", ASL_CLOEXEC_FLAG, 0)) < 0)
+        return ctx;
+    if ((rc = fs_string(ctx, "size", "1m")) < 0 || (rc = fs_string(ctx, "mode", "0755")) < 0)
+        return rc;
+    if ((*tmpfs = fs_mount(ctx)) < 0)
+        return *tmpfs;
+    SYS3(SYS_close, ctx, 0, 0);
+    file = raw_syscall(SYS_openat, *tmpfs, (long)"hosts", O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC,
+                       0644, 0, 0);
+    if (file < 0)
+        return file;
+    for (size_t done = 0; done < req->hosts_len; done += (size_t)rc)
+        if ((rc = SYS3(SYS_write, file, req->hosts_text + done, req->hosts_len - done)) <= 0)
+            return rc < 0 ? rc : -EIO;
+    /* 0644 whatever the caller's umask (the child has a copy of it). */
+    if ((rc = SYS3(SYS_fchmod, file, 0644, 0)) < 0 || (rc = hosts_rule(req, file)) < 0)
+        return rc;
+    SYS3(SYS_close, file, 0, 0);
+    if (req->hosts_sock > 0) {
+        int fd = (int)*tmpfs;
+        if ((rc = send_fds(req, req->hosts_sock, &fd, 1)) < 0)
+            return rc;
+    }
+    return 0;
+}
+
+static long pin_hosts(const struct asl_spawn_req *req)
+{
+    long rc, tmpfs, file, tree;
+    long flags = CLONE_NEWUSER | CLONE_NEWNS;
+    if (req->net_mode == ASL_NET_USERNS)
+        flags |= CLONE_NEWNET;
+    if (hosts_own_userns(req) &&
+        ((rc = SYS3(SYS_unshare, flags, 0, 0)) < 0 ||
+         (rc = write_id_maps(req->hosts_uid_map, req->hosts_gid_map)) < 0 ||
+         (rc = all_private()) < 0 || ((flags & CLONE_NEWNET) && (rc = asl_loopback_up()) < 0)))
+        return rc;
+    if (req->hosts_fd > 0) {
+        /* An earlier child's tmpfs, the file written: its rule only. */
+        tmpfs = req->hosts_fd;
+        if ((file = SYS3(SYS_openat, tmpfs, "hosts", O_PATH | O_CLOEXEC)) < 0 ||
+            (rc = hosts_rule(req, file)) < 0)
+            return file < 0 ? file : rc;
+        SYS3(SYS_close, file, 0, 0);
+    } else if ((rc = write_hosts(req, &tmpfs)) < 0) {
+        return rc;
+    }
+    if ((tree = SYS3(SYS_open_tree, tmpfs, "hosts", ASL_OPEN_TREE_CLONE | O_CLOEXEC)) < 0)
+        return tree;
+    if ((rc = read_only(tree)) < 0 ||
+        (rc = raw_syscall(SYS_move_mount, tree, (long)"", AT_FDCWD, (long)"/etc/hosts",
+                          MOVE_MOUNT_F_EMPTY_PATH, 0)) < 0)
+        return rc;
+    SYS3(SYS_close, tree, 0, 0);
+    if (tmpfs != req->hosts_fd)
+        SYS3(SYS_close, tmpfs, 0, 0);
+    return 0;
+}
+
+/* pin_hosts after the identity step: a caller with CAP_SETUID (identity
+ * ASL_IDENTITY_SET: once in a user namespace, the child could only become
+ * the one id mapped there, so it takes the policy's ids first and maps those
+ * to themselves) or a network the caller's namespaces own (ASL_NET_NEW,
+ * ASL_NET_JOIN: entered with CAP_SYS_ADMIN over them, before the user
+ * namespace takes it away). */
+static int hosts_late(const struct asl_spawn_req *req)
+{
+    return req->hosts_mode == ASL_HOSTS_USERNS &&
+           (req->identity == ASL_IDENTITY_SET || req->net_mode == ASL_NET_NEW ||
+            req->net_mode == ASL_NET_JOIN);
 }
 
 /* Sandbox.network with uid/gid (docs/network-namespaces.md), in the order
@@ -651,6 +796,17 @@ static void network_after_identity(struct asl_spawn_req *req)
     long rc;
     enter(req, ASL_STEP_NETWORK);
     if ((rc = enter_network(req)) < 0)
+        fail(req, rc);
+}
+
+/* The hosts step where hosts_late: after the identity step, before the
+ * network's (identity_first), so that pin_hosts makes the one user
+ * namespace. */
+static void hosts_after_identity(struct asl_spawn_req *req)
+{
+    long rc;
+    enter(req, ASL_STEP_HOSTS);
+    if ((rc = pin_hosts(req)) < 0)
         fail(req, rc);
 }
 
@@ -687,7 +843,9 @@ static int child_main(void *arg)
     if (req->workspace_path && (rc = mount_workspace(req)) < 0)
         fail(req, rc);
     enter(req, ASL_STEP_HOSTS);
-    if (req->hosts_fd > 0 && (rc = mount_hosts(req)) < 0)
+    if (req->hosts_mode == ASL_HOSTS_ATTACH && req->hosts_fd > 0 && (rc = mount_hosts(req)) < 0)
+        fail(req, rc);
+    if (req->hosts_mode == ASL_HOSTS_USERNS && !hosts_late(req) && (rc = pin_hosts(req)) < 0)
         fail(req, rc);
     enter(req, ASL_STEP_CHDIR);
     if (req->cwd && (rc = SYS3(SYS_chdir, req->cwd, 0, 0)) < 0)
@@ -699,6 +857,8 @@ static int child_main(void *arg)
     enter(req, ASL_STEP_IDENTITY);
     if ((rc = set_identity(req)) < 0)
         fail(req, rc);
+    if (hosts_late(req))
+        hosts_after_identity(req);
     if (identity_first(req))
         network_after_identity(req);
     enter(req, ASL_STEP_CAPABILITIES);

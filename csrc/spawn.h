@@ -47,6 +47,11 @@ enum asl_workspace {
     ASL_WORKSPACE_USERNS = 1  /* the child, in a user + mount namespace of its own */
 };
 
+/* How the child gets its pinned names' hosts file (asyncsandlock/_pinned.py). */
+enum asl_hosts {
+    ASL_HOSTS_ATTACH = 0, /* hosts_fd > 0: a clone of the parent's file (CAP_SYS_ADMIN), attached */
+    ASL_HOSTS_USERNS = 1  /* the child writes hosts_text, in a user + mount namespace of its own */
+};
 /* Where the child's network stack comes from (asyncsandlock/_netns.py). */
 enum asl_net_mode {
     ASL_NET_HOST = 0,    /* the caller's */
@@ -142,6 +147,20 @@ struct asl_spawn_req {
      * synthetic hosts file, attached over /etc/hosts in the child's own
      * mount namespace.  0: none (fd 0 is always one of the child's own). */
     int hosts_fd;
+    /* ASL_HOSTS_USERNS (an unprivileged caller): the file's text, written by
+     * the child on a tmpfs of its own; the maps of its user namespace (the
+     * identity's with ASL_IDENTITY_USERNS, else its ids to themselves), and
+     * the Landlock rights it grants on the file in the (per-run) ruleset. */
+    int hosts_mode;               /* enum asl_hosts */
+    const char *hosts_text;
+    size_t hosts_len;
+    const char *hosts_uid_map;
+    const char *hosts_gid_map;
+    uint64_t hosts_access;
+    /* ASL_HOSTS_USERNS: hosts_fd > 0 is the tmpfs an earlier child wrote
+     * the file on (the parent keeps it), cloned instead of a new one;
+     * else, with hosts_sock > 0, the child sends the tmpfs it made there. */
+    int hosts_sock;
     int32_t reached;              /* written by the child: the step it is in */
 };
 

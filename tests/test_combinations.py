@@ -142,9 +142,12 @@ AS_NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
 AS_ROOT_WITHOUT_SYS_ADMIN = ["setpriv", "--bounding-set=-sys_admin,-net_admin", "--inh-caps=-all"]
 
 
-def drive(prefix: list[str], backend: str,
-          cases: list[tuple[dict[str, Any], list[str]]]) -> list[dict[str, Any]]:
-    proc = subprocess.run([*prefix, PYTHON, "-c", DRIVER, json.dumps([cases, backend, READABLE])],
+def drive(prefix: list[str], backend: str, cases: list[tuple[dict[str, Any], list[str]]],
+          prelude: str = "") -> list[dict[str, Any]]:
+    """Run ``cases`` in a fresh interpreter started with ``prefix``; ``prelude``:
+    code it runs first."""
+    proc = subprocess.run([*prefix, PYTHON, "-c", prelude + DRIVER,
+                           json.dumps([cases, backend, READABLE])],
                           capture_output=True, text=True, timeout=120, cwd="/",
                           stdin=subprocess.DEVNULL)
     assert proc.returncode == 0, proc.stderr[-3000:]
