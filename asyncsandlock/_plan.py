@@ -255,7 +255,7 @@ class Compiled:
                             and self._plan.limits is not Protection.NOT_REQUESTED
                             else self._plan.limits)
             elif (sub is Subsystem.NETWORK_NAMESPACE and not self._plan.net_mode) or (
-                    sub is Subsystem.WORKSPACE_OVERLAY) or (
+                    sub in (Subsystem.WORKSPACE_OVERLAY, Subsystem.WORKSPACE_SNAPSHOT)) or (
                     sub is Subsystem.SUPERVISOR and not supervised) or (
                     sub is Subsystem.IDENTITY and self._plan.identity is None):
                 out[sub] = Protection.NOT_REQUESTED

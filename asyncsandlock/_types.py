@@ -37,6 +37,10 @@ class Subsystem(enum.Enum):
     #: namespace of the child's own.  Never waived: without it the child
     #: would write ``workdir`` itself.
     WORKSPACE_OVERLAY = "workspace-overlay"
+    #: The copy-on-write workspace as a private copy of ``workdir`` (a
+    #: snapshot) and a diff: where the overlay is refused, or chosen with
+    #: ``workdir_mechanism="snapshot"`` (docs/workspaces.md).
+    WORKSPACE_SNAPSHOT = "workspace-snapshot"
 
 
 class Protection(enum.Enum):

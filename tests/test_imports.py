@@ -40,7 +40,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     # One confined child, and the refusals met on the way.
     ("spawn", ("_spawn", "_features", "_unavailable", "_reaper", "_netns")),
     ("supervisor", ("_supervisor",)),
-    ("process", ("_process", "_result", "_changes", "_workspace", "_pinned")),
+    ("process", ("_process", "_result", "_changes", "_snapshot", "_workspace", "_pinned")),
     ("run", ("_run", "_pipeline")),
     ("cli", ("_cli", "_check", "__main__", "")),  # "": the package itself, the public API
     # The MCP server on top of it all (issue 13).

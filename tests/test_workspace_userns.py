@@ -139,7 +139,8 @@ for i in (0, 1):  # effective, permitted of the low word
 assert libc.capset(header, data) == 0
 async def main():
     out = {}
-    for name, extra in (("uid", {"uid": 65534, "gid": 65534}), ("plain", {})):
+    for name, extra in (("uid", {"uid": 65534, "gid": 65534, "workdir_mechanism": "overlay"}),
+                        ("plain", {}), ("uid-auto", {"uid": 65534, "gid": 65534})):
         sb = a.Sandbox(fs_readable=a.SYSTEM_READABLE, workdir=root, on_exit="abort", **extra)
         try:
             r = await sb.run(["sh", "-c", "echo new > edit.txt; id -u"])
@@ -157,7 +158,9 @@ def test_a_caller_that_may_setuid_but_not_mount_is_refused_a_set_identity(
     # Escape-shaped: uid=65534 from such a caller would be a setresuid to an
     # id its workspace's user namespace does not map.  It is refused before
     # anything starts, by name, not a spawn failing in the child; the
-    # control: the same caller without uid gets its workspace.
+    # control: the same caller without uid gets its workspace.  By default
+    # (workdir_mechanism="auto") a snapshot takes the overlay's place, where
+    # uid 65534 meets root's files as it would in workdir: unwritable.
     for item in (world, world / "edit.txt"):
         os.chown(item, 0, 0)  # the caller's, as uid 0 without capabilities writes it
     done = subprocess.run([sys.executable, "-c", NO_SYS_ADMIN, str(world), backend],
@@ -167,6 +170,7 @@ def test_a_caller_that_may_setuid_but_not_mount_is_refused_a_set_identity(
     assert out["uid"][:2] == ["refused", "workspace-overlay"]
     assert "CAP_SYS_ADMIN" in out["uid"][2]
     assert out["plain"] == [0, "0", ["edit.txt"]]
+    assert out["uid-auto"] == [0, "65534", []]
     assert (world / "edit.txt").read_text() == "old\n"
 
 
@@ -180,7 +184,7 @@ async def main():
     # caller's own: the host's sysctl is untouched), as where the host
     # refuses them: the caller can't mount (its mount namespace is the
     # host's) and the child can't make the namespace to build the layer in.
-    sb = a.Sandbox(fs_readable=a.SYSTEM_READABLE, workdir=root,
+    sb = a.Sandbox(fs_readable=a.SYSTEM_READABLE, workdir=root, workdir_mechanism="overlay",
                    on_unavailable=a.allow_degraded(*a.Subsystem))
     try:
         await sb.run(["sh", "-c", "echo new > edit.txt"])
@@ -189,16 +193,29 @@ async def main():
         print("refused", exc.subsystem.value, exc.errno)
     plain = await a.Sandbox(fs_readable=a.SYSTEM_READABLE).run(["true"])
     print("control", plain.returncode)
+    # workdir_mechanism="auto" (the default): a snapshot takes the overlay's place.
+    auto = a.Sandbox(fs_readable=a.SYSTEM_READABLE, workdir=root, on_exit="keep")
+    r = await auto.run(["sh", "-c", "echo new > edit.txt; echo escaped > " + root
+                        + "/edit.txt; pwd"])
+    print("auto", r.returncode, r.workspace.mechanism,
+          r.protections[a.Subsystem.WORKSPACE_OVERLAY].value,
+          r.protections[a.Subsystem.WORKSPACE_SNAPSHOT].value, dict(r.unenforced) != {},
+          [(c.path, c.kind) for c in r.changes], r.stdout.decode().strip() != root)
+    print("before", open(root + "/edit.txt").read().strip())
+    await r.workspace.commit()
+    print("after", open(root + "/edit.txt").read().strip())
 anyio.run(main, backend=backend)
 """
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_escape_no_user_namespace_is_a_refusal_not_a_shared_workdir(world: pathlib.Path,
-                                                                     backend: str) -> None:
-    # Escape: without its layer the command would write the workdir itself;
-    # it is refused by name, whatever on_unavailable says.  Control: a run
-    # without a workspace works there.
+def test_escape_no_user_namespace_is_a_snapshot_not_a_shared_workdir(world: pathlib.Path,
+                                                                      backend: str) -> None:
+    # Escape: without its layer the command would write the workdir itself.
+    # Asked for an overlay, the run is refused by name, whatever
+    # on_unavailable says (control: a run without a workspace works there);
+    # by default a snapshot takes its place, reported as such, and the
+    # workdir is untouched (by the absolute path too) until the commit.
     for item in (world, world / "edit.txt"):
         os.chown(item, 0, 0)
     done = subprocess.run(
@@ -207,9 +224,11 @@ def test_escape_no_user_namespace_is_a_refusal_not_a_shared_workdir(world: pathl
          sys.executable, "-c", NO_USERNS, str(world), backend],
         capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.split("\n")[:2] == [f"refused workspace-overlay {errno.ENOSPC}",
-                                           "control 0"], done.stderr
-    assert (world / "edit.txt").read_text() == "old\n"
+    assert done.stdout.split("\n")[:5] == [
+        f"refused workspace-overlay {errno.ENOSPC}", "control 0",
+        "auto 0 snapshot degraded active True [('edit.txt', 'modified')] True",
+        "before old", "after new"], done.stderr
+    assert not [n for n in os.listdir(world.parent) if ".asyncsandlock-" in n]
 
 
 MAX_DISK = """
