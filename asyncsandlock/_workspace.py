@@ -243,7 +243,7 @@ class Layer:
     private copy of workdir, ``_snapshot.py``, made by :meth:`prepare`:
     ``fallback`` when it stands in for an overlay the host refused)."""
 
-    __slots__ = ("__weakref__", "_finalizer", "_listener", "_ours", "_overlay_id",
+    __slots__ = ("__weakref__", "_finalizer", "_listeners", "_ours", "_overlay_id",
                  "_root_mode", "_ruleset", "_size", "_snapshot", "_theirs", "_tmpfs",
                  "fallback", "kept", "mechanism", "mount_fd", "ready_ns", "size", "start_ns",
                  "upper", "workdir")
@@ -264,7 +264,7 @@ class Layer:
         self.upper = self._snapshot = ""
         #: A snapshot's: entries of the copy changed from then on are the command's.
         self.ready_ns = 0
-        self._listener: object = None
+        self._listeners: list[object] = []
         self._finalizer = weakref.finalize(self, _release, [], -1)
         if snapshot:
             return
@@ -307,13 +307,13 @@ class Layer:
         """The run's supervisor serves ``listener``: its metadata guard may
         change the snapshot's entries for this run (``LIVE_SNAPSHOTS``)."""
         if self._snapshot:
-            self._listener = listener
+            self._listeners.append(listener)  # several: a pipeline's stages share it
             LIVE_SNAPSHOTS[listener] = self._snapshot
 
     def unserve(self) -> None:
-        if self._listener is not None:
-            LIVE_SNAPSHOTS.pop(self._listener, None)
-            self._listener = None
+        for listener in self._listeners:
+            LIVE_SNAPSHOTS.pop(listener, None)
+        self._listeners.clear()
 
     async def aclose(self) -> None:
         """:meth:`close`; a snapshot's copy is removed in bounded steps, even
@@ -773,17 +773,22 @@ def _over_limit(layer: Layer, changes: tuple[Change, ...]) -> str:
             "not committed (a snapshot workspace checks max_disk after the run)")
 
 
-async def settle(layer: Layer, result: Result, on_exit: str, dry_run: bool) -> Result:
+async def settle(layer: Layer, result: Result, on_exit: str, dry_run: bool,
+                 success: bool | None = None) -> Result:
     """List the changes of a finished run and commit, abort or keep them as
     ``on_exit`` and ``dry_run`` say; returns ``result`` with them.  The
-    layer is the returned workspace's (``keep``), or dropped."""
+    layer is the returned workspace's (``keep``), or dropped.  ``success``:
+    whether the run succeeded, if not ``result``'s (a pipeline's: every
+    stage's)."""
+    if success is None:
+        success = result.success
     if not layer.upper:  # a child that exec'd has sent it: not expected
         raise SandboxError(f"the workspace layer of {layer.workdir} never arrived")
     layer.unserve()  # the command is gone: its guard has no more calls
     changes = await diff(layer)
     workspace = Workspace._create(layer, changes)
     kept: Workspace | None = None
-    if dry_run or on_exit == "abort" or (on_exit == "commit" and not result.success):
+    if dry_run or on_exit == "abort" or (on_exit == "commit" and not success):
         await workspace.abort()
     elif on_exit == "commit" and (why := _over_limit(layer, changes)):
         await workspace.abort()
@@ -825,19 +830,22 @@ def workspace_protections(protections: Mapping[Subsystem, Protection], layer: La
 _T = TypeVar("_T")
 
 
-async def in_layer(policy: Sandbox, start: Callable[[Layer], Awaitable[_T]]) -> tuple[Layer, _T]:
+async def in_layer(policy: Sandbox, start: Callable[[Layer], Awaitable[_T]],
+                   shared: bool = False) -> tuple[Layer, _T]:
     """A layer for a run of ``policy`` and ``start(layer)``'s answer (the
     spawn).  With ``workdir_mechanism="auto"``, an overlay the host refuses
     (building it here, or the child's spawn step) gives way to a snapshot,
     and the spawn is tried again in that.  Whatever fails, the layer is
-    dropped (a snapshot's copy removed) before the error propagates."""
+    dropped (a snapshot's copy removed) before the error propagates.
+    ``shared``: for the stages of a pipeline, always a snapshot (see
+    :func:`pipeline_workspace`)."""
     assert policy.workdir is not None
     workdir, size = os.fspath(policy.workdir), None if policy.max_disk is None else int(
         policy.max_disk)
     mechanism = policy.workdir_mechanism
     layer: Layer | None = None
     try:
-        if mechanism != "snapshot":
+        if mechanism != "snapshot" and not shared:
             try:
                 layer = Layer(workdir, size)
                 return layer, await start(layer)
@@ -846,7 +854,7 @@ async def in_layer(policy: Sandbox, start: Callable[[Layer], Awaitable[_T]]) -> 
                     raise
             if layer is not None:
                 await layer.aclose()
-        layer = Layer(workdir, size, snapshot=True, fallback=mechanism == "auto")
+        layer = Layer(workdir, size, snapshot=True, fallback=mechanism == "auto" and not shared)
         await layer.prepare()
         return layer, await start(layer)
     except BaseException:
@@ -879,3 +887,24 @@ async def open_in_workspace(policy: Sandbox,
 
     proc._settle = settle_process
     return proc
+
+
+def pipeline_workspace(policies: list[Sandbox]) -> Sandbox | None:
+    """The one workspace the stages of a pipeline share (the policy of the
+    first stage with a workdir), or None.  All its stages with a workdir
+    must agree on it; a shared layer is a snapshot (docs/workspaces.md,
+    "Pipelines"), so ``workdir_mechanism="overlay"`` is refused."""
+    found: Sandbox | None = None
+    for policy in policies:
+        if policy.workdir is None:
+            continue
+        if policy.workdir_mechanism == "overlay":
+            raise PolicyError("workdir_mechanism", "a pipeline's stages share one workspace, "
+                                                   "a snapshot: 'overlay' cannot be had there")
+        if found is None:
+            found = policy
+        elif (policy.workdir, policy.on_exit, policy.max_disk) != (
+                found.workdir, found.on_exit, found.max_disk):
+            raise PolicyError("workdir", "the stages of a pipeline share one workspace: their "
+                                         "workdir, on_exit and max_disk must agree")
+    return found
