@@ -96,9 +96,10 @@ def _sendfile(src: int, dst: int, count: int) -> int:
     return os.sendfile(dst, src, None, count)
 
 
-def _clone_or_copy(src: int, dst: int, dev: int) -> Iterator[bool]:
+def _clone_or_copy(src: int, dst: int, st: os.stat_result) -> Iterator[bool]:
     """``dst`` gets ``src``'s data: one FICLONE (shared extents, whatever
     the size: a metadata operation) where the file system takes it."""
+    dev = st.st_dev
     if dev not in _NO_REFLINK:
         try:
             fcntl.ioctl(dst, _FICLONE, src)
@@ -109,19 +110,31 @@ def _clone_or_copy(src: int, dst: int, dev: int) -> Iterator[bool]:
                 raise
             if exc.errno != errno.EINVAL:  # EINVAL: this file (say, inline data) only
                 _NO_REFLINK.add(dev)
+    if 0 < st.st_size <= CHUNK and os.copy_file_range(src, dst, st.st_size) == st.st_size:
+        return  # the usual small file: one call (a file that grew meanwhile: below)
     yield from copy_data(src, dst)
+
+
+def _owner(fd_or_path: int | str, st: os.stat_result) -> None:
+    """A root caller gives the copy the original's owner (ours already,
+    unless it differs)."""
+    if os.geteuid() != 0 or (st.st_uid, st.st_gid) == (0, os.getegid()):
+        return
+    try:
+        if isinstance(fd_or_path, int):
+            os.fchown(fd_or_path, st.st_uid, st.st_gid)
+        else:
+            os.chown(fd_or_path, st.st_uid, st.st_gid, follow_symlinks=False)
+    except OSError as exc:
+        # EINVAL: an id our user namespace does not map (it reads as the
+        # overflow id): the entry stays ours.
+        if exc.errno != errno.EINVAL:
+            raise
 
 
 def _carry(path: str, st: os.stat_result) -> None:
     """The owner (a root caller), mode and times of ``st`` onto ``path``."""
-    if os.geteuid() == 0:
-        try:
-            os.chown(path, st.st_uid, st.st_gid, follow_symlinks=False)
-        except OSError as exc:
-            # EINVAL: an id our user namespace does not map (it reads as the
-            # overflow id): the entry stays ours.
-            if exc.errno != errno.EINVAL:
-                raise
+    _owner(path, st)
     if stat.S_ISLNK(st.st_mode):
         os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
         return
@@ -158,11 +171,17 @@ def copy_steps(source: str, target: str) -> Iterator[bool]:
                     dst = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
                                   0o600)
                     try:
-                        yield from _clone_or_copy(src, dst, st.st_dev)
+                        yield from _clone_or_copy(src, dst, st)
+                        # Through the fd: no more path walks for this file.
+                        _owner(dst, st)
+                        os.fchmod(dst, stat.S_IMODE(st.st_mode))
+                        os.utime(dst, ns=(st.st_atime_ns, st.st_mtime_ns))
                     finally:
                         os.close(dst)
                 finally:
                     os.close(src)
+                yield False
+                continue
             elif stat.S_ISLNK(st.st_mode):
                 os.symlink(os.readlink(entry.path), path)
             elif stat.S_ISFIFO(st.st_mode):

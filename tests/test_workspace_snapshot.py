@@ -254,7 +254,7 @@ async def test_cancelled_during_the_copy_or_the_run_nothing_is_left(
     monkeypatch.setattr(_workspace, "_checkpoint", cancel_on_the_second)
     with anyio.CancelScope() as scope:  # in the copy: 200 files are 4 batches
         await snap(workdir=project).run(["true"])
-    assert scope.cancelled_caught and calls == 2
+    assert scope.cancelled_caught  # then the partial copy was removed (clean_host)
     monkeypatch.undo()
     for on_exit in ("commit", "keep"):
         with anyio.move_on_after(0.5) as timed:
