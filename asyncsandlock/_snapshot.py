@@ -51,6 +51,8 @@ from ._changes import Change, lstat_or_none, make_readable
 
 #: Bytes copied per step.
 CHUNK = 8 << 20
+#: A file copied in one call of at least this size gets a checkpoint of its own.
+_HEAVY = 1 << 20
 #: The hidden name's middle part: ``.NAME.asyncsandlock-snapshot-XXXXXXXX``.
 TAG = ".asyncsandlock-snapshot-"
 _FICLONE = 0x40049409  # _IOW(0x94, 9, int)
@@ -111,7 +113,11 @@ def _clone_or_copy(src: int, dst: int, st: os.stat_result) -> Iterator[bool]:
             if exc.errno != errno.EINVAL:  # EINVAL: this file (say, inline data) only
                 _NO_REFLINK.add(dev)
     if 0 < st.st_size <= CHUNK and os.copy_file_range(src, dst, st.st_size) == st.st_size:
-        return  # the usual small file: one call (a file that grew meanwhile: below)
+        # One call (a file that grew meanwhile: below); a checkpoint after
+        # each of 1 MiB or more, so that 64 steps never copy more than 64 MiB.
+        if st.st_size >= _HEAVY:
+            yield True
+        return
     yield from copy_data(src, dst)
 
 
