@@ -706,7 +706,9 @@ def _bring_in(source: str, target: str, mode: int, move: bool) -> Iterator[bool]
                 os.rename(source, target)
                 return
             except OSError as exc:
-                if exc.errno != errno.EXDEV:
+                # EXDEV: two file systems; EACCES: a directory of the copy
+                # the command closed (the diff made it readable only).
+                if exc.errno not in (errno.EXDEV, errno.EACCES, errno.EPERM):
                     raise
     yield from _copy_in(source, target, mode)
 

@@ -122,6 +122,32 @@ def test_an_unprivileged_caller_gets_a_layer_of_its_own(world: pathlib.Path, bac
         os.chmod(world / name, 0o700)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("extra", [{}, {"uid": 1000, "gid": 1000, "network": "loopback"}],
+                         ids=["plain", "uid1000+loopback"])
+def test_an_unprivileged_caller_gets_a_snapshot_of_its_own(world: pathlib.Path, backend: str,
+                                                           extra: dict[str, object]) -> None:
+    # The same script in a snapshot (uid 65534 may not write beside the
+    # workdir: the copy goes to TMPDIR): the same changes, entries the
+    # command closed (chmod 000) read and committed, nothing left behind.
+    out = _caller(world, backend, workdir_mechanism="snapshot", **extra)
+    assert out["rc"] == 0, out["err"]
+    assert out["id"] == str(extra.get("uid", 65534))
+    assert out["protection"] == "not-requested"  # the overlay's: a snapshot was asked for
+    assert out["mechanism"] == "snapshot"
+    assert out["changes"] == [["closed", "added", 0], ["d", "added", 0o755],
+                              ["d/f", "added", 0o644], ["edit.txt", "modified", 0o644],
+                              ["gone.txt", "deleted", 0o644], ["shut", "added", 0],
+                              ["shut/f", "added", 0o644]]
+    assert out["before_commit"] == "old\n" and out["gone_before_commit"] is True
+    assert out["after_commit"] == "new\n"
+    assert out["listing"] == ["closed", "d", "edit.txt", "shut"]
+    assert out["modes"] == {"closed": 0, "shut": 0}
+    assert os.listdir(world.parent / "tmp") == []
+    for name in ("shut", "closed"):
+        os.chmod(world / name, 0o700)
+
+
 NO_SYS_ADMIN = """
 import ctypes, json, os, sys
 import anyio, anyio._backends._asyncio, anyio._backends._trio
