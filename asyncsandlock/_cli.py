@@ -149,6 +149,7 @@ _STOPPED = {
     ExitReason.MEMORY_LIMIT: "stopped: over its memory budget (max_memory)",
     ExitReason.CPU_LIMIT: "stopped: used up its CPU time (cpu_time)",
     ExitReason.OUTPUT_LIMIT: "stopped: wrote more than max_output",
+    ExitReason.DISK_LIMIT: "stopped: its workspace's changes outgrew max_disk",
 }
 
 

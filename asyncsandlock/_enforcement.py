@@ -128,9 +128,6 @@ def unenforced(policy: Sandbox, subsystem: Subsystem, *,
         fields = _watched(policy)
     elif subsystem is Subsystem.NETWORK_NAMESPACE:
         fields = ["network"] if policy.network != "host" else []
-    elif subsystem is Subsystem.WORKSPACE_OVERLAY:
-        # The snapshot in its place checks max_disk after the run only.
-        fields = ["max_disk"] if policy.max_disk is not None else []
     else:  # LANDLOCK_SCOPE, LANDLOCK_REFER: no field
         fields = []
     return tuple(fields)

@@ -238,6 +238,8 @@ async def _open_in_turn(sandbox: Sandbox, argv: tuple[str, ...], *, stdin: Stdio
             stdin=ours[0], stdout=ours[1], stderr=ours[2],
             protections=protections, unenforced=unenforced, started=started)
         cleanup_on_fail.pop_all()  # the child and our ends are the process's now
+    if layer is not None:  # a snapshot's max_disk, sampled
+        layer.watch(lambda: proc._status is None, proc._kill_for, child.pid)
     if (limits := watched(sandbox)) is not None and child.own_group:
         watch_limits(child.pid, limits, alive=lambda: proc._status is None, stop=proc._kill_for)
     if _netns_fd(network, compiled) < 0 and network is not None:

@@ -68,3 +68,6 @@ class ExitReason(enum.Enum):
     #: Stopped for writing more than ``max_output`` bytes to a captured
     #: stream, with ``on_output_limit="kill"``.
     OUTPUT_LIMIT = "output-limit"
+    #: Stopped for changes holding more than ``max_disk`` in a snapshot
+    #: workspace (sampled: an overlay's command gets ENOSPC instead).
+    DISK_LIMIT = "disk-limit"

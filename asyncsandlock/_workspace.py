@@ -77,6 +77,7 @@ import anyio
 import anyio.lowlevel
 
 from . import _snapshot
+from ._background import Background
 from ._changes import Change, diff_steps, lstat_or_none
 from ._core import lib
 from ._exceptions import ConfinementUnavailable, PolicyError, SandboxError, SpawnError
@@ -94,7 +95,7 @@ from ._plan import _LANDLOCK_PARTS, Compiled, _ruleset_spec
 from ._refusal import hint_for
 from ._result import Result
 from ._spawn import WorkspaceSpawn
-from ._types import Protection, Subsystem
+from ._types import ExitReason, Protection, Subsystem
 from ._validate import show
 
 #: File-system steps between two checkpoints.
@@ -245,8 +246,8 @@ class Layer:
 
     __slots__ = ("__weakref__", "_finalizer", "_listeners", "_ours", "_overlay_id",
                  "_root_mode", "_ruleset", "_size", "_snapshot", "_theirs", "_tmpfs",
-                 "fallback", "kept", "mechanism", "mount_fd", "ready_ns", "size", "start_ns",
-                 "upper", "workdir")
+                 "_watchers", "fallback", "kept", "mechanism", "mount_fd", "ready_ns", "size",
+                 "start_ns", "upper", "workdir")
 
     def __init__(self, workdir: str, max_disk: int | None, *, snapshot: bool = False,
                  fallback: bool = False) -> None:
@@ -265,6 +266,7 @@ class Layer:
         #: A snapshot's: entries of the copy changed from then on are the command's.
         self.ready_ns = 0
         self._listeners: list[object] = []
+        self._watchers: list[Background] = []
         self._finalizer = weakref.finalize(self, _release, [], -1)
         if snapshot:
             return
@@ -310,6 +312,20 @@ class Layer:
             self._listeners.append(listener)  # several: a pipeline's stages share it
             LIVE_SNAPSHOTS[listener] = self._snapshot
 
+    def watch(self, alive: Callable[[], bool], stop: Callable[[ExitReason], None],
+              pid: int) -> None:
+        """A snapshot with ``max_disk``: sample what the command's changes
+        hold while ``alive()``, and ``stop(DISK_LIMIT)`` it past the bound
+        (:func:`watch_disk`)."""
+        if self._snapshot and self.size is not None:
+            self._watchers.append(Background.start(
+                lambda: watch_disk(self, alive, stop), f"asyncsandlock max_disk {pid}"))
+
+    async def unwatch(self) -> None:
+        watchers, self._watchers = self._watchers, []
+        for watcher in watchers:
+            await watcher.stop()
+
     def unserve(self) -> None:
         for listener in self._listeners:
             LIVE_SNAPSHOTS.pop(listener, None)
@@ -319,6 +335,7 @@ class Layer:
         """:meth:`close`; a snapshot's copy is removed in bounded steps, even
         when cancelled (shielded)."""
         self.unserve()
+        await self.unwatch()
         if not self._finalizer.alive:  # closed already
             return
         path, self._snapshot = self._snapshot, ""
@@ -762,6 +779,50 @@ async def diff(layer: Layer) -> tuple[Change, ...]:
     return tuple(found)
 
 
+#: Seconds between two samples of a snapshot's changes for ``max_disk``, at
+#: least; stretched to 4 times a sample's own time (a walk of the copy).
+DISK_INTERVAL = 0.25
+
+
+def _held_steps(copy: str, since: int, held: list[int]) -> Iterator[None]:
+    """Add to ``held[0]`` the bytes of the entries of ``copy`` changed since
+    ``since`` (their blocks: what they take of the disk); entries that
+    vanish under the walk (the command is running) are skipped."""
+    pending, seen = [copy], 0
+    while pending:
+        with contextlib.suppress(OSError), os.scandir(pending.pop()) as entries:
+            for entry in entries:
+                seen += 1
+                if seen % 256 == 0:
+                    yield
+                with contextlib.suppress(OSError):
+                    st = entry.stat(follow_symlinks=False)
+                    if stat.S_ISDIR(st.st_mode):
+                        pending.append(entry.path)
+                    elif st.st_ctime_ns >= since:
+                        held[0] += st.st_blocks * 512
+    yield
+
+
+async def watch_disk(layer: Layer, alive: Callable[[], bool],
+                     stop: Callable[[ExitReason], None]) -> None:
+    """``max_disk`` for a snapshot, sampled (``Protection.SAMPLED``): the
+    copy lives on ``workdir``'s file system, which has no bound of its own
+    an unprivileged caller could set.  Each sample walks the copy in
+    bounded steps; past the bound the command is stopped with
+    ``ExitReason.DISK_LIMIT``.  It may overshoot by what it writes in one
+    interval; the change set is checked once more after the run."""
+    assert layer.size is not None
+    while alive():
+        started = time.monotonic()
+        held = [0]
+        await _drive(_held_steps(layer.upper, layer.ready_ns, held))
+        if held[0] > layer.size and alive():
+            stop(ExitReason.DISK_LIMIT)
+            return
+        await anyio.sleep(max(DISK_INTERVAL, 4 * (time.monotonic() - started)))
+
+
 def _over_limit(layer: Layer, changes: tuple[Change, ...]) -> str:
     """Why a snapshot's changes may not be committed ("" if they may): they
     hold more than ``max_disk`` (which an overlay's tmpfs would have refused
@@ -772,7 +833,8 @@ def _over_limit(layer: Layer, changes: tuple[Change, ...]) -> str:
     if held <= layer.size:
         return ""
     return (f"the workspace's changes hold {held} bytes, more than max_disk ({layer.size}): "
-            "not committed (a snapshot workspace checks max_disk after the run)")
+            "not committed (a snapshot workspace samples max_disk during the run and checks "
+            "it again after)")
 
 
 async def settle(layer: Layer, result: Result, on_exit: str, dry_run: bool,
@@ -787,6 +849,7 @@ async def settle(layer: Layer, result: Result, on_exit: str, dry_run: bool,
     if not layer.upper:  # a child that exec'd has sent it: not expected
         raise SandboxError(f"the workspace layer of {layer.workdir} never arrived")
     layer.unserve()  # the command is gone: its guard has no more calls
+    await layer.unwatch()
     changes = await diff(layer)
     workspace = Workspace._create(layer, changes)
     kept: Workspace | None = None
@@ -825,8 +888,9 @@ def workspace_protections(protections: Mapping[Subsystem, Protection], layer: La
     if layer.mechanism != "snapshot":
         return MappingProxyType({**protections, Subsystem.WORKSPACE_OVERLAY: Protection.ACTIVE})
     overlay = Protection.DEGRADED if layer.fallback else Protection.NOT_REQUESTED
+    snapshot = Protection.ACTIVE if layer.size is None else Protection.SAMPLED  # max_disk
     return MappingProxyType({**protections, Subsystem.WORKSPACE_OVERLAY: overlay,
-                             Subsystem.WORKSPACE_SNAPSHOT: Protection.ACTIVE})
+                             Subsystem.WORKSPACE_SNAPSHOT: snapshot})
 
 
 _T = TypeVar("_T")

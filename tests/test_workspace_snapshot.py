@@ -27,6 +27,7 @@ from test_workspace import EDIT, EXPECTED, _kinds, _mounts, _snapshot
 import asyncsandlock
 from asyncsandlock import (
     ConfinementUnavailable,
+    ExitReason,
     PolicyError,
     Protection,
     Sandbox,
@@ -183,6 +184,24 @@ async def test_max_disk_refuses_to_commit_a_bigger_change_set(project: pathlib.P
     # Control: within the bound, the same write is committed.
     done = await snap(workdir=project, max_disk="4M").run(script)
     assert done.success and (project / "big.bin").stat().st_size == 3000000
+
+
+@pytest.mark.anyio
+async def test_max_disk_is_sampled_during_the_run(project: pathlib.Path,
+                                                  clean_host: None) -> None:
+    """A command that keeps writing past max_disk is stopped (DISK_LIMIT)
+    within a sampling interval or so; control: with room, it completes."""
+    before = _snapshot(project)
+    slow = ["sh", "-c", "for i in $(seq 1 60); do head -c 100000 /dev/zero >> big.bin; "
+                        "sleep 0.05; done"]
+    held = await snap(workdir=project, max_disk="1M").run(slow)
+    assert held.reason is ExitReason.DISK_LIMIT and held.returncode == -9
+    assert held.protections[Subsystem.WORKSPACE_SNAPSHOT] is Protection.SAMPLED
+    size = {c.path: c.size for c in held.changes or ()}["big.bin"]
+    assert 1 << 20 < size < 6000000  # stopped on the way, past the bound
+    assert _snapshot(project) == before
+    done = await snap(workdir=project, max_disk="8M").run(slow)
+    assert done.success and (project / "big.bin").stat().st_size == 6000000
 
 
 # -- conflicts, concurrency ---------------------------------------------------------
