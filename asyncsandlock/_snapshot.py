@@ -56,7 +56,8 @@ _HEAVY = 1 << 20
 #: The hidden name's middle part: ``.NAME.asyncsandlock-snapshot-XXXXXXXX``.
 TAG = ".asyncsandlock-snapshot-"
 _FICLONE = 0x40049409  # _IOW(0x94, 9, int)
-_CLOCK_REALTIME_COARSE = 5
+#: The clock file timestamps are taken from (not in the time module).
+CLOCK_REALTIME_COARSE = 5
 #: Devices (``st_dev``) that answered FICLONE with "not here": not asked again.
 _NO_REFLINK: set[int] = set()
 
@@ -208,7 +209,7 @@ async def settle_instant(sleep: Callable[[float], object]) -> int:
     ``ctime`` may be finer than the coarse clock, never ahead of the fine
     one).  Waits one tick of the coarse clock, 1 to 10 ms."""
     end = time.clock_gettime_ns(time.CLOCK_REALTIME)
-    while (now := time.clock_gettime_ns(_CLOCK_REALTIME_COARSE)) <= end:
+    while (now := time.clock_gettime_ns(CLOCK_REALTIME_COARSE)) <= end:
         await sleep(0.001)  # type: ignore[misc]
     return now
 

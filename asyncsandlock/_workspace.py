@@ -19,6 +19,17 @@ that dies; a tmpfs that only an fd holds cannot.  The price is that the
 changes live in memory (swappable, and charged to the caller's memory
 cgroup) until they are committed or aborted: bound them with ``max_disk``.
 
+The snapshot
+------------
+Where the host refuses an overlay (``workdir_mechanism="auto"``), or where
+asked (``"snapshot"``), the layer is a private copy of ``workdir`` beside it
+and the command works there (``_snapshot.py``): :func:`in_layer` makes the
+choice and falls back, :meth:`Layer.prepare` copies, the run's Landlock
+ruleset grants the copy (``Layer._snapshot_args``), the metadata guard
+knows it by the run's listener (``LIVE_SNAPSHOTS``), ``max_disk`` is sampled
+(:func:`watch_disk`), the diff reads ctimes, and a commit renames files of
+the copy into place.  The stages of a pipeline share one (``shared``).
+
 File I/O on the event loop, without threads
 -------------------------------------------
 The diff, the commit and the removal of a layer are file-system calls on
@@ -100,7 +111,6 @@ from ._validate import show
 
 #: File-system steps between two checkpoints.
 BATCH = 64
-_CLOCK_REALTIME_COARSE = 5  # the clock file timestamps are taken from
 _checkpoint = anyio.lowlevel.checkpoint  # a name of ours: tests count the steps
 
 if TYPE_CHECKING:
@@ -253,7 +263,7 @@ class Layer:
                  fallback: bool = False) -> None:
         self.workdir = workdir
         #: Files changed in workdir from this instant on are conflicts.
-        self.start_ns = time.clock_gettime_ns(_CLOCK_REALTIME_COARSE)
+        self.start_ns = time.clock_gettime_ns(_snapshot.CLOCK_REALTIME_COARSE)
         self._tmpfs = self.mount_fd = self._ruleset = -1
         self._ours = self._theirs = -1
         self._size = self.size = max_disk

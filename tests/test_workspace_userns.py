@@ -359,3 +359,41 @@ async def test_escape_the_run_ruleset_confines_as_the_policy_does(world: pathlib
     assert (result.stdout or b"").decode().split("\n")[:4] == [
         f"read-outside {errno.EACCES}", "read-readable ok", f"bind-other {errno.EACCES}",
         "bind-allowed ok"]
+
+
+OPEN = """
+import json, os, sys
+import anyio, anyio._backends._asyncio, anyio._backends._trio
+import asyncsandlock as a
+root, backend = sys.argv[1], sys.argv[2]
+os.setgroups([]); os.setresgid(65534, 65534, 65534); os.setresuid(65534, 65534, 65534)
+async def main():
+    out = {}
+    for mechanism in ("auto", "snapshot"):
+        sb = a.Sandbox(fs_readable=a.SYSTEM_READABLE, workdir=root, on_exit="keep",
+                       workdir_mechanism=mechanism)
+        async with await sb.open(["sh", "-c", "echo " + mechanism + " > edit.txt"]) as proc:
+            await proc.wait()
+        before = open(os.path.join(root, "edit.txt")).read().strip()
+        await proc.workspace.commit()
+        out[mechanism] = [proc.workspace.mechanism, [c.path for c in proc.changes], before,
+                          open(os.path.join(root, "edit.txt")).read().strip()]
+        await anyio.sleep(0.02)  # a change in the tick a run starts in is a conflict
+    print(json.dumps(out))
+anyio.run(main, backend=backend)
+"""
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_an_unprivileged_caller_opens_a_process_in_a_workspace(world: pathlib.Path,
+                                                               backend: str) -> None:
+    # Sandbox.open() as uid 65534: the overlay the child builds in its user
+    # namespace, or a snapshot; the workdir untouched until the commit.
+    done = subprocess.run([sys.executable, "-c", OPEN, str(world), backend],
+                          capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "TMPDIR": str(world.parent / "tmp")})
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    assert out == {"auto": ["overlay-userns", ["edit.txt"], "old", "auto"],
+                   "snapshot": ["snapshot", ["edit.txt"], "auto", "snapshot"]}
+    assert os.listdir(world.parent / "tmp") == []
