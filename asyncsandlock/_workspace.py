@@ -90,7 +90,7 @@ import anyio.lowlevel
 from . import _snapshot
 from ._background import Background
 from ._changes import Change, diff_steps, lstat_or_none
-from ._core import lib
+from ._core import ffi, lib
 from ._exceptions import ConfinementUnavailable, PolicyError, SandboxError, SpawnError
 from ._fd import close_fd, close_fds
 from ._kernel._landlock import READ, WRITE, Recipe, _add_path, abi_version, build_ruleset
@@ -101,6 +101,7 @@ from ._kernel._overlay import (
     detached_tmpfs,
     mount_id,
 )
+from ._kernel._sys import syscall
 from ._objects import real_roots, within
 from ._plan import _LANDLOCK_PARTS, Compiled, _ruleset_spec
 from ._refusal import hint_for
@@ -109,6 +110,8 @@ from ._spawn import WorkspaceSpawn
 from ._types import ExitReason, Protection, Subsystem
 from ._validate import show
 
+_OPEN_TREE_CLONE = 1
+_AT_EMPTY_PATH = 0x1000
 #: File-system steps between two checkpoints.
 BATCH = 64
 _checkpoint = anyio.lowlevel.checkpoint  # a name of ours: tests count the steps
@@ -206,8 +209,10 @@ async def _drive(steps: Iterator[object]) -> None:
             close()
 
 
-def _release(fds: list[int], overlay_id: int, snapshot: str = "") -> None:
+def _release(fds: list[int], overlay_id: int, snapshot: str = "",
+             clone_ids: list[int] | None = None) -> None:
     LIVE_OVERLAYS.discard(overlay_id)
+    LIVE_OVERLAYS.difference_update(clone_ids or ())
     close_fds(fds)
     if snapshot:
         # Only for a layer dropped without aclose() (a kept Workspace never
@@ -254,13 +259,13 @@ class Layer:
     private copy of workdir, ``_snapshot.py``, made by :meth:`prepare`:
     ``fallback`` when it stands in for an overlay the host refused)."""
 
-    __slots__ = ("__weakref__", "_finalizer", "_listeners", "_ours", "_overlay_id",
-                 "_root_mode", "_ruleset", "_size", "_snapshot", "_theirs", "_tmpfs",
-                 "_watchers", "fallback", "kept", "mechanism", "mount_fd", "ready_ns", "size",
-                 "start_ns", "upper", "workdir")
+    __slots__ = ("__weakref__", "_clone", "_clone_ids", "_finalizer", "_listeners", "_ours",
+                 "_overlay_id", "_root_mode", "_ruleset", "_size", "_snapshot", "_theirs", "_tmpfs",
+                 "_watchers", "fallback", "kept", "mechanism", "mount_fd", "ready_ns", "shared",
+                 "size", "start_ns", "upper", "workdir")
 
     def __init__(self, workdir: str, max_disk: int | None, *, snapshot: bool = False,
-                 fallback: bool = False) -> None:
+                 fallback: bool = False, shared: bool = False) -> None:
         self.workdir = workdir
         #: Files changed in workdir from this instant on are conflicts.
         self.start_ns = time.clock_gettime_ns(_snapshot.CLOCK_REALTIME_COARSE)
@@ -277,11 +282,23 @@ class Layer:
         self.ready_ns = 0
         self._listeners: list[object] = []
         self._watchers: list[Background] = []
+        #: A pipeline's: each stage attaches a clone of the overlay (the one
+        #: being handed over, and the mount ids of all, for the guard).
+        self.shared = shared
+        self._clone = -1
+        self._clone_ids: list[int] = []
         self._finalizer = weakref.finalize(self, _release, [], -1)
         if snapshot:
             return
         try:
             self._build(max_disk)
+            if shared and self.mechanism != "overlay":
+                # An overlay the child builds in its user namespace cannot
+                # be attached by another child: a pipeline gets a snapshot.
+                raise ConfinementUnavailable(
+                    Subsystem.WORKSPACE_OVERLAY, errno.EPERM,
+                    "a pipeline's stages share an overlay only where the caller builds it "
+                    "(CAP_SYS_ADMIN)")
         except BaseException:
             self.close()
             raise
@@ -407,9 +424,9 @@ class Layer:
         # The finalizer closes what a Layer dropped without close() holds.
         self._finalizer.detach()
         held = [fd for fd in (self.mount_fd, self._ruleset, self._tmpfs, self._ours,
-                              self._theirs) if fd >= 0]
+                              self._theirs, self._clone) if fd >= 0]
         self._finalizer = weakref.finalize(self, _release, held, self._overlay_id,
-                                           self._snapshot)
+                                           self._snapshot, self._clone_ids)
 
     def spawn_args(self, policy: Sandbox, compiled: Compiled) -> WorkspaceSpawn:
         """What ``spawn(workspace=...)`` takes for this layer (called for
@@ -444,7 +461,8 @@ class Layer:
             access = (WRITE | (READ if covered else 0)) & recipe.fs_mask
         self._track()
         if self.mechanism == "overlay":
-            return WorkspaceSpawn(self.workdir, self._ruleset, access, overlay=self.mount_fd)
+            return WorkspaceSpawn(self.workdir, self._ruleset, access,
+                                  overlay=self._cloned() if self.shared else self.mount_fd)
         return WorkspaceSpawn(self.workdir, self._ruleset, access,
                               lower_escaped=_escaped(self.workdir), size=self._size,
                               root_mode=self._root_mode, sock=self._theirs)
@@ -473,6 +491,35 @@ class Layer:
         _add_path(self._ruleset, self._snapshot, (WRITE | (READ if covered else 0))
                   & recipe.fs_mask, os.O_NOFOLLOW)
         return WorkspaceSpawn("", self._ruleset, 0)
+
+    def _cloned(self) -> int:
+        """A clone of our detached overlay for one stage of a pipeline: the
+        same superblock (one upper directory, so each stage sees the others'
+        writes), a mount of its own that the stage's child attaches.  Its
+        mount id joins the live overlays for the metadata guard."""
+        close_fd(self._clone, watched=False)
+        self._clone = -1
+        try:
+            self._clone = syscall("open_tree", self.mount_fd, ffi.new("char[]", b""),
+                                  _OPEN_TREE_CLONE | _AT_EMPTY_PATH | os.O_CLOEXEC)
+        except OSError as exc:
+            # A detached mount could not be cloned before Linux 6.15 (EINVAL).
+            raise ConfinementUnavailable(
+                Subsystem.WORKSPACE_OVERLAY, exc.errno or errno.EINVAL,
+                "a pipeline's stages share an overlay through clones of a detached mount "
+                f"(open_tree: {os.strerror(exc.errno or errno.EINVAL)})") from exc
+        self._clone_ids.append(mount_id(self._clone))
+        LIVE_OVERLAYS.add(self._clone_ids[-1])
+        self._track()
+        return self._clone
+
+    def release(self) -> None:
+        """A shared overlay: every stage has ended; our detached mount goes,
+        and with it the overlay (its upper directory ours alone from here)."""
+        if self.shared and self.mount_fd >= 0:
+            close_fd(self.mount_fd, watched=False)
+            self.mount_fd = -1
+            self._track()
 
     def refused(self, exc: SpawnError) -> None:
         """Raise :class:`ConfinementUnavailable` if ``exc`` is the host
@@ -527,7 +574,10 @@ class Layer:
                 self.upper = f"/proc/self/fd/{self._tmpfs}/upper"
             else:
                 close_fds(got)
-        if self.mount_fd >= 0 or self._ruleset >= 0:
+        if self.shared:  # the next stage attaches a clone of it: keep ours
+            close_fds([fd for fd in (self._clone, self._ruleset) if fd >= 0])
+            self._clone = self._ruleset = -1
+        elif self.mount_fd >= 0 or self._ruleset >= 0:
             close_fds([fd for fd in (self.mount_fd, self._ruleset) if fd >= 0])
             self.mount_fd = self._ruleset = -1
         self._track()
@@ -860,6 +910,7 @@ async def settle(layer: Layer, result: Result, on_exit: str, dry_run: bool,
         raise SandboxError(f"the workspace layer of {layer.workdir} never arrived")
     layer.unserve()  # the command is gone: its guard has no more calls
     await layer.unwatch()
+    layer.release()
     changes = await diff(layer)
     workspace = Workspace._create(layer, changes)
     kept: Workspace | None = None
@@ -913,24 +964,24 @@ async def in_layer(policy: Sandbox, start: Callable[[Layer], Awaitable[_T]],
     (building it here, or the child's spawn step) gives way to a snapshot,
     and the spawn is tried again in that.  Whatever fails, the layer is
     dropped (a snapshot's copy removed) before the error propagates.
-    ``shared``: for the stages of a pipeline, always a snapshot (see
-    :func:`pipeline_workspace`)."""
+    ``shared``: for the stages of a pipeline (:func:`pipeline_workspace`):
+    an overlay each attaches a clone of, or a snapshot they all work in."""
     assert policy.workdir is not None
     workdir, size = os.fspath(policy.workdir), None if policy.max_disk is None else int(
         policy.max_disk)
     mechanism = policy.workdir_mechanism
     layer: Layer | None = None
     try:
-        if mechanism != "snapshot" and not shared:
+        if mechanism != "snapshot":
             try:
-                layer = Layer(workdir, size)
+                layer = Layer(workdir, size, shared=shared)
                 return layer, await start(layer)
             except ConfinementUnavailable as exc:
                 if mechanism == "overlay" or exc.subsystem is not Subsystem.WORKSPACE_OVERLAY:
                     raise
             if layer is not None:
                 await layer.aclose()
-        layer = Layer(workdir, size, snapshot=True, fallback=mechanism == "auto" and not shared)
+        layer = Layer(workdir, size, snapshot=True, fallback=mechanism == "auto", shared=shared)
         await layer.prepare()
         return layer, await start(layer)
     except BaseException:
@@ -968,19 +1019,16 @@ async def open_in_workspace(policy: Sandbox,
 def pipeline_workspace(policies: list[Sandbox]) -> Sandbox | None:
     """The one workspace the stages of a pipeline share (the policy of the
     first stage with a workdir), or None.  All its stages with a workdir
-    must agree on it; a shared layer is a snapshot (docs/workspaces.md,
-    "Pipelines"), so ``workdir_mechanism="overlay"`` is refused."""
+    must agree on it (docs/workspaces.md, "Pipelines")."""
     found: Sandbox | None = None
     for policy in policies:
         if policy.workdir is None:
             continue
-        if policy.workdir_mechanism == "overlay":
-            raise PolicyError("workdir_mechanism", "a pipeline's stages share one workspace, "
-                                                   "a snapshot: 'overlay' cannot be had there")
         if found is None:
             found = policy
-        elif (policy.workdir, policy.on_exit, policy.max_disk) != (
-                found.workdir, found.on_exit, found.max_disk):
+        elif (policy.workdir, policy.on_exit, policy.max_disk, policy.workdir_mechanism) != (
+                found.workdir, found.on_exit, found.max_disk, found.workdir_mechanism):
             raise PolicyError("workdir", "the stages of a pipeline share one workspace: their "
-                                         "workdir, on_exit and max_disk must agree")
+                                         "workdir, on_exit, max_disk and workdir_mechanism "
+                                         "must agree")
     return found

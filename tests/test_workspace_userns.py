@@ -379,6 +379,14 @@ async def main():
         out[mechanism] = [proc.workspace.mechanism, [c.path for c in proc.changes], before,
                           open(os.path.join(root, "edit.txt")).read().strip()]
         await anyio.sleep(0.02)  # a change in the tick a run starts in is a conflict
+    # A pipeline: an overlay built in one child's user namespace cannot be
+    # attached by another; its stages share a snapshot.
+    sb = a.Sandbox(fs_readable=a.SYSTEM_READABLE, workdir=root, on_exit="keep")
+    r = await (sb.cmd(["sh", "-c", "echo piped > edit.txt; echo go"])
+               | sb.cmd(["sh", "-c", "cat; cat edit.txt"])).run()
+    out["pipeline"] = [r.workspace.mechanism, r.stdout.decode().split(),
+                       [c.path for c in r.changes]]
+    await r.workspace.abort()
     print(json.dumps(out))
 anyio.run(main, backend=backend)
 """
@@ -395,5 +403,6 @@ def test_an_unprivileged_caller_opens_a_process_in_a_workspace(world: pathlib.Pa
     assert done.returncode == 0, done.stderr
     out = json.loads(done.stdout.strip().splitlines()[-1])
     assert out == {"auto": ["overlay-userns", ["edit.txt"], "old", "auto"],
-                   "snapshot": ["snapshot", ["edit.txt"], "auto", "snapshot"]}
+                   "snapshot": ["snapshot", ["edit.txt"], "auto", "snapshot"],
+                   "pipeline": ["snapshot", ["go", "piped"], ["edit.txt"]]}
     assert os.listdir(world.parent / "tmp") == []
