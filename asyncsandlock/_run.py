@@ -171,8 +171,8 @@ async def _open_in_turn(sandbox: Sandbox, argv: tuple[str, ...], *, stdin: Stdio
                         cwd: str | None, handlers: tuple[Handler, ...],
                         extra_fds: Sequence[int], layer: Layer | None) -> SandboxedProcess:
     if sandbox.workdir is not None and layer is None:
-        raise PolicyError("workdir", "a pipeline stage does not take a workspace (see "
-                                     "docs/workspaces.md): use Sandbox.run() or open()")
+        raise PolicyError("workdir", "a workspace needs its layer: run(), open() and "
+                                     "pipelines make one (docs/workspaces.md)")
     run_cwd = cwd or sandbox.cwd or sandbox.workdir
     if layer is not None:  # a snapshot's command works in the copy
         run_cwd = layer.where(None if run_cwd is None else os.fspath(run_cwd))

@@ -503,7 +503,7 @@ class Layer:
             self._clone = syscall("open_tree", self.mount_fd, ffi.new("char[]", b""),
                                   _OPEN_TREE_CLONE | _AT_EMPTY_PATH | os.O_CLOEXEC)
         except OSError as exc:
-            # A detached mount could not be cloned before Linux 6.15 (EINVAL).
+            # Older kernels refuse to clone a detached mount (EINVAL).
             raise ConfinementUnavailable(
                 Subsystem.WORKSPACE_OVERLAY, exc.errno or errno.EINVAL,
                 "a pipeline's stages share an overlay through clones of a detached mount "
