@@ -5,7 +5,7 @@ The copy
 --------
 ``workdir`` is copied into a hidden directory beside it (on the same file
 system, so that ``FICLONE`` can share the data where the file system has
-reflinks, btrfs or XFS, and a commit can ``rename`` a file into place), or
+reflinks, btrfs or XFS, for the copy and for a commit's copy back), or
 into the temporary directory where the caller may not write beside it.
 Each regular file is a reflink (``FICLONE``) where the file system takes
 one, else a kernel copy (``copy_file_range``, ``sendfile`` between file

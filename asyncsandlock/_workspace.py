@@ -712,8 +712,12 @@ class Workspace:
                 now = lstat_or_none(target)
                 if now is not None and stat.S_ISDIR(now.st_mode):
                     self._put_away(target)
-                yield from _bring_in(os.path.join(self._layer.upper, change.path), target,
-                                     change.mode, self._layer.mechanism == "snapshot")
+                # Copied even from a snapshot on the same file system, never
+                # renamed out of it: a process of the sandbox that outlived it
+                # (no process group of its own), or one it passed an fd to,
+                # may hold the copy's file open; the workdir gets a new one.
+                yield from _copy_in(os.path.join(self._layer.upper, change.path), target,
+                                    change.mode)
             self._done.add(change.path)
             yield False
             yield from self._empty_trash()
@@ -766,28 +770,6 @@ def _collect(found: Iterator[str], into: list[str]) -> Iterator[None]:
         into.append(path)
         yield
     yield
-
-
-def _bring_in(source: str, target: str, mode: int, move: bool) -> Iterator[bool]:
-    """:func:`_copy_in`; ``move`` (a snapshot's copy, ours alone once the
-    command is gone): a file with no other link is renamed into place
-    instead, one atomic step and no data copied, where both are on one file
-    system."""
-    if move:
-        st = os.lstat(source)
-        if (stat.S_ISREG(st.st_mode) and st.st_nlink == 1) or stat.S_ISLNK(st.st_mode) or (
-                stat.S_ISFIFO(st.st_mode)):
-            if not stat.S_ISLNK(st.st_mode):
-                os.chmod(source, stat.S_IMODE(mode))  # the diff may have made it readable
-            try:
-                os.rename(source, target)
-                return
-            except OSError as exc:
-                # EXDEV: two file systems; EACCES: a directory of the copy
-                # the command closed (the diff made it readable only).
-                if exc.errno not in (errno.EXDEV, errno.EACCES, errno.EPERM):
-                    raise
-    yield from _copy_in(source, target, mode)
 
 
 def _copy_in(source: str, target: str, mode: int) -> Iterator[bool]:

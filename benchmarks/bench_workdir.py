@@ -16,7 +16,7 @@ them into the tree.  Two commands:
 Contenders: ``asyncsandlock`` (the overlay, the default where the host
 allows it), ``asyncsandlock-snapshot`` (``workdir_mechanism="snapshot"``,
 the fallback elsewhere: a copy of the whole tree beside it per run, a
-ctime diff, a commit by rename) and ``sandlock``.
+ctime diff, a commit that copies the changed files back) and ``sandlock``.
 
 Goal: asyncsandlock at least 2x faster than sandlock on each.
 """
