@@ -479,10 +479,7 @@ class Layer:
                 "workdir (Landlock is unavailable or degraded here)")
         recipe, covered, written = _recipe(policy, compiled)
         if written:
-            raise ConfinementUnavailable(
-                Subsystem.WORKSPACE_SNAPSHOT, errno.EPERM,
-                f"fs_writable covers workdir {self.workdir}: a snapshot workspace (no overlay "
-                "over workdir) would leave workdir writable to the command")
+            raise _writable_workdir(self.workdir)
         close_fd(self._ruleset, watched=False)
         self._ruleset = -1
         self._ruleset = recipe.build()
@@ -586,6 +583,13 @@ class Layer:
         """Drop the layer: its tmpfs goes with our last fd of it (the kernel
         frees its pages; nothing is left on any disk)."""
         self._finalizer()
+
+
+def _writable_workdir(workdir: str) -> ConfinementUnavailable:
+    return ConfinementUnavailable(
+        Subsystem.WORKSPACE_SNAPSHOT, errno.EPERM,
+        f"fs_writable covers workdir {workdir}: a snapshot workspace (no overlay over "
+        "workdir) would leave workdir writable to the command")
 
 
 def _raise(exc: OSError) -> int:
@@ -963,6 +967,8 @@ async def in_layer(policy: Sandbox, start: Callable[[Layer], Awaitable[_T]],
                     raise
             if layer is not None:
                 await layer.aclose()
+        if within(workdir, real_roots(str(path) for path in policy.fs_writable)):
+            raise _writable_workdir(workdir)  # before the copy (the spawn checks it too)
         layer = Layer(workdir, size, snapshot=True, fallback=mechanism == "auto", shared=shared)
         await layer.prepare()
         return layer, await start(layer)
