@@ -275,6 +275,9 @@ class Sandbox:
         closes stdin, waits for the sandbox and closes the other streams).
 
         The arguments are those of :meth:`run`; stdio defaults to pipes.
+        With a ``workdir``, the process lists its changes and applies
+        ``on_exit`` when it is waited for (``changes``, ``workspace``; see
+        docs/workspaces.md).
         """
         from ._run import open_process
 
