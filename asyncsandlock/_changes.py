@@ -57,14 +57,14 @@ def _opaque(path: str) -> bool:
     return False
 
 
-def _lstat(path: str) -> os.stat_result | None:
+def lstat_or_none(path: str) -> os.stat_result | None:
     try:
         return os.lstat(path)
     except (FileNotFoundError, NotADirectoryError):
         return None
 
 
-def _readable(path: str, st: os.stat_result) -> None:
+def make_readable(path: str, st: os.stat_result) -> None:
     """Let us read an upper entry the command made unreadable (``chmod 000``)
     when the layer is ours without privilege (an unprivileged caller owns
     every entry of a layer built in the child's user namespace, but has no
@@ -94,8 +94,8 @@ def diff_steps(upper: str, lower: str, into: list[Change]) -> Iterator[None]:
                 yield
             path = f"{rel}/{entry.name}" if rel else entry.name
             new = entry.stat(follow_symlinks=False)
-            _readable(entry.path, new)
-            old = _lstat(os.path.join(lower, path))
+            make_readable(entry.path, new)
+            old = lstat_or_none(os.path.join(lower, path))
             if stat.S_ISCHR(new.st_mode) and new.st_rdev == 0:  # a whiteout
                 if old is not None:
                     into.append(Change(path, "deleted", 0, old.st_mode))
@@ -114,7 +114,7 @@ def diff_steps(upper: str, lower: str, into: list[Change]) -> Iterator[None]:
             if stat.S_ISDIR(old.st_mode) and _opaque(entry.path):
                 kept = set(os.listdir(entry.path))
                 for name in sorted(set(os.listdir(os.path.join(lower, path))) - kept):
-                    gone = _lstat(os.path.join(lower, path, name))
+                    gone = lstat_or_none(os.path.join(lower, path, name))
                     if gone is not None:
                         into.append(Change(f"{path}/{name}", "deleted", 0, gone.st_mode))
     into.sort(key=lambda change: change.path.split("/"))

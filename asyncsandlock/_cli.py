@@ -71,6 +71,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--dry-run", action="store_true",
                      help="list the workspace's changes and apply none")
     run.add_argument("--max-disk", metavar="SIZE", help="bound the workspace layer, e.g. 1G")
+    run.add_argument("--workdir-mechanism", choices=("auto", "overlay", "snapshot"),
+                     help="the workspace's layer: an overlay where the host allows one, else "
+                          "a snapshot (auto, the default), or only one of them")
     # network namespaces (issue 10, docs/network-namespaces.md)
     run.add_argument("--network", choices=NETWORKS, metavar="|".join(NETWORKS),
                      help="the caller's network (host, the default), a private one with only "
@@ -135,6 +138,7 @@ def _sandbox(ns: argparse.Namespace, *, interactive: bool) -> Sandbox:
         interactive=interactive,
         fs_denied=ns.deny, uid=ns.uid, gid=ns.gid, no_coredump=ns.no_coredump,
         workdir=ns.workdir, on_exit=ns.on_exit, max_disk=ns.max_disk,
+        workdir_mechanism=ns.workdir_mechanism or "auto",
         network=ns.network or "host", publish=ns.publish,
     )
 
@@ -145,6 +149,7 @@ _STOPPED = {
     ExitReason.MEMORY_LIMIT: "stopped: over its memory budget (max_memory)",
     ExitReason.CPU_LIMIT: "stopped: used up its CPU time (cpu_time)",
     ExitReason.OUTPUT_LIMIT: "stopped: wrote more than max_output",
+    ExitReason.DISK_LIMIT: "stopped: its workspace's changes outgrew max_disk",
 }
 
 
@@ -177,7 +182,8 @@ def _from_profile(ns: argparse.Namespace, env: dict[str, str], *,
     if env:
         overrides["env"] = {**fields.get("env", {}), **env}
     for flag in ("clean_env", "cwd", "max_processes", "max_open_files", "max_cpu", "cpu_time",
-                 "max_threads", "uid", "gid", "workdir", "max_disk", "network"):
+                 "max_threads", "uid", "gid", "workdir", "max_disk", "network",
+                 "workdir_mechanism"):
         if getattr(ns, flag) is not None:
             overrides[flag] = getattr(ns, flag)
     if ns.cpu_cores is not None:

@@ -41,8 +41,13 @@ _ALWAYS: Final = {
     # built-in guards, which the filter then denies everywhere.
     Subsystem.NETWORK_NAMESPACE: "the sandbox shares the caller's network stack: its ports, "
                                  "addresses and routes",
-    Subsystem.WORKSPACE_OVERLAY: "nothing runs: a workspace is never waived, as the command "
-                                 "would write workdir itself",
+    Subsystem.WORKSPACE_OVERLAY: "a snapshot of workdir takes its place where "
+                                 "workdir_mechanism is 'auto' (Subsystem.WORKSPACE_SNAPSHOT: "
+                                 "the command works in a copy at another path); else nothing "
+                                 "runs: a workspace is never waived, as the command would "
+                                 "write workdir itself",
+    Subsystem.WORKSPACE_SNAPSHOT: "nothing runs: a workspace is never waived, as the command "
+                                  "would write workdir itself",
     Subsystem.PROCESS_GROUP: "a timeout or cancellation kills the command but not the "
                              "processes it leaves behind",
     Subsystem.RESOURCE_LIMITS: "nothing watches the sandbox's memory and CPU use",

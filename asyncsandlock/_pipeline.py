@@ -41,9 +41,12 @@ from ._validate import (
     check_input,
     check_timeout,
 )
+from ._workspace import Layer, in_layer, pipeline_workspace, settle
 
 if TYPE_CHECKING:
+    from ._changes import Change
     from ._policy import Sandbox
+    from ._workspace import Workspace
 
 #: The environment variable that names a Gather consumer's inputs.
 INPUTS_ENV = "ASYNCSANDLOCK_INPUTS"
@@ -230,6 +233,12 @@ class PipelineResult:
     #: Every stage's :class:`Result`, in order (its ``stdout`` is None
     #: where the stage wrote into a pipe).
     stages: tuple[Result, ...]
+    # -- copy-on-write workspace (issue 12, docs/workspaces.md) --
+    #: What the stages with a workdir changed in it (they share one layer);
+    #: None when no stage has one.
+    changes: tuple[Change, ...] | None = None
+    #: With ``on_exit="keep"``: the shared layer's changes, to commit or abort.
+    workspace: Workspace | None = field(default=None, repr=False)
 
     @property
     def stdout(self) -> bytes | None:
@@ -309,7 +318,7 @@ class _Node:
         for link in self.extra:
             link.close_read()
 
-    async def start(self) -> SandboxedProcess:
+    async def start(self, layer: Layer | None = None) -> SandboxedProcess:
         # The args and env were validated by cmd() into immutable copies (the
         # env Gather adds is made of validated names); the directory may have
         # gone and handlers are mutable objects, so those are checked again.
@@ -321,7 +330,8 @@ class _Node:
             stderr=self.stderr, env=self.env if self.env is not None else {},
             cwd=check_cwd("cwd", kwargs.get("cwd")),
             handlers=check_handlers("handlers", kwargs.get("handlers", ())),
-            extra_fds=[link.read for link in self.extra])
+            extra_fds=[link.read for link in self.extra],
+            layer=layer if self.stage.sandbox.workdir is not None else None)
 
 
 def _chain(stages: Sequence[Stage], first: int, *, head: _Link | None, tail: _Link | None,
@@ -374,9 +384,10 @@ def _override(node: _Node, key: str, value: StdioTarget, default: StdioTarget) -
     setattr(node, key, value)
 
 
-async def _start(nodes: Sequence[_Node]) -> list[SandboxedProcess]:
+async def _start(nodes: Sequence[_Node], layer: Layer | None = None) -> list[SandboxedProcess]:
     """Start every stage, or none: on any failure the started ones are
-    killed and reaped, and a :class:`SpawnError` names the stage."""
+    killed and reaped, and a :class:`SpawnError` names the stage.
+    ``layer``: the workspace the stages with a workdir share."""
     for node in nodes:
         # Policy refusals (ConfinementUnavailable, PolicyError) come out
         # here, before any process exists.
@@ -388,7 +399,7 @@ async def _start(nodes: Sequence[_Node]) -> list[SandboxedProcess]:
             link.open()
         for index, node in enumerate(nodes):
             try:
-                procs.append(await node.start())
+                procs.append(await node.start(layer))
             except SpawnError as exc:
                 exc.stage = index
                 raise
@@ -406,10 +417,33 @@ async def _start(nodes: Sequence[_Node]) -> list[SandboxedProcess]:
 
 async def _execute(nodes: Sequence[_Node], timeout: float | None, check: bool,
                    task_status: TaskStatus[tuple[SandboxedProcess, ...]]) -> PipelineResult:
-    procs = await _start(nodes)
-    task_status.started(tuple(procs))
-    result = PipelineResult(tuple(await supervise(procs, [n.input for n in nodes], timeout,
-                                                  [n.stage.sandbox for n in nodes])))
+    shared = pipeline_workspace([node.stage.sandbox for node in nodes])
+    if shared is not None:  # issue 12: one layer for every stage with a workdir
+        result = await _execute_in_workspace(shared, nodes, timeout, task_status)
+    else:
+        procs = await _start(nodes)
+        task_status.started(tuple(procs))
+        result = PipelineResult(tuple(await supervise(procs, [n.input for n in nodes], timeout,
+                                                      [n.stage.sandbox for n in nodes])))
     if check:
         result.check_returncode()
     return result
+
+
+async def _execute_in_workspace(policy: Sandbox, nodes: Sequence[_Node], timeout: float | None,
+                                task_status: TaskStatus[tuple[SandboxedProcess, ...]]
+                                ) -> PipelineResult:
+    """:func:`_execute` with the workspace its stages share: settled once
+    every stage has ended, committed (``on_exit="commit"``) only if every
+    stage succeeded."""
+    layer, procs = await in_layer(policy, lambda layer: _start(nodes, layer), shared=True)
+    try:
+        task_status.started(tuple(procs))
+        stages = tuple(await supervise(procs, [n.input for n in nodes], timeout,
+                                       [n.stage.sandbox for n in nodes]))
+        last = await settle(layer, stages[-1], policy.on_exit, False,
+                            all(stage.success for stage in stages))
+        return PipelineResult(stages, last.changes, last.workspace)
+    finally:
+        if not layer.kept:
+            await layer.aclose()  # a no-op once settle() dropped it

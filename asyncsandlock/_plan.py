@@ -255,7 +255,7 @@ class Compiled:
                             and self._plan.limits is not Protection.NOT_REQUESTED
                             else self._plan.limits)
             elif (sub is Subsystem.NETWORK_NAMESPACE and not self._plan.net_mode) or (
-                    sub is Subsystem.WORKSPACE_OVERLAY) or (
+                    sub in (Subsystem.WORKSPACE_OVERLAY, Subsystem.WORKSPACE_SNAPSHOT)) or (
                     # A run that pins names says so (_pinned.pinned_protections).
                     sub is Subsystem.PINNED_NAMES and sub not in degraded) or (
                     sub is Subsystem.SUPERVISOR and not supervised) or (

@@ -31,7 +31,7 @@ from ._validate import (
     parse_size,
     show,
 )
-from ._workdir import check_workspace
+from ._workdir import check_mechanism, check_workspace
 
 if TYPE_CHECKING:
     from ._pipeline import Stage
@@ -146,6 +146,11 @@ class Sandbox:
     #: directories holding them), checked by the network guard: Landlock up
     #: to ABI 7 does not govern them.  ``allow_unix_sockets`` still opens all.
     unix_allow: Sequence[str | os.PathLike[str]] = ()
+    # -- workspace mechanism (issue 12, ws3; docs/workspaces.md) --
+    #: How the workspace's layer is made: ``"auto"`` (an overlay where the
+    #: host allows one, else a snapshot), ``"overlay"`` (refused rather than
+    #: a snapshot) or ``"snapshot"`` (a private copy of workdir and a diff).
+    workdir_mechanism: str = "auto"
     name: str | None = None
 
     def __post_init__(self) -> None:
@@ -187,6 +192,7 @@ class Sandbox:
         put(self, "workdir", workspace[0])
         put(self, "on_exit", workspace[1])
         put(self, "max_disk", workspace[2])
+        check_mechanism(self.workdir, self.workdir_mechanism)
 
     # -- profiles (issue 13) ----------------------------------------------
     @classmethod
@@ -269,6 +275,9 @@ class Sandbox:
         closes stdin, waits for the sandbox and closes the other streams).
 
         The arguments are those of :meth:`run`; stdio defaults to pipes.
+        With a ``workdir``, the process lists its changes and applies
+        ``on_exit`` when it is waited for (``changes``, ``workspace``; see
+        docs/workspaces.md).
         """
         from ._run import open_process
 

@@ -16,7 +16,7 @@ import contextlib
 import os
 import signal as _signal
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING
 
@@ -32,8 +32,10 @@ from ._streams import FdReceiveStream, FdSendStream
 from ._types import ExitReason, Protection, Subsystem
 
 if TYPE_CHECKING:
+    from ._changes import Change
     from ._netns import Network
     from ._network import NetworkInfo
+    from ._workspace import Workspace
 
 _PRCTL = ffi.cast("long", SYSCALLS["prctl"])
 _GET_CHILD_SUBREAPER = ffi.cast("long", 37)  # PR_GET_CHILD_SUBREAPER
@@ -69,6 +71,15 @@ class SandboxedProcess:
     _own_group: bool
     #: The network namespace the parent made for it (issue 10, netns).
     _network: Network | None = None
+    # -- copy-on-write workspace (issue 12, docs/workspaces.md) --
+    #: What the command changed in the policy's ``workdir`` (set once it has
+    #: been waited for); None without a workdir, or before.
+    changes: tuple[Change, ...] | None = None
+    #: With ``on_exit="keep"``, the changes to commit or abort once waited
+    #: for (also in a :class:`WorkspaceConflict`); else None.
+    workspace: Workspace | None = None
+    #: Lists the changes and applies ``on_exit``: called once, by wait().
+    _settle: Callable[[SandboxedProcess], Awaitable[None]] | None = None
 
     def __init__(self) -> None:
         raise TypeError("SandboxedProcess objects are created by Sandbox.open()")
@@ -232,6 +243,9 @@ class SandboxedProcess:
         else:  # nothing to await: no cancel scope to enter and leave
             self._close_listener()
         self._finished = True
+        if self._settle is not None:  # a workspace: its diff and on_exit
+            settle, self._settle = self._settle, None
+            await settle(self)
 
     def _status_code(self) -> int:
         code = self.returncode
@@ -285,7 +299,8 @@ class SandboxedProcess:
                       reason=self.reason, signal=-code if code < 0 else None,
                       duration=self._ended - self._started, protections=self.protections,
                       unenforced=self.unenforced, stdout_truncated=truncated[0],
-                      stderr_truncated=truncated[1])
+                      stderr_truncated=truncated[1], changes=self.changes,
+                      workspace=self.workspace)
 
     # -- closing ----------------------------------------------------------
 

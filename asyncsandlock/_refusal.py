@@ -43,6 +43,9 @@ _HINTS = {
                                  ">= 5.2) with CAP_SYS_ADMIN in the caller, or else "
                                  "unprivileged user namespaces and overlayfs mountable in one "
                                  "(Linux >= 5.11); see docs/workspaces.md",
+    Subsystem.WORKSPACE_SNAPSHOT: "a snapshot workspace needs Landlock (it alone keeps the "
+                                  "command off workdir) and no fs_writable grant covering "
+                                  "workdir; see docs/workspaces.md",
     Subsystem.NETWORK_NAMESPACE: "network namespaces need CAP_SYS_ADMIN or unprivileged user "
                                  "namespaces (Kubernetes RuntimeDefault refuses them)",
     Subsystem.PINNED_NAMES: "pinning net_allow's host names mounts a hosts file in a mount "

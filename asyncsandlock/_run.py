@@ -7,7 +7,7 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, NamedTuple, cast
 
 import anyio
@@ -49,7 +49,14 @@ from ._validate import (
     show,
 )
 from ._watch import watch_limits
-from ._workspace import Layer, check_dry_run, settle, workspace_protections
+from ._workspace import (
+    Layer,
+    check_dry_run,
+    in_layer,
+    open_in_workspace,
+    settle,
+    workspace_protections,
+)
 from .handlers import builtin_handlers
 from .handlers.net import resolve_names
 
@@ -135,9 +142,15 @@ async def open_process(sandbox: Sandbox, args: Sequence[str], *, stdin: StdioTar
     run_cwd = check_cwd("cwd", cwd)
     fds = check_fds("extra_fds", extra_fds)
     check_fd_count(3 + len(fds))
+    run_handlers = check_handlers("handlers", handlers)
+    if sandbox.workdir is not None and layer is None:
+        # Sandbox.open() with a workspace (issue 12): the process settles it
+        # when it is waited for (_workspace.open_in_workspace).
+        return await open_in_workspace(sandbox, lambda layer: open_checked(
+            sandbox, argv, stdin=stdin, stdout=stdout, stderr=stderr, env=run_env, cwd=run_cwd,
+            handlers=run_handlers, extra_fds=fds, layer=layer))
     return await open_checked(sandbox, argv, stdin=stdin, stdout=stdout, stderr=stderr,
-                              env=run_env, cwd=run_cwd,
-                              handlers=check_handlers("handlers", handlers), extra_fds=fds,
+                              env=run_env, cwd=run_cwd, handlers=run_handlers, extra_fds=fds,
                               layer=layer, watch_now=watch_now)
 
 
@@ -167,9 +180,11 @@ async def _open_in_turn(sandbox: Sandbox, argv: tuple[str, ...], *, stdin: Stdio
                         extra_fds: Sequence[int], layer: Layer | None,
                         watch_now: bool) -> SandboxedProcess:
     if sandbox.workdir is not None and layer is None:
-        raise PolicyError("workdir", "a workspace needs Sandbox.run(): open() and pipelines "
-                                     "do not take one")
+        raise PolicyError("workdir", "a workspace needs its layer: run(), open() and "
+                                     "pipelines make one (docs/workspaces.md)")
     run_cwd = cwd or sandbox.cwd or sandbox.workdir
+    if layer is not None:  # a snapshot's command works in the copy
+        run_cwd = layer.where(None if run_cwd is None else os.fspath(run_cwd))
     # Built-in policies first: the first answer other than continue_() decides.
     compiled = await owner_of(sandbox)
     full_env: dict[str, str] | None = None  # None: the caller's, as it is
@@ -227,7 +242,7 @@ async def _open_in_turn(sandbox: Sandbox, argv: tuple[str, ...], *, stdin: Stdio
                                            and child.listener is None
                                            and Subsystem.SECCOMP not in compiled.plan.degraded)
         if layer is not None:
-            protections = workspace_protections(protections)
+            protections = workspace_protections(protections, layer)
         if hosts is not None:
             protections = pinned_protections(protections, compiled.plan)
         unenforced = unenforced_by_run(sandbox, protections, run_handlers=bool(handlers))
@@ -237,6 +252,8 @@ async def _open_in_turn(sandbox: Sandbox, argv: tuple[str, ...], *, stdin: Stdio
             stdin=ours[0], stdout=ours[1], stderr=ours[2],
             protections=protections, unenforced=unenforced, started=started)
         cleanup_on_fail.pop_all()  # the child and our ends are the process's now
+    if layer is not None:  # a snapshot's max_disk, sampled
+        layer.watch(lambda: proc._status is None, proc._kill_for, child.pid)
     if (limits := watched(sandbox)) is not None and child.own_group:
         watch_limits(child.pid, limits, alive=lambda: proc._status is None, stop=proc._kill_for)
     if _netns_fd(network, compiled) < 0 and network is not None:
@@ -248,13 +265,24 @@ async def _open_in_turn(sandbox: Sandbox, argv: tuple[str, ...], *, stdin: Stdio
         warn_degraded(sandbox, unenforced, run_handlers=bool(handlers))
     if (listener := child.listener) is not None:
         # Made on the first notification only: most runs never trap a call.
-        proc._supervisor = Standby(
-            listener, lambda: Supervisor(listener, routes, names,
-                                         lambda: proc._kill_for(ExitReason.KILLED)).serve(),
-            f"asyncsandlock supervisor {child.pid}")
+        proc._supervisor = Standby(listener, _serving(listener, routes, names, proc, layer),
+                                   f"asyncsandlock supervisor {child.pid}")
         if watch_now:
             proc._supervisor.watch()
     return proc
+
+
+def _serving(listener: int, routes: Mapping[int, tuple[Handler, ...]],
+             names: Mapping[int, str], proc: SandboxedProcess,
+             layer: Layer | None) -> Callable[[], Awaitable[None]]:
+    """What serves ``proc``'s listener, the supervisor made when called."""
+    def serve() -> Awaitable[None]:
+        supervisor = Supervisor(listener, routes, names,
+                                lambda: proc._kill_for(ExitReason.KILLED))
+        if layer is not None:  # before it serves: the metadata guard's snapshot
+            layer.serve(supervisor._listener)
+        return supervisor.serve()
+    return serve
 
 
 class Routing(NamedTuple):
@@ -479,16 +507,13 @@ async def _run_in_workspace(sandbox: Sandbox, args: Sequence[str], *, input: byt
                             task_status: TaskStatus[SandboxedProcess]) -> Result:
     """:func:`run` with a copy-on-write workspace (``_workspace.py``): the
     run's own layer, dropped whatever happens unless the caller gets it."""
-    assert sandbox.workdir is not None
-    layer = Layer(os.fspath(sandbox.workdir),
-                  None if sandbox.max_disk is None else int(sandbox.max_disk))
+    layer, proc = await in_layer(sandbox, lambda layer: open_process(
+        sandbox, args, stdin=stdin, stdout=stdout, stderr=stderr, env=env, cwd=cwd,
+        handlers=handlers, extra_fds=extra_fds, layer=layer))
     try:
-        proc = await open_process(sandbox, args, stdin=stdin, stdout=stdout, stderr=stderr,
-                                  env=env, cwd=cwd, handlers=handlers, extra_fds=extra_fds,
-                                  layer=layer)
         task_status.started(proc)
         (result,) = await supervise([proc], [input], timeout, [sandbox])
         return await settle(layer, result, sandbox.on_exit, dry_run)
     finally:
         if not layer.kept:
-            layer.close()  # a no-op once settle() dropped it
+            await layer.aclose()  # a no-op once settle() dropped it

@@ -52,7 +52,8 @@ class Spawned:
 class WorkspaceSpawn(NamedTuple):
     """A copy-on-write workspace for :func:`spawn` (``_workspace.py``)."""
 
-    #: Where the overlay goes, in the child's own mount namespace.
+    #: Where the overlay goes, in the child's own mount namespace; "" for a
+    #: snapshot (``_snapshot.py``): nothing to mount, only ``ruleset``.
     path: str
     #: The run's own Landlock ruleset (the policy's rules), or -1.
     ruleset: int
@@ -382,7 +383,7 @@ def spawn(plan: Plan | Compiled, *, path: str | tuple[str, ...], args: Sequence[
             if netns_fd >= 0:
                 req.net_mode = lib.ASL_NET_JOIN
                 req.netns_fd = _above(netns_fd, len(fds), child_ends)
-            if workspace is not None:  # copy-on-write workspace (issue 12)
+            if workspace is not None and workspace.path:  # copy-on-write workspace (issue 12)
                 keep += _workspace_request(req, workspace, len(fds), child_ends)
             if hosts is not None:  # pinned names (issue 10)
                 keep += _hosts_request(req, hosts, len(fds), child_ends)

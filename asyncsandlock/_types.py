@@ -41,6 +41,10 @@ class Subsystem(enum.Enum):
     #: synthetic ``/etc/hosts`` in a mount namespace of the child's own
     #: (a user namespace too, for a caller without CAP_SYS_ADMIN).
     PINNED_NAMES = "pinned-names"
+    #: The copy-on-write workspace as a private copy of ``workdir`` (a
+    #: snapshot) and a diff: where the overlay is refused, or chosen with
+    #: ``workdir_mechanism="snapshot"`` (docs/workspaces.md).
+    WORKSPACE_SNAPSHOT = "workspace-snapshot"
 
 
 class Protection(enum.Enum):
@@ -68,3 +72,6 @@ class ExitReason(enum.Enum):
     #: Stopped for writing more than ``max_output`` bytes to a captured
     #: stream, with ``on_output_limit="kill"``.
     OUTPUT_LIMIT = "output-limit"
+    #: Stopped for changes holding more than ``max_disk`` in a snapshot
+    #: workspace (sampled: an overlay's command gets ENOSPC instead).
+    DISK_LIMIT = "disk-limit"

@@ -14,6 +14,20 @@ from ._validate import check_path, parse_size, show
 ON_EXIT = ("commit", "abort", "keep")
 
 
+#: How a workspace's layer is made (``Sandbox.workdir_mechanism``).
+MECHANISMS = ("auto", "overlay", "snapshot")
+
+
+def check_mechanism(workdir: object, mechanism: object) -> None:
+    """A :class:`PolicyError` for a ``workdir_mechanism`` that is not one of
+    :data:`MECHANISMS`, or other than ``"auto"`` without a workdir."""
+    if not isinstance(mechanism, str) or mechanism not in MECHANISMS:
+        raise PolicyError("workdir_mechanism",
+                          f"{show(mechanism)} is not one of {', '.join(MECHANISMS)}")
+    if workdir is None and mechanism != "auto":
+        raise PolicyError("workdir_mechanism", f"{show(mechanism)} needs a workdir")
+
+
 def check_workspace(workdir: object, on_exit: object, max_disk: object,
                     denied: object = ()) -> tuple[str | None, str, int | None]:
     """The validated ``(workdir, on_exit, max_disk)``; ``denied``: the

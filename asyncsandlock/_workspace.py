@@ -19,6 +19,17 @@ that dies; a tmpfs that only an fd holds cannot.  The price is that the
 changes live in memory (swappable, and charged to the caller's memory
 cgroup) until they are committed or aborted: bound them with ``max_disk``.
 
+The snapshot
+------------
+Where the host refuses an overlay (``workdir_mechanism="auto"``), or where
+asked (``"snapshot"``), the layer is a private copy of ``workdir`` beside it
+and the command works there (``_snapshot.py``): :func:`in_layer` makes the
+choice and falls back, :meth:`Layer.prepare` copies, the run's Landlock
+ruleset grants the copy (``Layer._snapshot_args``), the metadata guard
+knows it by the run's listener (``LIVE_SNAPSHOTS``), ``max_disk`` is sampled
+(:func:`watch_disk`), the diff reads ctimes, and a commit renames files of
+the copy into place.  The stages of a pipeline share one (``shared``).
+
 File I/O on the event loop, without threads
 -------------------------------------------
 The diff, the commit and the removal of a layer are file-system calls on
@@ -62,42 +73,52 @@ import contextlib
 import errno
 import os
 import secrets
+import shutil
 import socket
 import stat
 import sys
 import time
 import weakref
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import replace
 from types import MappingProxyType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import anyio
 import anyio.lowlevel
 
-from ._changes import Change, diff_steps
-from ._core import lib
+from . import _snapshot
+from ._background import Background
+from ._changes import Change, diff_steps, lstat_or_none
+from ._core import ffi, lib
 from ._exceptions import ConfinementUnavailable, PolicyError, SandboxError, SpawnError
 from ._fd import close_fd, close_fds
-from ._kernel._landlock import READ, WRITE, Recipe, abi_version, build_ruleset
-from ._kernel._overlay import LIVE_OVERLAYS, detached_overlay, detached_tmpfs, mount_id
+from ._kernel._landlock import READ, WRITE, Recipe, _add_path, abi_version, build_ruleset
+from ._kernel._overlay import (
+    LIVE_OVERLAYS,
+    LIVE_SNAPSHOTS,
+    detached_overlay,
+    detached_tmpfs,
+    mount_id,
+)
+from ._kernel._sys import syscall
 from ._objects import real_roots, within
 from ._plan import _LANDLOCK_PARTS, Compiled, _ruleset_spec
 from ._refusal import hint_for
 from ._result import Result
 from ._spawn import WorkspaceSpawn
-from ._types import Protection, Subsystem
+from ._types import ExitReason, Protection, Subsystem
 from ._validate import show
 
-#: Bytes copied per step when a file must be copied into ``workdir``.
-CHUNK = 8 << 20
+_OPEN_TREE_CLONE = 1
+_AT_EMPTY_PATH = 0x1000
 #: File-system steps between two checkpoints.
 BATCH = 64
-_CLOCK_REALTIME_COARSE = 5  # the clock file timestamps are taken from
 _checkpoint = anyio.lowlevel.checkpoint  # a name of ours: tests count the steps
 
 if TYPE_CHECKING:
     from ._policy import Sandbox
+    from ._process import SandboxedProcess
 
 
 class WorkspaceConflict(SandboxError):
@@ -159,6 +180,19 @@ def _removal_steps(path: str) -> Iterator[None]:
     yield
 
 
+def _opening_steps(path: str) -> Iterator[None]:
+    """Give the owner rwx back on the directories of ``path``, one per step
+    (one the command closed, ``chmod 000``, cannot be emptied otherwise)."""
+    pending = [path]
+    while pending:
+        top = pending.pop()
+        with contextlib.suppress(OSError):
+            os.chmod(top, 0o700)
+            with os.scandir(top) as entries:
+                pending.extend(e.path for e in entries if e.is_dir(follow_symlinks=False))
+        yield
+
+
 async def _drive(steps: Iterator[object]) -> None:
     """Run ``steps`` with a checkpoint every :data:`BATCH` steps (and after
     each step that yields True: a chunk copied)."""
@@ -175,9 +209,16 @@ async def _drive(steps: Iterator[object]) -> None:
             close()
 
 
-def _release(fds: list[int], overlay_id: int) -> None:
+def _release(fds: list[int], overlay_id: int, snapshot: str = "",
+             clone_ids: list[int] | None = None) -> None:
     LIVE_OVERLAYS.discard(overlay_id)
+    LIVE_OVERLAYS.difference_update(clone_ids or ())
     close_fds(fds)
+    if snapshot:
+        # Only for a layer dropped without aclose() (a kept Workspace never
+        # committed nor aborted): removed at once, holding the loop for the
+        # tree's size; aclose() removes it in bounded steps.
+        shutil.rmtree(snapshot, ignore_errors=True)
 
 
 #: Per policy owner and Landlock parts skipped: the policy's ruleset as a
@@ -185,7 +226,8 @@ def _release(fds: list[int], overlay_id: int) -> None:
 #: the workdir.  A run's own ruleset is then a copy plus the overlay's root:
 #: ~0.24 ms for SYSTEM_READABLE where building it from the paths took ~3.6 ms
 #: (a loaded host; ``Layer.spawn_args``).
-_RECIPES: weakref.WeakKeyDictionary[Compiled, dict[frozenset[Subsystem], tuple[Recipe, bool]]]
+_RECIPES: weakref.WeakKeyDictionary[Compiled,
+                                    dict[frozenset[Subsystem], tuple[Recipe, bool, bool]]]
 _RECIPES = weakref.WeakKeyDictionary()
 
 #: "unprivileged": ``detached_tmpfs`` answered EPERM once; this process
@@ -211,32 +253,129 @@ class Layer:
     """One run's private layer; see the module's essay.
 
     ``mechanism``: ``"overlay"`` (we build it with CAP_SYS_ADMIN, detached,
-    and the child attaches it) or ``"overlay-userns"`` (an unprivileged
+    and the child attaches it), ``"overlay-userns"`` (an unprivileged
     caller: the child builds it in a user namespace of its own and hands us
-    its tmpfs; csrc/spawn.c ``build_workspace``)."""
+    its tmpfs; csrc/spawn.c ``build_workspace``) or ``"snapshot"`` (a
+    private copy of workdir, ``_snapshot.py``, made by :meth:`prepare`:
+    ``fallback`` when it stands in for an overlay the host refused)."""
 
-    __slots__ = ("__weakref__", "_finalizer", "_ours", "_overlay_id", "_root_mode",
-                 "_ruleset", "_size", "_theirs", "_tmpfs", "kept", "mechanism", "mount_fd",
-                 "start_ns", "upper", "workdir")
+    __slots__ = ("__weakref__", "_clone", "_clone_ids", "_finalizer", "_listeners", "_ours",
+                 "_overlay_id", "_root_mode", "_ruleset", "_size", "_snapshot", "_theirs", "_tmpfs",
+                 "_watchers", "fallback", "kept", "mechanism", "mount_fd", "ready_ns", "shared",
+                 "size", "start_ns", "upper", "workdir")
 
-    def __init__(self, workdir: str, max_disk: int | None) -> None:
+    def __init__(self, workdir: str, max_disk: int | None, *, snapshot: bool = False,
+                 fallback: bool = False, shared: bool = False) -> None:
         self.workdir = workdir
         #: Files changed in workdir from this instant on are conflicts.
-        self.start_ns = time.clock_gettime_ns(_CLOCK_REALTIME_COARSE)
+        self.start_ns = time.clock_gettime_ns(_snapshot.CLOCK_REALTIME_COARSE)
         self._tmpfs = self.mount_fd = self._ruleset = -1
         self._ours = self._theirs = -1
-        self._size = max_disk
-        self.mechanism = "overlay"
+        self._size = self.size = max_disk
+        self.mechanism = "snapshot" if snapshot else "overlay"
+        self.fallback = fallback
         #: Handed to a Workspace the caller holds: not the run's to drop.
         self.kept = False
         self._overlay_id = -1
-        self.upper = ""
+        self.upper = self._snapshot = ""
+        #: A snapshot's: entries of the copy changed from then on are the command's.
+        self.ready_ns = 0
+        self._listeners: list[object] = []
+        self._watchers: list[Background] = []
+        #: A pipeline's: each stage attaches a clone of the overlay (the one
+        #: being handed over, and the mount ids of all, for the guard).
+        self.shared = shared
+        self._clone = -1
+        self._clone_ids: list[int] = []
         self._finalizer = weakref.finalize(self, _release, [], -1)
+        if snapshot:
+            return
         try:
             self._build(max_disk)
+            if shared and self.mechanism != "overlay":
+                # An overlay the child builds in its user namespace cannot
+                # be attached by another child: a pipeline gets a snapshot.
+                raise ConfinementUnavailable(
+                    Subsystem.WORKSPACE_OVERLAY, errno.EPERM,
+                    "a pipeline's stages share an overlay only where the caller builds it "
+                    "(CAP_SYS_ADMIN)")
         except BaseException:
             self.close()
             raise
+
+    async def prepare(self) -> None:
+        """A snapshot's copy of workdir, in bounded steps (``_snapshot.py``);
+        nothing for an overlay.  Cancelled or failed, the partial copy is
+        removed."""
+        if self.mechanism != "snapshot" or self._snapshot:
+            return
+        self._snapshot = _snapshot.place_for(self.workdir)
+        self._track()
+        try:
+            await _drive(_snapshot.copy_steps(self.workdir, self._snapshot))
+            self.ready_ns = await _snapshot.settle_instant(anyio.sleep)
+        except BaseException:
+            await self.aclose()
+            raise
+        self.upper = self._snapshot
+
+    def where(self, path: str | None) -> str | None:
+        """``path`` (a cwd) as the command is to see it: inside workdir, a
+        snapshot's command sees the copy (it has no mount namespace in which
+        the copy could take workdir's place)."""
+        if self.mechanism != "snapshot" or path is None:
+            return path
+        rel = os.path.relpath(path, self.workdir)
+        if rel == os.curdir:
+            return self._snapshot
+        if rel == os.pardir or rel.startswith(os.pardir + os.sep):
+            return path
+        return os.path.join(self._snapshot, rel)
+
+    def serve(self, listener: object) -> None:
+        """The run's supervisor serves ``listener``: its metadata guard may
+        change the snapshot's entries for this run (``LIVE_SNAPSHOTS``)."""
+        if self._snapshot:
+            self._listeners.append(listener)  # several: a pipeline's stages share it
+            LIVE_SNAPSHOTS[listener] = self._snapshot
+
+    def watch(self, alive: Callable[[], bool], stop: Callable[[ExitReason], None],
+              pid: int) -> None:
+        """A snapshot with ``max_disk``: sample what the command's changes
+        hold while ``alive()``, and ``stop(DISK_LIMIT)`` it past the bound
+        (:func:`watch_disk`)."""
+        if self._snapshot and self.size is not None:
+            self._watchers.append(Background.start(
+                lambda: watch_disk(self, alive, stop), f"asyncsandlock max_disk {pid}"))
+
+    async def unwatch(self) -> None:
+        watchers, self._watchers = self._watchers, []
+        for watcher in watchers:
+            await watcher.stop()
+
+    def unserve(self) -> None:
+        for listener in self._listeners:
+            LIVE_SNAPSHOTS.pop(listener, None)
+        self._listeners.clear()
+
+    async def aclose(self) -> None:
+        """:meth:`close`; a snapshot's copy is removed in bounded steps, even
+        when cancelled (shielded)."""
+        self.unserve()
+        await self.unwatch()
+        if not self._finalizer.alive:  # closed already
+            return
+        path, self._snapshot = self._snapshot, ""
+        if path:
+            self._track()  # the finalizer no longer removes it: done here
+            with anyio.CancelScope(shield=True):
+                try:
+                    await _drive(_removal_steps(path))
+                except OSError:  # a directory the command closed to us (chmod 000)
+                    await _drive(_opening_steps(path))
+                    with contextlib.suppress(OSError):
+                        await _drive(_removal_steps(path))
+        self.close()
 
     def _build(self, max_disk: int | None) -> None:
         lower = os.stat(self.workdir)
@@ -285,8 +424,9 @@ class Layer:
         # The finalizer closes what a Layer dropped without close() holds.
         self._finalizer.detach()
         held = [fd for fd in (self.mount_fd, self._ruleset, self._tmpfs, self._ours,
-                              self._theirs) if fd >= 0]
-        self._finalizer = weakref.finalize(self, _release, held, self._overlay_id)
+                              self._theirs, self._clone) if fd >= 0]
+        self._finalizer = weakref.finalize(self, _release, held, self._overlay_id,
+                                           self._snapshot, self._clone_ids)
 
     def spawn_args(self, policy: Sandbox, compiled: Compiled) -> WorkspaceSpawn:
         """What ``spawn(workspace=...)`` takes for this layer (called for
@@ -302,6 +442,8 @@ class Layer:
         overlay stays out of the command's reach by any other path to it.
         """
         plan = compiled.plan
+        if self.mechanism == "snapshot":
+            return self._snapshot_args(policy, compiled)
         if self.mechanism == "overlay-userns" and plan.identity is not None and (
                 plan.identity[2] == lib.ASL_IDENTITY_SET):
             # setresuid to an id our user namespace does not map fails.
@@ -314,15 +456,67 @@ class Layer:
         self._ruleset = -1
         access = 0
         if plan.landlock_fd >= 0:
-            recipe, covered = _recipe(policy, compiled)
+            recipe, covered, _ = _recipe(policy, compiled)
             self._ruleset = recipe.build()
             access = (WRITE | (READ if covered else 0)) & recipe.fs_mask
         self._track()
         if self.mechanism == "overlay":
-            return WorkspaceSpawn(self.workdir, self._ruleset, access, overlay=self.mount_fd)
+            return WorkspaceSpawn(self.workdir, self._ruleset, access,
+                                  overlay=self._cloned() if self.shared else self.mount_fd)
         return WorkspaceSpawn(self.workdir, self._ruleset, access,
                               lower_escaped=_escaped(self.workdir), size=self._size,
                               root_mode=self._root_mode, sock=self._theirs)
+
+    def _snapshot_args(self, policy: Sandbox, compiled: Compiled) -> WorkspaceSpawn:
+        """A snapshot's spawn: nothing for the child to mount, only a ruleset
+        of the run's own, the policy's plus the copy, which Landlock alone
+        keeps apart from workdir: without Landlock, or with an fs_writable
+        grant over workdir, the command could write workdir itself."""
+        if compiled.plan.landlock_fd < 0:
+            raise ConfinementUnavailable(
+                Subsystem.WORKSPACE_SNAPSHOT, errno.EPERM,
+                "a snapshot workspace needs Landlock, which alone keeps the command off "
+                "workdir (Landlock is unavailable or degraded here)")
+        recipe, covered, written = _recipe(policy, compiled)
+        if written:
+            raise _writable_workdir(self.workdir)
+        close_fd(self._ruleset, watched=False)
+        self._ruleset = -1
+        self._ruleset = recipe.build()
+        self._track()
+        # O_NOFOLLOW: the copy's path is ours; nothing of it may be a link.
+        _add_path(self._ruleset, self._snapshot, (WRITE | (READ if covered else 0))
+                  & recipe.fs_mask, os.O_NOFOLLOW)
+        return WorkspaceSpawn("", self._ruleset, 0)
+
+    def _cloned(self) -> int:
+        """A clone of our detached overlay for one stage of a pipeline: the
+        same superblock (one upper directory, so each stage sees the others'
+        writes), a mount of its own that the stage's child attaches.  Its
+        mount id joins the live overlays for the metadata guard."""
+        close_fd(self._clone, watched=False)
+        self._clone = -1
+        try:
+            self._clone = syscall("open_tree", self.mount_fd, ffi.new("char[]", b""),
+                                  _OPEN_TREE_CLONE | _AT_EMPTY_PATH | os.O_CLOEXEC)
+        except OSError as exc:
+            # Older kernels refuse to clone a detached mount (EINVAL).
+            raise ConfinementUnavailable(
+                Subsystem.WORKSPACE_OVERLAY, exc.errno or errno.EINVAL,
+                "a pipeline's stages share an overlay through clones of a detached mount "
+                f"(open_tree: {os.strerror(exc.errno or errno.EINVAL)})") from exc
+        self._clone_ids.append(mount_id(self._clone))
+        LIVE_OVERLAYS.add(self._clone_ids[-1])
+        self._track()
+        return self._clone
+
+    def release(self) -> None:
+        """A shared overlay: every stage has ended; our detached mount goes,
+        and with it the overlay (its upper directory ours alone from here)."""
+        if self.shared and self.mount_fd >= 0:
+            close_fd(self.mount_fd, watched=False)
+            self.mount_fd = -1
+            self._track()
 
     def refused(self, exc: SpawnError) -> None:
         """Raise :class:`ConfinementUnavailable` if ``exc`` is the host
@@ -377,7 +571,10 @@ class Layer:
                 self.upper = f"/proc/self/fd/{self._tmpfs}/upper"
             else:
                 close_fds(got)
-        if self.mount_fd >= 0 or self._ruleset >= 0:
+        if self.shared:  # the next stage attaches a clone of it: keep ours
+            close_fds([fd for fd in (self._clone, self._ruleset) if fd >= 0])
+            self._clone = self._ruleset = -1
+        elif self.mount_fd >= 0 or self._ruleset >= 0:
             close_fds([fd for fd in (self.mount_fd, self._ruleset) if fd >= 0])
             self.mount_fd = self._ruleset = -1
         self._track()
@@ -388,13 +585,21 @@ class Layer:
         self._finalizer()
 
 
+def _writable_workdir(workdir: str) -> ConfinementUnavailable:
+    return ConfinementUnavailable(
+        Subsystem.WORKSPACE_SNAPSHOT, errno.EPERM,
+        f"fs_writable covers workdir {workdir}: a snapshot workspace (no overlay over "
+        "workdir) would leave workdir writable to the command")
+
+
 def _raise(exc: OSError) -> int:
     raise exc
 
 
-def _recipe(policy: Sandbox, compiled: Compiled) -> tuple[Recipe, bool]:
+def _recipe(policy: Sandbox, compiled: Compiled) -> tuple[Recipe, bool, bool]:
     """The policy's ruleset as a :class:`Recipe`, made once per owner and
-    plan (``_RECIPES``), and whether fs_readable covers the workdir."""
+    plan (``_RECIPES``), whether fs_readable covers the workdir, and whether
+    fs_writable does."""
     skipped = frozenset(compiled.plan.degraded & set(_LANDLOCK_PARTS))
     per_plan = _RECIPES.setdefault(compiled, {})
     found = per_plan.get(skipped)
@@ -403,8 +608,9 @@ def _recipe(policy: Sandbox, compiled: Compiled) -> tuple[Recipe, bool]:
         recipe = Recipe()
         os.close(build_ruleset(spec, abi_version(), skipped, recipe))
         # Executable, as a writable tree is, when fs_readable covers it.
-        covered = within(os.fspath(policy.workdir or "/"), real_roots(spec.readable))
-        found = per_plan[skipped] = (recipe, covered)
+        workdir = os.fspath(policy.workdir or "/")
+        covered = within(workdir, real_roots(spec.readable))
+        found = per_plan[skipped] = (recipe, covered, within(workdir, real_roots(spec.writable)))
     return found
 
 
@@ -457,7 +663,7 @@ class Workspace:
     def _conflicts(self, pending: list[Change]) -> Iterator[str]:
         start = self._layer.start_ns
         for change in pending:
-            now = _lstat(os.path.join(self.workdir, change.path))
+            now = lstat_or_none(os.path.join(self.workdir, change.path))
             if change.kind == "added":
                 if now is not None:
                     yield change.path
@@ -480,6 +686,8 @@ class Workspace:
             if self._state == "committed":
                 return
             raise SandboxError(f"this workspace of {self.workdir} was aborted")
+        if why := _over_limit(self._layer, self.changes):
+            raise SandboxError(why)
         pending = [change for change in self.changes if change.path not in self._done]
         conflicts: list[str] = []
         await _drive(_collect(self._conflicts(pending), conflicts))
@@ -487,7 +695,7 @@ class Workspace:
             raise WorkspaceConflict(tuple(conflicts), self)
         await _drive(self._apply_steps(pending))
         self._state = "committed"
-        self._layer.close()
+        await self._layer.aclose()
 
     def _apply_steps(self, pending: list[Change]) -> Iterator[bool]:
         # A change is recorded as done right after its last write and before
@@ -498,16 +706,20 @@ class Workspace:
             if change.kind == "deleted":
                 self._put_away(target)
             elif stat.S_ISDIR(change.mode):
-                now = _lstat(target)
+                now = lstat_or_none(target)
                 if now is not None and not stat.S_ISDIR(now.st_mode):
                     os.unlink(target)
                 if now is None or not stat.S_ISDIR(now.st_mode):
                     os.mkdir(target, 0o700)
                 os.chmod(target, stat.S_IMODE(change.mode) | _owner_needs(change.mode))
             else:
-                now = _lstat(target)
+                now = lstat_or_none(target)
                 if now is not None and stat.S_ISDIR(now.st_mode):
                     self._put_away(target)
+                # Copied even from a snapshot on the same file system, never
+                # renamed out of it: a process of the sandbox that outlived it
+                # (no process group of its own), or one it passed an fd to,
+                # may hold the copy's file open; the workdir gets a new one.
                 yield from _copy_in(os.path.join(self._layer.upper, change.path), target,
                                     change.mode)
             self._done.add(change.path)
@@ -525,7 +737,7 @@ class Workspace:
         """Remove ``target`` from the workdir at once: a file is unlinked, a
         directory renamed to a hidden name beside it (one atomic step) and
         removed later, entry by entry, by :meth:`_empty_trash`."""
-        now = _lstat(target)
+        now = lstat_or_none(target)
         if now is None:
             return
         if not stat.S_ISDIR(now.st_mode):
@@ -548,7 +760,7 @@ class Workspace:
             self._state = "aborted"
             with anyio.CancelScope(shield=True):
                 await _drive(self._empty_trash())  # what a cancelled commit put away
-            self._layer.close()
+                await self._layer.aclose()
 
 
 def _owner_needs(mode: int) -> int:
@@ -557,46 +769,11 @@ def _owner_needs(mode: int) -> int:
     return 0 if os.geteuid() == 0 else ~mode & stat.S_IRWXU
 
 
-def _lstat(path: str) -> os.stat_result | None:
-    try:
-        return os.lstat(path)
-    except (FileNotFoundError, NotADirectoryError):
-        return None
-
-
 def _collect(found: Iterator[str], into: list[str]) -> Iterator[None]:
     for path in found:
         into.append(path)
         yield
     yield
-
-
-def _copy_data(src: int, dst: int) -> Iterator[bool]:
-    """Copy ``src`` to ``dst`` in the kernel, :data:`CHUNK` bytes per step.
-
-    copy_file_range shares extents (a reflink) where the file system can;
-    between two file systems of different types it answers EXDEV, and
-    sendfile copies instead."""
-    copy: Callable[[int, int, int], int] = _copy_file_range
-    while True:
-        try:
-            if not copy(src, dst, CHUNK):
-                return
-        except OSError as exc:
-            if copy is _sendfile or exc.errno not in (errno.EXDEV, errno.EINVAL,
-                                                        errno.EOPNOTSUPP, errno.ENOSYS):
-                raise
-            copy = _sendfile
-            continue
-        yield True
-
-
-def _copy_file_range(src: int, dst: int, count: int) -> int:
-    return os.copy_file_range(src, dst, count)
-
-
-def _sendfile(src: int, dst: int, count: int) -> int:
-    return os.sendfile(dst, src, None, count)
 
 
 def _copy_in(source: str, target: str, mode: int) -> Iterator[bool]:
@@ -616,7 +793,7 @@ def _copy_in(source: str, target: str, mode: int) -> Iterator[bool]:
             try:
                 dst = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
                 try:
-                    yield from _copy_data(src, dst)
+                    yield from _snapshot.copy_data(src, dst)
                     os.fchmod(dst, stat.S_IMODE(mode))
                 finally:
                     os.close(dst)
@@ -641,21 +818,93 @@ def _copy_in(source: str, target: str, mode: int) -> Iterator[bool]:
 async def diff(layer: Layer) -> tuple[Change, ...]:
     """The changes in ``layer``, sorted by path."""
     found: list[Change] = []
-    await _drive(diff_steps(layer.upper, layer.workdir, found))
+    if layer.mechanism == "snapshot":
+        await _drive(_snapshot.diff_steps(layer.upper, layer.workdir, layer.ready_ns, found))
+    else:
+        await _drive(diff_steps(layer.upper, layer.workdir, found))
     return tuple(found)
 
 
-async def settle(layer: Layer, result: Result, on_exit: str, dry_run: bool) -> Result:
+#: Seconds between two samples of a snapshot's changes for ``max_disk``, at
+#: least; stretched to 4 times a sample's own time (a walk of the copy).
+DISK_INTERVAL = 0.25
+
+
+def _held_steps(copy: str, since: int, held: list[int]) -> Iterator[None]:
+    """Add to ``held[0]`` the bytes of the entries of ``copy`` changed since
+    ``since`` (their blocks: what they take of the disk); entries that
+    vanish under the walk (the command is running) are skipped."""
+    pending, seen = [copy], 0
+    while pending:
+        with contextlib.suppress(OSError), os.scandir(pending.pop()) as entries:
+            for entry in entries:
+                seen += 1
+                if seen % 256 == 0:
+                    yield
+                with contextlib.suppress(OSError):
+                    st = entry.stat(follow_symlinks=False)
+                    if stat.S_ISDIR(st.st_mode):
+                        pending.append(entry.path)
+                    elif st.st_ctime_ns >= since:
+                        held[0] += st.st_blocks * 512
+    yield
+
+
+async def watch_disk(layer: Layer, alive: Callable[[], bool],
+                     stop: Callable[[ExitReason], None]) -> None:
+    """``max_disk`` for a snapshot, sampled (``Protection.SAMPLED``): the
+    copy lives on ``workdir``'s file system, which has no bound of its own
+    an unprivileged caller could set.  Each sample walks the copy in
+    bounded steps; past the bound the command is stopped with
+    ``ExitReason.DISK_LIMIT``.  It may overshoot by what it writes in one
+    interval; the change set is checked once more after the run."""
+    assert layer.size is not None
+    while alive():
+        started = time.monotonic()
+        held = [0]
+        await _drive(_held_steps(layer.upper, layer.ready_ns, held))
+        if held[0] > layer.size and alive():
+            stop(ExitReason.DISK_LIMIT)
+            return
+        await anyio.sleep(max(DISK_INTERVAL, 4 * (time.monotonic() - started)))
+
+
+def _over_limit(layer: Layer, changes: tuple[Change, ...]) -> str:
+    """Why a snapshot's changes may not be committed ("" if they may): they
+    hold more than ``max_disk`` (which an overlay's tmpfs would have refused
+    the command with ENOSPC; a snapshot's copy is checked after the run)."""
+    if layer.mechanism != "snapshot" or layer.size is None:
+        return ""
+    held = sum(change.size for change in changes if change.kind != "deleted")
+    if held <= layer.size:
+        return ""
+    return (f"the workspace's changes hold {held} bytes, more than max_disk ({layer.size}): "
+            "not committed (a snapshot workspace samples max_disk during the run and checks "
+            "it again after)")
+
+
+async def settle(layer: Layer, result: Result, on_exit: str, dry_run: bool,
+                 success: bool | None = None) -> Result:
     """List the changes of a finished run and commit, abort or keep them as
     ``on_exit`` and ``dry_run`` say; returns ``result`` with them.  The
-    layer is the returned workspace's (``keep``), or dropped."""
+    layer is the returned workspace's (``keep``), or dropped.  ``success``:
+    whether the run succeeded, if not ``result``'s (a pipeline's: every
+    stage's)."""
+    if success is None:
+        success = result.success
     if not layer.upper:  # a child that exec'd has sent it: not expected
         raise SandboxError(f"the workspace layer of {layer.workdir} never arrived")
+    layer.unserve()  # the command is gone: its guard has no more calls
+    await layer.unwatch()
+    layer.release()
     changes = await diff(layer)
     workspace = Workspace._create(layer, changes)
     kept: Workspace | None = None
-    if dry_run or on_exit == "abort" or (on_exit == "commit" and not result.success):
+    if dry_run or on_exit == "abort" or (on_exit == "commit" and not success):
         await workspace.abort()
+    elif on_exit == "commit" and (why := _over_limit(layer, changes)):
+        await workspace.abort()
+        raise SandboxError(why)
     elif on_exit == "commit":
         try:
             await workspace.commit()
@@ -678,7 +927,96 @@ def check_dry_run(workspace: bool, dry_run: object) -> None:
         raise PolicyError("dry_run", "shows a workspace's changes: it needs a workdir")
 
 
-def workspace_protections(protections: Mapping[Subsystem, Protection]
+def workspace_protections(protections: Mapping[Subsystem, Protection], layer: Layer
                           ) -> Mapping[Subsystem, Protection]:
-    """``protections`` of a run that has its workspace overlay."""
-    return MappingProxyType({**protections, Subsystem.WORKSPACE_OVERLAY: Protection.ACTIVE})
+    """``protections`` of a run in ``layer``: its overlay ACTIVE, or its
+    snapshot ACTIVE and the overlay NOT_REQUESTED (chosen) or DEGRADED (the
+    host refused it)."""
+    if layer.mechanism != "snapshot":
+        return MappingProxyType({**protections, Subsystem.WORKSPACE_OVERLAY: Protection.ACTIVE})
+    overlay = Protection.DEGRADED if layer.fallback else Protection.NOT_REQUESTED
+    snapshot = Protection.ACTIVE if layer.size is None else Protection.SAMPLED  # max_disk
+    return MappingProxyType({**protections, Subsystem.WORKSPACE_OVERLAY: overlay,
+                             Subsystem.WORKSPACE_SNAPSHOT: snapshot})
+
+
+_T = TypeVar("_T")
+
+
+async def in_layer(policy: Sandbox, start: Callable[[Layer], Awaitable[_T]],
+                   shared: bool = False) -> tuple[Layer, _T]:
+    """A layer for a run of ``policy`` and ``start(layer)``'s answer (the
+    spawn).  With ``workdir_mechanism="auto"``, an overlay the host refuses
+    (building it here, or the child's spawn step) gives way to a snapshot,
+    and the spawn is tried again in that.  Whatever fails, the layer is
+    dropped (a snapshot's copy removed) before the error propagates.
+    ``shared``: for the stages of a pipeline (:func:`pipeline_workspace`):
+    an overlay each attaches a clone of, or a snapshot they all work in."""
+    assert policy.workdir is not None
+    workdir, size = os.fspath(policy.workdir), None if policy.max_disk is None else int(
+        policy.max_disk)
+    mechanism = policy.workdir_mechanism
+    layer: Layer | None = None
+    try:
+        if mechanism != "snapshot":
+            try:
+                layer = Layer(workdir, size, shared=shared)
+                return layer, await start(layer)
+            except ConfinementUnavailable as exc:
+                if mechanism == "overlay" or exc.subsystem is not Subsystem.WORKSPACE_OVERLAY:
+                    raise
+            if layer is not None:
+                await layer.aclose()
+        if within(workdir, real_roots(str(path) for path in policy.fs_writable)):
+            raise _writable_workdir(workdir)  # before the copy (the spawn checks it too)
+        layer = Layer(workdir, size, snapshot=True, fallback=mechanism == "auto", shared=shared)
+        await layer.prepare()
+        return layer, await start(layer)
+    except BaseException:
+        if layer is not None:
+            await layer.aclose()
+        raise
+
+
+async def open_in_workspace(policy: Sandbox,
+                            start: Callable[[Layer], Awaitable[SandboxedProcess]]
+                            ) -> SandboxedProcess:
+    """``Sandbox.open()`` with a workspace: the process of ``start`` in a
+    layer of its own (:func:`in_layer`), settled when it is waited for
+    (``wait()``, ``aclose()``, leaving ``async with``): its
+    :attr:`~SandboxedProcess.changes` listed and ``on_exit`` applied."""
+    layer, proc = await in_layer(policy, start)
+    on_exit = policy.on_exit
+
+    async def settle_process(proc: SandboxedProcess) -> None:
+        try:
+            result = await settle(layer, proc._result(None, None), on_exit, False)
+        except WorkspaceConflict as exc:
+            proc.workspace = exc.workspace
+            proc.changes = exc.workspace.changes
+            raise
+        finally:
+            if not layer.kept:
+                await layer.aclose()  # a no-op once settle() dropped it
+        proc.changes, proc.workspace = result.changes, result.workspace
+
+    proc._settle = settle_process
+    return proc
+
+
+def pipeline_workspace(policies: list[Sandbox]) -> Sandbox | None:
+    """The one workspace the stages of a pipeline share (the policy of the
+    first stage with a workdir), or None.  All its stages with a workdir
+    must agree on it (docs/workspaces.md, "Pipelines")."""
+    found: Sandbox | None = None
+    for policy in policies:
+        if policy.workdir is None:
+            continue
+        if found is None:
+            found = policy
+        elif (policy.workdir, policy.on_exit, policy.max_disk, policy.workdir_mechanism) != (
+                found.workdir, found.on_exit, found.max_disk, found.workdir_mechanism):
+            raise PolicyError("workdir", "the stages of a pipeline share one workspace: their "
+                                         "workdir, on_exit, max_disk and workdir_mechanism "
+                                         "must agree")
+    return found

@@ -1,4 +1,4 @@
-"""Copy-on-write workspaces: asyncsandlock's overlay against sandlock 0.9's workdir.
+"""Copy-on-write workspaces: asyncsandlock's overlay and snapshot against sandlock 0.9's workdir.
 
     .venv/bin/python benchmarks/bench_workdir.py [--quick] [--backend asyncio|trio]
 
@@ -12,6 +12,11 @@ them into the tree.  Two commands:
    to commit);
 2. a Python script that rewrites 1,000 of the files (10 MB) and writes 100
    new ones: setup + diff + commit of 1,100 changes.
+
+Contenders: ``asyncsandlock`` (the overlay, the default where the host
+allows it), ``asyncsandlock-snapshot`` (``workdir_mechanism="snapshot"``,
+the fallback elsewhere: a copy of the whole tree beside it per run, a
+ctime diff, a commit that copies the changed files back) and ``sandlock``.
 
 Goal: asyncsandlock at least 2x faster than sandlock on each.
 """
@@ -54,13 +59,10 @@ def make_tree(root: pathlib.Path) -> None:
 
 
 def contenders(trees: dict[str, pathlib.Path], command: list[str]) -> dict[str, Bench]:
-    ours = Sandbox(fs_readable=SYSTEM_READABLE, workdir=trees["asyncsandlock"])
-
-    async def asyncsandlock_run() -> None:
-        result = await ours.run(command)
-        assert result.success and result.changes is not None, result.stderr
-
-    out: dict[str, Bench] = {"asyncsandlock": asyncsandlock_run}
+    out: dict[str, Bench] = {}
+    for name, mechanism in (("asyncsandlock", "auto"), ("asyncsandlock-snapshot", "snapshot")):
+        out[name] = _ours(Sandbox(fs_readable=SYSTEM_READABLE, workdir=trees[name],
+                                  workdir_mechanism=mechanism), command)
     if sandlock is not None:
         tree = str(trees["sandlock"])
         theirs = sandlock.Sandbox(fs_readable=list(SYSTEM_READABLE), fs_writable=[tree],
@@ -72,6 +74,14 @@ def contenders(trees: dict[str, pathlib.Path], command: list[str]) -> dict[str, 
 
         out["sandlock"] = blocking(sandlock_run)
     return out
+
+
+def _ours(sandbox: Sandbox, command: list[str]) -> Bench:
+    async def run() -> None:
+        result = await sandbox.run(command)
+        assert result.success and result.changes is not None, result.stderr
+
+    return run
 
 
 async def run_backend(rounds: int, report: Report, backend: str,
@@ -92,7 +102,8 @@ def main() -> int:
     report = Report()
     base = pathlib.Path(tempfile.mkdtemp(prefix="bench-workdir-"))
     try:
-        trees = {name: base / name for name in ("asyncsandlock", "sandlock")}
+        trees = {name: base / name
+                 for name in ("asyncsandlock", "asyncsandlock-snapshot", "sandlock")}
         for tree in trees.values():
             make_tree(tree)
         for backend in args.backend or ("asyncio", "trio"):

@@ -41,7 +41,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("spawn", ("_spawn", "_features", "_unavailable", "_reaper", "_netns", "_netpool",
                "_linksweep")),
     ("supervisor", ("_supervisor",)),
-    ("process", ("_process", "_result", "_changes", "_workspace", "_pinned")),
+    ("process", ("_process", "_result", "_changes", "_snapshot", "_workspace", "_pinned")),
     ("run", ("_collect", "_run", "_pipeline")),
     ("cli", ("_cli", "_check", "__main__", "")),  # "": the package itself, the public API
     # The MCP server on top of it all (issue 13).

@@ -56,3 +56,15 @@ def test_bad_workspace_flags_fail_before_running(project: pathlib.Path) -> None:
     assert proc.returncode == 125 and "max_disk" in proc.stderr
     proc = cli(*READ, "--dry-run", "--", "true")
     assert proc.returncode == 125 and "dry_run" in proc.stderr
+
+
+def test_workdir_mechanism_from_the_command_line(project: pathlib.Path) -> None:
+    proc = cli(*READ, "--workdir", str(project), "--workdir-mechanism", "snapshot", "--",
+               "sh", "-c", SCRIPT + "; pwd")
+    assert proc.returncode == 0, proc.stderr
+    assert ".project.asyncsandlock-snapshot-" in proc.stdout  # it worked in a copy
+    assert proc.stderr.endswith("3 changes, committed\n")
+    assert sorted(os.listdir(project)) == ["added.txt", "edit.txt"]
+    assert not [n for n in os.listdir(project.parent) if ".asyncsandlock-" in n]
+    proc = cli(*READ, "--workdir-mechanism", "copy", "--", "true")
+    assert proc.returncode != 0 and "workdir-mechanism" in proc.stderr

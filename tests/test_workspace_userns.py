@@ -122,6 +122,32 @@ def test_an_unprivileged_caller_gets_a_layer_of_its_own(world: pathlib.Path, bac
         os.chmod(world / name, 0o700)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("extra", [{}, {"uid": 1000, "gid": 1000, "network": "loopback"}],
+                         ids=["plain", "uid1000+loopback"])
+def test_an_unprivileged_caller_gets_a_snapshot_of_its_own(world: pathlib.Path, backend: str,
+                                                           extra: dict[str, object]) -> None:
+    # The same script in a snapshot (uid 65534 may not write beside the
+    # workdir: the copy goes to TMPDIR): the same changes, entries the
+    # command closed (chmod 000) read and committed, nothing left behind.
+    out = _caller(world, backend, workdir_mechanism="snapshot", **extra)
+    assert out["rc"] == 0, out["err"]
+    assert out["id"] == str(extra.get("uid", 65534))
+    assert out["protection"] == "not-requested"  # the overlay's: a snapshot was asked for
+    assert out["mechanism"] == "snapshot"
+    assert out["changes"] == [["closed", "added", 0], ["d", "added", 0o755],
+                              ["d/f", "added", 0o644], ["edit.txt", "modified", 0o644],
+                              ["gone.txt", "deleted", 0o644], ["shut", "added", 0],
+                              ["shut/f", "added", 0o644]]
+    assert out["before_commit"] == "old\n" and out["gone_before_commit"] is True
+    assert out["after_commit"] == "new\n"
+    assert out["listing"] == ["closed", "d", "edit.txt", "shut"]
+    assert out["modes"] == {"closed": 0, "shut": 0}
+    assert os.listdir(world.parent / "tmp") == []
+    for name in ("shut", "closed"):
+        os.chmod(world / name, 0o700)
+
+
 NO_SYS_ADMIN = """
 import ctypes, json, os, sys
 import anyio, anyio._backends._asyncio, anyio._backends._trio
@@ -139,7 +165,8 @@ for i in (0, 1):  # effective, permitted of the low word
 assert libc.capset(header, data) == 0
 async def main():
     out = {}
-    for name, extra in (("uid", {"uid": 65534, "gid": 65534}), ("plain", {})):
+    for name, extra in (("uid", {"uid": 65534, "gid": 65534, "workdir_mechanism": "overlay"}),
+                        ("plain", {}), ("uid-auto", {"uid": 65534, "gid": 65534})):
         sb = a.Sandbox(fs_readable=a.SYSTEM_READABLE, workdir=root, on_exit="abort", **extra)
         try:
             r = await sb.run(["sh", "-c", "echo new > edit.txt; id -u"])
@@ -157,7 +184,9 @@ def test_a_caller_that_may_setuid_but_not_mount_is_refused_a_set_identity(
     # Escape-shaped: uid=65534 from such a caller would be a setresuid to an
     # id its workspace's user namespace does not map.  It is refused before
     # anything starts, by name, not a spawn failing in the child; the
-    # control: the same caller without uid gets its workspace.
+    # control: the same caller without uid gets its workspace.  By default
+    # (workdir_mechanism="auto") a snapshot takes the overlay's place, where
+    # uid 65534 meets root's files as it would in workdir: unwritable.
     for item in (world, world / "edit.txt"):
         os.chown(item, 0, 0)  # the caller's, as uid 0 without capabilities writes it
     done = subprocess.run([sys.executable, "-c", NO_SYS_ADMIN, str(world), backend],
@@ -167,6 +196,7 @@ def test_a_caller_that_may_setuid_but_not_mount_is_refused_a_set_identity(
     assert out["uid"][:2] == ["refused", "workspace-overlay"]
     assert "CAP_SYS_ADMIN" in out["uid"][2]
     assert out["plain"] == [0, "0", ["edit.txt"]]
+    assert out["uid-auto"] == [0, "65534", []]
     assert (world / "edit.txt").read_text() == "old\n"
 
 
@@ -180,7 +210,7 @@ async def main():
     # caller's own: the host's sysctl is untouched), as where the host
     # refuses them: the caller can't mount (its mount namespace is the
     # host's) and the child can't make the namespace to build the layer in.
-    sb = a.Sandbox(fs_readable=a.SYSTEM_READABLE, workdir=root,
+    sb = a.Sandbox(fs_readable=a.SYSTEM_READABLE, workdir=root, workdir_mechanism="overlay",
                    on_unavailable=a.allow_degraded(*a.Subsystem))
     try:
         await sb.run(["sh", "-c", "echo new > edit.txt"])
@@ -189,16 +219,29 @@ async def main():
         print("refused", exc.subsystem.value, exc.errno)
     plain = await a.Sandbox(fs_readable=a.SYSTEM_READABLE).run(["true"])
     print("control", plain.returncode)
+    # workdir_mechanism="auto" (the default): a snapshot takes the overlay's place.
+    auto = a.Sandbox(fs_readable=a.SYSTEM_READABLE, workdir=root, on_exit="keep")
+    r = await auto.run(["sh", "-c", "echo new > edit.txt; echo escaped > " + root
+                        + "/edit.txt; pwd"])
+    print("auto", r.returncode, r.workspace.mechanism,
+          r.protections[a.Subsystem.WORKSPACE_OVERLAY].value,
+          r.protections[a.Subsystem.WORKSPACE_SNAPSHOT].value, dict(r.unenforced) != {},
+          [(c.path, c.kind) for c in r.changes], r.stdout.decode().strip() != root)
+    print("before", open(root + "/edit.txt").read().strip())
+    await r.workspace.commit()
+    print("after", open(root + "/edit.txt").read().strip())
 anyio.run(main, backend=backend)
 """
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_escape_no_user_namespace_is_a_refusal_not_a_shared_workdir(world: pathlib.Path,
-                                                                     backend: str) -> None:
-    # Escape: without its layer the command would write the workdir itself;
-    # it is refused by name, whatever on_unavailable says.  Control: a run
-    # without a workspace works there.
+def test_escape_no_user_namespace_is_a_snapshot_not_a_shared_workdir(world: pathlib.Path,
+                                                                      backend: str) -> None:
+    # Escape: without its layer the command would write the workdir itself.
+    # Asked for an overlay, the run is refused by name, whatever
+    # on_unavailable says (control: a run without a workspace works there);
+    # by default a snapshot takes its place, reported as such, and the
+    # workdir is untouched (by the absolute path too) until the commit.
     for item in (world, world / "edit.txt"):
         os.chown(item, 0, 0)
     done = subprocess.run(
@@ -207,9 +250,11 @@ def test_escape_no_user_namespace_is_a_refusal_not_a_shared_workdir(world: pathl
          sys.executable, "-c", NO_USERNS, str(world), backend],
         capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.split("\n")[:2] == [f"refused workspace-overlay {errno.ENOSPC}",
-                                           "control 0"], done.stderr
-    assert (world / "edit.txt").read_text() == "old\n"
+    assert done.stdout.split("\n")[:5] == [
+        f"refused workspace-overlay {errno.ENOSPC}", "control 0",
+        "auto 0 snapshot degraded active True [('edit.txt', 'modified')] True",
+        "before old", "after new"], done.stderr
+    assert not [n for n in os.listdir(world.parent) if ".asyncsandlock-" in n]
 
 
 MAX_DISK = """
@@ -314,3 +359,50 @@ async def test_escape_the_run_ruleset_confines_as_the_policy_does(world: pathlib
     assert (result.stdout or b"").decode().split("\n")[:4] == [
         f"read-outside {errno.EACCES}", "read-readable ok", f"bind-other {errno.EACCES}",
         "bind-allowed ok"]
+
+
+OPEN = """
+import json, os, sys
+import anyio, anyio._backends._asyncio, anyio._backends._trio
+import asyncsandlock as a
+root, backend = sys.argv[1], sys.argv[2]
+os.setgroups([]); os.setresgid(65534, 65534, 65534); os.setresuid(65534, 65534, 65534)
+async def main():
+    out = {}
+    for mechanism in ("auto", "snapshot"):
+        sb = a.Sandbox(fs_readable=a.SYSTEM_READABLE, workdir=root, on_exit="keep",
+                       workdir_mechanism=mechanism)
+        async with await sb.open(["sh", "-c", "echo " + mechanism + " > edit.txt"]) as proc:
+            await proc.wait()
+        before = open(os.path.join(root, "edit.txt")).read().strip()
+        await proc.workspace.commit()
+        out[mechanism] = [proc.workspace.mechanism, [c.path for c in proc.changes], before,
+                          open(os.path.join(root, "edit.txt")).read().strip()]
+        await anyio.sleep(0.02)  # a change in the tick a run starts in is a conflict
+    # A pipeline: an overlay built in one child's user namespace cannot be
+    # attached by another; its stages share a snapshot.
+    sb = a.Sandbox(fs_readable=a.SYSTEM_READABLE, workdir=root, on_exit="keep")
+    r = await (sb.cmd(["sh", "-c", "echo piped > edit.txt; echo go"])
+               | sb.cmd(["sh", "-c", "cat; cat edit.txt"])).run()
+    out["pipeline"] = [r.workspace.mechanism, r.stdout.decode().split(),
+                       [c.path for c in r.changes]]
+    await r.workspace.abort()
+    print(json.dumps(out))
+anyio.run(main, backend=backend)
+"""
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_an_unprivileged_caller_opens_a_process_in_a_workspace(world: pathlib.Path,
+                                                               backend: str) -> None:
+    # Sandbox.open() as uid 65534: the overlay the child builds in its user
+    # namespace, or a snapshot; the workdir untouched until the commit.
+    done = subprocess.run([sys.executable, "-c", OPEN, str(world), backend],
+                          capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "TMPDIR": str(world.parent / "tmp")})
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    assert out == {"auto": ["overlay-userns", ["edit.txt"], "old", "auto"],
+                   "snapshot": ["snapshot", ["edit.txt"], "auto", "snapshot"],
+                   "pipeline": ["snapshot", ["go", "piped"], ["edit.txt"]]}
+    assert os.listdir(world.parent / "tmp") == []

@@ -133,6 +133,12 @@ def detached_overlay(lower: str, upper: tuple[int, str], work: tuple[int, str]) 
 #: directory under the overlay has the same path, and is not).
 LIVE_OVERLAYS: set[int] = set()
 
+#: The snapshot workspaces alive (``_snapshot.py``), per run: the run's
+#: listener (the object a handler's context holds) -> the snapshot's path.
+#: Keyed by run, not by path: a chmod & co is the command's to make on its
+#: own copy only, never on the copy of a concurrent run beside it.
+LIVE_SNAPSHOTS: dict[object, str] = {}
+
 
 def mount_id(fd: int) -> int:
     """The id of the mount the object of our ``fd`` is on (``/proc/self/fdinfo``);

@@ -39,7 +39,7 @@ from typing import ClassVar, Final
 from .._core import ffi
 from .._handler import ExceptionPolicy, Handler
 from .._kernel._notify import HandlerCtx, NotifAction
-from .._kernel._overlay import LIVE_OVERLAYS, mount_id
+from .._kernel._overlay import LIVE_OVERLAYS, LIVE_SNAPSHOTS, mount_id
 from .._kernel._sys import syscall
 from .._objects import (
     AT_EMPTY_PATH,
@@ -140,6 +140,9 @@ class MetadataGuard(Handler):
                 where = object_path(obj)
                 in_workspace = within(where, self.workspace)
                 on_overlay = in_workspace and mount_id(obj) in LIVE_OVERLAYS
+                # A snapshot workspace: the run's own copy, at another path.
+                copy = LIVE_SNAPSHOTS.get(target.ctx._listener)
+                on_overlay = on_overlay or (copy is not None and within(where, (copy,)))
                 # The workdir under its overlay is never the command's, even
                 # where fs_writable covers it: an absolute symlink followed
                 # here resolves from our root, in our mount namespace, where
