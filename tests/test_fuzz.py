@@ -166,6 +166,8 @@ SANDBOX_KWARGS: Fields = {
     "on_exit": (st.sampled_from(["commit", "abort", "keep"]), st.one_of(TEXT, JUNK_SCALAR)),
     "max_disk": (st.one_of(st.none(), st.sampled_from(["1G", "64M"])),
                  st.one_of(LIMIT, st.sampled_from(["12Q", "-1K", ""]))),
+    "workdir_mechanism": (st.sampled_from(["auto", "overlay", "snapshot"]),
+                          st.one_of(TEXT, JUNK_SCALAR)),
     "name": (st.one_of(st.none(), st.from_regex(r"[a-z0-9][a-z0-9._-]{0,63}", fullmatch=True)),
              st.one_of(TEXT, st.sampled_from(["x" * 65, "-x", ".x", "a b"]), JUNK_SCALAR)),
 }
