@@ -27,11 +27,12 @@ enum asl_step {
     ASL_STEP_CAPABILITIES = 11,
     ASL_STEP_NO_NEW_PRIVS = 12,
     ASL_STEP_LANDLOCK = 13,
-    ASL_STEP_SIGMASK = 14,
-    ASL_STEP_SECCOMP = 15,
-    ASL_STEP_LISTENER = 16,
-    ASL_STEP_RLIMIT = 17,
-    ASL_STEP_EXECVE = 18
+    ASL_STEP_THP = 14,      /* max_memory: transparent huge pages off (issue 11) */
+    ASL_STEP_SIGMASK = 15,
+    ASL_STEP_SECCOMP = 16,
+    ASL_STEP_LISTENER = 17,
+    ASL_STEP_RLIMIT = 18,
+    ASL_STEP_EXECVE = 19
 };
 
 /* How the child takes the identity of a policy's uid/gid (docs/files.md). */
@@ -142,6 +143,9 @@ struct asl_spawn_req {
      * synthetic hosts file, attached over /etc/hosts in the child's own
      * mount namespace.  0: none (fd 0 is always one of the child's own). */
     int hosts_fd;
+    /* max_memory (issue 11, csrc/spawn.c thp_hold): 1 to turn transparent
+     * huge pages off for the child and all it starts (PR_SET_THP_DISABLE). */
+    int thp_disable;
     int32_t reached;              /* written by the child: the step it is in */
 };
 
