@@ -1,7 +1,7 @@
 """Resource-limit benchmarks: what the limits cost, and how closely they hold.
 
     .venv/bin/python benchmarks/bench_limits.py [--quick] [--backend asyncio|trio]
-        [--only spawn|watch|versus]
+        [--only spawn|watch|versus|huge]
 
 1. ``await sb.run(["/bin/true"])`` with every limit set against the same
    policy without limits (target: at most 1.1x), and with every limit but
@@ -12,20 +12,28 @@
 3. against sandlock 0.9 with the same ``max_memory`` (100M): how far a
    fast allocator (1 MiB at a time, peak RSS reported after each) gets past
    the budget before it is stopped, and the time of a Python script that
-   builds and frees 1 GB of lists under a 512M budget (target: no slower).
+   builds and frees 1 GB of lists under a 512M budget (target: no slower);
+   the same overshoot for a C allocator that asks for transparent huge
+   pages (``tests/helpers/hugehog.c fill``: 2 MiB at a time, MADV_HUGEPAGE)
+   under 512M,
+   also with huge pages left on in our sandbox (as before ``max_memory``
+   turned them off: the control).
 """
 
 from __future__ import annotations
 
+import pathlib
 import resource
+import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from typing import Any
 
 import anyio
 
-from asyncsandlock import DEVNULL, SYSTEM_READABLE, ExitReason, Sandbox
+from asyncsandlock import DEVNULL, SYSTEM_READABLE, ExitReason, Sandbox, _plan
 
 from _common import Report, Target, blocking, interleave, machine_notes, median, parse_args, table
 
@@ -52,6 +60,8 @@ for _ in range(8):
     del rows
 """
 BUDGET = 100 << 20
+#: The huge-page allocator's: its first look comes late enough for it to matter.
+HUGE_BUDGET = 512 << 20
 
 
 def _all_limits(**extra: Any) -> Sandbox:
@@ -116,6 +126,56 @@ def _peak(stdout: bytes) -> int:
     return int(lines[-1]) if lines else 0
 
 
+def _hugehog(where: str) -> str:
+    """tests/helpers/hugehog.c, compiled into ``where``."""
+    src = pathlib.Path(__file__).resolve().parent.parent / "tests" / "helpers" / "hugehog.c"
+    out = str(pathlib.Path(where) / "hugehog")
+    subprocess.run(["gcc", "-O1", "-o", out, str(src)], check=True)
+    return out
+
+
+async def bench_huge_pages(report: Report, backend: str, rounds: int) -> None:
+    """Overshoot of an allocator asking for huge pages, 2 MiB at a time."""
+    print(f"\n  3b. huge-page allocator (C, MADV_HUGEPAGE) under max_memory=512M ({backend}; "
+          f"THP {pathlib.Path('/sys/kernel/mm/transparent_hugepage/enabled').read_text().strip()})")
+    with tempfile.TemporaryDirectory() as where:
+        pathlib.Path(where).chmod(0o755)
+        hog = _hugehog(where)
+        readable = [*READABLE, where]
+        ours = Sandbox(fs_readable=readable, max_memory=HUGE_BUDGET)
+        # A page more: an equal policy would share the compiled plan of ``ours``.
+        left_on = Sandbox(fs_readable=readable, max_memory=HUGE_BUDGET + 4096)
+        theirs = (sandlock.Sandbox(fs_readable=readable, max_memory=HUGE_BUDGET)
+                  if sandlock is not None else None)
+        keep = _plan.huge_pages_off
+        peaks: dict[str, list[int]] = {"asyncsandlock": [], "asyncsandlock, THP left on": [],
+                                       "sandlock": []}
+        for _ in range(rounds):
+            result = await ours.run([hog, "fill"], timeout=60)
+            assert result.reason is ExitReason.MEMORY_LIMIT, result
+            peaks["asyncsandlock"].append(_peak(result.stdout or b""))
+            _plan.huge_pages_off = lambda policy: False  # type: ignore[assignment]
+            try:
+                result = await left_on.run([hog, "fill"], timeout=60)
+            finally:
+                _plan.huge_pages_off = keep  # type: ignore[assignment]
+            assert result.reason is ExitReason.MEMORY_LIMIT, result
+            peaks["asyncsandlock, THP left on"].append(_peak(result.stdout or b""))
+            if theirs is not None:
+                peaks["sandlock"].append(_peak(theirs.run([hog, "fill"], timeout=60).stdout))
+    for name, values in peaks.items():
+        if values:
+            over = [(v - HUGE_BUDGET) / (1 << 20) for v in values]
+            print(f"    {name}: peak RSS past the budget, MiB: median {median(over):.1f}, "
+                  f"worst {max(over):.1f} (n={len(over)})")
+    if peaks["sandlock"]:
+        ok = median(peaks["asyncsandlock"]) <= median(peaks["sandlock"])
+        report.add(ok, f"huge-page overshoot {backend}: asyncsandlock "
+                       f"{(median(peaks['asyncsandlock']) - HUGE_BUDGET) / (1 << 20):.1f} MiB, "
+                       f"sandlock {(median(peaks['sandlock']) - HUGE_BUDGET) / (1 << 20):.1f} MiB "
+                       "(target: no more)")
+
+
 async def bench_versus(report: Report, backend: str, rounds: int) -> None:
     ours = Sandbox(fs_readable=READABLE, max_memory=BUDGET)
     print(f"\n  3. against sandlock 0.9, max_memory=100M ({backend})")
@@ -173,10 +233,12 @@ async def run_backend(report: Report, backend: str, quick: bool, only: Sequence[
         await bench_watch(report, backend, 2 if quick else 5)
     if "versus" in only:
         await bench_versus(report, backend, 2 if quick else 5)
+    if "versus" in only or "huge" in only:
+        await bench_huge_pages(report, backend, 2 if quick else 5)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args("Resource-limit benchmarks.", ("spawn", "watch", "versus"))
+    args = parse_args("Resource-limit benchmarks.", ("spawn", "watch", "versus", "huge"))
     print(f"bench_limits{' --quick' if args.quick else ''}: {machine_notes()}")
     print("medians of interleaved rounds; ratios are between contenders of the same run")
     if sandlock is None:

@@ -19,6 +19,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <math.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
@@ -477,4 +478,65 @@ long asl_read_usage(const int32_t *pids, const int32_t *statm_fds, const int32_t
     if (proc >= 0)
         close(proc);
     return reaped;
+}
+
+/*
+ * The watcher's schedule (asyncsandlock/_watch.py), kept here for its most
+ * frequent case: a wake-up that looks at the memory of many sandboxes and
+ * finds each below its budget.  In Python that cost more than the statm
+ * reads themselves (a method call and a dozen attribute writes per
+ * sandbox); here it is a loop over a few doubles.  _Entry.memory() is the
+ * same rule, kept for the looks that take the Python path (CPU times, a
+ * member reaped): a change to one is a change to both.
+ */
+
+long asl_due(struct asl_schedule *const *s, long n, double now, uint8_t *want)
+{
+    long due = 0;
+    for (long i = 0; i < n; i++) {
+        want[i] = s[i]->soon > now ? 0 : s[i]->cpu_soon > now ? 1 : 2;
+        due += want[i] != 0;
+    }
+    return due;
+}
+
+double asl_next_due(struct asl_schedule *const *s, long n)
+{
+    double next = INFINITY;
+    for (long i = 0; i < n; i++)
+        if (s[i]->due < next)
+            next = s[i]->due;
+    return next;
+}
+
+long asl_schedule_memory(struct asl_schedule *const *s, const uint8_t *want,
+                         const uint64_t *rss, long n, double now, double shortest,
+                         double growing, double longest, int32_t *over)
+{
+    long count = 0;
+    for (long i = 0; i < n; i++) {
+        struct asl_schedule *e = s[i];
+        if (want[i] != 1 || e->budget == UINT64_MAX)
+            continue;
+        uint64_t pages = rss[i];
+        if (pages > e->budget) {
+            over[count++] = (int32_t)i;
+            continue;
+        }
+        double interval = (double)(e->budget - pages) * e->per_page;
+        if (interval < shortest) {
+            if (pages <= e->pages)
+                interval = shortest;
+            else if (interval < growing)
+                interval = growing;
+        } else if (interval > longest) {
+            interval = longest;
+        }
+        e->pages = pages;
+        e->mem_due = now + interval;
+        e->mem_soon = now + interval * 0.5;
+        e->soon = e->mem_soon < e->cpu_soon ? e->mem_soon : e->cpu_soon;
+        e->due = e->mem_due < e->cpu_due ? e->mem_due : e->cpu_due;
+    }
+    return count;
 }

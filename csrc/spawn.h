@@ -198,6 +198,33 @@ long asl_probe_pids(const int32_t *pids, long n, const int32_t *pgids, long ngro
 long asl_read_usage(const int32_t *pids, const int32_t *statm_fds, const int32_t *stat_fds,
                     const int32_t *owner, const uint8_t *want, long n, long nowners,
                     struct asl_member *out, uint64_t *rss);
+/* csrc/group.c: when the watcher looks at one sandbox next (one per
+ * watched sandbox, owned by asyncsandlock/_watch.py's _Entry; times are
+ * time.monotonic() seconds). */
+struct asl_schedule {
+    uint64_t budget;    /* max_memory in pages; UINT64_MAX: none */
+    uint64_t pages;     /* resident pages at the last look */
+    double per_page;    /* seconds a sandbox filling memory as fast as it can takes per page */
+    double mem_soon;    /* the next memory look may be made from here */
+    double mem_due;     /* and is due here */
+    double cpu_soon;    /* the same for its CPU times */
+    double cpu_due;
+    double soon;        /* the earlier of the two */
+    double due;
+};
+/* What each of `n` sandboxes wants looked at now: want[i] 0 nothing, 1 its
+ * memory (statm), 2 its CPU times too (stat); returns how many want one. */
+long asl_due(struct asl_schedule *const *s, long n, double now, uint8_t *want);
+/* The earliest due of `n` sandboxes (INFINITY: none). */
+double asl_next_due(struct asl_schedule *const *s, long n);
+/* After a look with no member reaped: each sandbox with want[i] == 1 and
+ * rss[i] resident pages is over its budget (its index into over[], in
+ * order; returns how many) or has its next memory look scheduled, as
+ * _Entry.memory does: `shortest` while it holds still near the budget,
+ * `growing` while it grows there, at most `longest`. */
+long asl_schedule_memory(struct asl_schedule *const *s, const uint8_t *want,
+                         const uint64_t *rss, long n, double now, double shortest,
+                         double growing, double longest, int32_t *over);
 /* csrc/netns.c, called by the parent: the calling thread is back in its own
  * network namespace when they return.  A new network namespace (lo down), as
  * an fd; a socket made in network namespace `nsfd`.  -errno on failure. */

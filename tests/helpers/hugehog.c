@@ -10,7 +10,7 @@
  *   (PR_SET_THP_DISABLE with arg2 0; with PR_THP_DISABLE_EXCEPT_ADVISED),
  *   and prints "<rc> <errno> <rc> <errno> thp=<PR_GET_THP_DISABLE>".
  * fill: takes fresh memory with MADV_HUGEPAGE 2 MiB at a time, touched,
- *   forever; prints its peak RSS in bytes (getrusage) after each step.
+ *   forever (in mappings of 16 MiB); prints its peak RSS in bytes (getrusage) after each step.
  * 125 on a usage or setup error.
  */
 #define _GNU_SOURCE
@@ -29,6 +29,7 @@
 #define PR_THP_DISABLE_EXCEPT_ADVISED (1 << 1)
 #endif
 #define HUGE (2UL << 20)
+#define BLOCK (16UL << 20)
 
 /* `bytes` of fresh memory, 2 MiB aligned, huge pages asked for. */
 static char *advised(size_t bytes)
@@ -91,16 +92,18 @@ int main(int argc, char **argv)
         return 0;
     }
     if (argc == 2 && strcmp(argv[1], "fill") == 0) {
-        size_t total = 64UL << 30; /* address space only: touched as it goes */
-        char *mem = advised(total);
-        for (size_t at = 0; at < total; at += HUGE) {
-            memset(mem + at, 1, HUGE);
-            struct rusage ru;
-            getrusage(RUSAGE_SELF, &ru);
-            printf("%ld\n", ru.ru_maxrss * 1024);
-            fflush(stdout);
+        /* Blocks of 16 MiB: an address-space limit (RLIMIT_AS) stops it at
+         * about what it has touched. */
+        for (;;) {
+            char *mem = advised(BLOCK);
+            for (size_t at = 0; at < BLOCK; at += HUGE) {
+                memset(mem + at, 1, HUGE);
+                struct rusage ru;
+                getrusage(RUSAGE_SELF, &ru);
+                printf("%ld\n", ru.ru_maxrss * 1024);
+                fflush(stdout);
+            }
         }
-        return 0;
     }
     return 125;
 }
