@@ -314,9 +314,10 @@ class _Watcher:
     def __init__(self) -> None:
         self.entries: list[_Entry] = []
         #: Every member of every entry, in the arrays the C core reads (pids,
-        #: statm fds, stat fds, index of its entry in self.entries), with
-        #: their count; None once members or entries change.
-        self.table: tuple[Any, Any, Any, Any, list[int]] | None = None
+        #: statm fds, stat fds, index of its entry in self.entries, CPU clock
+        #: at the last look), with where each entry's members start; None
+        #: once members or entries change.
+        self.table: tuple[Any, Any, Any, Any, Any, list[int]] | None = None
         #: The entries' C schedules (``struct asl_schedule *[]``) and the arrays
         #: of a look (want, rss, over: see :meth:`look`); None once entries change.
         self.scheds: tuple[Any, Any, Any, Any] | None = None
@@ -548,7 +549,7 @@ class _Watcher:
             member = self.out[index]
             self.attach(self.groups[pgids[member.group]], member.pid)
 
-    def members_table(self) -> tuple[Any, Any, Any, Any, list[int]]:
+    def members_table(self) -> tuple[Any, Any, Any, Any, Any, list[int]]:
         """The arrays of :attr:`table`, and where each entry's members start
         in them (one more: the end)."""
         if self.table is None:
@@ -568,8 +569,10 @@ class _Watcher:
             if len(pids) > self.room:
                 self.room = len(pids) * 2
                 self.out = ffi.new("struct asl_member[]", self.room)
+            # The clocks start at 0: the first look after a change reads all.
             self.table = (ffi.new("int32_t[]", pids), ffi.new("int32_t[]", statm),
-                          ffi.new("int32_t[]", stat), ffi.new("int32_t[]", owner), starts)
+                          ffi.new("int32_t[]", stat), ffi.new("int32_t[]", owner),
+                          ffi.new("uint64_t[]", len(pids)), starts)
         return self.table
 
     def schedules(self) -> tuple[Any, Any, Any, Any]:
@@ -599,7 +602,10 @@ class _Watcher:
         if not lib.asl_due(scheds, count, now, want):
             return
         self.discover(now)
-        pids, statm, stat, owner, starts = self.members_table()
+        pids, statm, stat, owner, clocks, starts = self.members_table()
+        # A sandbox none of whose processes ran since its last look has the
+        # memory it had then: want 3, nothing read (asl_skip_unchanged says why).
+        lib.asl_skip_unchanged(pids, owner, clocks, starts[-1], want)
         reaped = lib.asl_read_usage(pids, statm, stat, owner, want, starts[-1], count,
                                     self.out, rss)
         wanted = ffi.buffer(want, count)[:]
@@ -615,11 +621,14 @@ class _Watcher:
         pages = ffi.unpack(rss, count)
         out = self.out
         for index, what in enumerate(wanted):
-            if what == 0 or (what == 1 and not reaped):
+            if what == 0 or (what != 2 and not reaped):
                 continue  # not looked at, or done in C above
             entry = entries[index]
             if not entry.alive():
                 continue  # dropped at the next wake-up
+            if what == lib.ASL_WANT_UNCHANGED:
+                entry.memory(entry.pages, now)
+                continue
             members = []
             for i in range(starts[index], starts[index + 1]):
                 member = out[i]

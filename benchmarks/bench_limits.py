@@ -1,7 +1,7 @@
 """Resource-limit benchmarks: what the limits cost, and how closely they hold.
 
     .venv/bin/python benchmarks/bench_limits.py [--quick] [--backend asyncio|trio]
-        [--only spawn|watch|versus|huge]
+        [--only spawn|watch|versus|huge|fill]
 
 1. ``await sb.run(["/bin/true"])`` with every limit set against the same
    policy without limits (target: at most 1.1x), and with every limit but
@@ -17,11 +17,15 @@
    pages (``tests/helpers/hugehog.c fill``: 2 MiB at a time, MADV_HUGEPAGE)
    under 512M,
    also with huge pages left on in our sandbox (as before ``max_memory``
-   turned them off: the control).
+   turned them off: the control);
+4. (``--only fill``, not by default) how fast fresh memory becomes resident
+   here (``fill_rate.c``: 4 KiB pages with huge pages off, and huge pages),
+   on 1 .. all cores: what the watcher's ``GROWTH`` must cover.
 """
 
 from __future__ import annotations
 
+import os
 import pathlib
 import resource
 import subprocess
@@ -147,18 +151,21 @@ async def bench_huge_pages(report: Report, backend: str, rounds: int) -> None:
         left_on = Sandbox(fs_readable=readable, max_memory=HUGE_BUDGET + 4096)
         theirs = (sandlock.Sandbox(fs_readable=readable, max_memory=HUGE_BUDGET)
                   if sandlock is not None else None)
-        keep = _plan.huge_pages_off
+        # The control: the plan of ``left_on`` compiled as if huge pages were
+        # not turned off (as before): _plan's name replaced for its first run.
+        names = vars(_plan)
+        keep = names["huge_pages_off"]
         peaks: dict[str, list[int]] = {"asyncsandlock": [], "asyncsandlock, THP left on": [],
                                        "sandlock": []}
         for _ in range(rounds):
             result = await ours.run([hog, "fill"], timeout=60)
             assert result.reason is ExitReason.MEMORY_LIMIT, result
             peaks["asyncsandlock"].append(_peak(result.stdout or b""))
-            _plan.huge_pages_off = lambda policy: False  # type: ignore[assignment]
+            names["huge_pages_off"] = lambda policy: False
             try:
                 result = await left_on.run([hog, "fill"], timeout=60)
             finally:
-                _plan.huge_pages_off = keep  # type: ignore[assignment]
+                names["huge_pages_off"] = keep
             assert result.reason is ExitReason.MEMORY_LIMIT, result
             peaks["asyncsandlock, THP left on"].append(_peak(result.stdout or b""))
             if theirs is not None:
@@ -226,6 +233,23 @@ async def bench_versus(report: Report, backend: str, rounds: int) -> None:
                             at_most=1.0), samples)
 
 
+def bench_fill(rounds: int) -> None:
+    """The fill rates of ``fill_rate.c`` (no sandbox, no event loop)."""
+    src = pathlib.Path(__file__).resolve().parent / "fill_rate.c"
+    with tempfile.TemporaryDirectory() as where:
+        exe = str(pathlib.Path(where) / "fill_rate")
+        subprocess.run(["gcc", "-O2", "-pthread", "-o", exe, str(src)], check=True)
+        print(f"\n  4. fresh memory made resident, GiB/s, best of {rounds} (load "
+              f"{os.getloadavg()[0]:.1f})")
+        for huge in (0, 1):
+            for threads in range(1, len(os.sched_getaffinity(0)) + 1):
+                out = subprocess.run([exe, str(huge), str(threads), str(rounds)], check=True,
+                                     capture_output=True, text=True).stdout.split()
+                ways = ", ".join(f"{out[i]} {out[i + 1]}" for i in range(0, len(out), 2))
+                print(f"    {'huge pages (MADV_HUGEPAGE)' if huge else '4 KiB pages (THP off)'}, "
+                      f"{threads} thread(s): {ways}")
+
+
 async def run_backend(report: Report, backend: str, quick: bool, only: Sequence[str]) -> None:
     if "spawn" in only:
         await bench_spawn(report, backend, 20 if quick else 200)
@@ -238,12 +262,15 @@ async def run_backend(report: Report, backend: str, quick: bool, only: Sequence[
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args("Resource-limit benchmarks.", ("spawn", "watch", "versus", "huge"))
+    args = parse_args("Resource-limit benchmarks.", ("spawn", "watch", "versus", "huge", "fill"))
     print(f"bench_limits{' --quick' if args.quick else ''}: {machine_notes()}")
     print("medians of interleaved rounds; ratios are between contenders of the same run")
     if sandlock is None:
         print("sandlock is not installed (pip install '.[bench]'): compared without it")
     report = Report()
+    if args.only == ["fill"]:
+        bench_fill(3 if args.quick else 10)
+        return 0
     for backend in args.backend or ("asyncio", "trio"):
         anyio.run(run_backend, report, backend, args.quick, args.only, backend=backend)
     report.summary()

@@ -215,9 +215,18 @@ struct asl_schedule {
 /* What each of `n` sandboxes wants looked at now: want[i] 0 nothing, 1 its
  * memory (statm), 2 its CPU times too (stat); returns how many want one. */
 long asl_due(struct asl_schedule *const *s, long n, double now, uint8_t *want);
+/* want[i] of a sandbox whose members have not run since its last look:
+ * its rss is as then (asl_skip_unchanged); not read by asl_read_usage. */
+enum { ASL_WANT_UNCHANGED = 3 };
+/* For each sandbox with want 1 whose members (pids[i] of owner[i], grouped
+ * by owner) have the CPU clocks of cpu_ns[] (updated), want becomes
+ * ASL_WANT_UNCHANGED; returns how many. */
+long asl_skip_unchanged(const int32_t *pids, const int32_t *owner, uint64_t *cpu_ns,
+                        long n, uint8_t *want);
 /* The earliest due of `n` sandboxes (INFINITY: none). */
 double asl_next_due(struct asl_schedule *const *s, long n);
-/* After a look with no member reaped: each sandbox with want[i] == 1 and
+/* After a look with no member reaped: each sandbox with want[i] == 1 (or
+ * ASL_WANT_UNCHANGED: its pages as last seen) and
  * rss[i] resident pages is over its budget (its index into over[], in
  * order; returns how many) or has its next memory look scheduled, as
  * _Entry.memory does: `shortest` while it holds still near the budget,
