@@ -224,6 +224,18 @@ class _Entry:
         self.soon = min(self.mem_soon, self.cpu_soon)
         self.due = min(self.mem_due, self.cpu_due)
 
+    def unchanged(self, now: float, cpu: bool) -> None:
+        """Act on a look at a sandbox none of whose processes ran since the
+        last one (``asl_skip_unchanged``): its memory and CPU times are as
+        they were then (``cpu``: its CPU look was due too; a group stopped
+        for ``max_cpu`` gets its share back here)."""
+        if not self.memory(self.pages, now):
+            return
+        if cpu and not self.charge(self.ticks, now):
+            return
+        self.soon = min(self.mem_soon, self.cpu_soon)
+        self.due = min(self.mem_due, self.cpu_due)
+
     def memory(self, pages: int, now: float) -> bool:
         """Act on ``pages`` resident in all; False if it was stopped.
 
@@ -257,7 +269,6 @@ class _Entry:
 
     def account_cpu(self, members: list[Any], now: float) -> bool:
         """Account the CPU times in ``members``; False if it was stopped."""
-        limits = self.limits
         live: dict[int, tuple[int, bool]] = {}
         pids = {m.pid for m in members}
         total = self.retired
@@ -271,7 +282,11 @@ class _Entry:
                 self.retired += ticks
                 total += ticks
         self.seen = live
-        total = max(total, self.ticks)
+        return self.charge(max(total, self.ticks), now)
+
+    def charge(self, total: int, now: float) -> bool:
+        """Act on ``total`` ticks used in all; False if it was stopped."""
+        limits = self.limits
         used = (total - self.ticks) / HZ
         elapsed = now - self.last
         self.ticks, self.last = total, now
@@ -604,7 +619,8 @@ class _Watcher:
         self.discover(now)
         pids, statm, stat, owner, clocks, starts = self.members_table()
         # A sandbox none of whose processes ran since its last look has the
-        # memory it had then: want 3, nothing read (asl_skip_unchanged says why).
+        # memory and CPU times it had then: want 3 (4 for a CPU look),
+        # nothing read (asl_skip_unchanged says why).
         lib.asl_skip_unchanged(pids, owner, clocks, starts[-1], want)
         reaped = lib.asl_read_usage(pids, statm, stat, owner, want, starts[-1], count,
                                     self.out, rss)
@@ -616,18 +632,18 @@ class _Watcher:
                 entry = entries[over[index]]
                 if entry.alive():
                     entry.finish(ExitReason.MEMORY_LIMIT)
-            if 2 not in wanted:
+            if 2 not in wanted and lib.ASL_WANT_UNCHANGED_CPU not in wanted:
                 return
         pages = ffi.unpack(rss, count)
         out = self.out
         for index, what in enumerate(wanted):
-            if what == 0 or (what != 2 and not reaped):
+            if what == 0 or (what in (1, lib.ASL_WANT_UNCHANGED) and not reaped):
                 continue  # not looked at, or done in C above
             entry = entries[index]
             if not entry.alive():
                 continue  # dropped at the next wake-up
-            if what == lib.ASL_WANT_UNCHANGED:
-                entry.memory(entry.pages, now)
+            if what >= lib.ASL_WANT_UNCHANGED:
+                entry.unchanged(now, what == lib.ASL_WANT_UNCHANGED_CPU)
                 continue
             members = []
             for i in range(starts[index], starts[index + 1]):

@@ -427,7 +427,7 @@ long asl_read_usage(const int32_t *pids, const int32_t *statm_fds, const int32_t
         m->pid = pids[i];
         m->group = owner[i];
         m->ppid = -1;
-        if (!wanted || wanted == ASL_WANT_UNCHANGED) {
+        if (!wanted || wanted >= ASL_WANT_UNCHANGED) {
             m->ended = 3; /* not read */
             continue;
         }
@@ -558,7 +558,9 @@ long asl_schedule_memory(struct asl_schedule *const *s, const uint8_t *want,
  * its ended threads included) reads ~3x cheaper than its statm here, and
  * moves whenever any of its threads ran at all.  So: if the clock of every
  * member is where it was at the last look, and the members are the same,
- * the rss is as last seen.  A member that ran, ended, or is new (the
+ * the rss is as last seen, and so are the CPU times (a member that reaped
+ * a child, moving it into its cutime, ran; one reaped by an outsider is
+ * gone: its clock cannot be read).  A member that ran, ended, or is new (the
  * table was rebuilt: its clocks are 0) means a full read of that sandbox.
  * A task born and ended between two looks was forked by a member, which
  * ran.  The clocks are read before the statm reads that may follow: growth
@@ -572,7 +574,7 @@ long asl_skip_unchanged(const int32_t *pids, const int32_t *owner, uint64_t *cpu
         long group = owner[start], end = start;
         while (end < n && owner[end] == group)
             end++;
-        if (want[group] == 1) {
+        if (want[group] == 1 || want[group] == 2) {
             int same = 1;
             for (long i = start; i < end; i++) {
                 struct timespec ts;
@@ -585,7 +587,7 @@ long asl_skip_unchanged(const int32_t *pids, const int32_t *owner, uint64_t *cpu
                 cpu_ns[i] = ns;
             }
             if (same && end > start) {
-                want[group] = ASL_WANT_UNCHANGED;
+                want[group] = want[group] == 1 ? ASL_WANT_UNCHANGED : ASL_WANT_UNCHANGED_CPU;
                 skipped++;
             }
         }

@@ -216,11 +216,12 @@ struct asl_schedule {
  * memory (statm), 2 its CPU times too (stat); returns how many want one. */
 long asl_due(struct asl_schedule *const *s, long n, double now, uint8_t *want);
 /* want[i] of a sandbox whose members have not run since its last look:
- * its rss is as then (asl_skip_unchanged); not read by asl_read_usage. */
-enum { ASL_WANT_UNCHANGED = 3 };
-/* For each sandbox with want 1 whose members (pids[i] of owner[i], grouped
- * by owner) have the CPU clocks of cpu_ns[] (updated), want becomes
- * ASL_WANT_UNCHANGED; returns how many. */
+ * its rss (and CPU times) are as then (asl_skip_unchanged); nothing is read
+ * by asl_read_usage.  _CPU: its CPU look was due (want 2). */
+enum { ASL_WANT_UNCHANGED = 3, ASL_WANT_UNCHANGED_CPU = 4 };
+/* For each sandbox with want 1 or 2 whose members (pids[i] of owner[i],
+ * grouped by owner) have the CPU clocks of cpu_ns[] (updated), want
+ * becomes ASL_WANT_UNCHANGED or _CPU; returns how many. */
 long asl_skip_unchanged(const int32_t *pids, const int32_t *owner, uint64_t *cpu_ns,
                         long n, uint8_t *want);
 /* The earliest due of `n` sandboxes (INFINITY: none). */

@@ -206,3 +206,18 @@ def test_the_c_schedule_of_memory_looks_is_entry_memory() -> None:
         got = (in_c.mem_soon, in_c.mem_due, in_c.soon, in_c.due, in_c.pages)
         assert got == pytest.approx((in_py.mem_soon, in_py.mem_due, in_py.soon, in_py.due,
                                      in_py.pages)), (rss, before)
+
+
+def test_a_sandbox_that_did_not_run_is_charged_nothing_and_gets_its_share_back() -> None:
+    """A look that read nothing (no process of the sandbox ran since the
+    last: ``asl_skip_unchanged``) keeps its memory and CPU times as they
+    were, and a group stopped for ``max_cpu`` is continued once its share
+    has accrued (a stopped group never runs, so this is how it resumes)."""
+    stopped: list[ExitReason] = []
+    entry = _Entry(12345, Watched(64 << 20, 10.0, 0.5, 1), lambda: False, stopped.append)
+    entry.last = 99.9
+    entry.update([_m(10, 5, 0.2, rss=8 << 20)], 100.0, True)
+    assert entry.stopped and entry.ticks == int(0.2 * HZ)
+    entry.unchanged(100.5, True)
+    assert not entry.stopped and entry.ticks == int(0.2 * HZ) and stopped == []
+    assert entry.pages == (8 << 20) // PAGE and entry.cpu_due == 100.5 + _watch.CPU_PERIOD
