@@ -68,13 +68,13 @@ _NO_BUDGET: Final = (1 << 64) - 1
 HZ: Final = os.sysconf("SC_CLK_TCK")
 #: The fastest a sandbox is assumed to take new memory, in bytes per second,
 #: with transparent huge pages off (``max_memory`` turns them off:
-#: ``_limits.huge_pages_off``): 4 KiB page faults, measured here at up to
-#: 2.2 GiB/s on one core (touching each page, MAP_POPULATE or
-#: MADV_POPULATE_WRITE alike) and 2.75 GiB/s on both cores of the host
-#: together (docs/limits.md); huge pages did 10 GiB/s on one core.
-GROWTH: Final = 3 << 30
-#: The same on one core: a sandbox bound to fewer cores (``cpu_cores``)
-#: takes its memory at most this fast on each.
+#: ``_limits.huge_pages_off``): 4 KiB pages made resident on this 2-core
+#: host at up to 3.7 GiB/s by two threads (MAP_POPULATE or
+#: MADV_POPULATE_WRITE; touching each page: 2.9), 2.2 GiB/s by one
+#: (``bench_limits.py --only fill``, docs/limits.md); huge pages did 11.
+GROWTH: Final = 4 << 30
+#: The same per core: a sandbox bound to fewer cores (``cpu_cores``) is
+#: assumed to take at most this much a second on each.
 GROWTH_PER_CORE: Final = 5 << 29
 #: Bounds of the time between two looks at a sandbox, in seconds.
 MIN_INTERVAL: Final = 0.005

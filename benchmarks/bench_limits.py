@@ -176,11 +176,14 @@ async def bench_huge_pages(report: Report, backend: str, rounds: int) -> None:
             print(f"    {name}: peak RSS past the budget, MiB: median {median(over):.1f}, "
                   f"worst {max(over):.1f} (n={len(over)})")
     if peaks["sandlock"]:
-        ok = median(peaks["asyncsandlock"]) <= median(peaks["sandlock"])
-        report.add(ok, f"huge-page overshoot {backend}: asyncsandlock "
-                       f"{(median(peaks['asyncsandlock']) - HUGE_BUDGET) / (1 << 20):.1f} MiB, "
-                       f"sandlock {(median(peaks['sandlock']) - HUGE_BUDGET) / (1 << 20):.1f} MiB "
-                       "(target: no more)")
+        # Not a target: sandlock 0.9's max_memory is RLIMIT_AS, which refuses
+        # the allocator's next 16 MiB mapping (address space, its 2 MiB of
+        # alignment included) before it is used: it ends itself, unstopped.
+        print("    (sandlock: RLIMIT_AS refuses the next mapping; the allocator exits)")
+    ok = median(peaks["asyncsandlock"]) - HUGE_BUDGET <= 8 << 20
+    report.add(ok, f"huge-page overshoot {backend}: "
+                   f"{(median(peaks['asyncsandlock']) - HUGE_BUDGET) / (1 << 20):.1f} MiB "
+                   "(median; target: within 8 MiB, a few ms at 4 KiB pages' speed)")
 
 
 async def bench_versus(report: Report, backend: str, rounds: int) -> None:

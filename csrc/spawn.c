@@ -807,7 +807,7 @@ int asl_receive_fd(int sock)
 /*
  * max_memory: transparent huge pages off in the sandbox (docs/limits.md).
  * A process given huge pages (MADV_HUGEPAGE, or THP "always") takes fresh
- * memory at up to 10 GiB/s on one core here, with 4 KiB pages under 3: the
+ * memory at up to 11 GiB/s on one core here, with 4 KiB pages 2.2: the
  * watcher's sampling interval (asyncsandlock/_watch.py, GROWTH) is set for
  * the latter.  PR_SET_THP_DISABLE is a flag of the mm, not of the task: fork
  * inherits it and execve copies it into the new mm from the one that execs.
