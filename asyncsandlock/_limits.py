@@ -107,6 +107,20 @@ def watched(policy: Sandbox) -> Watched | None:
                    None if policy.max_cpu is None else float(policy.max_cpu) / 100, cores)
 
 
+def huge_pages_off(policy: Sandbox) -> bool:
+    """Whether ``policy``'s children run with transparent huge pages off.
+
+    Under ``max_memory``: a process given huge pages (``MADV_HUGEPAGE``,
+    or THP "always") fills memory several times faster than with 4 KiB
+    pages, faster than the watcher's looks assume (``_watch.GROWTH``), and
+    would pass its budget by up to its headroom before it is seen.  The C
+    core sets ``PR_SET_THP_DISABLE`` for the child (``csrc/spawn.c``,
+    step ``thp``): inherited by every process it starts and kept across
+    ``execve``; the filter refuses turning it back on (``_kernel/_bpf.py``).
+    """
+    return policy.max_memory is not None
+
+
 def limits_protection(policy: Sandbox) -> Protection:
     """How ``policy``'s watched limits are enforced: :attr:`Protection.SAMPLED`
     (the watcher; a cgroup v2 backend is not built yet, see docs/limits.md),

@@ -60,7 +60,7 @@ from ._kernel._bpf import DEFAULT_DENY, FilterSpec, build_filter
 from ._kernel._caps import keep_mask, permitted_mask
 from ._kernel._landlock import RulesetSpec, abi_version, build_ruleset, missing
 from ._kernel._sys import AUDIT_ARCH, SYSCALLS
-from ._limits import limits_protection
+from ._limits import huge_pages_off, limits_protection
 from ._network import net_mode, port_start
 from ._types import Protection, Subsystem
 from .handlers import guarded_syscalls
@@ -105,6 +105,8 @@ class Plan:
     net_mode: int = 0
     #: Its own network's ip_unprivileged_port_start, or None (``_network.port_start``).
     port_start: int | None = None
+    #: max_memory: the child's transparent huge pages off (``_limits.huge_pages_off``).
+    thp_off: bool = False
 
     @property
     def landlock_fd(self) -> int:
@@ -387,7 +389,8 @@ async def owner_of(policy: Sandbox) -> Compiled:
                     interactive=policy.interactive, fastopen_ok=every_tcp_port,
                     identity=identity, limits=limits_protection(policy),
                     allow_icmp=any(rule.protocol == "icmp" for rule in rules),
-                    net_mode=how_net, port_start=port_start(how_net, bind, identity, keep))
+                    net_mode=how_net, port_start=port_start(how_net, bind, identity, keep),
+                    thp_off=huge_pages_off(policy))
         owner = _owners[policy] = Compiled(plan)
     finally:
         if _owners.get(policy) is decision:  # refused: the next run asks again

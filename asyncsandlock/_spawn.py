@@ -227,6 +227,7 @@ def _template(plan: Plan, notify: frozenset[str], self_trapped: frozenset[str],
     req.key = list(plan.key)
     req.keep_caps = plan.keep_caps
     req.own_group = int(Subsystem.PROCESS_GROUP not in plan.degraded)
+    req.thp_disable = int(plan.thp_off)  # max_memory (issue 11): see _limits.huge_pages_off
     arrays += fill_request(req, None if Subsystem.IDENTITY in plan.degraded else plan.identity)
     arrays += _net_mode(req, plan)
     supervised = prog is not None and bool(notify)

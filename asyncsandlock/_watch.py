@@ -50,7 +50,7 @@ import time
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, Generic, TypeVar, cast
 
 import anyio
 import anyio.lowlevel
@@ -60,11 +60,22 @@ from ._core import ffi, lib
 from ._fd import close_fd
 from ._types import ExitReason
 
+T = TypeVar("T")
+
 PAGE: Final = os.sysconf("SC_PAGE_SIZE")
+#: ``struct asl_schedule``'s budget of a sandbox without ``max_memory``.
+_NO_BUDGET: Final = (1 << 64) - 1
 HZ: Final = os.sysconf("SC_CLK_TCK")
-#: The fastest a sandbox is assumed to take new memory, in bytes per second
-#: (a C loop touching fresh pages here does 2-3 GiB/s on one core).
+#: The fastest a sandbox is assumed to take new memory, in bytes per second,
+#: with transparent huge pages off (``max_memory`` turns them off:
+#: ``_limits.huge_pages_off``): 4 KiB pages made resident on this 2-core
+#: host at up to 3.7 GiB/s by two threads (MAP_POPULATE or
+#: MADV_POPULATE_WRITE; touching each page: 2.9), 2.2 GiB/s by one
+#: (``bench_limits.py --only fill``, docs/limits.md); huge pages did 11.
 GROWTH: Final = 4 << 30
+#: The same per core: a sandbox bound to fewer cores (``cpu_cores``) is
+#: assumed to take at most this much a second on each.
+GROWTH_PER_CORE: Final = 5 << 29
 #: Bounds of the time between two looks at a sandbox, in seconds.
 MIN_INTERVAL: Final = 0.005
 #: The shortest, for a sandbox growing near its memory budget.
@@ -124,12 +135,39 @@ def _next(now: float, interval: float, early: float = 0.5, longest: float = MAX_
     return now + interval * (1 - early), now + interval
 
 
+class _Scheduled(Generic[T]):
+    """An attribute of :class:`_Entry` kept in its C schedule (``struct
+    asl_schedule``, ``entry.sched``), which the C core reads and updates
+    for the watcher's most frequent looks (``asl_schedule_memory``)."""
+
+    __slots__ = ("name",)
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, entry: Any, owner: type | None = None) -> T:
+        return cast(T, getattr(entry.sched, self.name))
+
+    def __set__(self, entry: Any, value: T) -> None:
+        setattr(entry.sched, self.name, value)
+
+
 class _Entry:
     """One watched sandbox."""
 
-    __slots__ = ("alive", "cores", "cpu_due", "cpu_early", "cpu_soon", "due", "last", "limits",
-                 "mem_due", "mem_soon", "members", "pages", "pgid", "retired", "seen", "soon",
-                 "stop", "stopped", "ticks", "tokens", "wants_cpu")
+    __slots__ = ("alive", "budget", "cores", "cpu_early", "last", "limits", "members",
+                 "per_page", "pgid", "retired", "sched", "seen", "stop", "stopped", "ticks",
+                 "tokens", "wants_cpu")
+
+    #: When the next look at its memory, and at its CPU, may be made and is
+    #: due, and the earlier of each; its resident pages at the last look.
+    mem_soon: _Scheduled[float] = _Scheduled()
+    mem_due: _Scheduled[float] = _Scheduled()
+    cpu_soon: _Scheduled[float] = _Scheduled()
+    cpu_due: _Scheduled[float] = _Scheduled()
+    soon: _Scheduled[float] = _Scheduled()
+    due: _Scheduled[float] = _Scheduled()
+    pages: _Scheduled[int] = _Scheduled()
 
     def __init__(self, pgid: int, limits: Watched, alive: Callable[[], bool],
                  stop: Callable[[ExitReason], None]) -> None:
@@ -139,20 +177,26 @@ class _Entry:
         self.stop = stop
         self.cores = limits.cores
         now = time.monotonic()
+        #: The memory budget in pages (None: no budget), and the seconds a
+        #: sandbox growing as fast as it can takes to fill one page.
+        self.budget = None if limits.memory is None else limits.memory // PAGE
+        self.per_page = PAGE / min(GROWTH, GROWTH_PER_CORE * limits.cores)
+        self.sched = ffi.new("struct asl_schedule *")
+        self.sched.budget = _NO_BUDGET if self.budget is None else self.budget
+        self.sched.per_page = self.per_page
         # The first looks when the sandbox could first be over: a spawn
         # costs no walk of /proc (a short command never gets one).
-        #: When the next look at its memory, and at its CPU, may be made and is due.
         self.mem_soon = self.mem_due = self.cpu_soon = self.cpu_due = math.inf
-        if limits.memory is not None:
-            self.mem_soon, self.mem_due = _next(now, limits.memory / GROWTH)
+        if self.budget is not None:
+            self.mem_soon, self.mem_due = _next(now, self.budget * self.per_page)
         self.cpu_early = 0.5 if limits.memory is None else 0.25
         if limits.cpu_share is not None:
             self.cpu_soon, self.cpu_due = _next(now, CPU_PERIOD, self.cpu_early)
         elif limits.cpu_time is not None:
             self.cpu_soon, self.cpu_due = _next(now, limits.cpu_time / self.cores, self.cpu_early,
                                                 CPU_TIME_INTERVAL)
-        self.soon = min(self.mem_soon, self.cpu_soon)
-        self.due = min(self.mem_due, self.cpu_due)
+        self.sched.soon = min(self.mem_soon, self.cpu_soon)
+        self.sched.due = min(self.mem_due, self.cpu_due)
         #: pid -> (ticks, whether its parent was a member) when last seen.
         self.seen: dict[int, tuple[int, bool]] = {}
         #: Ticks of members that ended reaped by a process outside the sandbox.
@@ -161,8 +205,6 @@ class _Entry:
         self.last = now
         self.tokens = 0.0
         self.stopped = False
-        #: Resident pages of all its members at the last look.
-        self.pages = 0
         #: pid -> fds held on its /proc statm and stat files (-1: none).
         self.members: dict[int, tuple[int, int]] = {}
         self.wants_cpu = limits.cpu_share is not None or limits.cpu_time is not None
@@ -182,12 +224,27 @@ class _Entry:
         self.soon = min(self.mem_soon, self.cpu_soon)
         self.due = min(self.mem_due, self.cpu_due)
 
+    def unchanged(self, now: float, cpu: bool) -> None:
+        """Act on a look at a sandbox none of whose processes ran since the
+        last one (``asl_skip_unchanged``): its memory and CPU times are as
+        they were then (``cpu``: its CPU look was due too; a group stopped
+        for ``max_cpu`` gets its share back here)."""
+        if not self.memory(self.pages, now):
+            return
+        if cpu and not self.charge(self.ticks, now):
+            return
+        self.soon = min(self.mem_soon, self.cpu_soon)
+        self.due = min(self.mem_due, self.cpu_due)
+
     def memory(self, pages: int, now: float) -> bool:
-        """Act on ``pages`` resident in all; False if it was stopped."""
-        budget = self.limits.memory
+        """Act on ``pages`` resident in all; False if it was stopped.
+
+        The watcher's most frequent call, once per look at every sandbox
+        under ``max_memory``: kept to plain arithmetic (what ``_next`` does,
+        inline; no min() calls), in pages."""
+        budget = self.budget
         if budget is not None:
-            rss = pages * PAGE
-            if rss > budget:
+            if pages > budget:
                 self.finish(ExitReason.MEMORY_LIMIT)
                 return False
             # Within MIN_INTERVAL of the budget at GROWTH, a sandbox that
@@ -195,18 +252,23 @@ class _Entry:
             # its overshoot is what it takes in that time (it is about to
             # be stopped, or to stop growing, so it does not cost long); one
             # that holds still there every MIN_INTERVAL.
-            shortest = GROWING_INTERVAL if pages > self.pages else MIN_INTERVAL
+            interval = (budget - pages) * self.per_page
+            if interval < MIN_INTERVAL:
+                if pages <= self.pages:
+                    interval = MIN_INTERVAL
+                elif interval < GROWING_INTERVAL:
+                    interval = GROWING_INTERVAL
+            elif interval > MAX_INTERVAL:
+                interval = MAX_INTERVAL
             self.pages = pages
-            self.mem_soon, self.mem_due = soon, due = _next(now, (budget - rss) / GROWTH,
-                                                            shortest=shortest)
-            # The watcher's most frequent call: no min() calls.
+            self.mem_due = due = now + interval
+            self.mem_soon = soon = now + interval * 0.5
             self.soon = soon if soon < self.cpu_soon else self.cpu_soon
             self.due = due if due < self.cpu_due else self.cpu_due
         return True
 
     def account_cpu(self, members: list[Any], now: float) -> bool:
         """Account the CPU times in ``members``; False if it was stopped."""
-        limits = self.limits
         live: dict[int, tuple[int, bool]] = {}
         pids = {m.pid for m in members}
         total = self.retired
@@ -220,7 +282,11 @@ class _Entry:
                 self.retired += ticks
                 total += ticks
         self.seen = live
-        total = max(total, self.ticks)
+        return self.charge(max(total, self.ticks), now)
+
+    def charge(self, total: int, now: float) -> bool:
+        """Act on ``total`` ticks used in all; False if it was stopped."""
+        limits = self.limits
         used = (total - self.ticks) / HZ
         elapsed = now - self.last
         self.ticks, self.last = total, now
@@ -263,9 +329,13 @@ class _Watcher:
     def __init__(self) -> None:
         self.entries: list[_Entry] = []
         #: Every member of every entry, in the arrays the C core reads (pids,
-        #: statm fds, stat fds, index of its entry in self.entries), with
-        #: their count; None once members or entries change.
-        self.table: tuple[Any, Any, Any, Any, list[int]] | None = None
+        #: statm fds, stat fds, index of its entry in self.entries, CPU clock
+        #: at the last look), with where each entry's members start; None
+        #: once members or entries change.
+        self.table: tuple[Any, Any, Any, Any, Any, list[int]] | None = None
+        #: The entries' C schedules (``struct asl_schedule *[]``) and the arrays
+        #: of a look (want, rss, over: see :meth:`look`); None once entries change.
+        self.scheds: tuple[Any, Any, Any, Any] | None = None
         #: pgid -> entry, and its keys sorted (for the C calls), rebuilt on change.
         self.groups: dict[int, _Entry] = {}
         self.sorted_groups: Any = None
@@ -291,7 +361,7 @@ class _Watcher:
 
     def add(self, entry: _Entry) -> None:
         self.entries.append(entry)
-        self.table = None
+        self.table = self.scheds = None
         self.groups[entry.pgid] = entry
         self.sorted_groups = None
         # The leader is ours until it is reaped (on this thread, later).
@@ -379,19 +449,13 @@ class _Watcher:
 
     async def _serve(self) -> None:
         while True:
-            live = []
-            for entry in self.entries:
-                if entry.alive():
-                    live.append(entry)
-                else:
-                    self.drop(entry)
-            if len(live) != len(self.entries):
-                self.entries = live
-                self.table = None
-            if not self.entries:
+            try:
+                delay = self.next_wake()
+            except BaseException:
+                self.fail_closed()
+                raise
+            if delay is None:
                 return
-            self.until = min(entry.due for entry in self.entries)
-            delay = self.until - time.monotonic()
             if delay > 0:
                 with anyio.move_on_after(delay):
                     await self.wake.wait()
@@ -403,11 +467,31 @@ class _Watcher:
             try:
                 self.look()
             except BaseException:
-                # Fail closed: a sandbox nothing watches any more is stopped
-                # rather than left to run past its limits.
-                for entry in self.entries:
-                    entry.finish(ExitReason.KILLED)
+                self.fail_closed()
                 raise
+
+    def next_wake(self) -> float | None:
+        """Drop the entries whose run has ended; the seconds until the next
+        look is due (None: nothing is left to watch)."""
+        live = []
+        for entry in self.entries:
+            if entry.alive():
+                live.append(entry)
+            else:
+                self.drop(entry)
+        if len(live) != len(self.entries):
+            self.entries = live
+            self.table = self.scheds = None
+        if not self.entries:
+            return None
+        self.until = lib.asl_next_due(self.schedules()[0], len(self.entries))
+        return self.until - time.monotonic()
+
+    def fail_closed(self) -> None:
+        """A sandbox nothing watches any more is stopped rather than left to
+        run past its limits."""
+        for entry in self.entries:
+            entry.finish(ExitReason.KILLED)
 
     def pgids(self) -> Any:
         if self.sorted_groups is None:
@@ -480,7 +564,7 @@ class _Watcher:
             member = self.out[index]
             self.attach(self.groups[pgids[member.group]], member.pid)
 
-    def members_table(self) -> tuple[Any, Any, Any, Any, list[int]]:
+    def members_table(self) -> tuple[Any, Any, Any, Any, Any, list[int]]:
         """The arrays of :attr:`table`, and where each entry's members start
         in them (one more: the end)."""
         if self.table is None:
@@ -500,44 +584,78 @@ class _Watcher:
             if len(pids) > self.room:
                 self.room = len(pids) * 2
                 self.out = ffi.new("struct asl_member[]", self.room)
+            # The clocks start at 0: the first look after a change reads all.
             self.table = (ffi.new("int32_t[]", pids), ffi.new("int32_t[]", statm),
-                          ffi.new("int32_t[]", stat), ffi.new("int32_t[]", owner), starts)
+                          ffi.new("int32_t[]", stat), ffi.new("int32_t[]", owner),
+                          ffi.new("uint64_t[]", len(pids)), starts)
         return self.table
+
+    def schedules(self) -> tuple[Any, Any, Any, Any]:
+        """:attr:`scheds`, built for the current entries if need be."""
+        if self.scheds is None:
+            count = len(self.entries)
+            self.scheds = (ffi.new("struct asl_schedule *[]", [e.sched for e in self.entries]),
+                           ffi.new("uint8_t[]", count), ffi.new("uint64_t[]", count),
+                           ffi.new("int32_t[]", count))
+        return self.scheds
 
     def look(self) -> None:
         """Find new members, read the use of every sandbox whose look may be
-        made now (one call into the C core for all), and act on it."""
+        made now (one call into the C core for all), and act on it.
+
+        The most frequent look by far, at memory alone with no member
+        reaped, is scheduled in C as well (``asl_schedule_memory``, the rule
+        of :meth:`_Entry.memory`): Python sees only the sandboxes over their
+        budget.  CPU looks, and every look of a wake-up that found a member
+        reaped, take the Python path."""
         now = time.monotonic()
         entries = self.entries
-        # 0: not now; 1: memory (statm, a third of the cost of stat); 2: CPU
-        # times too (stat), only for those whose CPU look may be made.
-        want = [0 if entry.soon > now or not entry.alive() else 1 if entry.cpu_soon > now else 2
-                for entry in entries]
-        if not any(want):
+        count = len(entries)
+        scheds, want, rss, over = self.schedules()
+        # want[i] 0: not now; 1: memory (statm, a third of the cost of
+        # stat); 2: CPU times too (stat), for those whose CPU look may be made.
+        if not lib.asl_due(scheds, count, now, want):
             return
         self.discover(now)
-        pids, statm, stat, owner, starts = self.members_table()
-        rss = ffi.new("uint64_t[]", len(entries))
-        reaped = lib.asl_read_usage(pids, statm, stat, owner, ffi.new("uint8_t[]", want),
-                                    starts[-1], len(entries), self.out, rss)
+        pids, statm, stat, owner, clocks, starts = self.members_table()
+        # A sandbox none of whose processes ran since its last look has the
+        # memory and CPU times it had then: want 3 (4 for a CPU look),
+        # nothing read (asl_skip_unchanged says why).
+        lib.asl_skip_unchanged(pids, owner, clocks, starts[-1], want)
+        reaped = lib.asl_read_usage(pids, statm, stat, owner, want, starts[-1], count,
+                                    self.out, rss)
+        wanted = ffi.buffer(want, count)[:]
+        if not reaped:
+            for index in range(lib.asl_schedule_memory(scheds, want, rss, count, now,
+                                                       MIN_INTERVAL, GROWING_INTERVAL,
+                                                       MAX_INTERVAL, over)):
+                entry = entries[over[index]]
+                if entry.alive():
+                    entry.finish(ExitReason.MEMORY_LIMIT)
+            if 2 not in wanted and lib.ASL_WANT_UNCHANGED_CPU not in wanted:
+                return
+        pages = ffi.unpack(rss, count)
         out = self.out
-        pages = ffi.unpack(rss, len(entries))
-        for index, wanted in enumerate(want):
+        for index, what in enumerate(wanted):
+            if what == 0 or (what in (1, lib.ASL_WANT_UNCHANGED) and not reaped):
+                continue  # not looked at, or done in C above
             entry = entries[index]
-            if wanted == 1 and not reaped:
-                entry.memory(pages[index], now)  # the most frequent case: kept short
-            elif wanted:
-                records = [out[i] for i in range(starts[index], starts[index + 1])]
-                members = []
-                for member in records:
-                    if member.ended == 2:
-                        self.detach(entry, member.pid)  # reaped: its fds name no one now
-                    else:
-                        members.append(member)
-                if wanted == 1:
-                    entry.memory(pages[index], now)
+            if not entry.alive():
+                continue  # dropped at the next wake-up
+            if what >= lib.ASL_WANT_UNCHANGED:
+                entry.unchanged(now, what == lib.ASL_WANT_UNCHANGED_CPU)
+                continue
+            members = []
+            for i in range(starts[index], starts[index + 1]):
+                member = out[i]
+                if member.ended == 2:
+                    self.detach(entry, member.pid)  # reaped: its fds name no one now
                 else:
-                    entry.update(members, now, True)
+                    members.append(member)
+            if what == 1:
+                entry.memory(pages[index], now)
+            else:
+                entry.update(members, now, True)
 
 
 _watchers: weakref.WeakKeyDictionary[object, _Watcher] = weakref.WeakKeyDictionary()

@@ -19,10 +19,12 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <math.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/syscall.h>
+#include <time.h>
 #include <unistd.h>
 
 struct linux_dirent64 {
@@ -425,7 +427,7 @@ long asl_read_usage(const int32_t *pids, const int32_t *statm_fds, const int32_t
         m->pid = pids[i];
         m->group = owner[i];
         m->ppid = -1;
-        if (!wanted) {
+        if (!wanted || wanted >= ASL_WANT_UNCHANGED) {
             m->ended = 3; /* not read */
             continue;
         }
@@ -477,4 +479,119 @@ long asl_read_usage(const int32_t *pids, const int32_t *statm_fds, const int32_t
     if (proc >= 0)
         close(proc);
     return reaped;
+}
+
+/*
+ * The watcher's schedule (asyncsandlock/_watch.py), kept here for its most
+ * frequent case: a wake-up that looks at the memory of many sandboxes and
+ * finds each below its budget.  In Python that cost more than the statm
+ * reads themselves (a method call and a dozen attribute writes per
+ * sandbox); here it is a loop over a few doubles.  _Entry.memory() is the
+ * same rule, kept for the looks that take the Python path (CPU times, a
+ * member reaped): a change to one is a change to both.
+ */
+
+long asl_due(struct asl_schedule *const *s, long n, double now, uint8_t *want)
+{
+    long due = 0;
+    for (long i = 0; i < n; i++) {
+        want[i] = s[i]->soon > now ? 0 : s[i]->cpu_soon > now ? 1 : 2;
+        due += want[i] != 0;
+    }
+    return due;
+}
+
+double asl_next_due(struct asl_schedule *const *s, long n)
+{
+    double next = INFINITY;
+    for (long i = 0; i < n; i++)
+        if (s[i]->due < next)
+            next = s[i]->due;
+    return next;
+}
+
+long asl_schedule_memory(struct asl_schedule *const *s, const uint8_t *want,
+                         const uint64_t *rss, long n, double now, double shortest,
+                         double growing, double longest, int32_t *over)
+{
+    long count = 0;
+    for (long i = 0; i < n; i++) {
+        struct asl_schedule *e = s[i];
+        if ((want[i] != 1 && want[i] != ASL_WANT_UNCHANGED) || e->budget == UINT64_MAX)
+            continue;
+        uint64_t pages = want[i] == ASL_WANT_UNCHANGED ? e->pages : rss[i];
+        if (pages > e->budget) {
+            over[count++] = (int32_t)i;
+            continue;
+        }
+        double interval = (double)(e->budget - pages) * e->per_page;
+        if (interval < shortest) {
+            if (pages <= e->pages)
+                interval = shortest;
+            else if (interval < growing)
+                interval = growing;
+        } else if (interval > longest) {
+            interval = longest;
+        }
+        e->pages = pages;
+        e->mem_due = now + interval;
+        e->mem_soon = now + interval * 0.5;
+        e->soon = e->mem_soon < e->cpu_soon ? e->mem_soon : e->cpu_soon;
+        e->due = e->mem_due < e->cpu_due ? e->mem_due : e->cpu_due;
+    }
+    return count;
+}
+
+/*
+ * A memory look at a sandbox none of whose processes has run since the
+ * last one needs no statm: its resident memory cannot have changed.  Pages
+ * become resident only by a task of the mm faulting them in or populating
+ * them (its page faults, or its own system calls: mmap with MAP_POPULATE,
+ * madvise, a read into fresh memory), which is CPU time of that task; a
+ * khugepaged collapse would not be, but huge pages are off under
+ * max_memory (spawn step thp); userfaultfd, io_uring, ptrace and
+ * process_vm_writev, which could fill it from outside, are denied.  Every
+ * task of a member's mm is a member or a thread of one: a process that
+ * shares the mm without being a thread (clone(CLONE_VM), vfork) stays in
+ * the sandbox's process group, which nothing inside can leave.  A
+ * process's CPU clock (clock_gettime of its CPUCLOCK_SCHED, in nanoseconds,
+ * its ended threads included) reads ~3x cheaper than its statm here, and
+ * moves whenever any of its threads ran at all.  So: if the clock of every
+ * member is where it was at the last look, and the members are the same,
+ * the rss is as last seen, and so are the CPU times (a member that reaped
+ * a child, moving it into its cutime, ran; one reaped by an outsider is
+ * gone: its clock cannot be read).  A member that ran, ended, or is new (the
+ * table was rebuilt: its clocks are 0) means a full read of that sandbox.
+ * A task born and ended between two looks was forked by a member, which
+ * ran.  The clocks are read before the statm reads that may follow: growth
+ * after them moves a clock, seen at the next look.
+ */
+long asl_skip_unchanged(const int32_t *pids, const int32_t *owner, uint64_t *cpu_ns,
+                        long n, uint8_t *want)
+{
+    long skipped = 0;
+    for (long start = 0; start < n;) {
+        long group = owner[start], end = start;
+        while (end < n && owner[end] == group)
+            end++;
+        if (want[group] == 1 || want[group] == 2) {
+            int same = 1;
+            for (long i = start; i < end; i++) {
+                struct timespec ts;
+                clockid_t clock = (clockid_t)((~(unsigned)pids[i] << 3) | 2); /* CPUCLOCK_SCHED */
+                uint64_t ns = 0;
+                if (syscall(SYS_clock_gettime, clock, &ts) == 0)
+                    ns = (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+                if (ns == 0 || ns != cpu_ns[i])
+                    same = 0;
+                cpu_ns[i] = ns;
+            }
+            if (same && end > start) {
+                want[group] = want[group] == 1 ? ASL_WANT_UNCHANGED : ASL_WANT_UNCHANGED_CPU;
+                skipped++;
+            }
+        }
+        start = end;
+    }
+    return skipped;
 }

@@ -39,6 +39,7 @@
 
 #include <linux/filter.h>
 #include <linux/seccomp.h>
+#include <pthread.h>
 #include <sched.h>
 #include <signal.h>
 #include <stdatomic.h>
@@ -871,6 +872,12 @@ static int child_main(void *arg)
     if (req->landlock_fd >= 0 &&
         (rc = SYS3(SYS_landlock_restrict_self, req->landlock_fd, req->landlock_flags, 0)) < 0)
         fail(req, rc);
+    /* max_memory: huge pages off, on the mm we share with the caller; its
+     * exec takes the flag along (see thp_hold). */
+    enter(req, ASL_STEP_THP);
+    if (req->thp_disable &&
+        (rc = raw_syscall(SYS_prctl, PR_SET_THP_DISABLE, 1, 0, 0, 0, 0)) < 0)
+        fail(req, rc);
     /* Unblock before the filter exists: a user handler may trap sigprocmask. */
     enter(req, ASL_STEP_SIGMASK);
     uint64_t empty = 0;
@@ -958,6 +965,51 @@ int asl_receive_fd(int sock)
     return fd;
 }
 
+/*
+ * max_memory: transparent huge pages off in the sandbox (docs/limits.md).
+ * A process given huge pages (MADV_HUGEPAGE, or THP "always") takes fresh
+ * memory at up to 11 GiB/s on one core here, with 4 KiB pages 2.2: the
+ * watcher's sampling interval (asyncsandlock/_watch.py, GROWTH) is set for
+ * the latter.  PR_SET_THP_DISABLE is a flag of the mm, not of the task: fork
+ * inherits it and execve copies it into the new mm from the one that execs.
+ * So the vfork child's ASL_STEP_THP sets it on the mm it shares with us, the
+ * caller, and its exec takes it along; the caller gets its own setting back
+ * once the clone returns (the child has exec'd or exited by then).  Spawns
+ * from several threads at once overlap: the first to hold saves the
+ * caller's setting, the last to let go restores it, so that no child can
+ * exec between someone's restore and its own exec.  A spawn without
+ * max_memory that overlaps one gets huge pages off as well (harmless), and
+ * so do the caller's own page faults meanwhile (a spawn's time).  6.18's
+ * PR_THP_DISABLE_EXCEPT_ADVISED (huge pages where madvised) is never asked
+ * for: the filter refuses it and turning the flag off (_kernel/_bpf.py).
+ */
+#ifndef PR_THP_DISABLE_EXCEPT_ADVISED
+#define PR_THP_DISABLE_EXCEPT_ADVISED (1 << 1)
+#endif
+static pthread_mutex_t thp_lock = PTHREAD_MUTEX_INITIALIZER;
+static int thp_holders;
+static int thp_saved; /* PR_GET_THP_DISABLE before the first holder */
+
+static void thp_hold(void)
+{
+    pthread_mutex_lock(&thp_lock);
+    if (thp_holders++ == 0)
+        thp_saved = prctl(PR_GET_THP_DISABLE, 0, 0, 0, 0);
+    pthread_mutex_unlock(&thp_lock);
+}
+
+static void thp_release(void)
+{
+    pthread_mutex_lock(&thp_lock);
+    /* Best effort: a caller that may not turn it back on (nested in a
+     * sandbox of ours) keeps it off, which costs it nothing but speed. */
+    if (--thp_holders == 0 && thp_saved == 0)
+        prctl(PR_SET_THP_DISABLE, 0, 0, 0, 0);
+    else if (thp_holders == 0 && thp_saved == (1 | PR_THP_DISABLE_EXCEPT_ADVISED))
+        prctl(PR_SET_THP_DISABLE, 1, PR_THP_DISABLE_EXCEPT_ADVISED, 0, 0);
+    pthread_mutex_unlock(&thp_lock);
+}
+
 int asl_spawn(const struct asl_spawn_req *req, int *pidfd)
 {
     if (req->nfds < 0 || req->nfds > ASL_MAX_FDS)
@@ -967,6 +1019,8 @@ int asl_spawn(const struct asl_spawn_req *req, int *pidfd)
     char *stack = take_stack(page, size);
     if (!stack)
         return -errno;
+    if (req->thp_disable)
+        thp_hold();
     sigset_t all, old;
     sigfillset(&all);
     pthread_sigmask(SIG_SETMASK, &all, &old);
@@ -977,6 +1031,8 @@ int asl_spawn(const struct asl_spawn_req *req, int *pidfd)
                     (void *)req, pidfd);
     int err = errno;
     pthread_sigmask(SIG_SETMASK, &old, NULL);
+    if (req->thp_disable)
+        thp_release();
     char *none = NULL;
     if (!atomic_compare_exchange_strong(&spare_stack, &none, stack))
         munmap(stack, size);

@@ -27,11 +27,12 @@ enum asl_step {
     ASL_STEP_CAPABILITIES = 11,
     ASL_STEP_NO_NEW_PRIVS = 12,
     ASL_STEP_LANDLOCK = 13,
-    ASL_STEP_SIGMASK = 14,
-    ASL_STEP_SECCOMP = 15,
-    ASL_STEP_LISTENER = 16,
-    ASL_STEP_RLIMIT = 17,
-    ASL_STEP_EXECVE = 18
+    ASL_STEP_THP = 14,      /* max_memory: transparent huge pages off (issue 11) */
+    ASL_STEP_SIGMASK = 15,
+    ASL_STEP_SECCOMP = 16,
+    ASL_STEP_LISTENER = 17,
+    ASL_STEP_RLIMIT = 18,
+    ASL_STEP_EXECVE = 19
 };
 
 /* How the child takes the identity of a policy's uid/gid (docs/files.md). */
@@ -161,6 +162,9 @@ struct asl_spawn_req {
      * the file on (the parent keeps it), cloned instead of a new one;
      * else, with hosts_sock > 0, the child sends the tmpfs it made there. */
     int hosts_sock;
+    /* max_memory (issue 11, csrc/spawn.c thp_hold): 1 to turn transparent
+     * huge pages off for the child and all it starts (PR_SET_THP_DISABLE). */
+    int thp_disable;
     int32_t reached;              /* written by the child: the step it is in */
 };
 
@@ -213,6 +217,43 @@ long asl_probe_pids(const int32_t *pids, long n, const int32_t *pgids, long ngro
 long asl_read_usage(const int32_t *pids, const int32_t *statm_fds, const int32_t *stat_fds,
                     const int32_t *owner, const uint8_t *want, long n, long nowners,
                     struct asl_member *out, uint64_t *rss);
+/* csrc/group.c: when the watcher looks at one sandbox next (one per
+ * watched sandbox, owned by asyncsandlock/_watch.py's _Entry; times are
+ * time.monotonic() seconds). */
+struct asl_schedule {
+    uint64_t budget;    /* max_memory in pages; UINT64_MAX: none */
+    uint64_t pages;     /* resident pages at the last look */
+    double per_page;    /* seconds a sandbox filling memory as fast as it can takes per page */
+    double mem_soon;    /* the next memory look may be made from here */
+    double mem_due;     /* and is due here */
+    double cpu_soon;    /* the same for its CPU times */
+    double cpu_due;
+    double soon;        /* the earlier of the two */
+    double due;
+};
+/* What each of `n` sandboxes wants looked at now: want[i] 0 nothing, 1 its
+ * memory (statm), 2 its CPU times too (stat); returns how many want one. */
+long asl_due(struct asl_schedule *const *s, long n, double now, uint8_t *want);
+/* want[i] of a sandbox whose members have not run since its last look:
+ * its rss (and CPU times) are as then (asl_skip_unchanged); nothing is read
+ * by asl_read_usage.  _CPU: its CPU look was due (want 2). */
+enum { ASL_WANT_UNCHANGED = 3, ASL_WANT_UNCHANGED_CPU = 4 };
+/* For each sandbox with want 1 or 2 whose members (pids[i] of owner[i],
+ * grouped by owner) have the CPU clocks of cpu_ns[] (updated), want
+ * becomes ASL_WANT_UNCHANGED or _CPU; returns how many. */
+long asl_skip_unchanged(const int32_t *pids, const int32_t *owner, uint64_t *cpu_ns,
+                        long n, uint8_t *want);
+/* The earliest due of `n` sandboxes (INFINITY: none). */
+double asl_next_due(struct asl_schedule *const *s, long n);
+/* After a look with no member reaped: each sandbox with want[i] == 1 (or
+ * ASL_WANT_UNCHANGED: its pages as last seen) and
+ * rss[i] resident pages is over its budget (its index into over[], in
+ * order; returns how many) or has its next memory look scheduled, as
+ * _Entry.memory does: `shortest` while it holds still near the budget,
+ * `growing` while it grows there, at most `longest`. */
+long asl_schedule_memory(struct asl_schedule *const *s, const uint8_t *want,
+                         const uint64_t *rss, long n, double now, double shortest,
+                         double growing, double longest, int32_t *over);
 /* csrc/netns.c, called by the parent: the calling thread is back in its own
  * network namespace when they return.  A new network namespace (lo down), as
  * an fd; a socket made in network namespace `nsfd`.  -errno on failure. */

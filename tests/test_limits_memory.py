@@ -165,3 +165,25 @@ async def test_an_orphan_within_the_budget_runs(memhog: str) -> None:
     script = f"({memhog} 0 10 1 1 &) ; sleep 2"
     result = await _in(memhog, max_memory="60M").run(["sh", "-c", script], timeout=60)
     assert result.success, result
+
+
+@pytest.fixture(scope="session")
+def vmshare() -> str:
+    return build_helper("vmshare")
+
+
+@pytest.mark.parametrize("then", ["pause", "exec"])
+async def test_memory_taken_through_a_shared_mm_is_charged(vmshare: str, then: str) -> None:
+    """Escape: a process sharing its parent's mm (clone(CLONE_VM), not a
+    thread) fills it while the parent never runs again, then pauses or
+    execs (leaving the memory to the parent alone).  The watcher skips the
+    statm of a sandbox none of whose processes ran since its last look:
+    this one did, so it is read, and stopped."""
+    result = await _in(vmshare, max_memory="100M").run([vmshare, "150", then], timeout=30)
+    assert result.reason is ExitReason.MEMORY_LIMIT, result
+
+
+async def test_memory_taken_through_a_shared_mm_control(vmshare: str) -> None:
+    """Control: the same under a budget that holds it runs on (to its timeout)."""
+    result = await _in(vmshare, max_memory="400M").run([vmshare, "150", "exec"], timeout=3)
+    assert result.reason is ExitReason.TIMEOUT, result

@@ -11,6 +11,7 @@ import pytest
 
 from asyncsandlock import Protection, Sandbox, _watch
 from asyncsandlock._cgroup import probe_cgroup_v2
+from asyncsandlock._core import ffi, lib
 from asyncsandlock._limits import limits_protection
 from asyncsandlock._types import ExitReason
 from asyncsandlock._watch import (
@@ -180,3 +181,43 @@ async def test_new_members_are_found_by_probing_the_pids_handed_out(
     last[0] = 50 + _watch.PROBE_MAX + 1
     watcher.discover(4.0)
     assert walks == [1, 1]
+
+
+def test_the_c_schedule_of_memory_looks_is_entry_memory() -> None:
+    """``asl_schedule_memory`` (the watcher's frequent looks, in C) applies
+    the rule of :meth:`_Entry.memory` (its looks on the Python path): the
+    same verdicts and the same next looks, far from the budget, near it
+    growing or holding still, and over it."""
+    budget = 64 << 20
+    cases = [(1 << 20, 0), (1 << 20, 1 << 20), (budget - PAGE, budget - 2 * PAGE),
+             (budget - PAGE, budget - PAGE), (budget - (1 << 20), 0), (budget, budget),
+             (budget + PAGE, 0)]
+    for rss, before in cases:
+        in_c, _ = _entry(memory=budget, cores=2)
+        in_py, stopped = _entry(memory=budget, cores=2)
+        in_c.pages = in_py.pages = before // PAGE
+        scheds = ffi.new("struct asl_schedule *[]", [in_c.sched])
+        over = ffi.new("int32_t[]", 1)
+        found = lib.asl_schedule_memory(scheds, ffi.new("uint8_t[]", [1]),
+                                        ffi.new("uint64_t[]", [rss // PAGE]), 1, 100.0,
+                                        MIN_INTERVAL, GROWING_INTERVAL, _watch.MAX_INTERVAL, over)
+        in_py.memory(rss // PAGE, 100.0)
+        assert found == len(stopped), (rss, before)
+        got = (in_c.mem_soon, in_c.mem_due, in_c.soon, in_c.due, in_c.pages)
+        assert got == pytest.approx((in_py.mem_soon, in_py.mem_due, in_py.soon, in_py.due,
+                                     in_py.pages)), (rss, before)
+
+
+def test_a_sandbox_that_did_not_run_is_charged_nothing_and_gets_its_share_back() -> None:
+    """A look that read nothing (no process of the sandbox ran since the
+    last: ``asl_skip_unchanged``) keeps its memory and CPU times as they
+    were, and a group stopped for ``max_cpu`` is continued once its share
+    has accrued (a stopped group never runs, so this is how it resumes)."""
+    stopped: list[ExitReason] = []
+    entry = _Entry(12345, Watched(64 << 20, 10.0, 0.5, 1), lambda: False, stopped.append)
+    entry.last = 99.9
+    entry.update([_m(10, 5, 0.2, rss=8 << 20)], 100.0, True)
+    assert entry.stopped and entry.ticks == int(0.2 * HZ)
+    entry.unchanged(100.5, True)
+    assert not entry.stopped and entry.ticks == int(0.2 * HZ) and stopped == []
+    assert entry.pages == (8 << 20) // PAGE and entry.cpu_due == 100.5 + _watch.CPU_PERIOD

@@ -415,6 +415,33 @@ def _personality(c: _Ctx) -> _Action:
     return _block(asm)
 
 
+_PR_SET_THP_DISABLE = 41
+
+
+def _prctl(c: _Ctx) -> _Action:
+    """PR_SET_THP_DISABLE only to turn huge pages off, all of them: with
+    arg2 0 it turns them back on, and with a flag in arg3 (6.18's
+    PR_THP_DISABLE_EXCEPT_ADVISED) it lets madvised memory have them again.
+    Under ``max_memory`` the child starts with them off (``_limits.py``,
+    ``huge_pages_off``).  The option is an int (its low word alone); arg2
+    is a bool of all 64 bits and arg3 a long, so both words of each count."""
+    asm = _Asm()
+    asm.load(_arg_lo(0))
+    asm.emit(_JEQ_K, _PR_SET_THP_DISABLE, 1, 0)
+    asm.ret(c.allow)
+    asm.load(_arg_lo(1))
+    asm.emit(_JEQ_K, 0, 0, 2)  # arg2 low word 0: the high one decides
+    asm.load(_arg_hi(1))
+    asm.emit(_JEQ_K, 0, 4, 0)  # arg2 == 0: turns them on
+    asm.load(_arg_lo(2))
+    asm.emit(_JEQ_K, 0, 0, 2)
+    asm.load(_arg_hi(2))
+    asm.emit(_JEQ_K, 0, 1, 0)
+    asm.ret(_EPERM)
+    asm.ret(c.allow)
+    return _block(asm)
+
+
 #: The CHECKED and GUARDED syscalls: name -> its check.
 CHECKS: Mapping[str, Callable[[_Ctx], _Action]] = {
     "open": _creating(1, 2),
@@ -436,6 +463,7 @@ CHECKS: Mapping[str, Callable[[_Ctx], _Action]] = {
     "clone": lambda c: _test(0, _JSET_K, ~_CLONE_ALLOWED, _EPERM, c.allow),
     "ioctl": _ioctl,
     "personality": _personality,
+    "prctl": _prctl,
     "migrate_pages": _self_only,
     "move_pages": _self_only,
     "get_robust_list": _self_only,

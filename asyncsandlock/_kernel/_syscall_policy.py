@@ -181,7 +181,8 @@ _GROUPS: Final[dict[str, dict[str, tuple[Rule, str]]]] = {
             "getpid", "gettid", "getppid", "getpgid", "getpgrp", "getsid")},
         **{n: (_P, "would leave the sandbox's process group, out of reach of its kill")
            for n in ("setpgid", "setsid")},
-        "prctl": (_A, "the process's own attributes; nothing reaches outside it"),
+        "prctl": (_C, "the process's own attributes; EPERM for turning transparent huge pages "
+                      "back on (PR_SET_THP_DISABLE with arg2 0 or any flag: max_memory)"),
         "arch_prctl": (_A, "the thread's own TLS and CPU state"),
         "set_tid_address": (_A, "thread bookkeeping"),
         "personality": (_C, "reading it or PER_LINUX only: no turning off ASLR"),
