@@ -99,6 +99,7 @@ int asl_socket_in(int nsfd, int domain, int type, int protocol)
  * maker may start: the static stack is one.
  */
 #include "raw_syscall.h"
+#include "fdmsg.h"
 #include <signal.h>
 #include <string.h>
 #include <sys/prctl.h>
@@ -120,25 +121,8 @@ static char fork_stack[16 * 1024] __attribute__((aligned(64)));
 
 static long send_fd(int sock, int fd)
 {
-    char byte = 0;
-    struct iovec iov = {&byte, 1};
-    union {
-        char buf[CMSG_SPACE(sizeof(int))];
-        struct cmsghdr align;
-    } control;
-    struct msghdr msg;
-    memset(&msg, 0, sizeof msg);
-    memset(&control, 0, sizeof control);
-    msg.msg_iov = &iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control.buf;
-    msg.msg_controllen = sizeof control.buf;
-    struct cmsghdr *cmsg = CMSG_FIRSTHDR(&msg);
-    cmsg->cmsg_level = SOL_SOCKET;
-    cmsg->cmsg_type = SCM_RIGHTS;
-    cmsg->cmsg_len = CMSG_LEN(sizeof(int));
-    memcpy(CMSG_DATA(cmsg), &fd, sizeof fd);
-    return SYS3(SYS_sendmsg, sock, &msg, MSG_NOSIGNAL);
+    struct fd_message m;
+    return SYS3(SYS_sendmsg, sock, fd_message(&m, &fd, 1), MSG_NOSIGNAL);
 }
 
 /* B.  Makes `count` namespaces, then one more per byte the caller sends

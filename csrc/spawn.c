@@ -35,6 +35,7 @@
  */
 #define _GNU_SOURCE
 #include "spawn.h"
+#include "fdmsg.h"
 #include "raw_syscall.h"
 
 #include <linux/filter.h>
@@ -415,25 +416,8 @@ static long set_identity(const struct asl_spawn_req *req)
  * goes after the filter exists. */
 static long send_fds(const struct asl_spawn_req *req, int sock, const int *fds, int n)
 {
-    union {
-        char buf[CMSG_SPACE(2 * sizeof(int))];
-        struct cmsghdr align;
-    } control;
-    char byte = 'L';
-    struct iovec iov = {&byte, 1};
-    struct msghdr msg;
-    memset(&msg, 0, sizeof msg);
-    memset(&control, 0, sizeof control);
-    msg.msg_iov = &iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control.buf;
-    msg.msg_controllen = CMSG_SPACE(n * sizeof(int));
-    struct cmsghdr *cmsg = CMSG_FIRSTHDR(&msg);
-    cmsg->cmsg_level = SOL_SOCKET;
-    cmsg->cmsg_type = SCM_RIGHTS;
-    cmsg->cmsg_len = CMSG_LEN(n * sizeof(int));
-    memcpy(CMSG_DATA(cmsg), fds, n * sizeof(int));
-    return KEYED(req, SYS_sendmsg, sock, &msg, 0);
+    struct fd_message m;
+    return KEYED(req, SYS_sendmsg, sock, fd_message(&m, fds, n), 0);
 }
 
 static long send_listener(const struct asl_spawn_req *req, int listener)

@@ -100,24 +100,8 @@ async def test_a_notification_is_served_from_the_runs_own_epoll_set(
     assert result.returncode == 0, result.stderr
     assert stat.S_IMODE(target.stat().st_mode) == 0o644
     assert collected
-
-
-async def test_the_guard_served_from_it_still_refuses_outside(
-        tmp_path: pathlib.Path, collected: list[int]) -> None:
-    # The control of the test above: the guard started from the run's epoll
-    # set decides as the one started by the event loop does.
-    outside = tmp_path / "outside"
-    outside.mkdir()
-    target = outside / "f"
-    target.write_text("x")
-    target.chmod(0o600)
-    work = tmp_path / "work"
-    work.mkdir()
-    result = await system_sandbox(fs_writable=[str(work)]).run(
-        ["chmod", "0644", str(target)], timeout=10)
-    assert result.returncode != 0
-    assert stat.S_IMODE(target.stat().st_mode) == 0o600
-    assert collected
+    # Its control, the same guard refusing outside fs_writable, is
+    # test_standby.py's test_the_guard_still_refuses_outside: a run() too.
 
 
 async def test_no_thread(collected: list[int]) -> None:
