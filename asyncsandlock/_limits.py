@@ -4,7 +4,8 @@
 ``max_output`` and ``on_output_limit`` are all for the whole sandbox (all its
 processes together).  How each is enforced is told in ``docs/limits.md``:
 ``max_threads`` by the supervisor (``handlers/process_limit.py``),
-``cpu_cores`` by the affinity the child inherits at spawn, ``max_output`` by
+``cpu_cores`` by the affinity the child sets on itself at spawn (step
+``cpus``, inherited by all it starts), ``max_output`` by
 the run's readers (``_run.py``), and the rest by the watcher (``_watch.py``),
 which samples the sandbox's process group from the caller's event loop.
 """
@@ -14,8 +15,8 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-from collections.abc import Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, TypeVar
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
 
 from ._exceptions import PolicyError
 from ._types import Protection
@@ -25,7 +26,6 @@ from ._watch import Watched
 if TYPE_CHECKING:
     from ._policy import Sandbox
 
-T = TypeVar("T")
 
 #: ``on_output_limit`` values.
 OUTPUT_LIMIT_ACTIONS = ("truncate", "kill")
@@ -130,22 +130,3 @@ def limits_protection(policy: Sandbox) -> Protection:
     return Protection.SAMPLED
 
 
-def spawn_on(cores: Sequence[int] | None, spawn: Callable[[], T]) -> T:
-    """``spawn()`` with the calling thread bound to ``cores`` (None: as it is).
-
-    The C core's vfork child inherits the affinity of the thread that
-    spawns it, and its own children inherit it in turn: set here, it holds
-    from the child's first instruction, which a ``sched_setaffinity`` of
-    the child after the spawn could not promise (the command may have
-    started threads by then).  The caller's thread gets its own back at
-    once; only a synchronous spawn is wrapped, so no other task of the loop
-    runs meanwhile.
-    """
-    if cores is None:
-        return spawn()
-    own = os.sched_getaffinity(0)
-    os.sched_setaffinity(0, cores)
-    try:
-        return spawn()
-    finally:
-        os.sched_setaffinity(0, own)

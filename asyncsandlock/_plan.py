@@ -107,6 +107,8 @@ class Plan:
     port_start: int | None = None
     #: max_memory: the child's transparent huge pages off (``_limits.huge_pages_off``).
     thp_off: bool = False
+    #: cpu_cores: the CPUs the child binds itself to (empty: as inherited).
+    cpus: tuple[int, ...] = ()
 
     @property
     def landlock_fd(self) -> int:
@@ -390,7 +392,8 @@ async def owner_of(policy: Sandbox) -> Compiled:
                     identity=identity, limits=limits_protection(policy),
                     allow_icmp=any(rule.protocol == "icmp" for rule in rules),
                     net_mode=how_net, port_start=port_start(how_net, bind, identity, keep),
-                    thp_off=huge_pages_off(policy))
+                    thp_off=huge_pages_off(policy),
+                    cpus=tuple(policy.cpu_cores) if policy.cpu_cores else ())
         owner = _owners[policy] = Compiled(plan)
     finally:
         if _owners.get(policy) is decision:  # refused: the next run asks again

@@ -19,7 +19,7 @@ from ._exceptions import PolicyError, SpawnError
 from ._fd import close_fds
 from ._handler import Handler, route
 from ._kernel._sys import SYSCALLS
-from ._limits import spawn_on, watched
+from ._limits import watched
 from ._netns import open_network
 from ._netpool import for_child, replenish
 from ._pacing import SpawnTurn
@@ -221,14 +221,13 @@ async def _open_in_turn(sandbox: Sandbox, argv: tuple[str, ...], *, stdin: Stdio
                 child_ends.callback(kept, hosts, compiled)
             started = time.monotonic()
             try:
-                child = await confined_spawn(sandbox, compiled, notify, lambda trapped: spawn_on(
-                    sandbox.cpu_cores, lambda: spawn(
-                        compiled, path=path, args=[os.fsencode(a) for a in argv], env=full_env,
-                        cwd=str(run_cwd) if run_cwd else None, fds=[*child_fds, *extra_fds],
-                        notify=trapped, self_trapped=self_trapped & trapped,
-                        netns_fd=_netns_fd(network, compiled, pooled),
-                        workspace=None if layer is None
-                        else layer.spawn_args(sandbox, compiled), hosts=hosts)),
+                child = await confined_spawn(sandbox, compiled, notify, lambda trapped: spawn(
+                    compiled, path=path, args=[os.fsencode(a) for a in argv], env=full_env,
+                    cwd=str(run_cwd) if run_cwd else None, fds=[*child_fds, *extra_fds],
+                    notify=trapped, self_trapped=self_trapped & trapped,
+                    netns_fd=_netns_fd(network, compiled, pooled),
+                    workspace=None if layer is None
+                    else layer.spawn_args(sandbox, compiled), hosts=hosts),
                     run_handlers=bool(handlers))
             except SpawnError as exc:
                 if layer is not None:

@@ -228,6 +228,14 @@ def _template(plan: Plan, notify: frozenset[str], self_trapped: frozenset[str],
     req.keep_caps = plan.keep_caps
     req.own_group = int(Subsystem.PROCESS_GROUP not in plan.degraded)
     req.thp_disable = int(plan.thp_off)  # max_memory (issue 11): see _limits.huge_pages_off
+    if plan.cpus:  # cpu_cores (issue 11): the child binds itself, step cpus
+        words = max(plan.cpus) // 64 + 1
+        mask = [0] * words
+        for cpu in plan.cpus:
+            mask[cpu // 64] |= 1 << (cpu % 64)
+        cpus = ffi.new("uint64_t[]", mask)
+        arrays += (cpus,)
+        req.cpus, req.cpus_words = cpus, words
     arrays += fill_request(req, None if Subsystem.IDENTITY in plan.degraded else plan.identity)
     arrays += _net_mode(req, plan)
     supervised = prog is not None and bool(notify)

@@ -28,11 +28,12 @@ enum asl_step {
     ASL_STEP_NO_NEW_PRIVS = 12,
     ASL_STEP_LANDLOCK = 13,
     ASL_STEP_THP = 14,      /* max_memory: transparent huge pages off (issue 11) */
-    ASL_STEP_SIGMASK = 15,
-    ASL_STEP_SECCOMP = 16,
-    ASL_STEP_LISTENER = 17,
-    ASL_STEP_RLIMIT = 18,
-    ASL_STEP_EXECVE = 19
+    ASL_STEP_CPUS = 15,     /* cpu_cores: the child's own affinity (issue 11) */
+    ASL_STEP_SIGMASK = 16,
+    ASL_STEP_SECCOMP = 17,
+    ASL_STEP_LISTENER = 18,
+    ASL_STEP_RLIMIT = 19,
+    ASL_STEP_EXECVE = 20
 };
 
 /* How the child takes the identity of a policy's uid/gid (docs/files.md). */
@@ -165,6 +166,10 @@ struct asl_spawn_req {
     /* max_memory (issue 11, csrc/spawn.c thp_hold): 1 to turn transparent
      * huge pages off for the child and all it starts (PR_SET_THP_DISABLE). */
     int thp_disable;
+    /* cpu_cores (issue 11): the child's CPU mask, `cpus_words` 64-bit words
+     * (0: the affinity it inherits). */
+    const uint64_t *cpus;
+    int cpus_words;
     int32_t reached;              /* written by the child: the step it is in */
 };
 
