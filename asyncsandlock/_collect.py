@@ -205,7 +205,14 @@ async def _wait_asyncio(run: _Run) -> None:
     woken = loop.create_future()
 
     def ready() -> None:
-        if run.serve() and not woken.done():
+        try:
+            done = run.serve()
+        except BaseException as exc:  # to the task: a callback's would only be logged
+            loop.remove_reader(fd)
+            if not woken.done():
+                woken.set_exception(exc)
+            return
+        if done and not woken.done():
             woken.set_result(None)
 
     fd = run.epoll.fileno()
