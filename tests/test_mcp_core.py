@@ -56,6 +56,17 @@ async def test_idle_workspaces_expire_and_all_go_at_the_end(tmp_path: pathlib.Pa
     assert os.listdir(tmp_path) == []
 
 
+async def test_a_server_runs_again_after_it_ended(tmp_path: pathlib.Path) -> None:
+    # Its workspace root went with its first run: the second makes another.
+    core = SandboxServer(workspace_root=str(tmp_path))
+    for content in ("first", "second"):
+        async with core.running():
+            await core.call("a", "write_file", {"path": "f", "content": content})
+            result = await core.call("a", "read_file", {"path": "f"})
+            assert content in str(result)
+        assert os.listdir(tmp_path) == []
+
+
 async def test_per_session_limit_queues_runs(tmp_path: pathlib.Path) -> None:
     core = SandboxServer(workspace_root=str(tmp_path), max_concurrent_per_session=1)
     async with core.running():

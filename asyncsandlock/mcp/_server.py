@@ -246,6 +246,8 @@ class SandboxServer:
                     os.rmdir(self._root)
                 except OSError as exc:
                     logger.warning("could not remove %s: %s", self._root, exc)
+                # Gone: a later running() makes a root of its own.
+                self._root, self._own_root = None, False
 
     # -- tools ------------------------------------------------------------
 
