@@ -8,6 +8,7 @@ no fd (a layer is a tmpfs that only our fd holds), child or thread (the
 from __future__ import annotations
 
 import base64
+import contextlib
 import gc
 import hashlib
 import os
@@ -36,6 +37,30 @@ from asyncsandlock import (
 )
 
 from conftest import system_sandbox
+
+
+@contextlib.contextmanager
+def cancelled_at_checkpoint(monkeypatch: pytest.MonkeyPatch,
+                            n: int) -> Iterator[anyio.CancelScope]:
+    """A cancel scope cancelled at the workspace's ``n``-th checkpoint (its
+    copy, diff and commit take one every few files); the patch is undone on
+    the way out."""
+    calls = 0
+    real = _workspace._checkpoint
+
+    async def checkpoint() -> None:
+        nonlocal calls
+        calls += 1
+        if calls == n:
+            scope.cancel()
+        await real()
+
+    monkeypatch.setattr(_workspace, "_checkpoint", checkpoint)
+    try:
+        with anyio.CancelScope() as scope:
+            yield scope
+    finally:
+        monkeypatch.undo()
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0,
                                 reason="workspaces need CAP_SYS_ADMIN (docs/workspaces.md)")
@@ -354,21 +379,9 @@ async def test_a_cancelled_commit_leaves_whole_files_and_resumes(
     assert result.success, result.stderr
     workspace = result.workspace
     assert workspace is not None and len(workspace.changes) == 301  # tree: one deletion
-    calls = 0
-    real = _workspace._checkpoint
-
-    async def cancel_on_the_third() -> None:
-        nonlocal calls
-        calls += 1
-        if calls == 3:
-            scope.cancel()
-        await real()
-
-    monkeypatch.setattr(_workspace, "_checkpoint", cancel_on_the_third)
-    with anyio.CancelScope() as scope:
+    with cancelled_at_checkpoint(monkeypatch, 3) as scope:
         await workspace.commit()
     assert scope.cancelled_caught and workspace.state == "open"
-    monkeypatch.undo()
     contents = [(root / f"f{i}").read_text() for i in range(300)]
     new = [i for i, text in enumerate(contents) if text == f"new {i}\n" * 1000]
     old = [i for i, text in enumerate(contents) if text == f"old {i}\n" * 1000]

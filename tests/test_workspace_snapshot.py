@@ -22,7 +22,14 @@ from typing import Any
 
 import anyio
 import pytest
-from test_workspace import EDIT, EXPECTED, _kinds, _mounts, _snapshot
+from test_workspace import (
+    EDIT,
+    EXPECTED,
+    _kinds,
+    _mounts,
+    _snapshot,
+    cancelled_at_checkpoint,
+)
 
 import asyncsandlock
 from asyncsandlock import (
@@ -34,7 +41,6 @@ from asyncsandlock import (
     SandboxError,
     Subsystem,
     WorkspaceConflict,
-    _workspace,
 )
 
 from conftest import system_sandbox
@@ -260,21 +266,9 @@ async def test_cancelled_during_the_copy_or_the_run_nothing_is_left(
         (project / f"f{i}").write_text("x" * 100)
     time.sleep(0.02)
     before = _snapshot(project)
-    calls = 0
-    real = _workspace._checkpoint
-
-    async def cancel_on_the_second() -> None:
-        nonlocal calls
-        calls += 1
-        if calls == 2:
-            scope.cancel()
-        await real()
-
-    monkeypatch.setattr(_workspace, "_checkpoint", cancel_on_the_second)
-    with anyio.CancelScope() as scope:  # in the copy: 200 files are 4 batches
+    with cancelled_at_checkpoint(monkeypatch, 2) as scope:  # in the copy: 4 batches
         await snap(workdir=project).run(["true"])
     assert scope.cancelled_caught  # then the partial copy was removed (clean_host)
-    monkeypatch.undo()
     for on_exit in ("commit", "keep"):
         with anyio.move_on_after(0.5) as timed:
             await snap(workdir=project, on_exit=on_exit).run(
@@ -294,21 +288,9 @@ async def test_a_cancelled_commit_leaves_whole_files_and_resumes(
     assert result.success, result.stderr
     workspace = result.workspace
     assert workspace is not None and len(workspace.changes) == 300
-    calls = 0
-    real = _workspace._checkpoint
-
-    async def cancel_on_the_third() -> None:
-        nonlocal calls
-        calls += 1
-        if calls == 3:
-            scope.cancel()
-        await real()
-
-    monkeypatch.setattr(_workspace, "_checkpoint", cancel_on_the_third)
-    with anyio.CancelScope() as scope:
+    with cancelled_at_checkpoint(monkeypatch, 3) as scope:
         await workspace.commit()
     assert scope.cancelled_caught and workspace.state == "open"
-    monkeypatch.undo()
     contents = [(project / f"f{i}").read_text() for i in range(300)]
     new = [i for i, text in enumerate(contents) if text == f"new {i}\n" * 100]
     old = [i for i, text in enumerate(contents) if text == f"old {i}\n" * 100]
