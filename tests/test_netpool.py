@@ -98,7 +98,8 @@ async def test_the_maker_is_a_process_and_goes_with_the_pool(anyio_backend: str,
     release(sb)
     kids, _fds = _netpool.held()
     assert kids, "a maker runs"
-    assert set(os.listdir("/proc/self/task")) == threads, "not a thread"
+    # No thread added (one left by an earlier test may have ended meanwhile).
+    assert set(os.listdir("/proc/self/task")) <= threads, "not a thread"
     # Our end closed, the maker exits, and it is reaped by the next look.
     _netpool._pool.close()
     with anyio.fail_after(10):
