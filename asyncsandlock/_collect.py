@@ -20,7 +20,7 @@ it.  :class:`_Run` is what both do with what the set reports.
 
 What the general path guarantees holds here too: the pipes are drained while
 the command runs (a child never blocks on a full pipe), a flood lets the loop
-run between wake-ups (at most ``_READ_PER_WAKE`` per stream per wake-up), the
+run between wake-ups (at most ``_streams.YIELD_EVERY`` per stream per wake-up), the
 process is reaped as soon as it exits (what it left behind killed by the
 reap), a deadline kills it with ``TIMEOUT`` and the pipes are then read to
 their end, and on cancellation the caller's ``close_all`` kills and reaps it.
@@ -37,12 +37,8 @@ import anyio
 
 from ._background import current_backend
 from ._process import SandboxedProcess
-from ._streams import Capture
+from ._streams import READ_CHUNK, YIELD_EVERY, Capture
 from ._types import ExitReason
-
-#: Bytes taken from one stream per wake-up before the loop gets its turn.
-_READ_PER_WAKE = 1 << 20
-_CHUNK = 65536
 
 
 class _Reader:
@@ -56,9 +52,9 @@ class _Reader:
     def read(self) -> bool:
         """Take what the pipe has (up to the per-wake budget); False at EOF."""
         taken = 0
-        while taken < _READ_PER_WAKE:
+        while taken < YIELD_EVERY:
             try:
-                data = os.read(self.fd, _CHUNK)
+                data = os.read(self.fd, READ_CHUNK)
             except BlockingIOError:
                 return True
             if not data:

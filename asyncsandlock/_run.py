@@ -30,7 +30,7 @@ from ._reaper import abandon, prepare, watch
 from ._result import Result
 from ._spawn import check_fd_count, resolve_executable, spawn
 from ._standby import Standby
-from ._streams import Capture
+from ._streams import YIELD_EVERY, Capture
 from ._supervisor import Supervisor
 from ._types import ExitReason, Subsystem
 from ._unavailable import confined_spawn, warn_degraded
@@ -315,10 +315,6 @@ def _routing(sandbox: Sandbox, compiled: Compiled, handlers: tuple[Handler, ...]
     return found
 
 
-#: Bytes a reader takes from a pipe that is never empty before it lets the
-#: event loop run: a flood (``yes``) would otherwise hold the loop forever,
-#: a deadline included, as nothing in between has to wait.
-_YIELD_EVERY = 1 << 20
 
 
 async def _drain(stream: ByteReceiveStream, into: Capture,
@@ -334,7 +330,7 @@ async def _drain(stream: ByteReceiveStream, into: Capture,
                 full()
                 full = None
             unyielded += len(data)
-            if unyielded >= _YIELD_EVERY:
+            if unyielded >= YIELD_EVERY:
                 unyielded = 0
                 await anyio.lowlevel.checkpoint()
 

@@ -10,6 +10,13 @@ from anyio.abc import ByteReceiveStream, ByteSendStream
 
 from ._fd import FdHolder
 
+#: Bytes one read of a pipe asks for.
+READ_CHUNK = 65536
+#: Bytes a reader takes from a pipe that is never empty before it lets the
+#: event loop run: a flood (``yes``) would otherwise hold the loop forever,
+#: a deadline included, as nothing in between has to wait.
+YIELD_EVERY = 1 << 20
+
 
 class FdReceiveStream(ByteReceiveStream):
     """The read end of a pipe from a sandboxed process."""
@@ -24,7 +31,7 @@ class FdReceiveStream(ByteReceiveStream):
     def fileno(self) -> int:
         return self._holder.fd
 
-    async def receive(self, max_bytes: int = 65536) -> bytes:
+    async def receive(self, max_bytes: int = READ_CHUNK) -> bytes:
         # Cancellation is checked before anything is read, never after: bytes
         # taken from the pipe and then dropped by a Cancelled would be lost
         # for good (the output of a run that a deadline hits as it ends).
