@@ -130,3 +130,9 @@ def warmed(sandbox: asyncsandlock.Sandbox) -> asyncsandlock.Sandbox:
 
 
 PYTHON = sys.executable
+
+
+@pytest.fixture(params=["overlay", "snapshot"])
+def mechanism(request: pytest.FixtureRequest) -> str:
+    """Each copy-on-write workspace mechanism in turn (``workdir_mechanism``)."""
+    return str(request.param)

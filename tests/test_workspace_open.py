@@ -25,11 +25,6 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0,
                                        "tests/test_workspace_userns.py)")
 
 
-@pytest.fixture(params=["overlay", "snapshot"])
-def mechanism(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
-
 @pytest.fixture
 def project(tmp_path: pathlib.Path) -> pathlib.Path:
     root = tmp_path / "project"

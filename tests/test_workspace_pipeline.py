@@ -24,11 +24,6 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0,
                                        "the test fixtures are shared with root's)")
 
 
-@pytest.fixture(params=["overlay", "snapshot"])
-def mechanism(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
-
 @pytest.fixture
 def project(tmp_path: pathlib.Path) -> pathlib.Path:
     root = tmp_path / "project"
