@@ -195,25 +195,25 @@ class SandboxedProcess:
         if self._finished:  # reaped and cleaned up: only the checkpoint is left
             await anyio.lowlevel.checkpoint()
             return self._status_code()
+        await self._reap_when(ready=False)
+        return self._status_code()
+
+    async def _reap_ready(self) -> None:
+        """:meth:`wait` for a caller that has seen the pidfd readable (and so
+        had its checkpoint): no second wait on the loop for it."""
+        if not self._finished:
+            await self._reap_when(ready=True)
+
+    async def _reap_when(self, ready: bool) -> None:
+        """Reap under the lock, once the pidfd is readable (``ready``: it is)."""
         if self._wait_lock is None:
             # fast_acquire: an uncontended acquire does not yield; wait() still
             # checkpoints, in wait_readable() or in its already-finished branch.
             self._wait_lock = anyio.Lock(fast_acquire=True)
         async with self._wait_lock:
             if self._status is None:
-                await anyio.wait_readable(self._pidfd)
-                await self._reap()
-        return self._status_code()
-
-    async def _reap_ready(self) -> None:
-        """:meth:`wait` for a caller that has seen the pidfd readable (and so
-        had its checkpoint): no second wait on the loop for it."""
-        if self._finished:
-            return
-        if self._wait_lock is None:
-            self._wait_lock = anyio.Lock(fast_acquire=True)
-        async with self._wait_lock:
-            if self._status is None:
+                if not ready:
+                    await anyio.wait_readable(self._pidfd)
                 await self._reap()
 
     async def _reap(self) -> None:
