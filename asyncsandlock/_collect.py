@@ -37,6 +37,7 @@ import anyio
 
 from ._background import current_backend
 from ._process import SandboxedProcess
+from ._standby import EpollReaders
 from ._streams import READ_CHUNK, YIELD_EVERY, Capture
 from ._types import ExitReason
 
@@ -66,37 +67,6 @@ class _Reader:
         return True
 
 
-class _Listeners:
-    """The supervisor's listener on standby (``_standby.py``), watched in the
-    run's epoll set rather than by the event loop: no registration with the
-    loop to make and drop, and the hang-up that every listener reports when
-    its sandbox exits is told from a notification by the events epoll gives,
-    without a poll of its own."""
-
-    __slots__ = ("callbacks", "epoll")
-
-    def __init__(self, epoll: select.epoll) -> None:
-        self.epoll = epoll
-        self.callbacks: dict[int, Callable[[], None]] = {}
-
-    def add_reader(self, fd: int, callback: Callable[[], None]) -> None:
-        self.epoll.register(fd, select.EPOLLIN)
-        self.callbacks[fd] = callback
-
-    def remove_reader(self, fd: int) -> None:
-        if self.callbacks.pop(fd, None) is not None:
-            self.epoll.unregister(fd)
-
-    def ready(self, fd: int, events: int) -> None:
-        callback = self.callbacks.get(fd)
-        if callback is None:
-            return
-        if events & select.EPOLLIN:
-            callback()  # the standby's wake-up: it removes fd first
-        else:
-            self.remove_reader(fd)  # hung up: the sandbox is gone, nothing to serve
-
-
 def can_collect(procs: Sequence[SandboxedProcess]) -> bool:
     """True when :func:`collect` can drive ``procs``: one process with its
     own process group (its leftovers die with it, so its pipes end) and no
@@ -113,7 +83,7 @@ class _Run:
     def __init__(self, epoll: select.epoll, proc: SandboxedProcess) -> None:
         self.epoll = epoll
         self.proc = proc
-        self.listeners = _Listeners(epoll)
+        self.listeners = EpollReaders(epoll)
         self.readers: dict[int, _Reader] = {}
         self.pidfd = proc._pidfd
         #: The pidfd fired, and the process was reaped.
@@ -156,7 +126,7 @@ async def collect(proc: SandboxedProcess, out: Capture, err: Capture,
             if stream is not None:
                 run.add(_Reader(stream.fileno(), capture, full))
         epoll.register(run.pidfd, select.EPOLLIN)
-        if proc._supervisor is not None:  # left for us by run(): see _Listeners
+        if proc._supervisor is not None:  # left for us by run(): see EpollReaders
             proc._supervisor.watch(run.listeners)
         if timeout is None:
             await _serve(run, proc)

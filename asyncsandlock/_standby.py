@@ -11,7 +11,8 @@ disarm and no task at all.
 
 Readable is not always a notification: the listener also polls POLLHUP once
 every task of the sandbox is gone, and epoll reports that whatever was asked
-for.  The callback looks (``poll`` with no timeout) and starts nothing then.
+for.  The callback looks (``poll`` with no timeout) and starts nothing then;
+an epoll set of our own (:class:`EpollReaders`) tells it by the events.
 
 Watching
 --------
@@ -104,44 +105,65 @@ class Standby:
 
 
 class Watcher(Protocol):
-    """What an asyncio loop offers, and :class:`_TrioWatcher` too (and the
-    epoll set of a collected run, ``_collect.py``)."""
+    """What an asyncio loop offers, and :class:`EpollReaders` too (Trio's
+    watcher, and the epoll set of a collected run, ``_collect.py``)."""
 
     def add_reader(self, fd: int, callback: Callable[[], None]) -> None: ...
 
     def remove_reader(self, fd: int) -> object: ...
 
 
-class _TrioWatcher:
-    """One Trio system task waiting on an epoll set of listeners."""
+class EpollReaders:
+    """Reader callbacks on an epoll set of our own: the :class:`Watcher`
+    shape, served by whoever waits on the set (:meth:`ready` per event).
 
-    __slots__ = ("_callbacks", "_epoll")
+    Every listener polls a hang-up once its sandbox is gone, whatever was
+    asked for; told by the events epoll gives, that drops the reader with
+    nothing to serve (and no ``poll`` of its own, see :class:`Standby`)."""
 
-    def __init__(self) -> None:
-        self._epoll = select.epoll()  # CLOEXEC by default
-        self._callbacks: dict[int, Callable[[], None]] = {}
-        Background.start(self._watch, "asyncsandlock listener watcher")
+    __slots__ = ("callbacks", "epoll")
+
+    def __init__(self, epoll: select.epoll) -> None:
+        self.epoll = epoll
+        self.callbacks: dict[int, Callable[[], None]] = {}
 
     def add_reader(self, fd: int, callback: Callable[[], None]) -> None:
-        self._epoll.register(fd, select.EPOLLIN)
-        self._callbacks[fd] = callback
+        self.epoll.register(fd, select.EPOLLIN)
+        self.callbacks[fd] = callback
 
     def remove_reader(self, fd: int) -> None:
-        if self._callbacks.pop(fd, None) is not None:
-            self._epoll.unregister(fd)
+        if self.callbacks.pop(fd, None) is not None:
+            self.epoll.unregister(fd)
+
+    def ready(self, fd: int, events: int) -> None:
+        callback = self.callbacks.get(fd)
+        if callback is None:
+            return
+        if events & select.EPOLLIN:
+            callback()  # the standby's wake-up: it removes fd first
+        else:
+            self.remove_reader(fd)  # hung up: the sandbox is gone, nothing to serve
+
+
+class _TrioWatcher(EpollReaders):
+    """One Trio system task waiting on an epoll set of listeners."""
+
+    __slots__ = ()
+
+    def __init__(self) -> None:
+        super().__init__(select.epoll())  # CLOEXEC by default
+        Background.start(self._watch, "asyncsandlock listener watcher")
 
     async def _watch(self) -> None:
         try:
             while True:
-                await anyio.wait_readable(self._epoll.fileno())
-                for fd, _events in self._epoll.poll(0):
-                    callback = self._callbacks.get(fd)
-                    if callback is not None:
-                        callback()  # it removes fd first
+                await anyio.wait_readable(self.epoll.fileno())
+                for fd, events in self.epoll.poll(0):
+                    self.ready(fd, events)
         finally:
             _WATCHER.set(None)
-            anyio.notify_closing(self._epoll.fileno())
-            self._epoll.close()
+            anyio.notify_closing(self.epoll.fileno())
+            self.epoll.close()
 
 
 _WATCHER: anyio.lowlevel.RunVar[_TrioWatcher | None] = anyio.lowlevel.RunVar(
