@@ -18,6 +18,7 @@ import os
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
+from ._cgroup import kernel_memory
 from ._exceptions import PolicyError
 from ._types import Protection
 from ._validate import check_positive, parse_size, show
@@ -97,12 +98,14 @@ def check_limits(policy: Sandbox, put: Callable[[object, str, object], None]) ->
                                              f"{', '.join(map(repr, OUTPUT_LIMIT_ACTIONS))}")
 
 
-def watched(policy: Sandbox) -> Watched | None:
-    """What the watcher (``_watch.py``) must enforce for ``policy``, or None."""
-    if policy.max_memory is None and policy.cpu_time is None and policy.max_cpu is None:
+def watched(policy: Sandbox, in_cgroup: bool = False) -> Watched | None:
+    """What the watcher (``_watch.py``) must enforce for ``policy``, or None;
+    ``in_cgroup``: its ``max_memory`` is the kernel's (``_cgroup.py``)."""
+    memory = None if in_cgroup else policy.max_memory
+    if memory is None and policy.cpu_time is None and policy.max_cpu is None:
         return None
     cores = len(policy.cpu_cores) if policy.cpu_cores else len(os.sched_getaffinity(0))
-    return Watched(None if policy.max_memory is None else int(policy.max_memory),
+    return Watched(None if memory is None else int(memory),
                    None if policy.cpu_time is None else float(policy.cpu_time),
                    None if policy.max_cpu is None else float(policy.max_cpu) / 100, cores)
 
@@ -123,10 +126,13 @@ def huge_pages_off(policy: Sandbox) -> bool:
 
 def limits_protection(policy: Sandbox) -> Protection:
     """How ``policy``'s watched limits are enforced: :attr:`Protection.SAMPLED`
-    (the watcher; a cgroup v2 backend is not built yet, see docs/limits.md),
-    or NOT_REQUESTED when it has none."""
+    (the watcher), ACTIVE when its one limit is ``max_memory`` in a cgroup
+    (``_cgroup.py``), or NOT_REQUESTED when it has none."""
     if policy.max_memory is None and policy.cpu_time is None and policy.max_cpu is None:
         return Protection.NOT_REQUESTED
+    if (policy.cpu_time is None and policy.max_cpu is None
+            and kernel_memory(policy.max_memory, policy.memory_mechanism)):
+        return Protection.ACTIVE
     return Protection.SAMPLED
 
 

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 from anyio.abc import TaskStatus
 
+from ._cgroup import check_memory_mechanism
 from ._exceptions import PolicyError
 from ._filespec import check_files
 from ._handler import Handler
@@ -151,6 +152,12 @@ class Sandbox:
     #: host allows one, else a snapshot), ``"overlay"`` (refused rather than
     #: a snapshot) or ``"snapshot"`` (a private copy of workdir and a diff).
     workdir_mechanism: str = "auto"
+    # -- max_memory in a cgroup (issue 11, cgmem; docs/limits.md) --
+    #: How ``max_memory`` is enforced: ``"sampled"`` (the watcher, on the
+    #: caller's loop) or ``"cgroup"`` (by the kernel, in a child group of the
+    #: caller's own memory cgroup where it can make one; else sampled, and
+    #: ``protections`` says so).
+    memory_mechanism: str = "sampled"
     name: str | None = None
 
     def __post_init__(self) -> None:
@@ -180,6 +187,7 @@ class Sandbox:
         if not callable(self.on_unavailable):
             raise PolicyError("on_unavailable", f"{show(self.on_unavailable)} is not callable")
         check_limits(self, put)
+        put(self, "memory_mechanism", check_memory_mechanism(self.memory_mechanism))
         put(self, "name", check_name("name", self.name))
         files = check_files(self.fs_denied, self.uid, self.gid, self.no_coredump)
         for key in files.__slots__:

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 
 import anyio
 
+from ._cgroup import MemoryGroup, reason_at_reap
 from ._core import ffi, lib
 from ._fd import close_fd
 from ._kernel._sys import SYSCALLS
@@ -71,6 +72,8 @@ class SandboxedProcess:
     _own_group: bool
     #: The network namespace the parent made for it (issue 10, netns).
     _network: Network | None = None
+    #: Its max_memory cgroup (issue 11, cgmem; ``_cgroup.py``), removed once reaped.
+    _cgroup: MemoryGroup | None = None
     # -- copy-on-write workspace (issue 12, docs/workspaces.md) --
     #: What the command changed in the policy's ``workdir`` (set once it has
     #: been waited for); None without a workdir, or before.
@@ -233,13 +236,18 @@ class SandboxedProcess:
         # A supervisor that never had a notification stands down
         # without a task to cancel and join (see _standby.py).
         supervised = self._supervisor is not None and not self._supervisor.stop_idle()
-        if orphans or supervised or self._network is not None:
+        if (group := self._cgroup) is not None:  # the OOM killer's victim or not
+            self._reason = reason_at_reap(group, self._reason)
+        if orphans or supervised or self._network is not None or group is not None:
             with anyio.CancelScope(shield=True):
                 if orphans:
                     await self._reap_orphans()
                 await self._stop_supervisor()
                 if self._network is not None:
                     await self._network.aclose()
+                if group is not None:
+                    self._cgroup = None
+                    await group.aclose()
         else:  # nothing to await: no cancel scope to enter and leave
             self._close_listener()
         self._finished = True

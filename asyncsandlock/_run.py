@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, NamedTuple, cast
 import anyio
 from anyio.abc import ByteReceiveStream, TaskStatus
 
+from ._cgroup import memory_group, run_protections
 from ._collect import can_collect, collect
 from ._enforcement import unenforced_by_run
 from ._exceptions import PolicyError, SpawnError
@@ -197,12 +198,16 @@ async def _open_in_turn(sandbox: Sandbox, argv: tuple[str, ...], *, stdin: Stdio
     routes, names, notify, self_trapped = _routing(sandbox, compiled, handlers)
     prepare()
     network = await open_network(sandbox, compiled)  # None unless the parent makes it
+    # max_memory in a cgroup (issue 11, cgmem): made first, entered by the child first.
+    memgroup, cgroup_expected = memory_group(sandbox.max_memory, sandbox.memory_mechanism)
     # Two scopes, as trio's _open_process has them: the child's ends of its
     # pipes are closed once it is spawned (or not), ours only if no process
     # takes them over.
     with contextlib.ExitStack() as cleanup_on_fail:
         if network is not None:
             cleanup_on_fail.callback(network.discard)
+        if memgroup is not None:
+            cleanup_on_fail.callback(memgroup.discard)
         with contextlib.ExitStack() as child_ends:
             # One callback per scope for fds made one by one: callbacks cost
             # ~1 us each, and this is every spawn's path.
@@ -227,7 +232,8 @@ async def _open_in_turn(sandbox: Sandbox, argv: tuple[str, ...], *, stdin: Stdio
                     notify=trapped, self_trapped=self_trapped & trapped,
                     netns_fd=_netns_fd(network, compiled, pooled),
                     workspace=None if layer is None
-                    else layer.spawn_args(sandbox, compiled), hosts=hosts),
+                    else layer.spawn_args(sandbox, compiled), hosts=hosts,
+                    cgroup_procs=-1 if memgroup is None else memgroup.procs),
                     run_handlers=bool(handlers))
             except SpawnError as exc:
                 if layer is not None:
@@ -244,16 +250,20 @@ async def _open_in_turn(sandbox: Sandbox, argv: tuple[str, ...], *, stdin: Stdio
             protections = workspace_protections(protections, layer)
         if hosts is not None:
             protections = pinned_protections(protections, compiled.plan)
+        protections = run_protections(protections, memgroup, cgroup_expected)
         unenforced = unenforced_by_run(sandbox, protections, run_handlers=bool(handlers))
         proc = SandboxedProcess._create(
             args=argv, pid=child.pid, pidfd=child.pidfd, listener=child.listener,
             own_group=child.own_group,
             stdin=ours[0], stdout=ours[1], stderr=ours[2],
             protections=protections, unenforced=unenforced, started=started)
+        proc._cgroup = memgroup  # removed once reaped
         cleanup_on_fail.pop_all()  # the child and our ends are the process's now
     if layer is not None:  # a snapshot's max_disk, sampled
         layer.watch(lambda: proc._status is None, proc._kill_for, child.pid)
-    if (limits := watched(sandbox)) is not None and child.own_group:
+    if memgroup is not None:
+        memgroup.watch(lambda: proc._status is None, proc._kill_for)
+    if (limits := watched(sandbox, memgroup is not None)) is not None and child.own_group:
         watch_limits(child.pid, limits, alive=lambda: proc._status is None, stop=proc._kill_for)
     if _netns_fd(network, compiled) < 0 and network is not None:
         network.discard()  # the child's setns was refused, and the policy let it go

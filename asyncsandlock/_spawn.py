@@ -228,6 +228,7 @@ def _template(plan: Plan, notify: frozenset[str], self_trapped: frozenset[str],
     req.keep_caps = plan.keep_caps
     req.own_group = int(Subsystem.PROCESS_GROUP not in plan.degraded)
     req.thp_disable = int(plan.thp_off)  # max_memory (issue 11): see _limits.huge_pages_off
+    req.cgroup_procs_fd = -1  # max_memory in a cgroup: set per spawn (_cgroup.py)
     if plan.cpus:  # cpu_cores (issue 11): the child binds itself, step cpus
         words = max(plan.cpus) // 64 + 1
         mask = [0] * words
@@ -318,7 +319,7 @@ def spawn(plan: Plan | Compiled, *, path: str | tuple[str, ...], args: Sequence[
           env: Mapping[str, str] | None, cwd: str | None, fds: Sequence[int],
           notify: frozenset[str], self_trapped: frozenset[str] = frozenset(),
           netns_fd: int = -1, workspace: WorkspaceSpawn | None = None,
-          hosts: HostsSpawn | None = None) -> Spawned:
+          hosts: HostsSpawn | None = None, cgroup_procs: int = -1) -> Spawned:
     """Start one confined child; ``fds[i]`` becomes the child's fd ``i``;
     ``notify`` and ``self_trapped`` are the filter's (:class:`FilterSpec`);
     ``netns_fd``: a network namespace for the child to enter (``_netns.py``).
@@ -326,6 +327,8 @@ def spawn(plan: Plan | Compiled, *, path: str | tuple[str, ...], args: Sequence[
     ``workspace``: the run's copy-on-write workspace; see ``_workspace.py``.
     ``hosts``: the run's pinned names (:class:`HostsSpawn`), see
     ``_pinned.py``; left out once the policy let them go.
+    ``cgroup_procs``: an fd of the ``cgroup.procs`` of the run's memory
+    group, which the child moves itself into first (``_cgroup.py``).
 
     ``plan``: a plan (its request is built for this spawn alone), or the
     :class:`Compiled` owner of one: its current plan, with the request
@@ -365,6 +368,7 @@ def spawn(plan: Plan | Compiled, *, path: str | tuple[str, ...], args: Sequence[
     keep.append(fd_map)
     req.fds, req.nfds = fd_map, len(fds)
     req.parent_pid = os.getpid()
+    req.cgroup_procs_fd = cgroup_procs  # written before the child maps its fds
     with contextlib.ExitStack() as always:
         ours = -1
         theirs: list[int] = []  # emptied by whichever closes it first

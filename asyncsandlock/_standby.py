@@ -72,8 +72,7 @@ class Standby:
         if self._watcher is not None or self.task is not None or self._down:
             return
         if watcher is None:
-            watcher = (_trio_watcher() if current_backend() == "trio"
-                       else asyncio.get_running_loop())
+            watcher = loop_watcher()
         watcher.add_reader(self._fd, self._wake)
         self._watcher = watcher
 
@@ -168,6 +167,11 @@ class _TrioWatcher(EpollReaders):
 
 _WATCHER: anyio.lowlevel.RunVar[_TrioWatcher | None] = anyio.lowlevel.RunVar(
     "asyncsandlock listener watcher", None)
+
+
+def loop_watcher() -> Watcher:
+    """The event loop's reader callbacks: asyncio's own, Trio's watcher."""
+    return _trio_watcher() if current_backend() == "trio" else asyncio.get_running_loop()
 
 
 def _trio_watcher() -> _TrioWatcher:

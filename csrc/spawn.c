@@ -809,6 +809,16 @@ static int child_main(void *arg)
     enter(req, ASL_STEP_SETPGID);
     if (req->own_group && (rc = SYS3(SYS_setpgid, 0, 0, 0)) < 0)
         fail(req, rc);
+    /* max_memory in a cgroup: into the sandbox's own group before any other
+     * step, with the caller's credentials still (a user namespace of its own
+     * would make the write EACCES/EPERM).  Nothing it allocates from here on
+     * (its exec's new mm first) is charged elsewhere, and everything it
+     * starts is born inside.  "0" names the writer.  A migration waits for
+     * a grace period of the cgroup rwsem when none ran lately (ms, see
+     * docs/limits.md): the reason the cgroup is opt-in. */
+    enter(req, ASL_STEP_CGROUP);
+    if (req->cgroup_procs_fd >= 0 && (rc = SYS3(SYS_write, req->cgroup_procs_fd, "0", 1)) < 0)
+        fail(req, rc);
     enter(req, ASL_STEP_PDEATHSIG);
     if ((rc = SYS3(SYS_prctl, PR_SET_PDEATHSIG, SIGKILL, 0)) < 0)
         fail(req, rc);

@@ -33,7 +33,8 @@ enum asl_step {
     ASL_STEP_SECCOMP = 17,
     ASL_STEP_LISTENER = 18,
     ASL_STEP_RLIMIT = 19,
-    ASL_STEP_EXECVE = 20
+    ASL_STEP_EXECVE = 20,
+    ASL_STEP_CGROUP = 21    /* max_memory in a cgroup (issue 11): run right after setpgid */
 };
 
 /* How the child takes the identity of a policy's uid/gid (docs/files.md). */
@@ -170,6 +171,10 @@ struct asl_spawn_req {
      * (0: the affinity it inherits). */
     const uint64_t *cpus;
     int cpus_words;
+    /* max_memory in a cgroup (issue 11, asyncsandlock/_cgroup.py): an fd of
+     * the sandbox's own group's cgroup.procs, which the child writes "0" to
+     * (moving itself in) before anything else it does; -1: none. */
+    int cgroup_procs_fd;
     int32_t reached;              /* written by the child: the step it is in */
 };
 
