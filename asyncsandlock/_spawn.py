@@ -368,7 +368,6 @@ def spawn(plan: Plan | Compiled, *, path: str | tuple[str, ...], args: Sequence[
     keep.append(fd_map)
     req.fds, req.nfds = fd_map, len(fds)
     req.parent_pid = os.getpid()
-    req.cgroup_procs_fd = cgroup_procs  # written before the child maps its fds
     with contextlib.ExitStack() as always:
         ours = -1
         theirs: list[int] = []  # emptied by whichever closes it first
@@ -393,6 +392,8 @@ def spawn(plan: Plan | Compiled, *, path: str | tuple[str, ...], args: Sequence[
             req.landlock_fd = _above(landlock_fd, len(fds), child_ends)
             req.listener_sock = _above(theirs[0], len(fds), child_ends) if theirs else -1
             req.errpipe = _above(err_w, len(fds), child_ends)
+            if cgroup_procs >= 0:  # max_memory in a cgroup: written in the rlimit step
+                req.cgroup_procs_fd = _above(cgroup_procs, len(fds), child_ends)
             if netns_fd >= 0:
                 req.net_mode = lib.ASL_NET_JOIN
                 req.netns_fd = _above(netns_fd, len(fds), child_ends)

@@ -186,6 +186,19 @@ static long raise_rlimits(const struct asl_spawn_req *req)
 #define NOT_A_USER_ADDRESS ((1ULL << 63) | (1ULL << 55))
 static long set_rlimits(const struct asl_spawn_req *req)
 {
+    /* max_memory in a cgroup (asyncsandlock/_cgroup.py): into the sandbox's
+     * own group, before anything of the command runs (its exec's new mm is
+     * charged there, and everything it starts is born inside).  "0" names
+     * the writer.  The filter lets the write through by its key, Landlock
+     * checked the fd when the parent opened it, and the kernel checks the
+     * opener's credentials (the parent's), not ours, dropped by now.  Late
+     * rather than first: what the steps above allocate, being the caller's
+     * work, stays the caller's. */
+    if (req->cgroup_procs_fd >= 0) {
+        long rc = KEYED(req, SYS_write, req->cgroup_procs_fd, "0", 1);
+        if (rc < 0)
+            return rc;
+    }
     if (req->nrlimits && (req->key[0] & NOT_A_USER_ADDRESS) != NOT_A_USER_ADDRESS)
         return -EINVAL;
     for (int i = 0; i < req->nrlimits; i++) {
@@ -808,16 +821,6 @@ static int child_main(void *arg)
      * is also why a sandbox nested in ours cannot make one). */
     enter(req, ASL_STEP_SETPGID);
     if (req->own_group && (rc = SYS3(SYS_setpgid, 0, 0, 0)) < 0)
-        fail(req, rc);
-    /* max_memory in a cgroup: into the sandbox's own group before any other
-     * step, with the caller's credentials still (a user namespace of its own
-     * would make the write EACCES/EPERM).  Nothing it allocates from here on
-     * (its exec's new mm first) is charged elsewhere, and everything it
-     * starts is born inside.  "0" names the writer.  A migration waits for
-     * a grace period of the cgroup rwsem when none ran lately (ms, see
-     * docs/limits.md): the reason the cgroup is opt-in. */
-    enter(req, ASL_STEP_CGROUP);
-    if (req->cgroup_procs_fd >= 0 && (rc = SYS3(SYS_write, req->cgroup_procs_fd, "0", 1)) < 0)
         fail(req, rc);
     enter(req, ASL_STEP_PDEATHSIG);
     if ((rc = SYS3(SYS_prctl, PR_SET_PDEATHSIG, SIGKILL, 0)) < 0)

@@ -33,8 +33,7 @@ enum asl_step {
     ASL_STEP_SECCOMP = 17,
     ASL_STEP_LISTENER = 18,
     ASL_STEP_RLIMIT = 19,
-    ASL_STEP_EXECVE = 20,
-    ASL_STEP_CGROUP = 21    /* max_memory in a cgroup (issue 11): run right after setpgid */
+    ASL_STEP_EXECVE = 20
 };
 
 /* How the child takes the identity of a policy's uid/gid (docs/files.md). */
@@ -173,7 +172,7 @@ struct asl_spawn_req {
     int cpus_words;
     /* max_memory in a cgroup (issue 11, asyncsandlock/_cgroup.py): an fd of
      * the sandbox's own group's cgroup.procs, which the child writes "0" to
-     * (moving itself in) before anything else it does; -1: none. */
+     * (moving itself in) in its rlimit step, last before exec; -1: none. */
     int cgroup_procs_fd;
     int32_t reached;              /* written by the child: the step it is in */
 };
