@@ -29,9 +29,10 @@ class Subsystem(enum.Enum):
     #: The child's ``uid``/``gid``: set by a privileged caller, mapped in a
     #: user namespace by any other.  Refused where user namespaces are.
     IDENTITY = "identity"
-    #: ``max_memory``, ``cpu_time`` and ``max_cpu``: a cgroup v2 group of the
-    #: sandbox's own where one can be had, else (:attr:`Protection.SAMPLED`)
-    #: the watcher on the caller's event loop (see docs/limits.md).
+    #: ``max_memory``, ``cpu_time`` and ``max_cpu``: the watcher on the
+    #: caller's event loop (:attr:`Protection.SAMPLED`), or ``max_memory``
+    #: alone in a memory cgroup of the run's own, held by the kernel
+    #: (``memory_mechanism="cgroup"``: ACTIVE; see docs/limits.md).
     RESOURCE_LIMITS = "resource-limits"
     #: The copy-on-write workspace (``workdir``) as an overlay in a mount
     #: namespace of the child's own.  Never waived: without it the child

@@ -1,7 +1,7 @@
 """Resource-limit benchmarks: what the limits cost, and how closely they hold.
 
     .venv/bin/python benchmarks/bench_limits.py [--quick] [--backend asyncio|trio]
-        [--only spawn|watch|versus|huge|fill]
+        [--only spawn|watch|versus|huge|fill|cgroup]
 
 1. ``await sb.run(["/bin/true"])`` with every limit set against the same
    policy without limits (target: at most 1.1x), and with every limit but
@@ -20,7 +20,12 @@
    turned them off: the control);
 4. (``--only fill``, not by default) how fast fresh memory becomes resident
    here (``fill_rate.c``: 4 KiB pages with huge pages off, and huge pages),
-   on 1 .. all cores: what the watcher's ``GROWTH`` must cover.
+   on 1 .. all cores: what the watcher's ``GROWTH`` must cover;
+5. (``--only cgroup``, where the caller has a memory cgroup of its own to
+   make groups in) ``max_memory`` in a cgroup (``memory_mechanism="cgroup"``)
+   against the watcher: ``/bin/true`` back to back and 50 ms apart (a
+   migration into a cgroup waits for an RCU grace period when none ran
+   lately), and the group's peak against the budget for a fast allocator.
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ from typing import Any
 
 import anyio
 
-from asyncsandlock import DEVNULL, SYSTEM_READABLE, ExitReason, Sandbox, _plan
+from asyncsandlock import DEVNULL, SYSTEM_READABLE, ExitReason, Sandbox, _cgroup, _plan
 
 from _common import Report, Target, blocking, interleave, machine_notes, median, parse_args, table
 
@@ -236,6 +241,62 @@ async def bench_versus(report: Report, backend: str, rounds: int) -> None:
                             at_most=1.0), samples)
 
 
+async def bench_cgroup(report: Report, backend: str, rounds: int) -> None:
+    found = _cgroup.memory_backend()
+    if found.directory is None or found.files is None:
+        print(f"\n  5. max_memory in a cgroup: none can be made here ({found.reason})")
+        return
+    plain = Sandbox(fs_readable=READABLE)
+    sampled = Sandbox(fs_readable=READABLE, max_memory="1G")
+    kernel = Sandbox(fs_readable=READABLE, max_memory="1G", memory_mechanism="cgroup")
+
+    def run(sb: Sandbox, gap: float) -> Any:
+        async def call() -> object:
+            return await sb.run(TRUE)
+
+        async def apart() -> object:
+            # Untimed: the pause, so that no migration ran lately.
+            await anyio.sleep(gap)
+            return None
+        return call, apart
+
+    where = f"cgroup v{found.files.version}"
+    for gap in (0.0, 0.05):
+        contenders: dict[str, Any] = {}
+        for name, sb in (("no limits", plain), ("max_memory sampled", sampled),
+                         (f"max_memory {where}", kernel)):
+            call, apart = run(sb, gap)
+            contenders[name] = call
+            if gap:
+                contenders[f"(pause before {name})"] = apart
+        samples = await interleave(contenders, rounds)
+        samples = {k: v for k, v in samples.items() if not k.startswith("(")}
+        table(f"5. run /bin/true, {'back to back' if not gap else f'{gap * 1000:g} ms apart'} "
+              f"({backend})", samples, "no limits")
+        report.check(Target(f"spawn with max_memory in a cgroup, {gap * 1000:g} ms apart "
+                            f"{backend}", f"max_memory {where}", "no limits", at_most=1.1),
+                     samples)
+    peaks: list[int] = []
+    close = _cgroup.MemoryGroup.aclose
+
+    async def aclose(self: _cgroup.MemoryGroup) -> None:
+        peaks.append(self.peak() or 0)
+        await close(self)
+    _cgroup.MemoryGroup.aclose = aclose  # type: ignore[method-assign]
+    try:
+        budgeted = Sandbox(fs_readable=READABLE, max_memory=BUDGET, memory_mechanism="cgroup")
+        for _ in range(rounds):
+            result = await budgeted.run([sys.executable, "-c", ALLOCATOR], timeout=60)
+            assert result.reason is ExitReason.MEMORY_LIMIT, result
+    finally:
+        _cgroup.MemoryGroup.aclose = close  # type: ignore[method-assign]
+    over = [(peak - BUDGET) / (1 << 20) for peak in peaks]
+    print(f"    fast allocator under 100M in a {where}: the group's peak past the budget, "
+          f"MiB: median {median(over):.1f}, worst {max(over):.1f} (n={len(over)})")
+    report.add(max(over) <= 0, f"overshoot in a {where} {backend}: worst {max(over):.1f} MiB "
+                               "(target: none)")
+
+
 def bench_fill(rounds: int) -> None:
     """The fill rates of ``fill_rate.c`` (no sandbox, no event loop)."""
     src = pathlib.Path(__file__).resolve().parent / "fill_rate.c"
@@ -262,10 +323,13 @@ async def run_backend(report: Report, backend: str, quick: bool, only: Sequence[
         await bench_versus(report, backend, 2 if quick else 5)
     if "versus" in only or "huge" in only:
         await bench_huge_pages(report, backend, 2 if quick else 5)
+    if "cgroup" in only:
+        await bench_cgroup(report, backend, 20 if quick else 100)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args("Resource-limit benchmarks.", ("spawn", "watch", "versus", "huge", "fill"))
+    args = parse_args("Resource-limit benchmarks.", ("spawn", "watch", "versus", "huge", "fill",
+                                                           "cgroup"))
     print(f"bench_limits{' --quick' if args.quick else ''}: {machine_notes()}")
     print("medians of interleaved rounds; ratios are between contenders of the same run")
     if sandlock is None:
