@@ -38,6 +38,7 @@ import errno
 import functools
 import itertools
 import os
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -61,6 +62,10 @@ MECHANISMS = ("sampled", "cgroup")
 #: (seconds) while killed members are still leaving.
 PREFIX = "asl-"
 REMOVE_FOR = 2.0
+#: A dead owner's group younger than this (seconds) is not swept: its pid
+#: may name a caller in another pid namespace sharing our group, whose
+#: child has yet to enter it.
+SWEEP_AFTER = 60.0
 
 
 class CgroupV2(NamedTuple):
@@ -275,10 +280,12 @@ def sweep(directory: str) -> None:
     if directory not in _swept:
         _swept.add(directory)
         with contextlib.suppress(OSError):
+            old = time.time() - SWEEP_AFTER
             for entry in os.scandir(directory):
                 if entry.name.startswith(PREFIX) and not _owner_alive(entry.name):
                     with contextlib.suppress(OSError):
-                        _remove(entry.path)
+                        if entry.stat().st_mtime < old:
+                            _remove(entry.path)
     for path in list(_left):
         with contextlib.suppress(OSError):
             if _remove(path):

@@ -213,6 +213,7 @@ async def test_groups_of_dead_callers_are_swept(backend: str,
         os.mkdir(path)
     try:
         monkeypatch.setattr(_cgroup, "_swept", set())
+        monkeypatch.setattr(_cgroup, "SWEEP_AFTER", -60.0)  # any age
         result = await _in(max_memory="100M").run(["true"])
         assert result.success, result
         assert not os.path.exists(dead)
@@ -297,3 +298,62 @@ async def test_the_group_is_entered_whatever_the_child_became(backend: str, memh
     finally:
         for fd in fds:
             os.close(fd)
+
+
+async def test_a_young_group_of_a_dead_owner_is_left(backend: str,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its pid may be a caller's in another pid namespace, about to use it."""
+    dead = os.path.join(backend, f"{PREFIX}{2**22 + 11}-123-0")
+    os.mkdir(dead)
+    try:
+        monkeypatch.setattr(_cgroup, "_swept", set())
+        assert (await _in(max_memory="100M").run(["true"])).success
+        assert os.path.exists(dead)
+    finally:
+        os.rmdir(dead)
+
+
+CALLER = """
+import anyio, sys
+from asyncsandlock import Sandbox, SYSTEM_READABLE
+
+async def main():
+    sb = Sandbox(fs_readable=SYSTEM_READABLE, max_memory="100M", memory_mechanism="cgroup")
+    async with await sb.open(["sleep", "60"]) as proc:
+        print(proc.pid, flush=True)
+        await proc.wait()
+
+anyio.run(main)
+"""
+
+
+async def test_a_caller_killed_by_sigkill_leaves_an_empty_group_swept_later(
+        backend: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What SIGKILL leaves: the reaper kills the sandbox, its group stays
+    (empty, in the caller's own group); the next caller's first group sweeps it."""
+    caller = await anyio.open_process([sys.executable, "-c", CALLER])
+    try:
+        assert caller.stdout is not None
+        with anyio.fail_after(30):
+            line = await caller.stdout.receive()
+        pid = int(line)
+        owned = f"{PREFIX}{caller.pid}-"
+        left = [name for name in os.listdir(backend) if name.startswith(owned)]
+        assert len(left) == 1
+        with open(os.path.join(backend, left[0], "cgroup.procs")) as procs:
+            assert procs.read().split() == [str(pid)]  # the sandbox is in it
+    finally:
+        caller.kill()
+        await caller.aclose()
+    group = os.path.join(backend, left[0])
+    with anyio.fail_after(10):
+        while True:  # the reaper kills the sandbox within ~10 ms
+            with open(os.path.join(group, "cgroup.procs")) as procs:
+                if not procs.read().split():
+                    break
+            await anyio.sleep(0.01)
+    assert os.path.isdir(group)
+    monkeypatch.setattr(_cgroup, "_swept", set())
+    monkeypatch.setattr(_cgroup, "SWEEP_AFTER", -60.0)  # any age
+    assert (await _in(max_memory="100M").run(["true"])).success
+    assert not os.path.exists(group)
