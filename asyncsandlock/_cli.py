@@ -43,6 +43,9 @@ def _parser() -> argparse.ArgumentParser:
                      help="TCP ports the command may bind ('8080', '8000-8010'); repeatable")
     run.add_argument("-m", "--max-memory", metavar="SIZE",
                      help="resident memory of the whole sandbox, e.g. 512M")
+    run.add_argument("--memory-mechanism", choices=("sampled", "cgroup"),
+                     help="how --max-memory is held: sampled from the loop (the default), or "
+                          "by the kernel in a cgroup of the run's own where one can be made")
     run.add_argument("-P", "--max-processes", type=int, metavar="N")
     run.add_argument("--max-open-files", type=int, metavar="N")
     # Resource limits (issue 11): see docs/limits.md.
@@ -140,6 +143,7 @@ def _sandbox(ns: argparse.Namespace, *, interactive: bool) -> Sandbox:
         workdir=ns.workdir, on_exit=ns.on_exit, max_disk=ns.max_disk,
         workdir_mechanism=ns.workdir_mechanism or "auto",
         network=ns.network or "host", publish=ns.publish,
+        memory_mechanism=ns.memory_mechanism or "sampled",
     )
 
 
@@ -183,7 +187,7 @@ def _from_profile(ns: argparse.Namespace, env: dict[str, str], *,
         overrides["env"] = {**fields.get("env", {}), **env}
     for flag in ("clean_env", "cwd", "max_processes", "max_open_files", "max_cpu", "cpu_time",
                  "max_threads", "uid", "gid", "workdir", "max_disk", "network",
-                 "workdir_mechanism"):
+                 "workdir_mechanism", "memory_mechanism"):
         if getattr(ns, flag) is not None:
             overrides[flag] = getattr(ns, flag)
     if ns.cpu_cores is not None:

@@ -357,3 +357,11 @@ async def test_a_caller_killed_by_sigkill_leaves_an_empty_group_swept_later(
     monkeypatch.setattr(_cgroup, "SWEEP_AFTER", -60.0)  # any age
     assert (await _in(max_memory="100M").run(["true"])).success
     assert not os.path.exists(group)
+
+
+def test_the_command_line_chooses_the_mechanism() -> None:
+    from asyncsandlock._cli import _parser, _sandbox
+    ns = _parser().parse_args(["run", "-m", "64M", "--memory-mechanism", "cgroup", "true"])
+    assert _sandbox(ns, interactive=False).memory_mechanism == "cgroup"
+    ns = _parser().parse_args(["run", "-m", "64M", "true"])
+    assert _sandbox(ns, interactive=False).memory_mechanism == "sampled"
