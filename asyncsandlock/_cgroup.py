@@ -405,6 +405,8 @@ class MemoryGroup:
         try:
             if not _remove(self.path):
                 _left.add(self.path)
+        except OSError:
+            pass  # not ours to fix (a removed mount, say): left as it is
         finally:
             # After the rmdir: the registration signals the eventfd as the
             # group goes, and nothing reads it any more.

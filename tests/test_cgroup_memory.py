@@ -12,6 +12,7 @@ group itself is as it was.
 from __future__ import annotations
 
 import os
+import pathlib
 import sys
 import time
 from collections.abc import Iterator
@@ -365,3 +366,44 @@ def test_the_command_line_chooses_the_mechanism() -> None:
     assert _sandbox(ns, interactive=False).memory_mechanism == "cgroup"
     ns = _parser().parse_args(["run", "-m", "64M", "true"])
     assert _sandbox(ns, interactive=False).memory_mechanism == "sampled"
+
+
+_V2_FILES = ("memory.max", "memory.swap.max", "memory.oom.group", "memory.events",
+             "memory.peak", "cgroup.procs")
+
+
+def test_the_v2_files_on_a_stand_in(tmp_path: pathlib.Path,
+                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where no v2 group is delegated (here), what the v2 backend writes and
+    reads, on a directory standing in for one: the same logic as v1's, with
+    v2's names; no eventfd (the kernel kills the whole group)."""
+    made = os.mkdir
+
+    def mkdir(path: str, mode: int = 0o777) -> None:
+        made(path, mode)
+        for name in _V2_FILES:
+            (pathlib.Path(path) / name).write_text("")
+    monkeypatch.setattr(os, "mkdir", mkdir)
+    monkeypatch.setattr(_cgroup, "memory_backend",
+                        lambda: MemoryBackend(str(tmp_path), _cgroup._V2, ""))
+    group = MemoryGroup.make(100 << 20)
+    assert group is not None
+    try:
+        where = pathlib.Path(group.path)
+        assert where.parent == tmp_path and where.name.startswith(f"{PREFIX}{os.getpid()}-")
+        assert (where / "memory.max").read_text() == str(100 << 20)
+        assert (where / "memory.swap.max").read_text() == "0"
+        assert (where / "memory.oom.group").read_text() == "1"
+        assert group.notify == -1 and group.procs >= 0
+        assert _cgroup.reason_at_reap(group, None) is None
+        (where / "memory.events").write_text("low 0\nhigh 0\nmax 9\noom 1\noom_kill 1\n"
+                                             "oom_group_kill 1\n")
+        (where / "memory.peak").write_text(str(100 << 20))
+        assert _cgroup.reason_at_reap(group, None) is ExitReason.MEMORY_LIMIT
+        assert _cgroup.reason_at_reap(group, ExitReason.TIMEOUT) is ExitReason.TIMEOUT
+        assert group.peak() == 100 << 20
+    finally:
+        for name in _V2_FILES:
+            (pathlib.Path(group.path) / name).unlink()
+        group.discard()
+    assert not os.path.exists(group.path) and group.procs == -1
