@@ -15,6 +15,7 @@ import sys
 
 import anyio
 
+from ._cgroup import memory_backend
 from ._exceptions import ConfinementUnavailable, SandboxError
 from ._features import Capabilities, probe
 from ._handler import Handler
@@ -80,7 +81,17 @@ def container_rows() -> list[tuple[str, str, str]]:
          "workspaces need a writable directory (an emptyDir)"),
         (f"{tmp}", "writable" if os.access(tmp, os.W_OK) else "NOT writable",
          "the MCP server's default workspace root"),
+        _memory_cgroup_row(),
     ]
+
+
+def _memory_cgroup_row() -> tuple[str, str, str]:
+    """Where max_memory can be the kernel's (issue 11, cgmem; docs/limits.md)."""
+    found = memory_backend()
+    if found.directory is None or found.files is None:
+        return ("memory cgroup", "none", found.reason)
+    return ("memory cgroup", f"v{found.files.version}, own group {found.directory}",
+            'max_memory with memory_mechanism="cgroup"')
 
 
 def _table(lines: list[tuple[str, str, str]]) -> str:

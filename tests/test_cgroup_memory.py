@@ -407,3 +407,15 @@ def test_the_v2_files_on_a_stand_in(tmp_path: pathlib.Path,
             (pathlib.Path(group.path) / name).unlink()
         group.discard()
     assert not os.path.exists(group.path) and group.procs == -1
+
+
+def test_check_tells_where_max_memory_can_be_the_kernels(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from asyncsandlock import _check
+    monkeypatch.setattr(_check, "memory_backend",
+                        lambda: MemoryBackend(None, None, "cgroup v2: none; cgroup v1: none"))
+    assert _check._memory_cgroup_row() == ("memory cgroup", "none",
+                                           "cgroup v2: none; cgroup v1: none")
+    monkeypatch.setattr(_check, "memory_backend",
+                        lambda: MemoryBackend("/sys/fs/cgroup/x", _cgroup._V1, ""))
+    assert _check._memory_cgroup_row()[1] == "v1, own group /sys/fs/cgroup/x"
