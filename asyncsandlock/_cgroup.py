@@ -12,9 +12,11 @@ host's setup is changed.  The two versions share everything but file names
   where swap is accounted, ``memory.memsw.limit_in_bytes`` to the same;
   v2 ``memory.max``, ``memory.swap.max`` 0 and ``memory.oom.group`` 1),
   and ``cgroup.procs`` opened for the child;
-- entered: the child's first step writes "0" to that fd (``csrc/spawn.c``,
-  step ``cgroup``), before it can run anything of the command; all it
-  starts is born inside;
+- entered: the child writes "0" to that fd in its ``rlimit`` step, its last
+  before ``execve`` (``csrc/spawn.c``, ``set_rlimits``): nothing of the
+  command runs outside, and all it starts is born inside.  The move waits
+  for an RCU grace period when no move ran just before (5-13 ms here, the
+  caller's loop waiting with it): why the cgroup is opt-in (docs/limits.md);
 - over the budget: the kernel reclaims what it can, then the OOM killer
   kills inside the group (v2: all of it, ``memory.oom.group``).  v1 kills
   one process: an eventfd on ``memory.oom_control`` (``cgroup.event_control``)
@@ -25,7 +27,8 @@ host's setup is changed.  The two versions share everything but file names
   still on their way out).  A caller killed by SIGKILL cannot remove its
   groups: the reaper kills their processes (``_reaper.py``) and the empty
   groups are left, named after their owner (``asl-<pid>-<start>-<n>``), for
-  the next caller to sweep (:func:`sweep`, at its first group).
+  the next caller to sweep (:func:`sweep`, at its first group; a group
+  younger than :data:`SWEEP_AFTER` is left).
 
 Which of v2 and v1 is used, and why neither, :func:`memory_backend` says
 (read once per process).  ``probe_cgroup_v2`` is the v2 half of it.

@@ -198,7 +198,7 @@ async def _open_in_turn(sandbox: Sandbox, argv: tuple[str, ...], *, stdin: Stdio
     routes, names, notify, self_trapped = _routing(sandbox, compiled, handlers)
     prepare()
     network = await open_network(sandbox, compiled)  # None unless the parent makes it
-    # max_memory in a cgroup (issue 11, cgmem): made first, entered by the child first.
+    # max_memory in a cgroup (issue 11, cgmem): made here, entered by the child before exec.
     memgroup, cgroup_expected = memory_group(sandbox.max_memory, sandbox.memory_mechanism)
     # Two scopes, as trio's _open_process has them: the child's ends of its
     # pipes are closed once it is spawned (or not), ours only if no process
