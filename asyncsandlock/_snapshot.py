@@ -81,8 +81,11 @@ TAG = ".asyncsandlock-snapshot-"
 #: A copy ``TOKEN``'s lock file beside it: ``TOKEN.lock``.
 LOCK = ".lock"
 #: The private directory: anyone may pass through it to a copy (a command
-#: with ``uid`` set must reach its own), only its owner may list it.
-_HOME_MODE = 0o711
+#: with ``uid`` set must reach its own), nobody may list it but a caller
+#: with CAP_DAC_READ_SEARCH (root): a command running as its owner (a root
+#: caller's child is uid 0 without capabilities) cannot learn the names of
+#: the copies beside its own (see :func:`_listing`).
+_HOME_MODE = 0o311
 _FICLONE = 0x40049409  # _IOW(0x94, 9, int)
 #: The clock file timestamps are taken from (not in the time module).
 CLOCK_REALTIME_COARSE = 5
@@ -135,6 +138,21 @@ def claim(home: str) -> tuple[str, int]:
         return os.path.join(home, token), fd
 
 
+def _listing(home: str) -> list[str]:
+    """The names in ``home``.  A caller without CAP_DAC_READ_SEARCH (not
+    root) may not list it either: it lets itself for the one ``scandir``
+    (the owner may always chmod), a window of microseconds in which a
+    command of the same uid could list it too."""
+    try:
+        return os.listdir(home)
+    except PermissionError:
+        os.chmod(home, _HOME_MODE | stat.S_IRUSR)
+        try:
+            return os.listdir(home)
+        finally:
+            os.chmod(home, _HOME_MODE)
+
+
 def _names(fd: int, path: str) -> bool:
     """Whether ``path`` is still the file open as ``fd``."""
     held = os.fstat(fd)
@@ -161,9 +179,9 @@ def orphans(home: str) -> Generator[tuple[str, int], None, None]:
     step.  A copy whose lock is held is a live run's, whoever and wherever
     it is (another pid namespace, a process that reused a dead one's pid):
     never touched."""
-    with os.scandir(home) as entries:
-        names = [entry.name for entry in entries if entry.name.endswith(LOCK)]
-    for name in names:
+    for name in _listing(home):
+        if not name.endswith(LOCK):
+            continue
         lock = os.path.join(home, name)
         try:
             fd = os.open(lock, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)

@@ -243,17 +243,23 @@ async def _remove_tree(path: str) -> None:
 async def sweep(home: str) -> None:
     """Remove the copies in ``home`` whose caller died without removing them
     (killed, SIGKILL included: ``_snapshot.orphans``), in bounded steps.
-    Cancelled, a copy half removed stays unlocked: the next sweep goes on."""
-    steps = _snapshot.orphans(home)
+    Cancelled, a copy half removed stays unlocked: the next sweep goes on.
+    A failure is not the run's: what could not be removed is left."""
+    if not SWEEP:
+        return
     try:
-        for copy, lock in steps:
-            try:
-                await _remove_tree(copy)
-            finally:
-                _snapshot.unclaim(copy, lock)
-            await _checkpoint()
-    finally:
-        steps.close()
+        steps = _snapshot.orphans(home)
+        try:
+            for copy, lock in steps:
+                try:
+                    await _remove_tree(copy)
+                finally:
+                    _snapshot.unclaim(copy, lock)
+                await _checkpoint()
+        finally:
+            steps.close()
+    except OSError:  # home gone (empty, removed by its last run), or not ours to list
+        pass
 
 
 #: Per policy owner and Landlock parts skipped: the policy's ruleset as a
@@ -356,8 +362,7 @@ class Layer:
                     raise
         self._track()
         try:
-            if SWEEP:
-                await sweep(self._home)
+            await sweep(self._home)
             await _drive(_snapshot.copy_steps(self.workdir, self._snapshot))
             self.ready_ns = await _snapshot.settle_instant(anyio.sleep)
         except BaseException:
@@ -421,6 +426,13 @@ class Layer:
                 finally:
                     _snapshot.unclaim(path, lock)
         self.close()
+
+    async def sweep(self) -> None:
+        """A snapshot's commit or abort, once its own copy is gone: the
+        copies of dead callers beside it go too (:func:`sweep`; not
+        shielded, unlike the removal of its own)."""
+        if self._home:
+            await sweep(self._home)
 
     def _build(self, max_disk: int | None) -> None:
         lower = os.stat(self.workdir)
@@ -757,6 +769,7 @@ class Workspace:
         await _drive(self._apply_steps(pending))
         self._state = "committed"
         await self._layer.aclose()
+        await self._layer.sweep()
 
     def _apply_steps(self, pending: list[Change]) -> Iterator[bool]:
         # A change is recorded as done right after its last write and before
@@ -822,6 +835,7 @@ class Workspace:
             with anyio.CancelScope(shield=True):
                 await _drive(self._empty_trash())  # what a cancelled commit put away
                 await self._layer.aclose()
+            await self._layer.sweep()
 
 
 def _owner_needs(mode: int) -> int:

@@ -11,6 +11,7 @@ or in the temporary directory, no mount, fd, child or thread.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pathlib
 import stat
@@ -316,35 +317,54 @@ def _copies_in(home: pathlib.Path) -> set[str]:
     return {n for n in os.listdir(home) if not n.endswith(".lock")} if home.exists() else set()
 
 
-def test_a_killed_caller_s_copy_is_swept_by_the_next_snapshot(
-        project: pathlib.Path, anyio_backend: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A caller SIGKILLed mid-run cannot remove its copy; the next snapshot
-    of the workdir does (its lock is free).  Controls: while the caller
-    lives, the next snapshot leaves its copy alone; without the sweep, the
-    dead caller's copy stays."""
-    home = _home(project)
-    caller = subprocess.Popen([sys.executable, "-c", HOLDER, str(project), anyio_backend],
+@contextlib.contextmanager
+def _holder(project: pathlib.Path, backend: str) -> Iterator[str]:
+    """A caller in a process of its own, in a snapshot run of ``project``
+    that has written its copy's edit.txt; SIGKILLed on the way out.
+    Yields its copy's name."""
+    caller = subprocess.Popen([sys.executable, "-c", HOLDER, str(project), backend],
                               stdout=subprocess.PIPE)
     try:
         assert caller.stdout is not None
         assert caller.stdout.readline() == b"started\n"
-        (copy,) = _copies_in(home)
-        time.sleep(0.2)  # the command has written its file
-        assert (home / copy / "edit.txt").read_text() == "mine\n"
-        run = snap(workdir=project, on_exit="abort").run
-        assert anyio.run(run, ["true"], backend=anyio_backend).success
-        assert _copies_in(home) == {copy}  # alive: never touched
-        assert (home / copy / "edit.txt").read_text() == "mine\n"
+        (copy,) = _copies_in(_home(project))
+        deadline = time.monotonic() + 10
+        while (_home(project) / copy / "edit.txt").read_text() != "mine\n":
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        yield copy
     finally:
         caller.kill()
         caller.wait()
         if caller.stdout is not None:
             caller.stdout.close()
+
+
+@pytest.mark.parametrize("by", ["next-snapshot", "abort"])
+def test_a_killed_caller_s_copy_is_swept(project: pathlib.Path, anyio_backend: str, by: str,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """A caller SIGKILLed mid-run cannot remove its copy; the next snapshot
+    of the workdir, or the abort (or commit) of one, does: its lock is
+    free.  Controls: while the caller lives, the next snapshot leaves its
+    copy alone; without the sweep, the dead caller's copy stays."""
+    home = _home(project)
+    run = snap(workdir=project, on_exit="abort").run
+    kept = snap(workdir=project, on_exit="keep").run
+    with _holder(project, anyio_backend) as copy:
+        assert anyio.run(run, ["true"], backend=anyio_backend).success
+        assert _copies_in(home) == {copy}  # alive: never touched
+        assert (home / copy / "edit.txt").read_text() == "mine\n"
+        if by == "abort":
+            mine = anyio.run(kept, ["true"], backend=anyio_backend).workspace
+            assert mine is not None and len(_copies_in(home)) == 2
     monkeypatch.setattr(_workspace, "SWEEP", False)
     assert anyio.run(run, ["true"], backend=anyio_backend).success
-    assert _copies_in(home) == {copy}, "without the sweep, the dead caller's copy stays"
+    assert copy in _copies_in(home), "without the sweep, the dead caller's copy stays"
     monkeypatch.setattr(_workspace, "SWEEP", True)
-    assert anyio.run(run, ["true"], backend=anyio_backend).success
+    if by == "abort":
+        anyio.run(mine.abort, backend=anyio_backend)
+    else:
+        assert anyio.run(run, ["true"], backend=anyio_backend).success
     assert not home.exists() and _copies(project) == set()
     assert (project / "edit.txt").read_text() == "old\n"
 
@@ -352,7 +372,7 @@ def test_a_killed_caller_s_copy_is_swept_by_the_next_snapshot(
 # -- escapes: the copies of concurrent runs are not readable -------------------------
 
 PEEK = ("cat {copy}/mine.txt; cat ../{name}/mine.txt; cat {copy}/keep.txt; "
-        "ln -s {copy}/mine.txt link && cat link; true")
+        "ln -s {copy}/mine.txt link && cat link; ls ..; true")
 
 
 @pytest.mark.anyio
@@ -360,7 +380,9 @@ async def test_escape_a_concurrent_run_s_copy_is_not_readable(
         project: pathlib.Path, clean_host: None, monkeypatch: pytest.MonkeyPatch) -> None:
     """fs_readable covers the workdir's parent, where the copies live: a
     run cannot read a concurrent run's copy (by its path, by ``..``, by a
-    symlink in its own copy).  Control: without the hole, it could."""
+    symlink in its own copy), nor list the directory of the copies to learn
+    their names.  Control: without the hole, it could read it (the listing:
+    the caller can)."""
     sandbox = snap(workdir=project, on_exit="abort", fs_readable=[project.parent])
     async with await sandbox.open(["sh", "-c", "echo secret > mine.txt; pwd; sleep 5"],
                                   stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL) as other:
@@ -370,7 +392,8 @@ async def test_escape_a_concurrent_run_s_copy_is_not_readable(
         probe = ["sh", "-c", PEEK.format(copy=copy, name=os.path.basename(copy))]
         held = await sandbox.run(probe)
         assert held.stdout == b"", held.stdout
-        assert held.stderr is not None and held.stderr.count(b"Permission denied") == 4
+        assert held.stderr is not None and held.stderr.count(b"Permission denied") == 5
+        assert os.path.basename(copy) in os.listdir(_home(project))
         own = await sandbox.run(["sh", "-c", "cat keep.txt"])  # its own copy: readable
         assert own.stdout == b"keep\n"
         monkeypatch.setattr(_workspace, "HOLE", False)
@@ -386,7 +409,7 @@ import asyncsandlock as a
 from asyncsandlock import _workspace
 root, backend, temp = sys.argv[1], sys.argv[2], sys.argv[3]
 os.setgroups([]); os.setresgid(65534, 65534, 65534); os.setresuid(65534, 65534, 65534)
-PEEK = "cat {copy}/mine.txt; cat ../{name}/mine.txt; true"
+PEEK = "cat {copy}/mine.txt; cat ../{name}/mine.txt; ls .. || echo unlisted"
 async def main():
     sb = a.Sandbox(fs_readable=[*a.SYSTEM_READABLE, temp], workdir=root,
                    workdir_mechanism="snapshot", on_exit="abort")
@@ -414,5 +437,6 @@ def test_escape_a_concurrent_run_s_copy_is_not_readable_as_nobody(
                            str(temp)], capture_output=True, text=True, timeout=120,
                           env={**os.environ, "TMPDIR": str(temp)})
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "True b'' b'secret\\nsecret\\n'", done.stderr
+    assert done.stdout.strip() == ("True b'unlisted\\n' b'secret\\nsecret\\nunlisted\\n'"), \
+        done.stderr
     assert os.listdir(temp) == []
