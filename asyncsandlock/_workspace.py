@@ -534,32 +534,30 @@ class Layer:
                 Subsystem.WORKSPACE_SNAPSHOT, errno.EPERM,
                 "a snapshot workspace needs Landlock, which alone keeps the command off "
                 "workdir (Landlock is unavailable or degraded here)")
-        spec = _ruleset_spec(policy)
-        if within(self.workdir, real_roots(spec.writable)):
+        recipe, covered, written = _recipe(policy, compiled)
+        if written:
             raise _writable_workdir(self.workdir)
-        covered = within(self.workdir, real_roots(spec.readable))
-        if HOLE:
-            # Where a grant covers the private directory (fs_readable over
-            # workdir's parent), it is holed out (``_holes.py``): the copies
-            # of concurrent runs beside this one's are not readable.  Built
-            # from the paths, not copied from a Recipe: ~4 ms, nothing
-            # beside the copy itself, and the listing of the holed
-            # directories is today's (entries made later fail closed).
-            spec = replace(spec, denied=(*spec.denied, self._home))
         close_fd(self._ruleset, watched=False)
         self._ruleset = -1
-        skipped = frozenset(compiled.plan.degraded & set(_LANDLOCK_PARTS))
-        made = Recipe()  # for its fs_mask only (its fds are closed at once)
-        try:
-            self._ruleset = build_ruleset(spec, abi_version(), skipped, made)
-        finally:
-            made.close()
+        if HOLE and within(os.path.realpath(self._home), _grant_roots(policy, compiled)):
+            # A grant covers the private directory (fs_readable over
+            # workdir's parent, say): it is holed out (``_holes.py``), so
+            # that the copies of concurrent runs beside this one's are not
+            # readable.  Such a ruleset is built from the paths (~4-10 ms
+            # here, not a Recipe's copy), with the holed directories'
+            # listing of today (entries made later fail closed).
+            spec = _ruleset_spec(policy)
+            spec = replace(spec, denied=(*spec.denied, self._home))
+            skipped = frozenset(compiled.plan.degraded & set(_LANDLOCK_PARTS))
+            self._ruleset = build_ruleset(spec, abi_version(), skipped)
+        else:  # no grant reaches the copies: the policy's own rules will do
+            self._ruleset = recipe.build()
         self._track()
         # The copy lies in the hole: a rule of its own grants it, and it
         # alone.  O_NOFOLLOW: the copy's path is ours; nothing of it may be
         # a link.
         _add_path(self._ruleset, self._snapshot, (WRITE | (READ if covered else 0))
-                  & made.fs_mask, os.O_NOFOLLOW)
+                  & recipe.fs_mask, os.O_NOFOLLOW)
         return WorkspaceSpawn("", self._ruleset, 0)
 
     def _cloned(self) -> int:
@@ -684,6 +682,19 @@ def _recipe(policy: Sandbox, compiled: Compiled) -> tuple[Recipe, bool, bool]:
         workdir = os.fspath(policy.workdir or "/")
         covered = within(workdir, real_roots(spec.readable))
         found = per_plan[skipped] = (recipe, covered, within(workdir, real_roots(spec.writable)))
+    return found
+
+
+#: Per policy owner: the canonical paths of the policy's fs_readable and
+#: fs_writable grants (a snapshot's private directory under one is holed).
+_GRANTS: weakref.WeakKeyDictionary[Compiled, tuple[str, ...]] = weakref.WeakKeyDictionary()
+
+
+def _grant_roots(policy: Sandbox, compiled: Compiled) -> tuple[str, ...]:
+    found = _GRANTS.get(compiled)
+    if found is None:
+        spec = _ruleset_spec(policy)
+        found = _GRANTS[compiled] = real_roots((*spec.readable, *spec.writable))
     return found
 
 
