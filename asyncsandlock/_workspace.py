@@ -164,7 +164,12 @@ def _refused_as_unavailable(make: Callable[..., int], *args: object) -> int:
 
 
 def _removal_steps(path: str) -> Iterator[None]:
-    """Remove ``path`` (a tree or not) one entry per step."""
+    """Remove ``path`` (a tree or not) one entry per step.  Each directory
+    is worked on through an fd of its own (``os.fwalk``, which opens the
+    next one with O_NOFOLLOW and checks it is the directory it listed): a
+    process of the sandbox still running (it handed an fd on, or the copy
+    is a dead caller's) that swaps a directory for a symbolic link cannot
+    steer the removal out of the tree."""
     try:
         st = os.lstat(path)
     except FileNotFoundError:
@@ -173,14 +178,16 @@ def _removal_steps(path: str) -> Iterator[None]:
         os.unlink(path)
         yield
         return
-    for top, dirs, files in os.walk(path, topdown=False):
+    for _top, dirs, files, fd in os.fwalk(path, topdown=False):
         for name in files:
-            os.unlink(os.path.join(top, name))
+            os.unlink(name, dir_fd=fd)
             yield
         for name in dirs:
-            child = os.path.join(top, name)
-            # os.walk lists symlinks to directories among dirs.
-            (os.unlink if os.path.islink(child) else os.rmdir)(child)
+            # fwalk lists symlinks to directories among dirs.
+            if stat.S_ISLNK(os.stat(name, dir_fd=fd, follow_symlinks=False).st_mode):
+                os.unlink(name, dir_fd=fd)
+            else:
+                os.rmdir(name, dir_fd=fd)
             yield
     os.rmdir(path)
     yield

@@ -440,3 +440,48 @@ def test_escape_a_concurrent_run_s_copy_is_not_readable_as_nobody(
     assert done.stdout.strip() == ("True b'unlisted\\n' b'secret\\nsecret\\nunlisted\\n'"), \
         done.stderr
     assert os.listdir(temp) == []
+
+
+# -- removing a copy: a directory swapped for a symlink mid-way --------------------
+
+
+def _naive_removal_steps(path: str) -> Iterator[None]:
+    """A removal by path names (as it was before): the control."""
+    for top, dirs, files in os.walk(path, topdown=False):
+        for name in files:
+            os.unlink(os.path.join(top, name))
+            yield
+        for name in dirs:
+            child = os.path.join(top, name)
+            (os.unlink if os.path.islink(child) else os.rmdir)(child)
+            yield
+    os.rmdir(path)
+    yield
+
+
+@pytest.mark.parametrize("remover", ["ours", "by-path"])
+def test_escape_a_swap_during_the_removal_stays_in_the_copy(tmp_path: pathlib.Path,
+                                                            remover: str) -> None:
+    """A process of a sandbox still running while its copy is removed (a
+    dead caller's, swept) swaps a directory for a symlink to one outside
+    the copy between two steps: the removal goes on in the directory it
+    opened, never through the link.  Control: a removal by path names
+    follows the link and deletes outside the copy."""
+    copy, outside = tmp_path / "copy", tmp_path / "outside"
+    (copy / "a").mkdir(parents=True)
+    outside.mkdir()
+    for name in ("f1", "f2"):
+        (copy / "a" / name).write_text("x")
+        (outside / name).write_text("precious")
+    steps = (_workspace._removal_steps if remover == "ours" else _naive_removal_steps)(str(copy))
+    next(steps)  # one of a's two files is gone
+    (copy / "a").rename(tmp_path / "moved")
+    (copy / "a").symlink_to(outside)
+    for _ in steps:
+        pass
+    assert not copy.exists()
+    if remover == "ours":
+        assert sorted(os.listdir(outside)) == ["f1", "f2"]
+        assert os.listdir(tmp_path / "moved") == []  # the one it had opened
+    else:
+        assert len(os.listdir(outside)) == 1  # one precious file deleted through the link
