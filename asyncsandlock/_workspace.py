@@ -22,13 +22,16 @@ cgroup) until they are committed or aborted: bound them with ``max_disk``.
 The snapshot
 ------------
 Where the host refuses an overlay (``workdir_mechanism="auto"``), or where
-asked (``"snapshot"``), the layer is a private copy of ``workdir`` beside it
-and the command works there (``_snapshot.py``): :func:`in_layer` makes the
-choice and falls back, :meth:`Layer.prepare` copies, the run's Landlock
-ruleset grants the copy (``Layer._snapshot_args``), the metadata guard
-knows it by the run's listener (``LIVE_SNAPSHOTS``), ``max_disk`` is sampled
-(:func:`watch_disk`), the diff reads ctimes, and a commit renames files of
-the copy into place.  The stages of a pipeline share one (``shared``).
+asked (``"snapshot"``), the layer is a private copy of ``workdir`` in a
+private directory beside it, and the command works there (``_snapshot.py``):
+:func:`in_layer` makes the choice and falls back, :meth:`Layer.prepare`
+claims a copy (its lock), sweeps the copies of dead callers (:func:`sweep`)
+and copies, the run's Landlock ruleset grants the copy and holes the
+private directory out of the policy's grants (``Layer._snapshot_args``), the
+metadata guard knows it by the run's listener (``LIVE_SNAPSHOTS``),
+``max_disk`` is sampled (:func:`watch_disk`), the diff reads ctimes, and a
+commit copies files of the copy into place.  The stages of a pipeline share
+one (``shared``).
 
 File I/O on the event loop, without threads
 -------------------------------------------
