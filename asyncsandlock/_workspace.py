@@ -105,7 +105,7 @@ from ._kernel._overlay import (
     mount_id,
 )
 from ._kernel._sys import syscall
-from ._objects import real_roots, within
+from ._objects import proc_fd, real_roots, within
 from ._plan import _LANDLOCK_PARTS, Compiled, _ruleset_spec
 from ._refusal import hint_for
 from ._result import Result
@@ -198,15 +198,43 @@ def _removal_steps(path: str) -> Iterator[None]:
 
 def _opening_steps(path: str) -> Iterator[None]:
     """Give the owner rwx back on the directories of ``path``, one per step
-    (one the command closed, ``chmod 000``, cannot be emptied otherwise)."""
-    pending = [path]
-    while pending:
-        top = pending.pop()
-        with contextlib.suppress(OSError):
-            os.chmod(top, 0o700)
-            with os.scandir(top) as entries:
-                pending.extend(e.path for e in entries if e.is_dir(follow_symlinks=False))
-        yield
+    (one the command closed, ``chmod 000``, cannot be emptied otherwise).
+    Each directory is reached from its parent's fd with O_NOFOLLOW and
+    changed through its own fd: a directory swapped for a symbolic link
+    meanwhile (see :func:`_removal_steps`) is skipped, never followed."""
+    try:
+        top = os.open(path, _DIR_PATH)
+    except OSError:
+        return
+    yield from _opening_beneath(top)
+
+
+_DIR_PATH = os.O_PATH | os.O_NOFOLLOW | os.O_DIRECTORY | os.O_CLOEXEC
+
+
+def _opening_beneath(held: int) -> Iterator[None]:
+    """:func:`_opening_steps` from the directory open as ``held`` (an
+    O_PATH fd, closed here); two fds per level of depth, as ``os.fwalk``."""
+    try:
+        try:
+            os.chmod(proc_fd(held), 0o700)  # the object held, whatever its path now
+            listing = os.open(proc_fd(held), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError:
+            return
+        try:
+            with os.scandir(listing) as entries:
+                names = [e.name for e in entries if e.is_dir(follow_symlinks=False)]
+            yield
+            for name in names:
+                try:
+                    child = os.open(name, _DIR_PATH, dir_fd=listing)
+                except OSError:  # gone, or a symbolic link now
+                    continue
+                yield from _opening_beneath(child)
+        finally:
+            os.close(listing)
+    finally:
+        os.close(held)
 
 
 async def _drive(steps: Iterator[object]) -> None:

@@ -485,3 +485,33 @@ def test_escape_a_swap_during_the_removal_stays_in_the_copy(tmp_path: pathlib.Pa
         assert os.listdir(tmp_path / "moved") == []  # the one it had opened
     else:
         assert len(os.listdir(outside)) == 1  # one precious file deleted through the link
+
+
+def _naive_opening_steps(path: str) -> Iterator[None]:
+    """Opening by path names (as it was before): the control."""
+    pending = [path]
+    while pending:
+        top = pending.pop()
+        os.chmod(top, 0o700)
+        with os.scandir(top) as entries:
+            pending.extend(e.path for e in entries if e.is_dir(follow_symlinks=False))
+        yield
+
+
+@pytest.mark.parametrize("opener", ["ours", "by-path"])
+def test_escape_a_swap_during_the_opening_stays_in_the_copy(tmp_path: pathlib.Path,
+                                                            opener: str) -> None:
+    """The same swap while the removal gives the owner its rights back on
+    the copy's directories (one the command closed with ``chmod 000``): the
+    directory outside keeps its mode.  Control: by path names, it loses it."""
+    copy, outside = tmp_path / "copy", tmp_path / "outside"
+    (copy / "a").mkdir(parents=True)
+    outside.mkdir()
+    outside.chmod(0o755)
+    steps = (_workspace._opening_steps if opener == "ours" else _naive_opening_steps)(str(copy))
+    next(steps)  # the copy's root is open; "a" is next
+    (copy / "a").rename(tmp_path / "moved")
+    (copy / "a").symlink_to(outside)
+    for _ in steps:
+        pass
+    assert stat.S_IMODE(outside.stat().st_mode) == (0o755 if opener == "ours" else 0o700)
