@@ -16,6 +16,28 @@ caller, owner are copied; hard links are not (each name gets a file of its
 own).  A file system mounted below ``workdir`` shows as its empty mount
 point, as in the overlay's lower layer.
 
+Where the copies live
+---------------------
+Every snapshot of ``workdir`` goes in one private directory,
+``.NAME.asyncsandlock-snapshot-uUID`` (:func:`home_for`), as ``TOKEN``
+beside its lock file ``TOKEN.lock``, and the directory is removed once
+empty.  Two things follow from that one place:
+
+- a run's Landlock ruleset holes the directory out of the policy's grants
+  (``fs_denied`` machinery, ``_holes.py``) and grants the run's own copy
+  only: where ``fs_readable`` covers the parent of ``workdir``, a command
+  cannot read the copies of concurrent runs (``_workspace.Layer``);
+- a copy's owner is known by its lock, not by a pid: the run holds an
+  ``flock`` on ``TOKEN.lock`` for the life of the copy, and the kernel
+  drops it when the last fd of it closes, i.e. when the caller dies,
+  SIGKILL included.  The next snapshot of ``workdir`` (:func:`orphans`)
+  removes every copy whose lock it can take.  A pid (even with its start
+  time) could name a process of another pid namespace, or of another boot;
+  a lock held is a live owner, wherever it is, and a lock free is a dead
+  one.  The lock file is made before the copy and removed after it, and
+  both sides check that the path still names the file they locked, so a
+  copy is never without a held lock while its owner lives.
+
 Every step is one file-system call on one entry (or one chunk): the caller
 drives them with checkpoints in between (``_workspace._drive``), so the
 event loop is held for one call's latency, never for the tree's size.
@@ -45,16 +67,25 @@ import secrets
 import stat
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 
 from ._changes import Change, lstat_or_none, make_readable
+from ._exceptions import SandboxError
 
 #: Bytes copied per step.
 CHUNK = 8 << 20
 #: A file copied in one call of at least this size gets a checkpoint of its own.
 _HEAVY = 1 << 20
-#: The hidden name's middle part: ``.NAME.asyncsandlock-snapshot-XXXXXXXX``.
+#: The private directory's middle part: ``.NAME.asyncsandlock-snapshot-uUID``.
 TAG = ".asyncsandlock-snapshot-"
+#: A copy ``TOKEN``'s lock file beside it: ``TOKEN.lock``.
+LOCK = ".lock"
+#: The private directory: anyone may pass through it to a copy (a command
+#: with ``uid`` set must reach its own), nobody may list it but a caller
+#: with CAP_DAC_READ_SEARCH (root): a command running as its owner (a root
+#: caller's child is uid 0 without capabilities) cannot learn the names of
+#: the copies beside its own (see :func:`_listing`).
+_HOME_MODE = 0o311
 _FICLONE = 0x40049409  # _IOW(0x94, 9, int)
 #: The clock file timestamps are taken from (not in the time module).
 CLOCK_REALTIME_COARSE = 5
@@ -62,12 +93,109 @@ CLOCK_REALTIME_COARSE = 5
 _NO_REFLINK: set[int] = set()
 
 
-def place_for(workdir: str) -> str:
-    """A new, unused path for a snapshot of ``workdir``: beside it where the
-    caller may make entries there, else in the temporary directory."""
+def home_for(workdir: str) -> str:
+    """The private directory the snapshots of ``workdir`` go in (see the
+    module's essay, "Where the copies live"), made if need be: beside
+    ``workdir`` where the caller may make entries there, else in the
+    temporary directory.  One of another owner, or that others may write,
+    is refused (SandboxError): its entries could be swapped under us."""
     head, name = os.path.split(workdir)
-    home = head if os.access(head, os.W_OK | os.X_OK) else tempfile.gettempdir()
-    return os.path.join(home, f".{name}{TAG}{secrets.token_hex(4)}")
+    place = head if os.access(head, os.W_OK | os.X_OK) else tempfile.gettempdir()
+    home = os.path.join(place, f".{name}{TAG}u{os.geteuid()}")
+    try:
+        os.mkdir(home, _HOME_MODE)
+        os.chmod(home, _HOME_MODE)  # whatever the umask took away
+    except FileExistsError:
+        pass
+    st = os.lstat(home)
+    if (not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid()
+            or st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)):
+        raise SandboxError(f"{home}: not a directory of ours that only we may write, where "
+                           "the snapshots of the workdir go: remove it")
+    return home
+
+
+def claim(home: str) -> tuple[str, int]:
+    """A new copy's path in ``home`` and the fd of its lock, held (``flock``
+    LOCK_EX) until :func:`unclaim`: the copy is ours as long as this
+    process, or a fork of it, lives.  FileNotFoundError: ``home`` was just
+    removed (empty) by another caller; make it again."""
+    while True:
+        token = secrets.token_hex(8)
+        lock = os.path.join(home, token + LOCK)
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            # A sweeper opened it between our open and our lock: it takes
+            # the file for a dead run's and unlinks it.  Another name.
+            os.close(fd)
+            continue
+        if not _names(fd, lock):  # that sweeper has been and gone
+            os.close(fd)
+            continue
+        return os.path.join(home, token), fd
+
+
+def _listing(home: str) -> list[str]:
+    """The names in ``home``.  A caller without CAP_DAC_READ_SEARCH (not
+    root) may not list it either: it lets itself for the one ``scandir``
+    (the owner may always chmod), a window of microseconds in which a
+    command of the same uid could list it too."""
+    try:
+        return os.listdir(home)
+    except PermissionError:
+        os.chmod(home, _HOME_MODE | stat.S_IRUSR)
+        try:
+            return os.listdir(home)
+        finally:
+            os.chmod(home, _HOME_MODE)
+
+
+def _names(fd: int, path: str) -> bool:
+    """Whether ``path`` is still the file open as ``fd``."""
+    held = os.fstat(fd)
+    now = lstat_or_none(path)
+    return now is not None and (now.st_dev, now.st_ino) == (held.st_dev, held.st_ino)
+
+
+def unclaim(copy: str, lock: int) -> None:
+    """The end of a copy (removed already): its lock file goes, then our
+    lock, then ``home`` if it is empty now."""
+    if lock >= 0:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(copy + LOCK)
+        os.close(lock)
+    # ENOTEMPTY: another run's copy is there; ENOENT: gone already.
+    with contextlib.suppress(OSError):
+        os.rmdir(os.path.dirname(copy))
+
+
+def orphans(home: str) -> Generator[tuple[str, int], None, None]:
+    """The copies in ``home`` whose owner is dead: each with its lock fd,
+    taken (``flock`` succeeded: no process holds it any more), for the
+    caller to remove the copy and then :func:`unclaim` it.  One entry per
+    step.  A copy whose lock is held is a live run's, whoever and wherever
+    it is (another pid namespace, a process that reused a dead one's pid):
+    never touched."""
+    for name in _listing(home):
+        if not name.endswith(LOCK):
+            continue
+        lock = os.path.join(home, name)
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except FileNotFoundError:  # its owner has just ended
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:  # alive
+            os.close(fd)
+            continue
+        if not _names(fd, lock):  # swept by another caller meanwhile
+            os.close(fd)
+            continue
+        yield lock[:-len(LOCK)], fd
 
 
 def copy_data(src: int, dst: int) -> Iterator[bool]:

@@ -70,15 +70,39 @@ def _mounts() -> str:
     return pathlib.Path("/proc/self/mountinfo").read_text()
 
 
+#: A snapshot's private directory: ``.NAME.asyncsandlock-snapshot-uUID``.
+TAG = ".asyncsandlock-snapshot-"
+
+
 @pytest.fixture
-def clean_host(no_leaks: None) -> Iterator[None]:
+def clean_host(no_leaks: None, tmp_path: pathlib.Path) -> Iterator[None]:
     """Fail if a test leaves a mount, an fd (a layer is held by its tmpfs's
-    fd alone), a file in the temporary directory or a child behind."""
+    fd alone), a file in the temporary directory, a snapshot's copy beside
+    the workdir, or a child behind."""
     temp, mounts = set(os.listdir(tempfile.gettempdir())), _mounts()
     yield
     assert _mounts() == mounts, "our mount table changed"
-    left = {n for n in set(os.listdir(tempfile.gettempdir())) - temp if "asyncsandlock" in n}
+    # Ours are hidden (".NAME.asyncsandlock-..."); other tenants of this
+    # machine (a pip build of this package) may make others meanwhile.
+    left = {n for n in set(os.listdir(tempfile.gettempdir())) - temp if ".asyncsandlock-" in n}
     assert left == set()
+    assert not [n for n in os.listdir(tmp_path) if TAG in n], "a snapshot was left behind"
+
+
+def ws(mechanism: str, **kwargs: Any) -> Sandbox:
+    """A policy with the system readable and a workspace made by
+    ``mechanism`` (``workdir_mechanism``)."""
+    return system_sandbox(workdir_mechanism=mechanism, **kwargs)
+
+
+def _made_by(result: asyncsandlock.Result, mechanism: str) -> None:
+    """``result``'s protections name the workspace's mechanism."""
+    if mechanism == "overlay":
+        assert result.protections[Subsystem.WORKSPACE_OVERLAY] is Protection.ACTIVE
+        assert result.protections[Subsystem.WORKSPACE_SNAPSHOT] is Protection.NOT_REQUESTED
+    else:
+        assert result.protections[Subsystem.WORKSPACE_SNAPSHOT] is Protection.ACTIVE
+        assert result.protections[Subsystem.WORKSPACE_OVERLAY] is Protection.NOT_REQUESTED
 
 
 @pytest.fixture
@@ -124,8 +148,9 @@ def _kinds(changes: tuple[Change, ...] | None) -> dict[str, tuple[str, int]]:
 
 
 @pytest.mark.anyio
-async def test_changes_are_listed_and_committed(project: pathlib.Path, clean_host: None) -> None:
-    result = await system_sandbox(workdir=project).run(["sh", "-c", EDIT])
+async def test_changes_are_listed_and_committed(project: pathlib.Path, clean_host: None,
+                                                mechanism: str) -> None:
+    result = await ws(mechanism, workdir=project).run(["sh", "-c", EDIT])
     assert result.success, result.stderr
     assert _kinds(result.changes) == EXPECTED
     assert [c.path for c in result.changes or ()] == sorted(
@@ -134,7 +159,7 @@ async def test_changes_are_listed_and_committed(project: pathlib.Path, clean_hos
     assert stat.S_ISDIR(modes["out"]) and stat.S_ISLNK(modes["link"])
     assert stat.S_ISREG(modes["edit.txt"]) and stat.S_ISREG(modes["gone.txt"])
     assert result.workspace is None  # on_exit="commit": already done
-    assert result.protections[Subsystem.WORKSPACE_OVERLAY] is Protection.ACTIVE
+    _made_by(result, mechanism)
     assert (project / "edit.txt").read_text() == "new\n"
     assert not (project / "gone.txt").exists()
     assert (project / "out" / "deep" / "x.bin").read_text() == "x\n"
@@ -146,29 +171,31 @@ async def test_changes_are_listed_and_committed(project: pathlib.Path, clean_hos
 
 @pytest.mark.anyio
 async def test_a_failed_command_is_aborted_by_default(project: pathlib.Path,
-                                                      clean_host: None) -> None:
+                                                      clean_host: None, mechanism: str) -> None:
     before = _snapshot(project)
-    result = await system_sandbox(workdir=project).run(["sh", "-c", EDIT + "; exit 3"])
+    result = await ws(mechanism, workdir=project).run(["sh", "-c", EDIT + "; exit 3"])
     assert result.returncode == 3
     assert _kinds(result.changes) == EXPECTED  # listed all the same
     assert _snapshot(project) == before
 
 
 @pytest.mark.anyio
-async def test_on_exit_abort_drops_the_changes(project: pathlib.Path, clean_host: None) -> None:
+async def test_on_exit_abort_drops_the_changes(project: pathlib.Path, clean_host: None,
+                                               mechanism: str) -> None:
     before = _snapshot(project)
-    result = await system_sandbox(workdir=project, on_exit="abort").run(["sh", "-c", EDIT])
+    result = await ws(mechanism, workdir=project, on_exit="abort").run(["sh", "-c", EDIT])
     assert result.success and _kinds(result.changes) == EXPECTED
     assert _snapshot(project) == before
 
 
 @pytest.mark.anyio
 async def test_keep_hands_the_workspace_to_the_caller(project: pathlib.Path,
-                                                      clean_host: None) -> None:
-    sandbox = system_sandbox(workdir=project, on_exit="keep")
+                                                      clean_host: None, mechanism: str) -> None:
+    sandbox = ws(mechanism, workdir=project, on_exit="keep")
     before = _snapshot(project)
     first = await sandbox.run(["sh", "-c", EDIT])
     assert first.workspace is not None and first.workspace.state == "open"
+    assert first.workspace.mechanism == mechanism
     assert first.workspace.changes == first.changes
     assert _snapshot(project) == before  # nothing until the caller says so
     await first.workspace.commit()
@@ -186,10 +213,10 @@ async def test_keep_hands_the_workspace_to_the_caller(project: pathlib.Path,
 
 @pytest.mark.anyio
 async def test_dry_run_lists_and_never_touches_workdir(project: pathlib.Path,
-                                                       clean_host: None) -> None:
+                                                       clean_host: None, mechanism: str) -> None:
     before = _snapshot(project)
     for on_exit in ("commit", "keep"):
-        result = await system_sandbox(workdir=project, on_exit=on_exit).run(
+        result = await ws(mechanism, workdir=project, on_exit=on_exit).run(
             ["sh", "-c", EDIT], dry_run=True)
         assert _kinds(result.changes) == EXPECTED
         assert result.workspace is None
@@ -222,13 +249,14 @@ def _git(root: pathlib.Path, *args: str) -> str:
 
 
 @pytest.mark.anyio
-async def test_a_git_commit_in_the_workspace(project: pathlib.Path, clean_host: None) -> None:
+async def test_a_git_commit_in_the_workspace(project: pathlib.Path, clean_host: None,
+                                             mechanism: str) -> None:
     _git(project, "init", "-q", "-b", "main")
     _git(project, "add", "-A")
     _git(project, "commit", "-q", "-m", "first")
     head = _git(project, "rev-parse", "HEAD")
-    sandbox = system_sandbox(workdir=project, on_exit="keep",
-                             env={"GIT_CONFIG_NOSYSTEM": "1", "HOME": str(project)})
+    sandbox = ws(mechanism, workdir=project, on_exit="keep",
+                 env={"GIT_CONFIG_NOSYSTEM": "1", "HOME": str(project)})
     script = ("echo new > edit.txt && git add edit.txt && "
               "git -c user.name=s -c user.email=s@s commit -q -m second && git log --oneline")
     result = await sandbox.run(["sh", "-c", script])
@@ -271,8 +299,8 @@ async def test_max_disk_gives_enospc_and_commits_what_fits(project: pathlib.Path
 
 @pytest.mark.anyio
 async def test_a_conflicting_change_is_an_error_not_an_overwrite(
-        project: pathlib.Path, clean_host: None) -> None:
-    result = await system_sandbox(workdir=project, on_exit="keep").run(
+        project: pathlib.Path, clean_host: None, mechanism: str) -> None:
+    result = await ws(mechanism, workdir=project, on_exit="keep").run(
         ["sh", "-c", "echo mine > edit.txt; echo mine > keep.txt; echo new > fresh.txt"])
     assert result.workspace is not None
     (project / "edit.txt").write_text("theirs\n")
@@ -290,8 +318,8 @@ async def test_a_conflicting_change_is_an_error_not_an_overwrite(
 
 @pytest.mark.anyio
 async def test_a_conflict_under_on_exit_commit_keeps_the_workspace(
-        project: pathlib.Path, clean_host: None) -> None:
-    sandbox = system_sandbox(workdir=project)
+        project: pathlib.Path, clean_host: None, mechanism: str) -> None:
+    sandbox = ws(mechanism, workdir=project)
     caught: list[WorkspaceConflict] = []
 
     async def run(*, task_status: Any) -> None:
@@ -320,8 +348,8 @@ async def test_a_conflict_under_on_exit_commit_keeps_the_workspace(
 
 @pytest.mark.anyio
 async def test_concurrent_runs_get_layers_of_their_own(project: pathlib.Path,
-                                                       clean_host: None) -> None:
-    sandbox = system_sandbox(workdir=project, on_exit="keep")
+                                                       clean_host: None, mechanism: str) -> None:
+    sandbox = ws(mechanism, workdir=project, on_exit="keep")
     results: dict[str, asyncsandlock.Result] = {}
 
     async def one(name: str) -> None:
@@ -355,11 +383,12 @@ async def test_concurrent_runs_get_layers_of_their_own(project: pathlib.Path,
 
 @pytest.mark.anyio
 async def test_cancelled_during_the_run_nothing_reaches_workdir(project: pathlib.Path,
-                                                                clean_host: None) -> None:
+                                                                clean_host: None,
+                                                                mechanism: str) -> None:
     before = _snapshot(project)
     for on_exit in ("commit", "keep"):
         with anyio.move_on_after(0.5) as scope:
-            await system_sandbox(workdir=project, on_exit=on_exit).run(
+            await ws(mechanism, workdir=project, on_exit=on_exit).run(
                 ["sh", "-c", "echo x > edit.txt; rm keep.txt; sleep 30"])
         assert scope.cancelled_caught
         assert _snapshot(project) == before
@@ -367,14 +396,15 @@ async def test_cancelled_during_the_run_nothing_reaches_workdir(project: pathlib
 
 @pytest.mark.anyio
 async def test_a_cancelled_commit_leaves_whole_files_and_resumes(
-        tmp_path: pathlib.Path, clean_host: None, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: pathlib.Path, clean_host: None, monkeypatch: pytest.MonkeyPatch,
+        mechanism: str) -> None:
     root = tmp_path / "many"
     (root / "tree" / "sub").mkdir(parents=True)
     for i in range(300):
         (root / f"f{i}").write_text(f"old {i}\n" * 1000)
     (root / "tree" / "sub" / "x").write_text("x")
     time.sleep(0.02)
-    result = await system_sandbox(workdir=root, on_exit="keep").run(
+    result = await ws(mechanism, workdir=root, on_exit="keep").run(
         ["sh", "-c", "rm -r tree; for i in $(seq 0 299); do yes new $i | head -1000 > f$i; done"])
     assert result.success, result.stderr
     workspace = result.workspace
@@ -420,13 +450,14 @@ async def test_escape_writes_do_not_reach_workdir_before_commit(
 
 @pytest.mark.anyio
 async def test_escape_the_directory_under_the_overlay_is_out_of_reach(
-        project: pathlib.Path, clean_host: None) -> None:
+        project: pathlib.Path, clean_host: None, mechanism: str) -> None:
     """The policy's own ruleset never names workdir: an fd of the real
-    directory handed in (here as the child's fd 3) opens nothing."""
+    directory handed in (here as the child's fd 3) opens nothing (under
+    the overlay, or beside the snapshot)."""
     fd = os.open(project, os.O_RDONLY | os.O_DIRECTORY)
     try:
         script = "echo escaped > /proc/self/fd/3/edit.txt; cat /proc/self/fd/3/keep.txt"
-        held = await system_sandbox(workdir=project, on_exit="commit").run(
+        held = await ws(mechanism, workdir=project, on_exit="commit").run(
             ["sh", "-c", script], extra_fds=[fd])
         assert held.returncode != 0
         assert (project / "edit.txt").read_text() == "old\n"

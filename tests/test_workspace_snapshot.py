@@ -1,8 +1,9 @@
 """Snapshot workspaces (``workdir_mechanism="snapshot"``, and the fallback
-where the host refuses an overlay): a private copy of ``workdir`` beside it
-and a diff, with the same change set, commit, abort, dry run, conflicts and
-cancellation as an overlay (tests/test_workspace.py).  The fallback under a
-real refusal of user namespaces is in tests/test_workspace_userns.py.
+where the host refuses an overlay): what only a snapshot does.  The change
+set, commit, abort, dry run, conflicts and cancellation, the same for both
+mechanisms, are tests/test_workspace.py's, run over the ``mechanism``
+fixture; the fallback under a real refusal of user namespaces is in
+tests/test_workspace_userns.py.
 
 Every test checks that nothing is left behind: no copy beside the workdir
 or in the temporary directory, no mount, fd, child or thread.
@@ -10,6 +11,7 @@ or in the temporary directory, no mount, fd, child or thread.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pathlib
 import stat
@@ -23,15 +25,13 @@ from typing import Any
 import anyio
 import pytest
 from test_workspace import (
-    EDIT,
-    EXPECTED,
-    _kinds,
+    TAG,
     _mounts,
     _snapshot,
     cancelled_at_checkpoint,
 )
+from test_workspace_userns import world  # noqa: F401  (a fixture)
 
-import asyncsandlock
 from asyncsandlock import (
     ConfinementUnavailable,
     ExitReason,
@@ -40,7 +40,7 @@ from asyncsandlock import (
     Sandbox,
     SandboxError,
     Subsystem,
-    WorkspaceConflict,
+    _workspace,
 )
 
 from conftest import system_sandbox
@@ -49,7 +49,6 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0,
                                 reason="runs as root (an unprivileged caller: "
                                        "tests/test_workspace_userns.py)")
 
-TAG = ".asyncsandlock-snapshot-"
 
 
 @pytest.fixture
@@ -83,45 +82,12 @@ def snap(**kwargs: Any) -> Sandbox:
     return system_sandbox(workdir_mechanism="snapshot", **kwargs)
 
 
+def _home(project: pathlib.Path) -> pathlib.Path:
+    """Where the snapshots of ``project`` go (a root caller: beside it)."""
+    return project.parent / f".{project.name}{TAG}u{os.geteuid()}"
+
+
 # -- the change set, commit, abort, dry run -------------------------------------
-
-
-@pytest.mark.anyio
-async def test_changes_are_listed_and_committed(project: pathlib.Path, clean_host: None) -> None:
-    result = await snap(workdir=project).run(["sh", "-c", EDIT])
-    assert result.success, result.stderr
-    assert _kinds(result.changes) == EXPECTED
-    assert [c.path for c in result.changes or ()] == sorted(
-        EXPECTED, key=lambda p: p.split("/"))
-    modes = {c.path: c.mode for c in result.changes or ()}
-    assert stat.S_ISDIR(modes["out"]) and stat.S_ISLNK(modes["link"])
-    assert result.protections[Subsystem.WORKSPACE_SNAPSHOT] is Protection.ACTIVE
-    assert result.protections[Subsystem.WORKSPACE_OVERLAY] is Protection.NOT_REQUESTED
-    assert (project / "edit.txt").read_text() == "new\n"
-    assert not (project / "gone.txt").exists()
-    assert (project / "out" / "deep" / "x.bin").read_text() == "x\n"
-    assert os.readlink(project / "link") == "keep.txt"
-    assert sorted(os.listdir(project / "src")) == ["c.py"]
-    assert (project / "keep.txt").read_text() == "keep\n"
-    assert not [n for n in os.listdir(project) if ".asyncsandlock-" in n]
-
-
-@pytest.mark.anyio
-async def test_abort_keep_and_dry_run(project: pathlib.Path, clean_host: None) -> None:
-    before = _snapshot(project)
-    failed = await snap(workdir=project).run(["sh", "-c", EDIT + "; exit 3"])
-    assert failed.returncode == 3 and _kinds(failed.changes) == EXPECTED
-    aborted = await snap(workdir=project, on_exit="abort").run(["sh", "-c", EDIT])
-    assert _kinds(aborted.changes) == EXPECTED
-    dry = await snap(workdir=project).run(["sh", "-c", EDIT], dry_run=True)
-    assert _kinds(dry.changes) == EXPECTED and dry.workspace is None
-    assert _snapshot(project) == before
-    kept = await snap(workdir=project, on_exit="keep").run(["sh", "-c", EDIT])
-    assert kept.workspace is not None and kept.workspace.mechanism == "snapshot"
-    assert _snapshot(project) == before  # nothing until the caller says so
-    await kept.workspace.commit()
-    assert kept.workspace.state == "committed"
-    assert (project / "edit.txt").read_text() == "new\n"
 
 
 @pytest.mark.anyio
@@ -134,40 +100,12 @@ async def test_the_command_works_in_the_copy(project: pathlib.Path, clean_host: 
     result = await snap(workdir=project).run(
         ["sh", "-c", "pwd; stat -c %a .; cat keep.txt; stat -c %Y keep.txt"])
     cwd, mode, text, seen = (result.stdout or b"").decode().split("\n")[:4]
-    assert os.path.dirname(cwd) == str(project.parent)
-    assert os.path.basename(cwd).startswith(f".project{TAG}")
+    assert os.path.dirname(cwd) == str(_home(project))
     assert (mode, text, int(seen)) == ("751", "keep", mtime // 10**9)
     assert result.changes == ()
     inner = await snap(workdir=project, cwd=project / "src").run(["sh", "-c", "pwd; ls"])
     lines = (inner.stdout or b"").decode().split("\n")
     assert lines[0].endswith("/src") and TAG in lines[0] and lines[1:3] == ["a.py", "b.py"]
-
-
-@pytest.mark.anyio
-async def test_a_git_commit_in_the_snapshot(project: pathlib.Path, clean_host: None) -> None:
-    def git(*args: str) -> str:
-        return subprocess.run(["git", "-C", str(project), "-c", "user.name=t",
-                               "-c", "user.email=t@t", *args], check=True,
-                              capture_output=True, text=True).stdout
-
-    git("init", "-q", "-b", "main")
-    git("add", "-A")
-    git("commit", "-q", "-m", "first")
-    head = git("rev-parse", "HEAD")
-    time.sleep(0.02)
-    result = await snap(workdir=project, on_exit="keep",
-                        env={"GIT_CONFIG_NOSYSTEM": "1", "HOME": str(project)}).run(
-        ["sh", "-c", "echo new > edit.txt && git add edit.txt && "
-                     "git -c user.name=s -c user.email=s@s commit -q -m second"])
-    assert result.success, result.stderr
-    paths = {c.path for c in result.changes or ()}
-    assert {"edit.txt", ".git/index", ".git/refs/heads/main"} <= paths
-    assert git("rev-parse", "HEAD") == head  # not yet
-    assert result.workspace is not None
-    await result.workspace.commit()
-    assert git("log", "--format=%s") == "second\nfirst\n"
-    assert git("status", "--porcelain") == ""
-    git("fsck", "--strict")
 
 
 # -- max_disk: checked after the run ---------------------------------------------
@@ -214,58 +152,14 @@ async def test_max_disk_is_sampled_during_the_run(project: pathlib.Path,
     assert done.success and (project / "big.bin").stat().st_size == 6000000
 
 
-# -- conflicts, concurrency ---------------------------------------------------------
-
-
-@pytest.mark.anyio
-async def test_a_conflicting_change_is_an_error_not_an_overwrite(
-        project: pathlib.Path, clean_host: None) -> None:
-    result = await snap(workdir=project, on_exit="keep").run(
-        ["sh", "-c", "echo mine > edit.txt; echo mine > keep.txt; echo new > fresh.txt"])
-    assert result.workspace is not None
-    (project / "edit.txt").write_text("theirs\n")
-    (project / "fresh.txt").write_text("theirs too\n")
-    with pytest.raises(WorkspaceConflict) as info:
-        await result.workspace.commit()
-    assert info.value.paths == ("edit.txt", "fresh.txt")
-    assert (project / "keep.txt").read_text() == "keep\n"
-    assert (project / "edit.txt").read_text() == "theirs\n"
-    await result.workspace.abort()
-    del info
-
-
-@pytest.mark.anyio
-async def test_concurrent_runs_get_copies_of_their_own(project: pathlib.Path,
-                                                       clean_host: None) -> None:
-    sandbox = snap(workdir=project, on_exit="keep")
-    results: dict[str, asyncsandlock.Result] = {}
-
-    async def one(name: str) -> None:
-        results[name] = await sandbox.run(
-            ["sh", "-c", f"sleep 0.3; echo {name} > edit.txt; echo {name} > {name}.txt; ls"])
-
-    async with anyio.create_task_group() as tg:
-        for name in ("left", "right"):
-            tg.start_soon(one, name)
-    for name, other in (("left", "right"), ("right", "left")):
-        assert _kinds(results[name].changes) == {"edit.txt": ("modified", len(name) + 1),
-                                                 f"{name}.txt": ("added", len(name) + 1)}
-        assert f"{other}.txt".encode() not in (results[name].stdout or b"")
-    left, right = results["left"].workspace, results["right"].workspace
-    assert left is not None and right is not None
-    await left.commit()
-    with pytest.raises(WorkspaceConflict):
-        await right.commit()
-    await right.abort()
-    assert (project / "edit.txt").read_text() == "left\n"
-
-
 # -- cancellation -----------------------------------------------------------------------
 
 
 @pytest.mark.anyio
-async def test_cancelled_during_the_copy_or_the_run_nothing_is_left(
+async def test_cancelled_during_the_copy_nothing_is_left(
         project: pathlib.Path, clean_host: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Cancelled in the copy (before the command exists), the partial copy
+    is removed; cancelled during the run: tests/test_workspace.py."""
     for i in range(200):
         (project / f"f{i}").write_text("x" * 100)
     time.sleep(0.02)
@@ -273,34 +167,7 @@ async def test_cancelled_during_the_copy_or_the_run_nothing_is_left(
     with cancelled_at_checkpoint(monkeypatch, 2) as scope:  # in the copy: 4 batches
         await snap(workdir=project).run(["true"])
     assert scope.cancelled_caught  # then the partial copy was removed (clean_host)
-    for on_exit in ("commit", "keep"):
-        with anyio.move_on_after(0.5) as timed:
-            await snap(workdir=project, on_exit=on_exit).run(
-                ["sh", "-c", "echo x > edit.txt; rm keep.txt; sleep 30"])
-        assert timed.cancelled_caught
     assert _snapshot(project) == before
-
-
-@pytest.mark.anyio
-async def test_a_cancelled_commit_leaves_whole_files_and_resumes(
-        project: pathlib.Path, clean_host: None, monkeypatch: pytest.MonkeyPatch) -> None:
-    for i in range(300):
-        (project / f"f{i}").write_text(f"old {i}\n" * 100)
-    time.sleep(0.02)
-    result = await snap(workdir=project, on_exit="keep").run(
-        ["sh", "-c", "for i in $(seq 0 299); do yes new $i | head -100 > f$i; done"])
-    assert result.success, result.stderr
-    workspace = result.workspace
-    assert workspace is not None and len(workspace.changes) == 300
-    with cancelled_at_checkpoint(monkeypatch, 3) as scope:
-        await workspace.commit()
-    assert scope.cancelled_caught and workspace.state == "open"
-    contents = [(project / f"f{i}").read_text() for i in range(300)]
-    new = [i for i, text in enumerate(contents) if text == f"new {i}\n" * 100]
-    old = [i for i, text in enumerate(contents) if text == f"old {i}\n" * 100]
-    assert len(new) + len(old) == 300 and new and old
-    await workspace.commit()  # a retry goes on with the rest
-    assert all((project / f"f{i}").read_text() == f"new {i}\n" * 100 for i in range(300))
 
 
 # -- escapes, each with its control ---------------------------------------------------
@@ -326,23 +193,6 @@ async def test_escape_workdir_itself_is_untouched_until_commit(
     assert control.success
     assert (project / "edit.txt").read_text() == "escaped\n"
     assert not (project / "keep.txt").exists()
-
-
-@pytest.mark.anyio
-async def test_escape_an_fd_of_workdir_opens_nothing(project: pathlib.Path,
-                                                     clean_host: None) -> None:
-    fd = os.open(project, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        script = "echo escaped > /proc/self/fd/3/edit.txt; cat /proc/self/fd/3/keep.txt"
-        held = await snap(workdir=project).run(["sh", "-c", script], extra_fds=[fd])
-        assert held.returncode != 0
-        assert (project / "edit.txt").read_text() == "old\n"
-        control = await system_sandbox(fs_readable=["/proc"], fs_writable=[project]).run(
-            ["sh", "-c", script], extra_fds=[fd])
-        assert control.success, control.stderr
-        assert (project / "edit.txt").read_text() == "escaped\n"
-    finally:
-        os.close(fd)
 
 
 @pytest.mark.anyio
@@ -378,8 +228,9 @@ async def test_escape_metadata_calls_reach_the_own_copy_only(project: pathlib.Pa
     assert stat.S_IMODE(keep.stat().st_mode) == 0o644
     assert held.workspace is not None
     await held.workspace.abort()
-    # A concurrent run's copy: readable here (fs_readable covers the parent),
-    # and still not this run's to chmod.  Control: its own run may.
+    # A concurrent run's copy (fs_readable covers the parent, but the
+    # copies are holed out of it) is not this run's to chmod.  Control: its
+    # own run may.
     sandbox = snap(workdir=project, on_exit="abort", fs_readable=[project.parent])
     async with await sandbox.open(["sh", "-c", "pwd; sleep 5"], stderr=subprocess.DEVNULL,
                                   stdin=subprocess.DEVNULL) as other:
@@ -445,3 +296,222 @@ def test_escape_a_snapshot_without_landlock_is_refused(project: pathlib.Path,
     assert (project / "edit.txt").read_text() == "old\n"
     assert _copies(project) == set()
 
+
+
+# -- a caller killed mid-run: its copy is swept by the next snapshot ---------------
+
+HOLDER = """
+import anyio, sys
+import asyncsandlock as a
+async def main():
+    sb = a.Sandbox(fs_readable=a.SYSTEM_READABLE, workdir=sys.argv[1],
+                   workdir_mechanism="snapshot")
+    async with anyio.create_task_group() as tg:
+        await tg.start(sb.run, ["sh", "-c", "echo mine > edit.txt; sleep 60"])
+        print("started", flush=True)
+anyio.run(main, backend=sys.argv[2])
+"""
+
+
+def _copies_in(home: pathlib.Path) -> set[str]:
+    return {n for n in os.listdir(home) if not n.endswith(".lock")} if home.exists() else set()
+
+
+@contextlib.contextmanager
+def _holder(project: pathlib.Path, backend: str) -> Iterator[str]:
+    """A caller in a process of its own, in a snapshot run of ``project``
+    that has written its copy's edit.txt; SIGKILLed on the way out.
+    Yields its copy's name."""
+    caller = subprocess.Popen([sys.executable, "-c", HOLDER, str(project), backend],
+                              stdout=subprocess.PIPE)
+    try:
+        assert caller.stdout is not None
+        assert caller.stdout.readline() == b"started\n"
+        (copy,) = _copies_in(_home(project))
+        deadline = time.monotonic() + 10
+        while (_home(project) / copy / "edit.txt").read_text() != "mine\n":
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        yield copy
+    finally:
+        caller.kill()
+        caller.wait()
+        if caller.stdout is not None:
+            caller.stdout.close()
+
+
+@pytest.mark.parametrize("by", ["next-snapshot", "abort"])
+def test_a_killed_caller_s_copy_is_swept(project: pathlib.Path, anyio_backend: str, by: str,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """A caller SIGKILLed mid-run cannot remove its copy; the next snapshot
+    of the workdir, or the abort (or commit) of one, does: its lock is
+    free.  Controls: while the caller lives, the next snapshot leaves its
+    copy alone; without the sweep, the dead caller's copy stays."""
+    home = _home(project)
+    run = snap(workdir=project, on_exit="abort").run
+    kept = snap(workdir=project, on_exit="keep").run
+    with _holder(project, anyio_backend) as copy:
+        assert anyio.run(run, ["true"], backend=anyio_backend).success
+        assert _copies_in(home) == {copy}  # alive: never touched
+        assert (home / copy / "edit.txt").read_text() == "mine\n"
+        if by == "abort":
+            mine = anyio.run(kept, ["true"], backend=anyio_backend).workspace
+            assert mine is not None and len(_copies_in(home)) == 2
+    monkeypatch.setattr(_workspace, "SWEEP", False)
+    assert anyio.run(run, ["true"], backend=anyio_backend).success
+    assert copy in _copies_in(home), "without the sweep, the dead caller's copy stays"
+    monkeypatch.setattr(_workspace, "SWEEP", True)
+    if by == "abort":
+        anyio.run(mine.abort, backend=anyio_backend)
+    else:
+        assert anyio.run(run, ["true"], backend=anyio_backend).success
+    assert not home.exists() and _copies(project) == set()
+    assert (project / "edit.txt").read_text() == "old\n"
+
+
+# -- escapes: the copies of concurrent runs are not readable -------------------------
+
+PEEK = ("cat {copy}/mine.txt; cat ../{name}/mine.txt; cat {copy}/keep.txt; "
+        "ln -s {copy}/mine.txt link && cat link; ls ..; true")
+
+
+@pytest.mark.anyio
+async def test_escape_a_concurrent_run_s_copy_is_not_readable(
+        project: pathlib.Path, clean_host: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """fs_readable covers the workdir's parent, where the copies live: a
+    run cannot read a concurrent run's copy (by its path, by ``..``, by a
+    symlink in its own copy), nor list the directory of the copies to learn
+    their names.  Control: without the hole, it could read it (the listing:
+    the caller can)."""
+    sandbox = snap(workdir=project, on_exit="abort", fs_readable=[project.parent])
+    async with await sandbox.open(["sh", "-c", "echo secret > mine.txt; pwd; sleep 5"],
+                                  stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL) as other:
+        assert other.stdout is not None
+        copy = (await other.stdout.receive()).decode().strip()
+        assert os.path.dirname(copy) == str(_home(project))
+        probe = ["sh", "-c", PEEK.format(copy=copy, name=os.path.basename(copy))]
+        held = await sandbox.run(probe)
+        assert held.stdout == b"", held.stdout
+        assert held.stderr is not None and held.stderr.count(b"Permission denied") == 5
+        assert os.path.basename(copy) in os.listdir(_home(project))
+        own = await sandbox.run(["sh", "-c", "cat keep.txt"])  # its own copy: readable
+        assert own.stdout == b"keep\n"
+        monkeypatch.setattr(_workspace, "HOLE", False)
+        leaked = await sandbox.run(probe)
+        assert leaked.stdout == b"secret\nsecret\nkeep\nsecret\n", leaked.stderr
+        other.kill()
+
+
+NOBODY_PEEK = """
+import os, subprocess, sys
+import anyio, anyio._backends._asyncio, anyio._backends._trio  # root's files: import first
+import asyncsandlock as a
+from asyncsandlock import _workspace
+root, backend, temp = sys.argv[1], sys.argv[2], sys.argv[3]
+os.setgroups([]); os.setresgid(65534, 65534, 65534); os.setresuid(65534, 65534, 65534)
+PEEK = "cat {copy}/mine.txt; cat ../{name}/mine.txt; ls .. || echo unlisted"
+async def main():
+    sb = a.Sandbox(fs_readable=[*a.SYSTEM_READABLE, temp], workdir=root,
+                   workdir_mechanism="snapshot", on_exit="abort")
+    async with await sb.open(["sh", "-c", "echo secret > mine.txt; pwd; sleep 5"],
+                             stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL) as other:
+        copy = (await other.stdout.receive()).decode().strip()
+        probe = ["sh", "-c", PEEK.format(copy=copy, name=os.path.basename(copy))]
+        held = await sb.run(probe)
+        _workspace.HOLE = False
+        leaked = await sb.run(probe)
+        other.kill()
+    print(copy.startswith(temp + "/"), held.stdout, leaked.stdout)
+anyio.run(main, backend=backend)
+"""
+
+
+def test_escape_a_concurrent_run_s_copy_is_not_readable_as_nobody(
+        world: pathlib.Path, anyio_backend: str) -> None:  # noqa: F811
+    """The same as uid 65534, whose copies go in the temporary directory
+    (it may not write beside the workdir), which fs_readable covers: the
+    command runs as the copies' owner, so only Landlock keeps them apart.
+    Control: without the hole, it reads them."""
+    temp = world.parent / "tmp"
+    done = subprocess.run([sys.executable, "-c", NOBODY_PEEK, str(world), anyio_backend,
+                           str(temp)], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "TMPDIR": str(temp)})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == ("True b'unlisted\\n' b'secret\\nsecret\\nunlisted\\n'"), \
+        done.stderr
+    assert os.listdir(temp) == []
+
+
+# -- removing a copy: a directory swapped for a symlink mid-way --------------------
+
+
+def _naive_removal_steps(path: str) -> Iterator[None]:
+    """A removal by path names (as it was before): the control."""
+    for top, dirs, files in os.walk(path, topdown=False):
+        for name in files:
+            os.unlink(os.path.join(top, name))
+            yield
+        for name in dirs:
+            child = os.path.join(top, name)
+            (os.unlink if os.path.islink(child) else os.rmdir)(child)
+            yield
+    os.rmdir(path)
+    yield
+
+
+@pytest.mark.parametrize("remover", ["ours", "by-path"])
+def test_escape_a_swap_during_the_removal_stays_in_the_copy(tmp_path: pathlib.Path,
+                                                            remover: str) -> None:
+    """A process of a sandbox still running while its copy is removed (a
+    dead caller's, swept) swaps a directory for a symlink to one outside
+    the copy between two steps: the removal goes on in the directory it
+    opened, never through the link.  Control: a removal by path names
+    follows the link and deletes outside the copy."""
+    copy, outside = tmp_path / "copy", tmp_path / "outside"
+    (copy / "a").mkdir(parents=True)
+    outside.mkdir()
+    for name in ("f1", "f2"):
+        (copy / "a" / name).write_text("x")
+        (outside / name).write_text("precious")
+    steps = (_workspace._removal_steps if remover == "ours" else _naive_removal_steps)(str(copy))
+    next(steps)  # one of a's two files is gone
+    (copy / "a").rename(tmp_path / "moved")
+    (copy / "a").symlink_to(outside)
+    for _ in steps:
+        pass
+    assert not copy.exists()
+    if remover == "ours":
+        assert sorted(os.listdir(outside)) == ["f1", "f2"]
+        assert os.listdir(tmp_path / "moved") == []  # the one it had opened
+    else:
+        assert len(os.listdir(outside)) == 1  # one precious file deleted through the link
+
+
+def _naive_opening_steps(path: str) -> Iterator[None]:
+    """Opening by path names (as it was before): the control."""
+    pending = [path]
+    while pending:
+        top = pending.pop()
+        os.chmod(top, 0o700)
+        with os.scandir(top) as entries:
+            pending.extend(e.path for e in entries if e.is_dir(follow_symlinks=False))
+        yield
+
+
+@pytest.mark.parametrize("opener", ["ours", "by-path"])
+def test_escape_a_swap_during_the_opening_stays_in_the_copy(tmp_path: pathlib.Path,
+                                                            opener: str) -> None:
+    """The same swap while the removal gives the owner its rights back on
+    the copy's directories (one the command closed with ``chmod 000``): the
+    directory outside keeps its mode.  Control: by path names, it loses it."""
+    copy, outside = tmp_path / "copy", tmp_path / "outside"
+    (copy / "a").mkdir(parents=True)
+    outside.mkdir()
+    outside.chmod(0o755)
+    steps = (_workspace._opening_steps if opener == "ours" else _naive_opening_steps)(str(copy))
+    next(steps)  # the copy's root is open; "a" is next
+    (copy / "a").rename(tmp_path / "moved")
+    (copy / "a").symlink_to(outside)
+    for _ in steps:
+        pass
+    assert stat.S_IMODE(outside.stat().st_mode) == (0o755 if opener == "ours" else 0o700)
