@@ -43,6 +43,7 @@ from collections.abc import Callable, Coroutine, Generator, Mapping
 from typing import Any, Final
 
 import anyio
+import anyio.lowlevel
 
 from . import _netfast, _notify_loop
 from ._handler import ExceptionPolicy, Handler
@@ -121,6 +122,8 @@ class Supervisor:
         self._kill = kill
         #: Guarded connects answered in C, when a network guard decides them.
         self._fast = _netfast.FastConnect.create(listener, routes)
+        #: The last :meth:`pump` stopped at :data:`BATCH`: more may be queued.
+        self.more = False
 
     def __repr__(self) -> str:
         return (f"<Supervisor fd={self._listener.fd} syscalls={sorted(self._names.values())}"
@@ -162,7 +165,12 @@ class Supervisor:
         a handler suspends: then ``spawn`` a successor and finish that one."""
         fd = self._listener.fd
         while not self._listener.closed:
-            await anyio.wait_readable(fd)
+            if self.more:
+                # Notifications are still queued: give the other tasks their
+                # turn, without an fd registration that would report "ready".
+                await anyio.lowlevel.checkpoint()
+            else:
+                await anyio.wait_readable(fd)
             pending = self.pump()
             if pending is not None:
                 spawn(self.serve_listener, spawn)
@@ -179,6 +187,7 @@ class Supervisor:
         """
         if self._fast is not None:
             return self._pump_fast(self._fast)
+        self.more = False
         step, names, decide = self._listener.step, self._names, self._decide
         # Each answer is sent by the step that receives the next notification.
         nid: int | None = None
@@ -199,6 +208,7 @@ class Supervisor:
                 val, error, flags = reply
         if nid is not None:
             self._listener.respond(nid, val, error, flags)
+        self.more = True
         return None
 
     def _pump_fast(self, fast: _netfast.FastConnect) -> Pending | None:
