@@ -43,6 +43,7 @@ from collections.abc import Callable, Coroutine, Generator, Mapping
 from typing import Any, Final
 
 import anyio
+import anyio.lowlevel
 
 from . import _netfast, _notify_loop
 from ._handler import ExceptionPolicy, Handler
@@ -121,6 +122,8 @@ class Supervisor:
         self._kill = kill
         #: Guarded connects answered in C, when a network guard decides them.
         self._fast = _netfast.FastConnect.create(listener, routes)
+        #: The last :meth:`pump` stopped at :data:`BATCH`: more may be queued.
+        self.more = False
 
     def __repr__(self) -> str:
         return (f"<Supervisor fd={self._listener.fd} syscalls={sorted(self._names.values())}"
@@ -162,7 +165,12 @@ class Supervisor:
         a handler suspends: then ``spawn`` a successor and finish that one."""
         fd = self._listener.fd
         while not self._listener.closed:
-            await anyio.wait_readable(fd)
+            if self.more:
+                # Notifications are still queued: give the other tasks their
+                # turn, without an fd registration that would report "ready".
+                await anyio.lowlevel.checkpoint()
+            else:
+                await anyio.wait_readable(fd)
             pending = self.pump()
             if pending is not None:
                 spawn(self.serve_listener, spawn)
@@ -179,14 +187,28 @@ class Supervisor:
         """
         if self._fast is not None:
             return self._pump_fast(self._fast)
-        recv, names, start = self._listener.recv, self._names, self._start
+        self.more = False
+        step, names, decide = self._listener.step, self._names, self._decide
+        # Each answer is sent by the step that receives the next notification.
+        nid: int | None = None
+        val = error = flags = 0
         for _ in range(BATCH):
-            ctx = recv(names)
+            ctx = step(names, nid, val, error, flags)
+            nid = None
             if ctx is None:
                 return None
-            pending = start(ctx)
-            if pending is not None:
-                return pending
+            outcome = decide(ctx)
+            if isinstance(outcome, Pending):
+                return outcome
+            reply = _send_args(outcome)
+            if reply is None:
+                self._answer(ctx, outcome)
+            else:
+                nid = ctx.id
+                val, error, flags = reply
+        if nid is not None:
+            self._listener.respond(nid, val, error, flags)
+        self.more = True
         return None
 
     def _pump_fast(self, fast: _netfast.FastConnect) -> Pending | None:
@@ -209,8 +231,17 @@ class Supervisor:
         return None
 
     def _start(self, ctx: HandlerCtx, first: _Coro | None = None) -> Pending | None:
-        """Step ``ctx``'s handlers; ``first``: the first handler's
-        coroutine, already made (a connect the fast path started)."""
+        """:meth:`_decide`, and answer what was decided."""
+        outcome = self._decide(ctx, first)
+        if isinstance(outcome, Pending):
+            return outcome
+        self._answer(ctx, outcome)
+        return None
+
+    def _decide(self, ctx: HandlerCtx, first: _Coro | None = None) -> Pending | NotifAction:
+        """Step ``ctx``'s handlers: their answer (``ctx`` closed), or the
+        first that suspended.  ``first``: the first handler's coroutine,
+        already made (a connect the fast path started)."""
         chain = self._routes.get(ctx.nr, ())
         action = _CONTINUE
         for index, handler in enumerate(chain):
@@ -231,8 +262,7 @@ class Supervisor:
             if action.kind != "continue":
                 break
         ctx._close()
-        self._answer(ctx, action)
-        return None
+        return action
 
     async def finish(self, pending: Pending, throw: BaseException | None = None) -> None:
         """Drive a suspended handler (and those after it) to an answer.
@@ -282,14 +312,10 @@ class Supervisor:
 
     def _answer(self, ctx: HandlerCtx, action: NotifAction) -> None:
         listener = self._listener
-        kind = action.kind
-        if kind == "continue":
-            listener.respond(ctx.id, 0, 0, FLAG_CONTINUE)
-        elif kind == "errno":
-            listener.respond(ctx.id, 0, -action.value, 0)
-        elif kind == "return":
-            listener.respond(ctx.id, action.value, 0, 0)
-        elif kind == "inject_fd":
+        reply = _send_args(action)
+        if reply is not None:
+            listener.respond(ctx.id, *reply)
+        elif action.kind == "inject_fd":
             try:
                 listener.add_fd(ctx.id, action.fd, action.cloexec)
             except OSError as exc:
@@ -309,6 +335,20 @@ class Supervisor:
 
 _CONTINUE: Final = NotifAction.continue_()
 _KILL: Final = NotifAction.kill()
+_CONTINUE_ARGS: Final = (0, 0, FLAG_CONTINUE)
+
+
+def _send_args(action: NotifAction) -> tuple[int, int, int] | None:
+    """The (val, error, flags) of the SEND that answers ``action``, or None
+    when it takes more than a SEND (inject_fd, kill)."""
+    kind = action.kind
+    if kind == "continue":
+        return _CONTINUE_ARGS
+    if kind == "errno":
+        return (0, -action.value, 0)
+    if kind == "return":
+        return (action.value, 0, 0)
+    return None
 
 
 def _bad_return(handler: Handler, value: object) -> TypeError:

@@ -13,6 +13,9 @@ The child (``getpid_loop.c``, compiled here with gcc) makes 100,000 raw
   ``async def`` (what asyncsandlock's handlers are);
 - asyncsandlock again without ``SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP``, to
   show what that flag buys;
+- the same round trips served by a loop in C (``notify_floor.c``: SEND,
+  poll, RECV, with ``SYNC_WAKE_UP``; no Python, no event loop): the floor
+  this machine sets today, which no supervisor in Python can beat;
 - the same child with nothing trapped, for scale.
 
 A figure is N / the median wall time of a whole run (one spawn, ~1 ms,
@@ -56,9 +59,9 @@ SET_SYNC_WAKE_UP = Listener.set_sync_wake_up
 Run = Callable[[], tuple[float, int]]
 
 
-def build_child(workdir: str) -> str:
-    out = os.path.join(workdir, "getpid_loop")
-    subprocess.run(["gcc", "-O2", "-o", out, os.path.join(HERE, "getpid_loop.c")], check=True)
+def build_child(workdir: str, name: str = "getpid_loop") -> str:
+    out = os.path.join(workdir, name)
+    subprocess.run(["gcc", "-O2", "-o", out, os.path.join(HERE, f"{name}.c")], check=True)
     return out
 
 
@@ -145,6 +148,14 @@ def bare_run(sandbox: Sandbox, argv: list[str]) -> Run:
     return run
 
 
+def floor_run(floor: str, n: int) -> Run:
+    def run() -> tuple[float, int]:
+        out = subprocess.run([floor, str(n)], check=True, capture_output=True, text=True)
+        return float(out.stdout.split()[0]), 0
+
+    return run
+
+
 def measure(contenders: dict[str, Run], rounds: int) -> tuple[Samples, dict[str, int]]:
     names = list(contenders)
     samples: Samples = {name: [] for name in names}
@@ -181,6 +192,7 @@ def main() -> int:
         if sandlock is not None:
             contenders["sandlock def handle"] = sandlock_run(readable, argv, False)
             contenders["sandlock async def handle"] = sandlock_run(readable, argv, True)
+        contenders["C loop, no Python (floor)"] = floor_run(build_child(workdir, "notify_floor"), n)
         contenders["nothing trapped"] = bare_run(sandbox, argv)
         samples, threads = measure(contenders, rounds)
 

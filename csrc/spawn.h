@@ -317,6 +317,13 @@ struct asl_fast *asl_fast_new(int listener, int connect_nr, struct asl_verdicts 
 void asl_fast_close(struct asl_fast *f);
 void asl_fast_free(struct asl_fast *f);
 int asl_fast_pump(struct asl_fast *f, void *buf, int batch, int out[3]);
+/* The supervisor's hot path (csrc/notifstep.c): answer notification `id`
+ * of `listener` when `answer` (a SEND; a target gone meanwhile is not an
+ * error), then, when `buf` is not NULL, receive the next queued notification
+ * into it without blocking.  1 received, 0 none queued (or not asked), 3 the
+ * listener hung up, -1 SEND failed, -2 poll or RECV failed (errno set). */
+int asl_notif_step(int listener, int answer, uint64_t id, int64_t val, int32_t error,
+                   uint32_t flags, void *buf);
 /* CDEF-END */
 
 #endif

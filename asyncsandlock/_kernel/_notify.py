@@ -24,17 +24,19 @@ handler performs the operation itself and answers with the result (see
 The receive path
 ----------------
 RECV ignores ``O_NONBLOCK``: called with nothing queued it would block the
-event loop.  :meth:`Listener.recv` therefore polls the fd (timeout 0)
+event loop.  :meth:`Listener.step` therefore polls the fd (timeout 0)
 first; after POLLIN, RECV cannot block (a target killed in between only
 turns it into ENOENT).  RECV and SEND answer ENOENT when the target died or
-a signal interrupted its syscall; that is routine, never an error.
+a signal interrupted its syscall; that is routine, never an error.  The
+answer to one notification, the poll and the RECV of the next are one call
+into C (``csrc/notifstep.c``): the three calls from Python cost as much
+as the supervisor's own Python per notification.
 """
 
 from __future__ import annotations
 
 import errno as _errno
 import os
-import select
 import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -50,14 +52,9 @@ IOCTL_SET_FLAGS: Final = 0x40082104
 USER_NOTIF_FD_SYNC_WAKE_UP: Final = 1
 FLAG_CONTINUE: Final = 1
 _ADDFD_FLAG_SEND: Final = 1 << 1
-_NOTIF_HEAD = struct.Struct("=QIIiIQ")  # struct seccomp_notif up to the args
-_NOTIF_ARGS = struct.Struct("=6Q")
-_NOTIF_SIZE = _NOTIF_HEAD.size + _NOTIF_ARGS.size  # 80
-_RESP = struct.Struct("=QqiI")  # struct seccomp_notif_resp, 24 bytes
+_NOTIF = struct.Struct("=QIIiIQ6Q")  # struct seccomp_notif, 80 bytes; unpacked at once
 _ADDFD = struct.Struct("=QIIII")  # struct seccomp_notif_addfd, 24 bytes
 _PAGE = os.sysconf("SC_PAGE_SIZE")
-_ZERO_NOTIF = bytes(_NOTIF_SIZE)
-_POLLIN = select.POLLIN
 
 
 def _ulong(value: int) -> Any:
@@ -69,6 +66,8 @@ _REQ_SEND: Final = _ulong(IOCTL_SEND)
 _REQ_ID_VALID: Final = _ulong(IOCTL_ID_VALID)
 _REQ_ADDFD: Final = _ulong(IOCTL_ADDFD)
 _REQ_SET_FLAGS: Final = _ulong(IOCTL_SET_FLAGS)
+_step = lib.asl_notif_step
+_HUNG_UP: Final = 3
 
 
 def set_sync_wake_up(fd: int) -> int:
@@ -157,19 +156,15 @@ class Listener:
     Buffers are allocated once: this is the per-notification hot path.
     """
 
-    __slots__ = ("_buf", "_cbuf", "_cid", "_cresp", "_poll", "_resp", "closed", "fd", "pidfds")
+    __slots__ = ("_buf", "_cbuf", "_cid", "closed", "fd", "pidfds")
 
     def __init__(self, fd: int) -> None:
         self.fd = fd
         #: True once the fd polled POLLHUP: every task using the filter is gone.
         self.closed = False
-        self._buf = bytearray(_NOTIF_SIZE)
+        self._buf = bytearray(_NOTIF.size)
         self._cbuf = ffi.from_buffer(self._buf)
-        self._resp = bytearray(_RESP.size)
-        self._cresp = ffi.from_buffer(self._resp)
         self._cid = ffi.new("uint64_t *")
-        self._poll = select.poll()
-        self._poll.register(fd, _POLLIN)
         #: The targets' pidfds (closed by the supervisor when it stops).
         self.pidfds = Pidfds()
 
@@ -189,33 +184,30 @@ class Listener:
         """
         return set_sync_wake_up(self.fd)
 
-    def recv(self, names: Mapping[int, str]) -> HandlerCtx | None:
-        """The next queued notification (``names``: syscall number -> name), or
-        None when none is queued (and :attr:`closed` set if none ever will be
-        again).  Never blocks."""
-        while True:
-            events = self._poll.poll(0)
-            if not events:
-                return None
-            if not events[0][1] & _POLLIN:
-                self.closed = True
-                return None
-            # The kernel insists on a zeroed buffer, or RECV fails with EINVAL.
-            self._buf[:] = _ZERO_NOTIF
-            if lib.ioctl(self.fd, _REQ_RECV, self._cbuf) == 0:
-                return HandlerCtx._create(self, self._buf, names)
-            err = ffi.errno
-            if err not in (_errno.ENOENT, _errno.EINTR):
-                raise OSError(err, f"SECCOMP_IOCTL_NOTIF_RECV: {os.strerror(err)}")
+    def step(self, names: Mapping[int, str], nid: int | None = None, val: int = 0,
+             error: int = 0, flags: int = 0) -> HandlerCtx | None:
+        """Answer notification ``nid`` first, when given (as :meth:`respond`),
+        then return the next queued notification (``names``: syscall number
+        -> name), or None when none is queued (and :attr:`closed` set if
+        none ever will be again).  Never blocks."""
+        rc = _step(self.fd, nid is not None, nid or 0, val, error, flags, self._cbuf)
+        if rc == 1:
+            return HandlerCtx._create(self, self._buf, names)
+        if rc == 0:
+            return None
+        if rc == _HUNG_UP:
+            self.closed = True
+            return None
+        err = ffi.errno
+        what = "SEND" if rc == -1 else "RECV"
+        raise OSError(err, f"SECCOMP_IOCTL_NOTIF_{what}: {os.strerror(err)}")
 
     def respond(self, nid: int, val: int, error: int, flags: int) -> None:
         """Answer notification ``nid`` (``error`` is a negative errno); a target
         that died meanwhile is not an error."""
-        _RESP.pack_into(self._resp, 0, nid, val, error, flags)
-        if lib.ioctl(self.fd, _REQ_SEND, self._cresp) != 0:
+        if _step(self.fd, 1, nid, val, error, flags, ffi.NULL) < 0:
             err = ffi.errno
-            if err != _errno.ENOENT:
-                raise OSError(err, f"SECCOMP_IOCTL_NOTIF_SEND: {os.strerror(err)}")
+            raise OSError(err, f"SECCOMP_IOCTL_NOTIF_SEND: {os.strerror(err)}")
 
     def add_fd(self, nid: int, fd: int, cloexec: bool) -> None:
         """Install a copy of ``fd`` in the target and answer with its number,
@@ -338,10 +330,10 @@ class HandlerCtx:
         self._listener = listener
         self._live = True
         self._mem = -1
-        (self.id, self.pid, _flags, nr, self.arch,
-         self.instruction_pointer) = _NOTIF_HEAD.unpack_from(notif)
+        (self.id, self.pid, _flags, nr, self.arch, self.instruction_pointer,
+         a0, a1, a2, a3, a4, a5) = _NOTIF.unpack_from(notif)
         self.nr = nr
-        self.args = _NOTIF_ARGS.unpack_from(notif, _NOTIF_HEAD.size)
+        self.args = (a0, a1, a2, a3, a4, a5)  # cheaper than slicing, on the hot path
         self.syscall = names.get(nr) or str(nr)
         return self
 
