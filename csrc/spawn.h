@@ -277,7 +277,8 @@ long asl_loopback_up(void);
  * asl_peek: process_vm_readv of `len` bytes at `addr` in `pid` into `buf`;
  * the count or -errno.
  * asl_net_take: a copy of the child's fd `number` (pidfd_getfd) with
- * info = {SO_DOMAIN, SO_TYPE, SO_PROTOCOL, F_GETFL}; the fd or -errno.
+ * info = {SO_DOMAIN, SO_TYPE, SO_PROTOCOL (0, unread, for a stream socket),
+ * F_GETFL}; the fd or -errno.
  * asl_net_connect: connect(); with `wait` (a blocking stream socket) made
  * non-blocking for the call; 0, -errno, or 1: under way, wait until the fd
  * is writable and call asl_net_connected (`started`: connect's errno). */
