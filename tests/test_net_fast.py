@@ -186,6 +186,29 @@ async def test_blocking_connect_refused_in_c(netprobe: str, calls: Calls) -> Non
 
 
 @pytest.mark.usefixtures("no_leaks")
+async def test_refused_socket_connects_again(netprobe: str, servers: Servers,  # noqa: F811
+                                             calls: Calls) -> None:
+    """A blocking connect refused, then the same socket connected to a port
+    that listens: the kernel resets the socket after the refusal, and the
+    second connect succeeds (the control: unconfined).  So it does in the
+    sandbox, in Python and in C: the connect made for the child ends as the
+    kernel's own blocking connect does, not with the socket left half-way
+    (a third connect would have been needed)."""
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        shut = closed.getsockname()[1]
+        args = ("reconnect", "127.0.0.1", shut, servers.tcp_port)
+        code, out = await probe(None, netprobe, *args)
+        assert (code, out.strip()) == (0, f"first={errno.ECONNREFUSED} second=0")
+        sb = sandbox(netprobe, net_allow=[f"127.0.0.1:{shut}", f"127.0.0.1:{servers.tcp_port}"])
+        for _ in range(2):  # the Python guard decides each destination first, then C
+            code, out = await probe(sb, netprobe, *args)
+            assert (code, out.strip()) == (0, f"first={errno.ECONNREFUSED} second=0")
+    assert calls.handle == 2
+    assert servers.accepted("127.0.0.1") == 3
+
+
+@pytest.mark.usefixtures("no_leaks")
 async def test_v4_mapped_and_deny_in_c(netprobe: str, servers: Servers,  # noqa: F811
                                        calls: Calls) -> None:
     """A dual-stack socket reaching 127.0.0.2 as ::ffff:127.0.0.2 is the v4
