@@ -8,8 +8,9 @@ run's ``connect`` goes to :class:`~asyncsandlock.handlers.NetGuard` first
 decides), the supervisor's pump calls :meth:`FastConnect.pump` instead of
 receiving in Python: ``csrc/netfast.c`` receives the queued notifications
 and answers every connect whose destination's verdict the guard has
-memoised (``NetTargets.verdicts``), with the same steps, in the same
-order, as the guard (see that file).  It hands Python the first
+memoised (``NetTargets.verdicts``), with the same checks as the guard
+(see that file for the order of its looks, and why a thread already known
+needs no ``ID_VALID``).  It hands Python the first
 notification it cannot decide, whatever the syscall, and a blocking
 connect whose handshake is not over, which :func:`finish_connect` waits
 for on the loop.

@@ -6,8 +6,10 @@
  * asl_fast_pump receives the listener's queued notifications.  For a
  * connect() on an inet socket whose destination's verdict is in the memo
  * (struct asl_verdicts, filled by the Python guard, which alone reads the
- * rules), it does what NetGuard does in Python, in the same order and
- * with the same checks:
+ * rules), it does what NetGuard does in Python, with the same checks
+ * (the sockaddr read before the socket is taken, where Python takes the
+ * socket first: any failure of either goes to Python, which starts over
+ * and answers in the kernel's order, EBADF and ENOTSOCK before EFAULT):
  *
  *   the sockaddr read ONCE into our memory; pidfd_getfd of the child's
  *   socket (the same open socket), its domain, type, protocol and file
