@@ -137,14 +137,28 @@ int asl_net_connect_flags(int fd, const void *addr, unsigned len, int wait, int 
     struct pollfd ready = {.fd = fd, .events = POLLOUT};
     if (poll(&ready, 1, 0) <= 0)
         return 1;
-    return asl_net_connected(fd, err);
+    return asl_net_connected(fd, err, addr, len);
 }
 
-int asl_net_connected(int fd, int started)
+int asl_net_connected(int fd, int started, const void *addr, unsigned len)
 {
+    if (started == EINPROGRESS && len) {
+        /* The handshake is over, or the socket reports an error: finished
+         * by connect() as in asl_net_connect_flags, the socket made
+         * non-blocking for the call (an error queued by IP_RECVERR makes it
+         * writable before the handshake is over). */
+        int flags = fcntl(fd, F_GETFL);
+        if (flags < 0 || fcntl(fd, F_SETFL, flags | O_NONBLOCK) < 0)
+            return -errno;
+        int again = connect(fd, addr, len) == 0 ? 0 : errno;
+        fcntl(fd, F_SETFL, flags);
+        if (again == EALREADY)
+            return 1;
+        return again == EISCONN ? 0 : -again;
+    }
     int err = 0;
-    socklen_t len = sizeof err;
-    if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0)
+    socklen_t size = sizeof err;
+    if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &size) < 0)
         return -errno;
     if (err)
         return -err;

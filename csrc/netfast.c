@@ -94,6 +94,8 @@ struct asl_fast {
     int tids[PIDFDS];
     int pidfds[PIDFDS];
     int npidfds;
+    uint8_t under_way[128];        /* the sockaddr of a connect left under way */
+    unsigned under_way_len;
 };
 
 /* The bytes of a sockaddr the rules look at (family, port, address: not
@@ -336,6 +338,8 @@ static int fast_connect(struct asl_fast *f, const struct notif *n, int out[3])
         if (rc == 1) {
             out[1] = fd;
             out[2] = started;
+            memcpy(f->under_way, raw, (size_t)len);
+            f->under_way_len = (unsigned)len;
             return 2;
         }
     }
@@ -344,6 +348,12 @@ static int fast_connect(struct asl_fast *f, const struct notif *n, int out[3])
 python:
     close(fd);
     return 1;
+}
+
+unsigned asl_fast_address(struct asl_fast *f, void *into)
+{
+    memcpy(into, f->under_way, f->under_way_len);
+    return f->under_way_len;
 }
 
 int asl_fast_pump(struct asl_fast *f, void *buf, int batch, int out[3])

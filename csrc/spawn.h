@@ -292,7 +292,10 @@ int asl_net_fetch(int listener, uint64_t id, int pidfd, int number, int pid,
 int asl_net_connect(int fd, const void *addr, unsigned len, int wait, int *started);
 int asl_net_connect_flags(int fd, const void *addr, unsigned len, int wait, int flags,
                           int *started);
-int asl_net_connected(int fd, int started);
+/* asl_net_connected: the end of a connect asl_net_connect left under way,
+ * once the fd is writable: 0, -errno, or 1 still under way (wait again);
+ * `addr`/`len`: the address it was started with. */
+int asl_net_connected(int fd, int started, const void *addr, unsigned len);
 /* The network guard's connect in one C call from the event loop
  * (csrc/netfast.c, asyncsandlock/_netfast.py).  asl_verdicts: a memo of
  * verdicts by (kind 0 tcp / 1 udp / 2 icmp, family + port + address bytes of
@@ -314,6 +317,9 @@ struct asl_fast *asl_fast_new(int listener, int connect_nr, struct asl_verdicts 
 void asl_fast_close(struct asl_fast *f);
 void asl_fast_free(struct asl_fast *f);
 int asl_fast_pump(struct asl_fast *f, void *buf, int batch, int out[3]);
+/* asl_fast_address: the sockaddr of the connect asl_fast_pump left under
+ * way, copied into `into` (128 bytes); its length. */
+unsigned asl_fast_address(struct asl_fast *f, void *into);
 /* CDEF-END */
 
 #endif
