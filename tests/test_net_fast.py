@@ -232,7 +232,8 @@ async def test_refused_after_a_wait_connects_again(netprobe: str, servers: Serve
             with _full_queue(shut):
                 async with anyio.create_task_group() as tg:
                     async def close_soon() -> None:
-                        await anyio.sleep(0.3)
+                        # Before the SYN is sent again, a second after the connect.
+                        await anyio.sleep(0.5)
                         server.close()
 
                     tg.start_soon(close_soon)
