@@ -8,8 +8,9 @@ run's ``connect`` goes to :class:`~asyncsandlock.handlers.NetGuard` first
 decides), the supervisor's pump calls :meth:`FastConnect.pump` instead of
 receiving in Python: ``csrc/netfast.c`` receives the queued notifications
 and answers every connect whose destination's verdict the guard has
-memoised (``NetTargets.verdicts``), with the same steps, in the same
-order, as the guard (see that file).  It hands Python the first
+memoised (``NetTargets.verdicts``), with the same checks as the guard
+(see that file for the order of its looks, and why a thread already known
+needs no ``ID_VALID``).  It hands Python the first
 notification it cannot decide, whatever the syscall, and a blocking
 connect whose handshake is not over, which :func:`finish_connect` waits
 for on the loop.
@@ -40,7 +41,7 @@ _CONNECT: Final = SYSCALLS.get("connect", -1)
 class FastConnect:
     """The C fast path of one listener's guarded connects."""
 
-    __slots__ = ("_c", "_out", "_verdicts")
+    __slots__ = ("_address", "_c", "_out", "_verdicts")
 
     def __init__(self, listener: int, guard: NetGuard) -> None:
         self._verdicts = guard.targets.verdicts  # kept alive as long as the C side uses it
@@ -49,6 +50,7 @@ class FastConnect:
             raise MemoryError
         self._c = ffi.gc(c, lib.asl_fast_free)
         self._out = ffi.new("int[3]")
+        self._address = ffi.new("char[128]")
 
     @classmethod
     def create(cls, listener: int, routes: Mapping[int, tuple[Handler, ...]]
@@ -76,10 +78,11 @@ class FastConnect:
         """How many notifications the last :meth:`pump` answered."""
         return int(self._out[0])
 
-    def under_way(self) -> tuple[int, int]:
-        """(our copy of the socket, connect's errno) of a connect
-        :meth:`pump` left :data:`UNDER_WAY`; the fd is the caller's."""
-        return int(self._out[1]), int(self._out[2])
+    def under_way(self) -> tuple[int, int, bytes]:
+        """(our copy of the socket, connect's errno, the sockaddr) of a
+        connect :meth:`pump` left :data:`UNDER_WAY`; the fd is the caller's."""
+        length = int(lib.asl_fast_address(self._c, self._address))
+        return int(self._out[1]), int(self._out[2]), ffi.buffer(self._address, length)[:]
 
     def close(self) -> None:
         """Close the cached pidfds (the supervisor stops)."""

@@ -5,17 +5,21 @@
 The child (``netbench.c``, compiled here with gcc) times itself, so a figure
 is the cost of the calls, not of the spawn:
 
-- ``connect``: N connect()+close() to 127.0.0.1 in a loop, per call:
+- ``connect``: 600 connect()+close() to 127.0.0.1 in a loop, per call (25 rounds):
   unconfined, asyncsandlock with the host rule ``127.0.0.1:PORT`` (every
   connect goes to the network guard, which connects on the child's behalf),
   asyncsandlock with the port rule ``tcp://:PORT`` (Landlock alone), and
-  sandlock 0.9 with the same host rule when it is installed (the bench extra).
+  sandlock 0.9 with the same host rule when it is installed (the bench extra),
+  and, with ``BASELINE=<commit>`` in the environment, the library at that
+  commit with the same host rule, in this process (``_baseline.py``): an
+  A/B comparison in the same minutes.
   Two figures: the child's wall-clock time per connect, and the CPU time
   per connect of the child plus this process (where both supervisors run:
   asyncsandlock's on the event loop, sandlock's on a thread of its own).
   On a loaded machine the CPU time is the steadier of the two: the wall
   time also holds how long the scheduler let the child and its supervisor
-  wait for a CPU.
+  wait for a CPU (the best round's wall time, printed too, is the least
+  touched by that).
 - ``bulk``: MiB sent with ``send()`` (``sendto`` without an address) over one
   loopback TCP connection, MB/s, unconfined and under the host rule: data is
   never trapped.
@@ -36,6 +40,7 @@ import tempfile
 from typing import Any
 
 import anyio
+from _baseline import load as load_baseline
 
 from asyncsandlock import SYSTEM_READABLE, Sandbox
 
@@ -50,6 +55,9 @@ except ImportError:  # pragma: no cover - the bench extra is optional
 
 HOST = "asyncsandlock host rule"
 SANDLOCK = "sandlock 0.9 host rule"
+BASELINE = load_baseline()
+BASE = f"{BASELINE[0]} host rule" if BASELINE else ""
+SANDBOXES: tuple[type, ...] = (Sandbox, BASELINE[1].Sandbox) if BASELINE else (Sandbox,)
 
 
 def _server(binary: str) -> subprocess.Popen[bytes]:
@@ -82,11 +90,17 @@ async def main(backend: str, quick: bool, report: Report) -> None:
         "asyncsandlock port rule": Sandbox(fs_readable=readable,
                                            net_allow=[f"tcp://:{port}"]),
     }
+    if BASELINE is not None:
+        base = BASELINE[1]
+        boxes[BASE] = base.Sandbox(fs_readable=(*base.SYSTEM_READABLE, work),
+                                   net_allow=[host_rule])
     if sandlock is not None:
         boxes[SANDLOCK] = sandlock.Sandbox(fs_readable=list(readable), net_allow=[host_rule])
-    connects = 300 if quick else 2000
+    # Many short rounds of connects: the load of a shared machine comes and
+    # goes within seconds, and each contender should see as much of it.
+    connects = 300 if quick else 600
     mib = 256 if quick else 2048
-    rounds = 3 if quick else 9
+    rounds = {"connect": 5 if quick else 25, "bulk": 3 if quick else 9}
 
     async def once(box: Any, *args: str) -> tuple[float, float, float]:
         """(the child's figure, its CPU ns per connect, CPU ns per connect of
@@ -95,7 +109,7 @@ async def main(backend: str, quick: bool, report: Report) -> None:
         cpu = _cpu()
         if box is None:
             out = subprocess.run(argv, capture_output=True, check=True).stdout
-        elif isinstance(box, Sandbox):
+        elif isinstance(box, SANDBOXES):
             result = await box.run(argv, check=True)
             out = result.stdout or b""
         else:
@@ -109,18 +123,20 @@ async def main(backend: str, quick: bool, report: Report) -> None:
                               "µs per connect"),
                              ("bulk", ("bulk", "127.0.0.1", str(port), str(mib)), "MB/s")):
         names = [n for n in boxes if what == "connect" or n in ("unconfined", HOST)]
-        await once(boxes[HOST], *args)  # the first run of a policy resolves and builds it
+        for name in (HOST, BASE):  # the first run of a policy resolves and builds it
+            if name in boxes:
+                await once(boxes[name], *args)
         samples: dict[str, list[float]] = {n: [] for n in names}
         cpus: dict[str, list[float]] = {n: [] for n in names}
         child_cpus: dict[str, list[float]] = {n: [] for n in names}
-        for i in range(rounds):
+        for i in range(rounds[what]):
             order = names[i % len(names):] + names[:i % len(names)]
             for name in order:
                 value, child_cpu, cpu = await once(boxes[name], *args)
                 samples[name].append(value / 1e3 if what == "connect" else value)
                 cpus[name].append(cpu / 1e3)
                 child_cpus[name].append(child_cpu / 1e3)
-        print(f"{what} ({backend}, {rounds} rounds, median, {unit}; "
+        print(f"{what} ({backend}, {rounds[what]} rounds, median, {unit}; "
               f"load average {os.getloadavg()[0]:.1f}):")
         base = statistics.median(samples["unconfined"])
         if what == "bulk":
@@ -129,17 +145,24 @@ async def main(backend: str, quick: bool, report: Report) -> None:
                 print(f"  {name:26} {value:12,.0f}   {value / base:.2f}x")
             continue
         base_cpu = statistics.median(cpus["unconfined"])
-        print(f"  {'':26} {'wall':>8} {'over':>8}   {'CPU':>8} {'over':>8}   {'child CPU':>9}")
+        print(f"  {'':26} {'wall':>8} {'over':>8}   {'CPU':>8} {'over':>8}   {'child CPU':>9}"
+              f"   {'best wall':>9} {'over':>8}")
+        best_base = min(samples["unconfined"])
         over: dict[str, tuple[float, float]] = {}
         for name in names:
             wall, cpu = statistics.median(samples[name]), statistics.median(cpus[name])
             over[name] = (wall - base, cpu - base_cpu)
+            best = min(samples[name])
             print(f"  {name:26} {wall:8.1f} {wall - base:+8.1f}   {cpu:8.1f} {cpu - base_cpu:+8.1f}"
-                  f"   {statistics.median(child_cpus[name]):9.1f}")
+                  f"   {statistics.median(child_cpus[name]):9.1f}"
+                  f"   {best:9.1f} {best - best_base:+8.1f}")
         for i, kind in enumerate(("wall", "CPU")):
             ours = over[HOST][i]
             report.add(ours <= 30, f"{backend}: guarded connect, {kind} time over unconfined: "
                                    f"{ours:+.1f} µs (target <= 30)")
+            if BASE in over:
+                print(f"    {kind}: this tree's overhead {ours:+.1f} µs, {BASE}'s "
+                      f"{over[BASE][i]:+.1f} µs")
             if SANDLOCK in over:
                 theirs = over[SANDLOCK][i]
                 ratio = theirs / ours if ours > 0 else float("inf")

@@ -93,8 +93,8 @@ def instrument() -> None:
               int(_notify._REQ_ID_VALID): "ID_VALID ioctl"}
     _notify.lib = _Lib(_notify.lib, {"ioctl": lambda a: ioctls.get(int(a[1]), "other ioctl")})
     net.lib = _Lib(net.lib, {
-        "asl_net_fetch": lambda a: "C fetch: pidfd_getfd+3 getsockopt+fcntl+vm_readv+ID_VALID",
-        "asl_net_connect": lambda a: "C connect (+fcntl x2, poll, SO_ERROR)",
+        "asl_net_fetch": lambda a: "C fetch: pidfd_getfd+2-3 getsockopt+fcntl+vm_readv+ID_VALID",
+        "asl_net_connect": lambda a: "C connect (+fcntl x2, a second connect)",
         "asl_net_connected": lambda a: "C connected (after a wait)"})
     sup = _supervisor.Supervisor
     sup.pump = _timed("pump (all of a wake-up's Python)", sup.pump)  # type: ignore[method-assign]

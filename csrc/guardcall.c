@@ -42,7 +42,12 @@ int asl_net_take(int pidfd, int number, int info[4])
     if (fd < 0)
         return -errno;
     static const int opts[3] = {SO_DOMAIN, SO_TYPE, SO_PROTOCOL};
+    info[2] = 0;
     for (int i = 0; i < 3; i++) {
+        /* A stream socket's kind is its type (TCP): its protocol is read
+         * only to tell ICMP from UDP among the others. */
+        if (i == 2 && info[1] == SOCK_STREAM)
+            break;
         socklen_t len = sizeof info[i];
         if (getsockopt(fd, SOL_SOCKET, opts[i], &info[i], &len) < 0) {
             int err = errno;  /* ENOTSOCK: not a socket */
@@ -109,23 +114,51 @@ int asl_net_connect_flags(int fd, const void *addr, unsigned len, int wait, int 
     if (fcntl(fd, F_SETFL, flags | O_NONBLOCK) < 0)
         return -errno;
     int err = connect(fd, addr, len) == 0 ? 0 : errno;
+    if (err == EINPROGRESS) {
+        /* On loopback the handshake is as a rule over by the time connect()
+         * returns (the SYN-ACK waits in the socket's backlog, processed as
+         * connect releases the socket's lock).  A second connect(), still
+         * non-blocking, tells so in one call where poll() and SO_ERROR took
+         * two, and ends as the kernel's blocking connect does: the socket
+         * marked connected, or reset after an error.  EALREADY: still
+         * under way, for the caller's loop to wait on. */
+        int again = connect(fd, addr, len) == 0 ? 0 : errno;
+        if (again != EALREADY)
+            err = again == EISCONN ? 0 : again;
+    }
     fcntl(fd, F_SETFL, flags);
     if (!pending(err))
         return -err;
     *started = err;
-    /* On loopback the handshake is often over already: a poll with no
-     * timeout saves the caller a turn of its event loop. */
+    if (err == EINPROGRESS)
+        return 1;
+    /* Another socket's EAGAIN or EALREADY: a poll with no timeout saves
+     * the caller a turn of its event loop when it is over already. */
     struct pollfd ready = {.fd = fd, .events = POLLOUT};
     if (poll(&ready, 1, 0) <= 0)
         return 1;
-    return asl_net_connected(fd, err);
+    return asl_net_connected(fd, err, addr, len);
 }
 
-int asl_net_connected(int fd, int started)
+int asl_net_connected(int fd, int started, const void *addr, unsigned len)
 {
+    if (started == EINPROGRESS && len) {
+        /* The handshake is over, or the socket reports an error: finished
+         * by connect() as in asl_net_connect_flags, the socket made
+         * non-blocking for the call (an error queued by IP_RECVERR makes it
+         * writable before the handshake is over). */
+        int flags = fcntl(fd, F_GETFL);
+        if (flags < 0 || fcntl(fd, F_SETFL, flags | O_NONBLOCK) < 0)
+            return -errno;
+        int again = connect(fd, addr, len) == 0 ? 0 : errno;
+        fcntl(fd, F_SETFL, flags);
+        if (again == EALREADY)
+            return 1;
+        return again == EISCONN ? 0 : -again;
+    }
     int err = 0;
-    socklen_t len = sizeof err;
-    if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0)
+    socklen_t size = sizeof err;
+    if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &size) < 0)
         return -errno;
     if (err)
         return -err;

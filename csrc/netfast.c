@@ -6,14 +6,17 @@
  * asl_fast_pump receives the listener's queued notifications.  For a
  * connect() on an inet socket whose destination's verdict is in the memo
  * (struct asl_verdicts, filled by the Python guard, which alone reads the
- * rules), it does what NetGuard does in Python, in the same order and
- * with the same checks:
+ * rules), it does what NetGuard does in Python, with the same checks
+ * (the sockaddr read before the socket is taken, where Python takes the
+ * socket first: any failure of either goes to Python, which starts over
+ * and answers in the kernel's order, EBADF and ENOTSOCK before EFAULT):
  *
- *   pidfd_getfd of the child's socket (the same open socket), its domain,
- *   type, protocol and file flags; the sockaddr read ONCE into our memory;
- *   ID_VALID after both looks (while the notification is pending the
- *   target is alive, so its tid was its own); the verdict of the bytes read;
- *   connect() on the copy with those bytes; close the copy; SEND.
+ *   the sockaddr read ONCE into our memory; pidfd_getfd of the child's
+ *   socket (the same open socket), its domain, type, protocol and file
+ *   flags; ID_VALID after both looks when the pidfd is new (see
+ *   fast_connect for why a cached one needs none); the verdict of the
+ *   bytes read; connect() on the copy with those bytes; close the copy;
+ *   SEND.
  *
  * Everything else stops the batch and is handed to Python with its
  * notification: another syscall, a socket that is not inet, an address
@@ -91,6 +94,8 @@ struct asl_fast {
     int tids[PIDFDS];
     int pidfds[PIDFDS];
     int npidfds;
+    uint8_t under_way[128];        /* the sockaddr of a connect left under way */
+    unsigned under_way_len;
 };
 
 /* The bytes of a sockaddr the rules look at (family, port, address: not
@@ -205,9 +210,11 @@ void asl_fast_free(struct asl_fast *f)
 
 /* A pidfd names one thread and never another: once it has exited, calls
  * through it fail with ESRCH whoever gets its id next (see Pidfds in
- * _kernel/_notify.py, the Python path's cache, which works the same way). */
-static int pidfd_of(struct asl_fast *f, int tid, int *slot)
+ * _kernel/_notify.py, the Python path's cache, which works the same way).
+ * *fresh: opened now, not yet shown to be the target's (see fast_connect). */
+static int pidfd_of(struct asl_fast *f, int tid, int *slot, int *fresh)
 {
+    *fresh = 0;
     for (int i = 0; i < f->npidfds; i++)
         if (f->tids[i] == tid) {
             *slot = i;
@@ -216,6 +223,7 @@ static int pidfd_of(struct asl_fast *f, int tid, int *slot)
     int fd = (int)syscall(SYS_pidfd_open, tid, PIDFD_THREAD);
     if (fd < 0)
         return -errno;  /* EINVAL before Linux 6.9: Python knows the way round */
+    *fresh = 1;
     if (f->closed) {
         *slot = -2;  /* the caller's, closed after use */
         return fd;
@@ -236,20 +244,34 @@ static void drop_pidfd(struct asl_fast *f, int slot)
     f->pidfds[slot] = f->pidfds[f->npidfds];
 }
 
-/* The child's socket `number`, with its info (asl_net_take); -errno. */
-static int take(struct asl_fast *f, int tid, int number, int info[4])
+/* The child's socket `number`, with its info (asl_net_take); -errno.
+ * Called after the target's memory was read: through a pidfd opened now,
+ * the socket is kept only if notification `id` is still pending after both
+ * looks (ID_VALID), which shows the pidfd to be the target's for the cache
+ * (see fast_connect). */
+static int take(struct asl_fast *f, const struct notif *n, int number, int info[4])
 {
+    int tid = (int)n->pid;
     for (int tries = 0;; tries++) {
-        int slot;
-        int pidfd = pidfd_of(f, tid, &slot);
+        int slot, fresh;
+        int pidfd = pidfd_of(f, tid, &slot, &fresh);
         if (pidfd < 0)
             return pidfd;
         int fd = asl_net_take(pidfd, number, info);
         if (slot == -2)
             close(pidfd);
-        if (fd == -ESRCH && slot >= 0 && tries == 0) {
+        if (fd == -ESRCH && !fresh && tries == 0) {
             drop_pidfd(f, slot);  /* a dead thread's, its id since reused */
             continue;
+        }
+        if (fresh) {
+            uint64_t id = n->id;
+            if (fd >= 0 && ioctl(f->listener, NOTIF_ID_VALID, &id) < 0) {
+                close(fd);
+                fd = -ESRCH;
+            }
+            if (fd < 0 && slot >= 0)
+                drop_pidfd(f, slot);  /* never shown to be the target's */
         }
         return fd;
     }
@@ -266,24 +288,37 @@ static int respond(int listener, uint64_t id, int error)
 enum { KIND_TCP, KIND_UDP, KIND_ICMP };
 
 /* One connect notification: 0 answered, 1 for Python, 2 under way (out[1]
- * the copy of the socket, out[2] connect's errno), -errno SEND failed. */
+ * the copy of the socket, out[2] connect's errno), -errno SEND failed.
+ *
+ * The sockaddr is read (by the target's tid) BEFORE the socket is taken
+ * through the target's pidfd, and that order is the check that the read
+ * was the target's: a pidfd that has been shown to name the target's
+ * thread (the cache keeps only those) works only while that thread is
+ * alive, and a tid is not given to anyone else before its thread is gone;
+ * so if pidfd_getfd succeeds, the tid read through was still the target's.
+ * (A sibling's execve may hand the leader's tid, and its pidfd, to the
+ * thread that execs while the leader waits here: then both looks are of
+ * that process, in the same sandbox, the verdict still that of the bytes
+ * connected to, and the answer meets ENOENT.)
+ * A pidfd opened for this notification is shown by ID_VALID after both
+ * looks (the notification still pending: the target was alive and blocked
+ * throughout), as the Python path does for every call (take).  Either way the
+ * verdict is of the bytes in our memory, and the connect is made with
+ * them, never with a second read. */
 static int fast_connect(struct asl_fast *f, const struct notif *n, int out[3])
 {
     int number = (int)n->args[0];
     int len = (int)n->args[2];
     if (number < 0 || len < 16 || len > 128)
         return 1;
+    uint8_t raw[128];
+    if (asl_peek((int)n->pid, n->args[1], raw, (unsigned long)len) != len)
+        return 1;
     int info[4];
-    int fd = take(f, (int)n->pid, number, info);
+    int fd = take(f, n, number, info);
     if (fd < 0)
         return 1;
     if ((info[0] != AF_INET && info[0] != AF_INET6) || info[3] < 0)
-        goto python;
-    uint8_t raw[128];
-    if (asl_peek((int)n->pid, n->args[1], raw, (unsigned long)len) != len)
-        goto python;
-    uint64_t id = n->id;
-    if (ioctl(f->listener, NOTIF_ID_VALID, &id) < 0)
         goto python;
     /* From here on: the bytes in raw, checked once, on the socket in fd. */
     int kind = info[1] == SOCK_STREAM ? KIND_TCP
@@ -303,6 +338,8 @@ static int fast_connect(struct asl_fast *f, const struct notif *n, int out[3])
         if (rc == 1) {
             out[1] = fd;
             out[2] = started;
+            memcpy(f->under_way, raw, (size_t)len);
+            f->under_way_len = (unsigned)len;
             return 2;
         }
     }
@@ -311,6 +348,12 @@ static int fast_connect(struct asl_fast *f, const struct notif *n, int out[3])
 python:
     close(fd);
     return 1;
+}
+
+unsigned asl_fast_address(struct asl_fast *f, void *into)
+{
+    memcpy(into, f->under_way, f->under_way_len);
+    return f->under_way_len;
 }
 
 int asl_fast_pump(struct asl_fast *f, void *buf, int batch, int out[3])

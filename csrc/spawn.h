@@ -281,7 +281,8 @@ long asl_loopback_up(void);
  * asl_peek: process_vm_readv of `len` bytes at `addr` in `pid` into `buf`;
  * the count or -errno.
  * asl_net_take: a copy of the child's fd `number` (pidfd_getfd) with
- * info = {SO_DOMAIN, SO_TYPE, SO_PROTOCOL, F_GETFL}; the fd or -errno.
+ * info = {SO_DOMAIN, SO_TYPE, SO_PROTOCOL (0, unread, for a stream socket),
+ * F_GETFL}; the fd or -errno.
  * asl_net_connect: connect(); with `wait` (a blocking stream socket) made
  * non-blocking for the call; 0, -errno, or 1: under way, wait until the fd
  * is writable and call asl_net_connected (`started`: connect's errno). */
@@ -295,7 +296,10 @@ int asl_net_fetch(int listener, uint64_t id, int pidfd, int number, int pid,
 int asl_net_connect(int fd, const void *addr, unsigned len, int wait, int *started);
 int asl_net_connect_flags(int fd, const void *addr, unsigned len, int wait, int flags,
                           int *started);
-int asl_net_connected(int fd, int started);
+/* asl_net_connected: the end of a connect asl_net_connect left under way,
+ * once the fd is writable: 0, -errno, or 1 still under way (wait again);
+ * `addr`/`len`: the address it was started with. */
+int asl_net_connected(int fd, int started, const void *addr, unsigned len);
 /* The network guard's connect in one C call from the event loop
  * (csrc/netfast.c, asyncsandlock/_netfast.py).  asl_verdicts: a memo of
  * verdicts by (kind 0 tcp / 1 udp / 2 icmp, family + port + address bytes of
@@ -324,6 +328,9 @@ int asl_fast_pump(struct asl_fast *f, void *buf, int batch, int out[3]);
  * listener hung up, -1 SEND failed, -2 poll or RECV failed (errno set). */
 int asl_notif_step(int listener, int answer, uint64_t id, int64_t val, int32_t error,
                    uint32_t flags, void *buf);
+/* asl_fast_address: the sockaddr of the connect asl_fast_pump left under
+ * way, copied into `into` (128 bytes); its length. */
+unsigned asl_fast_address(struct asl_fast *f, void *into);
 /* CDEF-END */
 
 #endif

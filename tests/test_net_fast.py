@@ -20,7 +20,7 @@ import anyio
 import pytest
 from test_net_guard import Servers, netprobe, probe, sandbox, servers  # noqa: F401
 
-from asyncsandlock import _supervisor
+from asyncsandlock import Sandbox, _supervisor
 from asyncsandlock._core import ffi, lib
 from asyncsandlock.handlers import NetGuard
 
@@ -44,9 +44,9 @@ def calls(monkeypatch: pytest.MonkeyPatch) -> Iterator[Calls]:
         seen.handle += 1
         return await handle(self, ctx)
 
-    def counted_finish(fd: int, started: int) -> Any:
+    def counted_finish(fd: int, started: int, raw: bytes) -> Any:
         seen.finish += 1
-        return finish(fd, started)
+        return finish(fd, started, raw)
 
     monkeypatch.setattr(NetGuard, "handle", counted_handle)
     monkeypatch.setattr(_supervisor, "finish_connect", counted_finish)
@@ -59,6 +59,25 @@ def _sockaddr(host: str, port: int, tail: bytes = b"") -> bytes:
                 + (tail or b"\0" * 4) + socket.inet_pton(socket.AF_INET6, host) + b"\0" * 4)
     return (socket.AF_INET.to_bytes(2, "little") + port.to_bytes(2, "big")
             + socket.inet_pton(socket.AF_INET, host) + (tail or b"\0" * 8))
+
+
+@contextlib.contextmanager
+def _full_queue(port: int) -> Iterator[None]:
+    """The accept queue of a listener on ``port`` made full (its length:
+    backlog + 1, for a backlog of 0): a SYN to it is dropped, and sent
+    again a second later."""
+    fillers = []
+    try:
+        for _ in range(4):
+            filler = socket.socket()
+            filler.setblocking(False)
+            fillers.append(filler)
+            with contextlib.suppress(BlockingIOError):
+                filler.connect(("127.0.0.1", port))
+        yield
+    finally:
+        for filler in fillers:
+            filler.close()
 
 
 def test_verdict_memo_keys() -> None:
@@ -139,14 +158,7 @@ async def test_blocking_connect_under_way_is_waited_for_on_the_loop(
         sb = sandbox(netprobe, net_allow=[f"127.0.0.1:{port}"])
         assert (await probe(sb, netprobe, "connect", "tcp", "127.0.0.1", port))[0] == 0
         assert calls.handle == 1  # the verdict is known from here on
-        fillers = []
-        try:
-            for _ in range(4):  # fill the accept queue (its length: backlog + 1)
-                filler = socket.socket()
-                filler.setblocking(False)
-                fillers.append(filler)
-                with contextlib.suppress(BlockingIOError):
-                    filler.connect(("127.0.0.1", port))
+        with _full_queue(port):
             ticks = 0
 
             async def tick_then_drain() -> None:
@@ -164,9 +176,6 @@ async def test_blocking_connect_under_way_is_waited_for_on_the_loop(
                 tg.start_soon(tick_then_drain)
                 code, out = await probe(sb, netprobe, "connect", "tcp", "127.0.0.1", port)
                 tg.cancel_scope.cancel()
-        finally:
-            for filler in fillers:
-                filler.close()
     assert code == 0, out
     assert calls.handle == 1 and calls.finish == 1
     assert ticks == 20  # the loop ran on while the connect was under way
@@ -183,6 +192,70 @@ async def test_blocking_connect_refused_in_c(netprobe: str, calls: Calls) -> Non
             code, _ = await probe(sb, netprobe, "connect", "tcp", "127.0.0.1", port)
             assert code == errno.ECONNREFUSED
     assert calls.handle == 1
+
+
+@pytest.mark.usefixtures("no_leaks")
+async def test_refused_socket_connects_again(netprobe: str, servers: Servers,  # noqa: F811
+                                             calls: Calls) -> None:
+    """A blocking connect refused, then the same socket connected to a port
+    that listens: the kernel resets the socket after the refusal, and the
+    second connect succeeds (the control: unconfined).  So it does in the
+    sandbox, in Python and in C: the connect made for the child ends as the
+    kernel's own blocking connect does, not with the socket left half-way
+    (a third connect would have been needed)."""
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        shut = closed.getsockname()[1]
+        args = ("reconnect", "127.0.0.1", shut, servers.tcp_port)
+        code, out = await probe(None, netprobe, *args)
+        assert (code, out.strip()) == (0, f"first={errno.ECONNREFUSED} second=0")
+        sb = sandbox(netprobe, net_allow=[f"127.0.0.1:{shut}", f"127.0.0.1:{servers.tcp_port}"])
+        for _ in range(2):  # the Python guard decides each destination first, then C
+            code, out = await probe(sb, netprobe, *args)
+            assert (code, out.strip()) == (0, f"first={errno.ECONNREFUSED} second=0")
+    assert calls.handle == 2
+    assert servers.accepted("127.0.0.1") == 3
+
+
+@pytest.mark.usefixtures("no_leaks")
+async def test_refused_after_a_wait_connects_again(netprobe: str, servers: Servers,  # noqa: F811
+                                                    calls: Calls) -> None:
+    """The same, for a connect refused only after a wait on the loop: its
+    SYN dropped by a full queue, the listener closed meanwhile, the SYN sent
+    again refused.  Then the same socket connects to a port that listens,
+    as unconfined (the control), in Python and in C."""
+    async def attempt(sb: Sandbox | None) -> tuple[int, str]:
+        with socket.socket() as server:
+            server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            server.bind(("127.0.0.1", shut))
+            server.listen(0)
+            with _full_queue(shut):
+                async with anyio.create_task_group() as tg:
+                    async def close_soon() -> None:
+                        # Before the SYN is sent again, a second after the connect.
+                        await anyio.sleep(0.5)
+                        server.close()
+
+                    tg.start_soon(close_soon)
+                    args = ("reconnect", "127.0.0.1", shut, servers.tcp_port)
+                    if sb is not None:
+                        return await probe(sb, netprobe, *args)
+                    # Unconfined, without blocking the loop (close_soon runs on it).
+                    done = await anyio.run_process([netprobe, *map(str, args)], check=False)
+                    return done.returncode, done.stdout.decode()
+
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        shut = free.getsockname()[1]
+    expected = (0, f"first={errno.ECONNREFUSED} second=0")
+    code, out = await attempt(None)
+    assert (code, out.strip()) == expected
+    sb = sandbox(netprobe, net_allow=[f"127.0.0.1:{shut}", f"127.0.0.1:{servers.tcp_port}"])
+    for _ in range(2):  # the Python guard decides each destination first, then C
+        code, out = await attempt(sb)
+        assert (code, out.strip()) == expected
+    assert calls.handle == 2 and calls.finish == 1
+    assert servers.accepted("127.0.0.1") == 3
 
 
 @pytest.mark.usefixtures("no_leaks")

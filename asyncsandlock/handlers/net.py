@@ -372,23 +372,27 @@ async def _connect(call: _Call, raw: bytes) -> NotifAction:
     rc = lib.asl_net_connect(call.fd, raw, len(raw), wait, _STARTED)
     if rc == 1:
         # _STARTED read before the wait: other calls use it meanwhile.
-        rc = await _connected(call.fd, _STARTED[0])
+        rc = await _connected(call.fd, _STARTED[0], raw)
     return NotifAction.errno(-rc) if rc else _DONE
 
 
-async def _connected(fd: int, started: int) -> int:
+async def _connected(fd: int, started: int, raw: bytes) -> int:
     """The end of a connect under way on ``fd`` (``started``: the errno
-    connect gave): 0 or -errno, once the socket is writable."""
-    await anyio.wait_writable(fd)
-    return int(lib.asl_net_connected(fd, started))
+    connect gave, ``raw``: the address it was given): 0 or -errno, once the
+    socket is writable and the handshake over."""
+    while True:
+        await anyio.wait_writable(fd)
+        rc = int(lib.asl_net_connected(fd, started, raw, len(raw)))
+        if rc != 1:
+            return rc
 
 
-async def finish_connect(fd: int, started: int) -> NotifAction:
+async def finish_connect(fd: int, started: int, raw: bytes) -> NotifAction:
     """Answer a connect the C fast path started (``_netfast.py``) once its
     handshake is over; ``fd``, the copy of the child's socket, is ours to
     close."""
     try:
-        rc = await _connected(fd, started)
+        rc = await _connected(fd, started, raw)
     finally:
         os.close(fd)
     return NotifAction.errno(-rc) if rc else _DONE

@@ -3,6 +3,8 @@
  *
  *   netprobe connect tcp|udp ADDR PORT        blocking connect (udp: then send)
  *   netprobe nbconnect ADDR PORT              non-blocking: first=ERRNO final=ERRNO
+ *   netprobe reconnect ADDR PORT1 PORT2       blocking, to PORT1, then the same socket to
+ *                                             PORT2: first=ERRNO second=ERRNO
  *   netprobe sendto ADDR PORT                 UDP sendto with an address
  *   netprobe unspec ADDR PORT                 the same, the address's family AF_UNSPEC
  *   netprobe sendmsg ADDR PORT                UDP sendmsg with msg_name
@@ -82,6 +84,16 @@ int main(int argc, char **argv) {
         int rc = connect(fd, (struct sockaddr *)&ss, len);
         if (rc == 0 && udp) rc = (int)send(fd, "x", 1, 0) < 0 ? -1 : 0;
         return done("connect", rc);
+    }
+    if (!strcmp(cmd, "reconnect") && argc == 5) {
+        socklen_t len = make_addr(&ss, argv[2], atoi(argv[3]));
+        int fd = socket(ss.ss_family, SOCK_STREAM, 0);
+        if (fd < 0) return done("socket", -1);
+        int first = connect(fd, (struct sockaddr *)&ss, len) < 0 ? errno : 0;
+        len = make_addr(&ss, argv[2], atoi(argv[4]));
+        int second = connect(fd, (struct sockaddr *)&ss, len) < 0 ? errno : 0;
+        printf("first=%d second=%d\n", first, second);
+        return second;
     }
     if (!strcmp(cmd, "nbconnect") && argc == 4) {
         socklen_t len = make_addr(&ss, argv[2], atoi(argv[3]));
