@@ -168,6 +168,8 @@ SANDBOX_KWARGS: Fields = {
                  st.one_of(LIMIT, st.sampled_from(["12Q", "-1K", ""]))),
     "workdir_mechanism": (st.sampled_from(["auto", "overlay", "snapshot"]),
                           st.one_of(TEXT, JUNK_SCALAR)),
+    # max_memory in a cgroup (branch cgmem).
+    "memory_mechanism": (st.sampled_from(["sampled", "cgroup"]), st.one_of(TEXT, JUNK_SCALAR)),
     "name": (st.one_of(st.none(), st.from_regex(r"[a-z0-9][a-z0-9._-]{0,63}", fullmatch=True)),
              st.one_of(TEXT, st.sampled_from(["x" * 65, "-x", ".x", "a b"]), JUNK_SCALAR)),
 }
@@ -227,7 +229,7 @@ def stub_spawn(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[object]]:
     def stub(plan: object, *, path: str, args: Sequence[bytes], env: Mapping[str, str] | None,
              cwd: str | None, fds: Sequence[int], notify: frozenset[str],
              self_trapped: frozenset[str] = frozenset(), netns_fd: int = -1,
-             workspace: object = None, hosts: object = None) -> None:
+             workspace: object = None, hosts: object = None, cgroup_procs: int = -1) -> None:
         req = ffi.new("struct asl_spawn_req *")
         _strings(req, path, args, env, cwd)
         ffi.new("struct asl_fd_map[]", [(src, dst) for dst, src in enumerate(fds)] or 1)
