@@ -1,0 +1,109 @@
+"""Signals during a fork that ``max_processes`` traps (issues 9/11;
+docs/limits.md, "Forks and signals").
+
+The kernel's own fork never fails with EINTR.  A trapped one waits for the
+supervisor; the listener is made with SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV,
+so once the supervisor has received the notification only a fatal signal
+ends that wait: a signal with a handler (installed without SA_RESTART) waits
+until the fork has its answer, then runs.  Each test pairs with a control
+that makes the listener without the flag, as before, where the same signal
+ends the fork with EINTR.  What remains (a signal between the trap and the
+supervisor's RECV) is the xfail in test_combinations.py.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import ClassVar
+
+import anyio
+import pytest
+
+from asyncsandlock import (
+    SYSTEM_READABLE,
+    ExitReason,
+    Handler,
+    HandlerCtx,
+    NotifAction,
+    Sandbox,
+    _spawn,
+)
+
+pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("no_leaks")]
+
+PY = "/usr/bin/python3"
+READABLE = [*SYSTEM_READABLE, "/proc"]
+
+# SIGALRM with a handler, without SA_RESTART, due while the fork is held.
+ALARMED_FORK = r"""
+import os, signal, sys
+signal.signal(signal.SIGALRM, lambda *a: print("handler ran", flush=True))
+signal.siginterrupt(signal.SIGALRM, True)
+signal.setitimer(signal.ITIMER_REAL, float(sys.argv[1]))
+try:
+    pid = os.fork()
+except InterruptedError:
+    print("EINTR", flush=True)
+    raise SystemExit(0)
+if pid == 0:
+    os._exit(0)
+os.waitpid(pid, 0)
+print("forked", flush=True)
+"""
+
+
+class HeldFork(Handler):
+    """Answers a process's fork after ``hold`` seconds (``continue_()``); the
+    built-in ProcessLimit has received and passed it first."""
+
+    syscalls: ClassVar[tuple[str, ...]] = ("fork", "vfork", "clone")
+
+    def __init__(self, hold: float) -> None:
+        self.hold = hold
+        self.received = 0
+
+    async def handle(self, ctx: HandlerCtx) -> NotifAction:
+        self.received += 1
+        await anyio.sleep(self.hold)
+        return NotifAction.continue_()
+
+
+@pytest.fixture(params=["killable", "interruptible"])
+def listener(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """``interruptible``: the control, the listener made without the flag."""
+    if request.param == "interruptible":
+        monkeypatch.setattr(_spawn, "_SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV", 0)
+    yield str(request.param)
+
+
+async def test_a_signal_with_a_handler_waits_for_the_forks_answer(
+        anyio_backend: str, listener: str) -> None:
+    held = HeldFork(1.0)
+    sandbox = Sandbox(fs_readable=READABLE, max_processes=8, handlers=[held])
+    got = await sandbox.run([PY, "-c", ALARMED_FORK, "0.3"], timeout=30)
+    assert got.returncode == 0, got.stderr
+    assert held.received >= 1
+    if listener == "killable":
+        # The fork was answered, then the handler ran: as with the kernel's fork.
+        assert sorted(got.stdout.splitlines()) == [b"forked", b"handler ran"], got.stdout
+    else:
+        assert got.stdout.split() == [b"handler", b"ran", b"EINTR"], got.stdout
+
+
+async def test_a_fatal_signal_still_ends_a_held_fork(anyio_backend: str, listener: str) -> None:
+    """SIGTERM with its default action (fatal) and the run's own SIGKILL
+    (timeout) end a process whose fork the supervisor holds, at once."""
+    sandbox = Sandbox(fs_readable=READABLE, max_processes=8, handlers=[HeldFork(60)])
+    async with await sandbox.open([PY, "-c", "import os; os.fork()"]) as proc:
+        await anyio.sleep(0.5)  # trapped and received by now
+        start = time.monotonic()
+        proc.terminate()
+        with anyio.fail_after(10):
+            code = await proc.wait()
+        assert code == -15
+        assert time.monotonic() - start < 5
+    start = time.monotonic()
+    got = await sandbox.run([PY, "-c", "import os; os.fork()"], timeout=0.5)
+    assert got.reason is ExitReason.TIMEOUT
+    assert time.monotonic() - start < 10
