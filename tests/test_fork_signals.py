@@ -8,7 +8,9 @@ ends that wait: a signal with a handler (installed without SA_RESTART) waits
 until the fork has its answer, then runs.  Each test pairs with a control
 that makes the listener without the flag, as before, where the same signal
 ends the fork with EINTR.  What remains (a signal between the trap and the
-supervisor's RECV) is the xfail in test_combinations.py.
+supervisor's RECV) is the xfail in test_combinations.py.  Under
+``max_processes`` alone, the clones that make a thread are not trapped at
+all.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from asyncsandlock import (
     Sandbox,
     _spawn,
 )
+from asyncsandlock.handlers.process_limit import ProcessLimit
 
 pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("no_leaks")]
 
@@ -107,3 +110,39 @@ async def test_a_fatal_signal_still_ends_a_held_fork(anyio_backend: str, listene
     got = await sandbox.run([PY, "-c", "import os; os.fork()"], timeout=0.5)
     assert got.reason is ExitReason.TIMEOUT
     assert time.monotonic() - start < 10
+
+
+THREADS_AND_A_FORK = r"""
+import os, threading
+threads = [threading.Thread(target=lambda: None) for _ in range(20)]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+pid = os.fork()
+if pid == 0:
+    os._exit(0)
+os.waitpid(pid, 0)
+print("ok")
+"""
+
+
+@pytest.mark.parametrize("max_threads", [None, 1000], ids=["processes", "threads-too"])
+async def test_threads_go_untrapped_under_max_processes_alone(
+        anyio_backend: str, max_threads: int | None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under ``max_processes`` alone a thread is not counted, so the filter
+    lets its clone through (a signal cannot end it with EINTR); a fork is
+    still trapped.  Control: with ``max_threads`` every clone is trapped."""
+    seen: list[str] = []
+    handle = ProcessLimit.handle
+
+    async def counting(self: ProcessLimit, ctx: HandlerCtx) -> NotifAction:
+        seen.append("thread" if ctx.syscall == "clone" and ctx.args[0] & 0x10000 else "process")
+        return await handle(self, ctx)
+
+    monkeypatch.setattr(ProcessLimit, "handle", counting)
+    got = await Sandbox(fs_readable=READABLE, max_processes=8, max_threads=max_threads).run(
+        [PY, "-c", THREADS_AND_A_FORK], timeout=30)
+    assert got.stdout == b"ok\n", got.stderr
+    assert seen.count("process") == 1
+    assert seen.count("thread") == (0 if max_threads is None else 20)
