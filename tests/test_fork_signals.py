@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import anyio
 import pytest
+from test_combinations import AS_NOBODY, BACKENDS, drive, needs_nobody_userns
 
 from asyncsandlock import (
     SYSTEM_READABLE,
@@ -33,7 +34,7 @@ from asyncsandlock import (
 )
 from asyncsandlock.handlers.process_limit import ProcessLimit
 
-pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("no_leaks")]
+pytestmark = pytest.mark.usefixtures("no_leaks")
 
 PY = "/usr/bin/python3"
 READABLE = [*SYSTEM_READABLE, "/proc"]
@@ -80,6 +81,7 @@ def listener(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) ->
     yield str(request.param)
 
 
+@pytest.mark.anyio
 async def test_a_signal_with_a_handler_waits_for_the_forks_answer(
         anyio_backend: str, listener: str) -> None:
     held = HeldFork(1.0)
@@ -94,6 +96,7 @@ async def test_a_signal_with_a_handler_waits_for_the_forks_answer(
         assert got.stdout.split() == [b"handler", b"ran", b"EINTR"], got.stdout
 
 
+@pytest.mark.anyio
 async def test_a_fatal_signal_still_ends_a_held_fork(anyio_backend: str, listener: str) -> None:
     """SIGTERM with its default action (fatal) and the run's own SIGKILL
     (timeout) end a process whose fork the supervisor holds, at once."""
@@ -127,6 +130,7 @@ print("ok")
 """
 
 
+@pytest.mark.anyio
 @pytest.mark.parametrize("max_threads", [None, 1000], ids=["processes", "threads-too"])
 async def test_threads_go_untrapped_under_max_processes_alone(
         anyio_backend: str, max_threads: int | None, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -146,3 +150,31 @@ async def test_threads_go_untrapped_under_max_processes_alone(
     assert got.stdout == b"ok\n", got.stderr
     assert seen.count("process") == 1
     assert seen.count("thread") == (0 if max_threads is None else 20)
+
+
+# For a fresh interpreter: max_processes' own handler holds every fork 1 s.
+HOLD_FORKS = """
+import anyio
+from asyncsandlock.handlers.process_limit import ProcessLimit
+_handle = ProcessLimit.handle
+async def _held(self, ctx):
+    await anyio.sleep(1.0)
+    return await _handle(self, ctx)
+ProcessLimit.handle = _held
+"""
+NO_FLAG = "from asyncsandlock import _spawn\n_spawn._SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV = 0\n"
+
+
+@needs_nobody_userns
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_as_uid_65534_a_signal_waits_for_the_forks_answer(backend: str) -> None:
+    """The same from a uid 65534 caller: its own ids, and ``uid=`` (a user
+    namespace); control: the listener without the flag."""
+    cases: list[tuple[dict[str, Any], list[str]]] = [
+        ({"max_processes": 8}, [PY, "-c", ALARMED_FORK, "0.3"]),
+        ({"max_processes": 8, "uid": 1234}, [PY, "-c", ALARMED_FORK, "0.3"])]
+    for run in drive(AS_NOBODY, backend, cases, prelude=HOLD_FORKS):
+        assert run["rc"] == 0, run
+        assert sorted(run["stdout"].splitlines()) == ["forked", "handler ran"], run
+    for run in drive(AS_NOBODY, backend, cases, prelude=HOLD_FORKS + NO_FLAG):
+        assert run["stdout"].split() == ["handler", "ran", "EINTR"], run
