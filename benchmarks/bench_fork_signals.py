@@ -14,6 +14,10 @@ round by round in one process (docs/limits.md, "Forks and signals"):
   the library does);
 - ``interruptible``: ``max_processes``, the listener without that flag
   (what it did before).
+
+Then threads (``_thread.start_new_thread`` under a 10 kHz SIGALRM with a
+handler without SA_RESTART): unlimited; ``max_processes`` (a thread's clone
+is not trapped); ``max_threads`` (every clone trapped).
 """
 
 from __future__ import annotations
@@ -40,6 +44,22 @@ for _ in range(int(sys.argv[1])):
         os._exit(0)
 print(failed)
 """
+# Threads started while SIGALRM (a handler, no SA_RESTART) comes every 100 us:
+# a clone that a signal ends makes start_new_thread raise RuntimeError.
+THREADS = r"""
+import _thread, signal, sys
+signal.signal(signal.SIGALRM, lambda *a: None)
+signal.siginterrupt(signal.SIGALRM, True)
+signal.setitimer(signal.ITIMER_REAL, 0.0001, 0.0001)
+failed = 0
+for _ in range(int(sys.argv[1])):
+    try:
+        _thread.start_new_thread(lambda: None, ())
+    except RuntimeError:
+        failed += 1
+signal.setitimer(signal.ITIMER_REAL, 0)
+print(failed)
+"""
 FLAG = _spawn._SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV
 READABLE = [*SYSTEM_READABLE, "/proc"]
 
@@ -54,8 +74,29 @@ async def one(name: str, forks: int) -> int:
     finally:
         _spawn._SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV = FLAG
     if got.returncode != 0:
-        sys.exit(f"{name}: {got.stderr.decode()}")
-    return int(got.stdout)
+        sys.exit(f"{name}: {(got.stderr or b'').decode()}")
+    return int(got.stdout or b"-1")
+
+
+async def thread_run(name: str, count: int) -> int:
+    limits = {"unlimited": {}, "max_processes": {"max_processes": 100_000},
+              "max_threads": {"max_threads": 100_000}}[name]
+    got = await Sandbox(fs_readable=READABLE, **limits).run(  # type: ignore[arg-type]
+        ["/usr/bin/python3", "-c", THREADS, str(count)])
+    if got.returncode != 0:
+        sys.exit(f"{name}: {(got.stderr or b'').decode()}")
+    return int(got.stdout or b"-1")
+
+
+async def threads(count: int, rounds: int) -> None:
+    names = ["unlimited", "max_processes", "max_threads"]
+    failed = dict.fromkeys(names, 0)
+    for index in range(rounds):
+        for name in names[index % 3:] + names[:index % 3]:
+            failed[name] += await thread_run(name, count)
+    for name in names:
+        print(f"threads, {name:14} {failed[name]:6} of {count * rounds} failed"
+              f" ({100 * failed[name] / (count * rounds):.2f} %)")
 
 
 async def main(forks: int, rounds: int) -> None:
@@ -83,3 +124,4 @@ if __name__ == "__main__":
     for backend in args.backend or ("asyncio", "trio"):
         print(f"-- {backend}")
         anyio.run(main, args.forks, args.rounds, backend=backend)
+        anyio.run(threads, args.forks, args.rounds, backend=backend)

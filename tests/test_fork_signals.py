@@ -135,8 +135,8 @@ print("ok")
 async def test_threads_go_untrapped_under_max_processes_alone(
         anyio_backend: str, max_threads: int | None, monkeypatch: pytest.MonkeyPatch) -> None:
     """Under ``max_processes`` alone a thread is not counted, so the filter
-    lets its clone through (a signal cannot end it with EINTR); a fork is
-    still trapped.  Control: with ``max_threads`` every clone is trapped."""
+    lets its clone through (no round trip); a fork is still trapped.
+    Control: with ``max_threads`` every clone is trapped."""
     seen: list[str] = []
     handle = ProcessLimit.handle
 

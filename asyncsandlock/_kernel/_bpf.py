@@ -239,9 +239,9 @@ class _Ctx:
 def _clone(c: _Ctx) -> _Action:
     """Flags outside ``_CLONE_ALLOWED``: EPERM.  A thread (CLONE_THREAD)
     goes untrapped unless a handler wants to see threads (``self_trapped``):
-    a trapped call can end with EINTR, which the kernel's own clone never
-    returns (docs/limits.md, "Forks and signals"), and costs a round trip.
-    Only the low word counts: the kernel reads the flags as 32 bits."""
+    trapped, it costs a round trip with the supervisor for nothing
+    (docs/limits.md, "Forks and signals").  Only the low word counts: the
+    kernel reads the flags as 32 bits."""
     if c.allow != RET_USER_NOTIF or c.name in c.spec.self_trapped:
         return _test(0, _JSET_K, ~_CLONE_ALLOWED, _EPERM, c.allow)
     asm = _Asm()

@@ -56,8 +56,8 @@ def sees_threads(chain: tuple[Handler, ...]) -> bool:
     """Whether a handler of the ``clone`` chain ``chain`` must see the clones
     that make a thread: any but a ProcessLimit without ``max_threads``,
     which lets them pass.  When none must, the filter lets them through
-    untrapped (``FilterSpec.self_trapped``), so that a signal cannot end
-    them with EINTR (docs/limits.md, "Forks and signals")."""
+    untrapped (``FilterSpec.self_trapped``): no round trip per thread
+    (docs/limits.md, "Forks and signals")."""
     return any(not isinstance(handler, ProcessLimit) or handler.threads is not None
                for handler in chain)
 
