@@ -37,8 +37,9 @@ MAX_FDS: int = lib.ASL_MAX_FDS
 _SECCOMP_FILTER_FLAG_NEW_LISTENER = 1 << 3
 #: Once the supervisor has received a notification, only a fatal signal ends
 #: the wait for its answer (Linux 5.19; the child drops it on EINVAL, step
-#: seccomp in csrc/spawn.c).  Without it a signal ends a trapped fork with
-#: EINTR, which fork never returns (docs/limits.md, "Forks and signals").
+#: seccomp in csrc/spawn.c).  Without it a signal ends a trapped call at any
+#: time until the answer: a fork with EINTR, which fork never returns
+#: (docs/limits.md, "Forks and signals"); with it, only before the RECV.
 _SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV = 1 << 5
 _OPEN_TREE_CLONE = 1
 _REPORT_SIZE = ffi.sizeof("struct asl_report")
