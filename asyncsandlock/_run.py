@@ -60,6 +60,7 @@ from ._workspace import (
 )
 from .handlers import builtin_handlers
 from .handlers.net import resolve_names
+from .handlers.process_limit import sees_threads
 
 if TYPE_CHECKING:
     from ._netns import Network
@@ -301,7 +302,8 @@ class Routing(NamedTuple):
     names: Mapping[int, str]
     notify: frozenset[str]
     #: Guarded syscalls trapped even on the process itself: a user handler
-    #: may care about those, where the guards ignore them.
+    #: may care about those, where the guards ignore them (and clone, when
+    #: a handler wants to see threads made).
     self_trapped: frozenset[str]
 
 
@@ -317,8 +319,9 @@ def _routing(sandbox: Sandbox, compiled: Compiled, handlers: tuple[Handler, ...]
     builtins = builtin_handlers(sandbox)
     routes, names = route((*builtins, *sandbox.handlers, *handlers), SYSCALLS, plan.deny)
     self_trapped = frozenset(names[nr] for nr, chain in routes.items()
-                             if names[nr] in plan.guarded
+                             if (names[nr] in plan.guarded
                              and any(handler not in builtins for handler in chain))
+                             or (names[nr] == "clone" and sees_threads(chain)))
     found = Routing(routes, names, frozenset(names.values()), self_trapped)
     if not handlers:
         compiled.routing[key] = found

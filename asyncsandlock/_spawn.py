@@ -35,6 +35,12 @@ STEPS = dict(sorted((getattr(lib, name), name[len("ASL_STEP_"):].lower())
 #: The most fds a child can be given (its fds 0 .. MAX_FDS-1).
 MAX_FDS: int = lib.ASL_MAX_FDS
 _SECCOMP_FILTER_FLAG_NEW_LISTENER = 1 << 3
+#: Once the supervisor has received a notification, only a fatal signal ends
+#: the wait for its answer (Linux 5.19; the child drops it on EINVAL, step
+#: seccomp in csrc/spawn.c).  Without it a signal ends a trapped call at any
+#: time until the answer: a fork with EINTR, which fork never returns
+#: (docs/limits.md, "Forks and signals"); with it, only before the RECV.
+_SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV = 1 << 5
 _OPEN_TREE_CLONE = 1
 _REPORT_SIZE = ffi.sizeof("struct asl_report")
 
@@ -240,7 +246,8 @@ def _template(plan: Plan, notify: frozenset[str], self_trapped: frozenset[str],
     arrays += fill_request(req, None if Subsystem.IDENTITY in plan.degraded else plan.identity)
     arrays += _net_mode(req, plan)
     supervised = prog is not None and bool(notify)
-    req.seccomp_flags = _SECCOMP_FILTER_FLAG_NEW_LISTENER if supervised else 0
+    req.seccomp_flags = (_SECCOMP_FILTER_FLAG_NEW_LISTENER | _SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV
+                         if supervised else 0)
     template = _Template(req, supervised, arrays)
     if templates is not None:
         templates[key] = template

@@ -68,6 +68,8 @@
 #ifndef CLOSE_RANGE_CLOEXEC
 #define CLOSE_RANGE_CLOEXEC (1U << 2)
 #endif
+/* SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV, by value: older headers lack it. */
+#define ASL_WAIT_KILLABLE_RECV (1UL << 5)
 
 /* The deepest frame is map_fds() with its ASL_MAX_FDS ints; the rest of the
  * child needs well under 4 KiB.  No signal handler ever runs on this stack
@@ -894,6 +896,12 @@ static int child_main(void *arg)
         enter(req, ASL_STEP_SECCOMP);
         struct sock_fprog prog = {req->filter_len, (struct sock_filter *)req->filter};
         long listener = SYS3(SYS_seccomp, SECCOMP_SET_MODE_FILTER, req->seccomp_flags, &prog);
+        /* WAIT_KILLABLE_RECV is 5.19: an older kernel refuses the unknown
+         * flag with EINVAL, before anything is installed.  Without it the
+         * sandbox runs as before (a signal can end a trapped syscall). */
+        if (listener == -EINVAL && (req->seccomp_flags & ASL_WAIT_KILLABLE_RECV))
+            listener = SYS3(SYS_seccomp, SECCOMP_SET_MODE_FILTER,
+                            req->seccomp_flags & ~ASL_WAIT_KILLABLE_RECV, &prog);
         if (listener < 0)
             fail(req, listener);
         /* The listener is CLOEXEC: once sent, exec closes our copy, and the

@@ -84,11 +84,12 @@ SWEEP = range(600)  # beyond the highest number of either table (~470)
 def spec(arch: str, *, deny: frozenset[str] = frozenset(DEFAULT_DENY),
          notify: frozenset[str] = frozenset(), udp: bool = False,
          unix: bool = False, guarded: frozenset[str] = frozenset(), ipc: bool = False,
-         interactive: bool = False, fastopen: bool = False) -> FilterSpec:
+         interactive: bool = False, fastopen: bool = False,
+         self_trapped: frozenset[str] = frozenset()) -> FilterSpec:
     """A spec as ``_plan`` makes one: the key only when something is notified."""
     table, audit = ARCHES[arch]
     return FilterSpec(audit, table, deny, notify, KEY if notify else None, udp, unix,
-                      guarded, ipc, interactive, fastopen)
+                      guarded, ipc, interactive, fastopen, self_trapped=self_trapped)
 
 
 # -- the policies swept ------------------------------------------------------
@@ -285,7 +286,8 @@ CLONE_REFUSED = {"CLONE_PTRACE": 0x00002000, "CLONE_PARENT": 0x00008000,
 def test_clone_flags_outside_the_list_are_denied(arch: str, notified: bool) -> None:
     """Regression test for clone(CLONE_PARENT): its children landed on the
     caller, outside the sandbox's bookkeeping (issue 8, item 7)."""
-    f = Filter.build(spec(arch, notify=frozenset({"clone"} if notified else ())))
+    trapped = frozenset({"clone"} if notified else ())
+    f = Filter.build(spec(arch, notify=trapped, self_trapped=trapped))
     ok = f.allowed("clone")
     usual = (0, SIGCHLD, CLONE_PTHREAD, CLONE_FORK, CLONE_VFORK_SPAWN,
              CLONE_VFORK_SPAWN | CLONE_PIDFD, CLONE_PTHREAD | CLONE_IO, 64)
@@ -298,6 +300,26 @@ def test_clone_flags_outside_the_list_are_denied(arch: str, notified: bool) -> N
             assert f.run("clone", flag | extra) == EPERM, f"{flag_name} | {extra:#x}"
     assert f.run("clone", sum(CLONE_NS_FLAGS.values())) == EPERM
     assert f.outcomes("clone") == {ok, EPERM}
+
+
+@pytest.mark.parametrize("arch", ARCHES)
+def test_threads_go_untrapped_unless_a_handler_wants_them(arch: str) -> None:
+    """clone trapped for ``max_processes`` alone (``self_trapped`` without
+    clone): a thread passes the filter, a process is trapped, and the
+    refused flags stay refused; the control traps threads too."""
+    untrapped = Filter.build(spec(arch, notify=frozenset({"clone"})))
+    control = Filter.build(spec(arch, notify=frozenset({"clone"}),
+                                self_trapped=frozenset({"clone"})))
+    notif = control.allowed("clone")
+    for flags in (CLONE_PTHREAD, CLONE_PTHREAD | CLONE_IO, CLONE_PTHREAD | 0xFFFFFFFF_00000000):
+        assert untrapped.run("clone", flags) == ALLOW, hex(flags)
+        assert control.run("clone", flags) == notif, hex(flags)
+    for flags in (0, SIGCHLD, CLONE_FORK, CLONE_VFORK_SPAWN, CLONE_VFORK_SPAWN | CLONE_PIDFD,
+                  SIGCHLD | 0x00010000_00000000):  # CLONE_THREAD in the high word: ignored
+        assert untrapped.run("clone", flags) == notif, hex(flags)
+    for flag_name, flag in CLONE_REFUSED.items():
+        assert untrapped.run("clone", flag | CLONE_PTHREAD) == EPERM, flag_name
+    assert untrapped.outcomes("clone") == {ALLOW, notif, EPERM}
 
 
 @pytest.mark.parametrize("arch", ARCHES)

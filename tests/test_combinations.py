@@ -411,9 +411,10 @@ print(failed)
 
 @pytest.mark.anyio
 @pytest.mark.xfail(strict=False, reason=(
-    "found here, not fixed (supervisor/limits): a signal that interrupts the wait for the "
-    "supervisor's answer ends the trapped clone with ERESTARTSYS, i.e. EINTR after a "
-    "handler without SA_RESTART; dash says 'Cannot fork' in a pipeline now and then"))
+    "remains (docs/limits.md, 'Forks and signals'): a signal between the trap and the "
+    "supervisor's RECV ends the trapped fork with EINTR (WAIT_KILLABLE_RECV covers only the "
+    "wait after the RECV; tests/test_fork_signals.py): 9-38% of these forks here, growing "
+    "with the machine's load; 45-46% before"))
 async def test_max_processes_forks_are_not_interrupted_by_signals(anyio_backend: str) -> None:
     control = await Sandbox(fs_readable=READABLE).run([PY, "-c", SIGNALLED_FORKS])
     assert control.stdout.split() == [b"0"], control.stderr

@@ -22,7 +22,7 @@ import pytest
 from anyio.abc import ObjectReceiveStream
 from test_handlers import child_binary, out
 
-from asyncsandlock import Handler, HandlerCtx, NotifAction, Sandbox
+from asyncsandlock import Handler, HandlerCtx, NotifAction, Sandbox, _spawn
 from asyncsandlock._supervisor import BATCH
 
 from conftest import system_sandbox
@@ -121,7 +121,11 @@ async def test_cancelling_the_run_kills_reaps_and_cancels_the_handler(child: str
     gc.collect()  # the cancelled frames held the policy (and its ruleset fd)
 
 
-async def test_a_signal_interrupting_a_trapped_call_does_not_break_the_loop(child: str) -> None:
+async def test_a_signal_interrupting_a_trapped_call_does_not_break_the_loop(
+        child: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A listener without WAIT_KILLABLE_RECV (as before Linux 5.19): a signal
+    # ends the call the handler holds.  With it, see the next test.
+    monkeypatch.setattr(_spawn, "_SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV", 0)
     gate, count = Gate(), Count()
     async with await sandbox(child, gate, count).open([child, "signal", "50"]) as proc:
         await gate.entered.wait()
@@ -133,6 +137,26 @@ async def test_a_signal_interrupting_a_trapped_call_does_not_break_the_loop(chil
         assert proc.stdout is not None
         output = await read_until(proc.stdout, b"done")
     assert output == f"getppid -1 {errno.EINTR}\ndone 1\n".encode()
+    assert proc.returncode == 0
+    assert sum(count.calls.values()) == 51
+
+
+async def test_a_signal_waits_for_the_answer_to_a_received_call(child: str) -> None:
+    """WAIT_KILLABLE_RECV: once received, a call is not ended by a signal
+    with a handler; the signal runs after the answer (tests/test_fork_signals.py)."""
+    gate, count = Gate(), Count()
+    async with await sandbox(child, gate, count).open([child, "signal", "50"]) as proc:
+        await gate.entered.wait()
+        (ctx,) = gate.ctxs
+        os.kill(ctx.pid, signal.SIGUSR1)
+        await anyio.sleep(0.2)
+        assert ctx.is_valid()  # still waiting for us
+        gate.release.set()
+        assert proc.stdout is not None
+        output = await read_until(proc.stdout, b"done")
+    name, rc, _ = output.split(b"\n")[0].split()
+    assert (name, int(rc) > 0) == (b"getppid", True)  # answered (continue_()), not EINTR
+    assert output.endswith(b"done 1\n")
     assert proc.returncode == 0
     assert sum(count.calls.values()) == 51
 

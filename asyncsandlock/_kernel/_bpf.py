@@ -104,6 +104,7 @@ IPC_CALLS: frozenset[str] = names(Rule.IPC)
 _CLONE_ALLOWED = (0x0000007F | 0x00000100 | 0x00000200 | 0x00000400 | 0x00000800
                   | 0x00001000 | 0x00004000 | 0x00010000 | 0x00040000 | 0x00080000
                   | 0x00100000 | 0x00200000 | 0x00400000 | 0x01000000 | 0x80000000)
+_CLONE_THREAD = 0x00010000
 _AF_UNIX = 1
 _AF_INET = 2
 _AF_INET6 = 10
@@ -157,7 +158,10 @@ class FilterSpec:
     baseline: bool = True
     #: Guarded syscalls whose calls on the process itself (pid 0) a user
     #: handler traps: those are trapped too, while the guards alone let
-    #: them through unseen (glibc reads RLIMIT_STACK at every exec).
+    #: them through unseen (glibc reads RLIMIT_STACK at every exec).  And
+    #: ``clone`` when a handler wants the clones that make a thread of the
+    #: process itself (CLONE_THREAD): ``max_processes`` alone lets them
+    #: through unseen (``handlers/process_limit.py``, ``sees_threads``).
     self_trapped: frozenset[str] = frozenset()
     #: Kernel ping sockets (SOCK_DGRAM with IPPROTO_ICMP or ICMPV6): ``icmp://`` rules.
     allow_icmp: bool = False
@@ -230,6 +234,24 @@ class _Ctx:
         #: The call on the process itself (pid 0): nothing for a guard to check.
         self.own = (RET_ALLOW if name in spec.guarded and name not in spec.self_trapped
                     else self.allow)
+
+
+def _clone(c: _Ctx) -> _Action:
+    """Flags outside ``_CLONE_ALLOWED``: EPERM.  A thread (CLONE_THREAD)
+    goes untrapped unless a handler wants to see threads (``self_trapped``):
+    trapped, it costs a round trip with the supervisor for nothing
+    (docs/limits.md, "Forks and signals").  Only the low word counts: the
+    kernel reads the flags as 32 bits."""
+    if c.allow != RET_USER_NOTIF or c.name in c.spec.self_trapped:
+        return _test(0, _JSET_K, ~_CLONE_ALLOWED, _EPERM, c.allow)
+    asm = _Asm()
+    asm.load(_arg_lo(0))
+    asm.emit(_JSET_K, ~_CLONE_ALLOWED, 0, 1)
+    asm.ret(_EPERM)
+    asm.emit(_JSET_K, _CLONE_THREAD, 0, 1)
+    asm.ret(RET_ALLOW)
+    asm.ret(c.allow)
+    return _block(asm)
 
 
 def _socket_rule(c: _Ctx) -> _Action:
@@ -460,7 +482,7 @@ CHECKS: Mapping[str, Callable[[_Ctx], _Action]] = {
     "setsockopt": _setsockopt,
     "socket": _socket_rule,
     "socketpair": _socket_rule,
-    "clone": lambda c: _test(0, _JSET_K, ~_CLONE_ALLOWED, _EPERM, c.allow),
+    "clone": _clone,
     "ioctl": _ioctl,
     "personality": _personality,
     "prctl": _prctl,

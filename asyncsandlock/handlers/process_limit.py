@@ -6,9 +6,15 @@ is the number of live processes in that group, and of their threads.  A
 thread (clone with CLONE_THREAD) is not a process: only ``max_threads``
 counts it; a new process is a new thread too, so both count it.  clone3,
 whose flags BPF cannot read, is ENOSYS inside the sandbox, so every thread
-and process is made by a clone, fork or vfork trapped here.  RLIMIT_NPROC
-would not do: it counts every process of the uid (for a root caller,
-nothing at all), and a thread bomb exhausts the host's pids all the same.
+and process is made by a clone, fork or vfork trapped here; under
+``max_processes`` alone the filter lets a thread's clone (CLONE_THREAD)
+through untrapped (:func:`sees_threads`).  RLIMIT_NPROC would not do: it
+counts tasks, threads included, of the uid in its user namespace, and
+nothing for kuid 0 (docs/limits.md, "Forks and signals").
+
+A trapped call waits for our answer; the listener's WAIT_KILLABLE_RECV
+(``_spawn.py``) keeps a signal from ending that wait with EINTR once the
+notification is received, which fork never returns.
 
 The count is read when the notification is handled, before the fork it
 allows has happened: forks issued at the same instant from several threads
@@ -44,6 +50,16 @@ def count_group(pgid: int) -> tuple[int, int]:
     if count < 0:
         raise OSError(-count, f"counting the processes of group {pgid}: {os.strerror(-count)}")
     return count, int(threads[0])
+
+
+def sees_threads(chain: tuple[Handler, ...]) -> bool:
+    """Whether a handler of the ``clone`` chain ``chain`` must see the clones
+    that make a thread: any but a ProcessLimit without ``max_threads``,
+    which lets them pass.  When none must, the filter lets them through
+    untrapped (``FilterSpec.self_trapped``): no round trip per thread
+    (docs/limits.md, "Forks and signals")."""
+    return any(not isinstance(handler, ProcessLimit) or handler.threads is not None
+               for handler in chain)
 
 
 class ProcessLimit(Handler):
