@@ -5,9 +5,9 @@ the child has exec'd (or failed, in which case it is reaped here and the
 failing step comes back as :class:`SpawnError`).  Nothing here can wait on
 the child's goodwill: when the C call returns, the child has exec'd or is
 exiting, and our copies of its ends of the error pipe and the listener socket
-are closed at once.  The error pipe then holds its report, or reads as EOF as
-soon as the kernel has closed the child's copy (close-on-exec, or exit: kernel
-code only, microseconds); a listener, sent before exec, is already queued.
+are closed at once.  The error pipe then holds its report (written before the
+child's exit), or never will (read without waiting); a listener, sent before
+exec, is already queued.
 """
 
 from __future__ import annotations
@@ -385,10 +385,14 @@ def spawn(plan: Plan | Compiled, *, path: str | tuple[str, ...], args: Sequence[
             ours, theirs = pair[0], [pair[1]]
             always.callback(os.close, ours)
             always.callback(close_fds, theirs)
-        # Blocking on purpose: the read below returns once the exec or exit
-        # under way has closed the child's copy (see above); non-blocking,
-        # it costs more than it saves (a spawn took ~300 us longer, measured).
-        err_r, err_w = os.pipe2(os.O_CLOEXEC)
+        # Non-blocking: the vfork returns when the child has released our
+        # memory, in execve (before its CLOEXEC fds are closed) or in _exit,
+        # and a failing child writes its report before it exits: the report
+        # is there, or never will be.  A blocking read waited for the child
+        # to get from there to closing its fds (at times after a move to the
+        # other CPU): 4-5 % of a /bin/true run, A/B in one process (2026-11-30;
+        # an earlier measurement, under other code, found the opposite).
+        err_r, err_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         always.callback(os.close, err_r)
         with contextlib.ExitStack() as child_ends:
             # The child has exec'd or is on its way out when the call
@@ -425,7 +429,10 @@ def spawn(plan: Plan | Compiled, *, path: str | tuple[str, ...], args: Sequence[
 
 def _check_started(req: Any, err_r: int, paths: tuple[str, ...]) -> None:
     """Raise the child's failure report, if it wrote one."""
-    data = os.read(err_r, _REPORT_SIZE)
+    try:
+        data = os.read(err_r, _REPORT_SIZE)
+    except BlockingIOError:  # no report: the child exec'd
+        return
     if not data:
         return
     report = ffi.cast("struct asl_report *", ffi.from_buffer(data))

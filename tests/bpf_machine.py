@@ -67,6 +67,11 @@ def decode(prog: bytes) -> list[Insn]:
     return insns
 
 
+def encode(insns: Iterable[Insn]) -> bytes:
+    """[(code, jt, jf, k)] -> ``struct sock_filter[]``."""
+    return b"".join(struct.pack("=HBBI", *insn) for insn in insns)
+
+
 def seccomp_data(nr: int, arch: int, args: tuple[int, ...] = ()) -> bytes:
     """``struct seccomp_data`` as the kernel fills it (both arches are little-endian)."""
     full = (*args, *(0,) * (6 - len(args)))

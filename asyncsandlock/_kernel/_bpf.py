@@ -14,16 +14,20 @@ The search is a binary search tree of ``jge`` over runs of numbers, not a
 list of ``jeq``: when a filter is attached, the kernel runs it once for every
 syscall number to fill its allow cache (``seccomp_cache_prepare``), so the
 cost of attaching it, paid by every spawn, grows with the path an allowed
-syscall takes.  A ~70-entry list walked to the end ~450 times cost 50-75 us
-per spawn here; the tree's path is ~9 instructions.  Its last levels are
-short descending chains of ``jge`` that share one return per action:
-attaching also costs ~0.3 us per instruction (the kernel translates and
-JIT-compiles the program each time), so size counts as much as the path.
-Argument checks hang
-off the leaves for the same reason: a chain of checks before the search
-would be walked by every syscall the cache does not hold.  The hot calls
-(read, write, close, fstat, mmap, futex...) never look at their arguments,
-so they stay in the cache; ``openat`` is checked in three instructions.
+syscall takes.  Attaching also costs ~0.3 us per instruction (the kernel
+checks, translates and JIT-compiles the program each time), so the program
+is built as a graph of hash-consed nodes (``_Graph``) and laid out at the
+end: every return is emitted once and jumped to from anywhere, two
+syscalls with equal code share it, the keyed exemption is one check for
+every keyed call, and a number alone between two runs of one action is a
+``jeq`` at the merged run's leaf instead of two boundaries.  The guards'
+policy went from 381 to 206 instructions on x86_64, every decision the
+same (``tests/test_bpf.py`` compares the laid-out program with each
+syscall's own code).  Argument checks hang off the leaves: a chain of
+checks before the search would be walked by every syscall the cache does
+not hold.  The hot calls (read, write, close, fstat, mmap, futex...) never
+look at their arguments, so they stay in the cache; ``openat`` is checked
+in three instructions.
 
 BPF compares 32-bit words.  The checks read the low word of an argument
 where the kernel itself reads an ``int`` (modes, flags, pids, ioctl
@@ -39,6 +43,7 @@ anything but a plain allow, starts by allowing it when the key matches.
 from __future__ import annotations
 
 import errno
+import itertools
 import struct
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -206,12 +211,18 @@ def _test(arg: int, op: int, k: int, hit: int, miss: int) -> _Action:
     return _block(asm)
 
 
-def _keyed_exemption(key: tuple[int, int, int]) -> _Asm:
-    """Allow when args 3..5 equal ``key``; else fall through to what follows."""
-    body = _Asm()
+def _key_words(key: tuple[int, int, int]) -> list[tuple[int, int]]:
+    """(offset, word) of the key's six 32-bit words in args 3..5."""
     words = []
     for i, value in enumerate(key):
         words += [(_arg_lo(3 + i), value & 0xFFFFFFFF), (_arg_hi(3 + i), value >> 32)]
+    return words
+
+
+def _keyed_exemption(key: tuple[int, int, int]) -> _Asm:
+    """Allow when args 3..5 equal ``key``; else fall through to what follows."""
+    body = _Asm()
+    words = _key_words(key)
     for n, (offset, word) in enumerate(words):
         remaining = len(words) - n - 1
         body.load(offset)
@@ -499,8 +510,8 @@ CHECKS: Mapping[str, Callable[[_Ctx], _Action]] = {
 }
 
 
-def _action(spec: FilterSpec, name: str) -> _Action:
-    """What the filter does with ``name``, keyed exemption included."""
+def _unkeyed(spec: FilterSpec, name: str) -> _Action:
+    """What the filter does with ``name``, keyed exemption aside."""
     c = _Ctx(spec, name)
     rule = DECISIONS[name].rule if spec.baseline else Rule.ALLOW
     action: _Action
@@ -518,16 +529,28 @@ def _action(spec: FilterSpec, name: str) -> _Action:
         action = CHECKS[name](c)
     else:  # GUARDED with no check of its own
         action = c.guard
-    if spec.key is not None and name in PRE_EXEC_CALLS and action != RET_ALLOW:
-        # The child's own call, made while the parent sleeps in vfork and can
-        # answer no notification; a denied exit_group would leave it spinning.
-        asm = _keyed_exemption(spec.key)
-        if isinstance(action, int):
-            asm.ret(action)
-        else:
-            asm.insns.extend(action)
-        action = _block(asm)
     return action
+
+
+def _keyed(spec: FilterSpec, name: str, action: _Action) -> bool:
+    """The child's own call, made while the parent sleeps in vfork and can
+    answer no notification (a denied exit_group would leave it spinning):
+    allowed when it carries the key."""
+    return spec.key is not None and name in PRE_EXEC_CALLS and action != RET_ALLOW
+
+
+def _action(spec: FilterSpec, name: str) -> _Action:
+    """What the filter does with ``name``, keyed exemption included, as code
+    of its own: the meaning ``build_filter`` lays out."""
+    action = _unkeyed(spec, name)
+    if spec.key is None or not _keyed(spec, name, action):
+        return action
+    asm = _keyed_exemption(spec.key)
+    if isinstance(action, int):
+        asm.ret(action)
+    else:
+        asm.insns.extend(action)
+    return _block(asm)
 
 
 def _runs(actions: Mapping[int, int], default: int) -> list[tuple[int, int]]:
@@ -549,75 +572,173 @@ def _runs(actions: Mapping[int, int], default: int) -> list[tuple[int, int]]:
     return runs
 
 
-# A leaf that jumps to block k (resolved once the blocks are placed).
-_LEAF_TO_BLOCK = -1
+class _Graph:
+    """A program as a graph of instructions, hash-consed: equal nodes are one
+    node, so a return, a check's tail or the block of two syscalls is emitted
+    once, and every jump goes straight to it.  A node is ``(code, k)`` for a
+    return, ``(code, k, next)`` for a load or an AND, ``(code, k, true,
+    false)`` for a conditional jump; successors are node ids."""
+
+    def __init__(self) -> None:
+        self.nodes: list[tuple[int, ...]] = []
+        self._ids: dict[tuple[int, ...], int] = {}
+
+    def node(self, *n: int) -> int:
+        found = self._ids.get(n)
+        if found is None:
+            found = self._ids[n] = len(self.nodes)
+            self.nodes.append(n)
+        return found
+
+    def jump(self, op: int, k: int, true: int, false: int) -> int:
+        return true if true == false else self.node(op, k & 0xFFFFFFFF, true, false)
+
+    def code(self, insns: tuple[tuple[int, int, int, int], ...]) -> int:
+        """The node of straight-line code that returns on every path (a block)."""
+        memo: dict[int, int] = {}
+
+        def at(pc: int) -> int:
+            if pc not in memo:
+                c, jt, jf, k = insns[pc]
+                if c == _RET_K:
+                    memo[pc] = self.node(c, k)
+                elif c == _JA:
+                    memo[pc] = at(pc + 1 + k)
+                elif c in (_LD_W_ABS, _ALU_AND_K):
+                    memo[pc] = self.node(c, k, at(pc + 1))
+                else:
+                    memo[pc] = self.jump(c, k, at(pc + 1 + jt), at(pc + 1 + jf))
+            return memo[pc]
+        return at(0)
+
+    def layout(self, entry: int) -> list[tuple[int, int, int, int]]:
+        """The instructions, every node before its successors (reverse
+        postorder, a load's successor visited last so it lands right after
+        it; else a ``ja`` follows).  A conditional jump farther than its
+        8-bit offsets reach goes through a ``ja`` placed right after it."""
+        post: list[int] = []
+        seen: set[int] = set()
+
+        def visit(n: int) -> None:
+            seen.add(n)
+            for succ in reversed(self.nodes[n][2:]):
+                if succ not in seen:
+                    visit(succ)
+            post.append(n)
+        visit(entry)
+        order = post[::-1]
+        follows = dict(itertools.pairwise(order))
+        extra = {n: int(len(self.nodes[n]) == 3 and follows.get(n) != self.nodes[n][2])
+                 for n in order}
+        while True:  # trampolines only grow the program: a fixed point comes
+            pos, pc = {}, 0
+            for n in order:
+                pos[n] = pc
+                pc += 1 + extra[n]
+            grown = False
+            for n in order:
+                if len(self.nodes[n]) == 4:
+                    far = sum(pos[t] - pos[n] - 1 > 255 for t in self.nodes[n][2:])
+                    if far > extra[n]:
+                        extra[n], grown = far, True
+            if not grown:
+                break
+        out: list[tuple[int, int, int, int]] = []
+        for n in order:
+            code, k, *succs = self.nodes[n]
+            if len(succs) == 2:
+                offsets: list[int] = []
+                hops: list[int] = []
+                for t in succs:
+                    d = pos[t] - pos[n] - 1
+                    if d > 255:
+                        offsets.append(len(hops))
+                        hops.append(t)
+                    else:
+                        offsets.append(d)
+                assert len(hops) == extra[n]
+                out.append((code, offsets[0], offsets[1], k))
+                for i, t in enumerate(hops):
+                    out.append((_JA, 0, 0, pos[t] - (pos[n] + 1 + i) - 1))
+            else:
+                out.append((code, 0, 0, k))
+                if extra[n]:
+                    out.append((_JA, 0, 0, pos[succs[0]] - pos[n] - 2))
+        return out
 
 
-def _leaf(action: int) -> tuple[int, int, int, int]:
-    return (_LEAF_TO_BLOCK, 0, 0, ~action) if action < 0 else (_RET_K, 0, 0, action)
+def _lift_singles(runs: list[tuple[int, int]]) -> tuple[list[tuple[int, int]], dict[int, int]]:
+    """A number alone between two runs of one action costs two ``jge`` in a
+    search; as an exception (one ``jeq`` at the merged run's leaf) it costs
+    one.  Returns the merged runs and {number: action}."""
+    merged: list[tuple[int, int]] = []
+    singles: dict[int, int] = {}
+    i = 0
+    while i < len(runs):
+        first, action = runs[i]
+        if (merged and i + 1 < len(runs) and runs[i + 1][0] == first + 1
+                and merged[-1][1] == runs[i + 1][1]):
+            singles[first] = action
+            i += 2
+            continue
+        merged.append((first, action))
+        i += 1
+    return merged, singles
 
 
-def _chain(runs: list[tuple[int, int]]) -> list[tuple[int, int, int, int]]:
-    """A few runs as a descending chain of ``jge`` into one shared return per
-    distinct action: fewer instructions than a tree of them."""
-    actions = list(dict.fromkeys(a for _, a in reversed(runs)))
-    # The lowest run is what the chain falls through to: its action comes first.
-    actions.remove(runs[0][1])
-    actions.insert(0, runs[0][1])
-    tests = len(runs) - 1
-    code = [(_JGE_K, tests + actions.index(action) - i - 1, 0, first)
-            for i, (first, action) in enumerate(reversed(runs[1:]))]
-    return code + [_leaf(a) for a in actions]
+def _search(g: _Graph, runs: list[tuple[int, int]]) -> int:
+    """The node returning the action (a node) of the run holding the number
+    in A: a balanced tree of ``jge`` (the kernel's allow cache runs the
+    program for every number when it is attached, so the path counts), its
+    leaves a ``jeq`` per lifted number."""
+    merged, singles = _lift_singles(runs)
+    starts = [first for first, _ in merged]
 
-
-#: Runs below this many are searched by a chain, not a tree (see _chain).
-_CHAIN_RUNS = 10
-
-
-def _search(runs: list[tuple[int, int]]) -> list[tuple[int, int, int, int]]:
-    """Code returning the action of the run that holds the number in A; an
-    action below 0 is ``~block index``."""
-    if len(runs) <= _CHAIN_RUNS:
-        return _chain(runs)
-    mid = len(runs) // 2
-    low, high = _search(runs[:mid]), _search(runs[mid:])
-    if len(low) <= 255:
-        return [(_JGE_K, len(low), 0, runs[mid][0]), *low, *high]
-    # Too far for jge's 8-bit offset: hop over the low half with a ja.
-    return [(_JGE_K, 0, 1, runs[mid][0]), (_JA, 0, 0, len(low)), *low, *high]
+    def tree(lo: int, hi: int) -> int:
+        if hi - lo == 1:
+            node = merged[lo][1]
+            end = starts[hi] if hi < len(starts) else 1 << 32
+            for nr in sorted((n for n in singles if starts[lo] <= n < end), reverse=True):
+                node = g.jump(_JEQ_K, nr, singles[nr], node)
+            return node
+        mid = (lo + hi) // 2
+        return g.jump(_JGE_K, starts[mid], tree(mid, hi), tree(lo, mid))
+    return tree(0, len(merged))
 
 
 def build_filter(spec: FilterSpec) -> bytes:
     """Assemble the filter described by ``spec`` (``struct sock_filter[]``)."""
-    asm = _Asm()
-    asm.load(_OFF_ARCH)
-    asm.emit(_JEQ_K, spec.arch, 1, 0)
-    asm.ret(RET_KILL_PROCESS)
-    asm.load(_OFF_NR)
-    if spec.arch == AUDIT_ARCH_X86_64:
-        asm.emit(_JGE_K, _X32_SYSCALL_BIT, 0, 1)
-        asm.ret(RET_KILL_PROCESS)
-    blocks: dict[tuple[tuple[int, int, int, int], ...], int] = {}
+    g = _Graph()
+    kill = g.node(_RET_K, RET_KILL_PROCESS)
     actions: dict[int, int] = {}
+    keyed: dict[int, int] = {}
     for name, nr in spec.table.items():
-        action = _action(spec, name)
-        if isinstance(action, tuple):
-            # Identical blocks (chmod and fchmod, say) are shared.
-            actions[nr] = ~blocks.setdefault(action, len(blocks))
+        action = _unkeyed(spec, name)
+        node = g.code(action) if isinstance(action, tuple) else g.node(_RET_K, action)
+        if _keyed(spec, name, action):
+            keyed[nr] = node
         else:
-            actions[nr] = action
-    default = ret_errno(errno.ENOSYS) if spec.baseline else RET_ALLOW
-    search = _search(_runs(actions, default))
-    starts = []
-    at = len(asm.insns) + len(search)
-    for block in blocks:
-        starts.append(at)
-        at += len(block)
-    for pc, (code, jt, jf, k) in enumerate(search, start=len(asm.insns)):
-        if code == _LEAF_TO_BLOCK:
-            asm.emit(_JA, starts[k] - pc - 1)
-        else:
-            asm.insns.append((code, jt, jf, k))
-    for block in blocks:
-        asm.insns.extend(block)
+            actions[nr] = node
+    if spec.key is not None and keyed:
+        # One key check for every keyed call: on a mismatch, the number (A
+        # was overwritten) picks the call's own code again.
+        *others, last = sorted(keyed)
+        otherwise = keyed[last]
+        for nr in others:
+            otherwise = g.jump(_JEQ_K, nr, keyed[nr], otherwise)
+        if others:
+            otherwise = g.node(_LD_W_ABS, _OFF_NR, otherwise)
+        check = g.node(_RET_K, RET_ALLOW)
+        for offset, word in reversed(_key_words(spec.key)):
+            check = g.node(_LD_W_ABS, offset, g.jump(_JEQ_K, word, check, otherwise))
+        actions.update(dict.fromkeys(keyed, check))
+    default = g.node(_RET_K, ret_errno(errno.ENOSYS) if spec.baseline else RET_ALLOW)
+    runs = _runs(actions, default)
+    if spec.arch == AUDIT_ARCH_X86_64:
+        # x32 numbers (the bit set) alias x86_64 ones: killed.
+        runs.append((_X32_SYSCALL_BIT, kill))
+    search = g.node(_LD_W_ABS, _OFF_NR, _search(g, runs))
+    entry = g.node(_LD_W_ABS, _OFF_ARCH, g.jump(_JEQ_K, spec.arch, search, kill))
+    asm = _Asm()
+    asm.insns = g.layout(entry)
     return asm.assemble()
