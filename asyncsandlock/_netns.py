@@ -33,8 +33,8 @@ adds to route it further.
 
 Uplinks built ahead
 -------------------
-Building an uplink is eight rtnetlink requests (the veth pair, two
-addresses, two links up, a route, two index look-ups) on the caller's
+Building an uplink is nine rtnetlink requests (the veth pair, its owner's
+alias, two addresses, two links up, a route, two index look-ups) on the caller's
 thread: 3-15 ms per run when done in the run.  So a root caller keeps up to
 :data:`UPLINKS_READY` of them built ahead (:class:`_Uplinks`): a background
 task of the event loop (no thread) builds them one request at a time, with a
@@ -63,7 +63,9 @@ and the ready namespaces and their pairs go the same way.  What can outlive
 it is the link of a sandbox still running (PDEATHSIG kills the sandbox with
 its caller, so only one that escaped it, or a namespace held by another
 process): the link goes when that holder does; until then its slot is
-skipped by name (EEXIST), and nothing in the next caller deletes it.
+skipped by name (EEXIST), and the next caller's pool sweeps it: the link's
+alias names its owner, and a dead one's links are deleted
+(``_linksweep.sweep_stale``).
 
 Nothing left behind
 -------------------
@@ -78,6 +80,7 @@ namespace alive.  No run waits for it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import fcntl
 import ipaddress
@@ -91,7 +94,7 @@ import anyio
 
 from ._background import Background, current_backend
 from ._core import lib
-from ._linksweep import sweep
+from ._linksweep import owner, sweep, sweep_stale
 from ._netpool import replenish, take
 from ._network import CAP_NET_ADMIN, CAP_SYS_ADMIN, NET_JOIN, NetworkInfo, holds
 from ._publish import Forwarder
@@ -214,6 +217,7 @@ class Network:
             base = UPLINK_NETWORK.network_address + 4 * self._slot
             self.gateway, self.address = str(base + 1), str(base + 2)
             self._index = await _index_of(host, ifinfmsg, self.link)
+            await _alias(host, ifinfmsg, self._index, owner())
             await _address_and_up(host, ifinfmsg, self._index, self.gateway)
             await _address_and_up(inside, ifinfmsg, await _index_of(inside, ifinfmsg, SANDBOX_LINK),
                                   self.address)
@@ -324,6 +328,17 @@ async def _address_and_up(rtnl: Rtnl, ifinfmsg: Any, index: int, address: str) -
     await rtnl.request(up)
 
 
+async def _alias(rtnl: Rtnl, ifinfmsg: Any, index: int, alias: str) -> None:
+    """Name the owner of link ``index`` (``_linksweep.owner``): a link a dead
+    caller left is then told from a live one's.  A request of its own: the
+    kernel ignores ``IFLA_IFALIAS`` in the one that creates the link."""
+    msg = ifinfmsg()
+    msg["header"]["type"] = _RTM_NEWLINK
+    msg["index"] = index
+    msg["attrs"] = [("IFLA_IFALIAS", alias)]
+    await rtnl.request(msg)
+
+
 async def _default_route(rtnl: Rtnl, gateway: str) -> None:
     from pyroute2.netlink.rtnl.rtmsg import rtmsg
 
@@ -402,6 +417,8 @@ class _Uplinks:
         #: The host refused a build: no pool in this process (each run then
         #: meets the refusal itself, and on_unavailable decides).
         self.off = False
+        #: Whether links of dead callers were looked for (_linksweep.py).
+        self.swept = False
 
     def take(self) -> Network | None:
         if not uplink_pool or not self.ready:
@@ -423,6 +440,10 @@ class _Uplinks:
 
     async def _keep(self) -> None:
         try:
+            if not self.swept:  # once per process: what a dead caller left
+                self.swept = True
+                with contextlib.suppress(OSError):
+                    await sweep_stale()
             while True:
                 while uplink_pool and len(self.ready) < UPLINKS_READY:
                     try:

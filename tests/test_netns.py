@@ -115,6 +115,9 @@ async def warm() -> frozenset[str]:
     ready = _netns.ready_uplinks()
     assert len(ready) == _netns.UPLINKS_READY
     assert ready <= links()
+    for name in ready:  # who made it, for the next caller's sweep (_linksweep.py)
+        assert pathlib.Path(f"/sys/class/net/{name}/ifalias").read_text().strip() \
+            == _linksweep.owner()
     return ready
 
 
@@ -444,6 +447,50 @@ async def test_close_uplinks_empties_the_pool(anyio_backend: str, no_leaks: None
             break
         await anyio.sleep(0.01)
     assert ready & links() == set()
+
+
+@pytest.mark.anyio
+async def test_a_dead_callers_link_is_swept_and_a_live_ones_is_not(
+        anyio_backend: str, no_leaks: None, no_link_left: None,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
+
+    from asyncsandlock._core import lib
+    from asyncsandlock._rtnl import Rtnl
+
+    # A SIGKILLed caller's link outlives it only while something holds its
+    # namespace (a sandbox process that escaped PDEATHSIG): here, our fds.
+    monkeypatch.setattr(_linksweep, "LINK_GRACE", 0.2)
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    pidns = os.stat("/proc/self/ns/pid").st_ino
+    aliases = {"dead": f"asyncsandlock {pidns} {gone.pid} 1",
+               "live": _linksweep.owner(),
+               "foreign": "asyncsandlock 1 1 1"}  # another PID namespace: not ours to judge
+    names = {kind: f"aslu{60000 + os.getpid() % 1000 * 3 + i}"  # beyond the library's slots
+             for i, kind in enumerate(aliases)}
+    fds = []
+    host = Rtnl.open()
+    try:
+        for kind, alias in aliases.items():
+            fds.append(lib.asl_netns_new())
+            assert fds[-1] >= 0
+            await host.request(_netns._veth(ifinfmsg, names[kind], fds[-1]), 0x600)
+            index = socket.if_nametoindex(names[kind])
+            await _netns._alias(host, ifinfmsg, index, alias)
+        swept = await _linksweep.sweep_stale()
+        assert names["dead"] in swept
+        assert names["live"] not in swept and names["foreign"] not in swept
+        for _ in range(1000):
+            if names["dead"] not in links():
+                break
+            await anyio.sleep(0.01)
+        assert names["dead"] not in links(), "deleted, though its namespace is held"
+        assert {names["live"], names["foreign"]} <= links(), "the control: left alone"
+    finally:
+        host.close()
+        for fd in fds:
+            os.close(fd)
 
 
 # -- refusals and the unprivileged path (in a fresh interpreter) ----------
