@@ -436,6 +436,23 @@ def test_the_pool_empties_when_its_loop_ends(backend: str, no_leaks: None,
     assert ready & links() == set(), "the kernel removed each with its namespace"
 
 
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_a_loop_ending_while_the_pool_builds_leaves_nothing(backend: str, no_leaks: None,
+                                                            no_link_left: None) -> None:
+    async def cut(delay: float) -> None:
+        _netns.want_uplinks()
+        await anyio.sleep(delay)
+
+    before = links()
+    for delay in (0.0, 0.001, 0.002, 0.004, 0.008, 0.016):  # at each request of a build
+        anyio.run(cut, delay, backend=backend)
+        assert _netns.ready_uplinks() == frozenset() and _netns.held() == frozenset()
+    deadline = time.monotonic() + 10
+    while links() - before and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert links() - before == set(), "each half-built uplink went with its namespace"
+
+
 @pytest.mark.anyio
 async def test_close_uplinks_empties_the_pool(anyio_backend: str, no_leaks: None,
                                               no_link_left: None) -> None:
