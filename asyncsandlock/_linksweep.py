@@ -18,10 +18,23 @@ is still there before it goes).
 
 A name is free for another sandbox only once its link is gone; until then
 an uplink takes the next slot (``_netns.py``: a taken name is EEXIST).
+
+Links of a caller that died
+---------------------------
+Each caller's end carries its owner in its alias (:func:`owner`: the PID
+namespace, pid and start time of the process that made it).  A SIGKILLed
+caller's links go with their namespaces, unless a process of a sandbox
+survived it and holds one; the uplink pool's keeper (``_netns.py``) looks
+once per process (:func:`sweep_stale`, one dump request, off any run's
+path) for ``aslu*`` links whose owner, in our PID namespace, no longer runs,
+and sweeps them like its own.  An owner in another PID namespace cannot be
+checked from here: its links are left alone.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import socket
 import time
 
@@ -34,6 +47,10 @@ from ._rtnl import Rtnl
 LINK_GRACE = 5.0
 _RTMGRP_LINK = 1
 _RTM_DELLINK = 17
+_RTM_GETLINK = 18
+_NLM_F_DUMP = 0x300
+#: How an owner's alias starts.
+_TAG = "asyncsandlock"
 
 
 class _Sweeper:
@@ -138,3 +155,63 @@ def delete_link(index: int, name: str | None) -> None:
         # is not read: the socket goes, and a link already gone (ENODEV)
         # is what we wanted anyway.
         sock.send(bytes(msg.data))
+
+
+def _started(pid: int) -> str | None:
+    """Process ``pid``'s start time (clock ticks since boot), None if none."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            # The name (field 2) may hold spaces and parentheses: split after its end.
+            return stat.read().rsplit(b")", 1)[1].split()[19].decode()
+    except (OSError, IndexError):
+        return None
+
+
+def _pid_namespace() -> str:
+    return str(os.stat("/proc/self/ns/pid").st_ino)
+
+
+_owners: dict[int, str] = {}
+
+
+def owner() -> str:
+    """The alias given to this process's links: who to ask whether they are
+    still someone's (a pid is reused, a pid with its start time is not)."""
+    pid = os.getpid()  # a forked child is an owner of its own
+    if pid not in _owners:
+        _owners[pid] = f"{_TAG} {_pid_namespace()} {pid} {_started(pid)}"
+    return _owners[pid]
+
+
+def stale(alias: str | None) -> bool:
+    """Whether an ``aslu*`` link with ``alias`` belongs to a process of our PID
+    namespace that no longer runs."""
+    parts = (alias or "").split()
+    if len(parts) != 4 or parts[0] != _TAG or parts[1] != _pid_namespace():
+        return False  # not ours to judge
+    return not parts[2].isdigit() or _started(int(parts[2])) != parts[3]
+
+
+async def sweep_stale() -> list[str]:
+    """Sweep every ``aslu*`` link whose owner has died (:func:`stale`): one
+    link dump (a request the kernel answers inside ``send``); returns their
+    names."""
+    from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
+
+    query = ifinfmsg()
+    query["header"]["type"] = _RTM_GETLINK
+    rtnl = Rtnl.open()
+    try:
+        answers = await rtnl.request(query, _NLM_F_DUMP)
+    finally:
+        rtnl.close()
+    found = []
+    for answer in answers:
+        link = ifinfmsg(answer)
+        with contextlib.suppress(Exception):  # a message we cannot decode: not ours
+            link.decode()
+            name = link.get_attr("IFLA_IFNAME") or ""
+            if name.startswith("aslu") and stale(link.get_attr("IFLA_IFALIAS")):
+                found.append(name)
+                sweep(int(link["index"]), name)
+    return found

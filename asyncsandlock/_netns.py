@@ -31,6 +31,42 @@ from the sandbox reaches the caller's host (its addresses, its listening
 sockets) and stops there.  docs/network-namespaces.md says what an operator
 adds to route it further.
 
+Uplinks built ahead
+-------------------
+Building an uplink is nine rtnetlink requests (the veth pair, its owner's
+alias, two addresses, two links up, a route, two index look-ups) on the caller's
+thread: 3-15 ms per run when done in the run.  So a root caller keeps up to
+:data:`UPLINKS_READY` of them built ahead (:class:`_Uplinks`): a background
+task of the event loop (no thread) builds them one request at a time, with a
+checkpoint after each (``Rtnl.request``), so the loop never waits for more
+than one request; a run takes a built one (a list pop) and only adds its
+``publish`` forwarder.  The keeper is woken when a run that used an uplink
+has ended (:meth:`Network.aclose`), not when it takes one: its requests then
+do not compete with the spawn for the loop.  When none is ready (the first
+run, a burst), the run builds its own, as before.
+
+Each uplink is used by one run only.  A namespace a sandbox has run in may
+keep what the sandbox left there -- sockets, TIME_WAIT entries, neighbour and
+conntrack state, changed sysctls, addresses or routes if it held
+CAP_NET_ADMIN there, processes still holding it -- and nothing short of a
+new namespace is a provable reset.  So a used uplink is closed and swept,
+never put back.  A ready one has had nothing run in it: our fd is its only
+holder (the build's netlink sockets are closed), it has no socket but the
+kernel's, and its configuration is exactly what :meth:`Network._uplink`
+made.
+
+The pool lives with the event loop whose task keeps it: when the loop ends
+the task is cancelled and closes every ready uplink (and one half-built);
+with its fd closed the kernel tears each namespace down, and its veth pair
+with it.  A SIGKILLed caller leaves nothing more: the kernel closes its fds,
+and the ready namespaces and their pairs go the same way.  What can outlive
+it is the link of a sandbox still running (PDEATHSIG kills the sandbox with
+its caller, so only one that escaped it, or a namespace held by another
+process): the link goes when that holder does; until then its slot is
+skipped by name (EEXIST), and the next caller's pool sweeps it: the link's
+alias names its owner, and a dead one's links are deleted
+(``_linksweep.sweep_stale``).
+
 Nothing left behind
 -------------------
 When the sandbox has been reaped (``SandboxedProcess.wait``), or at once if
@@ -43,6 +79,8 @@ namespace alive.  No run waits for it.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import errno
 import fcntl
 import ipaddress
@@ -54,9 +92,9 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from ._background import Background
+from ._background import Background, current_backend
 from ._core import lib
-from ._linksweep import sweep
+from ._linksweep import owner, sweep, sweep_stale
 from ._netpool import replenish, take
 from ._network import CAP_NET_ADMIN, CAP_SYS_ADMIN, NET_JOIN, NetworkInfo, holds
 from ._publish import Forwarder
@@ -73,6 +111,10 @@ UPLINK_NETWORK = ipaddress.IPv4Network("10.231.0.0/16")
 _SLOTS = UPLINK_NETWORK.num_addresses // 4
 #: Slots tried before giving up (each a taken link name).
 _ATTEMPTS = 64
+#: Uplinks kept built ahead, at most (:class:`_Uplinks`).
+UPLINKS_READY = 2
+#: For benchmarks only: False builds each uplink in its run (no pool).
+uplink_pool = True
 #: The sandbox's end of the veth pair, inside its namespace.
 SANDBOX_LINK = "eth0"
 _SIOCGIFFLAGS = 0x8913
@@ -137,20 +179,24 @@ class Network:
 
     # -- building ---------------------------------------------------------
 
-    async def _configure(self, fresh: bool) -> None:
+    async def _configure(self, fresh: bool, building: set[int] | None = None) -> None:
         if fresh:  # not one of the pool's, whose lo is up
             _loopback_up(self.netns_fd)
         if self.network == "uplink":
-            await self._uplink()
+            await self._uplink(building)
         if self.publish:
             self._forwarder = Forwarder(self.publish, self._connector)
 
-    async def _uplink(self) -> None:
+    async def _uplink(self, building: set[int] | None = None) -> None:
+        """The veth pair, addresses and route; ``building`` (the pool's) gets
+        the fds held meanwhile."""
         from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
 
         host = Rtnl.open()
         inside = Rtnl(socket_in(self.netns_fd, socket.AF_NETLINK, socket.SOCK_RAW,
                                 socket.NETLINK_ROUTE).detach())
+        if building is not None:
+            building |= {host.fileno(), inside.fileno()}
         try:
             start = random.randrange(_SLOTS)
             for attempt in range(_ATTEMPTS):
@@ -171,11 +217,14 @@ class Network:
             base = UPLINK_NETWORK.network_address + 4 * self._slot
             self.gateway, self.address = str(base + 1), str(base + 2)
             self._index = await _index_of(host, ifinfmsg, self.link)
+            await _alias(host, ifinfmsg, self._index, owner())
             await _address_and_up(host, ifinfmsg, self._index, self.gateway)
             await _address_and_up(inside, ifinfmsg, await _index_of(inside, ifinfmsg, SANDBOX_LINK),
                                   self.address)
             await _default_route(inside, self.gateway)
         finally:
+            if building is not None:
+                building -= {host.fileno(), inside.fileno()}
             host.close()
             inside.close()
 
@@ -205,6 +254,8 @@ class Network:
         self._close_and_sweep()
 
     def _close_and_sweep(self) -> None:
+        if self.network == "uplink":
+            _uplinks.want()  # its replacement, now that the run is over
         index, self._index = self._index, 0
         link, self.link = self.link, None
         fd, self.netns_fd = self.netns_fd, -1
@@ -277,6 +328,17 @@ async def _address_and_up(rtnl: Rtnl, ifinfmsg: Any, index: int, address: str) -
     await rtnl.request(up)
 
 
+async def _alias(rtnl: Rtnl, ifinfmsg: Any, index: int, alias: str) -> None:
+    """Name the owner of link ``index`` (``_linksweep.owner``): a link a dead
+    caller left is then told from a live one's.  A request of its own: the
+    kernel ignores ``IFLA_IFALIAS`` in the one that creates the link."""
+    msg = ifinfmsg()
+    msg["header"]["type"] = _RTM_NEWLINK
+    msg["index"] = index
+    msg["attrs"] = [("IFLA_IFALIAS", alias)]
+    await rtnl.request(msg)
+
+
 async def _default_route(rtnl: Rtnl, gateway: str) -> None:
     from pyroute2.netlink.rtnl.rtmsg import rtmsg
 
@@ -305,6 +367,11 @@ async def open_network(policy: Sandbox, compiled: Compiled) -> Network | None:
             raise OSError(errno.EPERM, f"network={policy.network!r}"
                           f"{' with publish' if policy.publish else ''} needs CAP_SYS_ADMIN "
                           "and CAP_NET_ADMIN in the caller's namespaces")
+        if policy.network == "uplink" and (ready := _uplinks.take()) is not None:
+            ready.publish = tuple(policy.publish)
+            if ready.publish:
+                ready._forwarder = Forwarder(ready.publish, ready._connector)
+            return ready
         netns_fd = take()  # made ahead, lo up (_netpool.py)
         fresh = netns_fd < 0
         if fresh:
@@ -323,3 +390,137 @@ async def open_network(policy: Sandbox, compiled: Compiled) -> Network | None:
     finally:
         replenish()  # the pool's next one, made while the sandbox runs
     return network
+
+
+def _loop() -> object:
+    """The running event loop (asyncio's loop, Trio's root task)."""
+    if current_backend() == "trio":
+        import trio
+
+        return trio.lowlevel.current_root_task()
+    return asyncio.get_running_loop()
+
+
+class _Uplinks:
+    """Uplinks built ahead, and the task of one event loop that builds them.
+
+    Single-threaded use, as every loop's: a take is a list pop, a want sets
+    an event of the keeper's loop (only from that loop)."""
+
+    def __init__(self) -> None:
+        self.ready: list[Network] = []
+        #: fds of the uplink being built (for tests: held()).
+        self.building: set[int] = set()
+        self.keeper: Background | None = None
+        self.loop: object = None
+        self.wake: anyio.Event | None = None
+        #: The host refused a build: no pool in this process (each run then
+        #: meets the refusal itself, and on_unavailable decides).
+        self.off = False
+        #: Whether links of dead callers were looked for (_linksweep.py).
+        self.swept = False
+
+    def take(self) -> Network | None:
+        if not uplink_pool or not self.ready:
+            return None
+        return self.ready.pop(0)
+
+    def want(self) -> None:
+        """Have the keeper build up to :data:`UPLINKS_READY` (start it in
+        this loop if none runs).  Returns at once."""
+        if not uplink_pool or self.off:
+            return
+        loop = _loop()
+        if self.keeper is None or self.keeper.done:
+            self.loop, self.wake = loop, None
+            self.keeper = Background.start(self._keep, "asyncsandlock uplink pool")
+        elif self.loop is loop and self.wake is not None:
+            self.wake.set()
+        # else: the keeper of another loop refills when its own runs end
+
+    async def _keep(self) -> None:
+        try:
+            if not self.swept:  # once per process: what a dead caller left
+                self.swept = True
+                with contextlib.suppress(OSError):
+                    await sweep_stale()
+            while True:
+                while uplink_pool and len(self.ready) < UPLINKS_READY:
+                    try:
+                        self.ready.append(await self._build())
+                    except OSError:
+                        self.off = True
+                        return
+                self.wake = anyio.Event()
+                await self.wake.wait()
+                self.wake = None
+        finally:
+            self.drain()
+
+    async def _build(self) -> Network:
+        netns_fd = take()  # made ahead by the maker, lo up (_netpool.py)
+        fresh = netns_fd < 0
+        if fresh:
+            netns_fd = _check(lib.asl_netns_new(), "a new network namespace")
+        else:
+            replenish()
+        network = Network(netns_fd, "uplink", ())
+        self.building.add(netns_fd)
+        try:
+            await anyio.lowlevel.checkpoint()
+            await network._configure(fresh, self.building)
+        except BaseException:
+            _forget(network)
+            raise
+        finally:
+            self.building.discard(netns_fd)
+        return network
+
+    def drain(self) -> None:
+        """Close every ready uplink: nothing ran in one, so our fd is its
+        namespace's only holder and the kernel removes it, and its veth pair
+        with it (no request of ours, nothing to await)."""
+        ready, self.ready = self.ready, []
+        for network in ready:
+            _forget(network)
+
+    def reset(self) -> None:
+        """In a forked child: the fds are copies, the keeper is the parent's."""
+        self.drain()
+        self.keeper, self.loop, self.wake, self.building = None, None, None, set()
+        self.off = False
+
+
+def _forget(network: Network) -> None:
+    fd, network.netns_fd = network.netns_fd, -1
+    network.link, network._index = None, 0
+    if fd >= 0:
+        os.close(fd)
+
+
+_uplinks = _Uplinks()
+os.register_at_fork(after_in_child=_uplinks.reset)
+
+
+def want_uplinks() -> None:
+    """Have the pool build its uplinks now, in the background (the first run
+    then takes one too); a root caller only.  Returns at once."""
+    _uplinks.want()
+
+
+def ready_uplinks() -> frozenset[str]:
+    """The caller's ends of the uplinks built ahead (for tests)."""
+    return frozenset(n.link for n in _uplinks.ready if n.link is not None)
+
+
+def held() -> frozenset[int]:
+    """The fds the uplink pool holds (for tests: no_leaks)."""
+    return frozenset({*(n.netns_fd for n in _uplinks.ready), *_uplinks.building})
+
+
+async def close_uplinks() -> None:
+    """Stop the keeper and close the ready uplinks (for tests, benchmarks)."""
+    keeper, _uplinks.keeper = _uplinks.keeper, None
+    if keeper is not None and _uplinks.loop is _loop():
+        await keeper.stop()
+    _uplinks.drain()

@@ -14,6 +14,13 @@ in one process (see ``_common.py``).  Needs root (CAP_SYS_ADMIN and
 CAP_NET_ADMIN) for the pool and the parent-made namespaces; unprivileged,
 ``"loopback"`` is measured in a user namespace and the others are skipped.
 
+Then ``"uplink"`` A/B (root only): each run building its own uplink (no
+pool) against taking one built ahead (``_netns.py``'s pool), with ``"host"``
+as the reference, interleaved per round; a ticker task (1 ms sleeps) records
+how late the loop woke it, the worst per call *including* the pool's refill
+after the run (each pooled round waits until the pool is full again, so its
+background requests are counted against it, not against the next contender).
+
 Target (issue 10): a loopback-only namespace adds at most 0.5 ms to a spawn.
 """
 
@@ -24,7 +31,7 @@ import sys
 
 import anyio
 
-from asyncsandlock import SYSTEM_READABLE, Sandbox, _linksweep, _netpool
+from asyncsandlock import SYSTEM_READABLE, Sandbox, _linksweep, _netns, _netpool
 
 from _common import Bench, Report, banner, interleave, median, parse_args, table, thread_count
 
@@ -84,6 +91,71 @@ async def run_backend(report: Report, backend: str, rounds: int) -> None:
     print(f"  threads after: {thread_count()}; load {os.getloadavg()[0]:.1f}")
 
 
+class Ticker:
+    """Sleeps 1 ms at a time and keeps the worst lateness of its wake-ups."""
+
+    def __init__(self) -> None:
+        self.worst = 0.0
+
+    async def run(self) -> None:
+        while True:
+            before = anyio.current_time()
+            await anyio.sleep(0.001)
+            self.worst = max(self.worst, anyio.current_time() - before - 0.001)
+
+
+async def uplink_ab(backend: str, rounds: int) -> None:
+    sb = {"host": Sandbox(fs_readable=SYSTEM_READABLE),
+          "uplink": Sandbox(fs_readable=SYSTEM_READABLE, network="uplink")}
+    times: dict[str, list[float]] = {"host": [], "uplink, no pool": [], "uplink, pool": []}
+    stalls: dict[str, list[float]] = {name: [] for name in times}
+    refill: list[float] = []  # the worst stall while the pool refills, alone
+    ticker = Ticker()
+
+    async def one(name: str) -> None:
+        _netns.uplink_pool = name != "uplink, no pool"
+        ticker.worst = 0.0
+        started = anyio.current_time()
+        result = await sb["host" if name == "host" else "uplink"].run(TRUE)
+        took = anyio.current_time() - started
+        assert result.returncode == 0, result
+        if name == "uplink, pool":  # its refill, counted against it
+            run_stall, ticker.worst = ticker.worst, 0.0
+            for _ in range(20000):
+                if len(_netns.ready_uplinks()) == _netns.UPLINKS_READY:
+                    break
+                await anyio.sleep(0.0005)
+            refill.append(ticker.worst)
+            ticker.worst = max(ticker.worst, run_stall)
+        times[name].append(took)
+        stalls[name].append(ticker.worst)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(ticker.run)
+        _netns.want_uplinks()
+        order = list(times)
+        for round_ in range(rounds + 2):
+            for name in order:
+                await one(name)
+            order.append(order.pop(0))
+            if round_ < 2:  # warm-up
+                for values in (*times.values(), *stalls.values(), refill):
+                    values.clear()
+        tg.cancel_scope.cancel()
+    _netns.uplink_pool = True
+    await _netns.close_uplinks()
+    host = median(times["host"])
+    print(f"\n  uplink A/B ({backend}, {rounds} rounds, interleaved; ms)")
+    print(f"    {'contender':<18}{'median run':>12}{'added':>9}{'median stall':>14}"
+          f"{'worst stall':>13}")
+    for name, took in times.items():
+        print(f"    {name:<18}{median(took) * 1e3:>12.3f}{(median(took) - host) * 1e3:>9.3f}"
+              f"{median(stalls[name]) * 1e3:>14.3f}{max(stalls[name]) * 1e3:>13.3f}")
+    print(f"    {'pool refill alone':<18}{'':>21}{median(refill) * 1e3:>14.3f}"
+          f"{max(refill) * 1e3:>13.3f}")
+    print(f"  load {os.getloadavg()[0]:.1f} (2 cores shared with other agents)")
+
+
 def main() -> int:
     args = parse_args("What Sandbox(network=...) adds to a spawn.")
     banner("bench_netns", args.quick, True)
@@ -91,6 +163,8 @@ def main() -> int:
     report = Report()
     for backend in args.backend or ("asyncio", "trio"):
         anyio.run(run_backend, report, backend, rounds, backend=backend)
+        if os.geteuid() == 0:
+            anyio.run(uplink_ab, backend, rounds, backend=backend)
     report.summary()
     return 0
 

@@ -15,7 +15,7 @@ import anyio
 import pytest
 
 import asyncsandlock
-from asyncsandlock import _linksweep, _netpool, _reaper
+from asyncsandlock import _linksweep, _netns, _netpool, _reaper
 from asyncsandlock._plan import compile_plan
 
 HELPERS = pathlib.Path(__file__).parent / "helpers"
@@ -73,7 +73,7 @@ def _not_reaper(fds: set[str], kids: set[int]) -> tuple[set[str], set[int]]:
     the link sweeper's socket (``_linksweep.py``)."""
     pid, held = _reaper.held()
     pool_kids, pool_fds = _netpool.held()
-    held |= pool_fds | _linksweep.held()
+    held |= pool_fds | _linksweep.held() | _netns.held()  # and the uplinks built ahead
     kids = kids - pool_kids
     return ({fd for fd in fds if int(fd.split("->", 1)[0]) not in held},
             kids - {pid} if pid is not None else kids)

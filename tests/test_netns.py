@@ -10,6 +10,7 @@ unprivileged path runs as uid 65534 in a fresh interpreter.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import pathlib
@@ -31,6 +32,7 @@ from asyncsandlock import (
     Sandbox,
     Subsystem,
     _linksweep,
+    _netns,
 )
 from asyncsandlock._netns import UPLINK_NETWORK
 from asyncsandlock._plan import peek
@@ -88,10 +90,35 @@ def no_link_left() -> Iterator[None]:
     yield
     # A run returns before the kernel has removed its link (_linksweep.py):
     # each must be gone within the grace the sweeper gives the kernel.
+    # The uplinks built ahead (_netns.py) are not left behind: they are the
+    # pool's, drained when the event loop ends (tested below).
     deadline = time.monotonic() + _linksweep.LINK_GRACE + 5
-    while links() - before and time.monotonic() < deadline:
+    while links() - before - _netns.ready_uplinks() and time.monotonic() < deadline:
         time.sleep(0.01)
-    assert links() - before == set(), "veth pairs left behind"
+    assert links() - before - _netns.ready_uplinks() == set(), "veth pairs left behind"
+
+
+def link_of(info: NetworkInfo | None) -> str:
+    """The caller's end of a sandbox's uplink, named by its /30 (_netns.py)."""
+    assert info is not None and info.gateway is not None
+    offset = int(ipaddress.IPv4Address(info.gateway)) - int(UPLINK_NETWORK.network_address)
+    return f"aslu{offset // 4}"
+
+
+async def warm() -> frozenset[str]:
+    """Have the pool build its uplinks, and wait until they are ready."""
+    _netns.want_uplinks()
+    for _ in range(3000):  # 30 s on a loaded machine
+        if len(_netns.ready_uplinks()) == _netns.UPLINKS_READY:
+            break
+        await anyio.sleep(0.01)
+    ready = _netns.ready_uplinks()
+    assert len(ready) == _netns.UPLINKS_READY
+    assert ready <= links()
+    for name in ready:  # who made it, for the next caller's sweep (_linksweep.py)
+        assert pathlib.Path(f"/sys/class/net/{name}/ifalias").read_text().strip() \
+            == _linksweep.owner()
+    return ready
 
 
 def release(sb: Sandbox) -> None:
@@ -302,10 +329,9 @@ async def test_a_link_whose_namespace_is_kept_alive_is_deleted_after_the_grace(
     # Someone else (here: the test) holds the sandbox's namespace, so the
     # kernel does not tear it down, nor the link, when the sandbox ends.
     monkeypatch.setattr(_linksweep, "LINK_GRACE", 0.2)
-    before = links()
-    sb = Sandbox(fs_readable=SYSTEM_READABLE, network="uplink")
+    sb = Sandbox(fs_readable=SYSTEM_READABLE, network="uplink", publish=[1])
     proc = await sb.open(["sleep", "30"])
-    (link,) = links() - before
+    link = link_of(proc.network)
     kept = os.open(f"/proc/{proc.pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
     try:
         proc.kill()
@@ -321,6 +347,167 @@ async def test_a_link_whose_namespace_is_kept_alive_is_deleted_after_the_grace(
         os.close(kept)
         await proc.aclose()
     release(sb)
+
+
+# -- uplinks built ahead (_netns.py: the pool) ------------------------------
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("publish", [False, True])
+async def test_a_run_takes_a_ready_uplink_once_and_reaches_the_caller(
+        anyio_backend: str, no_leaks: None, no_link_left: None, publish: bool) -> None:
+    ready = await warm()
+    with socket.socket() as server:
+        server.bind(("0.0.0.0", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        script = ("import sys\nhost = sys.stdin.readline().strip()\nsys.argv[1:] = [host, "
+                  f"'{port}']\n" + CONNECT + "sys.stdout.flush()\nsys.stdin.read()\n")
+        sb = Sandbox(fs_readable=READABLE, network="uplink", net_allow=[f":{port}"],
+                     publish=[8080] if publish else [])
+        async with await sb.open([PYTHON, "-c", script], stderr=subprocess.DEVNULL) as proc:
+            assert proc.stdin is not None and proc.stdout is not None
+            link = link_of(proc.network)
+            assert link in ready, "built ahead"
+            assert link not in _netns.ready_uplinks(), "taken: no other run gets it"
+            assert proc.network is not None and proc.network.gateway is not None
+            assert bool(proc.network.published) is publish
+            await proc.stdin.send(proc.network.gateway.encode() + b"\n")
+            assert (await proc.stdout.receive()).strip() == b"connected"
+            await proc.stdin.aclose()
+            assert await proc.wait() == 0
+        release(sb)
+    # Single use: the spent uplink goes, and is never handed out again.
+    for _ in range(1000):
+        if link not in links():
+            break
+        await anyio.sleep(0.01)
+    assert link not in links() and link not in _netns.ready_uplinks()
+
+
+@pytest.mark.anyio
+async def test_a_published_port_of_a_ready_uplink_is_reached(anyio_backend: str, no_leaks: None,
+                                                               no_link_left: None) -> None:
+    ready = await warm()
+    sb = Sandbox(fs_readable=READABLE, network="uplink", publish=[8080], net_allow_bind=[8080])
+    async with await sb.open([PYTHON, "-c", SERVE, "8080", "0.0.0.0", "1"],
+                             stderr=subprocess.DEVNULL) as proc:
+        assert proc.stdout is not None and proc.stdin is not None
+        assert await proc.stdout.receive() == b"bound\n"
+        assert link_of(proc.network) in ready
+        assert proc.network is not None
+        host, port = proc.network.published[8080]
+        async with await anyio.connect_tcp(host, port) as stream:
+            await stream.send(b"world")
+            assert await stream.receive() == b"hello world"
+        await proc.stdin.aclose()
+    assert proc.returncode == 0
+    release(sb)
+
+
+@pytest.mark.anyio
+async def test_concurrent_uplink_runs_get_distinct_links(anyio_backend: str, no_leaks: None,
+                                                         no_link_left: None) -> None:
+    await warm()
+    sb = Sandbox(fs_readable=SYSTEM_READABLE, network="uplink", publish=[1])
+    # One more than the pool holds: the last one is built in its run.
+    procs = [await sb.open(["sleep", "30"]) for _ in range(_netns.UPLINKS_READY + 1)]
+    try:
+        names = {link_of(proc.network) for proc in procs}
+        addresses = {proc.network.address for proc in procs if proc.network is not None}
+        assert len(names) == len(addresses) == len(procs)
+        assert names <= links()
+    finally:
+        for proc in procs:
+            proc.kill()
+            await proc.aclose()
+    release(sb)
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_the_pool_empties_when_its_loop_ends(backend: str, no_leaks: None,
+                                             no_link_left: None) -> None:
+    ready = anyio.run(warm, backend=backend)
+    # The keeper was cancelled with its loop: every ready uplink closed.
+    assert _netns.ready_uplinks() == frozenset() and _netns.held() == frozenset()
+    deadline = time.monotonic() + 10
+    while ready & links() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert ready & links() == set(), "the kernel removed each with its namespace"
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_a_loop_ending_while_the_pool_builds_leaves_nothing(backend: str, no_leaks: None,
+                                                            no_link_left: None) -> None:
+    async def cut(delay: float) -> None:
+        _netns.want_uplinks()
+        await anyio.sleep(delay)
+
+    before = links()
+    for delay in (0.0, 0.001, 0.002, 0.004, 0.008, 0.016):  # at each request of a build
+        anyio.run(cut, delay, backend=backend)
+        assert _netns.ready_uplinks() == frozenset() and _netns.held() == frozenset()
+    deadline = time.monotonic() + 10
+    while links() - before and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert links() - before == set(), "each half-built uplink went with its namespace"
+
+
+@pytest.mark.anyio
+async def test_close_uplinks_empties_the_pool(anyio_backend: str, no_leaks: None,
+                                              no_link_left: None) -> None:
+    ready = await warm()
+    await _netns.close_uplinks()
+    assert _netns.ready_uplinks() == frozenset() and _netns.held() == frozenset()
+    for _ in range(1000):
+        if not ready & links():
+            break
+        await anyio.sleep(0.01)
+    assert ready & links() == set()
+
+
+@pytest.mark.anyio
+async def test_a_dead_callers_link_is_swept_and_a_live_ones_is_not(
+        anyio_backend: str, no_leaks: None, no_link_left: None,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
+
+    from asyncsandlock._core import lib
+    from asyncsandlock._rtnl import Rtnl
+
+    # A SIGKILLed caller's link outlives it only while something holds its
+    # namespace (a sandbox process that escaped PDEATHSIG): here, our fds.
+    monkeypatch.setattr(_linksweep, "LINK_GRACE", 0.2)
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    pidns = os.stat("/proc/self/ns/pid").st_ino
+    aliases = {"dead": f"asyncsandlock {pidns} {gone.pid} 1",
+               "live": _linksweep.owner(),
+               "foreign": "asyncsandlock 1 1 1"}  # another PID namespace: not ours to judge
+    names = {kind: f"aslu{60000 + os.getpid() % 1000 * 3 + i}"  # beyond the library's slots
+             for i, kind in enumerate(aliases)}
+    fds = []
+    host = Rtnl.open()
+    try:
+        for kind, alias in aliases.items():
+            fds.append(lib.asl_netns_new())
+            assert fds[-1] >= 0
+            await host.request(_netns._veth(ifinfmsg, names[kind], fds[-1]), 0x600)
+            index = socket.if_nametoindex(names[kind])
+            await _netns._alias(host, ifinfmsg, index, alias)
+        swept = await _linksweep.sweep_stale()
+        assert names["dead"] in swept
+        assert names["live"] not in swept and names["foreign"] not in swept
+        for _ in range(1000):
+            if names["dead"] not in links():
+                break
+            await anyio.sleep(0.01)
+        assert names["dead"] not in links(), "deleted, though its namespace is held"
+        assert {names["live"], names["foreign"]} <= links(), "the control: left alone"
+    finally:
+        host.close()
+        for fd in fds:
+            os.close(fd)
 
 
 # -- refusals and the unprivileged path (in a fresh interpreter) ----------
