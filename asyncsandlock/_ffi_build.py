@@ -29,7 +29,8 @@ ffibuilder.set_source(
     '#include "spawn.h"\n#include <unistd.h>\n#include <sys/ioctl.h>\nextern char **environ;\n',
     # setuptools wants paths relative to the project root, where it runs us.
     sources=["csrc/spawn.c", "csrc/reaper.c", "csrc/group.c", "csrc/netns.c",
-             "csrc/guardcall.c", "csrc/netfast.c", "csrc/notifstep.c"],
+             "csrc/guardcall.c", "csrc/netfast.c", "csrc/notifstep.c",
+             "csrc/holes.c"],
     include_dirs=[str(_CSRC)],
     extra_compile_args=["-O2", "-Wall", "-Wextra", "-fno-stack-protector"],
 )

@@ -37,6 +37,7 @@ following a link needs no right of the link's own.
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -62,11 +63,41 @@ def beneath(path: str, tree: str) -> bool:
     return path == tree or path.startswith(tree.rstrip("/") + "/")
 
 
+@dataclass(frozen=True, slots=True)
+class Entries:
+    """Every entry of ``directory`` but the names of ``skip`` (the holes and
+    the ways to them) and symbolic links, each with the grant's rights:
+    the siblings of a hole, listed when the rules are added."""
+
+    directory: str
+    skip: frozenset[str]
+
+
 def carve(grant: str, denied: Iterable[str]) -> tuple[Rule, ...]:
     """The rules that give ``grant`` less every path of ``denied`` (all
     resolved with :func:`resolve`); empty when a denied path contains the
     grant.  Reads the directories on the way to each hole (``scandir``):
     local metadata, once per ruleset."""
+    rules = [rule for part in layout(grant, denied)
+             for rule in (entries_rules(part) if isinstance(part, Entries) else (part,))]
+    # In the order of a walk of the tree, each directory's entries by name.
+    return tuple(sorted(rules, key=lambda rule: rule.path.split("/")))
+
+
+def entries_rules(part: Entries) -> Iterator[Rule]:
+    """``part``'s rules, from the directory's listing of now, by name."""
+    with os.scandir(part.directory) as entries:
+        found = sorted(entries, key=lambda entry: entry.name)
+    for entry in found:
+        if entry.name not in part.skip and not entry.is_symlink():
+            yield Rule(entry.path, True)
+
+
+def layout(grant: str, denied: Iterable[str]) -> tuple[Rule | Entries, ...]:
+    """:func:`carve`'s rules with each holed directory's siblings left as one
+    :class:`Entries`, listed by whoever adds them (``_kernel._landlock`` does
+    it in C, in one call per directory).  Reads only the ways to the holes
+    (``lstat``), not the holed directories' listings."""
     holes = {resolve(path) for path in denied}
     if not holes:
         return (Rule(grant, True),)
@@ -81,7 +112,7 @@ def carve(grant: str, denied: Iterable[str]) -> tuple[Rule, ...]:
     return tuple(_split(root, inside))
 
 
-def _split(directory: str, holes: Sequence[str]) -> Iterator[Rule]:
+def _split(directory: str, holes: Sequence[str]) -> Iterator[Rule | Entries]:
     """Rules for ``directory``, with ``holes`` strictly beneath it."""
     yield Rule(directory, False)
     prefix = directory.rstrip("/") + "/"
@@ -90,21 +121,20 @@ def _split(directory: str, holes: Sequence[str]) -> Iterator[Rule]:
     for hole in holes:
         name = hole[len(prefix):].split("/", 1)[0]
         through.setdefault(name, []).append(hole)
-    with os.scandir(directory) as entries:
-        found = sorted(entries, key=lambda entry: entry.name)
-    for entry in found:
-        below = through.get(entry.name)
-        if below is None:
-            if not entry.is_symlink():
-                yield Rule(entry.path, True)
-            continue
-        if entry.path in below:
+    yield Entries(directory, frozenset(through))
+    for name in sorted(through):
+        below, path = through[name], prefix + name
+        if path in below:
             continue  # the hole itself
-        if entry.is_dir(follow_symlinks=False):
-            yield from _split(entry.path, below)
-        elif not entry.is_symlink():
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            continue  # a way not there (yet): whatever appears by that name gets nothing
+        if stat.S_ISDIR(st.st_mode):
+            yield from _split(path, below)
+        elif not stat.S_ISLNK(st.st_mode):
             # A hole "beneath" a file: nothing can lie there, the file keeps its rights.
-            yield Rule(entry.path, True)
+            yield Rule(path, True)
 
 
 def carve_all(grants: Iterable[str], denied: Sequence[str]) -> tuple[Rule, ...]:

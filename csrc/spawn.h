@@ -331,6 +331,13 @@ int asl_notif_step(int listener, int answer, uint64_t id, int64_t val, int32_t e
 /* asl_fast_address: the sockaddr of the connect asl_fast_pump left under
  * way, copied into `into` (128 bytes); its length. */
 unsigned asl_fast_address(struct asl_fast *f, void *into);
+/* asl_landlock_entries (holes.c): a rule with `rights` (`rights &
+ * file_rights` on a non-directory) on every entry of the directory open as
+ * `dirfd` (read from its start) but symbolic links and the names packed in
+ * skip[0..skip_len) (each NUL-terminated); entries gone since listed are
+ * passed over.  The number of rules added, or -errno. */
+int asl_landlock_entries(int ruleset, int dirfd, const char *skip, size_t skip_len,
+                         uint64_t rights, uint64_t file_rights);
 /* CDEF-END */
 
 #endif

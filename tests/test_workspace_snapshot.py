@@ -402,6 +402,35 @@ async def test_escape_a_concurrent_run_s_copy_is_not_readable(
         other.kill()
 
 
+@pytest.mark.anyio
+async def test_escape_the_holed_parent_is_listed_per_run(project: pathlib.Path,
+                                                         clean_host: None) -> None:
+    """The run's ruleset grants the siblings of the private directory from the
+    parent's listing at the run's start (``_workspace._holed_ruleset``: only
+    the rest of the policy's rules are kept between runs).  An entry made in
+    the parent during a run fails closed (escape); controls: the next run
+    reads it, and one that replaced a sibling between runs is the one read."""
+    (project.parent / "before.txt").write_text("before\n")  # the copy's ../..
+    sandbox = snap(workdir=project, on_exit="abort", fs_readable=[project.parent])
+    first = await sandbox.run(["cat", "../../before.txt"])
+    assert first.stdout == b"before\n", first.stderr
+    async with await sandbox.open(["sh", "-c", "read go; cat ../../late.txt 2>&1; echo rc=$?"],
+                                  stderr=subprocess.DEVNULL) as proc:
+        assert proc.stdin is not None and proc.stdout is not None
+        (project.parent / "late.txt").write_text("late\n")
+        await proc.stdin.send(b"go\n")
+        out = b""
+        with contextlib.suppress(anyio.EndOfStream):
+            while True:
+                out += await proc.stdout.receive()
+        await proc.wait()
+    assert b"Permission denied" in out and out.endswith(b"rc=1\n"), out
+    (project.parent / "new.txt").write_text("new\n")
+    os.replace(project.parent / "new.txt", project.parent / "before.txt")
+    later = await sandbox.run(["sh", "-c", "cat ../../late.txt ../../before.txt"])
+    assert later.stdout == b"late\nnew\n", later.stderr
+
+
 NOBODY_PEEK = """
 import os, subprocess, sys
 import anyio, anyio._backends._asyncio, anyio._backends._trio  # root's files: import first

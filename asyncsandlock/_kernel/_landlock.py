@@ -17,11 +17,12 @@ import os
 import stat
 import struct
 import weakref
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from .._core import ffi, lib
-from .._holes import carve, is_denied
+from .._holes import Entries, Rule, entries_rules, is_denied, layout
 from .._types import Subsystem
 from ._sys import SYSCALLS, syscall
 
@@ -214,16 +215,45 @@ def _add_grants(ruleset: int, grants: tuple[str, ...], rights: int,
     on each rule of :func:`carve` that it covers whole, listing on the
     directories on the way to a hole."""
     for grant in grants:
-        for rule in carve(grant, denied):
-            if rule.whole and rule.path == grant:  # no hole in it
+        for part in layout(grant, denied):
+            if isinstance(part, Entries):
+                if keep is None:
+                    _add_entries(ruleset, part, rights)
+                    continue
+                rules: Iterable[Rule] = entries_rules(part)  # a Recipe keeps each fd
+            elif part.whole and part.path == grant:  # no hole in it
                 _add_path(ruleset, grant, rights, keep=keep)
                 continue
-            # FileNotFoundError: removed since it was listed, nothing left to grant.
-            with contextlib.suppress(FileNotFoundError):
-                # O_NOFOLLOW: an entry swapped for a symbolic link since it was
-                # listed must not carry the rule to the link's target.
-                _add_path(ruleset, rule.path, rights if rule.whole else rights & FS_READ_DIR,
-                          os.O_NOFOLLOW, keep)
+            else:
+                rules = (part,)
+            for rule in rules:
+                # FileNotFoundError: removed since it was listed, nothing left to grant.
+                with contextlib.suppress(FileNotFoundError):
+                    # O_NOFOLLOW: an entry swapped for a symbolic link since it
+                    # was listed must not carry the rule to the link's target.
+                    _add_path(ruleset, rule.path,
+                              rights if rule.whole else rights & FS_READ_DIR,
+                              os.O_NOFOLLOW, keep)
+
+
+def _add_entries(ruleset: int, part: Entries, rights: int) -> None:
+    """The siblings of holes, ``part``, granted ``rights`` in one call into C
+    (csrc/holes.c): the directory listed there, each entry opened by its
+    name relative to it."""
+    try:
+        # O_NOFOLLOW: the directory was resolved; one swapped for a link
+        # since is refused (ELOOP) rather than followed.
+        where = os.open(part.directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+                        | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return  # removed since: nothing left to grant
+    try:
+        skip = b"".join(os.fsencode(name) + b"\0" for name in part.skip)
+        got = lib.asl_landlock_entries(ruleset, where, skip, len(skip), rights, _FILE_ONLY)
+    finally:
+        os.close(where)
+    if got < 0:
+        raise OSError(-got, f"{part.directory}: granting its entries: {os.strerror(-got)}")
 
 
 def _add_path(ruleset: int, path: str, rights: int, flags: int = 0,
