@@ -98,7 +98,12 @@ def layout(grant: str, denied: Iterable[str]) -> tuple[Rule | Entries, ...]:
     :class:`Entries`, listed by whoever adds them (``_kernel._landlock`` does
     it in C, in one call per directory).  Reads only the ways to the holes
     (``lstat``), not the holed directories' listings."""
-    holes = {resolve(path) for path in denied}
+    return layout_resolved(grant, frozenset(resolve(path) for path in denied))
+
+
+def layout_resolved(grant: str, holes: frozenset[str]) -> tuple[Rule | Entries, ...]:
+    """:func:`layout` with the holes resolved already (:func:`resolve`):
+    a ruleset resolves them once for all its grants."""
     if not holes:
         return (Rule(grant, True),)
     root = resolve(grant)

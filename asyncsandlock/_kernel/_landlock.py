@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .._core import ffi, lib
-from .._holes import Entries, Rule, entries_rules, is_denied, layout
+from .._holes import Entries, Rule, entries_rules, is_denied, layout_resolved, resolve
 from .._types import Subsystem
 from ._sys import SYSCALLS, syscall
 
@@ -214,8 +214,9 @@ def _add_grants(ruleset: int, grants: tuple[str, ...], rights: int,
     """Rules for ``grants`` less the holes of ``denied``: the grant's rights
     on each rule of :func:`carve` that it covers whole, listing on the
     directories on the way to a hole."""
+    holes = frozenset(resolve(path) for path in denied)  # once, not once per grant
     for grant in grants:
-        for part in layout(grant, denied):
+        for part in layout_resolved(grant, holes):
             if isinstance(part, Entries):
                 if keep is None:
                     _add_entries(ruleset, part, rights)
