@@ -338,6 +338,9 @@ unsigned asl_fast_address(struct asl_fast *f, void *into);
  * passed over.  The number of rules added, or -errno. */
 int asl_landlock_entries(int ruleset, int dirfd, const char *skip, size_t skip_len,
                          uint64_t rights, uint64_t file_rights);
+/* asl_landlock_add_rules (holes.c): `count` path-beneath rules, packed
+ * (12 bytes each), added to `ruleset`; 0, or -errno. */
+int asl_landlock_add_rules(int ruleset, const void *packed, size_t count);
 /* CDEF-END */
 
 #endif

@@ -24,7 +24,7 @@ from typing import Any
 from .._core import ffi, lib
 from .._holes import Entries, Rule, entries_rules, is_denied, layout_resolved, resolve
 from .._types import Subsystem
-from ._sys import SYSCALLS, syscall
+from ._sys import syscall
 
 # Filesystem rights (uapi/linux/landlock.h), newest first with their ABI.
 FS_EXECUTE = 1 << 0
@@ -139,15 +139,11 @@ class Recipe:
             if self._packed is None:
                 self._packed = ffi.new("char[]", b"".join(
                     struct.pack("=Qi", rights, target) for target, rights in self.paths) or b"\0")
-            # The C calls straight: cffi's argument conversion per call was
-            # most of a copy's cost (10 us a rule, now ~2).
-            add, nr, packed = lib.syscall, SYSCALLS["landlock_add_rule"], self._packed
-            ruleset, kind, zero = ffi.cast("long", fd), ffi.cast("long", _RULE_PATH_BENEATH), \
-                ffi.cast("long", 0)
-            for i in range(len(self.paths)):
-                if add(nr, ruleset, kind, packed + 12 * i, zero) == -1:
-                    err = ffi.errno
-                    raise OSError(err, f"landlock_add_rule: {os.strerror(err)}")
+            # All rules in one call into C (csrc/holes.c): cffi's argument
+            # conversion per call was most of a copy's cost.
+            got = lib.asl_landlock_add_rules(fd, self._packed, len(self.paths))
+            if got < 0:
+                raise OSError(-got, f"landlock_add_rule: {os.strerror(-got)}")
             for right, port in self.ports:
                 _add_port(fd, right, port)
         except BaseException:
