@@ -1,6 +1,7 @@
 """What a snapshot run's holed ruleset costs (issue 12, docs/workspaces.md).
 
     [BASELINE=<commit>] .venv/bin/python benchmarks/bench_holed_ruleset.py [--rounds N]
+        [--runs [--backend asyncio|trio]]
 
 A workdir whose parent holds 200, then 2,000 entries, and a policy of
 ``SYSTEM_READABLE`` plus that parent: each snapshot run needs a ruleset of
@@ -12,6 +13,10 @@ grant.  Timed per ruleset, interleaved round by round in one process:
   reaches the private directory (the floor);
 - with ``BASELINE``, that commit's way (``build_ruleset`` of the policy plus
   the hole, from the paths), loaded beside this tree (``_baseline.py``).
+
+``--runs``: whole snapshot runs instead (``run(["true"])`` of a 100-file
+workdir): this tree with the hole, without it (``_workspace.HOLE``), and
+the baseline's, for both parents, all interleaved round by round.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ import anyio
 from _baseline import load
 
 import asyncsandlock
+from asyncsandlock import _workspace
 from asyncsandlock._plan import owner_of
 from asyncsandlock._workspace import _holed_ruleset, _recipe
 
@@ -96,7 +102,49 @@ async def main(rounds: int) -> None:
     print(f"load average {os.getloadavg()[0]:.1f} (medians of {rounds} interleaved rounds)")
 
 
+async def runs(rounds: int) -> None:
+    baseline = load()
+    versions: list[tuple[str, Any]] = [("hole", asyncsandlock), ("no hole", asyncsandlock)]
+    if baseline is not None:
+        versions.append(baseline)
+    sandboxes: dict[tuple[int, str], Any] = {}
+    scratches = []
+    try:
+        for entries in (200, 2000):
+            scratch, parent, work, home = _parent(entries)
+            scratches.append(scratch)
+            os.rmdir(home)  # the runs make it
+            for i in range(100):
+                with open(os.path.join(work, f"f{i:03d}"), "w") as f:
+                    f.write("x" * 100)
+            for name, module in versions:
+                sandboxes[(entries, name)] = module.Sandbox(
+                    fs_readable=[*module.SYSTEM_READABLE, parent], workdir=work,
+                    workdir_mechanism="snapshot", on_exit="abort")
+        times: dict[tuple[int, str], list[int]] = {key: [] for key in sandboxes}
+        for _ in range(rounds + 1):  # the first round warms up
+            for key, sandbox in sandboxes.items():
+                _workspace.HOLE = key[1] != "no hole"
+                start = time.perf_counter_ns()
+                await sandbox.run(["true"])
+                times[key].append(time.perf_counter_ns() - start)
+    finally:
+        _workspace.HOLE = True
+        for scratch in scratches:
+            shutil.rmtree(scratch)
+    for (entries, name), ts in times.items():
+        median = statistics.median(ts[1:]) / 1e6
+        print(f"parent of {entries:5d} entries, {name:8s} {median:6.1f} ms")
+    print(f"load average {os.getloadavg()[0]:.1f} (medians of {rounds} interleaved rounds)")
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--rounds", type=int, default=30)
-    anyio.run(main, parser.parse_args().rounds)
+    parser.add_argument("--runs", action="store_true", help="whole snapshot runs")
+    parser.add_argument("--backend", default="asyncio", choices=("asyncio", "trio"))
+    args = parser.parse_args()
+    if args.runs:
+        anyio.run(runs, args.rounds, backend=args.backend)
+    else:
+        anyio.run(main, args.rounds)
