@@ -60,7 +60,7 @@ from ._workspace import (
 )
 from .handlers import builtin_handlers
 from .handlers.net import resolve_names
-from .handlers.process_limit import sees_threads
+from .handlers.process_limit import sees_every_sigaction, sees_threads
 
 if TYPE_CHECKING:
     from ._netns import Network
@@ -321,7 +321,8 @@ def _routing(sandbox: Sandbox, compiled: Compiled, handlers: tuple[Handler, ...]
     self_trapped = frozenset(names[nr] for nr, chain in routes.items()
                              if (names[nr] in plan.guarded
                              and any(handler not in builtins for handler in chain))
-                             or (names[nr] == "clone" and sees_threads(chain)))
+                             or (names[nr] == "clone" and sees_threads(chain))
+                             or (names[nr] == "rt_sigaction" and sees_every_sigaction(chain)))
     found = Routing(routes, names, frozenset(names.values()), self_trapped)
     if not handlers:
         compiled.routing[key] = found

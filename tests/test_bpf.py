@@ -157,6 +157,8 @@ def sweep_action(s: FilterSpec, name: str | None) -> int:
         "socket": EAFNOSUPPORT, "socketpair": EAFNOSUPPORT,  # family 0, AF_UNSPEC
         "ioprio_set": EPERM,  # which 0 is no IOPRIO_WHO_*
         **{n: ALLOW if n in s.guarded else allowed for n in ON_SELF_WHEN_ZERO},
+        # signal 0, act NULL: a query, trapped only for a handler that wants all
+        "rt_sigaction": allowed if "rt_sigaction" in s.self_trapped else ALLOW,
     }
     if name in special:
         return special[name]
@@ -396,6 +398,30 @@ def test_threads_go_untrapped_unless_a_handler_wants_them(arch: str) -> None:
     for flag_name, flag in CLONE_REFUSED.items():
         assert untrapped.run("clone", flag | CLONE_PTHREAD) == EPERM, flag_name
     assert untrapped.outcomes("clone") == {ALLOW, notif, EPERM}
+
+
+@pytest.mark.parametrize("arch", ARCHES)
+def test_only_new_sigchld_actions_are_trapped_for_max_processes(arch: str) -> None:
+    """rt_sigaction trapped for ``max_processes`` alone (``self_trapped``
+    without it): a new SIGCHLD action reaches the supervisor, whatever the
+    high word of the signal or which word of the pointer is set; other
+    signals and queries (``act`` NULL) pass.  Controls: a handler that wants
+    every call sees every call; untrapped, all pass."""
+    sigchld, act = 17, 0x7FFD_1234_5678
+    narrow = Filter.build(spec(arch, notify=frozenset({"rt_sigaction"})))
+    every = Filter.build(spec(arch, notify=frozenset({"rt_sigaction"}),
+                              self_trapped=frozenset({"rt_sigaction"})))
+    untrapped = Filter.build(spec(arch))
+    notif = every.allowed("rt_sigaction")
+    for signum, pointer in ((sigchld, act), (sigchld, 0x7FFD_0000_0000), (sigchld, 0x1000),
+                            (sigchld | 0xFFFFFFFF_00000000, act)):
+        assert narrow.run("rt_sigaction", signum, pointer) == notif, (hex(signum), hex(pointer))
+    for signum, pointer in ((sigchld, 0), (2, act), (14, act), (sigchld + 1, act), (0, act)):
+        assert narrow.run("rt_sigaction", signum, pointer) == ALLOW, (hex(signum), hex(pointer))
+        assert every.run("rt_sigaction", signum, pointer) == notif
+        assert untrapped.run("rt_sigaction", signum, pointer) == ALLOW
+    assert untrapped.run("rt_sigaction", sigchld, act) == ALLOW
+    assert narrow.outcomes("rt_sigaction") == {ALLOW, notif}
 
 
 @pytest.mark.parametrize("arch", ARCHES)

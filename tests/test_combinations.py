@@ -390,33 +390,14 @@ async def test_workdir_with_uid_and_a_network_of_its_own(anyio_backend: str,
     assert not (tree / "made").exists()  # aborted
 
 
-# A SIGCHLD handler without SA_RESTART, and children exiting while the next
-# fork is trapped: the kernel never fails a fork with EINTR by itself.
-SIGNALLED_FORKS = r"""
-import os, signal
-signal.signal(signal.SIGCHLD, lambda *a: None)
-signal.siginterrupt(signal.SIGCHLD, True)
-failed = 0
-for _ in range(100):
-    try:
-        pid = os.fork()
-    except InterruptedError:
-        failed += 1
-        continue
-    if pid == 0:
-        os._exit(0)
-print(failed)
-"""
+# Forks under a SIGCHLD handler without SA_RESTART (helpers/signalled_forks.py).
+SIGNALLED_FORKS = (pathlib.Path(__file__).parent / "helpers" / "signalled_forks.py").read_text()
 
 
 @pytest.mark.anyio
-@pytest.mark.xfail(strict=False, reason=(
-    "remains (docs/limits.md, 'Forks and signals'): a signal between the trap and the "
-    "supervisor's RECV ends the trapped fork with EINTR (WAIT_KILLABLE_RECV covers only the "
-    "wait after the RECV; tests/test_fork_signals.py): 9-38% of these forks here, growing "
-    "with the machine's load; 45-46% before"))
 async def test_max_processes_forks_are_not_interrupted_by_signals(anyio_backend: str) -> None:
-    control = await Sandbox(fs_readable=READABLE).run([PY, "-c", SIGNALLED_FORKS])
+    control = await Sandbox(fs_readable=READABLE).run([PY, "-c", SIGNALLED_FORKS, "100"])
     assert control.stdout.split() == [b"0"], control.stderr
-    got = await Sandbox(fs_readable=READABLE, max_processes=1000).run([PY, "-c", SIGNALLED_FORKS])
+    got = await Sandbox(fs_readable=READABLE, max_processes=1000).run(
+        [PY, "-c", SIGNALLED_FORKS, "100"])
     assert got.stdout.split() == [b"0"], got.stderr

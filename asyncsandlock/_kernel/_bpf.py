@@ -166,7 +166,9 @@ class FilterSpec:
     #: them through unseen (glibc reads RLIMIT_STACK at every exec).  And
     #: ``clone`` when a handler wants the clones that make a thread of the
     #: process itself (CLONE_THREAD): ``max_processes`` alone lets them
-    #: through unseen (``handlers/process_limit.py``, ``sees_threads``).
+    #: through unseen (``handlers/process_limit.py``, ``sees_threads``);
+    #: likewise ``rt_sigaction``, of which it sees only new SIGCHLD actions
+    #: (``sees_every_sigaction``).
     self_trapped: frozenset[str] = frozenset()
     #: Kernel ping sockets (SOCK_DGRAM with IPPROTO_ICMP or ICMPV6): ``icmp://`` rules.
     allow_icmp: bool = False
@@ -260,6 +262,32 @@ def _clone(c: _Ctx) -> _Action:
     asm.emit(_JSET_K, ~_CLONE_ALLOWED, 0, 1)
     asm.ret(_EPERM)
     asm.emit(_JSET_K, _CLONE_THREAD, 0, 1)
+    asm.ret(RET_ALLOW)
+    asm.ret(c.allow)
+    return _block(asm)
+
+
+_SIGCHLD = 17  # the same on every arch of the table
+
+
+def _rt_sigaction(c: _Ctx) -> _Action:
+    """Trapped for ``max_processes`` alone (no handler of ``self_trapped``
+    wants every call): only a new action for SIGCHLD, so that the
+    supervisor can make its handler restart (``handlers/process_limit.py``,
+    docs/limits.md "Forks and signals").  Every other signal, and a query
+    (``act`` NULL, both words 0), passes unseen: a program sets dozens of
+    actions as it starts.  The signal is an ``int``: its low word."""
+    if c.allow != RET_USER_NOTIF or c.name in c.spec.self_trapped:
+        return c.allow
+    asm = _Asm()
+    asm.load(_arg_lo(0))
+    asm.emit(_JEQ_K, _SIGCHLD, 1, 0)
+    asm.ret(RET_ALLOW)
+    asm.load(_arg_lo(1))
+    asm.emit(_JEQ_K, 0, 1, 0)
+    asm.ret(c.allow)
+    asm.load(_arg_hi(1))
+    asm.emit(_JEQ_K, 0, 0, 1)
     asm.ret(RET_ALLOW)
     asm.ret(c.allow)
     return _block(asm)
@@ -509,6 +537,12 @@ CHECKS: Mapping[str, Callable[[_Ctx], _Action]] = {
     "ioprio_set": _ioprio_set,
 }
 
+#: Allowed syscalls whose trap, when a built-in handler asks for one, is
+#: narrowed to the calls it needs; the rest pass unseen.
+NARROWED: Mapping[str, Callable[[_Ctx], _Action]] = {
+    "rt_sigaction": _rt_sigaction,
+}
+
 
 def _unkeyed(spec: FilterSpec, name: str) -> _Action:
     """What the filter does with ``name``, keyed exemption aside."""
@@ -518,7 +552,7 @@ def _unkeyed(spec: FilterSpec, name: str) -> _Action:
     if name in spec.deny:
         action = ret_errno(errno.ENOSYS if rule is Rule.ENOSYS else errno.EPERM)
     elif rule is Rule.ALLOW:
-        action = c.allow
+        action = NARROWED[name](c) if name in NARROWED else c.allow
     elif rule is Rule.ENOSYS:
         action = ret_errno(errno.ENOSYS)
     elif rule is Rule.EPERM:

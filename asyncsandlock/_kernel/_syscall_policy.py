@@ -203,8 +203,11 @@ _GROUPS: Final[dict[str, dict[str, tuple[Rule, str]]]] = {
     },
     "@signal": {
         **{n: (_A, "the process's own signal state") for n in (
-            "rt_sigaction", "rt_sigprocmask", "rt_sigreturn", "rt_sigpending", "rt_sigtimedwait",
+            "rt_sigprocmask", "rt_sigreturn", "rt_sigpending", "rt_sigtimedwait",
             "rt_sigsuspend", "sigaltstack", "signalfd", "signalfd4", "pause", "restart_syscall")},
+        "rt_sigaction": (_A, "the process's own signal actions; under max_processes a new "
+                             "SIGCHLD action goes to the supervisor, which makes its handler "
+                             "restart (docs/limits.md)"),
     },
     "@timer": {
         **{n: (_A, "timers of the process's own") for n in (
