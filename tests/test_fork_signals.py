@@ -253,3 +253,16 @@ async def test_a_handler_of_its_own_on_rt_sigaction_sees_every_call(anyio_backen
     assert got.stdout.split() == [b"0", b"1", b"0"], got.stderr
     assert {17, 10} <= set(every.signals)  # SIGCHLD and SIGUSR1
     assert len(every.signals) > 10  # the interpreter's own start sets many
+
+
+@needs_nobody_userns
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_as_uid_65534_dash_pipelines_under_max_processes(backend: str) -> None:
+    """The same from a uid 65534 caller (its supervisor writes the flags as
+    that uid), with its own ids and with ``uid=`` (a user namespace)."""
+    cases: list[tuple[dict[str, Any], list[str]]] = [
+        ({"max_processes": 64}, ["/bin/sh", "-c", DASH]),
+        ({"max_processes": 64, "uid": 1234}, ["/bin/sh", "-c", DASH]),
+        ({"max_processes": 8}, [PY, "-c", SA_FLAGS])]
+    runs = drive(AS_NOBODY, backend, cases)
+    assert [run["stdout"] for run in runs] == ["20\n", "20\n", "0 1 0\n"], runs
