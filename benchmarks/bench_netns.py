@@ -39,7 +39,8 @@ TRUE = ["/bin/true"]
 TARGET_MS = 0.5
 
 
-async def run_backend(report: Report, backend: str, rounds: int) -> None:
+def network_policies() -> dict[str, Sandbox]:
+    """One policy per network mode this caller may use (also netns_breakdown.py's)."""
     def sandbox(**kwargs: object) -> Sandbox:
         return Sandbox(fs_readable=SYSTEM_READABLE, **kwargs)  # type: ignore[arg-type]
 
@@ -47,6 +48,11 @@ async def run_backend(report: Report, backend: str, rounds: int) -> None:
     if os.geteuid() == 0:
         policies["loopback+publish"] = sandbox(network="loopback", publish=[8080])
         policies["uplink"] = sandbox(network="uplink")
+    return policies
+
+
+async def run_backend(report: Report, backend: str, rounds: int) -> None:
+    policies = network_policies()
 
     def runner(sb: Sandbox) -> Bench:
         async def call() -> object:

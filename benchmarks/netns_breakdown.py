@@ -36,12 +36,12 @@ from collections.abc import Callable
 from typing import Any
 
 import anyio
+from bench_netns import TRUE, network_policies
 
 from asyncsandlock import SYSTEM_READABLE, Sandbox, _netns, _netpool, _run
 
 from _common import banner, interleave, median, parse_args
 
-TRUE = ["/bin/true"]
 PHASES = ("take", "open", "spawn", "ns close", "rest", "total")
 
 
@@ -108,14 +108,7 @@ async def run_backend(backend: str, rounds: int) -> None:
     clock = Clock()
     hook(clock)
 
-    def sandbox(**kwargs: object) -> Sandbox:
-        return Sandbox(fs_readable=SYSTEM_READABLE, **kwargs)  # type: ignore[arg-type]
-
-    policies = {"host": sandbox(), "loopback": sandbox(network="loopback")}
-    if os.geteuid() == 0:
-        policies["loopback+publish"] = sandbox(network="loopback", publish=[8080])
-        policies["uplink"] = sandbox(network="uplink")
-
+    policies = network_policies()
     pooled = {name: True for name in policies}
     if os.geteuid() == 0:  # the same policy, its child unsharing its own namespace
         policies["loopback, no pool"] = policies["loopback"]
