@@ -135,6 +135,14 @@ def _peak(stdout: bytes) -> int:
     return int(lines[-1]) if lines else 0
 
 
+def _print_past(what: str, peaks: Sequence[int], budget: int) -> list[float]:
+    """Print how far ``peaks`` went past ``budget`` (median, worst); the MiB."""
+    over = [(peak - budget) / (1 << 20) for peak in peaks]
+    print(f"    {what} past the budget, MiB: median {median(over):.1f}, "
+          f"worst {max(over):.1f} (n={len(over)})")
+    return over
+
+
 def _hugehog(where: str) -> str:
     """tests/helpers/hugehog.c, compiled into ``where``."""
     src = pathlib.Path(__file__).resolve().parent.parent / "tests" / "helpers" / "hugehog.c"
@@ -177,9 +185,7 @@ async def bench_huge_pages(report: Report, backend: str, rounds: int) -> None:
                 peaks["sandlock"].append(_peak(theirs.run([hog, "fill"], timeout=60).stdout))
     for name, values in peaks.items():
         if values:
-            over = [(v - HUGE_BUDGET) / (1 << 20) for v in values]
-            print(f"    {name}: peak RSS past the budget, MiB: median {median(over):.1f}, "
-                  f"worst {max(over):.1f} (n={len(over)})")
+            _print_past(f"{name}: peak RSS", values, HUGE_BUDGET)
     if peaks["sandlock"]:
         # Not a target: sandlock 0.9's max_memory is RLIMIT_AS, which refuses
         # the allocator's next 16 MiB mapping (address space, its 2 MiB of
@@ -207,9 +213,7 @@ async def bench_versus(report: Report, backend: str, rounds: int) -> None:
                                                       timeout=60).stdout))
     for name, values in peaks.items():
         if values:
-            over = [(v - BUDGET) / (1 << 20) for v in values]
-            print(f"    {name}: fast allocator's peak RSS past the budget, MiB: median "
-                  f"{median(over):.1f}, worst {max(over):.1f} (n={len(over)})")
+            _print_past(f"{name}: fast allocator's peak RSS", values, BUDGET)
     if peaks["sandlock"]:
         ok = median(peaks["asyncsandlock"]) <= median(peaks["sandlock"])
         report.add(ok, f"overshoot {backend}: asyncsandlock "
@@ -290,9 +294,8 @@ async def bench_cgroup(report: Report, backend: str, rounds: int) -> None:
             assert result.reason is ExitReason.MEMORY_LIMIT, result
     finally:
         _cgroup.MemoryGroup.aclose = close  # type: ignore[method-assign]
-    over = [(peak - BUDGET) / (1 << 20) for peak in peaks]
-    print(f"    fast allocator under 100M in a {where}: the group's peak past the budget, "
-          f"MiB: median {median(over):.1f}, worst {max(over):.1f} (n={len(over)})")
+    over = _print_past(f"fast allocator under 100M in a {where}: the group's peak", peaks,
+                       BUDGET)
     report.add(max(over) <= 0, f"overshoot in a {where} {backend}: worst {max(over):.1f} MiB "
                                "(target: none)")
 
