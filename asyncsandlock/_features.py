@@ -22,7 +22,6 @@ it runs.
 
 from __future__ import annotations
 
-import contextlib
 import errno as _errno
 import functools
 import os
@@ -33,6 +32,7 @@ import anyio
 
 from ._core import ffi
 from ._exceptions import SpawnError
+from ._fd import Cleanup
 from ._kernel._landlock import RulesetSpec, abi_version, missing
 from ._kernel._notify import set_sync_wake_up
 from ._kernel._sys import syscall
@@ -210,12 +210,12 @@ async def _namespaces_and_sync(listener_ok: bool) -> tuple[Support, Support, Sup
     # Three scopes: our fds for the probe, the child's end of its pipe
     # (closed once it is spawned), and the child itself (killed if it hung,
     # reaped, whatever happens).
-    with contextlib.ExitStack() as always:
+    with Cleanup() as always:
         devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
         always.callback(os.close, devnull)
         out_r, out_w = os.pipe2(os.O_CLOEXEC)
         always.callback(os.close, out_r)
-        with contextlib.ExitStack() as child_ends:
+        with Cleanup() as child_ends:
             child_ends.callback(os.close, out_w)
             try:
                 child = spawn(plan, path=sys.executable,
@@ -225,7 +225,7 @@ async def _namespaces_and_sync(listener_ok: bool) -> tuple[Support, Support, Sup
             except SpawnError as exc:
                 failed = _stopped(exc)
                 return failed, failed, sync
-        with contextlib.ExitStack() as ending:
+        with Cleanup() as ending:
             # Killed if it hung (a zombie normally), reaped, its pidfd closed:
             # unwatched, as the one wait on it has returned by then.
             ending.callback(_kill_and_reap, child.pidfd)

@@ -17,7 +17,7 @@ from ._cgroup import memory_group, run_protections
 from ._collect import can_collect, collect
 from ._enforcement import unenforced_by_run
 from ._exceptions import PolicyError, SpawnError
-from ._fd import close_fds
+from ._fd import Cleanup, close_fds
 from ._handler import Handler, route
 from ._kernel._sys import SYSCALLS
 from ._limits import watched
@@ -79,7 +79,9 @@ MINIMAL_ENV = ("PATH", "HOME", "LANG", "TERM")
 def minimal_env() -> dict[str, str]:
     """The caller's :data:`MINIMAL_ENV` variables; PATH defaults to
     :data:`os.defpath` as execvp's does."""
-    env = {key: os.environ[key] for key in MINIMAL_ENV if key in os.environ}
+    # One lookup per name: os.environ encodes the key and decodes the value
+    # of each, and ``in`` followed by ``[]`` would do it twice.
+    env = {key: value for key in MINIMAL_ENV if (value := os.environ.get(key)) is not None}
     env.setdefault("PATH", os.defpath)
     return env
 
@@ -204,12 +206,12 @@ async def _open_in_turn(sandbox: Sandbox, argv: tuple[str, ...], *, stdin: Stdio
     # Two scopes, as trio's _open_process has them: the child's ends of its
     # pipes are closed once it is spawned (or not), ours only if no process
     # takes them over.
-    with contextlib.ExitStack() as cleanup_on_fail:
+    with Cleanup() as cleanup_on_fail:
         if network is not None:
             cleanup_on_fail.callback(network.discard)
         if memgroup is not None:
             cleanup_on_fail.callback(memgroup.discard)
-        with contextlib.ExitStack() as child_ends:
+        with Cleanup() as child_ends:
             # One callback per scope for fds made one by one: callbacks cost
             # ~1 us each, and this is every spawn's path.
             theirs: list[int] = []

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import functools
 import os
 import signal
 from collections.abc import Iterator, Mapping, Sequence
@@ -23,7 +24,7 @@ from typing import Any, NamedTuple
 
 from ._core import ffi, lib
 from ._exceptions import PolicyError, SpawnError
-from ._fd import close_fds
+from ._fd import Cleanup, close_fds
 from ._identity import fill_request
 from ._kernel._sys import syscall
 from ._plan import Compiled, Plan, TemplateKey
@@ -104,7 +105,7 @@ class HostsSpawn(NamedTuple):
 
 
 def _hosts_request(req: Any, hosts: HostsSpawn, floor: int,
-                   child_ends: contextlib.ExitStack) -> list[Any]:
+                   child_ends: Cleanup) -> list[Any]:
     """Fill ``req``'s pinned-names fields; returns the buffers it points into."""
     req.hosts_access = hosts.access
     if hosts.mode == lib.ASL_HOSTS_ATTACH:  # a clone of the file: a retried spawn gets its own
@@ -134,7 +135,7 @@ def _hosts_request(req: Any, hosts: HostsSpawn, floor: int,
 
 
 def _workspace_request(req: Any, ws: WorkspaceSpawn, floor: int,
-                       child_ends: contextlib.ExitStack) -> list[Any]:
+                       child_ends: Cleanup) -> list[Any]:
     """Fill ``req``'s workspace fields; returns the buffers it points into."""
     keep = [ffi.new("char[]", os.fsencode(ws.path))]
     req.workspace_path = keep[0]
@@ -279,12 +280,20 @@ def _net_mode(req: Any, plan: Plan) -> tuple[Any, ...]:
     return (*start, uid_map, gid_map)
 
 
+@functools.lru_cache(maxsize=64)
+def _encoded(env: tuple[tuple[str, str], ...]) -> list[bytes]:
+    """``env`` as ``NAME=value`` bytes.  Most runs of a program pass the same
+    few variables (a clean environment: four), so their encoding is kept:
+    looking the tuple up costs a fraction of encoding it again."""
+    return [os.fsencode(f"{k}={v}") for k, v in env]
+
+
 def _strings(req: Any, paths: tuple[str, ...], args: Sequence[bytes],
              env: Mapping[str, str] | None, cwd: str | None) -> tuple[Any, Any]:
     """Point ``req``'s paths, argv, envp and cwd into one char buffer and one
     pointer array, whatever the number of strings; returns both (they must
     outlive the call)."""
-    envs = [os.fsencode(f"{k}={v}") for k, v in env.items()] if env is not None else []
+    envs = _encoded(tuple(env.items())) if env is not None else []
     items = [*map(os.fsencode, paths), *args, *envs]
     if cwd is not None:
         items.append(os.fsencode(cwd))
@@ -307,7 +316,7 @@ def _strings(req: Any, paths: tuple[str, ...], args: Sequence[bytes],
     return buf, ptrs
 
 
-def _above(fd: int, floor: int, spares: contextlib.ExitStack) -> int:
+def _above(fd: int, floor: int, spares: Cleanup) -> int:
     """``fd``, or a CLOEXEC copy of it numbered at least ``floor`` (closed
     with ``spares``).
 
@@ -375,7 +384,7 @@ def spawn(plan: Plan | Compiled, *, path: str | tuple[str, ...], args: Sequence[
     keep.append(fd_map)
     req.fds, req.nfds = fd_map, len(fds)
     req.parent_pid = os.getpid()
-    with contextlib.ExitStack() as always:
+    with Cleanup() as always:
         ours = -1
         theirs: list[int] = []  # emptied by whichever closes it first
         if template.supervised:
@@ -394,7 +403,7 @@ def spawn(plan: Plan | Compiled, *, path: str | tuple[str, ...], args: Sequence[
         # an earlier measurement, under other code, found the opposite).
         err_r, err_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         always.callback(os.close, err_r)
-        with contextlib.ExitStack() as child_ends:
+        with Cleanup() as child_ends:
             # The child has exec'd or is on its way out when the call
             # returns: with our copies of its ends closed, neither channel
             # can wait on anything else.
@@ -417,7 +426,7 @@ def spawn(plan: Plan | Compiled, *, path: str | tuple[str, ...], args: Sequence[
         if pid < 0:
             raise SpawnError(-pid, os.strerror(-pid), step="clone")
         pidfd = pidfd_out[0]
-        with contextlib.ExitStack() as cleanup_on_fail:
+        with Cleanup() as cleanup_on_fail:
             cleanup_on_fail.callback(_kill_and_reap, pidfd)
             _check_started(req, err_r, paths)
             if req.reached != lib.ASL_STEP_EXECVE:
