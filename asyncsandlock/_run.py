@@ -29,7 +29,7 @@ from ._plan import Compiled, owner_of
 from ._process import SandboxedProcess
 from ._reaper import abandon, prepare, watch
 from ._result import Result
-from ._spawn import check_fd_count, resolve_executable, spawn
+from ._spawn import DEVNULL_FD, check_fd_count, resolve_executable, spawn
 from ._standby import Standby
 from ._streams import YIELD_EVERY, Capture
 from ._supervisor import Supervisor
@@ -103,9 +103,7 @@ def _stdio(targets: tuple[StdioTarget, StdioTarget, StdioTarget], child_ends: li
             ours[index] = mine
             child.append(theirs)
         elif target == DEVNULL:
-            fd = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
-            child_ends.append(fd)
-            child.append(fd)
+            child.append(DEVNULL_FD)
         elif target == STDOUT:
             if index != 2:
                 raise PolicyError("stdin" if index == 0 else "stdout", "STDOUT is only for stderr")

@@ -4,10 +4,9 @@ Everything the child touches is prepared here first; the call returns once
 the child has exec'd (or failed, in which case it is reaped here and the
 failing step comes back as :class:`SpawnError`).  Nothing here can wait on
 the child's goodwill: when the C call returns, the child has exec'd or is
-exiting, and our copies of its ends of the error pipe and the listener socket
-are closed at once.  The error pipe then holds its report (written before the
-child's exit), or never will (read without waiting); a listener, sent before
-exec, is already queued.
+exiting, and our copy of its end of the channel is closed at once.  The
+channel then holds its report (sent before the child's exit) and its
+listener (sent before exec), or never will (read without waiting).
 """
 
 from __future__ import annotations
@@ -24,7 +23,7 @@ from typing import Any, NamedTuple
 
 from ._core import ffi, lib
 from ._exceptions import PolicyError, SpawnError
-from ._fd import Cleanup, close_fds
+from ._fd import Cleanup
 from ._identity import fill_request
 from ._kernel._sys import syscall
 from ._plan import Compiled, Plan, TemplateKey
@@ -35,6 +34,9 @@ STEPS = dict(sorted((getattr(lib, name), name[len("ASL_STEP_"):].lower())
                    for name in dir(lib) if name.startswith("ASL_STEP_")))
 #: The most fds a child can be given (its fds 0 .. MAX_FDS-1).
 MAX_FDS: int = lib.ASL_MAX_FDS
+#: A source in :func:`spawn`'s ``fds``: /dev/null, opened by the child itself
+#: (one system call there, where the parent would open and close it).
+DEVNULL_FD: int = lib.ASL_FD_DEVNULL
 _SECCOMP_FILTER_FLAG_NEW_LISTENER = 1 << 3
 #: Once the supervisor has received a notification, only a fatal signal ends
 #: the wait for its answer (Linux 5.19; the child drops it on EINVAL, step
@@ -43,7 +45,6 @@ _SECCOMP_FILTER_FLAG_NEW_LISTENER = 1 << 3
 #: (docs/limits.md, "Forks and signals"); with it, only before the RECV.
 _SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV = 1 << 5
 _OPEN_TREE_CLONE = 1
-_REPORT_SIZE = ffi.sizeof("struct asl_report")
 
 
 @dataclass(frozen=True, slots=True)
@@ -385,33 +386,26 @@ def spawn(plan: Plan | Compiled, *, path: str | tuple[str, ...], args: Sequence[
     req.fds, req.nfds = fd_map, len(fds)
     req.parent_pid = os.getpid()
     with Cleanup() as always:
-        ours = -1
-        theirs: list[int] = []  # emptied by whichever closes it first
-        if template.supervised:
-            pair = ffi.new("int[2]")
-            if (err := lib.asl_channel(pair)) < 0:
-                raise OSError(-err, os.strerror(-err))
-            ours, theirs = pair[0], [pair[1]]
-            always.callback(os.close, ours)
-            always.callback(close_fds, theirs)
-        # Non-blocking: the vfork returns when the child has released our
-        # memory, in execve (before its CLOEXEC fds are closed) or in _exit,
-        # and a failing child writes its report before it exits: the report
-        # is there, or never will be.  A blocking read waited for the child
-        # to get from there to closing its fds (at times after a move to the
-        # other CPU): 4-5 % of a /bin/true run, A/B in one process (2026-11-30;
-        # an earlier measurement, under other code, found the opposite).
-        err_r, err_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
-        always.callback(os.close, err_r)
+        # One channel for what the child tells us: its failure report, and
+        # (supervised) its listener.  Read without waiting: the vfork returns
+        # when the child has released our memory, in execve (before its
+        # CLOEXEC fds are closed) or in _exit, and a failing child sends its
+        # report before it exits: all it sends is there, or never will be.
+        # A blocking read waited for the child to get from there to closing
+        # its fds (at times after a move to the other CPU): 4-5 % of a
+        # /bin/true run, A/B in one process (2026-11-30).
+        pair = ffi.new("int[2]")
+        if (err := lib.asl_channel(pair)) < 0:
+            raise OSError(-err, os.strerror(-err))
+        ours = pair[0]
+        always.callback(os.close, ours)
         with Cleanup() as child_ends:
             # The child has exec'd or is on its way out when the call
-            # returns: with our copies of its ends closed, neither channel
-            # can wait on anything else.
-            child_ends.callback(os.close, err_w)
-            child_ends.callback(close_fds, theirs)
+            # returns: with our copy of its end closed, the channel cannot
+            # wait on anything else.
+            child_ends.callback(os.close, pair[1])
             req.landlock_fd = _above(landlock_fd, len(fds), child_ends)
-            req.listener_sock = _above(theirs[0], len(fds), child_ends) if theirs else -1
-            req.errpipe = _above(err_w, len(fds), child_ends)
+            req.channel = _above(pair[1], len(fds), child_ends)
             if cgroup_procs >= 0:  # max_memory in a cgroup: written in the rlimit step
                 req.cgroup_procs_fd = _above(cgroup_procs, len(fds), child_ends)
             if netns_fd >= 0:
@@ -428,27 +422,30 @@ def spawn(plan: Plan | Compiled, *, path: str | tuple[str, ...], args: Sequence[
         pidfd = pidfd_out[0]
         with Cleanup() as cleanup_on_fail:
             cleanup_on_fail.callback(_kill_and_reap, pidfd)
-            _check_started(req, err_r, paths)
-            if req.reached != lib.ASL_STEP_EXECVE:
+            report = ffi.new("struct asl_report *")
+            got = ffi.new("int *", -1)
+            if (err := lib.asl_collect(ours, report, got)) < 0:
+                raise OSError(-err, os.strerror(-err))
+            listener = got[0] if got[0] >= 0 else None
+            if listener is not None:
+                cleanup_on_fail.callback(os.close, listener)
+            if report.step:
+                raise _reported(report, paths)
+            # No report, and nothing will come (we hold no other end): a
+            # child that did not get to exec, or sent no listener, died,
+            # killed from outside (it reports its own failures).
+            if req.reached != lib.ASL_STEP_EXECVE or (template.supervised and listener is None):
                 raise _died(req, pidfd)
-            listener = None if ours < 0 else _receive_listener(ours, req, pidfd)
             cleanup_on_fail.pop_all()  # the caller owns the child and its fds now
         return Spawned(pid, pidfd, listener, bool(req.own_group))
 
 
-def _check_started(req: Any, err_r: int, paths: tuple[str, ...]) -> None:
-    """Raise the child's failure report, if it wrote one."""
-    try:
-        data = os.read(err_r, _REPORT_SIZE)
-    except BlockingIOError:  # no report: the child exec'd
-        return
-    if not data:
-        return
-    report = ffi.cast("struct asl_report *", ffi.from_buffer(data))
+def _reported(report: Any, paths: tuple[str, ...]) -> SpawnError:
+    """The error for the child's failure report."""
     name = STEPS.get(report.step, f"step {report.step}")
     err = report.err
     if name != "execve":
-        raise SpawnError(err, os.strerror(err), step=name)
+        return SpawnError(err, os.strerror(err), step=name)
     tried = [(paths[i], report.errs[i]) for i in range(min(report.tried, len(report.errs)))]
     message = os.strerror(err)
     if len(paths) > 1:
@@ -461,18 +458,7 @@ def _check_started(req: Any, err_r: int, paths: tuple[str, ...]) -> None:
                     "under fs_readable)")
     # The candidate the errno came from: the first refused, else the last tried.
     culprit = next((p for p, e in tried if e == err), tried[-1][0] if tried else paths[0])
-    raise SpawnError(err, message, step="execve", filename=culprit)
-
-
-def _receive_listener(ours: int, req: Any, pidfd: int) -> int:
-    """The listener the child sent before it exec'd, or :class:`SpawnError`
-    if it died first."""
-    listener = int(lib.asl_receive_fd(ours))
-    if listener >= 0:
-        return listener
-    # Nothing there, and nothing will come (we hold no other end): the
-    # child died, killed from outside (it reports its own failures).
-    raise _died(req, pidfd)
+    return SpawnError(err, message, step="execve", filename=culprit)
 
 
 def _died(req: Any, pidfd: int) -> SpawnError:

@@ -27,8 +27,10 @@
  *    kernel's copy of the filter, which cannot be read back without ptrace,
  *    which is denied.
  *
- * Every failing step writes {step, errno} to the CLOEXEC error pipe and exits
- * with 127; a successful execve closes the pipe, so the parent reads EOF.
+ * Every failing step sends {step, errno} on its end of the channel (a CLOEXEC
+ * SEQPACKET socket pair: one message, whole) and exits with 127; a successful
+ * execve closes its end.  The listener goes the same way, as SCM_RIGHTS, so
+ * the parent reads one channel for both (asl_collect).
  * Before each step the child also stores the step's number in req->reached,
  * in the parent's memory: when something outside kills it (an outer seccomp
  * filter, the OOM killer), that is all the parent learns of where it died.
@@ -95,7 +97,7 @@ static inline void enter(struct asl_spawn_req *req, int step)
 __attribute__((noreturn)) static void report_and_exit(const struct asl_spawn_req *req,
                                                       const struct asl_report *report)
 {
-    KEYED(req, SYS_write, req->errpipe, report, sizeof *report);
+    KEYED(req, SYS_write, req->channel, report, sizeof *report);
     for (;;)
         KEYED(req, SYS_exit_group, 127, 0, 0);
 }
@@ -124,14 +126,35 @@ static long reset_signals(void)
     return 0;
 }
 
+/* ASL_FD_DEVNULL's file, numbered at least `above` (below it, a dup3 into
+ * its number would close it); CLOEXEC like every source. */
+static long open_devnull(int above)
+{
+    long fd = SYS3(SYS_openat, AT_FDCWD, "/dev/null", O_RDWR | O_CLOEXEC);
+    if (fd < 0 || fd >= above)
+        return fd;
+    long high = SYS3(SYS_fcntl, fd, F_DUPFD_CLOEXEC, above);
+    SYS3(SYS_close, fd, 0, 0);
+    return high;
+}
+
 static long map_fds(const struct asl_spawn_req *req)
 {
     /* Sources may collide with destinations (stdout=0, say): move every
      * source that is not already in place above all destinations first. */
     int above = req->nfds;
     int moved[ASL_MAX_FDS]; /* asl_spawn() refuses a larger nfds */
+    long devnull = -1;
     for (int i = 0; i < req->nfds; i++) {
         int src = req->fds[i].src;
+        /* Opened here rather than by the parent, which would open and
+         * close it around every spawn; before Landlock, as the parent's. */
+        if (src == ASL_FD_DEVNULL) {
+            if (devnull < 0 && (devnull = open_devnull(above)) < 0)
+                return devnull;
+            moved[i] = (int)devnull;
+            continue;
+        }
         if (src != req->fds[i].dst && src < above) {
             long fd = SYS3(SYS_fcntl, src, F_DUPFD_CLOEXEC, above);
             if (fd < 0)
@@ -437,7 +460,7 @@ static long send_fds(const struct asl_spawn_req *req, int sock, const int *fds, 
 
 static long send_listener(const struct asl_spawn_req *req, int listener)
 {
-    return send_fds(req, req->listener_sock, &listener, 1);
+    return send_fds(req, req->channel, &listener, 1);
 }
 
 #ifndef SYS_move_mount
@@ -952,6 +975,54 @@ static char *take_stack(size_t page, size_t size)
 int asl_channel(int *sv)
 {
     return socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) < 0 ? -errno : 0;
+}
+
+int asl_collect(int sock, struct asl_report *report, int *listener)
+{
+    *listener = -1;
+    memset(report, 0, sizeof *report);
+    for (;;) {
+        struct asl_report data;
+        struct iovec iov = {&data, sizeof data};
+        union {
+            char buf[CMSG_SPACE(2 * sizeof(int))];
+            struct cmsghdr align;
+        } control;
+        struct msghdr msg;
+        memset(&msg, 0, sizeof msg);
+        msg.msg_iov = &iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.buf;
+        msg.msg_controllen = sizeof control.buf;
+        ssize_t n = recvmsg(sock, &msg, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+        /* EAGAIN: the child's end is still open (it is in execve); 0: it is
+         * closed.  Either way, nothing more will come (see _spawn.py). */
+        if (n < 0 && errno == EAGAIN)
+            return 0;
+        if (n < 0) {
+            int err = errno;
+            if (*listener >= 0)
+                close(*listener);
+            *listener = -1;
+            return -err;
+        }
+        if (n == 0)
+            return 0;
+        struct cmsghdr *cmsg = CMSG_FIRSTHDR(&msg);
+        if (cmsg && cmsg->cmsg_level == SOL_SOCKET && cmsg->cmsg_type == SCM_RIGHTS) {
+            int fds[2];
+            size_t count = (cmsg->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+            memcpy(fds, CMSG_DATA(cmsg), count * sizeof(int));
+            for (size_t i = 0; i < count; i++) {
+                if (i == 0 && *listener < 0)
+                    *listener = fds[i];
+                else
+                    close(fds[i]);
+            }
+        } else if ((size_t)n == sizeof data) {
+            *report = data;
+        }
+    }
 }
 
 int asl_receive_fd(int sock)

@@ -11,7 +11,7 @@
 #include <stddef.h>
 
 /* CDEF-BEGIN */
-/* Steps the child reports through the error pipe, numbered in the order it
+/* Steps the child reports on its channel, numbered in the order it
  * runs them (asyncsandlock/_spawn.py reads the names from here). */
 enum asl_step {
     ASL_STEP_SIGNALS = 1,
@@ -66,7 +66,9 @@ enum {
     /* The child's fds 0 .. nfds-1: nfds is at most this. */
     ASL_MAX_FDS = 1024,
     /* Execve candidates whose errno the report carries. */
-    ASL_REPORT_ERRS = 16
+    ASL_REPORT_ERRS = 16,
+    /* An asl_fd_map src: /dev/null, opened by the child (map_fds). */
+    ASL_FD_DEVNULL = -2
 };
 
 /* Child fd `dst` becomes a copy of parent fd `src`. */
@@ -81,7 +83,7 @@ struct asl_rlimit {
     uint64_t max;
 };
 
-/* The report written to the error pipe when a step fails (less than
+/* The report sent on the channel when a step fails (less than
  * PIPE_BUF, so written whole). */
 struct asl_report {
     int32_t step;
@@ -105,12 +107,13 @@ struct asl_spawn_req {
     const void *filter;           /* struct sock_filter[], NULL: no seccomp */
     unsigned short filter_len;
     unsigned int seccomp_flags;
-    int listener_sock;            /* -1 unless seccomp_flags has NEW_LISTENER */
     uint64_t key[3];              /* the filter lets our own calls through */
     uint64_t keep_caps;           /* capabilities kept; all others dropped */
     int own_group;                /* 1: make a process group (0: nested, refused) */
     int parent_pid;
-    int errpipe;                  /* write end of a CLOEXEC pipe */
+    /* The child's end of the CLOEXEC SEQPACKET pair it reports on: a failed
+     * step's struct asl_report, and the listener (NEW_LISTENER), SCM_RIGHTS. */
+    int channel;
     /* files: the child's identity (set_identity in spawn.c). */
     int identity;                 /* enum asl_identity */
     uint32_t uid;
@@ -183,6 +186,9 @@ int asl_spawn(const struct asl_spawn_req *req, int *pidfd);
  * SOCK_SEQPACKET pair into `sv`; 0 or -errno.  And the fd that came on
  * `sock` (never waits), or -errno: -ENOMSG when none came. */
 int asl_channel(int *sv);
+/* After asl_spawn: the listener the child sent on `sock` (or -1) and its
+ * report (step 0: none), read without waiting; 0 or -errno. */
+int asl_collect(int sock, struct asl_report *report, int *listener);
 int asl_receive_fd(int sock);
 
 /* The reaper (csrc/reaper.c): records of two int32, {op, id}, on its pipe. */

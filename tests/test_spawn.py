@@ -4,8 +4,10 @@ can report, and the order of the steps (limits after the listener)."""
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import errno
+import fcntl
 import gc
 import os
 import pathlib
@@ -29,7 +31,14 @@ from asyncsandlock import (
     Subsystem,
 )
 from asyncsandlock._plan import probe_plan
-from asyncsandlock._spawn import MAX_FDS, STEPS, Spawned, resolve_executable, spawn
+from asyncsandlock._spawn import (
+    DEVNULL_FD,
+    MAX_FDS,
+    STEPS,
+    Spawned,
+    resolve_executable,
+    spawn,
+)
 
 from conftest import build_helper, child_pids, system_sandbox
 
@@ -179,6 +188,45 @@ def test_fds_land_in_place_whatever_their_numbers(no_leaks: None) -> None:
         os.close(devnull)
 
 
+def test_devnull_opened_by_the_child_lands_in_its_slots_and_clobbers_none(
+        no_leaks: None) -> None:
+    """``DEVNULL_FD`` slots get the /dev/null the child opens itself.  It
+    opens it at the lowest free fd, here made a destination (a gap among
+    ours): moved above them first, it neither lands in a slot nor is
+    overwritten by the dup3 into that slot."""
+    pipes = [os.pipe2(os.O_CLOEXEC) for _ in range(8)]
+    out_r, out_w = os.pipe2(os.O_CLOEXEC)
+    gap_r, gap_w = pipes.pop(0)
+    gap_read = fcntl.fcntl(gap_r, fcntl.F_DUPFD_CLOEXEC, 512)
+    os.close(gap_r)
+    try:
+        nfds = max(w for _, w in pipes) + 2
+        assert gap_r < nfds
+        fds = [out_w] * nfds
+        fds[0] = fds[nfds - 1] = DEVNULL_FD
+        fds[gap_r] = gap_w  # the slot the child's open would otherwise take
+        code = ("import os, sys\n"
+                "os.write(1, repr([os.readlink(f'/proc/self/fd/{fd}') for fd in "
+                "map(int, sys.argv[1:])]).encode())\n"
+                "os.write(int(sys.argv[2]), b'gap')\n")
+        child = spawn(probe_plan(seccomp=False), path=sys.executable,
+                      args=[b"python", b"-I", b"-S", b"-c", code.encode(),
+                            b"0", str(gap_r).encode(), str(nfds - 1).encode()],
+                      env={}, cwd=None, fds=fds, notify=frozenset())
+        os.close(out_w)
+        os.close(gap_w)
+        out_w = gap_w = -1
+        assert reap(child) == 0
+        null, gap, last = ast.literal_eval(read_all(out_r).decode())
+        assert null == last == "/dev/null"
+        assert gap.startswith("pipe:")
+        assert read_all(gap_read) == b"gap"
+    finally:
+        for fd in (out_r, out_w, gap_read, gap_w, *(fd for pair in pipes for fd in pair)):
+            if fd >= 0:
+                os.close(fd)
+
+
 @pytest.fixture
 def many_fds() -> Iterator[None]:
     """A soft RLIMIT_NOFILE high enough for a child given MAX_FDS fds."""
@@ -193,9 +241,9 @@ def many_fds() -> Iterator[None]:
 
 
 def test_our_own_fds_are_moved_above_the_childs(no_leaks: None, many_fds: None) -> None:
-    """With the child taking fds 0..MAX_FDS-1, the ruleset, error pipe and
-    listener socket (all numbered lower) are copied above them: the failure
-    report and the listener still reach us."""
+    """With the child taking fds 0..MAX_FDS-1, the ruleset and the child's
+    end of its channel (both numbered lower) are copied above them: the
+    failure report and the listener still reach us."""
     devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
     try:
         plan = probe_plan()
