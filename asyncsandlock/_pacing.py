@@ -23,7 +23,9 @@ through a socket, a system call per spawn).
 
 from __future__ import annotations
 
+import asyncio
 import functools
+import weakref
 from collections import deque
 from collections.abc import Callable
 
@@ -46,8 +48,6 @@ class _Gate:
         if current_backend() == "trio":
             self.call_soon = _TrioOpener(self).wake
         else:
-            import asyncio
-
             # Two iterations later, not one: what became ready while the loop
             # was held (a timer, a readable fd) is seen at the start of the
             # next iteration, but the task waiting for it runs only in the one
@@ -105,13 +105,41 @@ class _TrioOpener:
 _GATE: anyio.lowlevel.RunVar[_Gate] = anyio.lowlevel.RunVar("asyncsandlock spawn gate")
 
 
+class _Last:
+    """The last run's event loop (asyncio's loop, Trio's token, by weak
+    reference) with its gate, as one pair (threads each running a loop
+    read it whole): a RunVar lookup goes through anyio's backend detection,
+    ~3 us on every spawn, where a program nearly always runs one loop."""
+
+    __slots__ = ("pair",)
+
+    def __init__(self) -> None:
+        self.pair: tuple[weakref.ref[object], _Gate] | None = None
+
+
+_last = _Last()
+
+
+def _run_key() -> object:
+    loop = asyncio._get_running_loop()
+    if loop is not None:
+        return loop
+    import trio
+    return trio.lowlevel.current_trio_token()
+
+
 def _gate() -> _Gate:
+    key = _run_key()
+    pair = _last.pair
+    if pair is not None and pair[0]() is key:
+        return pair[1]
     try:
-        return _GATE.get()
+        gate = _GATE.get()
     except LookupError:
         gate = _Gate()
         _GATE.set(gate)
-        return gate
+    _last.pair = (weakref.ref(key), gate)
+    return gate
 
 
 class SpawnTurn:

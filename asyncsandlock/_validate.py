@@ -47,13 +47,13 @@ def check_text(name: str, text: str, what: str = "") -> str:
     encodable as the file system encoding does (so a lone surrogate, other
     than the ``surrogateescape`` ones standing for undecodable bytes, is
     refused here rather than as a UnicodeEncodeError at spawn)."""
-    label = what or show(text)
+    # The label is made only for an error: show() costs more than the checks.
     if "\0" in text:
-        raise PolicyError(name, f"{label} contains a NUL byte")
+        raise PolicyError(name, f"{what or show(text)} contains a NUL byte")
     try:
         os.fsencode(text)
     except UnicodeEncodeError as exc:
-        raise PolicyError(name, f"{label} cannot be encoded for the kernel "
+        raise PolicyError(name, f"{what or show(text)} cannot be encoded for the kernel "
                                 f"({exc.reason}: {text[exc.start:exc.end]!r})") from None
     return text
 
