@@ -4,9 +4,9 @@ Everything the child touches is prepared here first; the call returns once
 the child has exec'd (or failed, in which case it is reaped here and the
 failing step comes back as :class:`SpawnError`).  Nothing here can wait on
 the child's goodwill: when the C call returns, the child has exec'd or is
-exiting, and our copy of its end of the channel is closed at once.  The
-channel then holds its report (sent before the child's exit) and its
-listener (sent before exec), or never will (read without waiting).
+exiting, and the call has read its channel: its report (sent before the
+child's exit) and its listener (sent before exec) were there, or never will
+be.
 """
 
 from __future__ import annotations
@@ -354,11 +354,12 @@ def spawn(plan: Plan | Compiled, *, path: str | tuple[str, ...], args: Sequence[
     ``path`` is the executable, or the candidates of
     :func:`resolve_executable`, tried in turn by the child.
 
-    Acquisition follows three scopes: ``always`` holds what is ours only
-    for the spawn (our ends of the error pipe and the listener socket),
-    ``child_ends`` the child's ends, closed the moment the C call returns,
-    and ``cleanup_on_fail`` the child itself (killed and reaped) until it
-    is handed to the caller as :class:`Spawned`.
+    Acquisition follows two scopes, as trio's ``_subprocess.py`` has them:
+    ``child_ends`` holds the copies of the fds only the child keeps, closed
+    the moment the C call returns, and ``cleanup_on_fail`` the child itself
+    (killed and reaped) and its listener until both are handed to the
+    caller as :class:`Spawned`.  The channel the child reports on is the C
+    call's own, made and closed within it.
     """
     check_fd_count(len(fds))
     paths = (path,) if isinstance(path, str) else path
@@ -385,59 +386,39 @@ def spawn(plan: Plan | Compiled, *, path: str | tuple[str, ...], args: Sequence[
     keep.append(fd_map)
     req.fds, req.nfds = fd_map, len(fds)
     req.parent_pid = os.getpid()
-    with Cleanup() as always:
-        # One channel for what the child tells us: its failure report, and
-        # (supervised) its listener.  Read without waiting: the vfork returns
-        # when the child has released our memory, in execve (before its
-        # CLOEXEC fds are closed) or in _exit, and a failing child sends its
-        # report before it exits: all it sends is there, or never will be.
-        # A blocking read waited for the child to get from there to closing
-        # its fds (at times after a move to the other CPU): 4-5 % of a
-        # /bin/true run, A/B in one process (2026-11-30).
-        pair = ffi.new("int[2]")
-        if (err := lib.asl_channel(pair)) < 0:
-            raise OSError(-err, os.strerror(-err))
-        ours = pair[0]
-        always.callback(os.close, ours)
-        with Cleanup() as child_ends:
-            # The child has exec'd or is on its way out when the call
-            # returns: with our copy of its end closed, the channel cannot
-            # wait on anything else.
-            child_ends.callback(os.close, pair[1])
-            req.landlock_fd = _above(landlock_fd, len(fds), child_ends)
-            req.channel = _above(pair[1], len(fds), child_ends)
-            if cgroup_procs >= 0:  # max_memory in a cgroup: written in the rlimit step
-                req.cgroup_procs_fd = _above(cgroup_procs, len(fds), child_ends)
-            if netns_fd >= 0:
-                req.net_mode = lib.ASL_NET_JOIN
-                req.netns_fd = _above(netns_fd, len(fds), child_ends)
-            if workspace is not None and workspace.path:  # copy-on-write workspace (issue 12)
-                keep += _workspace_request(req, workspace, len(fds), child_ends)
-            if hosts is not None:  # pinned names (issue 10)
-                keep += _hosts_request(req, hosts, len(fds), child_ends)
-            pidfd_out = ffi.new("int *", -1)
-            pid = lib.asl_spawn(req, pidfd_out)
-        if pid < 0:
-            raise SpawnError(-pid, os.strerror(-pid), step="clone")
-        pidfd = pidfd_out[0]
-        with Cleanup() as cleanup_on_fail:
-            cleanup_on_fail.callback(_kill_and_reap, pidfd)
-            report = ffi.new("struct asl_report *")
-            got = ffi.new("int *", -1)
-            if (err := lib.asl_collect(ours, report, got)) < 0:
-                raise OSError(-err, os.strerror(-err))
-            listener = got[0] if got[0] >= 0 else None
-            if listener is not None:
-                cleanup_on_fail.callback(os.close, listener)
-            if report.step:
-                raise _reported(report, paths)
-            # No report, and nothing will come (we hold no other end): a
-            # child that did not get to exec, or sent no listener, died,
-            # killed from outside (it reports its own failures).
-            if req.reached != lib.ASL_STEP_EXECVE or (template.supervised and listener is None):
-                raise _died(req, pidfd)
-            cleanup_on_fail.pop_all()  # the caller owns the child and its fds now
-        return Spawned(pid, pidfd, listener, bool(req.own_group))
+    # The child's channel is made, and read once the vfork returns, by the
+    # C call (asl_spawn): its failure report and (supervised) its listener.
+    out = ffi.new("struct asl_spawned *")
+    with Cleanup() as child_ends:
+        req.landlock_fd = _above(landlock_fd, len(fds), child_ends)
+        if cgroup_procs >= 0:  # max_memory in a cgroup: written in the rlimit step
+            req.cgroup_procs_fd = _above(cgroup_procs, len(fds), child_ends)
+        if netns_fd >= 0:
+            req.net_mode = lib.ASL_NET_JOIN
+            req.netns_fd = _above(netns_fd, len(fds), child_ends)
+        if workspace is not None and workspace.path:  # copy-on-write workspace (issue 12)
+            keep += _workspace_request(req, workspace, len(fds), child_ends)
+        if hosts is not None:  # pinned names (issue 10)
+            keep += _hosts_request(req, hosts, len(fds), child_ends)
+        pid = lib.asl_spawn(req, out)
+    if pid < 0:
+        raise SpawnError(-pid, os.strerror(-pid), step="clone")
+    with Cleanup() as cleanup_on_fail:
+        cleanup_on_fail.callback(_kill_and_reap, out.pidfd)
+        listener = out.listener if out.listener >= 0 else None
+        if listener is not None:
+            cleanup_on_fail.callback(os.close, listener)
+        if out.err:
+            raise OSError(-out.err, os.strerror(-out.err))
+        if out.report.step:
+            raise _reported(out.report, paths)
+        # No report, and nothing will come (the call held the only other
+        # end): a child that did not get to exec, or sent no listener, died,
+        # killed from outside (it reports its own failures).
+        if req.reached != lib.ASL_STEP_EXECVE or (template.supervised and listener is None):
+            raise _died(req, out.pidfd)
+        cleanup_on_fail.pop_all()  # the caller owns the child and its fds now
+    return Spawned(pid, out.pidfd, listener, bool(req.own_group))
 
 
 def _reported(report: Any, paths: tuple[str, ...]) -> SpawnError:

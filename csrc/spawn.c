@@ -977,7 +977,11 @@ int asl_channel(int *sv)
     return socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) < 0 ? -errno : 0;
 }
 
-int asl_collect(int sock, struct asl_report *report, int *listener)
+/* What the child sent on its channel, read without waiting: the vfork
+ * returns when the child has released our memory, in execve (before its
+ * CLOEXEC fds are closed) or in _exit, and a failing child sends its report
+ * before it exits: all it sends is there, or never will be.  0 or -errno. */
+static int collect(int sock, struct asl_report *report, int *listener)
 {
     *listener = -1;
     memset(report, 0, sizeof *report);
@@ -996,7 +1000,7 @@ int asl_collect(int sock, struct asl_report *report, int *listener)
         msg.msg_controllen = sizeof control.buf;
         ssize_t n = recvmsg(sock, &msg, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
         /* EAGAIN: the child's end is still open (it is in execve); 0: it is
-         * closed.  Either way, nothing more will come (see _spawn.py). */
+         * closed.  Either way, nothing more will come (above). */
         if (n < 0 && errno == EAGAIN)
             return 0;
         if (n < 0) {
@@ -1095,10 +1099,8 @@ static void thp_release(void)
     pthread_mutex_unlock(&thp_lock);
 }
 
-int asl_spawn(const struct asl_spawn_req *req, int *pidfd)
+static int start(const struct asl_spawn_req *req, int *pidfd)
 {
-    if (req->nfds < 0 || req->nfds > ASL_MAX_FDS)
-        return -EINVAL;
     size_t page = (size_t)sysconf(_SC_PAGESIZE);
     size_t size = page + ((CHILD_STACK_SIZE + page - 1) & ~(page - 1));
     char *stack = take_stack(page, size);
@@ -1122,4 +1124,39 @@ int asl_spawn(const struct asl_spawn_req *req, int *pidfd)
     if (!atomic_compare_exchange_strong(&spare_stack, &none, stack))
         munmap(stack, size);
     return pid < 0 ? -err : pid;
+}
+
+/* The channel, the clone and the reading of the channel in one call: made
+ * from Python they cost a dozen cffi and ExitStack steps per spawn. */
+int asl_spawn(struct asl_spawn_req *req, struct asl_spawned *out)
+{
+    out->pidfd = out->listener = -1;
+    out->err = 0;
+    memset(&out->report, 0, sizeof out->report);
+    if (req->nfds < 0 || req->nfds > ASL_MAX_FDS)
+        return -EINVAL;
+    int sv[2];
+    if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) < 0)
+        return -errno;
+    /* The child installs its fds 0 .. nfds-1 before it reports anything:
+     * its end must lie above them. */
+    if (sv[1] < req->nfds) {
+        int high = fcntl(sv[1], F_DUPFD_CLOEXEC, req->nfds);
+        int err = errno;
+        close(sv[1]);
+        if (high < 0) {
+            close(sv[0]);
+            return -err;
+        }
+        sv[1] = high;
+    }
+    req->channel = sv[1];
+    int pid = start(req, &out->pidfd);
+    /* The child has exec'd or is on its way out: with our copy of its end
+     * closed, the channel cannot wait on anything else. */
+    close(sv[1]);
+    if (pid >= 0)
+        out->err = collect(sv[0], &out->report, &out->listener);
+    close(sv[0]);
+    return pid;
 }

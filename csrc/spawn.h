@@ -111,8 +111,9 @@ struct asl_spawn_req {
     uint64_t keep_caps;           /* capabilities kept; all others dropped */
     int own_group;                /* 1: make a process group (0: nested, refused) */
     int parent_pid;
-    /* The child's end of the CLOEXEC SEQPACKET pair it reports on: a failed
-     * step's struct asl_report, and the listener (NEW_LISTENER), SCM_RIGHTS. */
+    /* Set by asl_spawn: the child's end of the CLOEXEC SEQPACKET pair it
+     * reports on (a failed step's struct asl_report, and the listener of
+     * NEW_LISTENER, SCM_RIGHTS). */
     int channel;
     /* files: the child's identity (set_identity in spawn.c). */
     int identity;                 /* enum asl_identity */
@@ -180,15 +181,24 @@ struct asl_spawn_req {
     int32_t reached;              /* written by the child: the step it is in */
 };
 
-/* Returns the child's pid and stores its pidfd, or -errno if clone failed. */
-int asl_spawn(const struct asl_spawn_req *req, int *pidfd);
-/* The channel a supervised child sends its listener on: a CLOEXEC
- * SOCK_SEQPACKET pair into `sv`; 0 or -errno.  And the fd that came on
- * `sock` (never waits), or -errno: -ENOMSG when none came. */
+/* What asl_spawn read of its child: its pidfd, the listener it sent (-1:
+ * none), its failure report (step 0: none), and -errno if reading its
+ * channel failed (0). */
+struct asl_spawned {
+    int pidfd;
+    int listener;
+    int err;
+    struct asl_report report;
+};
+
+/* Start the child on a channel of its own (req->channel is set here):
+ * returns its pid, with `out` filled; or -errno if the channel or the clone
+ * failed, leaving nothing behind. */
+int asl_spawn(struct asl_spawn_req *req, struct asl_spawned *out);
+/* A channel a child sends fds on: a CLOEXEC SOCK_SEQPACKET pair into `sv`;
+ * 0 or -errno.  And the fd that came on `sock` (never waits), or -errno:
+ * -ENOMSG when none came. */
 int asl_channel(int *sv);
-/* After asl_spawn: the listener the child sent on `sock` (or -1) and its
- * report (step 0: none), read without waiting; 0 or -errno. */
-int asl_collect(int sock, struct asl_report *report, int *listener);
 int asl_receive_fd(int sock);
 
 /* The reaper (csrc/reaper.c): records of two int32, {op, id}, on its pipe. */
