@@ -281,20 +281,26 @@ def _net_mode(req: Any, plan: Plan) -> tuple[Any, ...]:
     return (*start, uid_map, gid_map)
 
 
-@functools.lru_cache(maxsize=64)
-def _encoded(env: tuple[tuple[str, str], ...]) -> list[bytes]:
-    """``env`` as ``NAME=value`` bytes.  Most runs of a program pass the same
-    few variables (a clean environment: four), so their encoding is kept:
-    looking the tuple up costs a fraction of encoding it again."""
-    return [os.fsencode(f"{k}={v}") for k, v in env]
+class _CommandLine(NamedTuple):
+    """A command line laid out for the C request: one char buffer, one
+    pointer array into it (the candidates, argv, NULL, envp, NULL)."""
+
+    buf: Any
+    ptrs: Any
+    argv: Any
+    envp: Any
+    cwd: Any
 
 
-def _strings(req: Any, paths: tuple[str, ...], args: Sequence[bytes],
-             env: Mapping[str, str] | None, cwd: str | None) -> tuple[Any, Any]:
-    """Point ``req``'s paths, argv, envp and cwd into one char buffer and one
-    pointer array, whatever the number of strings; returns both (they must
-    outlive the call)."""
-    envs = _encoded(tuple(env.items())) if env is not None else []
+#: Command lines up to this size are kept (``_laid_out``): a program runs
+#: the same few again and again, and laying one out costs ~20 us on a
+#: spawn's path (cold, right after the previous child's exec).
+_KEPT_SIZE = 4096
+
+
+def _lay_out(paths: tuple[str, ...], args: tuple[bytes, ...],
+             env: tuple[tuple[str, str], ...] | None, cwd: str | None) -> _CommandLine:
+    envs = [os.fsencode(f"{k}={v}") for k, v in env] if env is not None else []
     items = [*map(os.fsencode, paths), *args, *envs]
     if cwd is not None:
         items.append(os.fsencode(cwd))
@@ -307,14 +313,30 @@ def _strings(req: Any, paths: tuple[str, ...], args: Sequence[bytes],
     argv_end = len(paths) + len(args)
     env_end = argv_end + len(envs)
     ptrs = ffi.new("char *[]", [*cells[:argv_end], ffi.NULL, *cells[argv_end:env_end], ffi.NULL])
-    req.paths, req.npaths = ptrs, len(paths)
-    req.argv = ptrs + len(paths)
+    return _CommandLine(buf, ptrs, ptrs + len(paths), ptrs + argv_end + 1,
+                        cells[-1] if cwd is not None else ffi.NULL)
+
+
+#: Shared by every spawn of the same command line: the child only reads the
+#: cells, and execve copies what it needs.
+_laid_out = functools.lru_cache(maxsize=64)(_lay_out)
+
+
+def _strings(req: Any, paths: tuple[str, ...], args: Sequence[bytes],
+             env: Mapping[str, str] | None, cwd: str | None) -> _CommandLine:
+    """Point ``req``'s paths, argv, envp and cwd into one char buffer and one
+    pointer array, whatever the number of strings; returns them (they must
+    outlive the call)."""
+    items = (paths, tuple(args), None if env is None else tuple(env.items()), cwd)
+    size = (sum(map(len, paths)) + sum(map(len, items[1])) + len(cwd or "")
+            + (sum(len(k) + len(v) for k, v in items[2]) if items[2] is not None else 0))
+    line = _laid_out(*items) if size <= _KEPT_SIZE else _lay_out(*items)
+    req.paths, req.npaths, req.argv = line.ptrs, len(paths), line.argv
     # env None: the caller's own environment, as the C library holds it (what
     # os.environ writes through to); no copy to build and encode per spawn.
-    req.envp = lib.environ if env is None else ptrs + argv_end + 1
-    if cwd is not None:
-        req.cwd = cells[-1]
-    return buf, ptrs
+    req.envp = lib.environ if env is None else line.envp
+    req.cwd = line.cwd
+    return line
 
 
 def _above(fd: int, floor: int, spares: Cleanup) -> int:

@@ -30,12 +30,15 @@ from asyncsandlock import (
     SpawnError,
     Subsystem,
 )
+from asyncsandlock._core import ffi
 from asyncsandlock._plan import probe_plan
 from asyncsandlock._spawn import (
+    _KEPT_SIZE,
     DEVNULL_FD,
     MAX_FDS,
     STEPS,
     Spawned,
+    _strings,
     resolve_executable,
     spawn,
 )
@@ -502,3 +505,45 @@ async def test_a_handler_on_prlimit64_neither_blocks_the_childs_own_limits_nor_m
     assert result.stdout == b"64\n", result
     # The program's own call (ulimit's getrlimit) reached the handler.
     assert counter.seen >= 1
+
+
+def test_a_command_line_is_laid_out_once_and_a_long_one_each_time() -> None:
+    """The C request points into one buffer per command line: a short one is
+    kept and shared by the spawns that repeat it (the child only reads it),
+    a long one (``_KEPT_SIZE``) is laid out for its spawn alone, so that a
+    program passing megabytes of arguments does not keep 64 copies."""
+    def laid_out(args: list[bytes], env: dict[str, str] | None) -> object:
+        req = ffi.new("struct asl_spawn_req *")
+        line = _strings(req, ("/bin/echo",), args, env, "/")
+        assert ffi.string(req.argv[len(args) - 1]) == args[-1]
+        assert ffi.string(req.cwd) == b"/"
+        if env is not None:
+            assert ffi.string(req.envp[0]) == f"A={env['A']}".encode()
+        return line
+
+    short = [b"echo", b"hello"]
+    assert laid_out(short, {"A": "1"}) is laid_out(list(short), {"A": "1"})
+    assert laid_out(short, {"A": "1"}) is not laid_out(short, {"A": "2"})
+    long = [b"echo", b"x" * (_KEPT_SIZE + 1)]
+    assert laid_out(long, {"A": "1"}) is not laid_out(long, {"A": "1"})
+
+
+def test_a_long_command_line_reaches_the_child_whole(no_leaks: None) -> None:
+    """Past ``_KEPT_SIZE`` the layout is the spawn's own: the child still
+    gets every byte of its arguments and environment."""
+    r, w = os.pipe2(os.O_CLOEXEC)
+    try:
+        big = "y" * (3 * _KEPT_SIZE)
+        code = ("import os, sys\n"
+                "os.write(1, f'{len(sys.argv[1])} {len(os.environ[\"BIG\"])}'.encode())")
+        child = spawn(probe_plan(seccomp=False), path=sys.executable,
+                      args=[b"python", b"-I", b"-S", b"-c", code.encode(), big.encode()],
+                      env={"BIG": big}, cwd=None, fds=[DEVNULL_FD, w, w], notify=frozenset())
+        os.close(w)
+        w = -1
+        assert reap(child) == 0
+        assert read_all(r) == f"{len(big)} {len(big)}".encode()
+    finally:
+        os.close(r)
+        if w >= 0:
+            os.close(w)
