@@ -25,7 +25,7 @@ from ._netns import open_network
 from ._netpool import for_child, replenish
 from ._pacing import SpawnTurn
 from ._pinned import kept, pinned_names, pinned_protections
-from ._plan import Compiled, owner_of
+from ._plan import Compiled, owner_of, peek
 from ._process import SandboxedProcess
 from ._reaper import abandon, prepare, watch
 from ._result import Result
@@ -59,7 +59,7 @@ from ._workspace import (
     workspace_protections,
 )
 from .handlers import builtin_handlers
-from .handlers.net import resolve_names
+from .handlers.net import resolve_names, unresolved
 from .handlers.process_limit import sees_every_sigaction, sees_threads
 
 if TYPE_CHECKING:
@@ -169,7 +169,8 @@ async def open_checked(sandbox: Sandbox, argv: tuple[str, ...], *, stdin: StdioT
     started at once would otherwise prepare in one loop iteration.
     """
     # Host names of net_allow: resolved by a run of their own, so before the turn.
-    await resolve_names(sandbox)
+    if unresolved(sandbox):
+        await resolve_names(sandbox)
     async with SpawnTurn():
         return await _open_in_turn(sandbox, argv, stdin=stdin, stdout=stdout, stderr=stderr,
                                    env=env, cwd=cwd, handlers=handlers, extra_fds=extra_fds,
@@ -188,7 +189,9 @@ async def _open_in_turn(sandbox: Sandbox, argv: tuple[str, ...], *, stdin: Stdio
     if layer is not None:  # a snapshot's command works in the copy
         run_cwd = layer.where(None if run_cwd is None else os.fspath(run_cwd))
     # Built-in policies first: the first answer other than continue_() decides.
-    compiled = await owner_of(sandbox)
+    compiled = peek(sandbox)  # compiled already, nearly always: no coroutine
+    if compiled is None:
+        compiled = await owner_of(sandbox)
     full_env: dict[str, str] | None = None  # None: the caller's, as it is
     if sandbox.clean_env or sandbox.env or env:
         full_env = minimal_env() if sandbox.clean_env else dict(os.environ)

@@ -339,6 +339,13 @@ def _strings(req: Any, paths: tuple[str, ...], args: Sequence[bytes],
     return line
 
 
+@functools.lru_cache(maxsize=64)
+def _fd_map(fds: tuple[int, ...]) -> Any:
+    """The C array mapping ``fds[i]`` to the child's fd ``i``: read only by
+    the child, so one per distinct list (the same few pipe numbers recur)."""
+    return ffi.new("struct asl_fd_map[]", [(src, dst) for dst, src in enumerate(fds)] or 1)
+
+
 def _above(fd: int, floor: int, spares: Cleanup) -> int:
     """``fd``, or a CLOEXEC copy of it numbered at least ``floor`` (closed
     with ``spares``).
@@ -404,7 +411,7 @@ def spawn(plan: Plan | Compiled, *, path: str | tuple[str, ...], args: Sequence[
         landlock_fd = hosts.ruleset
     req = ffi.new("struct asl_spawn_req *", template.req[0])
     keep = [template, _strings(req, paths, args, env, cwd)]
-    fd_map = ffi.new("struct asl_fd_map[]", [(src, dst) for dst, src in enumerate(fds)] or 1)
+    fd_map = _fd_map(tuple(fds))
     keep.append(fd_map)
     req.fds, req.nfds = fd_map, len(fds)
     req.parent_pid = os.getpid()

@@ -555,6 +555,13 @@ def net_targets(sandbox: Sandbox) -> NetTargets | None:
     return None
 
 
+def unresolved(sandbox: Sandbox) -> bool:
+    """True while ``sandbox``'s rules name hosts not resolved yet: a check
+    without a coroutine, for every spawn's path."""
+    targets = net_targets(sandbox)
+    return targets is not None and not targets.resolved
+
+
 async def resolve_names(sandbox: Sandbox) -> None:
     """Resolve the host names of ``sandbox``'s rules, once per Sandbox."""
     targets = net_targets(sandbox)
