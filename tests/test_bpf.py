@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import bisect
 import random
+import re
 from collections.abc import Iterator, Mapping
+from pathlib import Path
 
 import pytest
 from bpf_machine import (
@@ -304,6 +306,11 @@ def _flipped(bit: int) -> tuple[int, ...]:
     return (0, 0, 0, *key)
 
 
+#: The key bits the filter compares: all 64 of key[1], in argument 4
+#: (``_bpf._key_words`` says why 64 are enough).
+CHECKED_BITS = range(64, 128)
+
+
 @pytest.mark.parametrize("arch", ARCHES)
 @pytest.mark.parametrize("denied", [False, True], ids=["notified", "denied"])
 def test_keyed_exemption_needs_the_whole_key(arch: str, denied: bool) -> None:
@@ -316,9 +323,43 @@ def test_keyed_exemption_needs_the_whole_key(arch: str, denied: bool) -> None:
         assert f.run(name) == otherwise
         if name != "prlimit64":  # its pid would not be 0
             assert f.run(name, *KEY) == otherwise  # in args 0..2: not the key
-        assert f.run(name, 0, 0, 0, *KEY[::-1]) == otherwise
-        for bit in range(192):
+        # key[1] elsewhere than in argument 4: not the key
+        assert f.run(name, 0, 0, 0, KEY[1], 0, KEY[1]) == otherwise
+        for bit in CHECKED_BITS:
             assert f.run(name, *_flipped(bit)) == otherwise, f"{name}: bit {bit} flipped"
+        # the words not compared may hold anything
+        assert f.run(name, 0, 0, 0, 0, KEY[1], 0) == ALLOW
+
+
+def test_the_key_check_is_two_words_and_the_child_passes_them() -> None:
+    """The filter compares the two words of argument 4 alone, with key[1];
+    the child (``KEYED`` in csrc/spawn.c) passes key[0..2] in arguments
+    3..5, so key[1] lands in argument 4."""
+    f = Filter.build(spec("x86_64", notify=frozenset(KEYED)))
+    words = {w for key in KEY for w in (key & 0xFFFFFFFF, key >> 32)}
+    compared = [(f.insns[pc - 1], k) for pc, (code, _, _, k) in enumerate(f.insns)
+                if code == JEQ_K and k in words]
+    # argument 4's low word is at 48, its high word at 52
+    assert sorted(compared) == [((LD_W_ABS, 0, 0, 48), KEY[1] & 0xFFFFFFFF),
+                                ((LD_W_ABS, 0, 0, 52), KEY[1] >> 32)]
+    src = (Path(__file__).parents[1] / "csrc" / "spawn.c").read_text()
+    assert re.search(r"\(long\)\(c\), \(long\)\(req\)->key\[0\],\s*\\\s*"
+                     r"\(long\)\(req\)->key\[1\], \(long\)\(req\)->key\[2\]\)", src)
+
+
+def test_prlimit64_on_itself_needs_no_key_where_its_code_allows_it() -> None:
+    """Under the guards alone the child's prlimit64 (pid 0) is allowed by
+    its own code: no key check for it, and no second dispatch of the
+    number after a failed one; a handler that traps it on the process
+    itself brings the key back."""
+    plain = Filter.build(spec("x86_64", notify=GUARDED, guarded=GUARDED))
+    assert plain.run("prlimit64", 0, 7, 0x1000) == ALLOW
+    assert plain.run("prlimit64", 1, 7, 0x1000) == USER_NOTIF
+    assert not any(code == LD_W_ABS and k == 0 for code, _, _, k in plain.insns[3:])
+    trapped = Filter.build(spec("x86_64", notify=GUARDED, guarded=GUARDED,
+                                self_trapped=frozenset({"prlimit64"})))
+    assert trapped.run("prlimit64", 0, 7, 0x1000) == USER_NOTIF
+    assert trapped.run("prlimit64", 0, 7, 0x1000, *KEY) == ALLOW
 
 
 @pytest.mark.parametrize("arch", ARCHES)
