@@ -13,15 +13,17 @@ an argument check, a guard, or an errno.  The program, in order:
 The search is a binary search tree of ``jge`` over runs of numbers, not a
 list of ``jeq``: when a filter is attached, the kernel runs it once for every
 syscall number to fill its allow cache (``seccomp_cache_prepare``), so the
-cost of attaching it, paid by every spawn, grows with the path an allowed
-syscall takes.  Attaching also costs ~0.3 us per instruction (the kernel
-checks, translates and JIT-compiles the program each time), so the program
+cost of attaching it, paid by every spawn, grows with the path each number
+takes (the tree's shape weighs that walk: ``_search``).  Attaching also
+costs ~0.2-0.3 us per instruction (the kernel checks, translates and
+JIT-compiles the program each time), so the program
 is built as a graph of hash-consed nodes (``_Graph``) and laid out at the
 end: every return is emitted once and jumped to from anywhere, two
 syscalls with equal code share it, the keyed exemption is one check for
 every keyed call, and a number alone between two runs of one action is a
 ``jeq`` at the merged run's leaf instead of two boundaries.  The guards'
-policy went from 381 to 206 instructions on x86_64, every decision the
+policy went from 381 to 206 instructions on x86_64, then to 192 (a
+64-bit key check, or none: ``_key_words``, ``_keyed``), every decision the
 same (``tests/test_bpf.py`` compares the laid-out program with each
 syscall's own code).  Argument checks hang off the leaves: a chain of
 checks before the search would be walked by every syscall the cache does
@@ -36,8 +38,10 @@ would then ignore.
 
 The child's own calls after the filter is installed (``PRE_EXEC_CALLS``,
 see the essay at the top of ``csrc/spawn.c``) carry a 192-bit key in
-argument registers 3..5; the block of such a call, when its action is
-anything but a plain allow, starts by allowing it when the key matches.
+argument registers 3..5, of which the filter compares 64 (``_key_words``);
+such a call is allowed when the key matches, unless its own code already
+allows it with the arguments the child passes (``CHILD_ARGS``): then it
+needs no key, and a policy like the README's has no key check at all.
 """
 
 from __future__ import annotations
