@@ -49,6 +49,7 @@ from bpf_machine import (
 )
 
 from asyncsandlock._kernel._bpf import (
+    CHILD_ARGS,
     DEFAULT_DENY,
     GUARDED,
     PRE_EXEC_CALLS,
@@ -348,6 +349,38 @@ def test_the_key_check_is_two_words_and_the_child_passes_them() -> None:
                      r"\(long\)\(req\)->key\[1\], \(long\)\(req\)->key\[2\]\)", src)
 
 
+def _keyed_calls_in_spawn_c() -> list[tuple[str, list[str]]]:
+    """(syscall, [arg0, arg1, arg2]) of every ``KEYED(req, SYS_x, a, b, c)``
+    in csrc/spawn.c, split at the commas outside parentheses."""
+    src = (Path(__file__).parents[1] / "csrc" / "spawn.c").read_text()
+    calls = []
+    for m in re.finditer(r"\bKEYED\(req, SYS_(\w+), ", src):
+        args, depth, start, pc = [], 0, m.end(), m.end()
+        while depth >= 0:
+            ch = src[pc]
+            if ch == "(":
+                depth += 1
+            elif ch == ")":
+                depth -= 1
+            if (ch == "," and depth == 0) or depth < 0:
+                args.append(src[start:pc].strip())
+                start = pc + 1
+            pc += 1
+        calls.append((m.group(1), args))
+    return calls
+
+
+def test_child_args_are_what_spawn_c_passes() -> None:
+    """``CHILD_ARGS`` (the arguments that decide whether a child call needs
+    the key) are literally those of every keyed call in csrc/spawn.c."""
+    calls = _keyed_calls_in_spawn_c()
+    assert {name for name, _ in calls} == set(PRE_EXEC_CALLS)
+    for name, args in calls:
+        assert len(args) == 3, (name, args)
+        for index, value in CHILD_ARGS.get(name, {}).items():
+            assert args[index] == str(value), (name, args)
+
+
 def test_prlimit64_on_itself_needs_no_key_where_its_code_allows_it() -> None:
     """Under the guards alone the child's prlimit64 (pid 0) is allowed by
     its own code: no key check for it, and no second dispatch of the
@@ -357,6 +390,9 @@ def test_prlimit64_on_itself_needs_no_key_where_its_code_allows_it() -> None:
     assert plain.run("prlimit64", 0, 7, 0x1000) == ALLOW
     assert plain.run("prlimit64", 1, 7, 0x1000) == USER_NOTIF
     assert not any(code == LD_W_ABS and k == 0 for code, _, _, k in plain.insns[3:])
+    # nor for the listener's sendmsg (no MSG_FASTOPEN): no key check at all
+    assert plain.run("sendmsg", 5, 0x1000, 0) == ALLOW
+    assert not any(code == LD_W_ABS and k in (48, 52) for code, _, _, k in plain.insns)
     trapped = Filter.build(spec("x86_64", notify=GUARDED, guarded=GUARDED,
                                 self_trapped=frozenset({"prlimit64"})))
     assert trapped.run("prlimit64", 0, 7, 0x1000) == USER_NOTIF
