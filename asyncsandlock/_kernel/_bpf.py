@@ -831,7 +831,10 @@ def _search(g: _Graph, runs: list[tuple[int, int]], walked: int = 0) -> int:
         for i in range(n - size + 1):
             j = i + size
             best, at = -1, 0
-            for r in range(root[i][j - 1], root[i + 1][j] + 1):
+            # Knuth's bounds, both within (i, j); the pair term may break
+            # their order, and any root in between still makes a tree.
+            low, high = sorted((root[i][j - 1], root[i + 1][j]))
+            for r in range(low, high + 1):
                 c = cost[i][r] + cost[r][j]
                 if best < 0 or c < best:
                     best, at = c, r
