@@ -277,6 +277,32 @@ def test_a_long_search_hops_and_finds_every_run(spread: int) -> None:
         assert execute(f, seccomp_data(nr, AUDIT_ARCH_X86_64)) == want, nr
 
 
+@pytest.mark.parametrize("seed", range(6))
+def test_the_weighted_search_finds_every_run(seed: int) -> None:
+    """The tree's shape follows the allow cache's walk (``walked``) and
+    the pairs of returns: whatever shape it takes, every number gets its
+    run's action, lifted numbers and blocks included."""
+    rng = random.Random(seed)
+    g = _Graph()
+    block = g.node(LD_W_ABS, 16, g.jump(JEQ_K, 1, g.node(RET_K, EPERM), g.node(RET_K, ALLOW)))
+    pool = [g.node(RET_K, a) for a in (ALLOW, ENOSYS, EPERM, USER_NOTIF)] + [block]
+    runs, nr = [(0, pool[1])], 0
+    for _ in range(rng.randrange(2, 160)):
+        nr += rng.choice((1, 1, 2, 3, 40))
+        runs.append((nr, rng.choice(pool)))
+    walked = rng.choice((0, nr // 2, nr + 1))
+    f = decode(encode(tuple(g.layout(g.node(LD_W_ABS, 0, _search(g, runs, walked))))))
+    starts = [first for first, _ in runs]
+    for number in range(0, nr + 5):
+        want = g.nodes[runs[bisect.bisect_right(starts, number) - 1][1]]
+        data = seccomp_data(number, AUDIT_ARCH_X86_64)
+        if want[0] == RET_K:
+            assert execute(f, data) == want[1], number
+        else:  # the block: its own answer for arg 0 = 0 and 1
+            assert execute(f, data) == ALLOW, number
+            assert execute(f, seccomp_data(number, AUDIT_ARCH_X86_64, (1,))) == EPERM, number
+
+
 @pytest.mark.parametrize(("arch", "name", "s", "long"), POLICIES)
 def test_a_foreign_arch_is_killed(arch: str, name: str, s: FilterSpec, long: bool) -> None:
     f = Filter.build(s)
