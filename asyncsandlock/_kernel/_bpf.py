@@ -786,8 +786,9 @@ def _lift_singles(runs: list[tuple[int, int]]) -> tuple[list[tuple[int, int]], d
 
 
 #: What one instruction of the program costs to attach, in steps of the
-#: allow cache's walk (see ``_search``): ~0.3 us to check, convert and
-#: JIT-compile an instruction, ~4.5 ns per step walked (measured on 6.18).
+#: allow cache's walk (see ``_search``): ~0.19 us to check, convert and
+#: JIT-compile an eBPF instruction, ~2.7 ns per step walked (6.18 in a VM,
+#: docs/performance.md, "Attaching the filter").
 _STEPS_PER_INSN = 70
 
 
