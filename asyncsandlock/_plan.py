@@ -338,7 +338,8 @@ def _rlimits(policy: Sandbox) -> tuple[tuple[int, int, int], ...]:
 
 
 def _new_key() -> tuple[int, int, int]:
-    """The 192 bits that let the child's own pre-exec calls pass its filter.
+    """The 192 bits the child's own pre-exec calls carry; the filter
+    compares the 64 of the second word (``_bpf._key_words``).
 
     Bits 63 and 55 of the first word are set: it is prlimit64's old-limit
     pointer, which they make a kernel address on every arch we run on (see

@@ -22,7 +22,9 @@
  *    (sendmsg of the listener, prlimit64, write of an error report,
  *    exit_group, execve) must never be sent to the supervisor.  The filter
  *    lets those five through when their argument registers 3..5 carry `key`,
- *    192 random bits chosen by the parent per policy.  The sandboxed program
+ *    192 random bits chosen by the parent per policy (it compares the 64 of
+ *    key[1], in register 4, where the call's own rule would not let it
+ *    through anyway: asyncsandlock/_kernel/_bpf.py).  The sandboxed program
  *    cannot learn the key: it lives only in the parent's memory and in the
  *    kernel's copy of the filter, which cannot be read back without ptrace,
  *    which is denied.

@@ -170,13 +170,11 @@ def outcomes(insns: list[Insn], nr: int, arch: int,
 
 
 def key_words(key: tuple[int, int, int] | None) -> set[tuple[int, int]]:
-    """The (offset, word) comparisons of the keyed exemption for ``key``."""
+    """The (offset, word) comparisons of the keyed exemption for ``key``:
+    the two words of key[1], in argument 4."""
     if key is None:
         return set()
-    out = set()
-    for i, value in enumerate(key):
-        out |= {(16 + 8 * (3 + i), value & 0xFFFFFFFF), (20 + 8 * (3 + i), value >> 32)}
-    return out
+    return {(16 + 8 * 4, key[1] & 0xFFFFFFFF), (20 + 8 * 4, key[1] >> 32)}
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import bisect
 import random
+import re
 from collections.abc import Iterator, Mapping
+from pathlib import Path
 
 import pytest
 from bpf_machine import (
@@ -47,6 +49,7 @@ from bpf_machine import (
 )
 
 from asyncsandlock._kernel._bpf import (
+    CHILD_ARGS,
     DEFAULT_DENY,
     GUARDED,
     PRE_EXEC_CALLS,
@@ -247,9 +250,10 @@ def test_the_laid_out_program_decides_as_each_calls_own_code(
 
 
 def test_the_typical_policy_stays_small() -> None:
-    """Attaching costs ~0.3 us per instruction, paid by every spawn: the
-    guards' policy was 381 instructions on x86_64 before the layout."""
-    for arch, most in (("x86_64", 215), ("aarch64", 190)):
+    """Attaching costs ~0.2-0.3 us per instruction, paid by every spawn: the
+    guards' policy was 381 instructions on x86_64 before the layout, 206
+    with a 192-bit key check, 192 now."""
+    for arch, most in (("x86_64", 195), ("aarch64", 172)):
         assert len(Filter.build(spec(arch, notify=GUARDED, guarded=GUARDED)).insns) <= most
 
 
@@ -271,6 +275,32 @@ def test_a_long_search_hops_and_finds_every_run(spread: int) -> None:
     for nr in range(0, starts[-1] + 5):
         want = runs[bisect.bisect_right(starts, nr) - 1][1]
         assert execute(f, seccomp_data(nr, AUDIT_ARCH_X86_64)) == want, nr
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_the_weighted_search_finds_every_run(seed: int) -> None:
+    """The tree's shape follows the allow cache's walk (``walked``) and
+    the pairs of returns: whatever shape it takes, every number gets its
+    run's action, lifted numbers and blocks included."""
+    rng = random.Random(seed)
+    g = _Graph()
+    block = g.node(LD_W_ABS, 16, g.jump(JEQ_K, 1, g.node(RET_K, EPERM), g.node(RET_K, ALLOW)))
+    pool = [g.node(RET_K, a) for a in (ALLOW, ENOSYS, EPERM, USER_NOTIF)] + [block]
+    runs, nr = [(0, pool[1])], 0
+    for _ in range(rng.randrange(2, 160)):
+        nr += rng.choice((1, 1, 2, 3, 40))
+        runs.append((nr, rng.choice(pool)))
+    walked = rng.choice((0, nr // 2, nr + 1))
+    f = decode(encode(tuple(g.layout(g.node(LD_W_ABS, 0, _search(g, runs, walked))))))
+    starts = [first for first, _ in runs]
+    for number in range(0, nr + 5):
+        want = g.nodes[runs[bisect.bisect_right(starts, number) - 1][1]]
+        data = seccomp_data(number, AUDIT_ARCH_X86_64)
+        if want[0] == RET_K:
+            assert execute(f, data) == want[1], number
+        else:  # the block: its own answer for arg 0 = 0 and 1
+            assert execute(f, data) == ALLOW, number
+            assert execute(f, seccomp_data(number, AUDIT_ARCH_X86_64, (1,))) == EPERM, number
 
 
 @pytest.mark.parametrize(("arch", "name", "s", "long"), POLICIES)
@@ -304,6 +334,11 @@ def _flipped(bit: int) -> tuple[int, ...]:
     return (0, 0, 0, *key)
 
 
+#: The key bits the filter compares: all 64 of key[1], in argument 4
+#: (``_bpf._key_words`` says why 64 are enough).
+CHECKED_BITS = range(64, 128)
+
+
 @pytest.mark.parametrize("arch", ARCHES)
 @pytest.mark.parametrize("denied", [False, True], ids=["notified", "denied"])
 def test_keyed_exemption_needs_the_whole_key(arch: str, denied: bool) -> None:
@@ -316,9 +351,78 @@ def test_keyed_exemption_needs_the_whole_key(arch: str, denied: bool) -> None:
         assert f.run(name) == otherwise
         if name != "prlimit64":  # its pid would not be 0
             assert f.run(name, *KEY) == otherwise  # in args 0..2: not the key
-        assert f.run(name, 0, 0, 0, *KEY[::-1]) == otherwise
-        for bit in range(192):
+        # key[1] elsewhere than in argument 4: not the key
+        assert f.run(name, 0, 0, 0, KEY[1], 0, KEY[1]) == otherwise
+        for bit in CHECKED_BITS:
             assert f.run(name, *_flipped(bit)) == otherwise, f"{name}: bit {bit} flipped"
+        # the words not compared may hold anything
+        assert f.run(name, 0, 0, 0, 0, KEY[1], 0) == ALLOW
+
+
+def test_the_key_check_is_two_words_and_the_child_passes_them() -> None:
+    """The filter compares the two words of argument 4 alone, with key[1];
+    the child (``KEYED`` in csrc/spawn.c) passes key[0..2] in arguments
+    3..5, so key[1] lands in argument 4."""
+    f = Filter.build(spec("x86_64", notify=frozenset(KEYED)))
+    words = {w for key in KEY for w in (key & 0xFFFFFFFF, key >> 32)}
+    compared = [(f.insns[pc - 1], k) for pc, (code, _, _, k) in enumerate(f.insns)
+                if code == JEQ_K and k in words]
+    # argument 4's low word is at 48, its high word at 52
+    assert sorted(compared) == [((LD_W_ABS, 0, 0, 48), KEY[1] & 0xFFFFFFFF),
+                                ((LD_W_ABS, 0, 0, 52), KEY[1] >> 32)]
+    src = (Path(__file__).parents[1] / "csrc" / "spawn.c").read_text()
+    assert re.search(r"\(long\)\(c\), \(long\)\(req\)->key\[0\],\s*\\\s*"
+                     r"\(long\)\(req\)->key\[1\], \(long\)\(req\)->key\[2\]\)", src)
+
+
+def _keyed_calls_in_spawn_c() -> list[tuple[str, list[str]]]:
+    """(syscall, [arg0, arg1, arg2]) of every ``KEYED(req, SYS_x, a, b, c)``
+    in csrc/spawn.c, split at the commas outside parentheses."""
+    src = (Path(__file__).parents[1] / "csrc" / "spawn.c").read_text()
+    calls = []
+    for m in re.finditer(r"\bKEYED\(req, SYS_(\w+), ", src):
+        args, depth, start, pc = [], 0, m.end(), m.end()
+        while depth >= 0:
+            ch = src[pc]
+            if ch == "(":
+                depth += 1
+            elif ch == ")":
+                depth -= 1
+            if (ch == "," and depth == 0) or depth < 0:
+                args.append(src[start:pc].strip())
+                start = pc + 1
+            pc += 1
+        calls.append((m.group(1), args))
+    return calls
+
+
+def test_child_args_are_what_spawn_c_passes() -> None:
+    """``CHILD_ARGS`` (the arguments that decide whether a child call needs
+    the key) are literally those of every keyed call in csrc/spawn.c."""
+    calls = _keyed_calls_in_spawn_c()
+    assert {name for name, _ in calls} == set(PRE_EXEC_CALLS)
+    for name, args in calls:
+        assert len(args) == 3, (name, args)
+        for index, value in CHILD_ARGS.get(name, {}).items():
+            assert args[index] == str(value), (name, args)
+
+
+def test_prlimit64_on_itself_needs_no_key_where_its_code_allows_it() -> None:
+    """Under the guards alone the child's prlimit64 (pid 0) is allowed by
+    its own code: no key check for it, and no second dispatch of the
+    number after a failed one; a handler that traps it on the process
+    itself brings the key back."""
+    plain = Filter.build(spec("x86_64", notify=GUARDED, guarded=GUARDED))
+    assert plain.run("prlimit64", 0, 7, 0x1000) == ALLOW
+    assert plain.run("prlimit64", 1, 7, 0x1000) == USER_NOTIF
+    assert not any(code == LD_W_ABS and k == 0 for code, _, _, k in plain.insns[3:])
+    # nor for the listener's sendmsg (no MSG_FASTOPEN): no key check at all
+    assert plain.run("sendmsg", 5, 0x1000, 0) == ALLOW
+    assert not any(code == LD_W_ABS and k in (48, 52) for code, _, _, k in plain.insns)
+    trapped = Filter.build(spec("x86_64", notify=GUARDED, guarded=GUARDED,
+                                self_trapped=frozenset({"prlimit64"})))
+    assert trapped.run("prlimit64", 0, 7, 0x1000) == USER_NOTIF
+    assert trapped.run("prlimit64", 0, 7, 0x1000, *KEY) == ALLOW
 
 
 @pytest.mark.parametrize("arch", ARCHES)

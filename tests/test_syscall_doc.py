@@ -58,7 +58,8 @@ e.g. the i386 ABI through `int 0x80`) and, on x86_64, any x32 number kill the
 process. A number that no table below names (a syscall newer than this table)
 is ENOSYS. The child's own calls between installing the filter and `execve`
 (`write`, `sendmsg`, `exit_group`, `execve`, `prlimit64`) are let through when
-they carry the 192-bit per-policy key (see `csrc/spawn.c`).
+they carry the per-policy key (64 random bits in argument 4, see `csrc/spawn.c`),
+where their own row would not already allow the call the child makes.
 
 **Other policies.** `allow_sysv_ipc=True` allows the SysV IPC and message-queue
 calls; `interactive=True` allows the terminal ioctls; `net_allow=["*"]` allows

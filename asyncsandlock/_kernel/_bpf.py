@@ -13,15 +13,17 @@ an argument check, a guard, or an errno.  The program, in order:
 The search is a binary search tree of ``jge`` over runs of numbers, not a
 list of ``jeq``: when a filter is attached, the kernel runs it once for every
 syscall number to fill its allow cache (``seccomp_cache_prepare``), so the
-cost of attaching it, paid by every spawn, grows with the path an allowed
-syscall takes.  Attaching also costs ~0.3 us per instruction (the kernel
-checks, translates and JIT-compiles the program each time), so the program
+cost of attaching it, paid by every spawn, grows with the path each number
+takes (the tree's shape weighs that walk: ``_search``).  Attaching also
+costs ~0.2-0.3 us per instruction (the kernel checks, translates and
+JIT-compiles the program each time), so the program
 is built as a graph of hash-consed nodes (``_Graph``) and laid out at the
 end: every return is emitted once and jumped to from anywhere, two
 syscalls with equal code share it, the keyed exemption is one check for
 every keyed call, and a number alone between two runs of one action is a
 ``jeq`` at the merged run's leaf instead of two boundaries.  The guards'
-policy went from 381 to 206 instructions on x86_64, every decision the
+policy went from 381 to 206 instructions on x86_64, then to 192 (a
+64-bit key check, or none: ``_key_words``, ``_keyed``), every decision the
 same (``tests/test_bpf.py`` compares the laid-out program with each
 syscall's own code).  Argument checks hang off the leaves: a chain of
 checks before the search would be walked by every syscall the cache does
@@ -36,12 +38,15 @@ would then ignore.
 
 The child's own calls after the filter is installed (``PRE_EXEC_CALLS``,
 see the essay at the top of ``csrc/spawn.c``) carry a 192-bit key in
-argument registers 3..5; the block of such a call, when its action is
-anything but a plain allow, starts by allowing it when the key matches.
+argument registers 3..5, of which the filter compares 64 (``_key_words``);
+such a call is allowed when the key matches, unless its own code already
+allows it with the arguments the child passes (``CHILD_ARGS``): then it
+needs no key, and a policy like the README's has no key check at all.
 """
 
 from __future__ import annotations
 
+import bisect
 import errno
 import itertools
 import struct
@@ -214,15 +219,27 @@ def _test(arg: int, op: int, k: int, hit: int, miss: int) -> _Action:
 
 
 def _key_words(key: tuple[int, int, int]) -> list[tuple[int, int]]:
-    """(offset, word) of the key's six 32-bit words in args 3..5."""
-    words = []
-    for i, value in enumerate(key):
-        words += [(_arg_lo(3 + i), value & 0xFFFFFFFF), (_arg_hi(3 + i), value >> 32)]
-    return words
+    """(offset, word) of the key words the filter compares: the two of
+    ``key[1]``, in argument 4.
+
+    64 bits are what the threat needs, and each word compared costs the
+    program two instructions (~0.8 us per spawn to attach).  The threat is
+    an online guess: the sandboxed program, which cannot read the key (see
+    the essay of ``csrc/spawn.c``), makes a keyed call with a guess in its
+    registers and sees whether the filter let it through.  Each guess is a
+    system call through the filter (~0.1 us at the very least, usually a
+    round trip with the supervisor), no faster in parallel than the cores
+    allow: 2**63 guesses, the expected number, take ~290 years at a
+    billion a second.  ``key[1]`` because all its 64 bits are random:
+    ``key[0]`` has two fixed bits (``_plan._new_key``, for prlimit64), and
+    the child keeps passing all three words, so the kernel sees the same
+    calls as before."""
+    return [(_arg_lo(4), key[1] & 0xFFFFFFFF), (_arg_hi(4), key[1] >> 32)]
 
 
 def _keyed_exemption(key: tuple[int, int, int]) -> _Asm:
-    """Allow when args 3..5 equal ``key``; else fall through to what follows."""
+    """Allow when the call carries ``key`` (``_key_words``); else fall
+    through to what follows."""
     body = _Asm()
     words = _key_words(key)
     for n, (offset, word) in enumerate(words):
@@ -566,11 +583,59 @@ def _unkeyed(spec: FilterSpec, name: str) -> _Action:
     return action
 
 
+#: The arguments the child's own calls always pass (``KEYED`` in
+#: csrc/spawn.c): sendmsg of the listener with no flags, prlimit64 on itself,
+#: exit_group(127).  The others (the fd and length of a write, execve's
+#: pointers) vary.
+CHILD_ARGS: Mapping[str, Mapping[int, int]] = {
+    "sendmsg": {2: 0},
+    "prlimit64": {0: 0},
+    "exit_group": {0: 127, 1: 0, 2: 0},
+}
+
+
+def _allows(code: tuple[tuple[int, int, int, int], ...], known: Mapping[int, int]) -> bool:
+    """Whether every path of ``code`` that arguments with the ``known``
+    values (index -> value) can take returns ALLOW; the other arguments
+    may be anything."""
+    words = {_arg_lo(i): v & 0xFFFFFFFF for i, v in known.items()}
+    words.update({_arg_hi(i): v >> 32 for i, v in known.items()})
+
+    def walk(pc: int, acc: int | None) -> bool:
+        while True:
+            c, jt, jf, k = code[pc]
+            pc += 1
+            if c == _RET_K:
+                return k == RET_ALLOW
+            if c == _LD_W_ABS:
+                acc = words.get(k)
+            elif c == _ALU_AND_K:
+                acc = None if acc is None else acc & k
+            elif c == _JA:
+                pc += k
+            elif acc is None:
+                return walk(pc + jt, None) and walk(pc + jf, None)
+            else:
+                holds = (acc == k if c == _JEQ_K else acc >= k if c == _JGE_K
+                         else bool(acc & k))
+                pc += jt if holds else jf
+    return walk(0, None)
+
+
 def _keyed(spec: FilterSpec, name: str, action: _Action) -> bool:
     """The child's own call, made while the parent sleeps in vfork and can
     answer no notification (a denied exit_group would leave it spinning):
-    allowed when it carries the key."""
-    return spec.key is not None and name in PRE_EXEC_CALLS and action != RET_ALLOW
+    allowed when it carries the key.  Not where the call's own code already
+    allows it with the arguments the child passes (``CHILD_ARGS``): the
+    listener's sendmsg has no MSG_FASTOPEN, prlimit64 is on the child
+    itself (``own``, allowed under the guards alone).  Then the call gets
+    the same answer with or without the key, and the program has no key
+    check for it (and none at all when no keyed call is left)."""
+    if spec.key is None or name not in PRE_EXEC_CALLS:
+        return False
+    if isinstance(action, int):
+        return action != RET_ALLOW
+    return not _allows(action, CHILD_ARGS.get(name, {}))
 
 
 def _action(spec: FilterSpec, name: str) -> _Action:
@@ -720,24 +785,72 @@ def _lift_singles(runs: list[tuple[int, int]]) -> tuple[list[tuple[int, int]], d
     return merged, singles
 
 
-def _search(g: _Graph, runs: list[tuple[int, int]]) -> int:
+#: What one instruction of the program costs to attach, in steps of the
+#: allow cache's walk (see ``_search``): ~0.19 us to check, convert and
+#: JIT-compile an eBPF instruction, ~2.7 ns per step walked (6.18 in a VM,
+#: docs/performance.md, "Attaching the filter").
+_STEPS_PER_INSN = 70
+
+
+def _search(g: _Graph, runs: list[tuple[int, int]], walked: int = 0) -> int:
     """The node returning the action (a node) of the run holding the number
-    in A: a balanced tree of ``jge`` (the kernel's allow cache runs the
-    program for every number when it is attached, so the path counts), its
-    leaves a ``jeq`` per lifted number."""
+    in A: a tree of ``jge``, its leaves a ``jeq`` per lifted number.
+
+    Attaching a filter costs two things the tree decides.  The kernel runs
+    it once for every number below ``walked`` (the size of its table) to
+    fill its allow cache (``seccomp_cache_prepare``: every instruction a
+    step of an emulator, interrupts off), so each level of the tree costs
+    a step per number under it.  And a ``jge`` neither of whose targets
+    can follow it (both are returns, emitted once at the end) is two eBPF
+    instructions, not one, once the kernel converts the program.  So the
+    tree is the cheapest by those two counts (``_STEPS_PER_INSN``), found
+    by dynamic programming over the runs (Knuth's bounds on the root): a
+    wide run (x86_64's 337-423, never assigned) sits near the root, and
+    two returns meet under one ``jge`` as seldom as the steps allow.  A
+    run the walk never visits weighs a little, which keeps the rest of the
+    tree balanced for the calls made at run time."""
     merged, singles = _lift_singles(runs)
     starts = [first for first, _ in merged]
+    n = len(merged)
+    ends = [*starts[1:], 1 << 32]
+    # A run's weight: the numbers of it the walk visits, each counting as
+    # much as n runs never visited.
+    weight = [n * max(0, min(end, walked) - first) + 1
+              for first, end in zip(starts, ends, strict=True)]
+    prefix = [0, *itertools.accumulate(weight)]
+    # A lone run is a return (emitted once, elsewhere) unless numbers lifted
+    # into it make it a jeq of its own, which can follow its jge.
+    lifted = {bisect.bisect_right(starts, nr) - 1 for nr in singles}
+    alone = [g.nodes[node][0] == _RET_K and i not in lifted for i, (_, node) in enumerate(merged)]
+    pair = _STEPS_PER_INSN * n
+    cost = [[0] * (n + 1) for _ in range(n + 1)]
+    root = [[0] * (n + 1) for _ in range(n + 1)]
+    for i in range(n - 1):
+        root[i][i + 2] = i + 1
+        cost[i][i + 2] = prefix[i + 2] - prefix[i] + (pair if alone[i] and alone[i + 1] else 0)
+    for size in range(3, n + 1):
+        for i in range(n - size + 1):
+            j = i + size
+            best, at = -1, 0
+            # Knuth's bounds, both within (i, j); the pair term may break
+            # their order, and any root in between still makes a tree.
+            low, high = sorted((root[i][j - 1], root[i + 1][j]))
+            for r in range(low, high + 1):
+                c = cost[i][r] + cost[r][j]
+                if best < 0 or c < best:
+                    best, at = c, r
+            cost[i][j] = best + prefix[j] - prefix[i]
+            root[i][j] = at
 
     def tree(lo: int, hi: int) -> int:
         if hi - lo == 1:
             node = merged[lo][1]
-            end = starts[hi] if hi < len(starts) else 1 << 32
-            for nr in sorted((n for n in singles if starts[lo] <= n < end), reverse=True):
+            for nr in sorted((n for n in singles if starts[lo] <= n < ends[lo]), reverse=True):
                 node = g.jump(_JEQ_K, nr, singles[nr], node)
             return node
-        mid = (lo + hi) // 2
+        mid = root[lo][hi]
         return g.jump(_JGE_K, starts[mid], tree(mid, hi), tree(lo, mid))
-    return tree(0, len(merged))
+    return tree(0, n)
 
 
 def build_filter(spec: FilterSpec) -> bytes:
@@ -771,7 +884,7 @@ def build_filter(spec: FilterSpec) -> bytes:
     if spec.arch == AUDIT_ARCH_X86_64:
         # x32 numbers (the bit set) alias x86_64 ones: killed.
         runs.append((_X32_SYSCALL_BIT, kill))
-    search = g.node(_LD_W_ABS, _OFF_NR, _search(g, runs))
+    search = g.node(_LD_W_ABS, _OFF_NR, _search(g, runs, max(spec.table.values(), default=0) + 1))
     entry = g.node(_LD_W_ABS, _OFF_ARCH, g.jump(_JEQ_K, spec.arch, search, kill))
     asm = _Asm()
     asm.insns = g.layout(entry)
