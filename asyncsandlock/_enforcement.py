@@ -158,8 +158,8 @@ _NOTHING: Final[Mapping[Subsystem, tuple[str, ...]]] = MappingProxyType({})
 def unenforced_by_run(policy: Sandbox, protections: Mapping[Subsystem, Protection], *,
                       run_handlers: bool = False) -> Mapping[Subsystem, tuple[str, ...]]:
     """Per :attr:`Protection.DEGRADED` subsystem of a run, :func:`unenforced`."""
-    degraded = [sub for sub, state in protections.items() if state is Protection.DEGRADED]
-    if not degraded:
+    if Protection.DEGRADED not in protections.values():  # the usual run: one scan in C
         return _NOTHING
+    degraded = [sub for sub, state in protections.items() if state is Protection.DEGRADED]
     return MappingProxyType({sub: unenforced(policy, sub, run_handlers=run_handlers)
                              for sub in degraded})

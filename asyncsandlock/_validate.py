@@ -117,8 +117,14 @@ def check_positive(name: str, value: object) -> int | None:
     return value
 
 
+#: The empty environment every run without ``env=`` gets (read-only).
+_NO_ENV: Mapping[str, str] = MappingProxyType({})
+
+
 def check_env(name: str, value: object) -> Mapping[str, str]:
     """Validate an environment mapping; returns a read-only copy."""
+    if type(value) is dict and not value:  # run()'s usual case, without the ABC check
+        return _NO_ENV
     if not isinstance(value, Mapping):
         raise PolicyError(name, f"expected a mapping of str to str, got {show(value)}")
     for key, val in value.items():
@@ -176,6 +182,8 @@ def check_handlers(name: str, value: object,
     (:data:`DEFAULT_DENY` and ``deny``), or none of whose syscalls exists on
     this architecture.  Without it, that check is left to the spawn.
     """
+    if type(value) is tuple and not value:  # run()'s default, without the ABC check
+        return value
     if not isinstance(value, Iterable) or isinstance(value, (str, Handler)):
         raise PolicyError(name, f"expected a sequence of Handler instances, got {show(value)}")
     items = tuple(value)
@@ -203,10 +211,19 @@ StdioTarget = int | IO[Any] | None
 
 def check_args(args: object) -> tuple[str, ...]:
     """Validate a command line (a non-empty sequence of str/PathLike)."""
-    if isinstance(args, (str, bytes)) or not isinstance(args, Sequence) or not args:
+    # A list or tuple (nearly every call) skips the ABC check, a str item
+    # os.fspath(): both cost more than the rest on every spawn's path.
+    items: Sequence[object] | None = None
+    if (type(args) is list or type(args) is tuple
+            or (not isinstance(args, (str, bytes)) and isinstance(args, Sequence))):
+        items = args
+    if not items:
         raise PolicyError("args", f"expected a non-empty list of arguments, got {show(args)}")
     out = []
-    for arg in args:
+    for arg in items:
+        if type(arg) is str:
+            out.append(check_text("args", arg))
+            continue
         if not isinstance(arg, (str, os.PathLike)):
             raise PolicyError("args", f"{show(arg)} is not a str or path")
         text = os.fspath(arg)
@@ -235,6 +252,8 @@ def check_fd(field: str, fd: object) -> int:
 
 def check_fds(field: str, value: object) -> list[int]:
     """A sequence of open fds, else :class:`PolicyError`."""
+    if type(value) is tuple and not value:  # run()'s default, without the ABC check
+        return []
     if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
         raise PolicyError(field, f"expected a sequence of fds, got {show(value)}")
     return [check_fd(field, fd) for fd in value]
