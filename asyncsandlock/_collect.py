@@ -96,17 +96,25 @@ class _Run:
     def serve(self) -> bool:
         """Take what the set reports; True when the task has something to do:
         reap (the pidfd fired) or return (reaped, and every pipe ended)."""
+        ended: list[int] = []
         for fd, events in self.epoll.poll(0):
             if fd == self.pidfd:
                 if not self.exited:
-                    self.epoll.unregister(fd)
+                    ended.append(fd)
                     self.exited = True
             elif (reader := self.readers.get(fd)) is not None:
                 if not reader.read():
-                    self.epoll.unregister(fd)
+                    ended.append(fd)
                     del self.readers[fd]
             else:
                 self.listeners.ready(fd, events)
+        if ended and not (self.exited and not self.readers):
+            # The set is waited on again: what ended must leave it (level
+            # triggered, it would fire at once), the pidfd before the reap
+            # closes it.  When everything ended, nobody waits on the set
+            # again and closing it drops them all: three epoll_ctl fewer.
+            for fd in ended:
+                self.epoll.unregister(fd)
         if self.proc._finished:
             # Reaped by another waiter (a caller that took the process from
             # task_status), which closed the pidfd: it left the set unseen.
