@@ -327,10 +327,10 @@ def _strings(req: Any, paths: tuple[str, ...], args: Sequence[bytes],
     """Point ``req``'s paths, argv, envp and cwd into one char buffer and one
     pointer array, whatever the number of strings; returns them (they must
     outlive the call)."""
-    items = (paths, tuple(args), None if env is None else tuple(env.items()), cwd)
-    size = (sum(map(len, paths)) + sum(map(len, items[1])) + len(cwd or "")
-            + (sum(len(k) + len(v) for k, v in items[2]) if items[2] is not None else 0))
-    line = _laid_out(*items) if size <= _KEPT_SIZE else _lay_out(*items)
+    pairs = None if env is None else tuple(env.items())
+    # A cheap bound of the size: a long environment of short strings is rare.
+    size = len(b"".join(args)) + (len(str(pairs)) if pairs is not None else 0)
+    line = (_laid_out if size <= _KEPT_SIZE else _lay_out)(paths, tuple(args), pairs, cwd)
     req.paths, req.npaths, req.argv = line.ptrs, len(paths), line.argv
     # env None: the caller's own environment, as the C library holds it (what
     # os.environ writes through to); no copy to build and encode per spawn.

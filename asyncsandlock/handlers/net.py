@@ -67,6 +67,7 @@ import os
 import shutil
 import socket
 import struct
+import weakref
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, ClassVar, Final
 
@@ -545,14 +546,23 @@ def net_guards(sandbox: Sandbox) -> list[Handler]:
     return guards
 
 
+#: Per Sandbox, its guard's rules or None, as its built-in handlers (built
+#: once per Sandbox) have them: asked twice on every spawn's path.
+_targets: weakref.WeakKeyDictionary[Sandbox, NetTargets | None] = weakref.WeakKeyDictionary()
+
+
 def net_targets(sandbox: Sandbox) -> NetTargets | None:
     """The rules ``sandbox``'s network guard checks (None: no guard)."""
+    try:
+        return _targets[sandbox]
+    except KeyError:
+        pass
     from . import builtin_handlers
 
-    for handler in builtin_handlers(sandbox):
-        if isinstance(handler, NetGuard):
-            return handler.targets
-    return None
+    found = next((handler.targets for handler in builtin_handlers(sandbox)
+                  if isinstance(handler, NetGuard)), None)
+    _targets[sandbox] = found
+    return found
 
 
 def unresolved(sandbox: Sandbox) -> bool:
