@@ -979,6 +979,41 @@ int asl_channel(int *sv)
     return socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) < 0 ? -errno : 0;
 }
 
+/* One message from `sock`, never waiting: its bytes into buf[len], and the
+ * first fd it carried (SCM_RIGHTS; any other is closed) into *fd, else -1.
+ * Returns its length, 0 at the end, or -errno (-EAGAIN: none yet). */
+static ssize_t receive(int sock, void *buf, size_t len, int *fd)
+{
+    struct iovec iov = {buf, len};
+    union {
+        char buf[CMSG_SPACE(2 * sizeof(int))];
+        struct cmsghdr align;
+    } control;
+    struct msghdr msg;
+    memset(&msg, 0, sizeof msg);
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.buf;
+    msg.msg_controllen = sizeof control.buf;
+    *fd = -1;
+    ssize_t n = recvmsg(sock, &msg, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+    if (n < 0)
+        return -errno;
+    struct cmsghdr *cmsg = CMSG_FIRSTHDR(&msg);
+    if (cmsg && cmsg->cmsg_level == SOL_SOCKET && cmsg->cmsg_type == SCM_RIGHTS) {
+        int fds[2];
+        size_t count = (cmsg->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+        memcpy(fds, CMSG_DATA(cmsg), count * sizeof(int));
+        for (size_t i = 0; i < count; i++) {
+            if (i == 0)
+                *fd = fds[i];
+            else
+                close(fds[i]);
+        }
+    }
+    return n;
+}
+
 /* What the child sent on its channel, read without waiting: the vfork
  * returns when the child has released our memory, in execve (before its
  * CLOEXEC fds are closed) or in _exit, and a failing child sends its report
@@ -989,71 +1024,35 @@ static int collect(int sock, struct asl_report *report, int *listener)
     memset(report, 0, sizeof *report);
     for (;;) {
         struct asl_report data;
-        struct iovec iov = {&data, sizeof data};
-        union {
-            char buf[CMSG_SPACE(2 * sizeof(int))];
-            struct cmsghdr align;
-        } control;
-        struct msghdr msg;
-        memset(&msg, 0, sizeof msg);
-        msg.msg_iov = &iov;
-        msg.msg_iovlen = 1;
-        msg.msg_control = control.buf;
-        msg.msg_controllen = sizeof control.buf;
-        ssize_t n = recvmsg(sock, &msg, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
-        /* EAGAIN: the child's end is still open (it is in execve); 0: it is
-         * closed.  Either way, nothing more will come (above). */
-        if (n < 0 && errno == EAGAIN)
+        int fd;
+        ssize_t n = receive(sock, &data, sizeof data, &fd);
+        /* -EAGAIN: the child's end is still open (it is in execve); 0: it
+         * is closed.  Either way, nothing more will come (above). */
+        if (n == -EAGAIN || n == 0)
             return 0;
         if (n < 0) {
-            int err = errno;
             if (*listener >= 0)
                 close(*listener);
             *listener = -1;
-            return -err;
+            return (int)n;
         }
-        if (n == 0)
-            return 0;
-        struct cmsghdr *cmsg = CMSG_FIRSTHDR(&msg);
-        if (cmsg && cmsg->cmsg_level == SOL_SOCKET && cmsg->cmsg_type == SCM_RIGHTS) {
-            int fds[2];
-            size_t count = (cmsg->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-            memcpy(fds, CMSG_DATA(cmsg), count * sizeof(int));
-            for (size_t i = 0; i < count; i++) {
-                if (i == 0 && *listener < 0)
-                    *listener = fds[i];
-                else
-                    close(fds[i]);
-            }
-        } else if ((size_t)n == sizeof data) {
+        if (fd >= 0 && *listener < 0)
+            *listener = fd;
+        else if (fd >= 0)
+            close(fd);
+        else if ((size_t)n == sizeof data)
             *report = data;
-        }
     }
 }
 
 int asl_receive_fd(int sock)
 {
     char byte;
-    struct iovec iov = {&byte, 1};
-    union {
-        char buf[CMSG_SPACE(sizeof(int))];
-        struct cmsghdr align;
-    } control;
-    struct msghdr msg;
-    memset(&msg, 0, sizeof msg);
-    msg.msg_iov = &iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control.buf;
-    msg.msg_controllen = sizeof control.buf;
-    if (recvmsg(sock, &msg, MSG_DONTWAIT | MSG_CMSG_CLOEXEC) < 0)
-        return -errno;
-    struct cmsghdr *cmsg = CMSG_FIRSTHDR(&msg);
-    if (!cmsg || cmsg->cmsg_level != SOL_SOCKET || cmsg->cmsg_type != SCM_RIGHTS ||
-        cmsg->cmsg_len < CMSG_LEN(sizeof(int)))
-        return -ENOMSG;
     int fd;
-    memcpy(&fd, CMSG_DATA(cmsg), sizeof fd);
-    return fd;
+    ssize_t n = receive(sock, &byte, 1, &fd);
+    if (n < 0)
+        return (int)n;
+    return fd >= 0 ? fd : -ENOMSG;
 }
 
 /*
