@@ -101,7 +101,7 @@ def instrument() -> None:
     sup._start = _timed("dispatch + handler (_start)", sup._start)  # type: ignore[method-assign]
     sup._answer = _timed("answer (incl. NOTIF_SEND)", sup._answer)  # type: ignore[method-assign]
     lst = _notify.Listener
-    lst.recv = _timed("recv (poll + RECV + HandlerCtx)", lst.recv)  # type: ignore[method-assign]
+    lst.step = _timed("step (answer + poll + RECV + HandlerCtx)", lst.step)  # type: ignore[method-assign]
     net._Call.address = _timed("rule check (_Call.address)", net._Call.address)  # type: ignore[method-assign]
     net._Call.__init__ = _timed("_Call (pidfd cache + C fetch)", net._Call.__init__)  # type: ignore[method-assign]
     tgt = net.Target
