@@ -382,8 +382,8 @@ static long since(const struct timespec *then)
  * scheduler's choice: when it preempts us, a child connecting in a loop
  * has trapped again by the time we look, and one call answers up to
  * `batch` connects; when it does not, every connect costs a turn of the
- * event loop (back to Python, epoll_wait, the callback: ~45 us of CPU,
- * more than this whole function) and the runs of a benchmark split into a
+ * event loop (back to Python, epoll_wait, the callback: ~47 us of CPU on
+ * asyncio, ~70 us on Trio, more than this whole function) and the runs of a benchmark split into a
  * fast and a slow mode.  sched_yield asks for what the fast mode gets by
  * chance: the child runs now, until it blocks (in its next trap, say) or
  * its slice ends, as it would have had it preempted us; so the loop waits
