@@ -63,6 +63,7 @@
 #define KEY_MAX 20                 /* family, port, 16 address bytes */
 #define PIDFDS 64
 #define QUICK_NS 250000L           /* a connect back this soon after an answer: yield again */
+#define HOLD_NS 2000000L           /* no yield once a pump call has run this long */
 
 struct notif {                     /* struct seccomp_notif */
     uint64_t id;
@@ -391,10 +392,14 @@ static long since(const struct timespec *then)
  * nothing, and starts again when a connect comes back within QUICK_NS of
  * the last answer, so a child that connects then computes costs the loop
  * at most one slice per burst.  Another task of this CPU may run first:
- * the CPU was about to be given up anyway (epoll_wait). */
-static int yield_to_child(struct asl_fast *f, struct pollfd *p)
+ * the CPU was about to be given up anyway (epoll_wait).  With the child's
+ * time between its connects now inside the call, a call stops yielding
+ * after HOLD_NS (`start`: when it began), so that the loop's other tasks
+ * wait about that long at most, not `batch` times a connect and the child's
+ * work. */
+static int yield_to_child(struct asl_fast *f, struct pollfd *p, const struct timespec *start)
 {
-    if (!f->yielding)
+    if (!f->yielding || since(start) > HOLD_NS)
         return 0;
     sched_yield();
     int ready = poll(p, 1, 0);
@@ -406,11 +411,14 @@ int asl_fast_pump(struct asl_fast *f, void *buf, int batch, int out[3])
 {
     struct notif *n = buf;
     struct pollfd p = {.fd = f->listener, .events = POLLIN};
+    struct timespec start;
+    if (f->may_yield)
+        clock_gettime(CLOCK_MONOTONIC, &start);
     out[0] = 0;
     while (out[0] < batch) {
         int ready = poll(&p, 1, 0);
         if (ready == 0 && out[0])
-            ready = yield_to_child(f, &p);
+            ready = yield_to_child(f, &p, &start);
         if (ready <= 0)
             return 0;
         if (!(p.revents & POLLIN))
