@@ -38,12 +38,12 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <sched.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
-#include <sched.h>
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
@@ -384,8 +384,8 @@ static long since(const struct timespec *then)
  * has trapped again by the time we look, and one call answers up to
  * `batch` connects; when it does not, every connect costs a turn of the
  * event loop (back to Python, epoll_wait, the callback: ~47 us of CPU on
- * asyncio, ~70 us on Trio, more than this whole function) and the runs of a benchmark split into a
- * fast and a slow mode.  sched_yield asks for what the fast mode gets by
+ * asyncio, ~70 us on Trio, more than this whole function) and the runs of
+ * a benchmark split into a fast and a slow mode.  sched_yield asks for what the fast mode gets by
  * chance: the child runs now, until it blocks (in its next trap, say) or
  * its slice ends, as it would have had it preempted us; so the loop waits
  * no longer than the fast mode makes it wait.  It stops once a yield finds
@@ -411,7 +411,7 @@ int asl_fast_pump(struct asl_fast *f, void *buf, int batch, int out[3])
 {
     struct notif *n = buf;
     struct pollfd p = {.fd = f->listener, .events = POLLIN};
-    struct timespec start;
+    struct timespec start = {0, 0};
     if (f->may_yield)
         clock_gettime(CLOCK_MONOTONIC, &start);
     out[0] = 0;
