@@ -36,6 +36,11 @@ FOR_PYTHON: Final = 1
 UNDER_WAY: Final = 2
 HUNG_UP: Final = 3
 _CONNECT: Final = SYSCALLS.get("connect", -1)
+#: Whether the pump hands the CPU to the child after an answer when nothing
+#: is queued, for its next connect (``yield_to_child`` in ``csrc/netfast.c``).
+#: A module setting, read by each new :class:`FastConnect`: benchmarks turn it
+#: off to compare.
+YIELD_TO_CHILD = True
 
 
 class FastConnect:
@@ -49,6 +54,8 @@ class FastConnect:
         if c == ffi.NULL:
             raise MemoryError
         self._c = ffi.gc(c, lib.asl_fast_free)
+        if not YIELD_TO_CHILD:
+            lib.asl_fast_yield(c, 0)
         self._out = ffi.new("int[3]")
         self._address = ffi.new("char[128]")
 

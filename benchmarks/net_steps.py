@@ -5,8 +5,11 @@
 Runs ``netbench connect`` (N connect()+close() to 127.0.0.1) under a host
 rule, with the supervisor's steps wrapped in ``perf_counter_ns`` timers
 (the wrappers cost ~0.3 µs each, counted in the step they wrap), and
-prints per connect: the child's wall time, the supervisor's CPU time
-(``getrusage``), and each step's time.  What the supervisor's CPU time
+prints per connect: the child's wall time, the supervisor's CPU time and
+context switches (``getrusage``), and each step's time (the C pump's
+"calls" per connect are its returns to the event loop; its time holds the
+child's own while the pump yields the CPU to it, see ``yield_to_child`` in
+``csrc/netfast.c``).  What the supervisor's CPU time
 holds beyond the steps is the event loop's own work (its wake-up, epoll,
 the callback).  The C steps' kernel costs (pidfd_getfd, getsockopt,
 process_vm_readv, connect, close) are timed one by one by
@@ -101,7 +104,7 @@ def instrument() -> None:
     sup._start = _timed("dispatch + handler (_start)", sup._start)  # type: ignore[method-assign]
     sup._answer = _timed("answer (incl. NOTIF_SEND)", sup._answer)  # type: ignore[method-assign]
     lst = _notify.Listener
-    lst.recv = _timed("recv (poll + RECV + HandlerCtx)", lst.recv)  # type: ignore[method-assign]
+    lst.step = _timed("step (answer + poll + RECV + HandlerCtx)", lst.step)  # type: ignore[method-assign]
     net._Call.address = _timed("rule check (_Call.address)", net._Call.address)  # type: ignore[method-assign]
     net._Call.__init__ = _timed("_Call (pidfd cache + C fetch)", net._Call.__init__)  # type: ignore[method-assign]
     tgt = net.Target
@@ -142,11 +145,13 @@ async def main(backend: str, quick: bool) -> None:
         after = resource.getrusage(resource.RUSAGE_SELF)
         cpu = (after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime) * 1e6 / n
         sys_ = (after.ru_stime - before.ru_stime) * 1e6 / n
+        switches = (after.ru_nvcsw - before.ru_nvcsw + after.ru_nivcsw - before.ru_nivcsw) / n
         child_wall, child_cpu = (float(f) / 1e3 for f in (result.stdout or b"0 0").split())
         free_wall, free_cpu = (float(f) / 1e3 for f in free.split())
         print(f"{backend}: child {child_wall:.1f} µs per connect, CPU {child_cpu:.1f} "
               f"(unconfined just before: {free_wall:.1f}, CPU {free_cpu:.1f}); supervisor CPU "
-              f"{cpu:.1f} µs per connect (system {sys_:.1f})  [{os.getloadavg()[0]:.1f} load]")
+              f"{cpu:.1f} µs per connect (system {sys_:.1f}), {switches:.2f} context switches"
+              f"  [{os.getloadavg()[0]:.1f} load]")
         for name, ns in sorted(TIMES.items(), key=lambda kv: -kv[1]):
             print(f"    {name:58} {ns / n / 1e3:7.2f} µs per connect"
                   f"  ({COUNTS[name] / n:.2f} calls)")

@@ -337,6 +337,9 @@ struct asl_fast *asl_fast_new(int listener, int connect_nr, struct asl_verdicts 
 void asl_fast_close(struct asl_fast *f);
 void asl_fast_free(struct asl_fast *f);
 int asl_fast_pump(struct asl_fast *f, void *buf, int batch, int out[3]);
+/* asl_fast_yield: whether asl_fast_pump may hand the CPU to the child after
+ * an answer, for its next connect (netfast.c, yield_to_child); on by default. */
+void asl_fast_yield(struct asl_fast *f, int on);
 /* The supervisor's hot path (csrc/notifstep.c): answer notification `id`
  * of `listener` when `answer` (a SEND; a target gone meanwhile is not an
  * error), then, when `buf` is not NULL, receive the next queued notification

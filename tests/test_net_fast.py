@@ -13,6 +13,7 @@ import contextlib
 import errno
 import shutil
 import socket
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -20,7 +21,7 @@ import anyio
 import pytest
 from test_net_guard import Servers, netprobe, probe, sandbox, servers  # noqa: F401
 
-from asyncsandlock import Sandbox, _supervisor
+from asyncsandlock import Sandbox, _netfast, _supervisor
 from asyncsandlock._core import ffi, lib
 from asyncsandlock.handlers import NetGuard
 
@@ -125,6 +126,52 @@ async def test_repeated_connects_are_answered_in_c(netprobe: str, servers: Serve
     assert out.startswith("ok=0 refused=40"), out
     assert servers.accepted("127.0.0.2") == 0
     assert calls.handle == 2
+
+
+@pytest.mark.usefixtures("no_leaks")
+@pytest.mark.parametrize("yield_to_child", [True, False], ids=["yield", "no-yield"])
+async def test_a_loop_of_connects_with_and_without_the_yield(
+        netprobe: str, servers: Servers, calls: Calls,  # noqa: F811
+        monkeypatch: pytest.MonkeyPatch, yield_to_child: bool) -> None:
+    """Whether or not the pump hands the CPU to the child after an answer
+    (``yield_to_child`` in netfast.c), 40 connects in a loop (the
+    listener's backlog holds 64) are each answered once, as the kernel
+    would: the first by the Python guard."""
+    monkeypatch.setattr(_netfast, "YIELD_TO_CHILD", yield_to_child)
+    port = servers.tcp_port
+    sb = sandbox(netprobe, net_allow=[f"127.0.0.1:{port}"])
+    _, out = await probe(sb, netprobe, "toctou", "127.0.0.1", "127.0.0.1", port, 40)
+    assert out.startswith("ok=40 refused=0"), out
+    assert servers.accepted("127.0.0.1") == 40
+    assert calls.handle == 1
+
+
+@pytest.mark.usefixtures("no_leaks")
+async def test_a_yield_does_not_hold_the_loop(netprobe: str, servers: Servers) -> None:  # noqa: F811
+    """A child that connects, then computes for most of a second on the
+    CPU the pump handed it: the loop's other tasks go on running (the pump
+    yields once after its last answer, and returns when it gets the CPU
+    back, not when the child traps again)."""
+    port = servers.tcp_port
+    sb = sandbox(netprobe, net_allow=[f"127.0.0.1:{port}"])
+    script = (f"{netprobe} toctou 127.0.0.1 127.0.0.1 {port} 20 && "
+              "i=0; while [ $i -lt 300000 ]; do i=$((i+1)); done")
+    gaps: list[float] = []
+    done = False
+
+    async def tick() -> None:
+        while not done:
+            start = time.monotonic()
+            await anyio.sleep(0.001)
+            gaps.append(time.monotonic() - start)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(tick)
+        result = await sb.run(["/bin/sh", "-c", script], timeout=30)
+        done = True
+    assert result.returncode == 0, result
+    assert servers.accepted("127.0.0.1") == 20
+    assert len(gaps) > 10 and max(gaps) < 0.25, max(gaps)
 
 
 @pytest.mark.usefixtures("no_leaks")
