@@ -66,6 +66,7 @@ _REQ_SEND: Final = _ulong(IOCTL_SEND)
 _REQ_ID_VALID: Final = _ulong(IOCTL_ID_VALID)
 _REQ_ADDFD: Final = _ulong(IOCTL_ADDFD)
 _REQ_SET_FLAGS: Final = _ulong(IOCTL_SET_FLAGS)
+#: ``asl_notif_step`` (``csrc/notifstep.c``): the supervisor's pump calls it directly.
 _step = lib.asl_notif_step
 _HUNG_UP: Final = 3
 
@@ -193,11 +194,17 @@ class Listener:
         rc = _step(self.fd, nid is not None, nid or 0, val, error, flags, self._cbuf)
         if rc == 1:
             return HandlerCtx._create(self, self._buf, names)
+        self.stepped(rc)
+        return None
+
+    def stepped(self, rc: int) -> None:
+        """After a step (``_step``, :meth:`step`) that received nothing
+        (``rc`` not 1): set :attr:`closed` on a hang-up, raise on a failure."""
         if rc == 0:
-            return None
+            return
         if rc == _HUNG_UP:
             self.closed = True
-            return None
+            return
         err = ffi.errno
         what = "SEND" if rc == -1 else "RECV"
         raise OSError(err, f"SECCOMP_IOCTL_NOTIF_{what}: {os.strerror(err)}")
