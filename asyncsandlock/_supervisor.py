@@ -241,12 +241,12 @@ class Supervisor:
         self.more = False
         listener = self._listener
         fd, cbuf, buf, names = listener.fd, listener._cbuf, listener._buf, self._names
-        create, decide = HandlerCtx._create, self._decide
+        step, create, decide = _step, HandlerCtx._create, self._decide
         # Each answer is sent by the step that receives the next notification
         # (``owed``: whether ``nid`` still waits for it).
         owed = nid = val = error = flags = 0
         for _ in range(BATCH):
-            rc = _step(fd, owed, nid, val, error, flags, cbuf)
+            rc = step(fd, owed, nid, val, error, flags, cbuf)
             if rc != 1:
                 listener.stepped(rc)
                 return None
@@ -302,7 +302,8 @@ class Supervisor:
         first that suspended.  ``first``: the first handler's coroutine,
         already made (a connect the fast path started)."""
         chains = self._chains
-        self._first = first
+        if first is not None:
+            self._first = first
         try:
             out = chains.send(ctx)
         except BaseException:
