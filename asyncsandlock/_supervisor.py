@@ -47,7 +47,7 @@ import anyio.lowlevel
 
 from . import _netfast, _notify_loop
 from ._handler import ExceptionPolicy, Handler
-from ._kernel._notify import FLAG_CONTINUE, HandlerCtx, Listener, NotifAction, _step
+from ._kernel._notify import FLAG_CONTINUE, HandlerCtx, Listener, NotifAction, _continue, _step
 from .handlers.net import finish_connect
 
 logger = logging.getLogger("asyncsandlock")
@@ -241,31 +241,37 @@ class Supervisor:
         self.more = False
         listener = self._listener
         fd, cbuf, buf, names = listener.fd, listener._cbuf, listener._buf, self._names
-        step, create, decide = _step, HandlerCtx._create, self._decide
-        # Each answer is sent by the step that receives the next notification
-        # (``owed``: whether ``nid`` still waits for it).
+        step, cont, create, decide = _step, _continue, HandlerCtx._create, self._decide
+        # Each answer is sent by the step that receives the next notification.
+        # ``owed``: _CONTINUED, the one in ``buf`` (received last) is to be
+        # continued; _ANSWER, ``nid`` is to get (val, error, flags); 0, none.
         owed = nid = val = error = flags = 0
+        ctx = None
         for _ in range(BATCH):
-            rc = step(fd, owed, nid, val, error, flags, cbuf)
+            if owed == _CONTINUED:
+                rc = cont(fd, cbuf)
+            else:
+                rc = step(fd, owed, nid, val, error, flags, cbuf)
             if rc != 1:
                 listener.stepped(rc)
                 return None
             ctx = create(listener, buf, names)
             outcome = decide(ctx)
+            if outcome is _CONTINUE:
+                owed = _CONTINUED
+                continue
             if isinstance(outcome, Pending):
                 return outcome
-            nid = ctx.id
-            if outcome is _CONTINUE:
-                owed, val, error, flags = 1, 0, 0, FLAG_CONTINUE
-                continue
             reply = _send_args(outcome)
             if reply is None:
                 owed = 0
                 self._answer(ctx, outcome)
             else:
-                owed = 1
+                owed, nid = _ANSWER, ctx.id
                 val, error, flags = reply
-        if owed:
+        if owed == _CONTINUED and ctx is not None:
+            listener.respond(ctx.id, *_CONTINUE_ARGS)
+        elif owed:
             listener.respond(nid, val, error, flags)
         self.more = True
         return None
@@ -377,6 +383,9 @@ class Supervisor:
 _CONTINUE: Final = NotifAction.continue_()
 _KILL: Final = NotifAction.kill()
 _CONTINUE_ARGS: Final = (0, 0, FLAG_CONTINUE)
+#: What :meth:`Supervisor.pump` owes the notification it received last.
+_CONTINUED: Final = 1
+_ANSWER: Final = 2
 
 
 def _send_args(action: NotifAction) -> tuple[int, int, int] | None:

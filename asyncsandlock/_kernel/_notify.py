@@ -71,8 +71,9 @@ _REQ_SEND: Final = _ulong(IOCTL_SEND)
 _REQ_ID_VALID: Final = _ulong(IOCTL_ID_VALID)
 _REQ_ADDFD: Final = _ulong(IOCTL_ADDFD)
 _REQ_SET_FLAGS: Final = _ulong(IOCTL_SET_FLAGS)
-#: ``asl_notif_step`` (``csrc/notifstep.c``): the supervisor's pump calls it directly.
+#: ``csrc/notifstep.c``: the supervisor's pump calls them directly.
 _step = lib.asl_notif_step
+_continue = lib.asl_notif_continue
 _HUNG_UP: Final = 3
 
 
