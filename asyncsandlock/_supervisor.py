@@ -6,15 +6,16 @@ Handlers are stepped inline
 ---------------------------
 Most handlers decide without waiting for anything.  Giving each
 notification its own task would cost more than the whole round trip with
-the kernel, so :meth:`Supervisor.pump` calls ``handle(ctx)`` and steps the
-coroutine by hand (``coro.send(None)``) from the task that serves the
-listener.  A coroutine that finishes in that first step is answered at
-once, with no task created and no trip through the scheduler.
+the kernel, so :meth:`Supervisor.pump` steps the handlers' coroutines
+itself, from the task that serves the listener, with ``yield from`` in one
+generator that serves every chain (:func:`_chains`).  A coroutine that
+finishes in that first step is answered at once, with no task created and
+no trip through the scheduler.
 
 A coroutine that suspends (it awaits a lock, a queue, the network) has
 already told the event loop which task to wake: the current one.  So that
 task keeps it: it stops serving the listener, hands that job to a fresh
-task, and drives the handler to its end with :func:`resume`, which re-yields
+task, and drives the chain to its end with :func:`resume`, which re-yields
 the value the coroutine suspended on and forwards everything else.  A slow
 handler therefore holds only the trapped thread of the child; other
 notifications, of this sandbox and of others, go on being served.
