@@ -48,7 +48,16 @@ import anyio.lowlevel
 
 from . import _netfast, _notify_loop
 from ._handler import ExceptionPolicy, Handler
-from ._kernel._notify import FLAG_CONTINUE, HandlerCtx, Listener, NotifAction, _continue, _step
+from ._kernel._notify import (
+    _ANSWERED,
+    _LIVE,
+    FLAG_CONTINUE,
+    HandlerCtx,
+    Listener,
+    NotifAction,
+    _continue,
+    _step,
+)
 from .handlers.net import finish_connect
 
 logger = logging.getLogger("asyncsandlock")
@@ -133,9 +142,12 @@ def _chains(supervisor: Supervisor) -> Generator[Any, Any, None]:
             else:
                 if type(action) is not NotifAction:
                     action = failed(handler, ctx, _bad_return(handler, action))
-            if action.kind != "continue":
+            if action is not _CONTINUE and action.kind != "continue":
                 break
-        ctx._close()
+        if ctx._mem == _LIVE:  # ctx._close(), without the call most of the time
+            ctx._mem = _ANSWERED
+        else:
+            ctx._close()
 
 
 # Marks _chains, in place, as a generator that may ``yield from`` a coroutine
@@ -243,13 +255,14 @@ class Supervisor:
         listener = self._listener
         fd, cbuf, buf, names = listener.fd, listener._cbuf, listener._buf, self._names
         step, cont, create, decide = _step, _continue, HandlerCtx._create, self._decide
+        continued, answered = _CONTINUE, _CONTINUED
         # Each answer is sent by the step that receives the next notification.
         # ``owed``: _CONTINUED, the one in ``buf`` (received last) is to be
         # continued; _ANSWER, ``nid`` is to get (val, error, flags); 0, none.
         owed = nid = val = error = flags = 0
         ctx = None
         for _ in range(BATCH):
-            if owed == _CONTINUED:
+            if owed == answered:
                 rc = cont(fd, cbuf)
             else:
                 rc = step(fd, owed, nid, val, error, flags, cbuf)
@@ -258,8 +271,8 @@ class Supervisor:
                 return None
             ctx = create(listener, buf, names)
             outcome = decide(ctx)
-            if outcome is _CONTINUE:
-                owed = _CONTINUED
+            if outcome is continued:
+                owed = answered
                 continue
             if isinstance(outcome, Pending):
                 return outcome
