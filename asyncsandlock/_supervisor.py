@@ -254,15 +254,16 @@ class Supervisor:
         self.more = False
         listener = self._listener
         fd, cbuf, buf, names = listener.fd, listener._cbuf, listener._buf, self._names
-        step, cont, create, decide = _step, _continue, HandlerCtx._create, self._decide
-        continued, answered = _CONTINUE, _CONTINUED
+        step, cont, create = _step, _continue, HandlerCtx._create
+        chains = self._chains
+        send, continue_, to_continue = chains.send, _CONTINUE, _CONTINUED
         # Each answer is sent by the step that receives the next notification.
         # ``owed``: _CONTINUED, the one in ``buf`` (received last) is to be
         # continued; _ANSWER, ``nid`` is to get (val, error, flags); 0, none.
         owed = nid = val = error = flags = 0
         ctx = None
         for _ in range(BATCH):
-            if owed == answered:
+            if owed == to_continue:
                 rc = cont(fd, cbuf)
             else:
                 rc = step(fd, owed, nid, val, error, flags, cbuf)
@@ -270,12 +271,16 @@ class Supervisor:
                 listener.stepped(rc)
                 return None
             ctx = create(listener, buf, names)
-            outcome = decide(ctx)
-            if outcome is continued:
-                owed = answered
+            try:  # _decide(ctx), inlined: a call less per notification
+                outcome = send(ctx)
+            except BaseException:
+                self._chains_lost()
+                raise
+            if chains.gi_yieldfrom is not None:
+                return self._suspended(ctx, chains, outcome)
+            if outcome is continue_:
+                owed = to_continue
                 continue
-            if isinstance(outcome, Pending):
-                return outcome
             reply = _send_args(outcome)
             if reply is None:
                 owed = 0
@@ -327,13 +332,21 @@ class Supervisor:
         try:
             out = chains.send(ctx)
         except BaseException:
-            # A handler was cancelled, and ``chains`` with it: refused.
-            self._chains = self._new_chains()
+            self._chains_lost()
             raise
-        if chains.gi_yieldfrom is None:
-            return out  # type: ignore[no-any-return]
+        if chains.gi_yieldfrom is not None:
+            return self._suspended(ctx, chains, out)
+        return out  # type: ignore[no-any-return]
+
+    def _chains_lost(self) -> None:
+        """A handler was cancelled (its ctx refused), and the chains'
+        generator with it: a new one for the next notification."""
         self._chains = self._new_chains()
-        return Pending(ctx, chains, out)
+
+    def _suspended(self, ctx: HandlerCtx, chains: _Chains, yielded: Any) -> Pending:
+        """``chains`` is now the suspended handler's: a new one for the next."""
+        self._chains = self._new_chains()
+        return Pending(ctx, chains, yielded)
 
     def _new_chains(self) -> _Chains:
         chains = cast(_Chains, _chains(self))
