@@ -120,13 +120,17 @@ def _chains(supervisor: Supervisor) -> Generator[Any, Any, None]:
     supervisor starts a new one for the next notification.
     """
     routes, failed = supervisor._routes, supervisor._failed
-    action = _CONTINUE
+    # Locals: read once per notification or more.
+    continue_, action_type, live, answered = _CONTINUE, NotifAction, _LIVE, _ANSWERED
+    # Only a supervisor with a fast path starts a handler's coroutine itself.
+    fast = supervisor._fast is not None
+    first: _Coro | None = None
+    action = continue_
     while True:
         ctx = yield action
-        action = _CONTINUE
-        first = supervisor._first  # a connect the fast path started
-        if first is not None:
-            supervisor._first = None
+        action = continue_
+        if fast:
+            first, supervisor._first = supervisor._first, None
         for handler in routes.get(ctx.nr, ()):
             try:
                 if first is None:
@@ -140,12 +144,14 @@ def _chains(supervisor: Supervisor) -> Generator[Any, Any, None]:
                 supervisor._abandon(ctx)
                 raise
             else:
-                if type(action) is not NotifAction:
+                if action is continue_:
+                    continue
+                if type(action) is not action_type:
                     action = failed(handler, ctx, _bad_return(handler, action))
-            if action is not _CONTINUE and action.kind != "continue":
+            if action.kind != "continue":
                 break
-        if ctx._mem == _LIVE:  # ctx._close(), without the call most of the time
-            ctx._mem = _ANSWERED
+        if ctx._mem == live:  # ctx._close(), without the call most of the time
+            ctx._mem = answered
         else:
             ctx._close()
 
