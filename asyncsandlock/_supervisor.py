@@ -6,15 +6,16 @@ Handlers are stepped inline
 ---------------------------
 Most handlers decide without waiting for anything.  Giving each
 notification its own task would cost more than the whole round trip with
-the kernel, so :meth:`Supervisor.pump` calls ``handle(ctx)`` and steps the
-coroutine by hand (``coro.send(None)``) from the task that serves the
-listener.  A coroutine that finishes in that first step is answered at
-once, with no task created and no trip through the scheduler.
+the kernel, so :meth:`Supervisor.pump` steps the handlers' coroutines
+itself, from the task that serves the listener, with ``yield from`` in one
+generator that serves every chain (:func:`_chains`).  A coroutine that
+finishes in that first step is answered at once, with no task created and
+no trip through the scheduler.
 
 A coroutine that suspends (it awaits a lock, a queue, the network) has
 already told the event loop which task to wake: the current one.  So that
 task keeps it: it stops serving the listener, hands that job to a fresh
-task, and drives the handler to its end with :func:`resume`, which re-yields
+task, and drives the chain to its end with :func:`resume`, which re-yields
 the value the coroutine suspended on and forwards everything else.  A slow
 handler therefore holds only the trapped thread of the child; other
 notifications, of this sandbox and of others, go on being served.
@@ -40,14 +41,23 @@ import logging
 import os
 import types
 from collections.abc import Callable, Coroutine, Generator, Mapping
-from typing import Any, Final
+from typing import Any, Final, TypeAlias, cast
 
 import anyio
 import anyio.lowlevel
 
 from . import _netfast, _notify_loop
 from ._handler import ExceptionPolicy, Handler
-from ._kernel._notify import FLAG_CONTINUE, HandlerCtx, Listener, NotifAction
+from ._kernel._notify import (
+    _ANSWERED,
+    _LIVE,
+    FLAG_CONTINUE,
+    HandlerCtx,
+    Listener,
+    NotifAction,
+    _continue,
+    _step,
+)
 from .handlers.net import finish_connect
 
 logger = logging.getLogger("asyncsandlock")
@@ -65,50 +75,106 @@ _EXCEPTION_ACTIONS: Final = {
 }
 
 _Coro = Coroutine[Any, Any, Any]
+_Chains: TypeAlias = "types.GeneratorType[Any, Any, None]"  # not subscriptable at run time
 
 
 @types.coroutine
-def resume(coro: _Coro, yielded: Any,
+def resume(chains: _Chains, yielded: Any,
            throw: BaseException | None = None) -> Generator[Any, Any, Any]:
-    """Finish driving ``coro``, which suspended by yielding ``yielded``.
+    """Finish the chain ``chains`` (a :func:`_chains` generator) is in, whose
+    handler suspended by yielding ``yielded``.
 
-    ``await resume(...)`` in the task that stepped ``coro`` first hands
-    ``yielded`` to the event loop as if ``coro`` had just yielded it, then
-    forwards what the loop sends or throws (``throw``: deliver this first,
-    instead of re-yielding).  Returns what ``coro`` returns.
+    ``await resume(...)`` in the task that stepped the handler first hands
+    ``yielded`` to the event loop as if the handler had just yielded it,
+    then forwards what the loop sends or throws (``throw``: deliver this
+    first, instead of re-yielding), until ``chains`` yields the chain's
+    answer, which it returns.
     """
-    try:
-        if throw is not None:
-            yielded = coro.throw(throw)
-        while True:
+    if throw is not None:
+        yielded = chains.throw(throw)
+    while chains.gi_yieldfrom is not None:  # else it yielded the answer
+        try:
+            sent = yield yielded
+        except GeneratorExit:
+            chains.close()
+            raise
+        except BaseException as exc:  # forwarded, not handled
+            yielded = chains.throw(exc)
+        else:
+            yielded = chains.send(sent)
+    return yielded
+
+
+def _chains(supervisor: Supervisor) -> Generator[Any, Any, None]:
+    """Every handler chain of ``supervisor``, as one generator stepped once
+    per notification: sent a :class:`HandlerCtx`, it runs the handlers of
+    its syscall in order and yields the answer (the ctx closed).
+
+    Each handler's coroutine is run by ``yield from``: one that finishes
+    without suspending returns its action to this frame directly, with no
+    ``StopIteration`` raised and caught, which stepping it with
+    ``coro.send(None)`` cost on every notification (about a third of the
+    handler step).  One that suspends makes this generator yield what it
+    yielded, with ``gi_yieldfrom`` set: the chain is then under way, and
+    this generator belongs to it (:class:`Pending`, :func:`resume`); the
+    supervisor starts a new one for the next notification.
+    """
+    routes, failed = supervisor._routes, supervisor._failed
+    # Locals: read once per notification or more.
+    continue_, action_type, live, answered = _CONTINUE, NotifAction, _LIVE, _ANSWERED
+    # Only a supervisor with a fast path starts a handler's coroutine itself.
+    fast = supervisor._fast is not None
+    first: _Coro | None = None
+    action = continue_
+    while True:
+        ctx = yield action
+        action = continue_
+        if fast:
+            first, supervisor._first = supervisor._first, None
+        for handler in routes.get(ctx.nr, ()):
             try:
-                sent = yield yielded
-            except GeneratorExit:
-                coro.close()
+                if first is None:
+                    action = yield from handler.handle(ctx)  # type: ignore[misc]
+                else:
+                    coro, first = first, None
+                    action = yield from coro  # type: ignore[misc]
+            except Exception as exc:
+                action = failed(handler, ctx, exc)
+            except BaseException:
+                supervisor._abandon(ctx)
                 raise
-            except BaseException as exc:  # forwarded, not handled
-                yielded = coro.throw(exc)
             else:
-                yielded = coro.send(sent)
-    except StopIteration as stop:
-        return stop.value
+                if action is continue_:
+                    continue
+                if type(action) is not action_type:
+                    action = failed(handler, ctx, _bad_return(handler, action))
+            if action.kind != "continue":
+                break
+        if ctx._mem == live:  # ctx._close(), without the call most of the time
+            ctx._mem = answered
+        else:
+            ctx._close()
+
+
+# Marks _chains, in place, as a generator that may ``yield from`` a coroutine
+# (the decorator's return type would hide its generator methods from mypy,
+# which does not know the mark and flags each ``yield from`` of a coroutine).
+types.coroutine(_chains)
 
 
 class Pending:
     """A notification whose handler suspended: what is needed to finish it."""
 
-    __slots__ = ("chain", "coro", "ctx", "index", "yielded")
+    __slots__ = ("chains", "ctx", "yielded")
 
-    def __init__(self, ctx: HandlerCtx, chain: tuple[Handler, ...], index: int, coro: _Coro,
-                 yielded: Any) -> None:
+    def __init__(self, ctx: HandlerCtx, chains: _Chains, yielded: Any) -> None:
         self.ctx = ctx
-        self.chain = chain
-        self.index = index
-        self.coro = coro
+        #: The :func:`_chains` generator the handler is suspended in.
+        self.chains = chains
         self.yielded = yielded
 
     def __repr__(self) -> str:
-        return f"<Pending {self.ctx!r} in {self.chain[self.index]!r}>"
+        return f"<Pending {self.ctx!r} in {self.chains.gi_yieldfrom!r}>"
 
 
 class Supervisor:
@@ -124,6 +190,10 @@ class Supervisor:
         self._fast = _netfast.FastConnect.create(listener, routes)
         #: The last :meth:`pump` stopped at :data:`BATCH`: more may be queued.
         self.more = False
+        #: The first handler's coroutine of the next chain, already made
+        #: (a connect the fast path started), or None.
+        self._first: _Coro | None = None
+        self._chains = self._new_chains()
 
     def __repr__(self) -> str:
         return (f"<Supervisor fd={self._listener.fd} syscalls={sorted(self._names.values())}"
@@ -188,26 +258,46 @@ class Supervisor:
         if self._fast is not None:
             return self._pump_fast(self._fast)
         self.more = False
-        step, names, decide = self._listener.step, self._names, self._decide
+        listener = self._listener
+        fd, cbuf, buf, names = listener.fd, listener._cbuf, listener._buf, self._names
+        step, cont, create = _step, _continue, HandlerCtx._create
+        chains = self._chains
+        send, continue_, to_continue = chains.send, _CONTINUE, _CONTINUED
         # Each answer is sent by the step that receives the next notification.
-        nid: int | None = None
-        val = error = flags = 0
+        # ``owed``: _CONTINUED, the one in ``buf`` (received last) is to be
+        # continued; _ANSWER, ``nid`` is to get (val, error, flags); 0, none.
+        owed = nid = val = error = flags = 0
+        ctx = None
         for _ in range(BATCH):
-            ctx = step(names, nid, val, error, flags)
-            nid = None
-            if ctx is None:
+            if owed == to_continue:
+                rc = cont(fd, cbuf)
+            else:
+                rc = step(fd, owed, nid, val, error, flags, cbuf)
+            if rc != 1:
+                listener.stepped(rc)
                 return None
-            outcome = decide(ctx)
-            if isinstance(outcome, Pending):
-                return outcome
+            ctx = create(listener, buf, names)
+            try:  # _decide(ctx), inlined: a call less per notification
+                outcome = send(ctx)
+            except BaseException:
+                self._chains_lost()
+                raise
+            if chains.gi_yieldfrom is not None:
+                return self._suspended(ctx, chains, outcome)
+            if outcome is continue_:
+                owed = to_continue
+                continue
             reply = _send_args(outcome)
             if reply is None:
+                owed = 0
                 self._answer(ctx, outcome)
             else:
-                nid = ctx.id
+                owed, nid = _ANSWER, ctx.id
                 val, error, flags = reply
-        if nid is not None:
-            self._listener.respond(nid, val, error, flags)
+        if owed == _CONTINUED and ctx is not None:
+            listener.respond(ctx.id, *_CONTINUE_ARGS)
+        elif owed:
+            listener.respond(nid, val, error, flags)
         self.more = True
         return None
 
@@ -242,27 +332,32 @@ class Supervisor:
         """Step ``ctx``'s handlers: their answer (``ctx`` closed), or the
         first that suspended.  ``first``: the first handler's coroutine,
         already made (a connect the fast path started)."""
-        chain = self._routes.get(ctx.nr, ())
-        action = _CONTINUE
-        for index, handler in enumerate(chain):
-            try:
-                coro = handler.handle(ctx) if first is None or index else first
-                yielded = coro.send(None)
-            except StopIteration as stop:
-                action = stop.value
-                if type(action) is not NotifAction:
-                    action = self._failed(handler, ctx, _bad_return(handler, action))
-            except Exception as exc:
-                action = self._failed(handler, ctx, exc)
-            except BaseException:
-                self._abandon(ctx)
-                raise
-            else:
-                return Pending(ctx, chain, index, coro, yielded)
-            if action.kind != "continue":
-                break
-        ctx._close()
-        return action
+        chains = self._chains
+        if first is not None:
+            self._first = first
+        try:
+            out = chains.send(ctx)
+        except BaseException:
+            self._chains_lost()
+            raise
+        if chains.gi_yieldfrom is not None:
+            return self._suspended(ctx, chains, out)
+        return out  # type: ignore[no-any-return]
+
+    def _chains_lost(self) -> None:
+        """A handler was cancelled (its ctx refused), and the chains'
+        generator with it: a new one for the next notification."""
+        self._chains = self._new_chains()
+
+    def _suspended(self, ctx: HandlerCtx, chains: _Chains, yielded: Any) -> Pending:
+        """``chains`` is now the suspended handler's: a new one for the next."""
+        self._chains = self._new_chains()
+        return Pending(ctx, chains, yielded)
+
+    def _new_chains(self) -> _Chains:
+        chains = cast(_Chains, _chains(self))
+        chains.send(None)  # to its first ``yield``
+        return chains
 
     async def finish(self, pending: Pending, throw: BaseException | None = None) -> None:
         """Drive a suspended handler (and those after it) to an answer.
@@ -270,29 +365,14 @@ class Supervisor:
         Call it from the task that stepped the handler: that is the task the
         event loop will wake.
         """
-        ctx, chain, index = pending.ctx, pending.chain, pending.index
+        chains = pending.chains
         try:
-            try:
-                action = await resume(pending.coro, pending.yielded, throw)
-                if not isinstance(action, NotifAction):
-                    raise _bad_return(chain[index], action)
-            except Exception as exc:
-                action = self._failed(chain[index], ctx, exc)
-            for handler in chain[index + 1:]:
-                if action.kind != "continue":
-                    break
-                try:
-                    action = await handler.handle(ctx)
-                    if not isinstance(action, NotifAction):
-                        raise _bad_return(handler, action)
-                except Exception as exc:
-                    action = self._failed(handler, ctx, exc)
-        except BaseException:
-            self._abandon(ctx)
-            raise
-        ctx._close()
+            # A handler cancelled meanwhile has had its ctx refused (_chains).
+            action = await resume(chains, pending.yielded, throw)
+        finally:
+            chains.close()
         try:
-            self._answer(ctx, action)
+            self._answer(pending.ctx, action)
         except Exception:
             self._kill()  # unanswered, the target would wait forever
             raise
@@ -336,6 +416,9 @@ class Supervisor:
 _CONTINUE: Final = NotifAction.continue_()
 _KILL: Final = NotifAction.kill()
 _CONTINUE_ARGS: Final = (0, 0, FLAG_CONTINUE)
+#: What :meth:`Supervisor.pump` owes the notification it received last.
+_CONTINUED: Final = 1
+_ANSWER: Final = 2
 
 
 def _send_args(action: NotifAction) -> tuple[int, int, int] | None:

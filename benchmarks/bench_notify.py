@@ -16,10 +16,16 @@ The child (``getpid_loop.c``, compiled here with gcc) makes 100,000 raw
 - the same round trips served by a loop in C (``notify_floor.c``: SEND,
   poll, RECV, with ``SYNC_WAKE_UP``; no Python, no event loop): the floor
   this machine sets today, which no supervisor in Python can beat;
-- the same child with nothing trapped, for scale.
+- the same child with nothing trapped, for scale;
+- with ``BASELINE=<commit>`` in the environment, the library at that
+  commit on each backend, in this process (``_baseline.py``): an A/B
+  comparison in the same minutes.
 
 A figure is N / the median wall time of a whole run (one spawn, ~1 ms,
-included), in notifications per second.  The threads of this process are
+included), in notifications per second; next to it, the CPU time of this
+process (user + system, ``getrusage``) per notification, the median of the
+rounds: where the supervisor runs, and steadier than the wall time on a
+loaded machine (the floor's is its supervisor's).  The threads of this process are
 counted from inside the first handler call of each contender; the figure
 printed is how many more there were than before the run (sandlock leaves
 its threads behind, so the count before a run is not always 1).
@@ -28,16 +34,20 @@ its threads behind, so the count before a run is not always 1).
 from __future__ import annotations
 
 import os
+import resource
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable
+from types import ModuleType
 from typing import Any
 
 import anyio
+from _baseline import load as load_baseline
 
-from asyncsandlock import SYSTEM_READABLE, Handler, HandlerCtx, NotifAction, Sandbox
+import asyncsandlock
+from asyncsandlock import SYSTEM_READABLE, HandlerCtx, NotifAction, Sandbox
 from asyncsandlock._kernel._notify import Listener
 from asyncsandlock._kernel._sys import SYSCALLS
 
@@ -54,9 +64,9 @@ N = 100_000
 QUICK_N = 20_000
 FLOORS = {"asyncio": 80_000, "trio": 55_000}
 SET_SYNC_WAKE_UP = Listener.set_sync_wake_up
-#: One run: returns (seconds, threads seen by the handler).  "Seen" is 0 when
-#: no handler ran.
-Run = Callable[[], tuple[float, int]]
+#: One run: returns (seconds, threads seen by the handler, CPU seconds of
+#: this process or of the floor's supervisor).  "Seen" is 0 when no handler ran.
+Run = Callable[[], tuple[float, int, float]]
 
 
 def build_child(workdir: str, name: str = "getpid_loop") -> str:
@@ -65,37 +75,49 @@ def build_child(workdir: str, name: str = "getpid_loop") -> str:
     return out
 
 
-class Trivial(Handler):
-    """The handler being measured: one attribute check, then ``continue_()``."""
+def trivial(package: ModuleType) -> Any:
+    """The handler being measured, of ``package`` (this library, or the
+    baseline's): one attribute check, then ``continue_()``."""
 
-    syscalls = ("getpid",)
+    class Trivial(package.Handler):  # type: ignore[misc, name-defined]
+        syscalls = ("getpid",)
 
-    def __init__(self) -> None:
-        self.threads = 0
+        def __init__(self) -> None:
+            self.threads = 0
 
-    async def handle(self, ctx: HandlerCtx) -> NotifAction:
-        if not self.threads:
-            self.threads = thread_count()
-        return NotifAction.continue_()
+        async def handle(self, ctx: HandlerCtx) -> NotifAction:
+            if not self.threads:
+                self.threads = thread_count()
+            return package.NotifAction.continue_()  # type: ignore[no-any-return]
+
+    return Trivial
+
+
+def cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def asyncsandlock_run(backend: str, sandbox: Sandbox, argv: list[str],
-                      sync_wake_up: bool = True) -> Run:
-    def run() -> tuple[float, int]:
-        handler = Trivial()
+                      sync_wake_up: bool = True, package: ModuleType = asyncsandlock) -> Run:
+    handler_class = trivial(package)
+
+    def run() -> tuple[float, int, float]:
+        handler = handler_class()
         if not sync_wake_up:  # measure what SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP buys
             Listener.set_sync_wake_up = lambda self: False  # type: ignore[method-assign]
 
-        async def main() -> float:
-            start = time.perf_counter()
+        async def main() -> tuple[float, float]:
+            start, start_cpu = time.perf_counter(), cpu()
             result = await sandbox.run(argv, handlers=[handler])
-            elapsed = time.perf_counter() - start
+            elapsed, used = time.perf_counter() - start, cpu() - start_cpu
             if result.returncode != 0 or not result.stdout:
                 raise RuntimeError(f"asyncsandlock on {backend}: {result}")
-            return elapsed
+            return elapsed, used
 
         try:
-            return anyio.run(main, backend=backend), handler.threads
+            elapsed, used = anyio.run(main, backend=backend)
+            return elapsed, handler.threads, used
         finally:
             Listener.set_sync_wake_up = SET_SYNC_WAKE_UP  # type: ignore[method-assign]
 
@@ -123,53 +145,59 @@ def sandlock_run(readable: list[str], argv: list[str], asynchronous: bool) -> Ru
                 self.threads = thread_count()
             return sandlock.handler.NotifAction.continue_()
 
-    def run() -> tuple[float, int]:
+    def run() -> tuple[float, int, float]:
         handler = AsyncTrivial() if asynchronous else SyncTrivial()
         box = sandlock.Sandbox(fs_readable=readable)
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), cpu()
         result = box.run_with_handlers(argv, [(nr, handler)])
-        elapsed = time.perf_counter() - start
+        elapsed, used = time.perf_counter() - start, cpu() - start_cpu
         if not result.success:
             raise RuntimeError(f"sandlock: {result}")
-        return elapsed, handler.threads
+        return elapsed, handler.threads, used
 
     return run
 
 
 def bare_run(sandbox: Sandbox, argv: list[str]) -> Run:
-    def run() -> tuple[float, int]:
-        async def main() -> float:
-            start = time.perf_counter()
+    def run() -> tuple[float, int, float]:
+        async def main() -> tuple[float, float]:
+            start, start_cpu = time.perf_counter(), cpu()
             await sandbox.run(argv, check=True)
-            return time.perf_counter() - start
+            return time.perf_counter() - start, cpu() - start_cpu
 
-        return anyio.run(main), 0
+        elapsed, used = anyio.run(main)
+        return elapsed, 0, used
 
     return run
 
 
 def floor_run(floor: str, n: int) -> Run:
-    def run() -> tuple[float, int]:
+    def run() -> tuple[float, int, float]:
         out = subprocess.run([floor, str(n)], check=True, capture_output=True, text=True)
-        return float(out.stdout.split()[0]), 0
+        elapsed, per_notification = out.stdout.split()[:2]  # seconds, µs
+        return float(elapsed), 0, float(per_notification) * n / 1e6
 
     return run
 
 
-def measure(contenders: dict[str, Run], rounds: int) -> tuple[Samples, dict[str, int]]:
+def measure(contenders: dict[str, Run],
+            rounds: int) -> tuple[Samples, Samples, dict[str, int]]:
+    """Wall times, CPU times and threads added, per contender."""
     names = list(contenders)
     samples: Samples = {name: [] for name in names}
+    cpus: Samples = {name: [] for name in names}
     threads: dict[str, int] = {}
     for index in range(rounds):
         shift = index % len(names)
         for name in names[shift:] + names[:shift]:
             before = thread_count()
-            elapsed, seen = contenders[name]()
+            elapsed, seen, used = contenders[name]()
             samples[name].append(elapsed)
+            cpus[name].append(used)
             if seen:
                 threads[name] = max(threads.get(name, 0), seen - before)
             print(f"    round {index + 1}/{rounds} {name}: {elapsed:.3f} s", file=sys.stderr)
-    return samples, threads
+    return samples, cpus, threads
 
 
 def main() -> int:
@@ -187,6 +215,12 @@ def main() -> int:
         sandbox = Sandbox(fs_readable=readable)
         contenders: dict[str, Run] = {
             f"asyncsandlock {b}": asyncsandlock_run(b, sandbox, argv) for b in backends}
+        baseline = load_baseline()
+        if baseline is not None:
+            short, base = baseline
+            base_box = base.Sandbox(fs_readable=readable)
+            for b in backends:
+                contenders[f"{short} {b}"] = asyncsandlock_run(b, base_box, argv, package=base)
         for b in backends:
             contenders[f"{b}, no SYNC_WAKE_UP"] = asyncsandlock_run(b, sandbox, argv, False)
         if sandlock is not None:
@@ -194,13 +228,15 @@ def main() -> int:
             contenders["sandlock async def handle"] = sandlock_run(readable, argv, True)
         contenders["C loop, no Python (floor)"] = floor_run(build_child(workdir, "notify_floor"), n)
         contenders["nothing trapped"] = bare_run(sandbox, argv)
-        samples, threads = measure(contenders, rounds)
+        samples, cpus, threads = measure(contenders, rounds)
 
-    print(f"\n  {'contender':<30}{'notifications/s':>16}{'median s':>10}{'threads':>13}")
+    print(f"\n  {'contender':<30}{'notifications/s':>16}{'median s':>10}{'CPU µs/notif.':>15}"
+          f"{'threads':>9}")
     for name, values in samples.items():
         rate = n / median(values)
         shown = f"+{threads[name]}" if name in threads else "-"
-        print(f"  {name:<30}{rate:>16,.0f}{median(values):>10.3f}{shown:>13}")
+        print(f"  {name:<30}{rate:>16,.0f}{median(values):>10.3f}"
+              f"{median(cpus[name]) / n * 1e6:>15.2f}{shown:>9}")
 
     report = Report()
     print()

@@ -25,6 +25,7 @@
 #define STEP_RECV 0xC0502100UL     /* SECCOMP_IOCTL_NOTIF_RECV */
 #define STEP_SEND 0xC0182101UL     /* SECCOMP_IOCTL_NOTIF_SEND */
 #define STEP_NOTIF_SIZE 80         /* struct seccomp_notif */
+#define STEP_FLAG_CONTINUE 1       /* SECCOMP_USER_NOTIF_FLAG_CONTINUE */
 
 struct step_resp {                 /* struct seccomp_notif_resp */
     uint64_t id;
@@ -60,4 +61,11 @@ int asl_notif_step(int listener, int answer, uint64_t id, int64_t val, int32_t e
         if (errno != ENOENT && errno != EINTR)
             return -2;
     }
+}
+
+int asl_notif_continue(int listener, void *buf)
+{
+    uint64_t id;
+    memcpy(&id, buf, sizeof id);  /* struct seccomp_notif starts with its id */
+    return asl_notif_step(listener, 1, id, 0, 0, STEP_FLAG_CONTINUE, buf);
 }

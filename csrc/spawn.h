@@ -347,6 +347,11 @@ void asl_fast_yield(struct asl_fast *f, int on);
  * listener hung up, -1 SEND failed, -2 poll or RECV failed (errno set). */
 int asl_notif_step(int listener, int answer, uint64_t id, int64_t val, int32_t error,
                    uint32_t flags, void *buf);
+/* asl_notif_continue: asl_notif_step answering CONTINUE to the notification
+ * in `buf` (its id read from there), then receiving the next into `buf`: the
+ * supervisor's most common step, in a call with two arguments instead of
+ * seven (cffi converts each). */
+int asl_notif_continue(int listener, void *buf);
 /* asl_fast_address: the sockaddr of the connect asl_fast_pump left under
  * way, copied into `into` (128 bytes); its length. */
 unsigned asl_fast_address(struct asl_fast *f, void *into);

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import pytest
 
 from asyncsandlock._fd import close_fds
-from asyncsandlock._kernel._notify import Listener
+from asyncsandlock._kernel._notify import Listener, _continue
 
 
 @pytest.fixture
@@ -54,4 +54,15 @@ def test_a_failed_answer_names_send(pipe: list[int], answer: str) -> None:
             listener.step({}, 1, 0, 0, 1)
         else:
             listener.respond(1, 0, 0, 1)
+    assert info.value.errno == errno.ENOTTY
+
+
+def test_a_continue_step_answers_first_and_names_send(pipe: list[int]) -> None:
+    """asl_notif_continue, the pump's step after a continue_(): its SEND
+    comes first (the id read from the buffer), and fails as SEND."""
+    listener = Listener(pipe[0])
+    os.write(pipe[1], b"x")  # a RECV would be tried, and fail as RECV
+    rc = _continue(listener.fd, listener._cbuf)
+    with pytest.raises(OSError, match="NOTIF_SEND") as info:
+        listener.stepped(rc)
     assert info.value.errno == errno.ENOTTY

@@ -52,7 +52,12 @@ IOCTL_SET_FLAGS: Final = 0x40082104
 USER_NOTIF_FD_SYNC_WAKE_UP: Final = 1
 FLAG_CONTINUE: Final = 1
 _ADDFD_FLAG_SEND: Final = 1 << 1
-_NOTIF = struct.Struct("=QIIiIQ6Q")  # struct seccomp_notif, 80 bytes; unpacked at once
+_NOTIF = struct.Struct("=QIIiIQ6Q")  # struct seccomp_notif, 80 bytes
+# Its head and its arguments, unpacked apart: the second unpack makes the
+# args tuple itself, cheaper than building it from twelve fields.
+_HEAD = struct.Struct("=QIIiIQ")
+_ARGS = struct.Struct("=6Q")
+_ARGS_AT: Final = _HEAD.size
 _ADDFD = struct.Struct("=QIIII")  # struct seccomp_notif_addfd, 24 bytes
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 
@@ -66,7 +71,9 @@ _REQ_SEND: Final = _ulong(IOCTL_SEND)
 _REQ_ID_VALID: Final = _ulong(IOCTL_ID_VALID)
 _REQ_ADDFD: Final = _ulong(IOCTL_ADDFD)
 _REQ_SET_FLAGS: Final = _ulong(IOCTL_SET_FLAGS)
+#: ``csrc/notifstep.c``: the supervisor's pump calls them directly.
 _step = lib.asl_notif_step
+_continue = lib.asl_notif_continue
 _HUNG_UP: Final = 3
 
 
@@ -193,11 +200,17 @@ class Listener:
         rc = _step(self.fd, nid is not None, nid or 0, val, error, flags, self._cbuf)
         if rc == 1:
             return HandlerCtx._create(self, self._buf, names)
+        self.stepped(rc)
+        return None
+
+    def stepped(self, rc: int) -> None:
+        """After a step (``_step``, :meth:`step`) that received nothing
+        (``rc`` not 1): set :attr:`closed` on a hang-up, raise on a failure."""
         if rc == 0:
-            return None
+            return
         if rc == _HUNG_UP:
             self.closed = True
-            return None
+            return
         err = ffi.errno
         what = "SEND" if rc == -1 else "RECV"
         raise OSError(err, f"SECCOMP_IOCTL_NOTIF_{what}: {os.strerror(err)}")
@@ -284,6 +297,10 @@ class NotifAction:
 
 _CONTINUE = NotifAction("continue")
 _KILL = NotifAction("kill")
+_new = object.__new__
+#: HandlerCtx._mem when no ``/proc/PID/mem`` is open, and once answered.
+_LIVE: Final = -1
+_ANSWERED: Final = -2
 
 
 class HandlerCtx:
@@ -296,20 +313,22 @@ class HandlerCtx:
 
     __slots__ = (
         "_listener",
-        "_live",
         "_mem",
+        "_names",
         "arch",
         "args",
         "id",
         "instruction_pointer",
         "nr",
         "pid",
-        "syscall",
     )
 
     _listener: Listener
-    _live: bool
+    #: The target's ``/proc/PID/mem`` once opened (>= 0), else _LIVE, or
+    #: _ANSWERED once the handlers are done (one field for both: a store
+    #: less per notification).
     _mem: int
+    _names: Mapping[int, str]
     id: int
     pid: int
     nr: int
@@ -317,8 +336,6 @@ class HandlerCtx:
     instruction_pointer: int
     #: The six syscall arguments, as unsigned 64-bit ints.
     args: tuple[int, int, int, int, int, int]
-    #: The syscall's name (e.g. ``"openat"``).
-    syscall: str
 
     def __init__(self) -> None:
         raise TypeError("HandlerCtx objects are created by the supervisor")
@@ -326,27 +343,30 @@ class HandlerCtx:
     @classmethod
     def _create(cls, listener: Listener, notif: bytearray, names: Mapping[int, str]) -> HandlerCtx:
         """From a received ``struct seccomp_notif``."""
-        self = object.__new__(cls)
+        self = _new(cls)
         self._listener = listener
-        self._live = True
-        self._mem = -1
-        (self.id, self.pid, _flags, nr, self.arch, self.instruction_pointer,
-         a0, a1, a2, a3, a4, a5) = _NOTIF.unpack_from(notif)
-        self.nr = nr
-        self.args = (a0, a1, a2, a3, a4, a5)  # cheaper than slicing, on the hot path
-        self.syscall = names.get(nr) or str(nr)
+        self._mem = _LIVE
+        self._names = names
+        self.id, self.pid, _flags, self.nr, self.arch, self.instruction_pointer = (
+            _HEAD.unpack_from(notif))
+        self.args = _ARGS.unpack_from(notif, _ARGS_AT)
         return self
 
+    @property
+    def syscall(self) -> str:
+        """The syscall's name (e.g. ``"openat"``)."""
+        return self._names.get(self.nr) or str(self.nr)
+
     def __repr__(self) -> str:
-        state = "live" if self._live else "answered"
+        state = "answered" if self._mem == _ANSWERED else "live"
         return f"<HandlerCtx {self.syscall} pid={self.pid} id={self.id:#x} {state}>"
 
     def is_valid(self) -> bool:
         """Whether the notification is still pending and the target alive."""
-        return self._live and self._listener.id_valid(self.id)
+        return self._mem != _ANSWERED and self._listener.id_valid(self.id)
 
     def _require_live(self) -> None:
-        if not self._live:
+        if self._mem == _ANSWERED:
             raise RuntimeError(
                 f"{self!r}: the notification was answered; its target's memory is off limits")
 
@@ -411,7 +431,7 @@ class HandlerCtx:
     async def write(self, addr: int, data: bytes) -> None:
         """Write ``data`` at ``addr`` in the target."""
         self._require_live()
-        if self._mem < 0:
+        if self._mem == _LIVE:
             fd = os.open(f"/proc/{self.pid}/mem", os.O_RDWR | os.O_CLOEXEC)
             try:
                 # Checked after the open: the fd now names the target's memory.
@@ -430,7 +450,6 @@ class HandlerCtx:
         return self._listener.pidfds
 
     def _close(self) -> None:
-        self._live = False
         if self._mem >= 0:
             os.close(self._mem)
-            self._mem = -1
+        self._mem = _ANSWERED
