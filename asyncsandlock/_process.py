@@ -345,11 +345,16 @@ class SandboxedProcess:
         await self.aclose()
 
 
+#: Where prctl writes the flag: one cell for every call, in whatever thread,
+#: as the flag is the process's own (the same answer for all of them).
+_SUBREAPER_FLAG = ffi.new("int *")
+
+
 def _is_subreaper() -> bool:
     # Asked on every reap (a caller may become a subreaper at any time), so
     # straight through the C library with pre-cast arguments: _sys.syscall's
     # generic casting costs more than the system call.
-    flag = ffi.new("int *")
+    flag = _SUBREAPER_FLAG
     if lib.syscall(_PRCTL, _GET_CHILD_SUBREAPER, flag) == -1:
         err = ffi.errno
         raise OSError(err, f"prctl: {os.strerror(err)}")
