@@ -79,9 +79,15 @@ MINIMAL_ENV = ("PATH", "HOME", "LANG", "TERM")
 def minimal_env() -> dict[str, str]:
     """The caller's :data:`MINIMAL_ENV` variables; PATH defaults to
     :data:`os.defpath` as execvp's does."""
-    # One lookup per name: os.environ encodes the key and decodes the value
-    # of each, and ``in`` followed by ``[]`` would do it twice.
-    env = {key: value for key in MINIMAL_ENV if (value := os.environ.get(key)) is not None}
+    # One lookup per name, by index: os.environ encodes the key and decodes
+    # the value in Python, and get() adds a frame of its own (half the cost).
+    environ = os.environ
+    env: dict[str, str] = {}
+    for key in MINIMAL_ENV:
+        try:
+            env[key] = environ[key]
+        except KeyError:
+            continue
     env.setdefault("PATH", os.defpath)
     return env
 
