@@ -37,6 +37,7 @@ import anyio
 
 from ._background import current_backend
 from ._process import SandboxedProcess
+from ._reaper import forget
 from ._standby import EpollReaders
 from ._streams import READ_CHUNK, YIELD_EVERY, Capture
 from ._types import ExitReason
@@ -125,15 +126,20 @@ class _Run:
 
 
     def _hung_up(self) -> None:
-        """The listener hung up: every task of the sandbox has exited, so no
-        notification can come.  Closed now if no supervisor task started:
-        its filter is freed while the command is still exiting (the hang-up
-        comes early in exit, before the pidfd in ~9 runs of 10), not on the
-        reap's path: ~15 us of a /bin/true run (the kernel frees the program
-        in a kworker on our CPU, which then runs before us)."""
-        standby = self.proc._supervisor
+        """The listener hung up: every task of the sandbox has exited (the
+        filter has no user left), so no notification can come, and nothing
+        is left for the reaper to kill.  What the reap would do about both
+        is done now, while the command is still exiting (the hang-up comes
+        early in exit, before the pidfd in ~9 runs of 10), not on the reap's
+        path: the reaper is told to forget the sandbox (its id is still
+        pinned by the zombie), and the listener is closed if no supervisor
+        task started (the kernel frees the program in a kworker on our CPU,
+        which runs before us): ~30 us of a /bin/true run together."""
+        proc = self.proc
+        forget(proc.pid)
+        standby = proc._supervisor
         if standby is not None and standby.stop_idle():
-            self.proc._close_listener()
+            proc._close_listener()
 
 
 async def collect(proc: SandboxedProcess, out: Capture, err: Capture,
