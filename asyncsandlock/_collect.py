@@ -131,11 +131,12 @@ class _Run:
         is left for the reaper to kill.  What the reap would do about both
         is done now, while the command is still exiting (the hang-up comes
         early in exit, before the pidfd in ~9 runs of 10), not on the reap's
-        path: the reaper is told to forget the sandbox (its id is still
-        pinned by the zombie), and the listener is closed if no supervisor
-        task started (the kernel frees the program in a kworker on our CPU,
-        which runs before us): ~30 us of a /bin/true run together."""
+        path: no group to kill, the reaper told to forget the sandbox (its
+        id is still pinned by the zombie), and the listener closed if no
+        supervisor task started (the kernel frees the program in a kworker
+        on our CPU, which runs before us): ~30 us of a /bin/true run."""
         proc = self.proc
+        proc._emptied = True  # the reap has no leftovers to kill
         forget(proc.pid)
         standby = proc._supervisor
         if standby is not None and standby.stop_idle():

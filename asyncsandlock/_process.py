@@ -74,6 +74,9 @@ class SandboxedProcess:
     _network: Network | None = None
     #: Its max_memory cgroup (issue 11, cgmem; ``_cgroup.py``), removed once reaped.
     _cgroup: MemoryGroup | None = None
+    #: Every task of the sandbox has exited: its listener hung up (the
+    #: filter has no user left; ``_collect.py``), so nothing is left to kill.
+    _emptied: bool = False
     # -- copy-on-write workspace (issue 12, docs/workspaces.md) --
     #: What the command changed in the policy's ``workdir`` (set once it has
     #: been waited for); None without a workdir, or before.
@@ -222,7 +225,7 @@ class SandboxedProcess:
     async def _reap(self) -> None:
         """Reap the exited process, kill what it left behind, stand down."""
         # Leftovers die while the zombie still pins the group id.
-        if self._own_group:
+        if self._own_group and not self._emptied:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.pid, _signal.SIGKILL)
         forget(self.pid)  # while the zombie still pins the id
