@@ -124,7 +124,6 @@ class _Run:
             self.exited = True
         return self.exited != self.reaped or (self.reaped and not self.readers)
 
-
     def _hung_up(self) -> None:
         """The listener hung up: every task of the sandbox has exited (the
         filter has no user left), so no notification can come, and nothing
