@@ -98,19 +98,27 @@ class _Run:
         """Take what the set reports; True when the task has something to do:
         reap (the pidfd fired) or return (reaped, and every pipe ended)."""
         ended: list[int] = []
-        for fd, events in self.epoll.poll(0):
-            if fd == self.pidfd:
-                if not self.exited:
-                    ended.append(fd)
-                    self.exited = True
-            elif (reader := self.readers.get(fd)) is not None:
-                if not reader.read():
-                    ended.append(fd)
-                    del self.readers[fd]
-            else:
-                self.listeners.ready(fd, events)
-                if events & select.EPOLLHUP and fd == self.proc._listener:
-                    self._hung_up()
+        look = True
+        while look:
+            look = False
+            for fd, events in self.epoll.poll(0):
+                if fd == self.pidfd:
+                    if not self.exited:
+                        ended.append(fd)
+                        self.exited = True
+                elif (reader := self.readers.get(fd)) is not None:
+                    if not reader.read():
+                        ended.append(fd)
+                        del self.readers[fd]
+                else:
+                    self.listeners.ready(fd, events)
+                    if events & select.EPOLLHUP and fd == self.proc._listener:
+                        self._hung_up()
+                        # What that did takes about as long as the rest of
+                        # the command's exit: look once more (what ended is
+                        # seen again, and skipped), and the pidfd has
+                        # usually fired by then, a wake-up of its own saved.
+                        look = not self.exited
         if ended and not (self.exited and not self.readers):
             # The set is waited on again: what ended must leave it (level
             # triggered, it would fire at once), the pidfd before the reap
