@@ -32,7 +32,7 @@
  * Every failing step sends {step, errno} on its end of the channel (a CLOEXEC
  * SEQPACKET socket pair: one message, whole) and exits with 127; a successful
  * execve closes its end.  The listener goes the same way, as SCM_RIGHTS, so
- * the parent reads one channel for both (asl_collect).
+ * the parent reads one channel for both (collect, in asl_spawn).
  * Before each step the child also stores the step's number in req->reached,
  * in the parent's memory: when something outside kills it (an outer seccomp
  * filter, the OOM killer), that is all the parent learns of where it died.
