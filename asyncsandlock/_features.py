@@ -37,7 +37,7 @@ from ._kernel._landlock import RulesetSpec, abi_version, missing
 from ._kernel._notify import set_sync_wake_up
 from ._kernel._sys import syscall
 from ._plan import probe_plan
-from ._spawn import _kill_and_reap, spawn
+from ._spawn import DEVNULL_FD, _kill_and_reap, spawn
 from ._types import Subsystem
 
 # A syscall no probe program makes: trapping it is what makes a listener.
@@ -211,8 +211,6 @@ async def _namespaces_and_sync(listener_ok: bool) -> tuple[Support, Support, Sup
     # (closed once it is spawned), and the child itself (killed if it hung,
     # reaped, whatever happens).
     with Cleanup() as always:
-        devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
-        always.callback(os.close, devnull)
         out_r, out_w = os.pipe2(os.O_CLOEXEC)
         always.callback(os.close, out_r)
         with Cleanup() as child_ends:
@@ -220,7 +218,7 @@ async def _namespaces_and_sync(listener_ok: bool) -> tuple[Support, Support, Sup
             try:
                 child = spawn(plan, path=sys.executable,
                               args=[b"python", b"-I", b"-S", b"-c", _NAMESPACE_SCRIPT.encode()],
-                              env={}, cwd=None, fds=[devnull, out_w, devnull],
+                              env={}, cwd=None, fds=[DEVNULL_FD, out_w, DEVNULL_FD],
                               notify=_TRAPPED if listener_ok else frozenset())
             except SpawnError as exc:
                 failed = _stopped(exc)

@@ -1137,8 +1137,9 @@ int asl_spawn(struct asl_spawn_req *req, struct asl_spawned *out)
     if (req->nfds < 0 || req->nfds > ASL_MAX_FDS)
         return -EINVAL;
     int sv[2];
-    if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) < 0)
-        return -errno;
+    int rc = asl_channel(sv);
+    if (rc < 0)
+        return rc;
     /* The child installs its fds 0 .. nfds-1 before it reports anything:
      * its end must lie above them. */
     if (sv[1] < req->nfds) {
