@@ -15,6 +15,7 @@ import contextlib
 import errno
 import fcntl
 import functools
+import itertools
 import os
 import signal
 from collections.abc import Iterator, Mapping, Sequence
@@ -328,8 +329,8 @@ def _strings(req: Any, paths: tuple[str, ...], args: Sequence[bytes],
     pointer array, whatever the number of strings; returns them (they must
     outlive the call)."""
     pairs = None if env is None else tuple(env.items())
-    # A cheap bound of the size: a long environment of short strings is rare.
-    size = len(b"".join(args)) + (len(str(pairs)) if pairs is not None else 0)
+    size = sum(map(len, args)) + (sum(map(len, itertools.chain.from_iterable(pairs)))
+                                  if pairs is not None else 0)
     line = (_laid_out if size <= _KEPT_SIZE else _lay_out)(paths, tuple(args), pairs, cwd)
     req.paths, req.npaths, req.argv = line.ptrs, len(paths), line.argv
     # env None: the caller's own environment, as the C library holds it (what
