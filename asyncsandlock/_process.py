@@ -207,8 +207,20 @@ class SandboxedProcess:
     async def _reap_ready(self) -> None:
         """:meth:`wait` for a caller that has seen the pidfd readable (and so
         had its checkpoint): no second wait on the loop for it."""
-        if not self._finished:
-            await self._reap_when(ready=True)
+        if self._finished:
+            return
+        if self._wait_lock is None and self._status is None:
+            # The usual end of a run: no other task ever waited (none made
+            # the lock).  The reap's first part never yields, so it needs no
+            # lock (making one and entering it cost ~15 us, on the path of
+            # every run); one is made only for a rest that awaits, and a
+            # waiter that comes meanwhile queues on it.
+            if (rest := self._reap_now()) is not None:
+                self._wait_lock = anyio.Lock(fast_acquire=True)
+                async with self._wait_lock:
+                    await self._stand_down(*rest)
+            return
+        await self._reap_when(ready=True)
 
     async def _reap_when(self, ready: bool) -> None:
         """Reap under the lock, once the pidfd is readable (``ready``: it is)."""
@@ -220,10 +232,14 @@ class SandboxedProcess:
             if self._status is None:
                 if not ready:
                     await anyio.wait_readable(self._pidfd)
-                await self._reap()
+                if (rest := self._reap_now()) is not None:
+                    await self._stand_down(*rest)
 
-    async def _reap(self) -> None:
-        """Reap the exited process, kill what it left behind, stand down."""
+    def _reap_now(self) -> tuple[bool, bool] | None:
+        """Reap the exited process and kill what it left behind, without
+        yielding.  None once the process is finished; else standing down
+        awaits (:meth:`_stand_down`), and here is what for: orphans to reap
+        (we are PID 1 or a subreaper), a supervisor's task to stop."""
         # Leftovers die while the zombie still pins the group id.
         if self._own_group and not self._emptied:
             with contextlib.suppress(ProcessLookupError):
@@ -231,8 +247,8 @@ class SandboxedProcess:
         forget(self.pid)  # while the zombie still pins the id
         self._status = os.waitid(os.P_PIDFD, self._pidfd, os.WEXITED)
         self._ended = time.monotonic()
-        # Not watched: the only waiter on the pidfd is the task holding the
-        # lock, and its wait is over.
+        # Not watched: the only waiter on the pidfd is the task reaping, and
+        # its wait is over.
         pidfd, self._pidfd = self._pidfd, -1
         close_fd(pidfd, watched=False)
         orphans = self._own_group and (os.getpid() == 1 or _is_subreaper())
@@ -241,17 +257,26 @@ class SandboxedProcess:
         supervised = self._supervisor is not None and not self._supervisor.stop_idle()
         if (group := self._cgroup) is not None:  # the OOM killer's victim or not
             self._reason = reason_at_reap(group, self._reason)
-        if orphans or supervised or self._network is not None or group is not None:
+        if (orphans or supervised or self._network is not None or group is not None
+                or self._settle is not None):
+            return orphans, supervised
+        self._close_listener()
+        self._finished = True
+        return None
+
+    async def _stand_down(self, orphans: bool, supervised: bool) -> None:
+        """What is left of a reap that :meth:`_reap_now` said awaits."""
+        if orphans or supervised or self._network is not None or self._cgroup is not None:
             with anyio.CancelScope(shield=True):
                 if orphans:
                     await self._reap_orphans()
                 await self._stop_supervisor()
                 if self._network is not None:
                     await self._network.aclose()
-                if group is not None:
+                if (group := self._cgroup) is not None:
                     self._cgroup = None
                     await group.aclose()
-        else:  # nothing to await: no cancel scope to enter and leave
+        else:  # nothing to await but the workspace's settling
             self._close_listener()
         self._finished = True
         if self._settle is not None:  # a workspace: its diff and on_exit

@@ -22,7 +22,7 @@ import pytest
 from anyio.abc import ObjectReceiveStream
 from test_handlers import child_binary, out
 
-from asyncsandlock import Handler, HandlerCtx, NotifAction, Sandbox, _spawn
+from asyncsandlock import Handler, HandlerCtx, NotifAction, Sandbox, SandboxedProcess, _spawn
 from asyncsandlock._supervisor import BATCH
 
 from conftest import system_sandbox
@@ -317,3 +317,28 @@ async def test_asyncio_native_cancel_reaches_a_handler_that_suspended(child: str
     handler = CancelsItself(soon)
     result = await sandbox(child, handler).run([child, "getppid"], timeout=60)
     assert out(result) == f"getppid -1 {errno.ECANCELED}\n"
+
+
+async def test_a_wait_while_the_reap_stands_down_returns_once_it_is_over(
+        child: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # run() reaps without a lock when nobody else waits (_process.py,
+    # _reap_ready); a supervisor that served a call is stopped after the
+    # waitid, with awaits.  A wait() that comes meanwhile must queue behind
+    # that rest, not return with the exit status and the supervisor running.
+    standing_down = anyio.Event()
+    stop = SandboxedProcess._stop_supervisor
+
+    async def slow_stop(self: SandboxedProcess) -> None:
+        standing_down.set()
+        await anyio.sleep(0.05)
+        await stop(self)
+
+    monkeypatch.setattr(SandboxedProcess, "_stop_supervisor", slow_stop)
+    count = Count()
+    seen: list[tuple[int, bool]] = []
+    async with anyio.create_task_group() as tg:
+        proc = await tg.start(sandbox(child, count).run, [child, "getpid", "3"])
+        await standing_down.wait()
+        seen.append((await proc.wait(), proc._finished))
+    assert sum(count.calls.values()) > 0  # the supervisor served a call
+    assert seen == [(0, True)]
