@@ -239,7 +239,9 @@ class SandboxedProcess:
         """Reap the exited process and kill what it left behind, without
         yielding.  None once the process is finished; else standing down
         awaits (:meth:`_stand_down`), and here is what for: orphans to reap
-        (we are PID 1 or a subreaper), a supervisor's task to stop."""
+        (we are PID 1 or a subreaper), and whether anything but a
+        workspace's settling is left (a supervisor's task, a network, a
+        cgroup: a shielded stand-down)."""
         # Leftovers die while the zombie still pins the group id.
         if self._own_group and not self._emptied:
             with contextlib.suppress(ProcessLookupError):
@@ -257,16 +259,16 @@ class SandboxedProcess:
         supervised = self._supervisor is not None and not self._supervisor.stop_idle()
         if (group := self._cgroup) is not None:  # the OOM killer's victim or not
             self._reason = reason_at_reap(group, self._reason)
-        if (orphans or supervised or self._network is not None or group is not None
-                or self._settle is not None):
-            return orphans, supervised
+        shielded = orphans or supervised or self._network is not None or group is not None
+        if shielded or self._settle is not None:
+            return orphans, shielded
         self._close_listener()
         self._finished = True
         return None
 
-    async def _stand_down(self, orphans: bool, supervised: bool) -> None:
+    async def _stand_down(self, orphans: bool, shielded: bool) -> None:
         """What is left of a reap that :meth:`_reap_now` said awaits."""
-        if orphans or supervised or self._network is not None or self._cgroup is not None:
+        if shielded:
             with anyio.CancelScope(shield=True):
                 if orphans:
                     await self._reap_orphans()
