@@ -13,6 +13,15 @@ is the cost of the calls, not of the spawn:
   and, with ``BASELINE=<commit>`` in the environment, the library at that
   commit with the same host rule, in this process (``_baseline.py``): an
   A/B comparison in the same minutes.
+  Three more contenders are the floors under the guard, served in C with no
+  Python and no event loop (``connect_floor.c``, built here with the
+  library's ``csrc/netfast.c``): the trap answered with CONTINUE (what the
+  round trip alone costs a connect; not a guard), the fewest steps of a
+  connect made on the child's behalf (a blocking connect, no look at the
+  socket; not a guard either), and the library's own C path (``pump``).
+  The library's overhead less the pump's is what its Python and event loop
+  add; the pump's less the blocking floor's, what the socket's checks and
+  a connect that never blocks the loop cost.
   Two figures: the child's wall-clock time per connect, and the CPU time
   per connect of the child plus this process (where both supervisors run:
   asyncsandlock's on the event loop, sandlock's on a thread of its own).
@@ -58,6 +67,9 @@ except ImportError:  # pragma: no cover - the bench extra is optional
     sandlock = None
 
 HOST = "asyncsandlock host rule"
+FLOORS = {"C: trap, CONTINUE": "continue",
+          "C: on behalf, blocking": "blocking",
+          "C: the library's pump": "pump"}
 SANDLOCK = "sandlock 0.9 host rule"
 BASELINE = load_baseline()
 BASE = f"{BASELINE[0]} host rule" if BASELINE else ""
@@ -104,6 +116,11 @@ async def main(backend: str, quick: bool, report: Report) -> None:
     work = tempfile.mkdtemp()
     binary = os.path.join(work, "netbench")
     subprocess.run(["gcc", "-O2", "-o", binary, os.path.join(HERE, "netbench.c")], check=True)
+    floor = os.path.join(work, "connect_floor")
+    csrc = os.path.join(HERE, os.pardir, "csrc")
+    subprocess.run(["gcc", "-O2", "-I", csrc, "-o", floor, os.path.join(HERE, "connect_floor.c"),
+                    os.path.join(csrc, "netfast.c"), os.path.join(csrc, "guardcall.c")],
+                   check=True)
     server = _server(binary)
     assert server.stdout is not None
     port = int(server.stdout.readline())
@@ -115,6 +132,7 @@ async def main(backend: str, quick: bool, report: Report) -> None:
         HOST: Sandbox(fs_readable=readable, net_allow=[host_rule]),
         "asyncsandlock port rule": Sandbox(fs_readable=readable,
                                            net_allow=[f"tcp://:{port}"]),
+        **{name: (floor, mode) for name, mode in FLOORS.items()},
     }
     if BASELINE is not None:
         base = BASELINE[1]
@@ -136,6 +154,9 @@ async def main(backend: str, quick: bool, report: Report) -> None:
         cpu = _cpu()
         if box is None:
             out = subprocess.run(argv, capture_output=True, check=True).stdout
+        elif isinstance(box, tuple):  # connect_floor MODE NETBENCH ADDR PORT N
+            out = subprocess.run([box[0], box[1], binary, *args[1:]], capture_output=True,
+                                 check=True).stdout
         elif isinstance(box, SANDBOXES):
             result = await box.run(argv, check=True)
             out = result.stdout or b""
@@ -190,6 +211,17 @@ async def main(backend: str, quick: bool, report: Report) -> None:
                 print(f"    {name}: C pump calls (returns to the loop) per connect, median "
                       f"{statistics.median(pumps[name]):.2f}, rounds "
                       f"{min(pumps[name]):.2f}-{max(pumps[name]):.2f}")
+        walls = {FLOORS[name]: over[name][0] for name in FLOORS}
+        walls["library"] = over[HOST][0]
+        steps = [("the trap's round trip alone (CONTINUE)", walls["continue"]),
+                 ("the fewest steps on the child's behalf (blocking)",
+                  walls["blocking"] - walls["continue"]),
+                 ("the socket's checks, a connect that never blocks (pump)",
+                  walls["pump"] - walls["blocking"]),
+                 ("Python and the event loop", walls["library"] - walls["pump"])]
+        print("    the guarded connect's wall overhead, step by step over the C floors:")
+        for step, added in steps:
+            print(f"      {step:58} {added:+6.1f} µs")
         for i, kind in enumerate(("wall", "CPU")):
             ours = over[HOST][i]
             report.add(ours <= 30, f"{backend}: guarded connect, {kind} time over unconfined: "
