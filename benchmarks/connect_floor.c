@@ -32,52 +32,29 @@
  */
 #define _GNU_SOURCE
 #include "spawn.h"
+#include "trap_floor.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
-#include <linux/filter.h>
 #include <linux/seccomp.h>
 #include <netinet/in.h>
 #include <poll.h>
-#include <stddef.h>
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/ioctl.h>
-#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
-#ifndef SECCOMP_IOCTL_NOTIF_SET_FLAGS
-#define SECCOMP_IOCTL_NOTIF_SET_FLAGS SECCOMP_IOW(4, __u64)
-#endif
-#ifndef SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP
-#define SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP 1
-#endif
 #define KIND_TCP 0  /* csrc/netfast.c's kinds of verdict */
 
 enum mode { CONTINUE, BLOCKING, PUMP };
 
 static void trapped_child(char **argv, int report, int go)
 {
-    struct sock_filter code[] = {
-        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
-        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_connect, 0, 1),
-        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_USER_NOTIF),
-        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
-    };
-    struct sock_fprog prog = {.len = 4, .filter = code};
-    char byte;
-    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0))
-        _exit(1);
-    int fd = (int)syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER,
-                          SECCOMP_FILTER_FLAG_NEW_LISTENER, &prog);
-    if (write(report, &fd, sizeof fd) != sizeof fd || read(go, &byte, 1) != 1)
-        _exit(1);
-    close(fd);
+    trap_syscall(SYS_connect, report, go);
     execv(argv[0], argv);
     _exit(127);
 }
@@ -158,17 +135,11 @@ int main(int argc, char **argv)
     pid_t pid = fork();
     if (pid == 0)
         trapped_child(child_argv, report[1], go[0]);
-    int number;
-    if (pid < 0 || read(report[0], &number, sizeof number) != sizeof number || number < 0)
+    int pidfd, ep;
+    int listener = pid < 0 ? -1 : take_listener(pid, report[0], &pidfd, &ep);
+    if (listener < 0)
         return 1;
-    int pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
-    int listener = (int)syscall(SYS_pidfd_getfd, pidfd, number, 0);
-    if (listener < 0 || ioctl(listener, SECCOMP_IOCTL_NOTIF_SET_FLAGS,
-                              (unsigned long)SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP))
-        return 1;
-    int ep = epoll_create1(EPOLL_CLOEXEC);
-    struct epoll_event ev = {.events = EPOLLIN};
-    epoll_ctl(ep, EPOLL_CTL_ADD, listener, &ev);
+    struct epoll_event ev;
     struct asl_verdicts *verdicts = asl_verdicts_new();
     struct asl_fast *fast = asl_fast_new(listener, SYS_connect, verdicts);
     if (!fast || asl_verdict_put(verdicts, KIND_TCP, &to, sizeof to, 1))
