@@ -9,6 +9,7 @@ import pathlib
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 
 import anyio
@@ -111,6 +112,13 @@ def sandbox_tmp(tmp_path: pathlib.Path) -> pathlib.Path:
     """A writable scratch directory that a uid-65534 child can use too."""
     tmp_path.chmod(0o777)
     return tmp_path
+
+
+def past_the_tick() -> None:
+    """Let the clock tick of the last change made by a test's setup pass: a
+    file changed in the tick a workspace's run starts in is a conflict
+    (asyncsandlock/_workspace.py, "Conflicts")."""
+    time.sleep(0.02)
 
 
 def system_sandbox(**kwargs: object) -> asyncsandlock.Sandbox:

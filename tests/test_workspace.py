@@ -36,7 +36,7 @@ from asyncsandlock import (
     _workspace,
 )
 
-from conftest import system_sandbox
+from conftest import past_the_tick, system_sandbox
 
 
 @contextlib.contextmanager
@@ -114,9 +114,7 @@ def project(tmp_path: pathlib.Path) -> pathlib.Path:
     (root / "gone.txt").write_text("bye\n")
     (root / "src" / "a.py").write_text("a = 1\n")
     (root / "src" / "b.py").write_text("b = 2\n")
-    # A file changed in the clock tick a run starts in is a conflict (see
-    # _workspace.py): let the tick pass.
-    time.sleep(0.02)
+    past_the_tick()
     return root
 
 
@@ -255,6 +253,7 @@ async def test_a_git_commit_in_the_workspace(project: pathlib.Path, clean_host: 
     _git(project, "add", "-A")
     _git(project, "commit", "-q", "-m", "first")
     head = _git(project, "rev-parse", "HEAD")
+    past_the_tick()
     sandbox = ws(mechanism, workdir=project, on_exit="keep",
                  env={"GIT_CONFIG_NOSYSTEM": "1", "HOME": str(project)})
     script = ("echo new > edit.txt && git add edit.txt && "
@@ -403,7 +402,7 @@ async def test_a_cancelled_commit_leaves_whole_files_and_resumes(
     for i in range(300):
         (root / f"f{i}").write_text(f"old {i}\n" * 1000)
     (root / "tree" / "sub" / "x").write_text("x")
-    time.sleep(0.02)
+    past_the_tick()
     result = await ws(mechanism, workdir=root, on_exit="keep").run(
         ["sh", "-c", "rm -r tree; for i in $(seq 0 299); do yes new $i | head -1000 > f$i; done"])
     assert result.success, result.stderr
@@ -517,7 +516,7 @@ async def test_escape_metadata_calls_by_absolute_path_stay_in_the_layer(
     workdir under it), even where fs_writable covers the workdir."""
     keep = project / "keep.txt"
     keep.chmod(0o644)
-    time.sleep(0.02)  # not in the clock tick the run starts in (a conflict)
+    past_the_tick()
     before = keep.stat()
     script = f"chmod 600 {keep} && touch -m -d 2001-01-01 {keep} && stat -c %a {keep}"
     held = await system_sandbox(workdir=project, fs_writable=[project.parent],
@@ -544,7 +543,7 @@ async def test_escape_metadata_calls_through_an_absolute_symlink_stay_in_the_lay
     it names the real file under the overlay, which must stay untouched."""
     keep = project / "keep.txt"
     keep.chmod(0o644)
-    time.sleep(0.02)  # not in the clock tick the run starts in (a conflict)
+    past_the_tick()
     script = f"ln -s {keep} link && chmod 600 link && touch -h -d 2001-01-01 link; true"
     held = await system_sandbox(workdir=project, fs_writable=[project.parent],
                                 on_exit="abort").run(["sh", "-c", script])
@@ -617,7 +616,7 @@ def _wheel(path: pathlib.Path) -> None:
 async def test_a_pip_install_target_in_the_workspace(project: pathlib.Path,
                                                      clean_host: None) -> None:
     _wheel(project / "tinypkg-1.0-py3-none-any.whl")
-    time.sleep(0.02)
+    past_the_tick()
     sandbox = system_sandbox(workdir=project, on_exit="keep", env={"HOME": str(project)})
     result = await sandbox.run(["/usr/bin/python3", "-m", "pip", "install", "--no-index",
                                 "--no-deps", "--no-cache-dir", "--disable-pip-version-check",

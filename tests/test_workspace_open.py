@@ -9,7 +9,6 @@ import os
 import pathlib
 import subprocess
 import tempfile
-import time
 from collections.abc import Iterator
 
 import anyio
@@ -18,7 +17,7 @@ from test_workspace import EDIT, EXPECTED, _kinds, _mounts, _snapshot
 
 from asyncsandlock import Protection, Sandbox, Subsystem, WorkspaceConflict
 
-from conftest import system_sandbox
+from conftest import past_the_tick, system_sandbox
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0,
                                 reason="workspaces as root (an unprivileged caller: "
@@ -32,7 +31,7 @@ def project(tmp_path: pathlib.Path) -> pathlib.Path:
     for name, text in (("keep.txt", "keep\n"), ("edit.txt", "old\n"), ("gone.txt", "bye\n"),
                        ("src/a.py", "a = 1\n"), ("src/b.py", "b = 2\n")):
         (root / name).write_text(text)
-    time.sleep(0.02)  # a change in the clock tick a run starts in is a conflict
+    past_the_tick()
     return root
 
 

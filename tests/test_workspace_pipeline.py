@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import pathlib
 import tempfile
-import time
 from collections.abc import Iterator
 
 import pytest
@@ -17,7 +16,7 @@ from test_workspace import _mounts, _snapshot
 
 from asyncsandlock import PolicyError, Protection, Sandbox, Subsystem
 
-from conftest import system_sandbox
+from conftest import past_the_tick, system_sandbox
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0,
                                 reason="runs as root (the snapshot needs no privilege, "
@@ -30,7 +29,7 @@ def project(tmp_path: pathlib.Path) -> pathlib.Path:
     root.mkdir()
     (root / "f").write_text("from f\n")
     (root / "edit.txt").write_text("old\n")
-    time.sleep(0.02)  # a change in the clock tick a run starts in is a conflict
+    past_the_tick()
     return root
 
 

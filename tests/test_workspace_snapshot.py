@@ -43,7 +43,7 @@ from asyncsandlock import (
     _workspace,
 )
 
-from conftest import system_sandbox
+from conftest import past_the_tick, system_sandbox
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0,
                                 reason="runs as root (an unprivileged caller: "
@@ -60,7 +60,7 @@ def project(tmp_path: pathlib.Path) -> pathlib.Path:
     (root / "gone.txt").write_text("bye\n")
     (root / "src" / "a.py").write_text("a = 1\n")
     (root / "src" / "b.py").write_text("b = 2\n")
-    time.sleep(0.02)  # a change in the clock tick a run starts in is a conflict
+    past_the_tick()
     return root
 
 
@@ -162,7 +162,7 @@ async def test_cancelled_during_the_copy_nothing_is_left(
     is removed; cancelled during the run: tests/test_workspace.py."""
     for i in range(200):
         (project / f"f{i}").write_text("x" * 100)
-    time.sleep(0.02)
+    past_the_tick()
     before = _snapshot(project)
     with cancelled_at_checkpoint(monkeypatch, 2) as scope:  # in the copy: 4 batches
         await snap(workdir=project).run(["true"])
@@ -219,7 +219,7 @@ async def test_escape_metadata_calls_reach_the_own_copy_only(project: pathlib.Pa
     workdir's (by absolute path), not a concurrent run's copy beside it."""
     keep = project / "keep.txt"
     keep.chmod(0o644)
-    time.sleep(0.02)
+    past_the_tick()
     own = ("chmod 600 keep.txt && touch -d 2001-01-01 keep.txt && stat -c '%a %Y' keep.txt; "
            f"chmod 600 {keep}; echo $?")
     held = await snap(workdir=project, on_exit="keep", fs_readable=[project.parent]).run(
