@@ -216,19 +216,22 @@ class SandboxedProcess:
             # every run); one is made only for a rest that awaits, and a
             # waiter that comes meanwhile queues on it.
             if (rest := self._reap_now()) is not None:
-                self._wait_lock = anyio.Lock(fast_acquire=True)
-                async with self._wait_lock:
+                async with self._lock():
                     await self._stand_down(*rest)
             return
         await self._reap_when(ready=True)
 
+    def _lock(self) -> anyio.Lock:
+        """The reap's lock, made on first use.  fast_acquire: an uncontended
+        acquire does not yield; wait() still checkpoints, in wait_readable()
+        or in its already-finished branch."""
+        if self._wait_lock is None:
+            self._wait_lock = anyio.Lock(fast_acquire=True)
+        return self._wait_lock
+
     async def _reap_when(self, ready: bool) -> None:
         """Reap under the lock, once the pidfd is readable (``ready``: it is)."""
-        if self._wait_lock is None:
-            # fast_acquire: an uncontended acquire does not yield; wait() still
-            # checkpoints, in wait_readable() or in its already-finished branch.
-            self._wait_lock = anyio.Lock(fast_acquire=True)
-        async with self._wait_lock:
+        async with self._lock():
             if self._status is None:
                 if not ready:
                     await anyio.wait_readable(self._pidfd)
@@ -260,11 +263,12 @@ class SandboxedProcess:
         if (group := self._cgroup) is not None:  # the OOM killer's victim or not
             self._reason = reason_at_reap(group, self._reason)
         shielded = orphans or supervised or self._network is not None or group is not None
-        if shielded or self._settle is not None:
-            return orphans, shielded
-        self._close_listener()
-        self._finished = True
-        return None
+        if not shielded:  # nothing to await for the listener
+            self._close_listener()
+            if self._settle is None:
+                self._finished = True
+                return None
+        return orphans, shielded
 
     async def _stand_down(self, orphans: bool, shielded: bool) -> None:
         """What is left of a reap that :meth:`_reap_now` said awaits."""
@@ -278,8 +282,6 @@ class SandboxedProcess:
                 if (group := self._cgroup) is not None:
                     self._cgroup = None
                     await group.aclose()
-        else:  # nothing to await but the workspace's settling
-            self._close_listener()
         self._finished = True
         if self._settle is not None:  # a workspace: its diff and on_exit
             settle, self._settle = self._settle, None
